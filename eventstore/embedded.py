@@ -22,6 +22,7 @@ pytest session fixtures can use them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -220,17 +221,15 @@ def _stop(proc: _Process | None, sig: signal.Signals, timeout: float, *, whole_g
     if whole_group:
         # The server leads its own process group (start_new_session): this reaches
         # PostgreSQL's backends too, which would otherwise hold the port after a crash.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.popen.pid, sig)
-        except ProcessLookupError:
-            pass
     elif proc.alive():
         proc.popen.send_signal(sig)
-        try:
-            proc.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.popen.kill()
-            proc.popen.wait()
+    try:
+        proc.popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.popen.kill()
+        proc.popen.wait()
     proc.watcher.join(5.0)
     if proc.popen.stderr is not None:
         proc.popen.stderr.close()
@@ -393,3 +392,55 @@ def _grant_traversal(path: Path) -> None:
             for name in files:
                 p = Path(root) / name
                 p.chmod(p.stat().st_mode | stat.S_IROTH | (stat.S_IXOTH if p.stat().st_mode & stat.S_IXUSR else 0))
+
+
+class EmbeddedServers:
+    """Starts whichever of NATS and PostgreSQL the settings do not point at, in the
+    state folder, and stops them on exit. `database_url` / `nats_url` are what to use."""
+
+    def __init__(self, *, state_dir: Path, database_url: str | None, nats_url: str | None) -> None:
+        self.state_dir = state_dir
+        self._given_database_url = database_url
+        self._given_nats_url = nats_url
+        self.postgres: PostgresServer | None = None
+        self.nats: NatsServer | None = None
+
+    @property
+    def database_url(self) -> str:
+        if self._given_database_url:
+            return self._given_database_url
+        assert self.postgres is not None, "servers not started"
+        return self.postgres.dsn
+
+    @property
+    def nats_url(self) -> str:
+        if self._given_nats_url:
+            return self._given_nats_url
+        assert self.nats is not None, "servers not started"
+        return self.nats.url
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if not self._given_nats_url:
+                self.nats = NatsServer(data_dir=self.state_dir / "nats")
+                self.nats.start()
+            if not self._given_database_url:
+                self.postgres = PostgresServer(data_dir=self.state_dir / "postgres")
+                self.postgres.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.postgres is not None:
+            self.postgres.stop()
+        if self.nats is not None:
+            self.nats.stop()
+
+    def __enter__(self) -> EmbeddedServers:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

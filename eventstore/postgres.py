@@ -34,6 +34,7 @@ import asyncpg
 import structlog
 
 from eventstore import grouping
+from eventstore.committer import GroupCommitter, Turn
 from eventstore.errors import InvalidInput, Unavailable
 from eventstore.types import (
     AppendRequest,
@@ -61,6 +62,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions._base.InternalClientError,  # a connection the server dropped mid-protocol
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
@@ -92,32 +94,49 @@ class PostgresSettings:
     pool_min: int = 2
     pool_max: int = 10
     max_batch_events: int = 5000
+    commit_pipeline: int = 2
+    """Batches in flight at once (each on its own connection); see eventstore.committer."""
     command_timeout: float = 30.0
 
 
 class PostgresEventStore:
     """`EventStore` on PostgreSQL. Create with `await PostgresEventStore.open(settings)`."""
 
-    def __init__(self, *, settings: PostgresSettings, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        *,
+        settings: PostgresSettings,
+        pool: asyncpg.Pool,
+        fault_hook: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.settings = settings
+        self._fault_hook = fault_hook
         self.schema = settings.schema
         self._pool = pool
         self._append_lock = _lock_key(settings.schema, "append")
         self.channel = f"convoy_{settings.schema}_events"
-        self._queue: list[tuple[grouping.Write, asyncio.Future[list[AppendResult]]]] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._committer = GroupCommitter(
+            name=settings.schema,
+            run_batch=self._write_batch,
+            depth=settings.commit_pipeline,
+            max_batch_events=settings.max_batch_events,
+        )
+        self._writer_conns: list[asyncpg.Connection] = []
         self._closed = False
-        self.batches_committed = 0
-        self.writes_committed = 0
 
     @classmethod
-    async def open(cls, settings: PostgresSettings) -> PostgresEventStore:
+    async def open(
+        cls,
+        settings: PostgresSettings,
+        *,
+        fault_hook: Callable[[str], Awaitable[None]] | None = None,
+    ) -> PostgresEventStore:
+        """Migrate the schema and connect. `fault_hook(phase)` is awaited inside every
+        append transaction ("locking", "committing") — fault-injection tests use it to
+        delay or abort commits; production passes nothing."""
         if not _SCHEMA_NAME.fullmatch(settings.schema):
             raise InvalidInput(f"invalid schema name {settings.schema!r}: use lower-case letters, digits and '_'")
         await migrate(settings.dsn, settings.schema)
-
-        async def init(conn: asyncpg.Connection) -> None:
-            await conn.execute(f"SET search_path TO {settings.schema}")
 
         pool = await guarded(
             "connect",
@@ -126,12 +145,12 @@ class PostgresEventStore:
                 min_size=settings.pool_min,
                 max_size=settings.pool_max,
                 command_timeout=settings.command_timeout,
-                init=init,
-                server_settings={"idle_in_transaction_session_timeout": "60000"},
+                # Startup parameters survive the pool's RESET ALL between uses.
+                server_settings={"search_path": settings.schema, "idle_in_transaction_session_timeout": "60000"},
             ),
         )
         assert pool is not None
-        return cls(settings=settings, pool=pool)
+        return cls(settings=settings, pool=pool, fault_hook=fault_hook)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -139,9 +158,20 @@ class PostgresEventStore:
 
     async def close(self) -> None:
         self._closed = True
-        if self._committer is not None:
-            await self._committer
+        await self._committer.close()
+        for conn in self._writer_conns:
+            with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                await conn.close(timeout=5)
+        self._writer_conns.clear()
         await self._pool.close()
+
+    @property
+    def batches_committed(self) -> int:
+        return self._committer.batches
+
+    @property
+    def writes_committed(self) -> int:
+        return self._committer.writes
 
     # -- writing ---------------------------------------------------------------
 
@@ -165,104 +195,83 @@ class PostgresEventStore:
         grouping.validate_write(write)
         if self._closed:
             raise Unavailable("the event store is closed")
-        future: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
-        self._queue.append((write, future))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_loop(), name=f"eventstore-committer:{self.schema}")
-        return await future
+        return await self._committer.submit(write)
 
-    async def _commit_loop(self) -> None:
-        while self._queue:
-            batch: list[tuple[grouping.Write, asyncio.Future[list[AppendResult]]]] = []
-            events = 0
-            while self._queue and (not batch or events < self.settings.max_batch_events):
-                item = self._queue.pop(0)
-                batch.append(item)
-                events += sum(len(a.events) for a in item[0].appends)
-            await self._commit_batch(batch)
+    async def _writer_connection(self) -> asyncpg.Connection:
+        """A dedicated connection per in-flight batch (the pool's reset-on-release would
+        cost a round trip per batch)."""
+        while self._writer_conns:
+            conn = self._writer_conns.pop()
+            if not conn.is_closed():
+                return conn
+        return await asyncpg.connect(
+            self.settings.dsn,
+            timeout=10,
+            command_timeout=self.settings.command_timeout,
+            server_settings={"search_path": self.schema, "idle_in_transaction_session_timeout": "60000"},
+        )
 
-    async def _commit_batch(self, batch: list[tuple[grouping.Write, asyncio.Future[list[AppendResult]]]]) -> None:
-        writes = [w for w, _ in batch]
-        try:
-            plan = await guarded("append", lambda: self._write_batch(writes))
-        except Exception as error:  # noqa: BLE001 - a failed batch is retried write by write
-            if len(batch) > 1 and not isinstance(error, Unavailable):
-                for item in batch:
-                    await self._commit_batch([item])
-                return
-            if not isinstance(error, Unavailable):
-                log.error("append failed", error=repr(error))
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        self.batches_committed += 1
-        self.writes_committed += len(batch)
-        for (_, future), outcome in zip(batch, plan.outcomes, strict=True):
-            if future.done():
-                continue
-            if outcome.error is not None:
-                future.set_exception(outcome.error)
-            else:
-                assert outcome.results is not None
-                future.set_result(outcome.results)
+    async def _write_batch(self, writes: Sequence[grouping.Write], turn: Turn) -> grouping.BatchPlan:
+        return await guarded("append", lambda: self._write_batch_on_connection(writes, turn))
 
-    async def _write_batch(self, writes: Sequence[grouping.Write]) -> grouping.BatchPlan:
+    async def _write_batch_on_connection(self, writes: Sequence[grouping.Write], turn: Turn) -> grouping.BatchPlan:
+        """One transaction in four round trips: lock, read state, write, commit."""
         streams, ids, names = grouping.referenced(writes)
-        async with self._pool.acquire() as conn, conn.transaction():
+        conn = await self._writer_connection()
+        reusable = False
+        try:
+            await turn.wait_previous()
             # Statement order matters: READ COMMITTED takes a new snapshot per statement,
-            # so everything read after the lock sees every commit made before it.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._append_lock)
-            head = await conn.fetchval("SELECT coalesce(max(position), 0) FROM events")
-            versions = {}
-            if streams:
-                rows = await conn.fetch(
-                    "SELECT s.id, (SELECT max(version) FROM events e WHERE e.stream_id = s.id) "
-                    "FROM unnest($1::text[]) AS s(id)",
-                    list(streams),
-                )
-                versions = {r[0]: r[1] or 0 for r in rows}
-            known = {}
-            if ids:
-                rows = await conn.fetch(
-                    "SELECT event_id, position, stream_id, version, type, schema_version, data, actor, "
-                    "causation_id, correlation_id FROM events WHERE event_id = ANY($1::uuid[])",
-                    list(ids),
-                )
-                known = {r[0]: grouping.Known(*r[1:]) for r in rows}
-            tracking = {}
-            if names:
-                rows = await conn.fetch(
-                    "SELECT name, position FROM tracking WHERE name = ANY($1::text[])", list(names)
-                )
-                tracking = {r[0]: r[1] for r in rows}
+            # so the state read after the lock sees every commit made before it.
+            await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({self._append_lock})")
+            turn.locked()
+            if self._fault_hook is not None:
+                await self._fault_hook("locking")
+            rows = await conn.fetch(_READ_STATE, list(streams), list(ids), list(names))
+            head, versions, known, tracking = 0, {}, {}, {}
+            for r in rows:
+                kind = r[0]
+                if kind == "h":
+                    head = r[2]
+                elif kind == "v":
+                    versions[r[1]] = r[2]
+                elif kind == "t":
+                    tracking[r[1]] = r[2]
+                else:
+                    known[r[3]] = grouping.Known(r[2], r[1], r[4], r[5], r[6], bytes(r[7]), r[8], r[9], r[10])
             plan = grouping.plan_batch(writes, head=head, versions=versions, known=known, checkpoints=tracking)
-            if plan.rows:
+            if plan.rows or plan.checkpoints:
+                new = plan.rows
+                events = [r.event for r in new]
+                causes = [e.causation_id for e in events]
+                correlations = [e.correlation_id for e in events]
                 await conn.execute(
-                    "INSERT INTO events (position, stream_id, category, version, event_id, type, "
-                    "schema_version, data, actor, causation_id, correlation_id) "
-                    "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::uuid[], "
-                    "$6::text[], $7::int[], $8::bytea[], $9::text[], $10::uuid[], $11::uuid[])",
-                    [r.position for r in plan.rows],
-                    [r.stream_id for r in plan.rows],
-                    [r.stream_id.split("/", 1)[0] for r in plan.rows],
-                    [r.version for r in plan.rows],
-                    [r.event.event_id for r in plan.rows],
-                    [r.event.type for r in plan.rows],
-                    [r.event.schema_version for r in plan.rows],
-                    [bytes(r.event.data) for r in plan.rows],
-                    [r.event.actor for r in plan.rows],
-                    [r.event.causation_id for r in plan.rows],
-                    [r.event.correlation_id for r in plan.rows],
-                )
-                await conn.execute("SELECT pg_notify($1, $2)", self.channel, str(plan.head))
-            if plan.checkpoints:
-                await conn.execute(
-                    "INSERT INTO tracking (name, position) SELECT * FROM unnest($1::text[], $2::bigint[]) "
-                    "ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = clock_timestamp()",
+                    _WRITE,
+                    [r.position for r in new],
+                    [r.stream_id for r in new],
+                    [r.version for r in new],
+                    [e.event_id for e in events],
+                    [e.type for e in events],
+                    [e.schema_version for e in events],
+                    [e.data for e in events],
+                    [e.actor for e in events],
+                    causes if any(causes) else None,  # all-NULL columns are filled server-side
+                    correlations if any(correlations) else None,
                     list(plan.checkpoints),
                     list(plan.checkpoints.values()),
+                    self.channel,
+                    str(plan.head) if new else "",
                 )
+            if self._fault_hook is not None:
+                await self._fault_hook("committing")
+            await conn.execute("COMMIT")
+            reusable = True
+        finally:
+            if reusable and not conn.is_closed():
+                self._writer_conns.append(conn)
+            else:
+                # The server rolls back what this connection had not committed.
+                conn.terminate()
         return plan
 
     # -- reading ---------------------------------------------------------------
@@ -382,9 +391,46 @@ class PostgresEventStore:
                     await listener.close(timeout=2)
 
     async def _connect_listener(self, callback: Callable[..., None]) -> asyncpg.Connection:
-        conn = await asyncpg.connect(self.settings.dsn, timeout=10)
+        conn = await asyncpg.connect(self.settings.dsn, timeout=10, server_settings={"search_path": self.schema})
         await conn.add_listener(self.channel, callback)
         return conn
+
+
+_READ_STATE = """
+SELECT 'h', NULL::text, coalesce(max(position), 0), NULL::uuid, NULL::bigint, NULL::text, NULL::int,
+       NULL::bytea, NULL::text, NULL::uuid, NULL::uuid
+  FROM events
+UNION ALL
+SELECT 'v', s.id, coalesce((SELECT max(version) FROM events e WHERE e.stream_id = s.id), 0),
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+  FROM unnest($1::text[]) AS s(id)
+UNION ALL
+SELECT 'k', stream_id, position, event_id, version, type, schema_version, data, actor, causation_id, correlation_id
+  FROM events WHERE event_id = ANY($2::uuid[])
+UNION ALL
+SELECT 't', name, position, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+  FROM tracking WHERE name = ANY($3::text[])
+"""
+"""Everything a batch decision needs, in one round trip: head, stream versions, events
+already stored under the batch's ids (for idempotent retries), processor checkpoints."""
+
+_WRITE = """
+WITH inserted AS (
+    INSERT INTO events (position, stream_id, category, version, event_id, type, schema_version,
+                        data, actor, causation_id, correlation_id)
+    SELECT p, s, split_part(s, '/', 1), v, i, t, sv, d, a, c, r
+      FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::int[],
+                  $7::bytea[], $8::text[],
+                  coalesce($9::uuid[], array_fill(NULL::uuid, ARRAY[cardinality($1::bigint[])])),
+                  coalesce($10::uuid[], array_fill(NULL::uuid, ARRAY[cardinality($1::bigint[])])))
+           AS e(p, s, v, i, t, sv, d, a, c, r)
+), tracked AS (
+    INSERT INTO tracking (name, position) SELECT * FROM unnest($11::text[], $12::bigint[])
+    ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = clock_timestamp()
+)
+SELECT pg_notify($13, $14) WHERE $14 <> ''
+"""
+"""The batch's events, checkpoints and wake-up notification, in one statement."""
 
 
 def _recorded(row: asyncpg.Record) -> RecordedEvent:

@@ -11,6 +11,7 @@ same contract suite in tests/contract/.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -68,23 +69,30 @@ class NewEvent:
     correlation_id: uuid.UUID | None = None
 
     def validate(self) -> None:
-        if not isinstance(self.type, str) or not _TYPE_NAME.fullmatch(self.type) or len(self.type) > 200:
+        # On the append hot path: exact type checks and a cached type-name check.
+        if type(self.type) is not str or not _valid_type_name(self.type):
             raise InvalidInput(f"malformed event type {self.type!r}: expected a dotted identifier")
-        if not isinstance(self.data, bytes | bytearray):
+        if type(self.data) is not bytes:
             raise InvalidInput(f"event {self.event_id} data must be bytes, not {type(self.data).__name__}")
         if len(self.data) > MAX_EVENT_BYTES:
             raise InvalidInput(
                 f"event {self.event_id} ({self.type}) is {len(self.data)} bytes; the limit is "
                 f"{MAX_EVENT_BYTES} bytes — store large content elsewhere and reference it"
             )
-        if not isinstance(self.schema_version, int) or not 1 <= self.schema_version <= 10_000:
+        if type(self.schema_version) is not int or not 1 <= self.schema_version <= 10_000:
             raise InvalidInput(f"event {self.event_id} has invalid schema_version {self.schema_version!r}")
-        if not isinstance(self.actor, str) or not 0 < len(self.actor) <= 200:
+        if type(self.actor) is not str or not 0 < len(self.actor) <= 200:
             raise InvalidInput(f"event {self.event_id} needs an actor of 1-200 characters")
-        for name in ("event_id", "causation_id", "correlation_id"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, uuid.UUID):
+        if type(self.event_id) is not uuid.UUID:
+            raise InvalidInput(f"event_id must be a UUID, not {self.event_id!r}")
+        for name, value in (("causation_id", self.causation_id), ("correlation_id", self.correlation_id)):
+            if value is not None and type(value) is not uuid.UUID:
                 raise InvalidInput(f"event {name} must be a UUID, not {value!r}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_type_name(name: str) -> bool:
+    return len(name) <= 200 and _TYPE_NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True, slots=True)

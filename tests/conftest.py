@@ -12,6 +12,7 @@ When CONVOY_TEST_DATABASE_URL is set, PostgreSQL tests also run against that ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -46,19 +47,21 @@ def embedded_nats(state_root: Path) -> Iterator[NatsServer]:
     server.stop()
 
 
-def _database_params() -> list[str]:
-    params = ["embedded"]
-    if os.environ.get("CONVOY_TEST_DATABASE_URL"):
-        params.append("external")
-    return params
+DATABASES = ["postgres", *(["postgres-external"] if os.environ.get("CONVOY_TEST_DATABASE_URL") else [])]
+"""PostgreSQL servers the store tests run against: the embedded one, plus the one named by
+CONVOY_TEST_DATABASE_URL when set."""
 
 
-@pytest.fixture(scope="session", params=_database_params())
-def database_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "external":
+def resolve_database_url(request: pytest.FixtureRequest, which: str) -> str:
+    if which == "postgres-external":
         return os.environ["CONVOY_TEST_DATABASE_URL"]
     server: PostgresServer = request.getfixturevalue("embedded_postgres")
     return server.dsn
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def database_url(request: pytest.FixtureRequest) -> str:
+    return resolve_database_url(request, request.param)
 
 
 @pytest.fixture
@@ -66,16 +69,26 @@ def schema_name() -> str:
     return f"t_{uuid.uuid4().hex[:16]}"
 
 
+@contextlib.asynccontextmanager
+async def fresh_store(database_url: str, schema: str | None = None) -> AsyncIterator[PostgresEventStore]:
+    """A PostgresEventStore in its own new schema, dropped afterwards."""
+    schema = schema or f"t_{uuid.uuid4().hex[:16]}"
+    store = await PostgresEventStore.open(PostgresSettings(dsn=database_url, schema=schema))
+    try:
+        yield store
+    finally:
+        await store.close()
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        finally:
+            await conn.close()
+
+
 @pytest.fixture
 async def pg_store(database_url: str, schema_name: str) -> AsyncIterator[PostgresEventStore]:
-    store = await PostgresEventStore.open(PostgresSettings(dsn=database_url, schema=schema_name))
-    yield store
-    await store.close()
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f"DROP SCHEMA {schema_name} CASCADE")
-    finally:
-        await conn.close()
+    async with fresh_store(database_url, schema_name) as store:
+        yield store
 
 
 @pytest.fixture

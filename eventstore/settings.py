@@ -1,0 +1,56 @@
+"""Where Convoy's servers are and where it keeps its state.
+
+Read from the environment once, at the edge (the CLI), and passed down explicitly:
+nothing deeper in the code reads environment variables. With no URLs configured,
+Convoy runs its embedded NATS and PostgreSQL in the state folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from eventstore.errors import InvalidInput
+
+_INSTANCE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_DATA_HOME") or str(Path(environ.get("HOME", "~")).expanduser() / ".local" / "share")
+    return Path(base) / "convoy"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    state_dir: Path
+    database_url: str | None = None
+    nats_url: str | None = None
+    instance: str = "convoy"
+    """Isolates Convoy instances sharing one NATS and one PostgreSQL: it names the
+    database schema and prefixes every NATS subject and stream."""
+
+    def __post_init__(self) -> None:
+        if not _INSTANCE.fullmatch(self.instance):
+            raise InvalidInput(
+                f"invalid instance name {self.instance!r}: use 1-31 lower-case letters, digits or '_', "
+                "starting with a letter"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
+        settings = cls(
+            state_dir=Path(environ["CONVOY_STATE_DIR"]) if environ.get("CONVOY_STATE_DIR") else default_state_dir(environ),
+            database_url=environ.get("CONVOY_DATABASE_URL") or None,
+            nats_url=environ.get("CONVOY_NATS_URL") or None,
+            instance=environ.get("CONVOY_INSTANCE", "convoy"),
+        )
+        present = {k: v for k, v in overrides.items() if v is not None}
+        return replace(settings, **present) if present else settings  # type: ignore[arg-type]
+
+
+def environ() -> Mapping[str, str]:
+    """The process environment; only the CLI entry point calls this."""
+    return os.environ

@@ -1,0 +1,1 @@
+"""Convoy's protobuf schemas (package `convoy`); generated code, see scripts/gen_protos.py."""

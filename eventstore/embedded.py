@@ -181,10 +181,16 @@ class NatsServer:
         assert popen.stderr is not None
         watcher = _LogWatcher(popen.stderr, self.data_dir / "nats-server.log", (_NATS_READY, _NATS_LISTENING))
         self._proc = _Process(popen, watcher)
-        if watcher.wait_for((_NATS_READY,), failed=lambda: popen.poll() is not None, timeout=timeout) != _NATS_READY:
+        try:
+            outcome = watcher.wait_for((_NATS_READY,), failed=lambda: popen.poll() is not None, timeout=timeout)
+        except EmbeddedServerError:
+            self.stop()
+            raise
+        if outcome != _NATS_READY:
+            _stop(self._proc, signal.SIGTERM, 5.0)
             self._proc = None
             raise EmbeddedServerError(
-                f"nats-server exited with {popen.wait()} before it was ready; "
+                f"nats-server exited with {popen.returncode} before it was ready; "
                 f"see {self.data_dir / 'nats-server.log'}"
             )
         # The server binds port -1 itself and logs the port it got, before "ready".
@@ -338,7 +344,11 @@ class PostgresServer:
         assert popen.stderr is not None
         watcher = _LogWatcher(popen.stderr, self.data_dir / "postgres.log", (_PG_READY, _PG_PORT_TAKEN))
         proc = _Process(popen, watcher)
-        outcome = watcher.wait_for((_PG_READY, _PG_PORT_TAKEN), failed=lambda: popen.poll() is not None, timeout=timeout)
+        try:
+            outcome = watcher.wait_for((_PG_READY, _PG_PORT_TAKEN), failed=lambda: popen.poll() is not None, timeout=timeout)
+        except EmbeddedServerError:
+            _stop(proc, signal.SIGINT, 10.0)
+            raise
         if outcome == _PG_READY:
             self._proc = proc
         else:

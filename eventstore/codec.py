@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError, Message
 
 from eventstore.errors import ConvoyError, InvalidInput, UnknownEventType
 from eventstore.types import NewEvent, RecordedEvent
-from schemas.convoy.v1 import events_pb2, legacy_pb2, options_pb2
+from schemas.convoy.v1 import events_pb2, legacy_pb2, options_pb2, resources_pb2
 
 
 class RegistryError(ConvoyError, ValueError):
@@ -230,13 +230,41 @@ class EventRegistry:
         )
 
 
-def _application_created_v1_to_v2(old: legacy_pb2.ApplicationCreatedV1) -> events_pb2.ApplicationCreated:
+def _application_created_v1_to_v2(old: legacy_pb2.ApplicationCreatedV1) -> legacy_pb2.ApplicationCreatedV2:
     """v1 kept channels as "staging, prod-eu"; v2 lists them. Blanks and repeats drop out."""
     channels = (part.strip() for part in old.channels.split(","))
-    return events_pb2.ApplicationCreated(
+    return legacy_pb2.ApplicationCreatedV2(
         name=old.name,
         description=old.description,
         release_channels=list(dict.fromkeys(c for c in channels if c)),
+    )
+
+
+def _application_created_v2_to_v3(old: legacy_pb2.ApplicationCreatedV2) -> events_pb2.ApplicationCreated:
+    """v3 records the whole declaration; a v2 application had named channels only."""
+    return events_pb2.ApplicationCreated(
+        application=resources_pb2.Application(
+            name=old.name,
+            description=old.description,
+            release_channels=[resources_pb2.ReleaseChannel(name=name) for name in old.release_channels],
+        )
+    )
+
+
+_RUNTIME_KINDS = {
+    "kubernetes": resources_pb2.RUNTIME_KIND_KUBERNETES,
+    "exec": resources_pb2.RUNTIME_KIND_EXEC,
+}
+
+
+def _runtime_registered_v1_to_v2(old: legacy_pb2.RuntimeRegisteredV1) -> events_pb2.RuntimeRegistered:
+    """v1's kind was a free string; unknown strings become RUNTIME_KIND_UNSPECIFIED."""
+    return events_pb2.RuntimeRegistered(
+        runtime=resources_pb2.Runtime(
+            name=old.name,
+            kind=_RUNTIME_KINDS.get(old.kind.strip().lower(), resources_pb2.RUNTIME_KIND_UNSPECIFIED),
+            labels=dict(old.labels),
+        )
     )
 
 
@@ -251,5 +279,7 @@ def convoy_registry() -> EventRegistry:
         messages=[*_messages_of(events_pb2), *_messages_of(legacy_pb2)],
         upcasters=[
             Upcaster("convoy.v1.ApplicationCreated", 1, 2, _application_created_v1_to_v2),
+            Upcaster("convoy.v1.ApplicationCreated", 2, 3, _application_created_v2_to_v3),
+            Upcaster("convoy.v1.RuntimeRegistered", 1, 2, _runtime_registered_v1_to_v2),
         ],
     )

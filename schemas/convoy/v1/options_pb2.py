@@ -25,11 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fschemas/convoy/v1/options.proto\x12\tconvoy.v1\x1a google/protobuf/descriptor.proto:?\n\x14\x65vent_schema_version\x12\x1f.google.protobuf.MessageOptions\x18\xb9\x8e\x03 \x01(\x05:5\n\nevent_type\x12\x1f.google.protobuf.MessageOptions\x18\xba\x8e\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fschemas/convoy/v1/options.proto\x12\tconvoy.v1\x1a google/protobuf/descriptor.proto\"6\n\x08HttpRule\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t*c\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x11\n\rROLE_DEPLOYER\x10\x02\x12\x11\n\rROLE_APPROVER\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04:?\n\x14\x65vent_schema_version\x12\x1f.google.protobuf.MessageOptions\x18\xb9\x8e\x03 \x01(\x05:5\n\nevent_type\x12\x1f.google.protobuf.MessageOptions\x18\xba\x8e\x03 \x01(\t:C\n\x04http\x12\x1e.google.protobuf.MethodOptions\x18\x9d\x8f\x03 \x01(\x0b\x32\x13.convoy.v1.HttpRule:C\n\x08min_role\x12\x1e.google.protobuf.MethodOptions\x18\x9e\x8f\x03 \x01(\x0e\x32\x0f.convoy.v1.Roleb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'schemas.convoy.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ROLE']._serialized_start=136
+  _globals['_ROLE']._serialized_end=235
+  _globals['_HTTPRULE']._serialized_start=80
+  _globals['_HTTPRULE']._serialized_end=134
 # @@protoc_insertion_point(module_scope)

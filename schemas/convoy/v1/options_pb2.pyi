@@ -10,13 +10,80 @@ change to the fields and the bump of the version land in one diff.
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
+from google.protobuf import message as _message
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Role:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLE_UNSPECIFIED: _Role.ValueType  # 0
+    ROLE_VIEWER: _Role.ValueType  # 1
+    ROLE_DEPLOYER: _Role.ValueType  # 2
+    ROLE_APPROVER: _Role.ValueType  # 3
+    ROLE_ADMIN: _Role.ValueType  # 4
+
+class Role(_Role, metaclass=_RoleEnumTypeWrapper):
+    """Who may call a method. Roles are ordered: viewer < deployer < approver < admin."""
+
+ROLE_UNSPECIFIED: Role.ValueType  # 0
+ROLE_VIEWER: Role.ValueType  # 1
+ROLE_DEPLOYER: Role.ValueType  # 2
+ROLE_APPROVER: Role.ValueType  # 3
+ROLE_ADMIN: Role.ValueType  # 4
+Global___Role: _TypeAlias = Role  # noqa: Y015
+
+@_typing.final
+class HttpRule(_message.Message):
+    """How a gRPC method is served over REST/JSON (one schema for both, like
+    grpc-gateway's google.api.http, without its dependency).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """GET, POST, PUT, PATCH or DELETE."""
+    path: _builtins.str
+    """A path template; `{field}` segments fill request fields, e.g.
+    "/v1/applications/{name}".
+    """
+    body: _builtins.str
+    """"*" = the JSON body is the request message; "" = no body (query parameters)."""
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        path: _builtins.str = ...,
+        body: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "method", b"method", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HttpRule: _TypeAlias = HttpRule  # noqa: Y015
+
 EVENT_SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
 EVENT_TYPE_FIELD_NUMBER: _builtins.int
+HTTP_FIELD_NUMBER: _builtins.int
+MIN_ROLE_FIELD_NUMBER: _builtins.int
 event_schema_version: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, _builtins.int]
 """The version of this event's layout. Bump it when the meaning or the shape of the
 fields changes in a way old readers would misread (renames, splits, new
@@ -27,3 +94,6 @@ event_type: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOpt
 message is an earlier version of (e.g. "convoy.v1.ApplicationCreated").
 Current events leave it unset; their type is their own full name.
 """
+http: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___HttpRule]
+min_role: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Role.ValueType]
+"""The least role that may call this method."""

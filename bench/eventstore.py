@@ -144,9 +144,15 @@ def bench_eventsourcing(server: PostgresServer, writers: int, seconds: float) ->
     except ImportError:
         print("eventsourcing not installed (pip install 'eventsourcing[postgres]'); skipping", flush=True)
         return None
+    import psycopg
+
+    schema = f"bench_es_{writers}"
+    with psycopg.connect(f"postgresql://convoy:{server.password}@127.0.0.1:{server.port}/postgres", autocommit=True) as c:
+        c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        c.execute(f"CREATE SCHEMA {schema}")
     datastore = PostgresDatastore(
         dbname="postgres", host="127.0.0.1", port=str(server.port), user="convoy",
-        password=server.password, pool_size=writers, max_overflow=0, schema=f"bench_es_{writers}",
+        password=server.password, pool_size=writers, max_overflow=0, schema=schema,
     )
     with datastore:
         recorder = PostgresApplicationRecorder(datastore)

@@ -14,8 +14,10 @@ from typing import Annotated
 
 import typer
 
+from eventstore import bus
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres import PostgresEventStore, PostgresSettings
+from eventstore.relay import Relay, RelaySettings
 from eventstore.settings import Settings, environ
 
 app = typer.Typer(
@@ -50,18 +52,24 @@ def up(state_dir: StateDir = None) -> None:
 
 
 async def _serve(settings: Settings, servers: EmbeddedServers) -> None:
+    """The control plane's processes, composed explicitly. So far: the event store and
+    its relay to JetStream; the API, planner and agent join them in later issues."""
     store = await PostgresEventStore.open(PostgresSettings(dsn=servers.database_url, schema=settings.instance))
+    nc = await bus.connect(servers.nats_url, name=f"convoy-up:{settings.instance}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        typer.echo(f"event store ready: {await store.head()} events; press Ctrl-C to stop")
-        await stop.wait()
+        await bus.ensure_streams(nc.jetstream(), settings.instance)
+        async with Relay(store=store, nc=nc, settings=RelaySettings(instance=settings.instance)):
+            typer.echo(f"event store ready: {await store.head()} events, relayed to JetStream; press Ctrl-C to stop")
+            await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
+        await nc.close()
         await store.close()
 
 

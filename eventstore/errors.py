@@ -50,6 +50,16 @@ class Unavailable(ConvoyError):
     retryable = True
 
 
+class BusRejected(ConvoyError):
+    """NATS JetStream refused an operation: a missing or misconfigured stream, a failed
+    publish precondition, a permission. The message carries the server's code and
+    description; run `eventstore.bus.ensure_streams` or fix the credentials."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        self.code = code
+        super().__init__(message)
+
+
 class EmbeddedServerError(ConvoyError):
     """An embedded server could not be started or stopped; the message says why and
     which log file to read."""

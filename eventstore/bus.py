@@ -1,0 +1,370 @@
+"""The bus layout on NATS JetStream, as pure functions, plus the one call that creates it.
+
+Several Convoy instances may share one NATS, so every name derives from the instance:
+subjects live under `convoy.<instance>.` and stream names end in `_<INSTANCE>`. Events are
+published on `convoy.<instance>.evt.<category>.<part>…` — one subject token per stream-id
+segment — so an intent stream `intent/<runtime>/…` lands on
+`convoy.<instance>.evt.intent.<runtime>.…` and a runtime's NATS permissions and its agent's
+consumer filter select exactly its own intents. Subject tokens are escaped reversibly
+(`~XX` per UTF-8 byte for anything but letters, digits, `_ - : @`), because stream ids may
+contain dots and a dot would split a token; a token too long for a subject is hashed, and
+the `Convoy-Stream-Id` header stays the truth.
+
+The envelope travels in headers (`Nats-Msg-Id` = event id, for JetStream's dedupe) and the
+payload is the event's protobuf bytes, so a consumer never needs PostgreSQL.
+This module is also the edge where nats-py exceptions become Convoy errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final, TypeVar
+from urllib.parse import quote, unquote
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from eventstore.errors import BusRejected, ConvoyError, InvalidInput, Unavailable
+from eventstore.types import RecordedEvent, validate_stream_id
+
+log = structlog.get_logger("convoy.bus")
+_T = TypeVar("_T")
+
+H_MSG_ID: Final = "Nats-Msg-Id"
+H_EXPECTED_LAST_MSG_ID: Final = "Nats-Expected-Last-Msg-Id"
+H_POSITION: Final = "Convoy-Position"
+H_STREAM_ID: Final = "Convoy-Stream-Id"
+H_VERSION: Final = "Convoy-Version"
+H_TYPE: Final = "Convoy-Type"
+H_SCHEMA_VERSION: Final = "Convoy-Schema-Version"
+H_ACTOR: Final = "Convoy-Actor"
+H_CAUSATION_ID: Final = "Convoy-Causation-Id"
+H_CORRELATION_ID: Final = "Convoy-Correlation-Id"
+H_RECORDED_AT: Final = "Convoy-Recorded-At"
+
+DEFAULT_DUPLICATE_WINDOW: Final = 120.0
+"""Seconds JetStream remembers a `Nats-Msg-Id`. The relay does not rely on it across
+restarts: it reconciles its checkpoint with the stream's last message first."""
+
+_INSTANCE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_PLAIN_TOKEN = re.compile(r"^[A-Za-z0-9_:@-]+$")
+_UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9_:@-]")
+_MAX_TOKEN = 128
+_ACTOR_SAFE = ":/@!$&'()*+,;=.-_~"
+_PLAIN_ACTOR = re.compile(r"^[A-Za-z0-9:/@!$&'()*+,;=._~-]+$")
+
+
+# -- names -------------------------------------------------------------------------
+
+
+def validate_instance(instance: str) -> str:
+    if not isinstance(instance, str) or not _INSTANCE.fullmatch(instance):
+        raise InvalidInput(
+            f"invalid Convoy instance name {instance!r}: use 1-32 lower-case letters, digits, "
+            "'_' or '-', starting with a letter or digit"
+        )
+    return instance
+
+
+def events_stream(instance: str) -> str:
+    return f"CONVOY_EVENTS_{validate_instance(instance).upper()}"
+
+
+def observations_stream(instance: str) -> str:
+    return f"CONVOY_OBSERVATIONS_{validate_instance(instance).upper()}"
+
+
+def dlq_stream(instance: str) -> str:
+    return f"CONVOY_DLQ_{validate_instance(instance).upper()}"
+
+
+def encode_token(text: str) -> str:
+    """One safe subject token for `text`: reversible unless it had to be hashed."""
+    if _PLAIN_TOKEN.fullmatch(text):
+        token = text
+    elif not text:
+        return "~"
+    else:
+        token = _UNSAFE_CHAR.sub(lambda m: "".join(f"~{b:02X}" for b in m.group().encode()), text)
+    if len(token) > _MAX_TOKEN:
+        return "~H" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return token
+
+
+def decode_token(token: str) -> str:
+    if token == "~":
+        return ""
+    if token.startswith("~H"):
+        raise InvalidInput(f"subject token {token!r} is a hash; read the {H_STREAM_ID} header instead")
+    if "~" not in token:
+        return token
+    out = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "~":
+            out.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.extend(token[i].encode())
+            i += 1
+    return out.decode()
+
+
+def events_subjects(instance: str) -> str:
+    return f"convoy.{validate_instance(instance)}.evt.>"
+
+
+@functools.lru_cache(maxsize=65536)
+def event_subject(instance: str, stream_id: str) -> str:
+    """`convoy.<instance>.evt.<category>.<part>…` for an event of `stream_id`."""
+    validate_stream_id(stream_id)
+    tokens = ".".join(encode_token(part) for part in stream_id.split("/"))
+    return f"convoy.{validate_instance(instance)}.evt.{tokens}"
+
+
+def stream_id_from_subject(instance: str, subject: str) -> str:
+    prefix = f"convoy.{validate_instance(instance)}.evt."
+    if not subject.startswith(prefix):
+        raise InvalidInput(f"subject {subject!r} is not an event subject of instance {instance!r}")
+    return "/".join(decode_token(t) for t in subject[len(prefix) :].split("."))
+
+
+def intent_filter(instance: str, runtime: str) -> list[str]:
+    """Consumer filter subjects selecting exactly one runtime's intents (the stream
+    `intent/<runtime>` itself and every `intent/<runtime>/…`)."""
+    base = f"convoy.{validate_instance(instance)}.evt.intent.{encode_token(runtime)}"
+    return [base, f"{base}.>"]
+
+
+def observations_subjects(instance: str) -> str:
+    return f"convoy.{validate_instance(instance)}.obs.>"
+
+
+def observation_subject(instance: str, runtime: str, *parts: str) -> str:
+    tokens = "".join("." + encode_token(p) for p in parts)
+    return f"convoy.{validate_instance(instance)}.obs.{encode_token(runtime)}{tokens}"
+
+
+def observation_filter(instance: str, runtime: str) -> str:
+    return f"convoy.{validate_instance(instance)}.obs.{encode_token(runtime)}.>"
+
+
+def dlq_subjects(instance: str) -> str:
+    return f"convoy.{validate_instance(instance)}.dlq.>"
+
+
+def dlq_subject(instance: str, consumer: str) -> str:
+    return f"convoy.{validate_instance(instance)}.dlq.{encode_token(consumer)}"
+
+
+# -- the envelope in headers -------------------------------------------------------
+
+
+def event_headers(event: RecordedEvent) -> dict[str, str]:
+    headers = {
+        H_MSG_ID: str(event.event_id),
+        H_POSITION: str(event.position),
+        H_STREAM_ID: event.stream_id,
+        H_VERSION: str(event.version),
+        H_TYPE: event.type,
+        H_SCHEMA_VERSION: str(event.schema_version),
+        H_ACTOR: event.actor if _PLAIN_ACTOR.fullmatch(event.actor) else quote(event.actor, safe=_ACTOR_SAFE),
+        H_RECORDED_AT: event.recorded_at.isoformat(),
+    }
+    if event.causation_id is not None:
+        headers[H_CAUSATION_ID] = str(event.causation_id)
+    if event.correlation_id is not None:
+        headers[H_CORRELATION_ID] = str(event.correlation_id)
+    return headers
+
+
+def event_header_block(event: RecordedEvent) -> str:
+    """`event_headers` rendered as NATS header lines ("Key: value\r\n" each), for the
+    relay's fast path. Every value is free of CR/LF by construction."""
+    actor = event.actor if _PLAIN_ACTOR.fullmatch(event.actor) else quote(event.actor, safe=_ACTOR_SAFE)
+    block = (
+        f"{H_POSITION}: {event.position}\r\n{H_STREAM_ID}: {event.stream_id}\r\n"
+        f"{H_VERSION}: {event.version}\r\n{H_TYPE}: {event.type}\r\n"
+        f"{H_SCHEMA_VERSION}: {event.schema_version}\r\n{H_ACTOR}: {actor}\r\n"
+        f"{H_RECORDED_AT}: {event.recorded_at.isoformat()}\r\n"
+    )
+    if event.causation_id is not None:
+        block += f"{H_CAUSATION_ID}: {event.causation_id}\r\n"
+    if event.correlation_id is not None:
+        block += f"{H_CORRELATION_ID}: {event.correlation_id}\r\n"
+    return block
+
+
+def event_from_message(headers: Mapping[str, str] | None, data: bytes) -> RecordedEvent:
+    """The stored event a relayed message carries; `InvalidInput` if it is not one."""
+    if not headers:
+        raise InvalidInput("message has no headers: not a relayed Convoy event")
+    try:
+        causation = headers.get(H_CAUSATION_ID)
+        correlation = headers.get(H_CORRELATION_ID)
+        return RecordedEvent(
+            position=int(headers[H_POSITION]),
+            stream_id=headers[H_STREAM_ID],
+            version=int(headers[H_VERSION]),
+            event_id=uuid.UUID(headers[H_MSG_ID]),
+            type=headers[H_TYPE],
+            schema_version=int(headers[H_SCHEMA_VERSION]),
+            data=bytes(data),
+            actor=unquote(headers[H_ACTOR]),
+            causation_id=uuid.UUID(causation) if causation else None,
+            correlation_id=uuid.UUID(correlation) if correlation else None,
+            recorded_at=datetime.fromisoformat(headers[H_RECORDED_AT]),
+        )
+    except (KeyError, ValueError) as error:
+        raise InvalidInput(f"malformed Convoy event headers: {type(error).__name__}: {error}") from error
+
+
+# -- errors at the edge ------------------------------------------------------------
+
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,  # nats.errors.TimeoutError is one
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoServersError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.UnexpectedEOF,
+    nats.errors.FlushTimeoutError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
+"""nats-py failures that mean "the bus cannot do it right now"."""
+
+NATS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, *UNAVAILABLE_ERRORS)
+"""Everything nats-py raises that `translate` turns into a Convoy error."""
+
+
+def translate(error: BaseException, what: str) -> ConvoyError:
+    """The Convoy error for a nats-py exception raised while doing `what`."""
+    if isinstance(error, ConvoyError):
+        return error
+    if isinstance(error, UNAVAILABLE_ERRORS):
+        return Unavailable(f"NATS unavailable during {what}: {type(error).__name__}: {error}")
+    if isinstance(error, nats.js.errors.APIError):
+        return BusRejected(
+            f"JetStream refused {what}: {error.description or type(error).__name__} "
+            f"(code {error.code}, error code {error.err_code})",
+            code=error.err_code,
+        )
+    return BusRejected(f"NATS refused {what}: {type(error).__name__}: {error}")
+
+
+async def guarded(what: str, op: Callable[[], Awaitable[_T]]) -> _T:
+    """Run a NATS operation, translating nats-py exceptions into Convoy errors."""
+    try:
+        return await op()
+    except NATS_ERRORS as error:
+        raise translate(error, what) from error
+
+
+async def connect(servers: str | Sequence[str], *, name: str, connect_attempts: int = 3, **options: Any) -> Client:
+    """A NATS connection that logs (without secrets) through structlog and, once
+    connected, reconnects forever. The first connection fails fast, with `Unavailable`,
+    after `connect_attempts` tries. `options` go to `nats.connect` (credentials, TLS …)."""
+
+    async def on_error(error: Exception) -> None:
+        log.warning("nats error", connection=name, error=f"{type(error).__name__}: {error}")
+
+    async def on_disconnected() -> None:
+        log.info("nats disconnected", connection=name)
+
+    async def on_reconnected() -> None:
+        log.info("nats reconnected", connection=name)
+
+    settings: dict[str, Any] = {
+        "reconnect_time_wait": 0.25,
+        "connect_timeout": 2,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnected,
+        "reconnected_cb": on_reconnected,
+    }
+    settings.update(options)
+    reconnects = settings.pop("max_reconnect_attempts", -1)
+    urls = [servers] if isinstance(servers, str) else list(servers)
+    # nats-py applies max_reconnect_attempts to the first connection too: bound it there.
+    nc = await guarded(
+        f"connecting to NATS as {name}",
+        lambda: nats.connect(urls, name=name, max_reconnect_attempts=connect_attempts, **settings),
+    )
+    nc.options["max_reconnect_attempts"] = reconnects
+    return nc
+
+
+# -- the streams ---------------------------------------------------------------------
+
+
+def stream_configs(
+    instance: str, *, replicas: int = 1, duplicate_window: float = DEFAULT_DUPLICATE_WINDOW
+) -> list[StreamConfig]:
+    common: dict[str, Any] = {
+        "storage": StorageType.FILE,
+        "retention": RetentionPolicy.LIMITS,
+        "discard": DiscardPolicy.OLD,
+        "num_replicas": replicas,
+        "duplicate_window": duplicate_window,
+        "allow_direct": True,
+    }
+    return [
+        StreamConfig(
+            name=events_stream(instance),
+            description=f"Convoy {instance}: every stored event, in global position order",
+            subjects=[events_subjects(instance)],
+            **common,
+        ),
+        StreamConfig(
+            name=observations_stream(instance),
+            description=f"Convoy {instance}: observations reported by agents",
+            subjects=[observations_subjects(instance)],
+            **common,
+        ),
+        StreamConfig(
+            name=dlq_stream(instance),
+            description=f"Convoy {instance}: messages no consumer could handle",
+            subjects=[dlq_subjects(instance)],
+            **common,
+        ),
+    ]
+
+
+async def ensure_streams(
+    js: JetStreamContext,
+    instance: str,
+    *,
+    replicas: int = 1,
+    duplicate_window: float = DEFAULT_DUPLICATE_WINDOW,
+) -> list[str]:
+    """Create the instance's streams, or update them to this configuration. Idempotent.
+    Returns the stream names."""
+    names = []
+    for config in stream_configs(instance, replicas=replicas, duplicate_window=duplicate_window):
+        assert config.name is not None
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError as error:
+            if error.err_code != 10058:  # "stream name already in use with a different configuration"
+                raise translate(error, f"creating stream {config.name}") from error
+            await guarded(f"updating stream {config.name}", functools.partial(js.update_stream, config))
+            log.info("stream updated", stream=config.name)
+        except NATS_ERRORS as error:
+            raise translate(error, f"creating stream {config.name}") from error
+        names.append(config.name)
+    return names

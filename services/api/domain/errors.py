@@ -1,0 +1,112 @@
+"""Why a command was refused, as types the API can map to gRPC codes and HTTP statuses.
+
+`decide` raises only these (and never half-decides: a refused command yields no events).
+Each message says what to fix and, for bad input, names the field path the way the
+request spells it (`application.release_channels[1].runtimes[0].runtime`), so a CLI user
+or a UI can point at the offending line. None of them is retryable: sending the same
+command again gets the same answer until the request or the catalog changes.
+
+| error                | gRPC                | HTTP |
+|----------------------|---------------------|------|
+| InvalidArgument      | INVALID_ARGUMENT    | 400  |
+| NotFound             | NOT_FOUND           | 404  |
+| AlreadyExists        | ALREADY_EXISTS      | 409  |
+| FailedPrecondition   | FAILED_PRECONDITION | 400/409 |
+| PermissionDenied     | PERMISSION_DENIED   | 403  |
+| BadCommandContext    | INTERNAL            | 500  |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from eventstore.errors import ConvoyError, InvalidInput
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One thing wrong with a request: where (a field path) and what to do about it."""
+
+    field: str
+    description: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.description}" if self.field else self.description
+
+
+class InvalidArgument(InvalidInput):
+    """The request is malformed or contradicts itself, whatever the catalog holds.
+    `violations` lists every problem found (the API can return them as field
+    violations); the message joins them."""
+
+    def __init__(self, violations: Iterable[Violation]) -> None:
+        self.violations: tuple[Violation, ...] = tuple(violations)
+        if not self.violations:
+            raise ValueError("InvalidArgument needs at least one violation")
+        super().__init__("; ".join(str(v) for v in self.violations))
+
+    @classmethod
+    def at(cls, field: str, description: str) -> InvalidArgument:
+        """A single violation, the common case."""
+        return cls([Violation(field, description)])
+
+
+class NotFound(ConvoyError):
+    """The request names something the catalog does not hold (an application, a
+    runtime, a release, a channel …). Create it first, or fix the name."""
+
+
+class AlreadyExists(ConvoyError):
+    """The request would create something that must be unique and already exists
+    (e.g. a release version of a service)."""
+
+
+class FailedPrecondition(ConvoyError):
+    """The request is well-formed but the catalog is not in a state that allows it
+    (deleting an application that still has services, approving a rejected release …).
+    The message says what must change first."""
+
+
+class PermissionDenied(ConvoyError):
+    """The caller's role or identity does not allow this particular command. Role
+    checks per method happen in the API; the domain raises this only for rules that
+    depend on the catalog."""
+
+
+class BadCommandContext(ConvoyError):
+    """The shell built the `Command` wrongly: an empty actor, missing minted ids or
+    secrets, a request type that is not a command. A programming error in the API
+    layer, never the end user's fault; the message names what is missing."""
+
+
+class Problems:
+    """Collects violations while validating a declaration, so one answer lists every
+    problem instead of making the user fix them one round-trip at a time."""
+
+    def __init__(self) -> None:
+        self._items: list[Violation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self._items.append(Violation(field, description))
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def raise_if_any(self) -> None:
+        if self._items:
+            raise InvalidArgument(self._items)
+
+
+DOMAIN_ERRORS: tuple[type[ConvoyError], ...] = (
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    PermissionDenied,
+    BadCommandContext,
+)
+"""Everything `decide` may raise."""

@@ -1,0 +1,91 @@
+"""CreateToken and RevokeToken: API credentials with a role.
+
+The shell mints the token id and secret; the secret is answered once and only its
+SHA-256 is recorded, so the log (and every copy of it on the bus) never holds a usable
+credential. Roles are the API's `Role` enum (viewer < deployer < approver < admin),
+recorded by name. Revoking is idempotent: revoking a revoked token records nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Mapping
+from typing import Final
+
+from schemas.convoy.v1 import api_pb2, events_pb2, options_pb2
+from services.api.domain import streams
+from services.api.domain.commands import MIN_SECRET_LENGTH, Command, Decision, sha256_hex
+from services.api.domain.errors import BadCommandContext, NotFound, Problems
+from services.api.domain.state import State, TokenRecord
+from services.api.domain.validation import MAX_REASON, check_enum, check_text, q
+
+ROLE_NAMES: Final = {
+    options_pb2.ROLE_VIEWER: "viewer",
+    options_pb2.ROLE_DEPLOYER: "deployer",
+    options_pb2.ROLE_APPROVER: "approver",
+    options_pb2.ROLE_ADMIN: "admin",
+}
+ROLES_BY_NAME: Final = {name: role for role, name in ROLE_NAMES.items()}
+_ROLE_ENUM_NAMES: Final[Mapping[int, str]] = {role: options_pb2.Role.Name(role) for role in ROLE_NAMES}
+_TOKEN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:@-]{0,199}")
+MAX_TOKEN_NAME: Final = 100
+
+
+def role_of(token: TokenRecord) -> int:
+    """The token's role as the `Role` enum (ROLE_UNSPECIFIED for an unknown name)."""
+    return ROLES_BY_NAME.get(token.role, options_pb2.ROLE_UNSPECIFIED)
+
+
+def token_for_secret(state: State, secret: str) -> TokenRecord | None:
+    """The live (not revoked) token whose secret this is, compared in constant time."""
+    digest = sha256_hex(secret)
+    found = None
+    for token in state.tokens.values():
+        if hmac.compare_digest(token.secret_sha256, digest) and not token.revoked:
+            found = token
+    return found
+
+
+def create_token(state: State, request: api_pb2.CreateTokenRequest, command: Command) -> Decision:
+    problems = Problems()
+    name = request.name
+    if not name.strip():
+        problems.add("name", "required: what the token is for, e.g. \"ci-deployer\"")
+    elif len(name) > MAX_TOKEN_NAME or not name.isprintable():
+        problems.add("name", f"must be printable text of at most {MAX_TOKEN_NAME} characters")
+    check_enum(problems, "role", request.role, _ROLE_ENUM_NAMES, required=True, what="role")
+    problems.raise_if_any()
+    minted = command.minted
+    if (
+        _TOKEN_ID.fullmatch(minted.token_id) is None
+        or minted.token_id in state.tokens
+        or len(minted.token_secret) < MIN_SECRET_LENGTH
+    ):
+        raise BadCommandContext(
+            "CreateToken needs a fresh Minted.token_id (letters, digits, '.', ':', '@', '-') and a "
+            f"Minted.token_secret of at least {MIN_SECRET_LENGTH} characters (use Minted.fresh())"
+        )
+    event = events_pb2.TokenCreated(
+        token_id=minted.token_id,
+        name=name,
+        role=ROLE_NAMES[request.role],
+        secret_sha256=sha256_hex(minted.token_secret),
+    )
+    response = api_pb2.CreatedToken(token_id=minted.token_id, name=name, role=request.role, secret=minted.token_secret)
+    return Decision.of(streams.token(minted.token_id), event, response)
+
+
+def revoke_token(state: State, request: api_pb2.RevokeTokenRequest, command: Command) -> Decision:
+    problems = Problems()
+    if not request.token_id:
+        problems.add("token_id", "required: the id of the token to revoke")
+    check_text(problems, "reason", request.reason, limit=MAX_REASON)
+    problems.raise_if_any()
+    token = state.tokens.get(request.token_id)
+    if token is None:
+        raise NotFound(f"token {q(request.token_id)} does not exist")
+    if token.revoked:
+        return Decision.unchanged()
+    event = events_pb2.TokenRevoked(token_id=request.token_id, reason=request.reason)
+    return Decision.of(streams.token(request.token_id), event)

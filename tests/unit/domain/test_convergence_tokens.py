@@ -1,0 +1,129 @@
+"""Pause/ResumeConvergence and tokens: idempotence, scoping, every rejection."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from eventstore.errors import ConvoyError
+from schemas.convoy.v1 import api_pb2, events_pb2, options_pb2
+from services.api.domain import BadCommandContext, FailedPrecondition, InvalidArgument, Minted, NotFound, decide
+from services.api.domain.tokens import role_of, token_for_secret
+from tests.unit.domain.builders import MINTED, command, run, shop
+
+PAUSE, RESUME = "PauseConvergence", "/convoy.v1.ReleaseService/ResumeConvergence"
+
+
+def conv(channel: str = "", reason: str = "") -> api_pb2.ConvergenceRequest:
+    return api_pb2.ConvergenceRequest(application="shop", service="api", channel=channel, reason=reason)
+
+
+def test_pause_and_resume_one_channel() -> None:
+    decision, state = run(shop(), conv("prod", "investigating"), method=PAUSE)
+    assert decision.events == (("service/shop/api", events_pb2.ConvergencePaused(
+        application="shop", service="api", channel="prod", reason="investigating")),)
+    assert state.is_convergence_paused("shop", "api", "prod")
+    assert not state.is_convergence_paused("shop", "api", "staging")
+    assert decide(state, command(conv("prod"), method=PAUSE)).events == ()
+    decision, state = run(state, conv("prod"), method=RESUME)
+    assert decision.events == (("service/shop/api", events_pb2.ConvergenceResumed(
+        application="shop", service="api", channel="prod")),)
+    assert decide(state, command(conv("prod"), method=RESUME)).events == ()
+
+
+def test_pausing_everywhere_covers_channels_and_resuming_everywhere_clears_them() -> None:
+    _, state = run(shop(), conv("staging"), method=PAUSE)
+    decision, state = run(state, conv(), method=PAUSE)
+    assert decision.changed
+    assert decide(state, command(conv("prod"), method=PAUSE)).events == ()  # already paused everywhere
+    with pytest.raises(FailedPrecondition) as caught:
+        decide(state, command(conv("prod"), method=RESUME))
+    assert str(caught.value) == (
+        "service shop/api is paused in every channel; resume it with an empty channel (every channel), then pause "
+        'the others again if needed — resuming only "prod" would change nothing'
+    )
+    decision, state = run(state, conv(), method=RESUME)
+    assert decision.changed and state.paused_convergences == {}
+    assert decide(state, command(conv(), method=RESUME)).events == ()
+
+
+CONV_REFUSED: list[tuple[str, api_pb2.ConvergenceRequest, str, type[ConvoyError], str]] = [
+    ("unknown service", api_pb2.ConvergenceRequest(application="shop", service="web"), PAUSE, NotFound,
+     'service "web" of application "shop" does not exist; services: api'),
+    ("unknown channel", conv("qa"), PAUSE, NotFound, 'channel: application "shop" has no channel "qa"; channels: prod, staging'),
+    ("bad channel", conv("QA"), RESUME, InvalidArgument,
+     "channel: \"QA\" is not a valid channel name: use lower-case letters, digits and '-', start and end with a letter or digit, at most 63 characters"),
+    ("no method", conv(), "", BadCommandContext,
+     "a ConvergenceRequest needs Command.method 'PauseConvergence' or 'ResumeConvergence', not ''"),
+]
+
+
+@pytest.mark.parametrize(("request_", "method", "error", "message"), [c[1:] for c in CONV_REFUSED], ids=[c[0] for c in CONV_REFUSED])
+def test_convergence_refused(request_: api_pb2.ConvergenceRequest, method: str, error: type[ConvoyError], message: str) -> None:
+    with pytest.raises(error) as caught:
+        decide(shop(), command(request_, method=method))
+    assert str(caught.value) == message
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+
+def test_create_and_revoke_token() -> None:
+    request = api_pb2.CreateTokenRequest(name="ci deployer", role=options_pb2.ROLE_DEPLOYER)
+    decision, state = run(shop(), request)
+    digest = hashlib.sha256(MINTED.token_secret.encode()).hexdigest()
+    assert decision.events == (("token/tok-1", events_pb2.TokenCreated(
+        token_id="tok-1", name="ci deployer", role="deployer", secret_sha256=digest)),)
+    assert decision.response == api_pb2.CreatedToken(
+        token_id="tok-1", name="ci deployer", role=options_pb2.ROLE_DEPLOYER, secret=MINTED.token_secret)
+    token = token_for_secret(state, MINTED.token_secret)
+    assert token is not None and role_of(token) == options_pb2.ROLE_DEPLOYER
+    assert token_for_secret(state, "wrong") is None
+
+    revoke = api_pb2.RevokeTokenRequest(token_id="tok-1", reason="leaked")
+    decision, state = run(state, revoke)
+    assert decision.events == (("token/tok-1", events_pb2.TokenRevoked(token_id="tok-1", reason="leaked")),)
+    assert state.tokens["tok-1"].revoked and token_for_secret(state, MINTED.token_secret) is None
+    assert decide(state, command(revoke)).events == ()
+
+
+TOKEN_REFUSED: list[tuple[str, object, type[ConvoyError], str]] = [
+    ("no name", api_pb2.CreateTokenRequest(role=options_pb2.ROLE_ADMIN), InvalidArgument,
+     'name: required: what the token is for, e.g. "ci-deployer"'),
+    ("control characters", api_pb2.CreateTokenRequest(name="a\nb", role=options_pb2.ROLE_ADMIN), InvalidArgument,
+     "name: must be printable text of at most 100 characters"),
+    ("no role", api_pb2.CreateTokenRequest(name="ci"), InvalidArgument,
+     "role: a role is required: one of ROLE_VIEWER, ROLE_DEPLOYER, ROLE_APPROVER, ROLE_ADMIN"),
+    ("unknown role", api_pb2.CreateTokenRequest(name="ci", role=9), InvalidArgument,  # type: ignore[arg-type]
+     "role: 9 is not a known role: use one of ROLE_VIEWER, ROLE_DEPLOYER, ROLE_APPROVER, ROLE_ADMIN"),
+    ("revoke unknown", api_pb2.RevokeTokenRequest(token_id="tok-9"), NotFound, 'token "tok-9" does not exist'),
+    ("revoke without id", api_pb2.RevokeTokenRequest(), InvalidArgument, "token_id: required: the id of the token to revoke"),
+]
+
+
+@pytest.mark.parametrize(("request_", "error", "message"), [c[1:] for c in TOKEN_REFUSED], ids=[c[0] for c in TOKEN_REFUSED])
+def test_token_refused(request_: object, error: type[ConvoyError], message: str) -> None:
+    with pytest.raises(error) as caught:
+        decide(shop(), command(request_))  # type: ignore[arg-type]
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("minted", [
+    Minted(), Minted(token_id="tok_1", token_secret="x" * 16), Minted(token_id="tok-1", token_secret="short"),
+])
+def test_token_needs_valid_minted_values(minted: Minted) -> None:
+    with pytest.raises(BadCommandContext, match="Minted.token_id"):
+        decide(shop(), command(api_pb2.CreateTokenRequest(name="ci", role=options_pb2.ROLE_VIEWER), minted=minted))
+
+
+def test_minted_fresh_values_are_accepted() -> None:
+    decision, _ = run(shop(), api_pb2.CreateTokenRequest(name="ci", role=options_pb2.ROLE_VIEWER), minted=Minted.fresh())
+    assert decision.changed
+
+
+def test_bad_command_context() -> None:
+    with pytest.raises(BadCommandContext, match="actor"):
+        decide(shop(), command(api_pb2.PauseRuntimeRequest(name="eu-1"), actor=""))
+    with pytest.raises(BadCommandContext, match="convoy.v1.GetApplicationRequest is not a command"):
+        decide(shop(), command(api_pb2.GetApplicationRequest(name="shop")))

@@ -25,7 +25,9 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
+## Run the benchmarks (installs the eventsourcing library for the baseline only).
 bench: $(STAMP)
+	$(BIN)/pip install --quiet 'eventsourcing[postgres]==9.5.6'
 	$(BIN)/python bench/eventstore.py
 
 clean:

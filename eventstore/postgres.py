@@ -434,19 +434,8 @@ SELECT pg_notify($13, $14) WHERE $14 <> ''
 
 
 def _recorded(row: asyncpg.Record) -> RecordedEvent:
-    return RecordedEvent(
-        position=row[0],
-        stream_id=row[1],
-        version=row[2],
-        event_id=row[3],
-        type=row[4],
-        schema_version=row[5],
-        data=bytes(row[6]),
-        actor=row[7],
-        causation_id=row[8],
-        correlation_id=row[9],
-        recorded_at=row[10],
-    )
+    # _COLUMNS lists the columns in RecordedEvent's field order.
+    return tuple.__new__(RecordedEvent, row)
 
 
 async def migrate(dsn: str, schema: str) -> list[int]:

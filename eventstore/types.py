@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from eventstore.errors import InvalidInput
 
@@ -95,9 +95,10 @@ def _valid_type_name(name: str) -> bool:
     return len(name) <= 200 and _TYPE_NAME.fullmatch(name) is not None
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
-    """An event as stored: immutable, with its global position and stream version."""
+class RecordedEvent(NamedTuple):
+    """An event as stored: immutable, with its global position and stream version.
+    A NamedTuple, not a dataclass: reads build hundreds of thousands per second, and a
+    frozen dataclass costs several times more to construct."""
 
     position: int
     stream_id: str

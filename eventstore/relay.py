@@ -9,10 +9,11 @@ up after any outage. How:
   holder dies, its session ends, the lock is released and a standby takes over.
 - The checkpoint (last position known to be in the stream) lives in PostgreSQL and is
   written on that same session, so a relay that lost its lock cannot move it.
-- Events go out in windows through `OrderedPublisher` (per-message acks, chained
+- Events go out in windows through `OrderedPublisher` (awaited acks, chained
   `Nats-Expected-Last-Msg-Id`, so the stream only ever holds a gapless prefix of the log);
   the checkpoint advances over the contiguous acked prefix, and after a failure the relay
-  backs off, waits for NATS, and resumes from the checkpoint.
+  backs off, waits for NATS, and resumes from the checkpoint. The next window is read
+  and rendered while the current one is on the wire.
 - Before publishing (at takeover and after every failure) the relay reads the stream's
   last message and sets its checkpoint to that message's position: a window that was
   stored but never checkpointed (a crash, a lost ack) is not published twice, however long

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -293,19 +291,3 @@ async def test_ensure_streams_is_idempotent_and_updates(embedded_nats: NatsServe
         assert info.config.subjects == [f"convoy.{subject_prefix}.evt.>"]
         for name in names:
             await js.delete_stream(name)
-
-
-@pytest.mark.skipif(not os.environ.get("CONVOY_BENCH"), reason="benchmark: set CONVOY_BENCH=1")
-async def test_relay_throughput(embedded_nats: NatsServer, pg_store: PostgresEventStore, subject_prefix: str) -> None:
-    total = 100_000
-    for start in range(0, total, 5000):
-        await pg_store.append(f"app/bench{start}", [ev(start + i) for i in range(5000)])
-    async with nats_client(embedded_nats.url) as nc:
-        relay = Relay(store=pg_store, nc=nc, settings=settings(subject_prefix))
-        began = time.perf_counter()
-        async with relay:
-            await eventually(lambda: relay.checkpoint == total, timeout=120, interval=0.05)
-        rate = total / (time.perf_counter() - began)
-        print(f"relay: {rate:,.0f} events/s")
-        await nc.jetstream().delete_stream(bus.events_stream(subject_prefix))
-    assert rate >= 20_000

@@ -1,0 +1,66 @@
+"""The bus layout is pure: names and subjects per instance, reversible subject tokens."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from eventstore import bus
+from eventstore.errors import InvalidInput
+from eventstore.types import RecordedEvent
+
+
+@pytest.mark.parametrize("text", ["web", "eu.west-1", "a b\tc", "x*y>z", "tilde~", "ünï.côde", "", "@:_-"])
+def test_tokens_are_safe_and_reversible(text: str) -> None:
+    token = bus.encode_token(text)
+    assert token and not any(c in token for c in ".*> \t\r\n")
+    assert bus.decode_token(token) == text
+
+
+def test_long_tokens_are_hashed_and_say_so() -> None:
+    token = bus.encode_token("a." * 100)
+    assert token.startswith("~H") and len(token) == 34
+    assert token == bus.encode_token("a." * 100) != bus.encode_token("b." * 100)
+    with pytest.raises(InvalidInput, match="header"):
+        bus.decode_token(token)
+
+
+def test_names_and_subjects_per_instance() -> None:
+    assert bus.events_stream("convoy") == "CONVOY_EVENTS_CONVOY"
+    assert bus.observations_stream("prod-1") == "CONVOY_OBSERVATIONS_PROD-1"
+    assert bus.dlq_stream("prod-1") == "CONVOY_DLQ_PROD-1"
+    assert bus.events_subjects("convoy") == "convoy.convoy.evt.>"
+    assert bus.event_subject("convoy", "service/shop/web") == "convoy.convoy.evt.service.shop.web"
+    assert bus.event_subject("convoy", "intent/eu.west/web") == "convoy.convoy.evt.intent.eu~2Ewest.web"
+    assert bus.intent_filter("convoy", "eu.west") == [
+        "convoy.convoy.evt.intent.eu~2Ewest",
+        "convoy.convoy.evt.intent.eu~2Ewest.>",
+    ]
+    assert bus.stream_id_from_subject("convoy", "convoy.convoy.evt.intent.eu~2Ewest.web") == "intent/eu.west/web"
+    assert bus.observation_subject("convoy", "eu.west", "web", "v1") == "convoy.convoy.obs.eu~2Ewest.web.v1"
+    assert bus.observation_filter("convoy", "eu.west") == "convoy.convoy.obs.eu~2Ewest.>"
+    assert bus.dlq_subject("convoy", "agent-eu") == "convoy.convoy.dlq.agent-eu"
+
+
+@pytest.mark.parametrize("instance", ["", "Convoy", "a.b", "a b", "x" * 33, "-x"])
+def test_bad_instance_names_are_refused(instance: str) -> None:
+    with pytest.raises(InvalidInput):
+        bus.events_stream(instance)
+
+
+@pytest.mark.parametrize("actor", ["system", "user:ann@example.com", "user: ann %\nx", "ünï"])
+def test_the_envelope_survives_headers(actor: str) -> None:
+    event = RecordedEvent(
+        position=7, stream_id="app/web.1", version=3, event_id=uuid.uuid4(), type="convoy.v1.Deployed",
+        schema_version=2, data=b"\x00\x01", actor=actor, causation_id=uuid.uuid4(), correlation_id=None,
+        recorded_at=datetime(2026, 11, 26, 3, 4, 5, 678901, tzinfo=UTC),
+    )
+    headers = bus.event_headers(event)
+    assert all("\n" not in v and "\r" not in v for v in headers.values())
+    block = dict(line.split(": ", 1) for line in bus.event_header_block(event).split("\r\n") if line)
+    assert block == {k: v for k, v in headers.items() if k != bus.H_MSG_ID}
+    assert bus.event_from_message(headers, event.data) == event
+    with pytest.raises(InvalidInput):
+        bus.event_from_message({**headers, bus.H_POSITION: "x"}, event.data)

@@ -1,0 +1,172 @@
+"""The event log through the API: ListEvents for audit and replay, Watch to follow it.
+
+Both read the store itself (the projection keeps only the catalog), in global order, and
+filter in this process. A scan is bounded per call, so a filter that matches rarely
+cannot turn one request into a full-log read: ListEvents answers with what it found and
+`last_position` — where the scan stopped — to continue from. Watch sleeps on the
+projection's progress signal (which NOTIFY wakes) instead of holding its own
+database listener, so a thousand watchers cost no connections while idle.
+
+An application's events are the ones on its streams: `app/<a>`, `service/<a>/…`,
+`release/<a>/…` and `resource/app/<a>/…` (see services.api.domain.streams).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime, timezone
+from typing import Final
+
+from google.protobuf import json_format, timestamp_pb2
+
+from eventstore.codec import EventRegistry
+from eventstore.errors import ConvoyError
+from eventstore.types import EventStore, RecordedEvent
+from schemas.convoy.v1 import api_pb2
+from services.api.errors import invalid
+from services.api.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from services.api.projection import Projection
+
+SCAN_BUDGET: Final = 10_000
+"""Events one ListEvents call reads at most, matching or not."""
+BATCH: Final = 500
+APP_CATEGORIES: Final = ("app", "service", "release", "resource")
+WATCH_IDLE: Final = 15.0
+"""Seconds a Watch sleeps before re-checking (for a stopped server or a dead client)."""
+
+
+def application_of(stream_id: str) -> str:
+    """The application a stream belongs to ("" for infrastructure streams)."""
+    parts = stream_id.split("/")
+    if parts[0] in ("app", "service", "release") and len(parts) >= 2:
+        return parts[1]
+    if parts[0] == "resource" and len(parts) >= 3 and parts[1] == "app":
+        return parts[2]
+    return ""
+
+
+class EventFilter:
+    def __init__(
+        self,
+        *,
+        application: str = "",
+        actor: str = "",
+        types: Sequence[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> None:
+        self.application = application
+        self.actor = actor
+        self.types = frozenset(types)
+        self.since = since
+        self.until = until
+
+    @property
+    def categories(self) -> tuple[str, ...] | None:
+        return APP_CATEGORIES if self.application else None
+
+    def matches(self, event: RecordedEvent) -> bool:
+        if self.application and application_of(event.stream_id) != self.application:
+            return False
+        if self.actor and event.actor != self.actor:
+            return False
+        if self.types and event.type not in self.types and event.type.rsplit(".", 1)[-1] not in self.types:
+            return False
+        if self.since is not None and event.recorded_at < self.since:
+            return False
+        return self.until is None or event.recorded_at <= self.until
+
+
+def to_api(registry: EventRegistry, recorded: RecordedEvent) -> api_pb2.Event:
+    """The API's view of a stored event, with the payload upcast and as proto3 JSON
+    (empty when this build cannot read it)."""
+    try:
+        message = registry.decode(recorded).message
+        payload = json_format.MessageToJson(message, indent=None, sort_keys=True)
+    except ConvoyError:
+        payload = ""
+    event = api_pb2.Event(
+        position=recorded.position,
+        stream_id=recorded.stream_id,
+        version=recorded.version,
+        event_id=str(recorded.event_id),
+        type=recorded.type,
+        schema_version=recorded.schema_version,
+        actor=recorded.actor,
+        causation_id=str(recorded.causation_id or ""),
+        correlation_id=str(recorded.correlation_id or ""),
+        json=payload,
+    )
+    event.recorded_at.FromDatetime(recorded.recorded_at)
+    return event
+
+
+def _time(field: str, value: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    if not present:
+        return None
+    try:
+        return value.ToDatetime(tzinfo=timezone.utc)
+    except (ValueError, OverflowError):
+        raise invalid(field, "is not a valid time") from None
+
+
+async def list_events(
+    store: EventStore, registry: EventRegistry, request: api_pb2.ListEventsRequest
+) -> api_pb2.ListEventsResponse:
+    if request.after_position < 0:
+        raise invalid("after_position", "must not be negative")
+    if request.limit < 0:
+        raise invalid("limit", "must not be negative (0 = the default, 100)")
+    limit = min(request.limit or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    selection = EventFilter(
+        application=request.application,
+        actor=request.actor,
+        types=request.types,
+        since=_time("since", request.since, request.HasField("since")),
+        until=_time("until", request.until, request.HasField("until")),
+    )
+    found: list[api_pb2.Event] = []
+    position = request.after_position
+    scanned = 0
+    while len(found) < limit and scanned < SCAN_BUDGET:
+        batch = await store.read_all(after=position, limit=BATCH, categories=selection.categories)
+        for recorded in batch:
+            scanned += 1
+            position = recorded.position
+            if selection.matches(recorded):
+                found.append(to_api(registry, recorded))
+                if len(found) >= limit:
+                    break
+        if len(batch) < BATCH:
+            break
+    return api_pb2.ListEventsResponse(events=found, last_position=position)
+
+
+async def watch(
+    store: EventStore,
+    registry: EventRegistry,
+    projection: Projection,
+    request: api_pb2.WatchRequest,
+    *,
+    open: Callable[[], bool] = lambda: True,
+) -> AsyncIterator[api_pb2.Event]:
+    """An application's events after `after_position`, then each new one as it commits,
+    until the client goes away or the server stops."""
+    if not request.application:
+        raise invalid("application", "required: the application whose events to follow")
+    if request.after_position < 0:
+        raise invalid("after_position", "must not be negative")
+    selection = EventFilter(application=request.application)
+    position = request.after_position
+    while projection.running and open():
+        # The projection folds every event, so its position passing what it was before
+        # this read means the log has moved (in some category): read again from here.
+        seen = projection.position
+        batch = await store.read_all(after=position, limit=BATCH, categories=selection.categories)
+        for recorded in batch:
+            position = recorded.position
+            if selection.matches(recorded):
+                yield to_api(registry, recorded)
+        if len(batch) < BATCH:
+            await projection.wait_beyond(max(seen, position), timeout=WATCH_IDLE)
+

@@ -1,0 +1,169 @@
+"""The one handler layer behind both transports: authenticate, authorize, dispatch.
+
+gRPC and REST differ only in how a request arrives and how an answer leaves; what a
+call means is decided here, once. Each call is authenticated against the projected
+tokens, checked against its method's `min_role`, then routed: commands to the
+`Writer` (decide + append), catalog reads to `queries` (after waiting for
+`min_position`), the log to `events`. Failures are classified here too (`fail`), so
+both transports log them the same way — with the request's correlation id, a traceback
+only for the unexpected, and never a token or secret.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import structlog
+from google.protobuf.message import Message
+
+from eventstore.codec import EventRegistry
+from eventstore.errors import Unavailable
+from eventstore.tasks import describe
+from eventstore.types import EventStore
+from schemas.convoy.v1 import api_pb2
+from services.api import auth, events, queries
+from services.api.errors import Failure, classify, invalid
+from services.api.methods import METHODS, Method
+from services.api.projection import Projection
+from services.api.writes import Writer
+
+log = structlog.get_logger("convoy.api")
+
+READ_WAIT: Final = 5.0
+"""How long a read waits for its `min_position` (read-your-writes) before UNAVAILABLE."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a transport knows about a call besides its request message."""
+
+    authorization: str | None = None
+    idempotency_key: str | None = None
+    correlation_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    transport: str = "grpc"
+
+
+def correlation_from(value: str | None) -> uuid.UUID:
+    """A client-supplied correlation id when it is a UUID, else a fresh one."""
+    if value:
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    return uuid.uuid4()
+
+
+class Api:
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        registry: EventRegistry,
+        projection: Projection,
+        writer: Writer,
+        read_wait: float = READ_WAIT,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._projection = projection
+        self._writer = writer
+        self._read_wait = read_wait
+        self._streams_open = True
+        missing = [
+            m.name
+            for m in METHODS
+            if not m.is_command and m.name not in queries.QUERIES and m.name not in ("ListEvents", "Watch")
+        ]
+        if missing:
+            raise RuntimeError(f"api.proto methods without a handler: {', '.join(missing)}")
+
+    def authenticate(self, method: Method, ctx: CallContext) -> auth.Principal:
+        if not self._projection.running:
+            raise Unavailable("the API is starting or stopping; retry shortly")
+        principal = auth.authenticate(self._projection.state, ctx.authorization)
+        auth.authorize(principal, method.min_role, method.name)
+        return principal
+
+    async def call(self, method: Method, ctx: CallContext, parse: Callable[[], Message]) -> Message:
+        """Run a unary method. `parse` builds the request (raising InvalidArgument for
+        bad input); it runs after authentication, so anonymous callers learn nothing
+        about the request format."""
+        started = time.monotonic()
+        principal = self.authenticate(method, ctx)
+        request = parse()
+        with structlog.contextvars.bound_contextvars(correlation_id=str(ctx.correlation_id), method=method.name):
+            response = await self._dispatch(method, request, principal, ctx)
+            log.info(
+                "api call",
+                transport=ctx.transport,
+                token_id=principal.token_id,
+                ms=round((time.monotonic() - started) * 1000, 1),
+            )
+        return response
+
+    async def stream(self, method: Method, ctx: CallContext, parse: Callable[[], Message]) -> AsyncIterator[Message]:
+        """Run a server-streaming method (Watch)."""
+        principal = self.authenticate(method, ctx)
+        request = parse()
+        assert isinstance(request, api_pb2.WatchRequest)
+        log.info("watch opened", token_id=principal.token_id, correlation_id=str(ctx.correlation_id))
+        async for event in events.watch(
+            self._store, self._registry, self._projection, request, open=lambda: self._streams_open
+        ):
+            yield event
+
+    def close_streams(self) -> None:
+        """End every Watch at its next wake-up (now: waiters are woken)."""
+        self._streams_open = False
+        self._projection.wake()
+
+    async def _dispatch(self, method: Method, request: Message, principal: auth.Principal, ctx: CallContext) -> Message:
+        if method.is_command:
+            return await self._writer.run(
+                method,
+                request,
+                principal=principal,
+                correlation_id=ctx.correlation_id,
+                idempotency_key=ctx.idempotency_key,
+            )
+        if method.name == "ListEvents":
+            assert isinstance(request, api_pb2.ListEventsRequest)
+            return await events.list_events(self._store, self._registry, request)
+        await self._see(queries.min_position(request), "page.min_position" if "page" in _fields(request) else "min_position")
+        return queries.QUERIES[method.name](self._projection.state, request)
+
+    async def _see(self, position: int, field_name: str) -> None:
+        """Read-your-writes: wait (bounded) until the projection folded `position`.
+        A position the log has not reached yet is the caller's mistake (400), not an
+        outage."""
+        if position < 0:
+            raise invalid(field_name, "must not be negative")
+        if position <= self._projection.position:
+            return
+        head = await self._store.head()
+        if position > head:
+            raise invalid(field_name, f"{position} is beyond the last recorded position ({head})")
+        await self._projection.wait_for(position, timeout=self._read_wait)
+
+    def fail(self, method: Method | None, ctx: CallContext, error: BaseException) -> Failure:
+        """Classify a failure and log it (with a traceback when it was unexpected)."""
+        failure = classify(error)
+        fields = {
+            "correlation_id": str(ctx.correlation_id),
+            "method": method.name if method else None,
+            "transport": ctx.transport,
+            "status": failure.status_name,
+        }
+        if failure.expected:
+            log.info("api call refused", message=failure.message, **fields)
+        else:
+            log.error("api call failed", error=describe(error), **fields)
+        return failure
+
+
+def _fields(request: Message) -> set[str]:
+    return set(request.DESCRIPTOR.fields_by_name)

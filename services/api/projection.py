@@ -1,0 +1,155 @@
+"""The API's read model: the catalog `State` folded from the log, kept current by tailing.
+
+Commands are decided against this state and queries read it, so it must be exactly the
+fold of the log up to a known position — `position` — with the version of every stream
+it has seen (the expected versions the next command appends with). It lives in memory
+and is rebuilt from the log on every start, which is why it keeps no tracking
+checkpoint in PostgreSQL: the catalog is declarations, small enough to fold in a
+moment, and a rebuilt fold cannot drift from the record the way a stored copy could.
+
+One supervised task tails the store (woken by NOTIFY) and folds events in global order;
+`wait_for(position)` lets a caller wait — with a deadline — until a write is visible
+(read-your-writes) and `wait_beyond` lets a Watch stream sleep until something new
+commits. Events that the catalog does not fold (newer or non-catalog types) still move
+the position and stream versions forward; they are logged once per type and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import structlog
+
+from eventstore.codec import EventRegistry
+from eventstore.errors import ConvoyError, Unavailable, UnknownEventType
+from eventstore.tasks import Backoff, describe, stop_task
+from eventstore.types import EventStore, RecordedEvent
+from services.api.domain import State, evolve
+
+log = structlog.get_logger("convoy.api.projection")
+
+
+class Projection:
+    """The catalog as of `position`. Create, `await start()`, read, `await stop()`."""
+
+    def __init__(self, *, store: EventStore, registry: EventRegistry, start_timeout: float = 120.0) -> None:
+        self._store = store
+        self._registry = registry
+        self._start_timeout = start_timeout
+        self._state = State()
+        self._position = 0
+        self._versions: dict[str, int] = {}
+        self._advanced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._skipped_types: set[str] = set()
+
+    # -- reading -------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    @property
+    def versions(self) -> Mapping[str, int]:
+        """Stream versions as of `position` (absent = 0, no events)."""
+        return self._versions
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._closed
+
+    async def wait_for(self, position: int, *, timeout: float) -> None:
+        """Return once `position` is folded; raise `Unavailable` after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while self._position < position:
+            if self._closed:
+                raise Unavailable("the API is shutting down")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable(
+                    f"the read model is at position {self._position} and did not reach {position} within "
+                    f"{timeout:g}s; retry shortly"
+                )
+            await self._wait_advance(remaining)
+
+    async def wait_beyond(self, position: int, *, timeout: float | None = None) -> bool:
+        """Wait until something after `position` is folded, or until `wake()`, the
+        timeout or stop; answer whether the fold is past `position` now."""
+        if self._position <= position and not self._closed:
+            await self._wait_advance(timeout)
+        return self._position > position
+
+    async def _wait_advance(self, timeout: float | None) -> None:
+        event = self._advanced
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    # -- running -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start tailing and return once the fold reached the head the log had now."""
+        head = await self._store.head()
+        self._task = asyncio.create_task(self._run(), name="convoy.api.projection")
+        await self.wait_for(head, timeout=self._start_timeout)
+        log.info("projection caught up", position=self._position)
+
+    async def stop(self) -> None:
+        self._closed = True
+        self._signal()
+        await stop_task(self._task)
+        self._task = None
+
+    async def _run(self) -> None:
+        """Tail forever; restart the tail (from where the fold is) if it fails."""
+        backoff = Backoff(base=0.1, cap=5.0)
+        while not self._closed:
+            tail = self._store.tail(after=self._position)
+            try:
+                async for recorded in tail:
+                    self._apply(recorded)
+                    backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # keep the read model alive; the tail restarts
+                log.error("projection tail failed; restarting", error=describe(error))
+                await asyncio.sleep(backoff.next())
+            finally:
+                await tail.aclose()  # type: ignore[attr-defined]
+
+    def _apply(self, recorded: RecordedEvent) -> None:
+        if recorded.position <= self._position:
+            return  # a restarted tail re-delivering what is already folded
+        try:
+            message = self._registry.decode(recorded).message
+            self._state = evolve(self._state, message)
+        except UnknownEventType:
+            self._skip(recorded, "not a catalog event")
+        except ConvoyError as error:
+            log.error("projection skipped an undecodable event", position=recorded.position, error=str(error))
+        except Exception as error:  # a bug in evolve must not freeze every read and write
+            log.error("projection failed to fold an event", position=recorded.position, error=describe(error))
+        self._versions[recorded.stream_id] = recorded.version
+        self._position = recorded.position
+        self._signal()
+
+    def _skip(self, recorded: RecordedEvent, why: str) -> None:
+        if recorded.type not in self._skipped_types:
+            self._skipped_types.add(recorded.type)
+            log.info("projection skips events of a type", type=recorded.type, why=why)
+
+    def wake(self) -> None:
+        """Wake every waiter (they re-check their condition), e.g. to end streams."""
+        self._signal()
+
+    def _signal(self) -> None:
+        event, self._advanced = self._advanced, asyncio.Event()
+        event.set()

@@ -1,0 +1,177 @@
+"""`ApiServer`: the API process's composition — projection, writer, gRPC and REST servers.
+
+Everything the API runs is listed in the constructor and started in `start()` in
+dependency order: the projection first (commands and auth need the catalog), then the
+bootstrap admin token (so an empty installation is reachable), then the two listeners.
+`stop()` undoes it in reverse, ends open Watch streams and leaves no task behind.
+Addresses are "host:port"; port 0 picks a free port and `start()` answers the ports
+bound, which is how tests run many servers side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+import structlog
+from aiohttp import web
+
+from eventstore.codec import EventRegistry, convoy_registry
+from eventstore.errors import InvalidInput
+from eventstore.types import EventStore
+from services.api import auth, openapi
+from services.api.grpc_transport import build_server
+from services.api.handlers import Api
+from services.api.idempotency import IdempotencyStore, MemoryIdempotency, PostgresIdempotency
+from services.api.projection import Projection
+from services.api.rest import RestApp
+from services.api.writes import Writer
+
+log = structlog.get_logger("convoy.api.server")
+
+
+@dataclass(frozen=True, slots=True)
+class BoundPorts:
+    """The ports actually bound (0 = that listener is disabled)."""
+
+    grpc: int
+    http: int
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """"127.0.0.1:0", "[::1]:8080", "localhost:7070" -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidInput(f"malformed address {address!r}: expected host:port")
+    return host.strip("[]"), int(port)
+
+
+class ApiServer:
+    """The command/query API over gRPC and REST on one event store.
+
+    `state_dir` receives the bootstrap `admin-token` file. Set `grpc_address` or
+    `http_address` to None to serve only the other. `read_wait` bounds a read's wait for
+    `min_position`; `write_wait` bounds a command's wait for the projection; `grace` is
+    how long in-flight gRPC calls get on stop."""
+
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        state_dir: Path | str,
+        grpc_address: str | None = "127.0.0.1:7070",
+        http_address: str | None = "127.0.0.1:8080",
+        registry: EventRegistry | None = None,
+        idempotency: IdempotencyStore | None = None,
+        read_wait: float = 5.0,
+        write_wait: float = 5.0,
+        grace: float = 2.0,
+        bootstrap_admin: bool = True,
+    ) -> None:
+        self._store = store
+        self._state_dir = Path(state_dir)
+        self._grpc_address = grpc_address
+        self._http_address = http_address
+        self._registry = registry or convoy_registry()
+        self._grace = grace
+        self._bootstrap_admin = bootstrap_admin
+        self.projection = Projection(store=store, registry=self._registry)
+        pool = getattr(store, "pool", None)
+        self._idempotency = idempotency or (PostgresIdempotency(pool) if pool is not None else MemoryIdempotency())
+        self._writer = Writer(
+            store=store,
+            registry=self._registry,
+            projection=self.projection,
+            idempotency=self._idempotency,
+            timeout=write_wait,
+        )
+        self.api = Api(
+            store=store, registry=self._registry, projection=self.projection, writer=self._writer, read_wait=read_wait
+        )
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self._openapi: dict[str, Any] | None = None
+        self.ports = BoundPorts(0, 0)
+        self.admin_token_path: Path | None = None
+        """Where the bootstrap admin secret was written (None: an admin token existed)."""
+
+    async def start(self) -> BoundPorts:
+        try:
+            await self.projection.start()
+            if self._bootstrap_admin:
+                await self._bootstrap()
+            grpc_port = await self._start_grpc() if self._grpc_address else 0
+            http_port = await self._start_http() if self._http_address else 0
+        except BaseException:
+            await self.stop()
+            raise
+        self.ports = BoundPorts(grpc_port, http_port)
+        log.info("api started", grpc_port=grpc_port, http_port=http_port, position=self.projection.position)
+        return self.ports
+
+    async def stop(self) -> None:
+        """Stop listening, end Watch streams, let in-flight calls finish (up to
+        `grace`), then stop the projection."""
+        self.api.close_streams()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        if self._grpc is not None:
+            server, self._grpc = self._grpc, None
+            await server.stop(self._grace)
+        await self.projection.stop()
+        log.info("api stopped")
+
+    async def _bootstrap(self) -> None:
+        """Create the first admin token when none is live. Its secret goes to
+        `<state_dir>/admin-token` (0600) just before the token is recorded: a crash in
+        between leaves a useless file, never a token nobody can use. Two API processes
+        bootstrapping the same empty instance at once could both create one (each file
+        then holds a working secret); start the first process alone."""
+        if auth.has_live_admin(self.projection.state):
+            return
+        path = self._state_dir / auth.ADMIN_TOKEN_FILE
+
+        async def write(secret: str) -> None:
+            await asyncio.to_thread(auth.write_admin_secret, self._state_dir, secret)
+
+        created = await self._writer.bootstrap_token(name="bootstrap-admin", minted=auth.mint(), before_commit=write)
+        if created is not None:
+            self.admin_token_path = path
+            log.warning(
+                "bootstrap admin token created; its secret is in the file", token_id=created.token_id, path=str(path)
+            )
+
+    async def _start_grpc(self) -> int:
+        assert self._grpc_address is not None
+        server = build_server(self.api)
+        port = server.add_insecure_port(self._grpc_address)
+        if port == 0:
+            raise InvalidInput(f"could not bind the gRPC address {self._grpc_address!r}")
+        self._grpc = server
+        await server.start()
+        return port
+
+    async def _start_http(self) -> int:
+        assert self._http_address is not None
+        host, port = split_address(self._http_address)
+        rest = RestApp(self.api, openapi=self._openapi_document, health=self._health)
+        runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=self._grace)
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        addresses: Sequence[Any] = runner.addresses
+        return int(addresses[0][1])
+
+    def _openapi_document(self) -> dict[str, Any]:
+        if self._openapi is None:
+            self._openapi = openapi.document()
+        return self._openapi
+
+    def _health(self) -> tuple[bool, int]:
+        return self.projection.running, self.projection.position

@@ -1,0 +1,202 @@
+"""Commands: decide against the projected catalog, append with optimistic concurrency.
+
+Every mutating request runs the same way. Under one asyncio lock (so this process never
+races itself, and rules that span streams — a channel binding a runtime, a service using
+a resource — hold for the writes it makes) the writer waits until the projection has
+folded the log's head, calls the pure `decide`, encodes the events (actor = the token's
+name, one correlation id per request, no causation), and commits one AppendRequest per
+stream whose expected version is the version the projection saw. Another API process
+writing in between makes that a `WrongExpectedVersion`: the writer decides once more on
+the newer state, and a second conflict answers ABORTED/409 with nothing written.
+The answer waits (bounded) for the projection to fold the write, so the next command
+or read in this process sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Final
+
+import structlog
+from google.protobuf.message import Message
+
+from eventstore.codec import EventRegistry
+from eventstore.errors import Unavailable, WrongExpectedVersion
+from eventstore.types import AppendRequest, EventStore, NewEvent
+from schemas.convoy.v1 import api_pb2, options_pb2, resources_pb2
+from services.api import auth
+from services.api.domain import BadCommandContext, Command, Decision, FailedPrecondition, Minted, StreamEvent, decide
+from services.api.errors import Conflict
+from services.api.idempotency import IdempotencyStore, Record, check_key, matching, request_hash
+from services.api.methods import BY_NAME, Method
+from services.api.projection import Projection
+
+log = structlog.get_logger("convoy.api.writes")
+
+SECRET_FIELD: Final = "secret"
+
+
+class Writer:
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        registry: EventRegistry,
+        projection: Projection,
+        idempotency: IdempotencyStore,
+        timeout: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._projection = projection
+        self._idempotency = idempotency
+        self._timeout = timeout
+        self._lock = asyncio.Lock()
+
+    async def run(
+        self,
+        method: Method,
+        request: Message,
+        *,
+        principal: auth.Principal,
+        correlation_id: uuid.UUID,
+        idempotency_key: str | None = None,
+    ) -> Message:
+        key = check_key(idempotency_key) if idempotency_key is not None else None
+        digest = request_hash(method.path, request)
+        async with self._lock:
+            if key is not None:
+                found = await self._idempotency.get(principal.token_id, key)
+                if found is not None:
+                    return _replay(method, matching(found, method.path, digest, key), key)
+            response, position = await self._execute(
+                method, request, actor=principal.name, role=principal.role, correlation_id=correlation_id
+            )
+            if key is not None:
+                record = Record(method.path, digest, _without_secret(response).SerializeToString(), position)
+                stored = await self._idempotency.put(principal.token_id, key, record)
+                if stored != record:  # another process answered this key first
+                    return _replay(method, matching(stored, method.path, digest, key), key)
+            return response
+
+    async def bootstrap_token(
+        self, *, name: str, minted: Minted, before_commit: Callable[[str], Awaitable[object]]
+    ) -> api_pb2.CreatedToken | None:
+        """Create the first admin token (actor "bootstrap") unless a live one exists.
+        `before_commit(secret)` runs only when a token is about to be recorded (the
+        server writes the secret file there), so an existing file is never clobbered."""
+        async with self._lock:
+            await self._caught_up()
+            if auth.has_live_admin(self._projection.state):
+                return None
+            await before_commit(minted.token_secret)
+            request = api_pb2.CreateTokenRequest(name=name, role=options_pb2.ROLE_ADMIN)
+            response, _ = await self._execute(
+                BY_NAME["CreateToken"],
+                request,
+                actor=auth.BOOTSTRAP_ACTOR,
+                role=options_pb2.ROLE_ADMIN,
+                correlation_id=uuid.uuid4(),
+                minted=minted,
+            )
+            assert isinstance(response, api_pb2.CreatedToken)
+            return response
+
+    async def _caught_up(self) -> None:
+        await self._projection.wait_for(await self._store.head(), timeout=self._timeout)
+
+    async def _execute(
+        self,
+        method: Method,
+        request: Message,
+        *,
+        actor: str,
+        role: int,
+        correlation_id: uuid.UUID,
+        minted: Minted | None = None,
+    ) -> tuple[Message, int]:
+        minted = minted or auth.mint()
+        command = Command(request, actor, role, minted, method.name)
+        for attempt in (1, 2):
+            await self._caught_up()
+            # No await between reading the state, deciding and snapshotting versions:
+            # they describe the same position.
+            state, versions = self._projection.state, self._projection.versions
+            decision = decide(state, command)
+            if not decision.changed:
+                return _response(method, decision, api_pb2.WriteResult(changed=False)), 0
+            appends, ordered = self._appends(decision.events, versions, actor, correlation_id)
+            try:
+                results = await self._store.commit(appends)
+            except WrongExpectedVersion as conflict:
+                log.info("command conflicted with a concurrent write", attempt=attempt, stream=conflict.stream_id)
+                if attempt == 2:
+                    raise Conflict(
+                        f"{conflict.stream_id} changed concurrently while {method.name} was decided (twice); "
+                        "nothing was written — send the request again"
+                    ) from conflict
+                continue
+            position = max(r.last_position for r in results)
+            write = api_pb2.WriteResult(position=position, event_ids=[str(e.event_id) for e in ordered], changed=True)
+            try:
+                await self._projection.wait_for(position, timeout=self._timeout)
+            except Unavailable:
+                log.warning("write committed but not yet visible to this process", position=position)
+            return _response(method, decision, write), position
+        raise AssertionError("unreachable")
+
+    def _appends(
+        self,
+        events: Sequence[StreamEvent],
+        versions: Mapping[str, int],
+        actor: str,
+        correlation_id: uuid.UUID,
+    ) -> tuple[list[AppendRequest], list[NewEvent]]:
+        """One AppendRequest per stream (first-appearance order), expecting the version
+        the projection saw; and the encoded events in the decision's order."""
+        by_stream: dict[str, list[NewEvent]] = {}
+        ordered: list[NewEvent] = []
+        for stream_id, message in events:
+            encoded = self._registry.encode(message, actor=actor, correlation_id=correlation_id)
+            by_stream.setdefault(stream_id, []).append(encoded)
+            ordered.append(encoded)
+        appends = [AppendRequest(s, tuple(evs), expected_version=versions.get(s, 0)) for s, evs in by_stream.items()]
+        return appends, ordered
+
+
+def _response(method: Method, decision: Decision, write: api_pb2.WriteResult) -> Message:
+    """The method's answer: a WriteResult, or the decision's payload (with the write)."""
+    if method.output is api_pb2.WriteResult:
+        return write
+    if method.output is api_pb2.DeployResponse:
+        release = decision.response
+        if isinstance(release, resources_pb2.Release):
+            return api_pb2.DeployResponse(write=write, release=release)
+        return api_pb2.DeployResponse(write=write)
+    if isinstance(decision.response, method.output):
+        return decision.response
+    raise BadCommandContext(f"{method.name} decided no {method.output.DESCRIPTOR.name} to answer with")
+
+
+def _without_secret(response: Message) -> Message:
+    if SECRET_FIELD not in response.DESCRIPTOR.fields_by_name:
+        return response
+    copy = type(response)()
+    copy.CopyFrom(response)
+    copy.ClearField(SECRET_FIELD)
+    return copy
+
+
+def _replay(method: Method, record: Record, key: str) -> Message:
+    response = method.output()
+    response.ParseFromString(record.response)
+    if SECRET_FIELD in response.DESCRIPTOR.fields_by_name:
+        made = getattr(response, "token_id", "") or getattr(response, "credential_id", "")
+        raise FailedPrecondition(
+            f"idempotency key {key!r} already answered this {method.name} (it created {made!r}); the secret "
+            "is shown only once, in that first answer, and Convoy does not keep it. If it was lost, "
+            "revoke or rotate what was created and send a new request with a new key"
+        )
+    return response

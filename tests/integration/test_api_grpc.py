@@ -1,0 +1,329 @@
+"""The API over gRPC against a real PostgreSQL: the deploy flow end to end, Watch, auth,
+idempotency, read-your-writes across two API processes, concurrent conflicting
+commands, error codes, the bootstrap admin token and a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+from google.protobuf.message import Message
+from structlog.testing import capture_logs
+
+from eventstore.postgres import PostgresEventStore
+from schemas.convoy.v1 import api_pb2, options_pb2, resources_pb2
+from tests.conftest import eventually
+from tests.integration.test_api_support import (
+    ROLES,
+    Running,
+    api,  # noqa: F401  (fixture)
+    application,
+    bearer,
+    create_token,
+    grpc_stubs,
+    runtime,
+    running_api,
+    seed,
+    service,
+)
+
+
+async def _code(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    return caught.value.code()
+
+
+async def test_deploy_flow_lists_events_and_watch(api: Running) -> None:
+    admin = bearer(api.admin)
+    async with grpc_stubs(api.grpc_target) as stubs:
+        await seed(stubs, api.admin)
+        deployer = await create_token(stubs, api.admin, options_pb2.ROLE_DEPLOYER, "ci")
+        approver = await create_token(stubs, api.admin, options_pb2.ROLE_APPROVER, "alice")
+
+        watch = stubs.events.Watch(api_pb2.WatchRequest(application="shop"), metadata=bearer(deployer.secret))
+        # The history arrives first: the application and its service.
+        first = await watch.read()
+        assert first.type == "convoy.v1.ApplicationCreated" and json.loads(first.json)["application"]["name"] == "shop"
+        second = await watch.read()
+        assert second.type == "convoy.v1.ServiceConfigured"
+
+        deployed = await stubs.releases.Deploy(
+            api_pb2.DeployRequest(application="shop", service="api", version="v1", image="registry.example/api:2"),
+            metadata=bearer(deployer.secret),
+        )
+        assert deployed.write.changed and deployed.write.position > second.position
+        assert deployed.release.config.programs[0].image == "registry.example/api:2"
+        live = await watch.read()
+        assert live.type == "convoy.v1.ReleaseCreated" and live.actor == "ci"
+        assert live.event_id == deployed.write.event_ids[0] and live.position == deployed.write.position
+
+        approved = await stubs.releases.Approve(
+            api_pb2.ApproveRequest(application="shop", service="api", channel="prod", comment="ok"),
+            metadata=bearer(approver.secret),
+        )
+        assert approved.changed
+        live = await watch.read()
+        assert live.type == "convoy.v1.ApprovalGranted" and live.actor == "alice"
+        watch.cancel()
+
+        app = await stubs.applications.GetApplication(api_pb2.GetApplicationRequest(name="shop"), metadata=admin)
+        assert [c.name for c in app.release_channels] == ["staging", "prod"]
+        got = await stubs.services.GetService(api_pb2.GetServiceRequest(application="shop", name="api"), metadata=admin)
+        assert got.replicas == 2
+        releases = await stubs.releases.ListReleases(
+            api_pb2.ListReleasesRequest(application="shop", service="api"), metadata=admin
+        )
+        assert [r.version for r in releases.releases] == ["v1"] and releases.releases[0].id == deployed.release.id
+        runtimes = await stubs.runtimes.ListRuntimes(api_pb2.ListRuntimesRequest(), metadata=admin)
+        assert [r.runtime.name for r in runtimes.runtimes] == ["eu-1"]
+        tokens = await stubs.tokens.ListTokens(api_pb2.ListTokensRequest(), metadata=admin)
+        assert {t.name for t in tokens.tokens} == {"bootstrap-admin", "ci", "alice"}
+        assert all("secret" not in str(t) for t in tokens.tokens)
+
+        listed = await stubs.events.ListEvents(api_pb2.ListEventsRequest(application="shop"), metadata=admin)
+        assert [e.type.rsplit(".", 1)[-1] for e in listed.events] == [
+            "ApplicationCreated",
+            "ServiceConfigured",
+            "ReleaseCreated",
+            "ApprovalGranted",
+        ]
+        by_actor = await stubs.events.ListEvents(
+            api_pb2.ListEventsRequest(actor="alice", types=["ApprovalGranted"]), metadata=admin
+        )
+        assert len(by_actor.events) == 1 and by_actor.last_position >= by_actor.events[0].position
+        page = await stubs.events.ListEvents(api_pb2.ListEventsRequest(limit=2), metadata=admin)
+        rest = await stubs.events.ListEvents(
+            api_pb2.ListEventsRequest(after_position=page.last_position), metadata=admin
+        )
+        everything = [*page.events, *rest.events]
+        assert len(page.events) == 2 and [e.position for e in everything] == list(range(1, len(everything) + 1))
+
+
+CASES = [
+    # (method path on the stubs, request, least role)
+    ("applications.ApplyApplication", api_pb2.ApplyApplicationRequest(application=application("other")), "admin"),
+    ("applications.GetApplication", api_pb2.GetApplicationRequest(name="shop"), "viewer"),
+    ("releases.Deploy", api_pb2.DeployRequest(application="shop", service="api", version="v9"), "deployer"),
+    ("releases.Approve", api_pb2.ApproveRequest(application="shop", service="api", channel="prod"), "approver"),
+    ("runtimes.PauseRuntime", api_pb2.PauseRuntimeRequest(name="eu-1", reason="x"), "deployer"),
+    ("tokens.ListTokens", api_pb2.ListTokensRequest(), "admin"),
+    ("tokens.CreateToken", api_pb2.CreateTokenRequest(name="x", role=options_pb2.ROLE_VIEWER), "admin"),
+    ("events.ListEvents", api_pb2.ListEventsRequest(), "viewer"),
+]
+
+
+async def test_unauthenticated_and_underprivileged_calls_are_refused(api: Running) -> None:
+    async with grpc_stubs(api.grpc_target) as stubs:
+        await seed(stubs, api.admin)
+        tokens = {name: await create_token(stubs, api.admin, role, name) for name, role in ROLES.items()}
+        revoked = await create_token(stubs, api.admin, options_pb2.ROLE_ADMIN, "gone")
+        await stubs.tokens.RevokeToken(api_pb2.RevokeTokenRequest(token_id=revoked.token_id), metadata=bearer(api.admin))
+        order = list(ROLES)
+        for path, request, least in CASES:
+            group, name = path.split(".")
+            method = getattr(getattr(stubs, group), name)
+            for metadata in ((), bearer("nope"), bearer(f"cvy_{tokens['admin'].token_id}_wrong"), bearer(revoked.secret)):
+                assert await _code(method(request, metadata=metadata)) == grpc.StatusCode.UNAUTHENTICATED, (path, metadata)
+            for role in order[: order.index(least)]:
+                code = await _code(method(request, metadata=bearer(tokens[role].secret)))
+                assert code == grpc.StatusCode.PERMISSION_DENIED, (path, role)
+            # The least role gets past auth (whatever the domain then says).
+            try:
+                await method(request, metadata=bearer(tokens[least].secret))
+            except grpc.aio.AioRpcError as error:
+                assert error.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), path
+
+
+async def test_idempotency_key_replays_the_first_answer_and_refuses_a_different_request(api: Running) -> None:
+    async with grpc_stubs(api.grpc_target) as stubs:
+        await seed(stubs, api.admin)
+        metadata = (*bearer(api.admin), ("idempotency-key", "deploy-v1-attempt"))
+        request = api_pb2.DeployRequest(application="shop", service="api", version="v1")
+        first = await stubs.releases.Deploy(request, metadata=metadata)
+        again = await stubs.releases.Deploy(request, metadata=metadata)
+        assert again == first
+        head = await api.store.head()
+        assert head == first.write.position  # the retry recorded nothing
+        other = api_pb2.DeployRequest(application="shop", service="api", version="v2")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stubs.releases.Deploy(other, metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "already used" in (caught.value.details() or "")
+        # A token's secret is never stored, so its creation cannot be replayed.
+        token_key = (*bearer(api.admin), ("idempotency-key", "token-1"))
+        token_request = api_pb2.CreateTokenRequest(name="ci", role=options_pb2.ROLE_VIEWER)
+        created = await stubs.tokens.CreateToken(token_request, metadata=token_key)
+        assert created.secret
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stubs.tokens.CreateToken(token_request, metadata=token_key)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert created.token_id in (caught.value.details() or "") and created.secret not in (caught.value.details() or "")
+
+
+async def test_declarative_noop_records_nothing(api: Running) -> None:
+    async with grpc_stubs(api.grpc_target) as stubs:
+        await seed(stubs, api.admin)
+        head = await api.store.head()
+        again = await stubs.applications.ApplyApplication(
+            api_pb2.ApplyApplicationRequest(application=application()), metadata=bearer(api.admin)
+        )
+        assert again == api_pb2.WriteResult(changed=False)
+        assert await api.store.head() == head
+
+
+async def test_read_your_writes_across_two_api_processes(api: Running, tmp_path: Path) -> None:
+    async with running_api(api.store, tmp_path / "second", read_wait=10.0) as second:
+        assert second.admin == ""  # an admin token existed: no second bootstrap
+        async with grpc_stubs(api.grpc_target) as one, grpc_stubs(second.grpc_target) as two:
+            for i in range(5):
+                name = f"rt-{i}"
+                written = await one.runtimes.ApplyRuntime(
+                    api_pb2.ApplyRuntimeRequest(runtime=runtime(name)), metadata=bearer(api.admin)
+                )
+                seen = await two.runtimes.GetRuntime(
+                    api_pb2.GetRuntimeRequest(name=name, min_position=written.position), metadata=bearer(api.admin)
+                )
+                assert seen.runtime.name == name
+            beyond = api_pb2.GetRuntimeRequest(name="rt-0", min_position=written.position + 1000)
+            assert await _code(two.runtimes.GetRuntime(beyond, metadata=bearer(api.admin))) == (
+                grpc.StatusCode.INVALID_ARGUMENT
+            )
+
+
+async def test_concurrent_conflicting_commands_from_two_processes(api: Running, tmp_path: Path) -> None:
+    """Both processes relabel the same runtime at once: every answer is a success or
+    ABORTED (never INTERNAL), and each success recorded exactly its own event."""
+    async with running_api(api.store, tmp_path / "second") as second:
+        async with grpc_stubs(api.grpc_target) as one, grpc_stubs(second.grpc_target) as two:
+            await seed(one, api.admin)
+
+            async def relabel(stubs: object, i: int) -> api_pb2.WriteResult | grpc.StatusCode:
+                request = api_pb2.LabelRuntimeRequest(name="eu-1", labels={"n": str(i)})
+                try:
+                    return await stubs.runtimes.LabelRuntime(request, metadata=bearer(api.admin))  # type: ignore[attr-defined]
+                except grpc.aio.AioRpcError as error:
+                    return error.code()
+
+            results = await asyncio.gather(*(relabel(one if i % 2 else two, i) for i in range(16)))
+            assert all(isinstance(r, api_pb2.WriteResult) or r == grpc.StatusCode.ABORTED for r in results), results
+            written = [r for r in results if isinstance(r, api_pb2.WriteResult) and r.changed]
+            events = [e for e in await api.store.read_stream("runtime/eu-1") if e.type == "convoy.v1.RuntimeLabelled"]
+            assert sorted(str(e.event_id) for e in events) == sorted(r.event_ids[0] for r in written)
+            assert [e.version for e in await api.store.read_stream("runtime/eu-1")] == list(range(1, len(events) + 2))
+
+
+ERRORS: list[tuple[str, Message, grpc.StatusCode]] = [
+    (
+        "applications.ApplyApplication",
+        api_pb2.ApplyApplicationRequest(application=resources_pb2.Application(name="Not A Name")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    ("applications.GetApplication", api_pb2.GetApplicationRequest(name="missing"), grpc.StatusCode.NOT_FOUND),
+    ("applications.GetApplication", api_pb2.GetApplicationRequest(name=""), grpc.StatusCode.INVALID_ARGUMENT),
+    (
+        "releases.Deploy",
+        api_pb2.DeployRequest(application="shop", service="api", version="v1"),
+        grpc.StatusCode.ALREADY_EXISTS,
+    ),
+    ("applications.DeleteApplication", api_pb2.DeleteApplicationRequest(name="shop"), grpc.StatusCode.FAILED_PRECONDITION),
+    ("tokens.RevokeToken", api_pb2.RevokeTokenRequest(token_id="tok-missing"), grpc.StatusCode.NOT_FOUND),
+    (
+        "applications.ListApplications",
+        api_pb2.ListApplicationsRequest(page=api_pb2.PageRequest(page_token="garbage")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    (
+        "applications.ListApplications",
+        api_pb2.ListApplicationsRequest(page=api_pb2.PageRequest(page_size=-1)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    ("events.ListEvents", api_pb2.ListEventsRequest(limit=-5), grpc.StatusCode.INVALID_ARGUMENT),
+]
+
+
+async def test_errors_map_to_status_codes(api: Running) -> None:
+    async with grpc_stubs(api.grpc_target) as stubs:
+        await seed(stubs, api.admin)
+        await stubs.releases.Deploy(
+            api_pb2.DeployRequest(application="shop", service="api", version="v1"), metadata=bearer(api.admin)
+        )
+        for path, request, expected in ERRORS:
+            group, name = path.split(".")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await getattr(getattr(stubs, group), name)(request, metadata=bearer(api.admin))
+            assert caught.value.code() == expected, (path, caught.value.details())
+            assert caught.value.details()
+            trailing = dict(caught.value.trailing_metadata() or ())
+            assert "x-correlation-id" in trailing
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stubs.applications.ApplyApplication(
+                api_pb2.ApplyApplicationRequest(application=resources_pb2.Application(name="Bad")),
+                metadata=bearer(api.admin),
+            )
+        violations = json.loads(dict(caught.value.trailing_metadata() or ())["convoy-violations-bin"])
+        assert violations[0]["field"].startswith("application.name")
+
+
+async def test_watch_refuses_bad_requests_and_anonymous_callers(api: Running) -> None:
+    async with grpc_stubs(api.grpc_target) as stubs:
+        for request, metadata, expected in (
+            (api_pb2.WatchRequest(application="shop"), (), grpc.StatusCode.UNAUTHENTICATED),
+            (api_pb2.WatchRequest(), bearer(api.admin), grpc.StatusCode.INVALID_ARGUMENT),
+            (api_pb2.WatchRequest(application="shop", after_position=-1), bearer(api.admin), grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            watch = stubs.events.Watch(request, metadata=metadata)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await watch.read()
+            assert caught.value.code() == expected
+
+
+async def test_garbage_bytes_are_invalid_argument_not_internal(api: Running) -> None:
+    async with grpc.aio.insecure_channel(api.grpc_target) as channel:
+        for path in ("/convoy.v1.ApplicationService/ApplyApplication", "/convoy.v1.EventService/ListEvents"):
+            call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+            for garbage in (b"\xff\xff\xff", b"\x0a\x05abc", bytes(range(256))):
+                code = await _code(call(garbage, metadata=bearer(api.admin)))
+                assert code == grpc.StatusCode.INVALID_ARGUMENT, (path, garbage)
+
+
+async def test_bootstrap_token_file_is_private_and_secrets_are_never_logged(
+    pg_store: PostgresEventStore, tmp_path: Path
+) -> None:
+    with capture_logs() as logs:
+        async with running_api(pg_store, tmp_path / "state") as running:
+            path = tmp_path / "state" / "admin-token"
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+            assert running.admin.startswith("cvy_tok-")
+            async with grpc_stubs(running.grpc_target) as stubs:
+                created = await create_token(stubs, running.admin, options_pb2.ROLE_VIEWER, "ci")
+                refused = stubs.tokens.ListTokens(api_pb2.ListTokensRequest(), metadata=bearer("cvy_x_y"))
+                assert await _code(refused) == grpc.StatusCode.UNAUTHENTICATED
+        # A restart finds the live admin token: no second bootstrap, the file is kept.
+        async with running_api(pg_store, tmp_path / "state") as again:
+            assert again.server.admin_token_path is None and again.admin == running.admin
+    text = repr(logs)
+    assert running.admin not in text and created.secret not in text
+    assert any(str(entry.get("event", "")).startswith("bootstrap admin token created") for entry in logs)
+
+
+async def test_stop_ends_watch_streams_and_leaves_no_task(pg_store: PostgresEventStore, tmp_path: Path) -> None:
+    before = {t for t in asyncio.all_tasks()}
+    async with running_api(pg_store, tmp_path / "state") as running:
+        async with grpc_stubs(running.grpc_target) as stubs:
+            await seed(stubs, running.admin)
+            watch = stubs.events.Watch(api_pb2.WatchRequest(application="shop"), metadata=bearer(running.admin))
+            assert (await watch.read()).type == "convoy.v1.ApplicationCreated"
+            assert (await watch.read()).type == "convoy.v1.ServiceConfigured"
+            await running.server.stop()
+            ended = await watch.read()
+            assert ended is grpc.aio.EOF
+    leftover = [t for t in asyncio.all_tasks() - before if not t.done() and t.get_name().startswith("convoy")]
+    assert leftover == []
+    await eventually(lambda: not running.server.projection.running, message="projection stopped")

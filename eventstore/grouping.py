@@ -45,6 +45,13 @@ class Known:
     causation_id: uuid.UUID | None
     correlation_id: uuid.UUID | None
 
+    @classmethod
+    def of(cls, position: int, stream_id: str, version: int, event: NewEvent) -> Known:
+        return cls(
+            position, stream_id, version, event.type, event.schema_version, event.data, event.actor,
+            event.causation_id, event.correlation_id,
+        )
+
     def same_content(self, new: NewEvent, stream_id: str) -> bool:
         return (
             self.stream_id == stream_id
@@ -157,10 +164,7 @@ def plan_batch(
         for row in rows:
             versions[row.stream_id] = row.version
             if row.event.event_id in repeated:
-                known[row.event.event_id] = Known(
-                    row.position, row.stream_id, row.version, row.event.type, row.event.schema_version,
-                    row.event.data, row.event.actor, row.event.causation_id, row.event.correlation_id,
-                )
+                known[row.event.event_id] = Known.of(row.position, row.stream_id, row.version, row.event)
         if rows:
             plan.head = rows[-1].position
         plan.rows.extend(rows)

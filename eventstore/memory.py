@@ -8,6 +8,7 @@ the same contract suite (tests/contract/) runs against both.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 
@@ -30,7 +31,7 @@ class MemoryEventStore:
     def __init__(self, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._clock = clock
         self._events: list[RecordedEvent] = []
-        self._by_id: dict[object, RecordedEvent] = {}
+        self._known: dict[uuid.UUID, grouping.Known] = {}
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._tracking: dict[str, int] = {}
         self._changed = asyncio.Condition()
@@ -57,14 +58,7 @@ class MemoryEventStore:
         if self._closed:
             raise Unavailable("the event store is closed")
         streams, ids, names = grouping.referenced([write])
-        known = {
-            i: grouping.Known(
-                e.position, e.stream_id, e.version, e.type, e.schema_version, e.data, e.actor,
-                e.causation_id, e.correlation_id,
-            )
-            for i in ids
-            if (e := self._by_id.get(i)) is not None
-        }
+        known = {i: self._known[i] for i in ids if i in self._known}
         plan = grouping.plan_batch(
             [write],
             head=len(self._events),
@@ -91,7 +85,7 @@ class MemoryEventStore:
                 recorded_at=now,
             )
             self._events.append(recorded)
-            self._by_id[recorded.event_id] = recorded
+            self._known[recorded.event_id] = grouping.Known.of(row.position, row.stream_id, row.version, row.event)
             self._streams.setdefault(recorded.stream_id, []).append(recorded)
         self._tracking.update(plan.checkpoints)
         if plan.rows:

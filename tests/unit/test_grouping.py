@@ -74,11 +74,7 @@ def test_plan_assigns_gapless_positions_and_per_stream_versions(batch: list[grou
 def test_replanning_the_same_batch_after_commit_is_all_retries_or_conflicts(batch: list[grouping.Write]) -> None:
     first = grouping.plan_batch(batch, head=0, versions={}, known={}, checkpoints={})
     known = {
-        r.event.event_id: grouping.Known(
-            r.position, r.stream_id, r.version, r.event.type, r.event.schema_version, r.event.data,
-            r.event.actor, r.event.causation_id, r.event.correlation_id,
-        )
-        for r in first.rows
+        r.event.event_id: grouping.Known.of(r.position, r.stream_id, r.version, r.event) for r in first.rows
     }
     versions: dict[str, int] = {}
     for r in first.rows:

@@ -1,7 +1,8 @@
 """The `convoy` command line.
 
 The composition root: it reads settings from flags and the environment (the only place
-that does), builds the components explicitly and runs them.
+that does), builds the components explicitly and runs them. `up` and `api` run servers;
+the client commands (`cli.commands.*`) talk to an API through `cli.client`.
 """
 
 from __future__ import annotations
@@ -9,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cli import localstate
+from cli.commands import catalog, configs, events, releases, tokens
 from eventstore import bus
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.relay import Relay, RelaySettings
 from eventstore.settings import Settings, environ
+from services.api.server import ApiServer
 
 app = typer.Typer(
     name="convoy",
@@ -26,9 +32,16 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+
 @app.callback()
 def main() -> None:
-    """Convoy: ordered, protected, auditable releases across many clusters."""
+    """Convoy: ordered, protected, auditable releases across many clusters.
+
+    Client commands find the API from --endpoint/--token, CONVOY_ENDPOINT/CONVOY_TOKEN,
+    ~/.config/convoy/config.toml (endpoint = "...", token = "..."), or a local `convoy up`.
+    Exit codes: 1 failed, 2 invalid input, 3 not found, 4 conflict or not allowed yet,
+    5 unauthenticated or permission denied, 6 API unavailable.
+    """
 
 
 StateDir = Annotated[
@@ -37,9 +50,13 @@ StateDir = Annotated[
 ]
 
 
+GrpcPort = Annotated[int, typer.Option("--grpc-port", help="The API's gRPC port on 127.0.0.1 (0 = any free port).")]
+HttpPort = Annotated[int, typer.Option("--http-port", help="The API's REST port on 127.0.0.1 (0 = any free port).")]
+
+
 @app.command()
-def up(state_dir: StateDir = None) -> None:
-    """Start Convoy's control plane on the embedded NATS and PostgreSQL (Ctrl-C stops it)."""
+def up(state_dir: StateDir = None, grpc_port: GrpcPort = 7070, http_port: HttpPort = 8080) -> None:
+    """Start Convoy's control plane and its API on the embedded NATS and PostgreSQL (Ctrl-C stops it)."""
     settings = Settings.from_env(environ(), state_dir=state_dir)
     with EmbeddedServers(
         state_dir=settings.state_dir, database_url=settings.database_url, nats_url=settings.nats_url
@@ -47,30 +64,105 @@ def up(state_dir: StateDir = None) -> None:
         typer.echo(f"state folder: {settings.state_dir}")
         typer.echo(f"PostgreSQL:   {_redact(servers.database_url)}")
         typer.echo(f"NATS:         {servers.nats_url}")
-        asyncio.run(_serve(settings, servers))
+        asyncio.run(_serve(settings, servers, Listen(grpc_port=grpc_port, http_port=http_port)))
     typer.echo("stopped")
 
 
-async def _serve(settings: Settings, servers: EmbeddedServers) -> None:
-    """The control plane's processes, composed explicitly. So far: the event store and
-    its relay to JetStream; the API, planner and agent join them in later issues."""
+@app.command()
+def api(state_dir: StateDir = None, grpc_port: GrpcPort = 7070, http_port: HttpPort = 8080) -> None:
+    """Run only the API server (gRPC + REST) against the PostgreSQL in CONVOY_DATABASE_URL."""
+    settings = Settings.from_env(environ(), state_dir=state_dir)
+    if not settings.database_url:
+        typer.echo(
+            "error: CONVOY_DATABASE_URL is not set; set it to the PostgreSQL URL Convoy stores its events in "
+            "(e.g. postgresql://user:password@host:5432/convoy), or run `convoy up` for an embedded one",
+            err=True,
+        )
+        raise typer.Exit(2)
+    typer.echo(f"PostgreSQL:   {_redact(settings.database_url)}")
+    asyncio.run(_serve_api(settings, settings.database_url, Listen(grpc_port=grpc_port, http_port=http_port)))
+    typer.echo("stopped")
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Where the API listens (always on loopback)."""
+
+    grpc_port: int
+    http_port: int
+    host: str = "127.0.0.1"
+
+
+async def _serve(settings: Settings, servers: EmbeddedServers, listen: Listen) -> None:
+    """The control plane's processes, composed explicitly: the event store, its relay to
+    JetStream and the API; the planner and agent join them in later issues."""
     store = await PostgresEventStore.open(PostgresSettings(dsn=servers.database_url, schema=settings.instance))
     nc = await bus.connect(servers.nats_url, name=f"convoy-up:{settings.instance}")
+    try:
+        with _stop_on_signals() as stop:
+            await bus.ensure_streams(nc.jetstream(), settings.instance)
+            async with Relay(store=store, nc=nc, settings=RelaySettings(instance=settings.instance)):
+                async with _api_server(store, settings.state_dir, listen):
+                    typer.echo(
+                        f"event store ready: {await store.head()} events, relayed to JetStream; press Ctrl-C to stop"
+                    )
+                    await stop.wait()
+    finally:
+        await nc.close()
+        await store.close()
+
+
+async def _serve_api(settings: Settings, database_url: str, listen: Listen) -> None:
+    store = await PostgresEventStore.open(PostgresSettings(dsn=database_url, schema=settings.instance))
+    try:
+        with _stop_on_signals() as stop:
+            async with _api_server(store, settings.state_dir, listen):
+                typer.echo("API ready; press Ctrl-C to stop")
+                await stop.wait()
+    finally:
+        await store.close()
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[asyncio.Event]:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await bus.ensure_streams(nc.jetstream(), settings.instance)
-        async with Relay(store=store, nc=nc, settings=RelaySettings(instance=settings.instance)):
-            typer.echo(f"event store ready: {await store.head()} events, relayed to JetStream; press Ctrl-C to stop")
-            await stop.wait()
+        yield stop
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        await nc.close()
-        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def _api_server(store: PostgresEventStore, state_dir: Path, listen: Listen) -> AsyncIterator[ApiServer]:
+    """Start the API, print where it answers and record that in `<state_dir>/endpoint.json`
+    (how the CLI finds a local instance); the file is removed again on stop."""
+    server = ApiServer(
+        store=store,
+        state_dir=state_dir,
+        grpc_address=f"{listen.host}:{listen.grpc_port}",
+        http_address=f"{listen.host}:{listen.http_port}",
+    )
+    ports = await server.start()
+    endpoint = localstate.Endpoint(grpc=f"{listen.host}:{ports.grpc}", rest=f"http://{listen.host}:{ports.http}")
+    endpoint_file = localstate.write_endpoint(state_dir, endpoint)
+    try:
+        typer.echo(f"API (gRPC):   {endpoint.grpc}")
+        typer.echo(f"API (REST):   {endpoint.rest}")
+        token_file = state_dir / localstate.ADMIN_TOKEN_FILE
+        if token_file.exists():
+            typer.echo(f"admin token:  {token_file} (keep it secret)")
+        else:
+            typer.echo("admin token:  none written (an admin token already exists)")
+        yield server
+    finally:
+        with contextlib.suppress(OSError):
+            endpoint_file.unlink()
+        await server.stop()
 
 
 def _redact(url: str) -> str:
@@ -81,6 +173,24 @@ def _redact(url: str) -> str:
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}"
     return url
+
+
+for command in (configs.apply, configs.validate, configs.diff):
+    app.command()(command)
+for group in (catalog.apps, catalog.services, catalog.channels, catalog.runtimes, tokens.tokens):
+    app.add_typer(group)
+for command in (
+    releases.deploy,
+    releases.approve,
+    releases.reject,
+    releases.bypass,
+    releases.pause,
+    releases.resume,
+    releases.rollback,
+    events.events,
+    releases.status,
+):
+    app.command()(command)
 
 
 if __name__ == "__main__":

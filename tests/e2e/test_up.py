@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 from pathlib import Path
 
+import aiohttp
 import asyncpg
+import grpc.aio
 
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.types import NewEvent
+from schemas.convoy.v1 import api_pb2, api_pb2_grpc
 
 
 async def read_until(stream: asyncio.StreamReader, marker: str, *, timeout: float = 60.0) -> list[str]:
@@ -30,11 +34,37 @@ async def read_until(stream: asyncio.StreamReader, marker: str, *, timeout: floa
     return lines
 
 
+def printed(lines: list[str], label: str) -> str:
+    return next(line for line in lines if line.startswith(label)).split(label, 1)[1].strip()
+
+
+async def check_api_answers(state: Path, lines: list[str]) -> None:
+    """The printed API addresses answer; the token file's path is printed, never its secret."""
+    grpc_target = printed(lines, "API (gRPC):")
+    rest_url = printed(lines, "API (REST):")
+    token_path = Path(printed(lines, "admin token:").split(" (")[0])
+    assert token_path == state / "admin-token"
+    secret = token_path.read_text().strip()
+    assert secret not in "".join(lines), "the admin token was printed"
+    assert json.loads((state / "endpoint.json").read_text()) == {"grpc": grpc_target, "rest": rest_url}
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        stub = api_pb2_grpc.ApplicationServiceStub(channel)
+        answer = await stub.ListApplications(
+            api_pb2.ListApplicationsRequest(), metadata=(("authorization", f"Bearer {secret}"),), timeout=30
+        )
+        assert isinstance(answer, api_pb2.ListApplicationsResponse)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            f"{rest_url}/v1/applications", headers={"authorization": f"Bearer {secret}"}
+        ) as response:
+            assert response.status == 200, await response.text()
+
+
 async def test_convoy_up_runs_on_embedded_servers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.main", "up", "--state-dir", str(state),
+        sys.executable, "-m", "cli.main", "up", "--state-dir", str(state), "--grpc-port", "0", "--http-port", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )
     assert proc.stdout is not None
@@ -52,11 +82,13 @@ async def test_convoy_up_runs_on_embedded_servers_and_stops_on_ctrl_c(tmp_path: 
         )
         await store.append("app/shop", [NewEvent(type="convoy.v1.ApplicationDeleted", data=b"")])
         await store.close()
+        await check_api_answers(state, lines)
         proc.send_signal(signal.SIGINT)
         rest = (await asyncio.wait_for(proc.stdout.read(), 60)).decode()
         assert await asyncio.wait_for(proc.wait(), 60) == 0, rest
         assert "stopped" in rest
         assert "Task was destroyed" not in rest and "Traceback" not in rest, rest
+        assert not (state / "endpoint.json").exists(), "endpoint.json outlived the API"
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -69,3 +101,43 @@ async def test_convoy_up_runs_on_embedded_servers_and_stops_on_ctrl_c(tmp_path: 
     else:
         await conn.close()
         raise AssertionError("PostgreSQL still running after convoy up stopped")
+
+
+async def test_convoy_api_serves_an_existing_database_and_the_cli_finds_it(
+    tmp_path: Path, database_url: str, schema_name: str
+) -> None:
+    """`convoy api` on CONVOY_DATABASE_URL; a plain `convoy apps list` finds it through the
+    state folder (endpoint.json + admin-token) with no flags."""
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
+    env |= {"CONVOY_DATABASE_URL": database_url, "CONVOY_INSTANCE": schema_name, "CONVOY_STATE_DIR": str(state),
+            "CONVOY_CONFIG": str(tmp_path / "no-config.toml")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", "api", "--grpc-port", "0", "--http-port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )
+    assert proc.stdout is not None
+    try:
+        lines = await read_until(proc.stdout, "press Ctrl-C")
+        assert printed(lines, "PostgreSQL:").endswith(database_url.rsplit("@", 1)[-1])
+        await check_api_answers(state, lines)
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli.main", "apps", "list", "--output", "json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )
+        out, err = await asyncio.wait_for(client.communicate(), 60)
+        assert client.returncode == 0, err.decode()
+        assert json.loads(out) == []
+        proc.send_signal(signal.SIGINT)
+        rest = (await asyncio.wait_for(proc.stdout.read(), 60)).decode()
+        assert await asyncio.wait_for(proc.wait(), 60) == 0, rest
+        assert "Traceback" not in rest, rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema_name} CASCADE")
+        finally:
+            await conn.close()

@@ -1,0 +1,224 @@
+"""The CLI's connection to a Convoy API: where it is, who we are, and what a failure means.
+
+Where and who are resolved once per invocation, first match wins: flags (`--endpoint`,
+`--token`), the environment (`CONVOY_ENDPOINT`, `CONVOY_TOKEN`), the user's config file
+(`~/.config/convoy/config.toml`, or `CONVOY_CONFIG`), then the local `convoy up` state
+folder (`endpoint.json` and `admin-token`). Every gRPC failure becomes a `CliError` with an
+exit code a script can branch on and one line that says what to fix. Every mutating call
+carries an `idempotency-key`, fresh per invocation, so a retry by the server's client
+library never applies a command twice.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+from google.protobuf.message import Message
+
+from cli import localstate
+from eventstore.settings import default_state_dir
+from schemas.convoy.v1 import api_pb2_grpc
+
+# Exit codes (documented in `convoy --help` via the commands' docstrings).
+OK: Final = 0
+FAILED: Final = 1
+INVALID: Final = 2
+NOT_FOUND: Final = 3
+CONFLICT: Final = 4
+DENIED: Final = 5
+UNAVAILABLE: Final = 6
+
+DEFAULT_TIMEOUT: Final = 30.0
+
+
+class CliError(Exception):
+    """A failure to report on one line of stderr, exiting with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    grpc: str
+    token: str | None
+    source: str  # where the endpoint came from, for error messages
+
+
+def config_path(environ: Mapping[str, str]) -> Path:
+    if environ.get("CONVOY_CONFIG"):
+        return Path(environ["CONVOY_CONFIG"])
+    base = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME", "~")).expanduser() / ".config")
+    return Path(base) / "convoy" / "config.toml"
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror or e}", INVALID) from None
+    except tomllib.TOMLDecodeError as e:
+        raise CliError(f"{path} is not valid TOML ({e}); fix or remove it", INVALID) from None
+
+
+def normalise_endpoint(endpoint: str, source: str) -> str:
+    """Accept "host:port" or "grpc://host:port"; refuse a REST URL with a hint."""
+    text = endpoint.strip()
+    if text.startswith("grpc://"):
+        text = text[len("grpc://") :]
+    if text.startswith(("http://", "https://")):
+        raise CliError(
+            f"endpoint {endpoint!r} (from {source}) is a REST URL; the CLI speaks gRPC: give host:port "
+            "of the gRPC listener (e.g. 127.0.0.1:7070)",
+            INVALID,
+        )
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise CliError(f"endpoint {endpoint!r} (from {source}) is not host:port (e.g. 127.0.0.1:7070)", INVALID)
+    return text
+
+
+def resolve(*, endpoint: str | None, token: str | None, environ: Mapping[str, str]) -> Target:
+    """Where to connect and which token to send (see the module docstring for the order)."""
+    path = config_path(environ)
+    config = _read_config(path)
+    state_dir = Path(environ["CONVOY_STATE_DIR"]) if environ.get("CONVOY_STATE_DIR") else default_state_dir(environ)
+    local = localstate.read_endpoint(state_dir)
+    candidates: list[tuple[str | None, str | None, str]] = [
+        (endpoint, token, "--endpoint"),
+        (environ.get("CONVOY_ENDPOINT"), environ.get("CONVOY_TOKEN"), "CONVOY_ENDPOINT"),
+        (_str(config.get("endpoint"), path), _str(config.get("token"), path), str(path)),
+        (local.grpc if local else None, localstate.read_admin_token(state_dir), str(state_dir / "endpoint.json")),
+    ]
+    chosen_endpoint = next(((e, s) for e, _, s in candidates if e), None)
+    if chosen_endpoint is None:
+        raise CliError(
+            "no Convoy API to talk to: pass --endpoint HOST:PORT, set CONVOY_ENDPOINT, add `endpoint = ...` to "
+            f"{path}, or start a local one with `convoy up`",
+            UNAVAILABLE,
+        )
+    chosen_token = next((t for _, t, _ in candidates if t), None)
+    return Target(grpc=normalise_endpoint(*chosen_endpoint), token=chosen_token, source=chosen_endpoint[1])
+
+
+def _str(value: Any, path: Path) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise CliError(f"{path}: endpoint and token must be strings", INVALID)
+    return value
+
+
+_CODES: Final[dict[grpc.StatusCode, tuple[int, str]]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (INVALID, "fix the request"),
+    grpc.StatusCode.OUT_OF_RANGE: (INVALID, "fix the request"),
+    grpc.StatusCode.NOT_FOUND: (NOT_FOUND, "check the name (list what exists with the `list` commands)"),
+    grpc.StatusCode.ALREADY_EXISTS: (CONFLICT, "it already exists, or this idempotency key was used before"),
+    grpc.StatusCode.FAILED_PRECONDITION: (CONFLICT, "the current state does not allow this yet"),
+    grpc.StatusCode.ABORTED: (CONFLICT, "someone changed it at the same time; run the command again"),
+    grpc.StatusCode.UNAUTHENTICATED: (
+        DENIED,
+        "pass a valid token with --token or CONVOY_TOKEN (a local `convoy up` writes one to <state dir>/admin-token)",
+    ),
+    grpc.StatusCode.PERMISSION_DENIED: (DENIED, "use a token with a role that allows this (convoy tokens create)"),
+    grpc.StatusCode.UNAVAILABLE: (UNAVAILABLE, "is the API running there? start it with `convoy up` or check --endpoint"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (UNAVAILABLE, "the API did not answer in time; check it is healthy"),
+}
+
+
+def describe(error: grpc.RpcError, target: Target) -> CliError:
+    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+    details: str = error.details() or code.name  # type: ignore[attr-defined]
+    exit_code, hint = _CODES.get(code, (FAILED, "see the API server's log"))
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return CliError(f"cannot reach the Convoy API at {target.grpc} (from {target.source}): {hint}", exit_code)
+    if code == grpc.StatusCode.UNAUTHENTICATED and not target.token:
+        return CliError(f"no token given: {hint}", exit_code)
+    return CliError(f"{details} ({code.name.lower()}): {hint}", exit_code)
+
+
+@dataclass
+class Client:
+    """Every API service's stub on one channel, plus the invocation's credentials.
+
+    `call` makes one unary call and turns failures into `CliError`; `write` does the same
+    for a mutating call and adds its idempotency key."""
+
+    target: Target
+    timeout: float = DEFAULT_TIMEOUT
+    invocation: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _channel: grpc.Channel | None = None
+    _writes: int = 0
+
+    def __post_init__(self) -> None:
+        self._channel = grpc.insecure_channel(self.target.grpc)
+        channel = self._channel
+        self.applications = api_pb2_grpc.ApplicationServiceStub(channel)
+        self.services = api_pb2_grpc.ServiceServiceStub(channel)
+        self.runtimes = api_pb2_grpc.RuntimeServiceStub(channel)
+        self.protections = api_pb2_grpc.ProtectionServiceStub(channel)
+        self.resources = api_pb2_grpc.ResourceServiceStub(channel)
+        self.releases = api_pb2_grpc.ReleaseServiceStub(channel)
+        self.tokens = api_pb2_grpc.TokenServiceStub(channel)
+        self.events = api_pb2_grpc.EventServiceStub(channel)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def metadata(self, *, idempotent_write: bool = False) -> list[tuple[str, str]]:
+        md: list[tuple[str, str]] = []
+        if self.target.token:
+            md.append(("authorization", f"Bearer {self.target.token}"))
+        if idempotent_write:
+            self._writes += 1
+            md.append(("idempotency-key", f"cli-{self.invocation}-{self._writes}"))
+        return md
+
+    def call(self, method: Any, request: Message) -> Any:
+        try:
+            return method(request, metadata=self.metadata(), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise describe(e, self.target) from None
+
+    def write(self, method: Any, request: Message) -> Any:
+        try:
+            return method(request, metadata=self.metadata(idempotent_write=True), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise describe(e, self.target) from None
+
+    def stream(self, method: Any, request: Message) -> Iterator[Any]:
+        """A server stream with no deadline (Watch); failures become CliError."""
+        try:
+            yield from method(request, metadata=self.metadata())
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                return
+            raise describe(e, self.target) from None
+
+    def pages(self, method: Any, request: Message, items: str) -> list[Any]:
+        """Every item of a paged List call."""
+        out: list[Any] = []
+        while True:
+            answer = self.call(method, request)
+            out.extend(getattr(answer, items))
+            if not answer.next_page_token:
+                return out
+            request.page.page_token = answer.next_page_token  # type: ignore[attr-defined]

@@ -1,0 +1,153 @@
+"""Read commands for what is configured: `convoy apps`, `services`, `channels`, `runtimes`."""
+
+from __future__ import annotations
+
+import typer
+from google.protobuf.message import Message
+
+from cli import config
+from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, connect, reports_errors
+from cli.output import Column, Format, emit_many, emit_one
+from schemas.convoy.v1 import api_pb2, resources_pb2
+
+apps = typer.Typer(name="apps", help="Applications.", no_args_is_help=True)
+services = typer.Typer(name="services", help="An application's services.", no_args_is_help=True)
+channels = typer.Typer(name="channels", help="An application's release channels.", no_args_is_help=True)
+runtimes = typer.Typer(name="runtimes", help="Runtimes (where services run).", no_args_is_help=True)
+
+
+def _show(message: Message, output: Format, *extra: str) -> None:
+    """A config resource: in the table format as the YAML `convoy apply` reads."""
+    if output is Format.table:
+        typer.echo(config.render(message).rstrip())
+        for line in extra:
+            typer.echo(line)
+    else:
+        emit_one(message, output)
+
+
+def _channel_names(app: resources_pb2.Application) -> str:
+    return " -> ".join(c.name for c in app.release_channels)
+
+
+@apps.command("list")
+@reports_errors
+def apps_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+    """List applications."""
+    with connect(endpoint, token) as client:
+        found = client.pages(client.applications.ListApplications, api_pb2.ListApplicationsRequest(), "applications")
+    emit_many(
+        found,
+        output,
+        [Column("name", lambda a: a.name), Column("channels", _channel_names), Column("description", lambda a: a.description)],
+    )
+
+
+@apps.command("get")
+@reports_errors
+def apps_get(name: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+    """Show one application (as config YAML unless --output json|yaml)."""
+    with connect(endpoint, token) as client:
+        found = client.call(client.applications.GetApplication, api_pb2.GetApplicationRequest(name=name))
+    _show(found, output)
+
+
+def _images(service: resources_pb2.Service) -> str:
+    return ",".join(p.image for p in service.programs if p.image)
+
+
+@services.command("list")
+@reports_errors
+def services_list(
+    app: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
+    """List an application's services."""
+    with connect(endpoint, token) as client:
+        found = client.pages(
+            client.services.ListServices, api_pb2.ListServicesRequest(application=app), "services"
+        )
+    emit_many(
+        found,
+        output,
+        [
+            Column("name", lambda s: s.name),
+            Column("replicas", lambda s: s.replicas),
+            Column("programs", lambda s: [p.name for p in s.programs]),
+            Column("images", _images),
+        ],
+    )
+
+
+@services.command("get")
+@reports_errors
+def services_get(
+    app: str, name: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
+    """Show one service: convoy services get APP NAME."""
+    with connect(endpoint, token) as client:
+        found = client.call(client.services.GetService, api_pb2.GetServiceRequest(application=app, name=name))
+    _show(found, output)
+
+
+@channels.command("list")
+@reports_errors
+def channels_list(
+    app: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
+    """List an application's release channels, in order."""
+    with connect(endpoint, token) as client:
+        found = client.call(client.applications.GetApplication, api_pb2.GetApplicationRequest(name=app))
+    emit_many(
+        found.release_channels,
+        output,
+        [
+            Column("name", lambda c: c.name),
+            Column("runtimes", lambda c: [b.runtime + (f"/{b.namespace}" if b.namespace else "") for b in c.runtimes]),
+            Column("preconditions", lambda c: [_precondition(p) for p in c.preconditions]),
+            Column("protections", lambda c: [p.protection for p in c.protections]),
+        ],
+    )
+
+
+def _precondition(pre: resources_pb2.Precondition) -> str:
+    if pre.HasField("channel_stable"):
+        return f"stable:{pre.channel_stable.channel}"
+    if pre.HasField("manual_approval"):
+        return f"approval:{pre.manual_approval.name}"
+    return pre.WhichOneof("kind") or "none"
+
+
+def _runtime_kind(state: api_pb2.RuntimeState) -> str:
+    desc = resources_pb2.RuntimeKind.DESCRIPTOR.values_by_number.get(state.runtime.kind)
+    return desc.name.removeprefix("RUNTIME_KIND_").lower() if desc else str(state.runtime.kind)
+
+
+@runtimes.command("list")
+@reports_errors
+def runtimes_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+    """List runtimes."""
+    with connect(endpoint, token) as client:
+        found = client.pages(client.runtimes.ListRuntimes, api_pb2.ListRuntimesRequest(), "runtimes")
+    emit_many(
+        found,
+        output,
+        [
+            Column("name", lambda r: r.runtime.name),
+            Column("kind", _runtime_kind),
+            Column("labels", lambda r: dict(r.runtime.labels)),
+            Column("paused", lambda r: r.paused),
+        ],
+    )
+
+
+@runtimes.command("get")
+@reports_errors
+def runtimes_get(name: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+    """Show one runtime and its state."""
+    with connect(endpoint, token) as client:
+        found: api_pb2.RuntimeState = client.call(client.runtimes.GetRuntime, api_pb2.GetRuntimeRequest(name=name))
+    if output is Format.table:
+        state = f"# paused: {found.pause_reason or 'yes'}" if found.paused else "# not paused"
+        _show(found.runtime, output, state, f"# agent credential generation: {found.credential_generation}")
+    else:
+        emit_one(found, output)

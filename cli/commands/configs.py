@@ -1,0 +1,204 @@
+"""`convoy apply`, `validate` and `diff`: config files against the API.
+
+All three read files through `cli.config.load`, so a broken file is reported the same way
+by each (every problem, with file, document and field) and nothing is sent. `apply` asks
+before each write whether the object exists, only to say "created" rather than "updated";
+whether anything changed is the server's answer (`WriteResult.changed`), so applying the
+same files twice reports every document unchanged and records no event.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from google.protobuf.message import Message
+
+from cli import config
+from cli.client import INVALID, NOT_FOUND, CliError, Client
+from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, connect, reports_errors
+from cli.output import Format, table
+from schemas.convoy.v1 import api_pb2, resources_pb2
+
+FileOpt = Annotated[
+    Path,
+    typer.Option("--filename", "-f", help="A config file, or a directory of *.yaml / *.yml files.", show_default=False),
+]
+
+
+def load(path: Path) -> list[config.Document]:
+    try:
+        return config.load(path)
+    except config.ConfigError as e:
+        for problem in e.problems:
+            typer.echo(f"error: {problem}", err=True)
+        noun = "problem" if len(e.problems) == 1 else "problems"
+        raise CliError(f"{len(e.problems)} {noun} in {path}; nothing was sent", INVALID) from None
+
+
+def name_of(document: config.Document) -> str:
+    m = document.message
+    if isinstance(m, (resources_pb2.Service,)) or (isinstance(m, resources_pb2.Resource) and m.application):
+        return f"{m.application}/{m.name}"
+    return str(getattr(m, "name"))
+
+
+def current(client: Client, document: config.Document) -> Message | None:
+    """The object as the API holds it now (None: it does not exist)."""
+    m = document.message
+    try:
+        if isinstance(m, resources_pb2.Application):
+            return client.call(client.applications.GetApplication, api_pb2.GetApplicationRequest(name=m.name))
+        if isinstance(m, resources_pb2.Service):
+            return client.call(
+                client.services.GetService, api_pb2.GetServiceRequest(application=m.application, name=m.name)
+            )
+        if isinstance(m, resources_pb2.Runtime):
+            state = client.call(client.runtimes.GetRuntime, api_pb2.GetRuntimeRequest(name=m.name))
+            return state.runtime
+    except CliError as e:
+        if e.exit_code == NOT_FOUND:
+            return None
+        raise
+    if isinstance(m, resources_pb2.Protection):
+        protections = client.pages(
+            client.protections.ListProtections, api_pb2.ListProtectionsRequest(), "protections"
+        )
+        return next((p for p in protections if p.name == m.name), None)
+    if isinstance(m, resources_pb2.Resource):
+        application = m.application if m.scope == resources_pb2.RESOURCE_SCOPE_APPLICATION else ""
+        try:
+            resources = client.pages(
+                client.resources.ListResources, api_pb2.ListResourcesRequest(application=application), "resources"
+            )
+        except CliError as e:
+            if e.exit_code == NOT_FOUND:  # the application does not exist yet
+                return None
+            raise
+        return next((r for r in resources if r.name == m.name and r.scope == m.scope), None)
+    raise TypeError(f"not a config resource: {type(m).__name__}")
+
+
+def _send(client: Client, request: Message) -> api_pb2.WriteResult:
+    if isinstance(request, api_pb2.ApplyRuntimeRequest):
+        return client.write(client.runtimes.ApplyRuntime, request)
+    if isinstance(request, api_pb2.ApplyProtectionRequest):
+        return client.write(client.protections.ApplyProtection, request)
+    if isinstance(request, api_pb2.LinkResourceRequest):
+        return client.write(client.resources.LinkResource, request)
+    if isinstance(request, api_pb2.ApplyApplicationRequest):
+        return client.write(client.applications.ApplyApplication, request)
+    if isinstance(request, api_pb2.ApplyServiceRequest):
+        return client.write(client.services.ApplyService, request)
+    raise TypeError(f"not an apply request: {type(request).__name__}")
+
+
+@reports_errors
+def apply(
+    filename: FileOpt,
+    endpoint: EndpointOpt = None,
+    token: TokenOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Create or update everything in the config files.
+
+    Sends runtimes, protections, resources, applications, then services, and prints
+    each document as created, updated or unchanged."""
+    documents = load(filename)
+    results: list[dict[str, object]] = []
+    with connect(endpoint, token) as client:
+        for document, request in config.to_requests(documents):
+            existed = current(client, document) is not None
+            try:
+                written = _send(client, request)
+            except CliError as e:
+                _report(results, output)
+                raise CliError(f"{document.source}: {document.kind} {name_of(document)}: {e}", e.exit_code) from None
+            outcome = "unchanged" if not written.changed else ("updated" if existed else "created")
+            results.append(
+                {
+                    "kind": document.kind,
+                    "name": name_of(document),
+                    "result": outcome,
+                    "file": str(document.source.file),
+                    "document": document.source.index,
+                    "position": written.position,
+                }
+            )
+    _report(results, output)
+
+
+def _report(results: list[dict[str, object]], output: Format) -> None:
+    if output is Format.json:
+        typer.echo(json.dumps(results, indent=2))
+    elif output is Format.yaml:
+        typer.echo(yaml.safe_dump(results, sort_keys=False).rstrip())
+    else:
+        table(
+            ["kind", "name", "result", "source"],
+            [[str(r["kind"]), str(r["name"]), str(r["result"]), f"{r['file']}: document {r['document']}"] for r in results],
+        )
+
+
+@reports_errors
+def validate(filename: FileOpt, output: OutputOpt = Format.table) -> None:
+    """Check config files without a server (exit 2 on problems).
+
+    Lists every problem with its file, document and field."""
+    documents = load(filename)
+    rows = [
+        {"kind": d.kind, "name": name_of(d), "file": str(d.source.file), "document": d.source.index} for d in documents
+    ]
+    if output is Format.json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif output is Format.yaml:
+        typer.echo(yaml.safe_dump(rows, sort_keys=False).rstrip())
+    else:
+        typer.echo(f"{filename}: {len(documents)} documents OK")
+
+
+@reports_errors
+def diff(
+    filename: FileOpt,
+    endpoint: EndpointOpt = None,
+    token: TokenOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Show what `apply` would change (exit 0: nothing, 1: something).
+
+    Prints a unified diff of each object as the API holds it and as the files say."""
+    documents = load(filename)
+    changes: list[dict[str, object]] = []
+    with connect(endpoint, token) as client:
+        for document in documents:
+            live = current(client, document)
+            before = config.render(live) if live is not None else ""
+            after = config.render(document.message)
+            if before == after:
+                continue
+            label = f"{document.kind}/{name_of(document)}"
+            lines = difflib.unified_diff(
+                before.splitlines(keepends=True),
+                after.splitlines(keepends=True),
+                fromfile=f"live: {label}" if live is not None else "live: (does not exist)",
+                tofile=f"{document.source}: {label}",
+            )
+            changes.append(
+                {"kind": document.kind, "name": name_of(document), "source": str(document.source),
+                 "exists": live is not None, "diff": "".join(lines)}
+            )
+    if output is Format.json:
+        typer.echo(json.dumps(changes, indent=2))
+    elif output is Format.yaml:
+        typer.echo(yaml.safe_dump(changes, sort_keys=False).rstrip())
+    else:
+        for change in changes:
+            typer.echo(str(change["diff"]), nl=False)
+        if not changes:
+            typer.echo("no differences")
+    if changes:
+        raise typer.Exit(1)

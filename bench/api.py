@@ -37,11 +37,12 @@ from schemas.convoy.v1 import api_pb2, api_pb2_grpc, resources_pb2  # noqa: E402
 
 
 async def serve(dsn: str, state: Path, ports_file: Path) -> None:
-    """Child process: the API server on port 0 until SIGTERM."""
+    """Child process: the API server on port 0 until SIGTERM (composed like `convoy up`:
+    a pool of 32 connections, see cli/main.py)."""
     from eventstore.postgres import PostgresEventStore, PostgresSettings
     from services.api.server import ApiServer
 
-    store = await PostgresEventStore.open(PostgresSettings(dsn=dsn, schema="bench_api"))
+    store = await PostgresEventStore.open(PostgresSettings(dsn=dsn, schema="bench_api", pool_max=32))
     server = ApiServer(store=store, state_dir=state, grpc_address="127.0.0.1:0", http_address="127.0.0.1:0")
     ports = await server.start()
     stop = asyncio.Event()

@@ -35,6 +35,7 @@ import structlog
 
 from eventstore import grouping
 from eventstore.committer import GroupCommitter, Turn
+from eventstore.tasks import Backoff
 from eventstore.errors import InvalidInput, Unavailable
 from eventstore.types import (
     AppendRequest,
@@ -360,7 +361,7 @@ class PostgresEventStore:
         position = after
         notified = asyncio.Event()
         listener: asyncpg.Connection | None = None
-        backoff = 0.05
+        backoff = Backoff(base=0.05, cap=2.0)
 
         def on_notify(*_: object) -> None:
             notified.set()
@@ -372,12 +373,12 @@ class PostgresEventStore:
                         listener = await guarded("listen", lambda: self._connect_listener(on_notify))
                     notified.clear()
                     batch = await self.read_all(after=position, limit=batch_size, categories=categories)
-                    backoff = 0.05
+                    backoff.reset()
                 except Unavailable as error:
-                    log.warning("tail: store unavailable, retrying", error=str(error), retry_in=backoff)
+                    delay = backoff.next()
+                    log.warning("tail: store unavailable, retrying", error=str(error), retry_in=round(delay, 3))
                     listener = None
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    await asyncio.sleep(delay)
                     continue
                 for event in batch:
                     position = event.position

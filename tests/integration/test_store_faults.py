@@ -58,7 +58,7 @@ async def test_crash_in_the_middle_of_a_commit_writes_nothing(own_postgres: Post
         await store.close()
 
 
-async def test_opening_against_a_dead_server_is_unavailable(tmp_path: object) -> None:
+async def test_opening_against_a_dead_server_is_unavailable() -> None:
     with pytest.raises(Unavailable):
         await PostgresEventStore.open(PostgresSettings(dsn="postgresql://convoy:x@127.0.0.1:9/postgres"))
 

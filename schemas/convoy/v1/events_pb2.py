@@ -22,11 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from schemas.convoy.v1 import convergence_pb2 as schemas_dot_convoy_dot_v1_dot_convergence__pb2
 from schemas.convoy.v1 import options_pb2 as schemas_dot_convoy_dot_v1_dot_options__pb2
 from schemas.convoy.v1 import resources_pb2 as schemas_dot_convoy_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eschemas/convoy/v1/events.proto\x12\tconvoy.v1\x1a\x1fschemas/convoy/v1/options.proto\x1a!schemas/convoy/v1/resources.proto\"\x8e\x01\n\x12\x41pplicationCreated\x12+\n\x0b\x61pplication\x18\x05 \x01(\x0b\x32\x16.convoy.v1.Application:\x04\xc8\xf3\x18\x03J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x04nameR\x0b\x64\x65scriptionR\x08\x63hannelsR\x10release_channels\"G\n\x12\x41pplicationUpdated\x12+\n\x0b\x61pplication\x18\x01 \x01(\x0b\x32\x16.convoy.v1.Application:\x04\xc8\xf3\x18\x01\"(\n\x12\x41pplicationDeleted\x12\x0c\n\x04name\x18\x01 \x01(\t:\x04\xc8\xf3\x18\x01\"O\n\x11ServiceConfigured\x12#\n\x07service\x18\x01 \x01(\x0b\x32\x12.convoy.v1.Service\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08:\x04\xc8\xf3\x18\x01\"9\n\x0eServiceDeleted\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\"d\n\x11RuntimeRegistered\x12#\n\x07runtime\x18\x04 \x01(\x0b\x32\x12.convoy.v1.Runtime:\x04\xc8\xf3\x18\x02J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\x04nameR\x04kindR\x06labels\";\n\x0eRuntimeUpdated\x12#\n\x07runtime\x18\x01 \x01(\x0b\x32\x12.convoy.v1.Runtime:\x04\xc8\xf3\x18\x01\"\x8c\x01\n\x0fRuntimeLabelled\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06labels\x18\x02 \x03(\x0b\x32&.convoy.v1.RuntimeLabelled.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:\x04\xc8\xf3\x18\x01\"3\n\rRuntimePaused\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\"4\n\x0eRuntimeResumed\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\")\n\x13RuntimeDeregistered\x12\x0c\n\x04name\x18\x01 \x01(\t:\x04\xc8\xf3\x18\x01\"p\n\x15\x41gentCredentialIssued\x12\x0f\n\x07runtime\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\x12\x15\n\rsecret_sha256\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03:\x04\xc8\xf3\x18\x01\"G\n\x14ProtectionConfigured\x12)\n\nprotection\x18\x01 \x01(\x0b\x32\x15.convoy.v1.Protection:\x04\xc8\xf3\x18\x01\"\'\n\x11ProtectionDeleted\x12\x0c\n\x04name\x18\x01 \x01(\t:\x04\xc8\xf3\x18\x01\"=\n\x0eResourceLinked\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.convoy.v1.Resource:\x04\xc8\xf3\x18\x01\"d\n\x10ResourceUnlinked\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05scope\x18\x02 \x01(\x0e\x32\x18.convoy.v1.ResourceScope\x12\x13\n\x0b\x61pplication\x18\x03 \x01(\t:\x04\xc8\xf3\x18\x01\";\n\x0eReleaseCreated\x12#\n\x07release\x18\x01 \x01(\x0b\x32\x12.convoy.v1.Release:\x04\xc8\xf3\x18\x01\"\x97\x01\n\x0f\x41pprovalGranted\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x10\n\x08\x61pproval\x18\x05 \x01(\t\x12\x10\n\x08\x61pprover\x18\x06 \x01(\t\x12\x0f\n\x07\x63omment\x18\x07 \x01(\t:\x04\xc8\xf3\x18\x01\"\x97\x01\n\x10\x41pprovalRejected\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x10\n\x08\x61pproval\x18\x05 \x01(\t\x12\x10\n\x08\x61pprover\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t:\x04\xc8\xf3\x18\x01\"\x80\x01\n\rBypassGranted\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t:\x04\xc8\xf3\x18\x01\"`\n\x11\x43onvergencePaused\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t:\x04\xc8\xf3\x18\x01\"a\n\x12\x43onvergenceResumed\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t:\x04\xc8\xf3\x18\x01\"|\n\x11RollbackRequested\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x10\n\x08\x63hannels\x18\x03 \x03(\t\x12\x19\n\x11target_release_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t:\x04\xc8\xf3\x18\x01\"Y\n\x0cTokenCreated\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x15\n\rsecret_sha256\x18\x04 \x01(\t:\x04\xc8\xf3\x18\x01\"6\n\x0cTokenRevoked\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eschemas/convoy/v1/events.proto\x12\tconvoy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#schemas/convoy/v1/convergence.proto\x1a\x1fschemas/convoy/v1/options.proto\x1a!schemas/convoy/v1/resources.proto\"\x8e\x01\n\x12\x41pplicationCreated\x12+\n\x0b\x61pplication\x18\x05 \x01(\x0b\x32\x16.convoy.v1.Application:\x04\xc8\xf3\x18\x03J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x04nameR\x0b\x64\x65scriptionR\x08\x63hannelsR\x10release_channels\"G\n\x12\x41pplicationUpdated\x12+\n\x0b\x61pplication\x18\x01 \x01(\x0b\x32\x16.convoy.v1.Application:\x04\xc8\xf3\x18\x01\"(\n\x12\x41pplicationDeleted\x12\x0c\n\x04name\x18\x01 \x01(\t:\x04\xc8\xf3\x18\x01\"O\n\x11ServiceConfigured\x12#\n\x07service\x18\x01 \x01(\x0b\x32\x12.convoy.v1.Service\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08:\x04\xc8\xf3\x18\x01\"9\n\x0eServiceDeleted\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\"d\n\x11RuntimeRegistered\x12#\n\x07runtime\x18\x04 \x01(\x0b\x32\x12.convoy.v1.Runtime:\x04\xc8\xf3\x18\x02J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\x04nameR\x04kindR\x06labels\";\n\x0eRuntimeUpdated\x12#\n\x07runtime\x18\x01 \x01(\x0b\x32\x12.convoy.v1.Runtime:\x04\xc8\xf3\x18\x01\"\x8c\x01\n\x0fRuntimeLabelled\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06labels\x18\x02 \x03(\x0b\x32&.convoy.v1.RuntimeLabelled.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:\x04\xc8\xf3\x18\x01\"3\n\rRuntimePaused\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\"4\n\x0eRuntimeResumed\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\")\n\x13RuntimeDeregistered\x12\x0c\n\x04name\x18\x01 \x01(\t:\x04\xc8\xf3\x18\x01\"p\n\x15\x41gentCredentialIssued\x12\x0f\n\x07runtime\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\x12\x15\n\rsecret_sha256\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03:\x04\xc8\xf3\x18\x01\"G\n\x14ProtectionConfigured\x12)\n\nprotection\x18\x01 \x01(\x0b\x32\x15.convoy.v1.Protection:\x04\xc8\xf3\x18\x01\"\'\n\x11ProtectionDeleted\x12\x0c\n\x04name\x18\x01 \x01(\t:\x04\xc8\xf3\x18\x01\"=\n\x0eResourceLinked\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.convoy.v1.Resource:\x04\xc8\xf3\x18\x01\"d\n\x10ResourceUnlinked\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05scope\x18\x02 \x01(\x0e\x32\x18.convoy.v1.ResourceScope\x12\x13\n\x0b\x61pplication\x18\x03 \x01(\t:\x04\xc8\xf3\x18\x01\";\n\x0eReleaseCreated\x12#\n\x07release\x18\x01 \x01(\x0b\x32\x12.convoy.v1.Release:\x04\xc8\xf3\x18\x01\"\x97\x01\n\x0f\x41pprovalGranted\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x10\n\x08\x61pproval\x18\x05 \x01(\t\x12\x10\n\x08\x61pprover\x18\x06 \x01(\t\x12\x0f\n\x07\x63omment\x18\x07 \x01(\t:\x04\xc8\xf3\x18\x01\"\x97\x01\n\x10\x41pprovalRejected\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x10\n\x08\x61pproval\x18\x05 \x01(\t\x12\x10\n\x08\x61pprover\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t:\x04\xc8\xf3\x18\x01\"\x80\x01\n\rBypassGranted\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t:\x04\xc8\xf3\x18\x01\"`\n\x11\x43onvergencePaused\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t:\x04\xc8\xf3\x18\x01\"a\n\x12\x43onvergenceResumed\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t:\x04\xc8\xf3\x18\x01\"|\n\x11RollbackRequested\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x10\n\x08\x63hannels\x18\x03 \x03(\t\x12\x19\n\x11target_release_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t:\x04\xc8\xf3\x18\x01\"Y\n\x0cTokenCreated\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x15\n\rsecret_sha256\x18\x04 \x01(\t:\x04\xc8\xf3\x18\x01\"6\n\x0cTokenRevoked\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\"\xe9\x01\n\x0cIntentIssued\x12\x11\n\tintent_id\x18\x01 \x01(\t\x12!\n\x06target\x18\x02 \x01(\x0b\x32\x11.convoy.v1.Target\x12\'\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x17.convoy.v1.IntentAction\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.convoy.v1.WorkloadSpec\x12\x11\n\tspec_hash\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x03\x12\x10\n\x08rollback\x18\x07 \x01(\x08\x12\x14\n\x0crepair_drift\x18\x08 \x01(\x08:\x04\xc8\xf3\x18\x01\"\xae\x01\n\x0f\x43hecksRequested\x12!\n\x06target\x18\x01 \x01(\x0b\x32\x11.convoy.v1.Target\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x12\n\nrelease_id\x18\x05 \x01(\t\x12\'\n\x06\x63hecks\x18\x06 \x03(\x0b\x32\x17.convoy.v1.CheckRequest:\x04\xc8\xf3\x18\x01\"\xa7\x02\n\x15InstanceStatusChanged\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12!\n\x06target\x18\x04 \x01(\x0b\x32\x11.convoy.v1.Target\x12\x12\n\nrelease_id\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12-\n\nold_status\x18\x07 \x01(\x0e\x32\x19.convoy.v1.InstanceStatus\x12-\n\nnew_status\x18\x08 \x01(\x0e\x32\x19.convoy.v1.InstanceStatus\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x1b\n\x13rollback_release_id\x18\n \x01(\t:\x04\xc8\xf3\x18\x01\"\xd4\x01\n\x0eTimerScheduled\x12\x10\n\x08timer_id\x18\x01 \x01(\t\x12+\n\x07\x66ire_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x06 \x01(\t\x12\x12\n\nrelease_id\x18\x07 \x01(\t\x12!\n\x06target\x18\x08 \x01(\x0b\x32\x11.convoy.v1.Target:\x04\xc8\xf3\x18\x01\"\x7f\n\nTimerFired\x12\x10\n\x08timer_id\x18\x01 \x01(\t\x12+\n\x07\x66ire_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x66ired_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x04\xc8\xf3\x18\x01\"H\n\x13ObservationRecorded\x12+\n\x0bobservation\x18\x01 \x01(\x0b\x32\x16.convoy.v1.Observation:\x04\xc8\xf3\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -85,56 +87,80 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENCREATED']._serialized_options = b'\310\363\030\001'
   _globals['_TOKENREVOKED']._loaded_options = None
   _globals['_TOKENREVOKED']._serialized_options = b'\310\363\030\001'
-  _globals['_APPLICATIONCREATED']._serialized_start=114
-  _globals['_APPLICATIONCREATED']._serialized_end=256
-  _globals['_APPLICATIONUPDATED']._serialized_start=258
-  _globals['_APPLICATIONUPDATED']._serialized_end=329
-  _globals['_APPLICATIONDELETED']._serialized_start=331
-  _globals['_APPLICATIONDELETED']._serialized_end=371
-  _globals['_SERVICECONFIGURED']._serialized_start=373
-  _globals['_SERVICECONFIGURED']._serialized_end=452
-  _globals['_SERVICEDELETED']._serialized_start=454
-  _globals['_SERVICEDELETED']._serialized_end=511
-  _globals['_RUNTIMEREGISTERED']._serialized_start=513
-  _globals['_RUNTIMEREGISTERED']._serialized_end=613
-  _globals['_RUNTIMEUPDATED']._serialized_start=615
-  _globals['_RUNTIMEUPDATED']._serialized_end=674
-  _globals['_RUNTIMELABELLED']._serialized_start=677
-  _globals['_RUNTIMELABELLED']._serialized_end=817
-  _globals['_RUNTIMELABELLED_LABELSENTRY']._serialized_start=766
-  _globals['_RUNTIMELABELLED_LABELSENTRY']._serialized_end=811
-  _globals['_RUNTIMEPAUSED']._serialized_start=819
-  _globals['_RUNTIMEPAUSED']._serialized_end=870
-  _globals['_RUNTIMERESUMED']._serialized_start=872
-  _globals['_RUNTIMERESUMED']._serialized_end=924
-  _globals['_RUNTIMEDEREGISTERED']._serialized_start=926
-  _globals['_RUNTIMEDEREGISTERED']._serialized_end=967
-  _globals['_AGENTCREDENTIALISSUED']._serialized_start=969
-  _globals['_AGENTCREDENTIALISSUED']._serialized_end=1081
-  _globals['_PROTECTIONCONFIGURED']._serialized_start=1083
-  _globals['_PROTECTIONCONFIGURED']._serialized_end=1154
-  _globals['_PROTECTIONDELETED']._serialized_start=1156
-  _globals['_PROTECTIONDELETED']._serialized_end=1195
-  _globals['_RESOURCELINKED']._serialized_start=1197
-  _globals['_RESOURCELINKED']._serialized_end=1258
-  _globals['_RESOURCEUNLINKED']._serialized_start=1260
-  _globals['_RESOURCEUNLINKED']._serialized_end=1360
-  _globals['_RELEASECREATED']._serialized_start=1362
-  _globals['_RELEASECREATED']._serialized_end=1421
-  _globals['_APPROVALGRANTED']._serialized_start=1424
-  _globals['_APPROVALGRANTED']._serialized_end=1575
-  _globals['_APPROVALREJECTED']._serialized_start=1578
-  _globals['_APPROVALREJECTED']._serialized_end=1729
-  _globals['_BYPASSGRANTED']._serialized_start=1732
-  _globals['_BYPASSGRANTED']._serialized_end=1860
-  _globals['_CONVERGENCEPAUSED']._serialized_start=1862
-  _globals['_CONVERGENCEPAUSED']._serialized_end=1958
-  _globals['_CONVERGENCERESUMED']._serialized_start=1960
-  _globals['_CONVERGENCERESUMED']._serialized_end=2057
-  _globals['_ROLLBACKREQUESTED']._serialized_start=2059
-  _globals['_ROLLBACKREQUESTED']._serialized_end=2183
-  _globals['_TOKENCREATED']._serialized_start=2185
-  _globals['_TOKENCREATED']._serialized_end=2274
-  _globals['_TOKENREVOKED']._serialized_start=2276
-  _globals['_TOKENREVOKED']._serialized_end=2330
+  _globals['_INTENTISSUED']._loaded_options = None
+  _globals['_INTENTISSUED']._serialized_options = b'\310\363\030\001'
+  _globals['_CHECKSREQUESTED']._loaded_options = None
+  _globals['_CHECKSREQUESTED']._serialized_options = b'\310\363\030\001'
+  _globals['_INSTANCESTATUSCHANGED']._loaded_options = None
+  _globals['_INSTANCESTATUSCHANGED']._serialized_options = b'\310\363\030\001'
+  _globals['_TIMERSCHEDULED']._loaded_options = None
+  _globals['_TIMERSCHEDULED']._serialized_options = b'\310\363\030\001'
+  _globals['_TIMERFIRED']._loaded_options = None
+  _globals['_TIMERFIRED']._serialized_options = b'\310\363\030\001'
+  _globals['_OBSERVATIONRECORDED']._loaded_options = None
+  _globals['_OBSERVATIONRECORDED']._serialized_options = b'\310\363\030\001'
+  _globals['_APPLICATIONCREATED']._serialized_start=184
+  _globals['_APPLICATIONCREATED']._serialized_end=326
+  _globals['_APPLICATIONUPDATED']._serialized_start=328
+  _globals['_APPLICATIONUPDATED']._serialized_end=399
+  _globals['_APPLICATIONDELETED']._serialized_start=401
+  _globals['_APPLICATIONDELETED']._serialized_end=441
+  _globals['_SERVICECONFIGURED']._serialized_start=443
+  _globals['_SERVICECONFIGURED']._serialized_end=522
+  _globals['_SERVICEDELETED']._serialized_start=524
+  _globals['_SERVICEDELETED']._serialized_end=581
+  _globals['_RUNTIMEREGISTERED']._serialized_start=583
+  _globals['_RUNTIMEREGISTERED']._serialized_end=683
+  _globals['_RUNTIMEUPDATED']._serialized_start=685
+  _globals['_RUNTIMEUPDATED']._serialized_end=744
+  _globals['_RUNTIMELABELLED']._serialized_start=747
+  _globals['_RUNTIMELABELLED']._serialized_end=887
+  _globals['_RUNTIMELABELLED_LABELSENTRY']._serialized_start=836
+  _globals['_RUNTIMELABELLED_LABELSENTRY']._serialized_end=881
+  _globals['_RUNTIMEPAUSED']._serialized_start=889
+  _globals['_RUNTIMEPAUSED']._serialized_end=940
+  _globals['_RUNTIMERESUMED']._serialized_start=942
+  _globals['_RUNTIMERESUMED']._serialized_end=994
+  _globals['_RUNTIMEDEREGISTERED']._serialized_start=996
+  _globals['_RUNTIMEDEREGISTERED']._serialized_end=1037
+  _globals['_AGENTCREDENTIALISSUED']._serialized_start=1039
+  _globals['_AGENTCREDENTIALISSUED']._serialized_end=1151
+  _globals['_PROTECTIONCONFIGURED']._serialized_start=1153
+  _globals['_PROTECTIONCONFIGURED']._serialized_end=1224
+  _globals['_PROTECTIONDELETED']._serialized_start=1226
+  _globals['_PROTECTIONDELETED']._serialized_end=1265
+  _globals['_RESOURCELINKED']._serialized_start=1267
+  _globals['_RESOURCELINKED']._serialized_end=1328
+  _globals['_RESOURCEUNLINKED']._serialized_start=1330
+  _globals['_RESOURCEUNLINKED']._serialized_end=1430
+  _globals['_RELEASECREATED']._serialized_start=1432
+  _globals['_RELEASECREATED']._serialized_end=1491
+  _globals['_APPROVALGRANTED']._serialized_start=1494
+  _globals['_APPROVALGRANTED']._serialized_end=1645
+  _globals['_APPROVALREJECTED']._serialized_start=1648
+  _globals['_APPROVALREJECTED']._serialized_end=1799
+  _globals['_BYPASSGRANTED']._serialized_start=1802
+  _globals['_BYPASSGRANTED']._serialized_end=1930
+  _globals['_CONVERGENCEPAUSED']._serialized_start=1932
+  _globals['_CONVERGENCEPAUSED']._serialized_end=2028
+  _globals['_CONVERGENCERESUMED']._serialized_start=2030
+  _globals['_CONVERGENCERESUMED']._serialized_end=2127
+  _globals['_ROLLBACKREQUESTED']._serialized_start=2129
+  _globals['_ROLLBACKREQUESTED']._serialized_end=2253
+  _globals['_TOKENCREATED']._serialized_start=2255
+  _globals['_TOKENCREATED']._serialized_end=2344
+  _globals['_TOKENREVOKED']._serialized_start=2346
+  _globals['_TOKENREVOKED']._serialized_end=2400
+  _globals['_INTENTISSUED']._serialized_start=2403
+  _globals['_INTENTISSUED']._serialized_end=2636
+  _globals['_CHECKSREQUESTED']._serialized_start=2639
+  _globals['_CHECKSREQUESTED']._serialized_end=2813
+  _globals['_INSTANCESTATUSCHANGED']._serialized_start=2816
+  _globals['_INSTANCESTATUSCHANGED']._serialized_end=3111
+  _globals['_TIMERSCHEDULED']._serialized_start=3114
+  _globals['_TIMERSCHEDULED']._serialized_end=3326
+  _globals['_TIMERFIRED']._serialized_start=3328
+  _globals['_TIMERFIRED']._serialized_end=3455
+  _globals['_OBSERVATIONRECORDED']._serialized_start=3457
+  _globals['_OBSERVATIONRECORDED']._serialized_end=3529
 # @@protoc_insertion_point(module_scope)

@@ -13,7 +13,9 @@ upcaster in eventstore/codec.py, plus a stored example in tests/fixtures/event_c
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from schemas.convoy.v1 import convergence_pb2 as _convergence_pb2
 from schemas.convoy.v1 import resources_pb2 as _resources_pb2
 import builtins as _builtins
 import sys
@@ -697,3 +699,256 @@ class TokenRevoked(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TokenRevoked: _TypeAlias = TokenRevoked  # noqa: Y015
+
+@_typing.final
+class IntentIssued(_message.Message):
+    """---- Convergence: written by the planner (intents, checks, statuses, timers), the
+    timer shell (TimerFired) and observation ingest (ObservationRecorded).
+
+    The planner's instruction to one runtime: make the workload look like `spec`.
+    Stream `intent/<runtime>/<namespace>/<application>/<service>`, so an agent's
+    consumer (and its NATS permissions) select exactly its runtime's intents.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTENT_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    SPEC_HASH_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    ROLLBACK_FIELD_NUMBER: _builtins.int
+    REPAIR_DRIFT_FIELD_NUMBER: _builtins.int
+    intent_id: _builtins.str
+    action: _convergence_pb2.IntentAction.ValueType
+    spec_hash: _builtins.str
+    """SHA-256 of the spec's deterministic serialization: what drift is measured against."""
+    generation: _builtins.int
+    """Per target, strictly increasing: an agent never lets an older generation
+    overwrite a newer one.
+    """
+    rollback: _builtins.bool
+    """This intent restores an earlier release (automatic or manual rollback)."""
+    repair_drift: _builtins.bool
+    """Repair drift when the agent finds it (otherwise only report it)."""
+    @_builtins.property
+    def target(self) -> _convergence_pb2.Target: ...
+    @_builtins.property
+    def spec(self) -> _convergence_pb2.WorkloadSpec: ...
+    def __init__(
+        self,
+        *,
+        intent_id: _builtins.str = ...,
+        target: _convergence_pb2.Target | None = ...,
+        action: _convergence_pb2.IntentAction.ValueType = ...,
+        spec: _convergence_pb2.WorkloadSpec | None = ...,
+        spec_hash: _builtins.str = ...,
+        generation: _builtins.int = ...,
+        rollback: _builtins.bool = ...,
+        repair_drift: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "generation", b"generation", "intent_id", b"intent_id", "repair_drift", b"repair_drift", "rollback", b"rollback", "spec", b"spec", "spec_hash", b"spec_hash", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IntentIssued: _TypeAlias = IntentIssued  # noqa: Y015
+
+@_typing.final
+class ChecksRequested(_message.Message):
+    """The checks an agent should run for one target from now on (replaces earlier ones;
+    empty = stop checking). Same stream as the target's intents.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    RELEASE_ID_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    application: _builtins.str
+    service: _builtins.str
+    channel: _builtins.str
+    release_id: _builtins.str
+    @_builtins.property
+    def target(self) -> _convergence_pb2.Target: ...
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[_convergence_pb2.CheckRequest]: ...
+    def __init__(
+        self,
+        *,
+        target: _convergence_pb2.Target | None = ...,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        release_id: _builtins.str = ...,
+        checks: _abc.Iterable[_convergence_pb2.CheckRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "checks", b"checks", "release_id", b"release_id", "service", b"service", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChecksRequested: _TypeAlias = ChecksRequested  # noqa: Y015
+
+@_typing.final
+class InstanceStatusChanged(_message.Message):
+    """A service instance moved in its lifecycle: the channel-level convergence when
+    `target` is unset, one runtime/namespace of it otherwise.
+    Stream `convergence/<application>/<service>/<channel>`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    RELEASE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    OLD_STATUS_FIELD_NUMBER: _builtins.int
+    NEW_STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ROLLBACK_RELEASE_ID_FIELD_NUMBER: _builtins.int
+    application: _builtins.str
+    service: _builtins.str
+    channel: _builtins.str
+    release_id: _builtins.str
+    version: _builtins.str
+    old_status: _convergence_pb2.InstanceStatus.ValueType
+    new_status: _convergence_pb2.InstanceStatus.ValueType
+    reason: _builtins.str
+    """Why, in words a person can act on ("waiting for 2 approvals (1 given)")."""
+    rollback_release_id: _builtins.str
+    """Set while rolling back: the release being restored."""
+    @_builtins.property
+    def target(self) -> _convergence_pb2.Target: ...
+    def __init__(
+        self,
+        *,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        target: _convergence_pb2.Target | None = ...,
+        release_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        old_status: _convergence_pb2.InstanceStatus.ValueType = ...,
+        new_status: _convergence_pb2.InstanceStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        rollback_release_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "new_status", b"new_status", "old_status", b"old_status", "reason", b"reason", "release_id", b"release_id", "rollback_release_id", b"rollback_release_id", "service", b"service", "target", b"target", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceStatusChanged: _TypeAlias = InstanceStatusChanged  # noqa: Y015
+
+@_typing.final
+class TimerScheduled(_message.Message):
+    """The planner asked to be woken at `fire_at` (soak end, window opening, deadline).
+    Stream `convergence/<application>/<service>/<channel>`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMER_ID_FIELD_NUMBER: _builtins.int
+    FIRE_AT_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    RELEASE_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    timer_id: _builtins.str
+    purpose: _builtins.str
+    """"soak", "window", "deadline", "check_delay"."""
+    application: _builtins.str
+    service: _builtins.str
+    channel: _builtins.str
+    release_id: _builtins.str
+    @_builtins.property
+    def fire_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def target(self) -> _convergence_pb2.Target: ...
+    def __init__(
+        self,
+        *,
+        timer_id: _builtins.str = ...,
+        fire_at: _timestamp_pb2.Timestamp | None = ...,
+        purpose: _builtins.str = ...,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        release_id: _builtins.str = ...,
+        target: _convergence_pb2.Target | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fire_at", b"fire_at", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "fire_at", b"fire_at", "purpose", b"purpose", "release_id", b"release_id", "service", b"service", "target", b"target", "timer_id", b"timer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimerScheduled: _TypeAlias = TimerScheduled  # noqa: Y015
+
+@_typing.final
+class TimerFired(_message.Message):
+    """A scheduled timer fired. Written by the timer shell with the clock's time, so the
+    planner itself never reads a clock. Stream `timer/<application>/<service>/<channel>`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMER_ID_FIELD_NUMBER: _builtins.int
+    FIRE_AT_FIELD_NUMBER: _builtins.int
+    FIRED_AT_FIELD_NUMBER: _builtins.int
+    timer_id: _builtins.str
+    @_builtins.property
+    def fire_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def fired_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        timer_id: _builtins.str = ...,
+        fire_at: _timestamp_pb2.Timestamp | None = ...,
+        fired_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fire_at", b"fire_at", "fired_at", b"fired_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fire_at", b"fire_at", "fired_at", b"fired_at", "timer_id", b"timer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimerFired: _TypeAlias = TimerFired  # noqa: Y015
+
+@_typing.final
+class ObservationRecorded(_message.Message):
+    """An agent's observation, ingested from the bus. The event id derives from the
+    observation id, so a redelivered observation is recorded once.
+    Stream `observation/<runtime>/<namespace>/<application>/<service>`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBSERVATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def observation(self) -> _convergence_pb2.Observation: ...
+    def __init__(
+        self,
+        *,
+        observation: _convergence_pb2.Observation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ObservationRecorded: _TypeAlias = ObservationRecorded  # noqa: Y015

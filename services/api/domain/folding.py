@@ -295,6 +295,13 @@ def _token_revoked(state: State, event: events_pb2.TokenRevoked) -> State:
     return dataclasses.replace(state, tokens=with_item(state.tokens, event.token_id, token))
 
 
+def _not_catalog(state: State, _event: Message) -> State:
+    """Convergence facts (the planner's intents, statuses and timers, agents'
+    observations) are not declarations: the catalog does not change. The API reads
+    convergence status from its own view (services/api/convergence_view.py)."""
+    return state
+
+
 _HANDLERS: dict[type[Message], Callable[[State, Any], State]] = {
     events_pb2.ApplicationCreated: _application_created,
     events_pb2.ApplicationUpdated: _application_updated,
@@ -321,6 +328,12 @@ _HANDLERS: dict[type[Message], Callable[[State, Any], State]] = {
     events_pb2.ConvergenceResumed: _convergence_resumed,
     events_pb2.TokenCreated: _token_created,
     events_pb2.TokenRevoked: _token_revoked,
+    events_pb2.IntentIssued: _not_catalog,
+    events_pb2.ChecksRequested: _not_catalog,
+    events_pb2.InstanceStatusChanged: _not_catalog,
+    events_pb2.TimerScheduled: _not_catalog,
+    events_pb2.TimerFired: _not_catalog,
+    events_pb2.ObservationRecorded: _not_catalog,
 }
 
 HANDLED_EVENT_TYPES: frozenset[str] = frozenset(cls.DESCRIPTOR.full_name for cls in _HANDLERS)

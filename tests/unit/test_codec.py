@@ -407,6 +407,12 @@ def test_convoy_registry_is_a_new_object_each_call() -> None:
         "convoy.v1.RollbackRequested": 1,
         "convoy.v1.TokenCreated": 1,
         "convoy.v1.TokenRevoked": 1,
+        "convoy.v1.IntentIssued": 1,
+        "convoy.v1.ChecksRequested": 1,
+        "convoy.v1.InstanceStatusChanged": 1,
+        "convoy.v1.TimerScheduled": 1,
+        "convoy.v1.TimerFired": 1,
+        "convoy.v1.ObservationRecorded": 1,
     }
     assert first.versions() == second.versions()
 

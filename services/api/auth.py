@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import bcrypt
+
 from schemas.convoy.v1 import options_pb2
 from services.api.domain import Minted, PermissionDenied, State
 from services.api.domain.commands import sha256_hex
@@ -42,9 +44,10 @@ class Principal:
     role: int
 
 
-def mint() -> Minted:
+def mint(*, agent_credential: bool = False) -> Minted:
     """Fresh ids and secrets, with the token secret in the `cvy_<id>_<random>` form the
-    API can look up (the domain's own `Minted.fresh()` does not embed the id)."""
+    API can look up (the domain's own `Minted.fresh()` does not embed the id). With
+    `agent_credential`, also the bcrypt of the credential secret (its NATS password)."""
     fresh = Minted.fresh()
     return Minted(
         release_id=fresh.release_id,
@@ -52,7 +55,18 @@ def mint() -> Minted:
         token_secret=f"{PREFIX}{fresh.token_id}_{secrets.token_urlsafe(32)}",
         credential_id=fresh.credential_id,
         credential_secret=fresh.credential_secret,
+        credential_bcrypt=nats_password_bcrypt(fresh.credential_secret) if agent_credential else "",
     )
+
+
+AGENT_BCRYPT_ROUNDS: Final = 8
+"""Work factor of an agent's NATS password hash. The secret is 256 random bits, so the
+cost protects nothing a brute force could reach; it is kept low because nats-server
+checks the hash on every (re)connection of every agent."""
+
+
+def nats_password_bcrypt(secret: str) -> str:
+    return bcrypt.hashpw(secret.encode("utf-8"), bcrypt.gensalt(AGENT_BCRYPT_ROUNDS)).decode("ascii")
 
 
 def bearer_secret(authorization: str | None) -> str:

@@ -145,7 +145,7 @@ class Writer:
         correlation_id: uuid.UUID,
         minted: Minted | None = None,
     ) -> tuple[Message, int]:
-        minted = minted or auth.mint()
+        minted = minted or auth.mint(agent_credential=method.name == "IssueAgentCredential")
         command = Command(request, actor, role, minted, method.name)
         for attempt in (1, 2):
             await self._caught_up()

@@ -310,10 +310,15 @@ class AgentCredentialIssued(_message.Message):
     CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
     SECRET_SHA256_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    NATS_PASSWORD_BCRYPT_FIELD_NUMBER: _builtins.int
     runtime: _builtins.str
     credential_id: _builtins.str
     secret_sha256: _builtins.str
     generation: _builtins.int
+    nats_password_bcrypt: _builtins.str
+    """bcrypt of the secret: the agent's NATS password as nats-server compares it. Empty
+    for credentials issued before agents authenticated to NATS (re-issue those).
+    """
     def __init__(
         self,
         *,
@@ -321,10 +326,11 @@ class AgentCredentialIssued(_message.Message):
         credential_id: _builtins.str = ...,
         secret_sha256: _builtins.str = ...,
         generation: _builtins.int = ...,
+        nats_password_bcrypt: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_id", b"credential_id", "generation", b"generation", "runtime", b"runtime", "secret_sha256", b"secret_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_id", b"credential_id", "generation", b"generation", "nats_password_bcrypt", b"nats_password_bcrypt", "runtime", b"runtime", "secret_sha256", b"secret_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

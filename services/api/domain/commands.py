@@ -39,8 +39,8 @@ class Minted:
     """Fresh ids and secrets for the commands that create something.
 
     Only the fields a command needs are read: Deploy reads `release_id`; CreateToken
-    reads `token_id` and `token_secret`; IssueAgentCredential reads `credential_id` and
-    `credential_secret`. A token id becomes a stream id part (`token/<id>`): letters,
+    reads `token_id` and `token_secret`; IssueAgentCredential reads `credential_id`,
+    `credential_secret` and `credential_bcrypt`. A token id becomes a stream id part (`token/<id>`): letters,
     digits, '.', ':', '@', '-' — no '_'. Secrets must be at least 16 characters."""
 
     release_id: str = ""
@@ -48,6 +48,9 @@ class Minted:
     token_secret: str = ""
     credential_id: str = ""
     credential_secret: str = ""
+    credential_bcrypt: str = ""
+    """bcrypt of `credential_secret` (the agent's NATS password hash): slow to compute, so
+    the shell fills it only for IssueAgentCredential (`auth.mint(agent_credential=True)`)."""
 
     @classmethod
     def fresh(cls) -> Minted:

@@ -138,6 +138,7 @@ def issue_agent_credential(
         credential_id=minted.credential_id,
         secret_sha256=sha256_hex(minted.credential_secret),
         generation=generation,
+        nats_password_bcrypt=minted.credential_bcrypt,
     )
     response = api_pb2.AgentCredential(
         runtime=request.runtime,

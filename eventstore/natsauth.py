@@ -1,0 +1,139 @@
+"""Who may do what on the bus: NATS users and least-privilege permissions, rendered.
+
+DESIGN.md: an agent's credential can read only its runtime's intents and publish only its
+runtime's observations. NATS enforces that with per-user subject permissions, so this
+module names every subject an agent needs and nothing more:
+
+- publish its observations (`convoy.<i>.obs.<runtime>.>`) and its requests to the control
+  plane (`convoy.<i>.req.<runtime>.>`);
+- pull from and acknowledge its own durable consumer `agent-<runtime>`, which the control
+  plane creates with the runtime's intent filter (an agent allowed to create consumers
+  could pick any filter and read every runtime's intents);
+- dead-letter its own poison messages (`convoy.<i>.dlq.agent-<runtime>`);
+- receive only on its own inbox prefix (`_INBOX_<i>_<runtime>.>`), so it cannot listen to
+  anybody else's replies — which is why the agent connects with that `inbox_prefix`.
+
+The `convoy` system user (API, planner, relay) may do everything. Passwords are given as
+bcrypt hashes (NATS compares them itself), so neither the config file nor the event log
+ever holds a usable secret. Pure: the sync task in services/api writes the rendered block
+into the embedded server's config and reloads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from eventstore import bus
+from eventstore.errors import InvalidInput
+
+SYSTEM_USER: Final = "convoy"
+SYSTEM_PASSWORD_FILE: Final = "nats-password"
+
+AGENT_MAX_DELIVER: Final = 5
+"""Handler attempts per intent on an agent's consumer (the server allows 2 spare
+deliveries on top, see eventstore.subscriptions): the control plane creates the consumer
+with this, the agent's subscription settings use it."""
+AGENT_ACK_WAIT: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    publish: tuple[str, ...] = (">",)
+    subscribe: tuple[str, ...] = (">",)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    password: str
+    """A bcrypt hash (`$2a$…`/`$2b$…`), or a plain password for the system user."""
+    permissions: Permissions = field(default_factory=Permissions)
+
+
+def agent_consumer(runtime: str) -> str:
+    """The durable consumer of one runtime's intents (on the events stream)."""
+    return f"agent-{runtime}"
+
+
+def agent_user(instance: str, runtime: str) -> str:
+    """The NATS user name of a runtime's agent (instances may share one NATS)."""
+    return f"{bus.validate_instance(instance)}-agent-{runtime}"
+
+
+def agent_inbox_prefix(instance: str, runtime: str) -> str:
+    """The only inbox prefix an agent may receive on; pass it to `nats.connect`."""
+    return f"_INBOX_{bus.validate_instance(instance)}_{bus.encode_token(runtime)}"
+
+
+def desired_subject(instance: str, runtime: str) -> str:
+    """Where an agent asks for its runtime's current desired state."""
+    return f"convoy.{bus.validate_instance(instance)}.req.{bus.encode_token(runtime)}.desired"
+
+
+def desired_subjects(instance: str) -> str:
+    """Every runtime's desired-state requests (what the control plane answers)."""
+    return f"convoy.{bus.validate_instance(instance)}.req.*.desired"
+
+
+def heartbeat_subject(instance: str, runtime: str) -> str:
+    return bus.observation_subject(instance, runtime, "heartbeat")
+
+
+def agent_permissions(instance: str, runtime: str) -> Permissions:
+    """Exactly what a runtime's agent needs (see the module docstring)."""
+    token = bus.encode_token(runtime)
+    stream = bus.events_stream(instance)
+    consumer = agent_consumer(runtime)
+    return Permissions(
+        publish=(
+            bus.observation_filter(instance, runtime),
+            f"convoy.{instance}.req.{token}.>",
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+            f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
+            f"$JS.ACK.{stream}.{consumer}.>",
+            bus.dlq_subject(instance, consumer),
+        ),
+        subscribe=(f"{agent_inbox_prefix(instance, runtime)}.>",),
+    )
+
+
+def agent(instance: str, runtime: str, password_bcrypt: str) -> User:
+    if not password_bcrypt.startswith("$2"):
+        raise InvalidInput(f"the agent password of runtime {runtime!r} must be a bcrypt hash")
+    return User(agent_user(instance, runtime), password_bcrypt, agent_permissions(instance, runtime))
+
+
+def system(password: str) -> User:
+    return User(SYSTEM_USER, password)
+
+
+def render(users: Iterable[User]) -> str:
+    """The `authorization { users = [...] }` block of a nats-server config."""
+    lines = ["authorization {", "  users = ["]
+    for user in sorted(users, key=lambda u: u.name):
+        pub = ", ".join(json.dumps(s) for s in user.permissions.publish)
+        sub = ", ".join(json.dumps(s) for s in user.permissions.subscribe)
+        lines.append(
+            f"    {{user: {json.dumps(user.name)}, password: {json.dumps(user.password)}, "
+            f"permissions: {{publish: {{allow: [{pub}]}}, subscribe: {{allow: [{sub}]}}}}}}"
+        )
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def system_password(state_dir: Path) -> str:
+    """The system user's password, generated on first use into `<state_dir>/nats-password`
+    (mode 0600)."""
+    path = state_dir / SYSTEM_PASSWORD_FILE
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()

@@ -34,9 +34,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -376,3 +378,36 @@ async def _drain(statuses: AsyncIterator[WorkloadStatus]) -> None:
     with contextlib.suppress(RuntimeUnavailable):
         async for _ in statuses:
             pass
+
+
+# ---- helpers for runtimes that start local processes ---------------------------------------
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes (not zombies) whose environment has name=value."""
+    wanted = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def zombie_children() -> list[int]:
+    zombies = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            zombies.append(int(entry.name))
+    return zombies

@@ -24,7 +24,14 @@ from services.agent.runtimes.local import LocalRuntime, LocalSettings, parse_end
 from services.agent.runtimes.localstate import process_start_time
 from services.agent.runtimes.supervisor import SupervisorSettings
 from tests.conftest import eventually
-from tests.contract.runtime_suite import FailureMode, RuntimeContract, RuntimeFactory, make_workload
+from tests.contract.runtime_suite import (
+    FailureMode,
+    RuntimeContract,
+    RuntimeFactory,
+    make_workload,
+    processes_with_env,
+    zombie_children,
+)
 
 SCRIPTS = Path(__file__).parent / "exec_scripts"
 FAST = SupervisorSettings(
@@ -94,36 +101,6 @@ def local_settings(tmp_path: Path, **overrides: object) -> LocalSettings:
     }
     values.update(overrides)
     return LocalSettings(**values)  # type: ignore[arg-type]
-
-
-def processes_with_env(name: str, value: str) -> list[int]:
-    """Live processes (not zombies) whose environment has name=value."""
-    wanted = f"{name}={value}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
-def zombie_children() -> list[int]:
-    zombies = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] == "Z" and int(fields[1]) == os.getpid():
-            zombies.append(int(entry.name))
-    return zombies
 
 
 def gone(pid: int) -> bool:

@@ -1,0 +1,352 @@
+"""The Kubernetes runtime: server-side apply of rendered manifests with kubernetes_asyncio.
+
+This module is the edge: it is one of the only modules allowed to import
+kubernetes_asyncio (an import-linter contract says so), it turns every ApiException /
+aiohttp error into RuntimeUnavailable (retry later) or ApplyRejected (the spec cannot run
+here), and it does no reasoning of its own — manifests and statuses come from the pure
+`kubernetes_manifests`.
+
+Applies use field manager `convoy` and force conflicts by default: Convoy is the
+controller of the objects it renders, and Kubernetes' advice for controllers is to force
+(a person's `kubectl scale` then shows as drift, which the agent reports; it does not
+block the next release). With `force_conflicts=False` a conflict is an ApplyRejected that
+names the other manager and field; a repair always forces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import aiohttp
+from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+from services.agent.runtimes import kubernetes_manifests as manifests
+from services.agent.runtimes.base import (
+    ApplyRejected,
+    FailureReason,
+    Runtime,
+    RuntimeUnavailable,
+    StaleGeneration,
+    Workload,
+    WorkloadKey,
+    WorkloadStatus,
+)
+
+JSON = dict[str, Any]
+APPLY = "application/apply-patch+yaml"
+_CLOSED = object()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KubernetesSettings:
+    name: str = "kubernetes"
+    """The runtime's name in Convoy (observations carry it)."""
+    kubeconfig: str | None = None
+    """Path of a kubeconfig; None means the in-cluster service account (the agent's Deployment)."""
+    context: str | None = None
+    field_manager: str = manifests.FIELD_MANAGER
+    force_conflicts: bool = True
+    request_timeout: float = 30.0
+    """Seconds per API request (watches are not bounded by it)."""
+
+
+def _message(error: ApiException) -> str:
+    try:
+        body = json.loads(error.body or "")
+        return str(body.get("message") or error.reason)
+    except (ValueError, AttributeError):
+        return str(error.reason or error)
+
+
+def _raise_translated(error: BaseException, what: str) -> NoReturn:
+    if isinstance(error, ApiException):
+        status = error.status or 0
+        message = f"{what}: Kubernetes answered {status} {_message(error)}"
+        if status == 0 or status == 401 or status == 429 or status >= 500:
+            raise RuntimeUnavailable(message + "; retry later") from error
+        raise ApplyRejected(message, reason=FailureReason.APPLY_ERROR) from error
+    if isinstance(error, (aiohttp.ClientError, TimeoutError, OSError)):
+        raise RuntimeUnavailable(f"{what}: cannot reach the Kubernetes API ({error!r}); retry later") from error
+    raise error
+
+
+@contextlib.contextmanager
+def _edge(what: str) -> Iterator[None]:
+    """Translate client errors raised inside the block into Convoy's runtime errors."""
+    try:
+        yield
+    except (ApiException, aiohttp.ClientError, TimeoutError, OSError) as error:
+        _raise_translated(error, what)
+
+
+class KubernetesRuntime:
+    """Runs each workload as a Deployment (+ Service) in its namespace."""
+
+    def __init__(self, api: client.ApiClient, *, settings: KubernetesSettings) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self._api = api
+        self._apps = client.AppsV1Api(api)
+        self._core = client.CoreV1Api(api)
+        self._closed = False
+        self._watches: set[asyncio.Queue[object]] = set()
+
+    @classmethod
+    async def connect(cls, settings: KubernetesSettings) -> KubernetesRuntime:
+        """Load credentials (kubeconfig file or in-cluster service account) and build the client."""
+        configuration = client.Configuration()
+        try:
+            if settings.kubeconfig:
+                await config.load_kube_config(
+                    config_file=settings.kubeconfig, context=settings.context, client_configuration=configuration
+                )
+            else:
+                config.load_incluster_config(client_configuration=configuration)
+        except (ConfigException, OSError) as error:
+            where = settings.kubeconfig or "the in-cluster service account"
+            raise RuntimeUnavailable(f"cannot load Kubernetes credentials from {where}: {error}; fix the agent's configuration") from error
+        return cls(client.ApiClient(configuration), settings=settings)
+
+    # ---- Runtime -----------------------------------------------------------------------------
+
+    async def apply(self, workload: Workload, *, repair: bool = False) -> WorkloadStatus:
+        self._check_open()
+        key = workload.key
+        live = await self._deployment(key)
+        if live is not None:
+            if not manifests.is_managed(live) or manifests.workload_key(live) != key:
+                raise ApplyRejected(f"{key}: Deployment {live['metadata']['name']!r} exists and is not this Convoy workload; rename the service or remove it")
+            annotations = live["metadata"].get("annotations") or {}
+            live_generation = int(annotations.get(manifests.ANNOTATION_GENERATION) or 0)
+            if workload.generation < live_generation:
+                raise StaleGeneration(f"{key} runs generation {live_generation}; generation {workload.generation} is older")
+            if workload.generation == live_generation:
+                live_hash = annotations.get(manifests.ANNOTATION_SPEC_HASH, "")
+                if workload.spec_hash != live_hash:
+                    raise ApplyRejected(
+                        f"{key}: generation {workload.generation} was applied with spec {live_hash}, "
+                        f"not {workload.spec_hash}; a new spec needs a new generation"
+                    )
+                if not repair:
+                    return await self.status(key)
+                # A repair re-applies what that generation's intent applied.
+                workload = Workload(
+                    key=key, spec=workload.spec, spec_hash=workload.spec_hash, generation=workload.generation,
+                    intent_id=annotations.get(manifests.ANNOTATION_INTENT_ID, workload.intent_id), channel=workload.channel,
+                )
+        try:
+            deployment = manifests.render_deployment(workload)
+            service = manifests.render_service(workload)
+        except manifests.ManifestError as error:
+            raise ApplyRejected(f"{key}: {error}", reason=FailureReason.APPLY_ERROR) from None
+        if live is None:
+            await self._ensure_namespace(key.namespace)
+        force = repair or self.settings.force_conflicts
+        with _edge(f"apply Deployment {key}"):
+            applied = await self._apps.patch_namespaced_deployment(
+                deployment["metadata"]["name"], key.namespace, deployment,
+                field_manager=self.settings.field_manager, force=force, _content_type=APPLY,
+                _request_timeout=self.settings.request_timeout,
+            )
+        if service is not None:
+            with _edge(f"apply Service {key}"):
+                await self._core.patch_namespaced_service(
+                    service["metadata"]["name"], key.namespace, service,
+                    field_manager=self.settings.field_manager, force=force, _content_type=APPLY,
+                    _request_timeout=self.settings.request_timeout,
+                )
+        else:
+            await self._delete_service(key)
+        return manifests.rollout_status(key, self._plain(applied), await self._pods(key))
+
+    async def status(self, key: WorkloadKey) -> WorkloadStatus:
+        self._check_open()
+        deployment = await self._deployment(key)
+        if deployment is None or not manifests.is_managed(deployment):
+            return manifests.rollout_status(key, None, [])
+        return manifests.rollout_status(key, deployment, await self._pods(key))
+
+    async def watch(self, key: WorkloadKey) -> AsyncIterator[WorkloadStatus]:
+        """The current status, then a new one after every change to the Deployment or its Pods."""
+        self._check_open()
+        wakeups: asyncio.Queue[object] = asyncio.Queue()
+        self._watches.add(wakeups)
+        name = manifests.object_name(key)
+        followers: list[asyncio.Task[None]] = []
+        try:
+            with _edge(f"watch {key}"):
+                deployments = await self._apps.list_namespaced_deployment(key.namespace, field_selector=f"metadata.name={name}")
+                pods = await self._core.list_namespaced_pod(key.namespace, label_selector=manifests.pod_selector(key))
+            followers = [
+                asyncio.create_task(
+                    self._follow(self._apps.list_namespaced_deployment, key.namespace, deployments.metadata.resource_version, wakeups, field_selector=f"metadata.name={name}"),
+                    name=f"convoy-k8s-watch-deployment-{key}",
+                ),
+                asyncio.create_task(
+                    self._follow(self._core.list_namespaced_pod, key.namespace, pods.metadata.resource_version, wakeups, label_selector=manifests.pod_selector(key)),
+                    name=f"convoy-k8s-watch-pods-{key}",
+                ),
+            ]
+            last = await self.status(key)
+            yield last
+            while True:
+                item = await wakeups.get()
+                while not wakeups.empty() and item is not _CLOSED and not isinstance(item, BaseException):
+                    item = wakeups.get_nowait()
+                if item is _CLOSED or self._closed:
+                    return
+                if isinstance(item, BaseException):
+                    _raise_translated(item, f"watch {key}")
+                current = await self.status(key)
+                if current != last:
+                    last = current
+                    yield current
+        finally:
+            self._watches.discard(wakeups)
+            for task in followers:
+                task.cancel()
+            for task in followers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def delete(self, key: WorkloadKey) -> None:
+        self._check_open()
+        live = await self._deployment(key)
+        if live is not None and manifests.is_managed(live) and manifests.workload_key(live) == key:
+            with _edge(f"delete Deployment {key}"):
+                await self._ignore_missing(
+                    self._apps.delete_namespaced_deployment(
+                        live["metadata"]["name"], key.namespace,
+                        body=client.V1DeleteOptions(propagation_policy="Background", preconditions=client.V1Preconditions(uid=live["metadata"]["uid"])),
+                        _request_timeout=self.settings.request_timeout,
+                    )
+                )
+        await self._delete_service(key)
+
+    async def live(self) -> list[WorkloadStatus]:
+        self._check_open()
+        with _edge("list Convoy's Deployments"):
+            deployments = await self._apps.list_deployment_for_all_namespaces(label_selector=manifests.MANAGED_SELECTOR, _request_timeout=self.settings.request_timeout)
+            pods = await self._core.list_pod_for_all_namespaces(label_selector=manifests.MANAGED_SELECTOR, _request_timeout=self.settings.request_timeout)
+        by_owner: dict[tuple[str, str, str], list[JSON]] = {}
+        for pod in pods.items:
+            plain = self._plain(pod)
+            labels = plain["metadata"].get("labels") or {}
+            owner = (plain["metadata"].get("namespace", ""), labels.get(manifests.LABEL_APPLICATION, ""), labels.get(manifests.LABEL_SERVICE, ""))
+            by_owner.setdefault(owner, []).append(plain)
+        out: list[WorkloadStatus] = []
+        for item in deployments.items:
+            deployment = self._plain(item)
+            key = manifests.workload_key(deployment)
+            selector = manifests.selector_labels(key)
+            pods_of = by_owner.get((key.namespace, selector[manifests.LABEL_APPLICATION], selector[manifests.LABEL_SERVICE]), [])
+            out.append(manifests.rollout_status(key, deployment, pods_of))
+        return sorted(out, key=lambda s: s.key)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for wakeups in list(self._watches):
+            wakeups.put_nowait(_CLOSED)
+        await asyncio.sleep(0)
+        await self._api.close()
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeUnavailable(f"the {self.name} runtime is closed")
+
+    def _plain(self, obj: Any) -> JSON:
+        """A client model as the API's JSON dict (camelCase keys), what the pure code reads."""
+        result: JSON = self._api.sanitize_for_serialization(obj)
+        return result
+
+    async def _deployment(self, key: WorkloadKey) -> JSON | None:
+        with _edge(f"read Deployment {key}"):
+            try:
+                found = await self._apps.read_namespaced_deployment(
+                    manifests.object_name(key), key.namespace, _request_timeout=self.settings.request_timeout
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+        return self._plain(found)
+
+    async def _pods(self, key: WorkloadKey) -> list[JSON]:
+        with _edge(f"list Pods of {key}"):
+            pods = await self._core.list_namespaced_pod(
+                key.namespace, label_selector=manifests.pod_selector(key), _request_timeout=self.settings.request_timeout
+            )
+        return [self._plain(p) for p in pods.items]
+
+    async def _ensure_namespace(self, namespace: str) -> None:
+        with _edge(f"create namespace {namespace}"):
+            try:
+                await self._core.read_namespace(namespace, _request_timeout=self.settings.request_timeout)
+                return
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+            try:
+                await self._core.create_namespace(
+                    manifests.namespace_manifest(namespace), field_manager=self.settings.field_manager,
+                    _request_timeout=self.settings.request_timeout,
+                )
+            except ApiException as error:
+                if error.status != 409:  # created meanwhile by someone else: fine
+                    raise
+
+    async def _delete_service(self, key: WorkloadKey) -> None:
+        with _edge(f"delete Service {key}"):
+            await self._ignore_missing(
+                self._core.delete_namespaced_service(
+                    manifests.object_name(key), key.namespace, _request_timeout=self.settings.request_timeout
+                )
+            )
+
+    @staticmethod
+    async def _ignore_missing(call: Awaitable[Any]) -> None:
+        """Deletes are idempotent: an object that is already gone is fine."""
+        try:
+            await call
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def _follow(
+        self, list_call: Callable[..., Any], namespace: str, resource_version: str, wakeups: asyncio.Queue[object], **selectors: str
+    ) -> None:
+        """Stream watch events into `wakeups` (one item per event); relist on 410 Gone, report other errors."""
+        version = resource_version
+        try:
+            while True:
+                try:
+                    async with watch.Watch() as stream:
+                        async for _event in stream.stream(list_call, namespace, resource_version=version, **selectors):
+                            version = stream.resource_version or version
+                            wakeups.put_nowait(None)
+                    return
+                except ApiException as error:
+                    if error.status != 410:
+                        raise
+                # Our resourceVersion was compacted away: list again and carry on from there.
+                listed = await list_call(namespace, **selectors)
+                version = listed.metadata.resource_version
+                wakeups.put_nowait(None)
+        except Exception as error:  # noqa: BLE001 - handed to the watching generator, which translates it
+            if not self._closed:
+                wakeups.put_nowait(error)
+
+
+def _typecheck(runtime: KubernetesRuntime) -> Runtime:
+    return runtime

@@ -57,7 +57,7 @@ def restart_delay(crashes: int, *, base: float, cap: float) -> float:
     The first restart is immediate (a one-off crash costs nothing); a crash loop slows down."""
     if crashes <= 1:
         return 0.0
-    return min(cap, base * 2.0 ** (crashes - 2))
+    return min(cap, base * 2.0 ** min(crashes - 2, 64))
 
 
 class ReplicaState(enum.Enum):

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from cli import localstate
+from cli.commands import agent as agent_command
 from cli.commands import catalog, configs, events, releases, tokens
 from eventstore import bus
 from eventstore.embedded import EmbeddedServers
@@ -180,6 +181,7 @@ def _redact(url: str) -> str:
     return url
 
 
+app.command("agent")(agent_command.agent)
 for command in (configs.apply, configs.validate, configs.diff):
     app.command()(command)
 for group in (catalog.apps, catalog.services, catalog.channels, catalog.runtimes, tokens.tokens):

@@ -81,6 +81,16 @@ def desired_subjects(instance: str) -> str:
     return f"convoy.{bus.validate_instance(instance)}.req.*.desired"
 
 
+H_DESIRED_COUNT: Final = "Convoy-Desired-Count"
+"""On the last reply to a desired-state request: how many event messages came before it.
+Its payload is the runtime's configuration (`resources_pb2.Runtime`), empty when the
+runtime is not registered; the messages before it are IntentIssued / ChecksRequested
+events in the relay's envelope (`bus.event_headers`), so the agent decodes them exactly
+like the intents its consumer delivers."""
+H_DESIRED_POSITION: Final = "Convoy-Desired-Position"
+"""On the last reply: the store position the answer reflects."""
+
+
 def heartbeat_subject(instance: str, runtime: str) -> str:
     return bus.observation_subject(instance, runtime, "heartbeat")
 

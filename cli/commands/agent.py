@@ -1,0 +1,86 @@
+"""`convoy agent --runtime NAME`: run one runtime's agent (it only dials out, to NATS).
+
+Settings come from flags or the environment (CONVOY_NATS_URL, CONVOY_INSTANCE,
+CONVOY_AGENT_CREDENTIAL_FILE, CONVOY_STATE_DIR) and are passed down explicitly. The
+credential file holds the secret that `IssueAgentCredential` returned (the bare secret,
+or the JSON answer with a "secret" field); the agent logs in to NATS as
+`<instance>-agent-<runtime>` with it and receives only on its own inbox prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eventstore import bus, natsauth
+from eventstore.settings import default_state_dir, environ
+from services.agent.agent import Agent, AgentSettings
+from services.agent.selection import build_runtime
+
+
+def read_secret(path: Path) -> str:
+    text = path.read_text().strip()
+    if text.startswith("{"):
+        secret = json.loads(text).get("secret", "")
+        if not isinstance(secret, str) or not secret:
+            raise typer.BadParameter(f"{path} has no \"secret\" field")
+        return secret
+    return text
+
+
+def agent(
+    runtime: Annotated[str, typer.Option("--runtime", help="The runtime this agent serves.", show_default=False)],
+    nats_url: Annotated[str | None, typer.Option("--nats-url", help="NATS URL (default: $CONVOY_NATS_URL).")] = None,
+    credential_file: Annotated[
+        Path | None,
+        typer.Option("--credential-file", help="File with the agent credential's secret (default: $CONVOY_AGENT_CREDENTIAL_FILE)."),
+    ] = None,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where the agent keeps its state.")] = None,
+    instance: Annotated[str | None, typer.Option("--instance", help="Convoy instance (default: $CONVOY_INSTANCE or convoy).")] = None,
+    health: Annotated[str, typer.Option("--health", help="host:port of /healthz ('' = off).")] = "127.0.0.1:9464",
+    kind: Annotated[str, typer.Option("--kind", help="Override the runtime implementation (memory, local, exec, kubernetes).")] = "",
+) -> None:
+    """Run the agent of one runtime: apply its intents, report what it sees (Ctrl-C stops it)."""
+    env = environ()
+    url = nats_url or env.get("CONVOY_NATS_URL") or ""
+    if not url:
+        typer.echo("error: give --nats-url or set CONVOY_NATS_URL (the control plane's NATS)", err=True)
+        raise typer.Exit(2)
+    inst = instance or env.get("CONVOY_INSTANCE", "convoy")
+    cred = credential_file or (Path(env["CONVOY_AGENT_CREDENTIAL_FILE"]) if env.get("CONVOY_AGENT_CREDENTIAL_FILE") else None)
+    folder = state_dir or (Path(env["CONVOY_STATE_DIR"]) if env.get("CONVOY_STATE_DIR") else default_state_dir(env)) / "agents"
+    secret = read_secret(cred) if cred is not None else None
+    settings = AgentSettings(instance=inst, runtime=runtime, state_dir=folder, health_address=health or None)
+    asyncio.run(_run(url, secret, settings, kind))
+    typer.echo("stopped")
+
+
+async def _run(url: str, secret: str | None, settings: AgentSettings, kind: str) -> None:
+    options: dict[str, object] = {"inbox_prefix": natsauth.agent_inbox_prefix(settings.instance, settings.runtime)}
+    if secret is not None:
+        options.update(user=natsauth.agent_user(settings.instance, settings.runtime), password=secret)
+    nc = await bus.connect(url, name=f"convoy-agent:{settings.runtime}", **options)
+    state_dir = settings.state_dir or Path(".")
+
+    async def factory(config):  # type: ignore[no-untyped-def]
+        return await build_runtime(config, state_dir=state_dir / settings.runtime, override_kind=kind)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Agent(nc=nc, settings=settings, runtime_factory=factory) as running:
+            typer.echo(f"agent of runtime {settings.runtime} started; /healthz on port {running.health_port}")
+            await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await nc.close()

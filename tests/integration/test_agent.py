@@ -1,0 +1,244 @@
+"""The agent against real NATS and PostgreSQL: intents in through the relay, observations
+back into the store through ingest, a fresh agent converging from the desired state, and
+/healthz following the bus."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from eventstore import bus, natsauth
+from eventstore.embedded import NatsServer
+from eventstore.postgres import PostgresEventStore
+from eventstore.subscriptions import H_DLQ_ERROR
+from schemas.convoy.v1 import convergence_pb2
+from services.agent.agent import Agent, AgentSettings
+from services.agent.runtimes.base import Phase, WorkloadKey
+from services.agent.runtimes.memory import FAIL_PARAMETER, MemoryRuntime
+from tests.conftest import eventually
+from tests.integration.test_agent_support import FAST, Plane, control_plane
+
+WEB = WorkloadKey("prod", "shop", "web")
+
+
+@pytest.fixture
+async def plane(pg_store: PostgresEventStore, embedded_nats: NatsServer, subject_prefix: str) -> AsyncIterator[Plane]:
+    async with control_plane(pg_store, embedded_nats.url, subject_prefix) as made:
+        yield made
+
+
+def settings(plane: Plane, runtime: str, **overrides: object) -> AgentSettings:
+    values: dict[str, object] = {
+        "instance": plane.instance,
+        "runtime": runtime,
+        "heartbeat_interval": 0.2,
+        "reconcile_interval": 0.2,
+        "snapshot_timeout": 2.0,
+        "subscription": FAST,
+    }
+    values.update(overrides)
+    return AgentSettings(**values)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running_agent(url: str, agent_settings: AgentSettings, runtime: MemoryRuntime) -> AsyncIterator[Agent]:
+    nc = await bus.connect(
+        url, name="test-agent", inbox_prefix=natsauth.agent_inbox_prefix(agent_settings.instance, agent_settings.runtime)
+    )
+    try:
+        agent = Agent(nc=nc, settings=agent_settings, runtime=runtime)
+        async with agent:
+            await eventually(agent.ready.is_set, message="agent ready")
+            yield agent
+    finally:
+        await nc.close()
+        await runtime.close()
+
+
+async def test_an_intent_is_applied_and_observed_in_the_store(plane: Plane, embedded_nats: NatsServer) -> None:
+    await plane.register("rt-a")
+    runtime = MemoryRuntime(name="rt-a")
+    async with running_agent(embedded_nats.url, settings(plane, "rt-a"), runtime) as agent:
+        intent = await plane.intent("rt-a", generation=1)
+
+        async def healthy() -> bool:
+            return "HEALTHY" in await plane.kinds("rt-a")
+
+        await eventually(healthy, message="HEALTHY observation in the store")
+        observed = await plane.observations("rt-a")
+        assert [convergence_pb2.ObservationKind.Name(o.kind) for o in observed][:2] == [
+            "OBSERVATION_KIND_RECEIVED",
+            "OBSERVATION_KIND_APPLIED",
+        ]
+        for o in observed:
+            assert (o.intent_id, o.generation, o.spec_hash, o.runtime) == (intent.intent_id, 1, intent.spec_hash, "rt-a")
+        status = await runtime.status(WEB)
+        assert (status.phase, status.generation) == (Phase.HEALTHY, 1)
+        await eventually(lambda: plane.ingest.alive("rt-a", within=5.0), message="heartbeat seen")
+        assert agent.stats.applied == 1
+
+
+async def test_the_same_intent_twice_is_applied_once(plane: Plane, embedded_nats: NatsServer) -> None:
+    await plane.register("rt-a")
+    runtime = MemoryRuntime(name="rt-a")
+    async with running_agent(embedded_nats.url, settings(plane, "rt-a"), runtime) as agent:
+        intent = await plane.intent("rt-a", generation=1)
+        await plane.append_intent(intent)  # the planner's retry: a second event, same intent
+        await eventually(lambda: agent.stats.intents == 2, message="both deliveries handled")
+        assert runtime.applies == 1
+        assert agent.stats.duplicates == 1
+
+        async def one_of_each() -> bool:
+            kinds = await plane.kinds("rt-a")
+            return "HEALTHY" in kinds and kinds.count("RECEIVED") == 1 and kinds.count("APPLIED") == 1
+
+        await eventually(one_of_each, message="one RECEIVED, one APPLIED, HEALTHY")
+
+
+async def test_an_older_generation_after_a_newer_one_is_ignored(plane: Plane, embedded_nats: NatsServer) -> None:
+    await plane.register("rt-a")
+    runtime = MemoryRuntime(name="rt-a")
+    async with running_agent(embedded_nats.url, settings(plane, "rt-a"), runtime) as agent:
+        newer = await plane.intent("rt-a", generation=2, version="v2")
+        await plane.intent("rt-a", generation=1, version="v1")
+        await eventually(lambda: agent.stats.intents == 2, message="both intents handled")
+        status = await runtime.status(WEB)
+        assert (status.generation, status.spec_hash) == (2, newer.spec_hash)
+        assert runtime.applies == 1 and agent.stats.stale == 1
+
+
+async def test_failures_and_deletes_are_reported(plane: Plane, embedded_nats: NatsServer) -> None:
+    await plane.register("rt-a")
+    runtime = MemoryRuntime(name="rt-a")
+    async with running_agent(embedded_nats.url, settings(plane, "rt-a"), runtime):
+        await plane.intent("rt-a", service="api", generation=1, parameters={FAIL_PARAMETER: "crash_loop"})
+        await plane.intent("rt-a", generation=1)
+        await plane.intent("rt-a", generation=2, delete=True)
+
+        async def reported() -> bool:
+            failed = [o for o in await plane.observations("rt-a", service="api") if o.kind == convergence_pb2.OBSERVATION_KIND_FAILED]
+            return bool(failed) and failed[0].reason == "crash_loop" and "DELETED" in await plane.kinds("rt-a")
+
+        await eventually(reported, message="FAILED(crash_loop) and DELETED")
+        assert (await runtime.status(WEB)).phase is Phase.ABSENT
+
+
+async def test_drift_is_reported_and_repaired_when_asked(plane: Plane, embedded_nats: NatsServer) -> None:
+    await plane.register("rt-a")
+    runtime = MemoryRuntime(name="rt-a")
+    async with running_agent(embedded_nats.url, settings(plane, "rt-a"), runtime) as agent:
+        await plane.intent("rt-a", generation=1, repair_drift=True)
+        await eventually(lambda: runtime.applies == 1, message="applied")
+        runtime.tamper(WEB)
+
+        async def drift_reported() -> bool:
+            return "DRIFTED" in await plane.kinds("rt-a")
+
+        await eventually(drift_reported, message="DRIFTED in the store")
+        await eventually(lambda: agent.stats.repaired >= 1, message="drift repaired")
+        await eventually(lambda: not runtime._live[WEB].status.drifted, message="live workload matches again")
+
+
+async def test_a_fresh_agent_converges_from_the_desired_state(
+    plane: Plane, embedded_nats: NatsServer, tmp_path: Path
+) -> None:
+    await plane.register("rt-a")
+    first = MemoryRuntime(name="rt-a")
+    async with running_agent(embedded_nats.url, settings(plane, "rt-a", state_dir=tmp_path), first) as agent:
+        await plane.intent("rt-a", generation=1, version="v1")
+        newest = await plane.intent("rt-a", generation=2, version="v2")
+        await plane.intent("rt-a", service="api", generation=1)
+        await plane.intent("rt-a", service="gone", generation=1)
+        await plane.intent("rt-a", service="gone", generation=2, delete=True)
+        await eventually(lambda: agent.stats.intents == 5, message="all intents handled")
+
+    # Killed; a new agent with an empty state folder and an empty runtime (a rebuilt cluster).
+    fresh = MemoryRuntime(name="rt-a")
+    async with running_agent(embedded_nats.url, settings(plane, "rt-a", state_dir=tmp_path / "new"), fresh) as again:
+        live = {s.key: s for s in await fresh.live()}
+        assert set(live) == {WEB, WorkloadKey("prod", "shop", "api")}
+        assert (live[WEB].generation, live[WEB].spec_hash) == (2, newest.spec_hash)
+        assert again.stats.snapshots == 1 and fresh.applies == 2
+
+    # Restarted with its state but an emptied runtime: it re-applies, too.
+    emptied = MemoryRuntime(name="rt-a")
+    async with running_agent(embedded_nats.url, settings(plane, "rt-a", state_dir=tmp_path), emptied):
+        assert {s.key for s in await emptied.live()} == {WEB, WorkloadKey("prod", "shop", "api")}
+
+
+async def test_bad_observations_are_dead_lettered_and_nothing_is_written(plane: Plane) -> None:
+    js = plane.nc.jetstream()
+    subject = bus.observation_subject(plane.instance, "rt-a", "prod", "shop", "web")
+    await js.publish(subject, b"\xff\xff not protobuf")
+    foreign = convergence_pb2.Observation(
+        observation_id="o-1", runtime="rt-b", namespace="prod", application="shop", service="web",
+        kind=convergence_pb2.OBSERVATION_KIND_HEALTHY,
+    )
+    await js.publish(subject, foreign.SerializeToString())
+    unnamed = convergence_pb2.Observation(observation_id="o-2", runtime="rt-a", kind=convergence_pb2.OBSERVATION_KIND_HEALTHY)
+    await js.publish(subject, unnamed.SerializeToString())
+    await eventually(lambda: plane.ingest.rejected == 3, message="three rejections")
+
+    dlq = await js.pull_subscribe(bus.dlq_subject(plane.instance, "api-ingest"), durable=None, stream=bus.dlq_stream(plane.instance))
+    try:
+        messages = await dlq.fetch(3, timeout=5)
+        reasons = [m.headers[H_DLQ_ERROR] for m in messages if m.headers]
+    finally:
+        await dlq.unsubscribe()
+    assert any("not an Observation" in r for r in reasons)
+    assert any("claims runtime 'rt-b'" in r for r in reasons)
+    assert any("lacks namespace" in r for r in reasons)
+    assert await plane.store.read_all(categories=["observation"]) == []
+    assert plane.ingest.recorded == 0
+
+
+async def test_a_redelivered_observation_is_recorded_once(plane: Plane) -> None:
+    js = plane.nc.jetstream()
+    subject = bus.observation_subject(plane.instance, "rt-a", "prod", "shop", "web")
+    observation = convergence_pb2.Observation(
+        observation_id="o-same", runtime="rt-a", namespace="prod", application="shop", service="web",
+        kind=convergence_pb2.OBSERVATION_KIND_HEALTHY, intent_id="i-1", generation=1,
+    )
+    # Different Nats-Msg-Ids: JetStream keeps both, so ingest sees the observation twice.
+    for msg_id in ("a", "b"):
+        await js.publish(subject, observation.SerializeToString(), headers={bus.H_MSG_ID: msg_id})
+    await eventually(lambda: plane.ingest.recorded + plane.ingest.duplicates == 2, message="both handled")
+    assert (plane.ingest.recorded, plane.ingest.duplicates) == (1, 1)
+    assert len(await plane.store.read_all(categories=["observation"])) == 1
+
+
+async def test_healthz_fails_when_the_bus_is_lost_longer_than_the_threshold(
+    own_nats: NatsServer, subject_prefix: str
+) -> None:
+    agent_settings = AgentSettings(
+        instance=subject_prefix, runtime="rt-h", health_address="127.0.0.1:0", bus_loss_threshold=0.3,
+        snapshot_timeout=0.5, subscription=FAST,
+    )
+    nc = await bus.connect(own_nats.url, name="test-agent-health")
+    runtime = MemoryRuntime(name="rt-h")
+    try:
+        async with Agent(nc=nc, settings=agent_settings, runtime=runtime) as agent, aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{agent.health_port}/healthz"
+
+            async def status() -> int:
+                async with http.get(url) as response:
+                    return response.status
+
+            assert await status() == 200
+            own_nats.stop()
+            await eventually(lambda: not nc.is_connected, message="disconnected")
+            assert agent.liveness.lost_for() < 0.3 or await status() == 503
+            await eventually(lambda: _is(status, 503), message="/healthz 503 after the threshold")
+            own_nats.start()
+            await eventually(lambda: _is(status, 200), message="/healthz 200 after reconnecting")
+    finally:
+        await nc.close()
+        await runtime.close()
+
+
+async def _is(status: object, expected: int) -> bool:
+    return await status() == expected  # type: ignore[operator]

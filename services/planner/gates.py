@@ -1,0 +1,104 @@
+"""What a release must pass before a channel deploys it: preconditions, then approvals.
+
+Pure evaluation against the planner's state at a recorded moment. A gate answers with
+the status the convergence should be in and a reason a person can act on ("waiting for
+2 approvals of prod-signoff (1 given: alice at 14:02)"). Bypasses (audited in the log)
+count as met: `precondition:<approval>`, `precondition:channel_stable:<channel>`,
+`precondition:deploy_window`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from schemas.convoy.v1 import resources_pb2
+from services.planner import windows
+from services.planner.catalog import ReleaseRecord
+from services.planner.model import (
+    CONVERGED,
+    DEPLOYING,
+    FAILED,
+    WAITING_APPROVAL,
+    WAITING_PRECONDITIONS,
+    Convergence,
+    PlannerState,
+    status_name,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    status: int
+    reason: str
+    window_opens: datetime | None = None
+
+
+def hhmm(moment: datetime) -> str:
+    return moment.strftime("%H:%M")
+
+
+def evaluate(
+    state: PlannerState,
+    conv: Convergence,
+    record: ReleaseRecord,
+    channel: resources_pb2.ReleaseChannel,
+    now: datetime,
+) -> Gate:
+    waiting: list[str] = []
+    deploy_windows = [p.deploy_window for p in channel.preconditions if p.WhichOneof("kind") == "deploy_window"]
+    for precondition in channel.preconditions:
+        if precondition.WhichOneof("kind") != "channel_stable":
+            continue
+        other = precondition.channel_stable.channel
+        if (conv.channel, f"precondition:channel_stable:{other}") in record.bypasses:
+            continue
+        reason = _stable_reason(state, conv, other, record.release.version)
+        if reason:
+            waiting.append(reason)
+    window_opens = None
+    if deploy_windows and (conv.channel, "precondition:deploy_window") not in record.bypasses:
+        if not windows.is_open(deploy_windows, now):
+            window_opens = windows.next_opening(deploy_windows, now)
+            opens = f"; opens {window_opens:%a %Y-%m-%d %H:%M} UTC" if window_opens else ""
+            waiting.append(f"outside the deploy window ({windows.describe(deploy_windows)}){opens}")
+    if waiting:
+        return Gate(WAITING_PRECONDITIONS, "; ".join(waiting), window_opens)
+
+    for precondition in channel.preconditions:
+        if precondition.WhichOneof("kind") != "manual_approval":
+            continue
+        approval = precondition.manual_approval
+        if (conv.channel, f"precondition:{approval.name}") in record.bypasses:
+            continue
+        rejected = record.rejections.get((conv.channel, approval.name))
+        if rejected is not None:
+            approver, why = rejected
+            return Gate(FAILED, f"rejected by {approver} ({approval.name})" + (f": {why}" if why else ""))
+        given = record.approvals.get((conv.channel, approval.name), [])
+        needed = max(approval.min_approvers, 1)
+        if len(given) < needed:
+            who = ", ".join(f"{a.approver} at {hhmm(a.at)}" for a in given)
+            plural = "s" if needed > 1 else ""
+            waiting.append(
+                f"waiting for {needed} approval{plural} of {approval.name} ({len(given)} given"
+                + (f": {who})" if who else ")")
+            )
+    if waiting:
+        return Gate(WAITING_APPROVAL, "; ".join(waiting))
+    return Gate(DEPLOYING, "preconditions met")
+
+
+def _stable_reason(state: PlannerState, conv: Convergence, other: str, version: str) -> str:
+    """Empty when channel `other` converged at `version`; otherwise why not."""
+    sibling = state.convergences.get((conv.application, conv.service, other))
+    if sibling is not None and sibling.converged_release_id:
+        converged = state.catalog.releases.get(sibling.converged_release_id)
+        if converged is not None and converged.release.version == version and sibling.status == CONVERGED:
+            return ""
+    if sibling is None or not sibling.release_id:
+        return f"waiting for {other} to be stable at {version}: {other} has not started it"
+    detail = f" ({sibling.reason})" if sibling.reason else ""
+    if sibling.version != version:
+        return f"waiting for {other} to be stable at {version}: {other} is on {sibling.version or 'nothing'}"
+    return f"waiting for {other} to be stable at {version}: {other} {status_name(sibling.status)}{detail}"

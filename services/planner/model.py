@@ -1,0 +1,140 @@
+"""The planner's state: one convergence per (service, channel), one target per runtime
+binding of it, the timers it is waiting for.
+
+`plan` mutates and returns this state (it is the accumulator of a fold over the log):
+copying fifty thousand targets per event would cost more than the planning. Callers
+that need the state before an event — the dry run — take a `copy.deepcopy` first.
+Everything here is plain data; the rules live in engine.py, gates.py and checks.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+from schemas.convoy.v1 import convergence_pb2
+from services.planner.catalog import Catalog
+
+S = convergence_pb2
+PENDING: Final = S.INSTANCE_STATUS_PENDING
+WAITING_PRECONDITIONS: Final = S.INSTANCE_STATUS_WAITING_PRECONDITIONS
+WAITING_APPROVAL: Final = S.INSTANCE_STATUS_WAITING_APPROVAL
+DEPLOYING: Final = S.INSTANCE_STATUS_DEPLOYING
+VERIFYING: Final = S.INSTANCE_STATUS_VERIFYING
+CONVERGED: Final = S.INSTANCE_STATUS_CONVERGED
+FAILED: Final = S.INSTANCE_STATUS_FAILED
+ROLLING_BACK: Final = S.INSTANCE_STATUS_ROLLING_BACK
+ROLLED_BACK: Final = S.INSTANCE_STATUS_ROLLED_BACK
+PAUSED: Final = S.INSTANCE_STATUS_PAUSED
+REPLACED: Final = S.INSTANCE_STATUS_REPLACED
+
+TERMINAL: Final = frozenset({CONVERGED, FAILED, ROLLED_BACK, REPLACED})
+"""A convergence in one of these has nothing left to do until a new release or rollback."""
+
+ConvergenceKey = tuple[str, str, str]
+"""(application, service, channel)."""
+TargetKey = tuple[str, str]
+"""(runtime, namespace)."""
+WorkloadKey = tuple[str, str, str, str]
+"""(runtime, namespace, application, service): one intent stream, one generation counter."""
+
+
+def status_name(status: int) -> str:
+    return S.InstanceStatus.Name(status).removeprefix("INSTANCE_STATUS_")
+
+
+@dataclass(slots=True)
+class TargetState:
+    runtime: str
+    namespace: str
+    status: int = PENDING
+    generation: int = 0
+    """Generation of the last intent issued here (0 = none)."""
+    intent_id: str = ""
+    release_id: str = ""
+    """Release of the last intent issued here."""
+    rollback: bool = False
+    issued_at: datetime | None = None
+    healthy: bool = False
+    """The agent reported the last intent's workload healthy (and nothing worse since)."""
+    observed_kind: int = 0
+    observed_reason: str = ""
+    observed_message: str = ""
+    observed_at: datetime | None = None
+
+    @property
+    def key(self) -> TargetKey:
+        return (self.runtime, self.namespace)
+
+
+@dataclass(slots=True)
+class CheckState:
+    """One protection attachment at one lifecycle stage of one convergence."""
+
+    check_id: str
+    protection: str
+    stage: int
+    fail_on_error: bool
+    """FAILURE_BEHAVIOR_FAIL: a failed check fails the convergence; otherwise it waits."""
+    delay: float
+    duration: float
+    agent_health: bool
+    """Judged from the agents' health reports rather than a requested check."""
+    started_at: datetime
+    results: dict[TargetKey, tuple[bool, str]] = field(default_factory=dict)
+    passing_since: datetime | None = None
+    done: bool = False
+
+
+@dataclass(slots=True)
+class Convergence:
+    application: str
+    service: str
+    channel: str
+    release_id: str = ""
+    version: str = ""
+    status: int = 0
+    reason: str = ""
+    paused_from: int = 0
+    rollback_to: str = ""
+    """While ROLLING_BACK / after ROLLED_BACK: the release being restored."""
+    converged_release_id: str = ""
+    """What this channel last converged to (what it runs when nothing is in flight)."""
+    history: list[str] = field(default_factory=list)
+    """Converged releases, oldest first (manual rollback goes to the one before)."""
+    targets: dict[TargetKey, TargetState] = field(default_factory=dict)
+    stage: int = 0
+    """The lifecycle stage whose protections `checks` holds (0 = none started)."""
+    checks: dict[str, CheckState] = field(default_factory=dict)
+    checks_requested: bool = False
+    """Agents were asked to run checks that have not been withdrawn yet."""
+    timers: dict[str, str] = field(default_factory=dict)
+    """Active timer id per purpose ("window", "soak", "deadline", "check_delay")."""
+
+    @property
+    def key(self) -> ConvergenceKey:
+        return (self.application, self.service, self.channel)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTimer:
+    timer_id: str
+    fire_at: datetime
+    key: ConvergenceKey
+    purpose: str
+
+
+@dataclass(slots=True)
+class PlannerState:
+    catalog: Catalog = field(default_factory=Catalog)
+    convergences: dict[ConvergenceKey, Convergence] = field(default_factory=dict)
+    generations: dict[WorkloadKey, int] = field(default_factory=dict)
+    timers: dict[str, PendingTimer] = field(default_factory=dict)
+    """Scheduled and not yet fired or cancelled: what the timer shell must fire."""
+    timer_seq: int = 0
+    position: int = 0
+    """Global position of the last input folded."""
+
+    def convergences_of(self, app: str, service: str) -> list[Convergence]:
+        return [c for (a, s, _), c in self.convergences.items() if a == app and s == service]

@@ -1,0 +1,253 @@
+"""The planner's I/O shell: read the log, call `plan`, commit outputs with the checkpoint.
+
+Exactly once, by construction:
+- inputs are read from the store in global order (the store's tail, woken by NOTIFY),
+  only from the categories the planner reads (`engine.INPUT_CATEGORIES`);
+- the outputs of a run of inputs and the checkpoint after its last input commit in one
+  transaction (`EventStore.commit`), so a crash leaves either both or neither;
+- output event ids derive from the input's event id (uuid5), and `plan` is
+  deterministic, so even two planners racing on the same log write the same events once:
+  the loser gets `AlreadyProcessed` (its state is the same fold) and moves on.
+
+On start, and after any failure, the state is rebuilt by folding the inputs up to the
+checkpoint (outputs discarded: they are already recorded) — `plan` mutates its state, so
+a batch that failed half way cannot be undone in memory, only refolded.
+
+Timers: `plan` schedules them as events and keeps the pending ones in its state; the
+timer shell here appends TimerFired when the injected clock says one is due. The
+firing's event id derives from the timer id, so a timer fires once however often the
+shell restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+
+from eventstore.codec import EventRegistry
+from eventstore.errors import ConvoyError, DuplicateEventId, UnknownEventType
+from eventstore.tasks import Backoff, describe, stop_task
+from eventstore.types import AlreadyProcessed, AppendRequest, Checkpoint, EventStore, NewEvent, RecordedEvent
+from schemas.convoy.v1 import events_pb2
+from services.planner.clock import Clock
+from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Input, Output, plan, timer_stream
+from services.planner.model import PlannerState
+
+log = structlog.get_logger("convoy.planner")
+
+OUTPUT_NAMESPACE: Final = uuid.UUID("5f0c5f43-0b7b-4c7e-9d0a-7c3f2f1e9a10")
+TIMER_NAMESPACE: Final = uuid.UUID("0e7d8e1c-6a51-4d5e-8c1b-3b6f0d9b2a44")
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerSettings:
+    name: str = "planner"
+    """The checkpoint's name: one per planner of an instance."""
+    max_inputs_per_commit: int = 1000
+    max_outputs_per_commit: int = 4000
+    read_batch: int = 5000
+    queue_size: int = 20000
+
+
+@dataclass(slots=True)
+class PlannerStats:
+    inputs: int = 0
+    outputs: int = 0
+    commits: int = 0
+    restarts: int = 0
+    timers_fired: int = 0
+    skipped: int = 0
+
+
+def to_input(registry: EventRegistry, recorded: RecordedEvent) -> Input | None:
+    """The planner's view of a stored event; None for one this build cannot read (skipped
+    the same way on every replay, so decisions stay reproducible)."""
+    try:
+        decoded = registry.decode(recorded)
+    except (UnknownEventType, ConvoyError) as error:
+        log.warning("planner skips an event it cannot read", position=recorded.position, error=str(error))
+        return None
+    return Input(decoded.message, recorded.position, recorded.event_id, recorded.actor, recorded.recorded_at)
+
+
+def output_events(registry: EventRegistry, cause: Input, outputs: Sequence[Output], correlation: uuid.UUID | None) -> list[tuple[str, NewEvent]]:
+    return [
+        (
+            out.stream_id,
+            registry.encode(
+                out.message,
+                actor=PLANNER_ACTOR,
+                event_id=uuid.uuid5(OUTPUT_NAMESPACE, f"{cause.event_id}/{i}"),
+                causation_id=cause.event_id,
+                correlation_id=correlation or cause.event_id,
+            ),
+        )
+        for i, out in enumerate(outputs)
+    ]
+
+
+def group(events: Sequence[tuple[str, NewEvent]]) -> list[AppendRequest]:
+    """One append per stream, streams in order of first appearance, events in order."""
+    by_stream: dict[str, list[NewEvent]] = {}
+    for stream_id, event in events:
+        by_stream.setdefault(stream_id, []).append(event)
+    return [AppendRequest(stream_id, tuple(events)) for stream_id, events in by_stream.items()]
+
+
+async def rebuild(store: EventStore, registry: EventRegistry, *, upto: int, batch: int = 5000) -> PlannerState:
+    """The state after folding every input up to position `upto` (outputs discarded)."""
+    state = PlannerState()
+    after = 0
+    while after < upto:
+        events = await store.read_all(after=after, limit=batch, categories=INPUT_CATEGORIES, to_position=upto)
+        if not events:
+            break
+        for recorded in events:
+            item = to_input(registry, recorded)
+            if item is not None:
+                plan(state, item)
+        after = events[-1].position
+    state.position = upto
+    return state
+
+
+class Planner:
+    """The planner process: a supervised fold of the log plus the timer shell."""
+
+    def __init__(self, *, store: EventStore, registry: EventRegistry, clock: Clock, settings: PlannerSettings | None = None) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self.settings = settings or PlannerSettings()
+        self.stats = PlannerStats()
+        self.state = PlannerState()
+        self.ready = asyncio.Event()
+        """Set once the state is rebuilt and the planner follows the log."""
+        self._timers_changed = asyncio.Event()
+        self._fired: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._timer_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"planner:{self.settings.name}")
+        self._timer_task = asyncio.create_task(self._fire_timers(), name=f"planner-timers:{self.settings.name}")
+
+    async def stop(self) -> None:
+        await stop_task(self._timer_task)
+        await stop_task(self._task)
+        self._task = self._timer_task = None
+
+    async def __aenter__(self) -> Planner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- the fold ----------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        backoff = Backoff(base=0.1, cap=5.0)
+        while True:
+            try:
+                await self._run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # rebuild and go on: the log is the truth
+                self.ready.clear()
+                self.stats.restarts += 1
+                delay = backoff.next()
+                log.error("planner failed; rebuilding from the log", error=describe(error), retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+
+    async def _run(self) -> None:
+        checkpoint = await self.store.checkpoint(self.settings.name)
+        self.state = await rebuild(self.store, self.registry, upto=checkpoint, batch=self.settings.read_batch)
+        self._timers_changed.set()
+        self.ready.set()
+        log.info("planner following the log", checkpoint=checkpoint, timers=len(self.state.timers))
+        queue: asyncio.Queue[RecordedEvent] = asyncio.Queue(self.settings.queue_size)
+        feeder = asyncio.create_task(self._feed(queue, checkpoint), name=f"planner-tail:{self.settings.name}")
+        try:
+            while True:
+                if feeder.done():
+                    feeder.result()  # re-raise why the tail ended
+                batch = [await queue.get()]
+                while not queue.empty() and len(batch) < self.settings.max_inputs_per_commit:
+                    batch.append(queue.get_nowait())
+                await self._handle(batch)
+        finally:
+            await stop_task(feeder)
+
+    async def _feed(self, queue: asyncio.Queue[RecordedEvent], after: int) -> None:
+        async for recorded in self.store.tail(after=after, categories=INPUT_CATEGORIES, batch_size=self.settings.read_batch):
+            await queue.put(recorded)
+
+    async def _handle(self, batch: list[RecordedEvent]) -> None:
+        pending: list[tuple[str, NewEvent]] = []
+        last = 0
+        for recorded in batch:
+            item = to_input(self.registry, recorded)
+            if item is None:
+                self.stats.skipped += 1
+            else:
+                _, outputs = plan(self.state, item)
+                pending += output_events(self.registry, item, outputs, recorded.correlation_id)
+            last = recorded.position
+            self.stats.inputs += 1
+            if len(pending) >= self.settings.max_outputs_per_commit:
+                await self._commit(pending, last)
+                pending = []
+                last = 0
+        if last:
+            await self._commit(pending, last)
+        self._timers_changed.set()
+
+    async def _commit(self, events: list[tuple[str, NewEvent]], position: int) -> None:
+        try:
+            await self.store.commit(group(events), checkpoint=Checkpoint(self.settings.name, position))
+        except AlreadyProcessed:
+            log.info("another planner already committed these inputs", position=position)
+            return
+        self.stats.commits += 1
+        self.stats.outputs += len(events)
+
+    # -- the timer shell ---------------------------------------------------------
+
+    async def _fire_timers(self) -> None:
+        backoff = Backoff(base=0.1, cap=5.0)
+        while True:
+            await self.ready.wait()
+            self._timers_changed.clear()
+            pending = [t for t in self.state.timers.values() if t.timer_id not in self._fired]
+            self._fired &= set(self.state.timers)
+            due = min(pending, key=lambda t: (t.fire_at, t.timer_id), default=None)
+            await self.clock.wait_until(due.fire_at if due else None, self._timers_changed)
+            if due is None or self.clock.now() < due.fire_at or due.timer_id not in self.state.timers:
+                continue
+            try:
+                await self._fire(due.timer_id, due.key, due.fire_at)
+                backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                delay = backoff.next()
+                log.warning("could not record a fired timer; retrying", timer=due.timer_id, error=describe(error))
+                await asyncio.sleep(delay)
+
+    async def _fire(self, timer_id: str, key: tuple[str, str, str], fire_at: object) -> None:
+        event = events_pb2.TimerFired(timer_id=timer_id)
+        event.fire_at.FromDatetime(fire_at)  # type: ignore[arg-type]
+        event.fired_at.FromDatetime(self.clock.now())
+        new = self.registry.encode(event, actor=PLANNER_ACTOR, event_id=uuid.uuid5(TIMER_NAMESPACE, timer_id))
+        try:
+            await self.store.append(timer_stream(*key), [new])
+        except DuplicateEventId:
+            pass  # fired before (with another firing time): once is enough
+        self._fired.add(timer_id)
+        self.stats.timers_fired += 1

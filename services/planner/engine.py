@@ -453,9 +453,11 @@ def _step_deploying(run: _Run, conv: Convergence, record: ReleaseRecord, channel
         return
     done = all(_on_release(t, release_id, rollback=False) and t.healthy for t in targets)
     if done and result.passed:
+        # Verify in the same step: a channel with nothing to verify goes straight to
+        # CONVERGED, one with a soak shows VERIFYING with what it waits for.
         _cancel_timers(run, conv, "deadline")
         _enter_stage(run, conv, channel, resources_pb2.LIFECYCLE_POST_DEPLOYMENT)
-        _set_status(run, conv, VERIFYING, f"{conv.version} healthy on {len(targets)} runtime(s); verifying")
+        _step_verifying(run, conv, record)
         return
     if waiting_on_pause:
         limit = f" ({channel.max_concurrent_runtimes} at a time)" if channel.max_concurrent_runtimes else ""

@@ -9,6 +9,7 @@ count as met: `precondition:<approval>`, `precondition:channel_stable:<channel>`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -98,7 +99,9 @@ def _stable_reason(state: PlannerState, conv: Convergence, other: str, version: 
             return ""
     if sibling is None or not sibling.release_id:
         return f"waiting for {other} to be stable at {version}: {other} has not started it"
-    detail = f" ({sibling.reason})" if sibling.reason else ""
+    # Only what changes rarely (the status, a soak's end): every change here is an event.
+    soak = re.search(r"soak ends at [0-9:]+ UTC", sibling.reason)
+    detail = f", {soak.group(0)}" if soak else ""
     if sibling.version != version:
         return f"waiting for {other} to be stable at {version}: {other} is on {sibling.version or 'nothing'}"
     return f"waiting for {other} to be stable at {version}: {other} {status_name(sibling.status)}{detail}"

@@ -38,9 +38,9 @@ def test_staging_converged_moves_prod_to_approval_and_approval_deploys_it() -> N
 
     out = world.healthy([intent])
 
+    # Nothing to verify in staging (no post-deployment protection): straight to CONVERGED.
     assert changes(out) == [
-        ("staging", "DEPLOYING", "VERIFYING"),
-        ("staging", "VERIFYING", "CONVERGED"),
+        ("staging", "DEPLOYING", "CONVERGED"),
         ("prod", "WAITING_PRECONDITIONS", "WAITING_APPROVAL"),
     ]
     assert world.reason("prod") == "waiting for 1 approval of signoff (0 given)"
@@ -51,7 +51,7 @@ def test_staging_converged_moves_prod_to_approval_and_approval_deploys_it() -> N
     assert sorted(i.target.runtime for i in intents(out)) == ["eu-1", "us-1"]
 
     out = world.healthy(intents(out))
-    assert changes(out)[-1] == ("prod", "VERIFYING", "CONVERGED")
+    assert changes(out)[-1] == ("prod", "DEPLOYING", "CONVERGED")
     assert world.state.convergences[("shop", "web", "prod")].converged_release_id == "rel-web-v1"
 
 
@@ -331,3 +331,34 @@ def test_removing_a_runtime_binding_prunes_it_and_a_new_binding_gets_the_converg
 
     assert {(i.target.runtime, i.action) for i in intents(out)} == {
         ("stg-1", C.INTENT_ACTION_DELETE), ("stg-2", C.INTENT_ACTION_APPLY)}
+
+
+def test_a_dry_run_lists_intents_and_waits_in_order_and_records_nothing() -> None:
+    from services.planner.dryrun import simulate
+
+    world = World()
+    world.protection("http-ok")
+    soak = R.ProtectionAttachment(protection="http-ok", lifecycle=[R.LIFECYCLE_POST_DEPLOYMENT],
+                                  failure_behavior=R.FAILURE_BEHAVIOR_FAIL, delay=seconds(5), duration=seconds(30))
+    world.setup(channel("staging", "stg-1", protections=[soak]), channel("prod", "eu-1", stable="staging", approval=1))
+    config = world.state.catalog.services[("shop", "web")]
+    before = (world.state.position, len(world.state.convergences), dict(world.state.generations))
+    release = R.Release(id="rel-dry", application="shop", service="web", version="v9", config=config)
+
+    steps = simulate(world.state, [E.ReleaseCreated(release=release)], now=world.now, actor="alice")
+
+    plan = [(s.channel, s.action, s.runtime, s.after.total_seconds()) for s in steps]
+    assert plan == [
+        ("staging", "deploy", "stg-1", 0.0),
+        ("prod", "wait", "", 0.0),
+        ("staging", "verify", "", 0.0),
+        ("prod", "wait", "", 0.0),
+        ("staging", "verify", "", 5.0),
+        ("staging", "verify", "", 5.0),
+        ("prod", "wait", "", 5.0),
+        ("staging", "converged", "", 35.0),
+        ("prod", "wait", "", 35.0),
+    ]
+    assert steps[-1].detail == "WAITING_APPROVAL: waiting for 1 approval of signoff (0 given)"
+    assert steps[6].detail.endswith("staging VERIFYING, soak ends at 12:00:35 UTC")
+    assert (world.state.position, len(world.state.convergences), dict(world.state.generations)) == before

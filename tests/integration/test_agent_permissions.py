@@ -1,0 +1,160 @@
+"""Least privilege on the bus: an agent reads only its runtime's intents and reports only
+for its runtime, and a rotated credential locks the old password out. Real nats-server
+with authorization rendered by eventstore.natsauth and reloaded by NatsAuthSync."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from eventstore import bus, natsauth
+from eventstore.embedded import NatsServer
+from eventstore.errors import ConvoyError
+from eventstore.postgres import PostgresEventStore
+from schemas.convoy.v1 import convergence_pb2, events_pb2
+from services.agent.agent import Agent, AgentSettings
+from services.agent.runtimes.memory import MemoryRuntime
+from services.api.auth import nats_password_bcrypt
+from tests.conftest import eventually
+from tests.integration.test_agent_support import FAST, Plane, control_plane
+
+SYSTEM_PASSWORD = secrets.token_urlsafe(24)
+
+
+@pytest.fixture
+def auth_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(data_dir=tmp_path / "nats", config_extra=natsauth.render([natsauth.system(SYSTEM_PASSWORD)]))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def plane(pg_store: PostgresEventStore, auth_nats: NatsServer, subject_prefix: str) -> AsyncIterator[Plane]:
+    async with control_plane(
+        pg_store, auth_nats.url, subject_prefix, server=auth_nats, system_password=SYSTEM_PASSWORD
+    ) as made:
+        yield made
+
+
+class AgentConnection:
+    """An agent's NATS connection that records the errors the server sends it."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc: Client | None = None
+
+    async def connect(self, url: str, instance: str, runtime: str, secret: str) -> Client:
+        async def on_error(error: Exception) -> None:
+            self.errors.append(str(error))
+
+        self.nc = await bus.connect(
+            url,
+            name=f"test-agent-{runtime}",
+            connect_attempts=1,
+            user=natsauth.agent_user(instance, runtime),
+            password=secret,
+            inbox_prefix=natsauth.agent_inbox_prefix(instance, runtime),
+            error_cb=on_error,
+        )
+        return self.nc
+
+    def violated(self, what: str) -> bool:
+        return any("permissions violation" in e.lower() and what.lower() in e.lower() for e in self.errors)
+
+
+@contextlib.asynccontextmanager
+async def agent_of(url: str, instance: str, runtime: str, secret: str) -> AsyncIterator[tuple[AgentConnection, Client]]:
+    conn = AgentConnection()
+    nc = await conn.connect(url, instance, runtime, secret)
+    try:
+        yield conn, nc
+    finally:
+        await nc.close()
+
+
+async def test_an_agent_does_its_job_and_nothing_else(plane: Plane, auth_nats: NatsServer) -> None:
+    secrets_by_runtime = {rt: secrets.token_urlsafe(32) for rt in ("rt-a", "rt-b")}
+    for rt, secret in secrets_by_runtime.items():
+        await plane.register(rt, bcrypt=nats_password_bcrypt(secret))
+    inst = plane.instance
+    stream = bus.events_stream(inst)
+
+    async with agent_of(auth_nats.url, inst, "rt-a", secrets_by_runtime["rt-a"]) as (conn, nc):
+        # Its own job: bind its consumer, apply, report, ask for its desired state.
+        runtime = MemoryRuntime(name="rt-a")
+        agent_settings = AgentSettings(instance=inst, runtime="rt-a", snapshot_timeout=2.0, subscription=FAST)
+        try:
+            async with Agent(nc=nc, settings=agent_settings, runtime=runtime) as agent:
+                await eventually(agent.ready.is_set, message="agent A ready")
+                assert agent.stats.snapshots == 1  # the desired-state request was allowed and answered
+                await plane.intent("rt-a")
+                await plane.intent("rt-b")
+
+                async def healthy() -> bool:
+                    return "HEALTHY" in await plane.kinds("rt-a")
+
+                await eventually(healthy, message="A's observations in the store")
+                assert runtime.applies == 1  # B's intent never reached A
+        finally:
+            await runtime.close()
+
+        # Not B's consumer: neither bind (info) nor pull.
+        js = nc.jetstream()
+        with pytest.raises(Exception):  # noqa: B017 - the server drops the request: a timeout
+            await js.consumer_info(stream, natsauth.agent_consumer("rt-b"), timeout=0.5)
+        await eventually(lambda: conn.violated(f"CONSUMER.INFO.{stream}.agent-rt-b"), message="info refused")
+        await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.agent-rt-b", b"1", reply=nc.new_inbox())
+        await eventually(lambda: conn.violated(f"CONSUMER.MSG.NEXT.{stream}.agent-rt-b"), message="pull refused")
+
+        # Not a consumer of its own choosing (it could pick B's intents as its filter).
+        mine = ConsumerConfig(durable_name="sneaky", ack_policy=AckPolicy.EXPLICIT, filter_subjects=bus.intent_filter(inst, "rt-b"))
+        conn.errors.clear()
+        with pytest.raises(Exception):  # noqa: B017
+            await js.add_consumer(stream, mine, timeout=0.5)
+        await eventually(lambda: conn.violated("$JS.API.CONSUMER."), message="consumer creation refused")
+        assert "sneaky" not in [c.name for c in await plane.nc.jetstream().consumers_info(stream)]
+
+        # Not B's subjects: neither the intents on the bus nor B's inbox.
+        await nc.subscribe(bus.intent_filter(inst, "rt-b")[1])
+        await eventually(lambda: conn.violated("Subscription to"), message="subscription refused")
+        conn.errors.clear()
+        await nc.subscribe(f"{natsauth.agent_inbox_prefix(inst, 'rt-b')}.>")
+        await eventually(lambda: conn.violated("Subscription to"), message="B's inbox refused")
+
+        # Not speaking for B: its observation subject is refused by NATS itself.
+        forged = convergence_pb2.Observation(
+            observation_id="forged", runtime="rt-b", namespace="prod", application="shop", service="web",
+            kind=convergence_pb2.OBSERVATION_KIND_HEALTHY,
+        )
+        subject_b = bus.observation_subject(inst, "rt-b", "prod", "shop", "web")
+        with pytest.raises(ConvoyError):
+            await bus.guarded("forging", lambda: js.publish(subject_b, forged.SerializeToString(), timeout=0.5))
+        await eventually(lambda: conn.violated(f"Publish to \"{subject_b}\""), message="publish as B refused")
+        assert await plane.observations("rt-b") == []
+
+
+async def test_a_rotated_credential_stops_the_old_password(plane: Plane, auth_nats: NatsServer) -> None:
+    old, new = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    await plane.register("rt-a", bcrypt=nats_password_bcrypt(old))
+    async with agent_of(auth_nats.url, plane.instance, "rt-a", old):
+        pass  # the first password works
+
+    await plane.issue_credential("rt-a", nats_password_bcrypt(new), generation=2)
+    with pytest.raises(ConvoyError):
+        await AgentConnection().connect(auth_nats.url, plane.instance, "rt-a", old)
+    async with agent_of(auth_nats.url, plane.instance, "rt-a", new):
+        pass
+    # A system connection still works, and a deregistered runtime's agent is locked out.
+    await plane.store.append(
+        "runtime/rt-a", [plane.registry.encode(events_pb2.RuntimeDeregistered(name="rt-a"), actor="test")]
+    )
+    await plane.sync.wait_synced()
+    with pytest.raises(ConvoyError):
+        await AgentConnection().connect(auth_nats.url, plane.instance, "rt-a", new)

@@ -287,8 +287,15 @@ class Store:
         merged = fields.merge(fields.trackable(base), applied)
         previous = entries.get(me, (set(), "", ""))[0]
         kept_by_others = set().union(*(owned for key, (owned, _, _) in entries.items() if key != me))
-        for path in sorted(previous - applied_paths - kept_by_others, key=len, reverse=True):
+        # Items before their fields: an item is found by its key fields, which must still be there.
+        removed = sorted(previous - applied_paths - kept_by_others, key=len)
+        for path in removed:
             fields.remove_path(merged, path)
+        # Maps and lists left empty by the removal go too (a dropped probe leaves no `{}`).
+        owned_now = applied_paths | kept_by_others
+        for path in sorted({p[:i] for p in removed for i in range(1, len(p))}, key=len, reverse=True):
+            if path not in owned_now and fields.value_at(merged, path) in ({}, []):
+                fields.remove_path(merged, path)
         entries[me] = (applied_paths, rt.api_version, entries.get(me, (set(), "", ""))[2] if previous == applied_paths else "")
         new: JSON = {"apiVersion": rt.api_version, "kind": rt.kind, **{k: v for k, v in merged.items() if k != "metadata"}}
         meta = {k: v for k, v in base["metadata"].items() if k not in fields.METADATA_TRACKED}

@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import aiohttp
@@ -27,6 +29,7 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from schemas.convoy.v1 import resources_pb2
 from services.agent.runtimes import kubernetes_manifests as manifests
 from services.agent.runtimes.base import (
     ApplyRejected,
@@ -55,6 +58,27 @@ class KubernetesSettings:
     force_conflicts: bool = True
     request_timeout: float = 30.0
     """Seconds per API request (watches are not bounded by it)."""
+
+
+def settings_from_environment(name: str, environ: Mapping[str, str]) -> KubernetesSettings:
+    """Where the agent's credentials come from, the way kubectl decides: $KUBECONFIG (its first
+    file) when set, else the in-cluster service account when running in a Pod, else
+    ~/.kube/config. $CONVOY_KUBE_CONTEXT picks a context other than the current one."""
+    context = environ.get("CONVOY_KUBE_CONTEXT") or None
+    if environ.get("KUBECONFIG"):
+        return KubernetesSettings(name=name, kubeconfig=environ["KUBECONFIG"].split(os.pathsep)[0], context=context)
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        return KubernetesSettings(name=name, context=context)
+    return KubernetesSettings(name=name, kubeconfig=str(Path(environ.get("HOME", "~")).expanduser() / ".kube" / "config"), context=context)
+
+
+async def open_runtime(
+    *, config: resources_pb2.Runtime, state_dir: Path, environ: Mapping[str, str] | None = None
+) -> KubernetesRuntime:
+    """The agent's entry point (services.agent.selection): a connected runtime for `config`.
+    `state_dir` is unused: the cluster is the state."""
+    del state_dir
+    return await KubernetesRuntime.connect(settings_from_environment(config.name, os.environ if environ is None else environ))
 
 
 def _message(error: ApiException) -> str:

@@ -1,0 +1,290 @@
+"""Kubernetes-specific behaviour of the Kubernetes runtime, on the API emulator with the real client.
+
+The contract suite (tests/contract/test_runtime_kubernetes.py) covers what every runtime
+does; these cover what only this one has: the objects it renders and their labels,
+namespace creation, server-side apply alongside other field managers, pruning, drift from
+an out-of-band edit, progress followed through watches (ticked by the test), running with
+nothing but the agent's ClusterRole, and errors mapped at the edge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import duration_pb2
+from kubernetes_asyncio import client, config
+
+from schemas.convoy.v1 import convergence_pb2, resources_pb2
+from services.agent.runtimes.base import (
+    ApplyRejected,
+    FailureReason,
+    Phase,
+    RuntimeUnavailable,
+    StaleGeneration,
+    Workload,
+    WorkloadKey,
+    WorkloadStatus,
+)
+from services.agent.runtimes.kubernetes import KubernetesRuntime, KubernetesSettings, open_runtime, settings_from_environment
+from tests.contract.runtime_suite import make_workload
+from tests.k8s_emulator import FAIL_CRASH_LOOP, Emulator
+from tests.k8s_emulator.authz import Subject
+from tests.k8s_emulator.fixtures import k8s_emulator  # noqa: F401 - fixture
+
+KEY = WorkloadKey(namespace="convoy-shop-staging", application="shop", service="web")
+AGENT_YAML = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "agent.yaml"
+
+
+def spec(*, image: str = "shop/web:1", version: str = "v1", replicas: int = 2, ports: bool = True, deadline: int = 0) -> convergence_pb2.WorkloadSpec:
+    program = resources_pb2.Program(
+        name="web",
+        image=image,
+        args=["--namespace={{.Namespace}}", *(["--port={{.Port}}"] if ports else [])],
+        env={"VERSION": version},
+        ports=[resources_pb2.Port(name="http", port=8080)] if ports else [],
+    )
+    if ports:
+        program.health_check.CopyFrom(resources_pb2.HealthCheck(http=resources_pb2.HttpGet(path="/healthz")))
+    made = convergence_pb2.WorkloadSpec(
+        application="shop", service="web", channel="staging", release_id=f"rel-{version}", version=version,
+        programs=[program], replicas=replicas,
+    )
+    if deadline:
+        made.progress_deadline.CopyFrom(duration_pb2.Duration(seconds=deadline))
+    return made
+
+
+@pytest.fixture
+def kubeconfig(k8s_emulator: Emulator, tmp_path: Path) -> Path:  # noqa: F811
+    return k8s_emulator.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+async def runtime(kubeconfig: Path) -> AsyncIterator[KubernetesRuntime]:
+    made = await KubernetesRuntime.connect(KubernetesSettings(kubeconfig=str(kubeconfig)))
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+@pytest.fixture
+async def kube(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
+    """What a person with kubectl would use: the real client, another field manager."""
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    async with client.ApiClient(configuration) as api:
+        yield api
+
+
+async def healthy(runtime: KubernetesRuntime, emulator: Emulator, workload: Workload) -> WorkloadStatus:
+    await emulator.settle()
+    await emulator.tick()
+    status = await runtime.status(workload.key)
+    assert (status.phase, status.generation) == (Phase.HEALTHY, workload.generation), status
+    return status
+
+
+async def test_apply_creates_the_namespace_deployment_and_service_with_convoys_labels(
+    runtime: KubernetesRuntime, kube: client.ApiClient, k8s_emulator: Emulator  # noqa: F811
+) -> None:
+    workload = make_workload(KEY, spec(), generation=3)
+    status = await runtime.apply(workload)
+    assert (status.phase, status.generation, status.intent_id) == (Phase.PROGRESSING, 3, workload.intent_id)
+
+    core, apps = client.CoreV1Api(kube), client.AppsV1Api(kube)
+    namespace = await core.read_namespace(KEY.namespace)
+    assert namespace.metadata.labels["convoy.dev/managed-by"] == "convoy"
+    deployment = await apps.read_namespaced_deployment("web", KEY.namespace)
+    assert deployment.metadata.labels == {
+        "convoy.dev/application": "shop", "convoy.dev/service": "web", "convoy.dev/channel": "staging", "convoy.dev/managed-by": "convoy",
+    }
+    annotations = deployment.metadata.annotations
+    assert (annotations["convoy.dev/spec-hash"], annotations["convoy.dev/generation"], annotations["convoy.dev/intent-id"]) == (
+        workload.spec_hash, "3", workload.intent_id,
+    )
+    assert {m.manager for m in deployment.metadata.managed_fields if m.operation == "Apply"} == {"convoy"}
+    container = deployment.spec.template.spec.containers[0]
+    assert container.args == [f"--namespace={KEY.namespace}", "--port=8080"]
+    assert container.readiness_probe.http_get.port == 8080
+    service = await core.read_namespaced_service("web", KEY.namespace)
+    assert [(p.name, p.port) for p in service.spec.ports] == [("http", 8080)]
+    assert service.spec.selector == {"convoy.dev/application": "shop", "convoy.dev/service": "web"}
+
+    await healthy(runtime, k8s_emulator, workload)
+    # A new generation without ports drops the Service.
+    await runtime.apply(make_workload(KEY, spec(version="v2", ports=False), generation=4))
+    assert [s.metadata.name for s in (await core.list_namespaced_service(KEY.namespace)).items] == []
+
+
+async def test_other_field_managers_keep_their_fields_and_conflicts_are_forced_or_refused(
+    runtime: KubernetesRuntime, kube: client.ApiClient, kubeconfig: Path, k8s_emulator: Emulator  # noqa: F811
+) -> None:
+    apps = client.AppsV1Api(kube)
+    await runtime.apply(make_workload(KEY, spec(), generation=1))
+    # Someone else applies an annotation of their own, and an autoscaler takes replicas.
+    theirs = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "annotations": {"team.example/owner": "ops"}}}
+    await apps.patch_namespaced_deployment("web", KEY.namespace, theirs, field_manager="ops-tool", _content_type="application/apply-patch+yaml")
+    await apps.patch_namespaced_deployment("web", KEY.namespace, {"spec": {"replicas": 5}}, field_manager="autoscaler")
+
+    polite = await KubernetesRuntime.connect(KubernetesSettings(kubeconfig=str(kubeconfig), force_conflicts=False))
+    try:
+        with pytest.raises(ApplyRejected) as rejected:
+            await polite.apply(make_workload(KEY, spec(version="v2"), generation=2))
+    finally:
+        await polite.close()
+    assert rejected.value.retryable is False
+    assert 'conflict with "autoscaler"' in str(rejected.value) and ".spec.replicas" in str(rejected.value)
+
+    await runtime.apply(make_workload(KEY, spec(version="v2"), generation=2))
+    live = await apps.read_namespaced_deployment("web", KEY.namespace)
+    assert live.spec.replicas == 2
+    assert live.metadata.annotations["team.example/owner"] == "ops"
+    owners = {(m.manager, m.operation): m.fields_v1 for m in live.metadata.managed_fields}
+    assert "f:replicas" in owners[("convoy", "Apply")]["f:spec"]
+    assert "f:replicas" not in owners.get(("autoscaler", "Update"), {}).get("f:spec", {})
+
+
+async def test_drift_after_an_out_of_band_edit_is_detected_and_repaired(
+    runtime: KubernetesRuntime, kube: client.ApiClient, k8s_emulator: Emulator  # noqa: F811
+) -> None:
+    workload = make_workload(KEY, spec(), generation=1)
+    await runtime.apply(workload)
+    await healthy(runtime, k8s_emulator, workload)
+    apps = client.AppsV1Api(kube)
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "shop/web:hotfix"}]}}}}
+    await apps.patch_namespaced_deployment("web", KEY.namespace, patch, field_manager="kubectl-edit")
+    await k8s_emulator.settle()
+    await k8s_emulator.tick()
+    drifted = await runtime.status(KEY)
+    assert (drifted.drifted, drifted.generation, drifted.spec_hash) == (True, 1, workload.spec_hash)
+    assert next(s for s in await runtime.live() if s.key == KEY).drifted
+
+    # The same generation without repair changes nothing; with repair it is put back.
+    assert (await runtime.apply(workload)).drifted
+    repaired = await runtime.apply(workload, repair=True)
+    assert not repaired.drifted
+    live = await apps.read_namespaced_deployment("web", KEY.namespace)
+    assert live.spec.template.spec.containers[0].image == "shop/web:1"
+    await healthy(runtime, k8s_emulator, workload)
+
+
+async def test_delete_prunes_the_workload_and_leaves_the_namespace_and_strangers(
+    runtime: KubernetesRuntime, kube: client.ApiClient, k8s_emulator: Emulator  # noqa: F811
+) -> None:
+    await runtime.apply(make_workload(KEY, spec(), generation=1))
+    core, apps = client.CoreV1Api(kube), client.AppsV1Api(kube)
+    stranger = {"metadata": {"name": "other"}, "data": {"k": "v"}}
+    await core.create_namespaced_config_map(KEY.namespace, stranger)
+    await k8s_emulator.settle()
+    assert len((await core.list_namespaced_pod(KEY.namespace)).items) == 2
+
+    await runtime.delete(KEY)
+    await k8s_emulator.settle()
+    assert (await apps.list_namespaced_deployment(KEY.namespace)).items == []
+    assert (await core.list_namespaced_service(KEY.namespace)).items == []
+    assert (await core.list_namespaced_pod(KEY.namespace)).items == []
+    assert [c.metadata.name for c in (await core.list_namespaced_config_map(KEY.namespace)).items] == ["other"]
+    await core.read_namespace(KEY.namespace)
+    assert (await runtime.status(KEY)).phase is Phase.ABSENT
+    await runtime.delete(KEY)  # idempotent
+
+
+async def test_a_newer_live_generation_refuses_an_older_intent(runtime: KubernetesRuntime) -> None:
+    await runtime.apply(make_workload(KEY, spec(version="v2"), generation=5))
+    with pytest.raises(StaleGeneration):
+        await runtime.apply(make_workload(KEY, spec(version="v1"), generation=4))
+    with pytest.raises(ApplyRejected, match="a new spec needs a new generation"):
+        await runtime.apply(make_workload(KEY, spec(version="v3"), generation=5))
+
+
+async def test_watch_follows_progress_tick_by_tick_and_survives_a_compaction(
+    runtime: KubernetesRuntime, k8s_emulator: Emulator  # noqa: F811
+) -> None:
+    workload = make_workload(KEY, spec(replicas=1), generation=1)
+    async with contextlib.aclosing(runtime.watch(KEY)) as statuses:
+        assert (await anext(statuses)).phase is Phase.ABSENT
+        await runtime.apply(workload)
+        status = await anext(statuses)
+        while status.phase is not Phase.PROGRESSING or status.desired_replicas != 1:
+            status = await anext(statuses)
+        k8s_emulator.compact()  # the watches' resourceVersions expire: they relist and go on
+        await k8s_emulator.tick()
+        while status.phase is not Phase.HEALTHY:
+            status = await anext(statuses)
+        assert (status.ready_replicas, status.intent_id) == (1, workload.intent_id)
+
+        crashing = make_workload(KEY, spec(image=f"{FAIL_CRASH_LOOP}/web:2", replicas=1, deadline=30), generation=2)
+        await runtime.apply(crashing)
+        await k8s_emulator.tick(2)
+        while status.phase is not Phase.FAILED:
+            status = await anext(statuses)
+    assert status.reason == FailureReason.CRASH_LOOP
+    assert "CrashLoopBackOff" in status.message and "restarted" in status.message
+    assert status.generation == 2
+
+
+async def test_the_agents_cluster_role_is_all_the_runtime_needs(tmp_path: Path) -> None:
+    role = next(d for d in yaml.safe_load_all(AGENT_YAML.read_text()) if d and d["kind"] == "ClusterRole")
+    subject = Subject("system:serviceaccount:convoy-system:convoy-agent", tuple(role["rules"]))
+    async with Emulator(tokens={"agent-token": subject}) as emulator:
+        kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig", token="agent-token")
+        runtime = await KubernetesRuntime.connect(KubernetesSettings(kubeconfig=str(kubeconfig)))
+        try:
+            workload = make_workload(KEY, spec(), generation=1)
+            await runtime.apply(workload)
+            async with contextlib.aclosing(runtime.watch(KEY)) as statuses:
+                await emulator.settle()
+                await emulator.tick()
+                status = await anext(statuses)
+                while status.phase is not Phase.HEALTHY:
+                    status = await anext(statuses)
+            assert [s.key for s in await runtime.live()] == [KEY]
+            await runtime.apply(make_workload(KEY, spec(version="v2", ports=False), generation=2))
+            await runtime.delete(KEY)
+            assert (await runtime.status(KEY)).phase is Phase.ABSENT
+        finally:
+            await runtime.close()
+
+    narrower = Subject("someone", tuple(r for r in role["rules"] if r["resources"] != ["services"]))
+    async with Emulator(tokens={"t": narrower}) as emulator:
+        kubeconfig = emulator.write_kubeconfig(tmp_path / "narrow", token="t")
+        runtime = await KubernetesRuntime.connect(KubernetesSettings(kubeconfig=str(kubeconfig)))
+        try:
+            with pytest.raises(ApplyRejected, match="403.*services"):
+                await runtime.apply(make_workload(KEY, spec(), generation=1))
+        finally:
+            await runtime.close()
+
+
+async def test_errors_say_whether_to_retry(runtime: KubernetesRuntime, kubeconfig: Path, k8s_emulator: Emulator) -> None:  # noqa: F811
+    no_image = spec(image="")
+    with pytest.raises(ApplyRejected, match="has no image") as rejected:
+        await runtime.apply(make_workload(KEY, no_image, generation=1))
+    assert rejected.value.reason == FailureReason.APPLY_ERROR
+
+    await k8s_emulator.stop()
+    with pytest.raises(RuntimeUnavailable) as unavailable:
+        await runtime.status(KEY)
+    assert unavailable.value.retryable is True
+
+    with pytest.raises(RuntimeUnavailable, match="cannot load Kubernetes credentials"):
+        await KubernetesRuntime.connect(KubernetesSettings(kubeconfig=str(kubeconfig.parent / "missing")))
+
+
+async def test_credentials_are_found_the_way_kubectl_finds_them(kubeconfig: Path) -> None:
+    assert settings_from_environment("prod", {"KUBECONFIG": f"{kubeconfig}:/elsewhere", "CONVOY_KUBE_CONTEXT": "emulator"}) == KubernetesSettings(
+        name="prod", kubeconfig=str(kubeconfig), context="emulator"
+    )
+    assert settings_from_environment("prod", {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}).kubeconfig is None
+    assert settings_from_environment("prod", {"HOME": "/home/x"}).kubeconfig == "/home/x/.kube/config"
+    runtime = await open_runtime(config=resources_pb2.Runtime(name="prod"), state_dir=Path("/nonexistent"), environ={"KUBECONFIG": str(kubeconfig)})
+    try:
+        assert runtime.name == "prod"
+        assert (await runtime.status(KEY)).phase is Phase.ABSENT
+    finally:
+        await runtime.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 from services.agent.runtimes.base import MAX_MESSAGE, truncate
 
 READ_CHUNK = 65536
+EXIT_POLL = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +28,7 @@ class CommandResult:
     exit_code: int | None
     """The exit code (negative: killed by that signal); None when it timed out."""
     output: str
-    """stdout (and stderr, unless captured separately), truncated to its tail."""
-    stderr: str = ""
+    """stdout and stderr, truncated to their tail."""
     timed_out: bool = False
 
     @property
@@ -68,18 +68,46 @@ def signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+async def exited(process: asyncio.subprocess.Process) -> int:
+    """The exit code, as soon as the process has exited.
+
+    Not `Process.wait()`: on Python 3.11 it also waits until every pipe is closed, which
+    a background process that inherited stdout can postpone for ever."""
+    while process.returncode is None:
+        await asyncio.sleep(EXIT_POLL)
+    return process.returncode
+
+
 async def stop(process: asyncio.subprocess.Process, *, grace: float) -> None:
-    """SIGTERM the process group, SIGKILL it after `grace` seconds, reap the leader.
+    """SIGTERM the process group, SIGKILL it after `grace` seconds; return once the
+    leader has exited (it is reaped by asyncio's child watcher).
 
     Members of the group left behind by a leader that already exited are killed too."""
     if process.returncode is None:
         signal_group(process.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), grace)
+            await asyncio.wait_for(exited(process), grace)
         except TimeoutError:
             pass
     signal_group(process.pid, signal.SIGKILL)
-    await process.wait()
+    await exited(process)
+
+
+async def finish_output(
+    process: asyncio.subprocess.Process, readers: list[asyncio.Task[None]], *, grace: float
+) -> None:
+    """Let the output readers of an exited process finish for up to `grace` seconds.
+
+    A process outside the group (a daemon the command left running) may still hold the
+    pipe; then stop reading and close the pipes, so nothing is left open."""
+    _done, pending = await asyncio.wait(readers, timeout=grace) if readers else (set(), set())
+    for reader in pending:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    if pending:
+        transport = getattr(process, "_transport", None)  # no public way to close the pipes
+        if transport is not None:
+            transport.close()
 
 
 async def run(
@@ -91,24 +119,23 @@ async def run(
     cwd: Path | None = None,
     grace: float = 1.0,
     output_limit: int = MAX_MESSAGE,
-    separate_stderr: bool = False,
 ) -> CommandResult:
     """Run `argv` to completion within `timeout` (then kill its group).
 
-    Raises OSError when the program cannot be started (missing, not executable)."""
+    A command that exits in time may leave background processes it started (a daemon):
+    they are its business and keep running. Raises OSError when the program cannot be
+    started (missing, not executable)."""
     process = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE if separate_stderr else asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.STDOUT,
         env=dict(env) if env is not None else None,
         cwd=cwd,
         start_new_session=True,
     )
-    out, err = OutputTail(output_limit), OutputTail(output_limit)
+    out = OutputTail(output_limit)
     readers = [asyncio.create_task(drain(process.stdout, out), name=f"read {argv[0]}")]
-    if separate_stderr:
-        readers.append(asyncio.create_task(drain(process.stderr, err), name=f"read {argv[0]} stderr"))
     timed_out = False
     try:
         async with asyncio.timeout(timeout):
@@ -117,22 +144,18 @@ async def run(
                     process.stdin.write(stdin)
                     await process.stdin.drain()
                 process.stdin.close()
-            await process.wait()
-            await asyncio.gather(*readers)
+            await exited(process)
     except TimeoutError:
         timed_out = True
     finally:
-        await stop(process, grace=grace)
-        # A grandchild that left the group may still hold the pipe: stop reading after the grace.
-        _done, pending = await asyncio.wait(readers, timeout=grace)
-        for reader in pending:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
+        if process.returncode is None:  # timed out or cancelled: stop it and its group
+            await stop(process, grace=grace)
+        # What a daemon the command left running writes later is not this command's output.
+        await finish_output(process, readers, grace=min(grace, 1.0))
         if process.stdin is not None and not process.stdin.is_closing():
             process.stdin.close()
     return CommandResult(
         exit_code=None if timed_out else process.returncode,
         output=out.text(),
-        stderr=err.text(),
         timed_out=timed_out,
     )

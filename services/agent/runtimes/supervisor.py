@@ -205,7 +205,7 @@ class Supervisor:
 
         reader = asyncio.create_task(processes.drain(process.stdout, self._tail), name=f"output {self.spec.name}")
         checker = asyncio.create_task(self._check(became_ready), name=f"check {self.spec.name}")
-        exited = asyncio.create_task(process.wait(), name=f"wait {self.spec.name}")
+        exited = asyncio.create_task(processes.exited(process), name=f"wait {self.spec.name}")
         stopping = asyncio.create_task(self._stopping.wait(), name=f"stop {self.spec.name}")
         try:
             await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -214,10 +214,7 @@ class Supervisor:
                 task.cancel()
             await processes.stop(process, grace=self.settings.stop_grace)
             await asyncio.gather(checker, exited, stopping, return_exceptions=True)
-            _done, pending = await asyncio.wait({reader}, timeout=1.0)
-            for task in pending:  # a grandchild that left the group still holds the pipe
-                task.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            await processes.finish_output(process, [reader], grace=1.0)
         if self._stopping.is_set():
             return False
         code = process.returncode

@@ -373,4 +373,5 @@ class KubernetesRuntime:
 
 
 def _typecheck(runtime: KubernetesRuntime) -> Runtime:
+    """Type checkers verify here that KubernetesRuntime satisfies the Runtime Protocol."""
     return runtime

@@ -284,3 +284,30 @@ class TestLocalRuntime(RuntimeContract):
         await eventually(lambda: local.pids(key) not in ([], [pid]), message="restarted")
         restarted = await self.wait_healthy(local, workload)
         assert not restarted.drifted
+
+    async def test_a_restored_workload_that_cannot_start_fails_until_repaired(
+        self, tmp_path: Path, key: WorkloadKey
+    ) -> None:
+        program = tmp_path / "bin" / "web-server"
+        program.parent.mkdir()
+        program.write_text(f"#!{sys.executable}\nimport runpy, sys\nrunpy.run_path({str(SCRIPTS / 'version_server.py')!r}, run_name='__main__')\n")
+        program.chmod(0o755)
+        workload = make_workload(key, spec(key, [str(program), "{{.Port}}"], replicas=1, check=http_check()), generation=2)
+        first = await LocalRuntime.open(settings=local_settings(tmp_path))
+        try:
+            await first.apply(workload)
+            await self.wait_healthy(first, workload)
+        finally:
+            await first.close()
+
+        program.rename(program.with_suffix(".moved"))
+        second = await LocalRuntime.open(settings=local_settings(tmp_path))
+        try:
+            status = await second.status(key)
+            assert (status.phase, status.reason, status.generation) == (Phase.FAILED, FailureReason.APPLY_ERROR, 2)
+            assert "not an executable" in status.message
+            program.with_suffix(".moved").rename(program)
+            await second.apply(workload, repair=True)
+            await self.wait_healthy(second, workload)
+        finally:
+            await second.close()

@@ -127,7 +127,9 @@ class LocalRuntime:
                             f"{key}: generation {workload.generation} is live with spec hash {live.spec_hash}, "
                             f"not {workload.spec_hash}: one generation has one spec"
                         )
-                    if repair:
+                    if repair and key in self._errors:  # restored but could not start: try again
+                        await self._start(live, existing=existing)
+                    elif repair:
                         if self._state.changed(key):
                             self._state.save(live)
                         if existing.repair():

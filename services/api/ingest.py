@@ -14,6 +14,13 @@ Rejected and malformed messages go to the dead-letter subject at once with the r
 (retrying cannot fix them) and nothing is written; only an unavailable store makes a
 message be retried. Heartbeats (`…obs.<runtime>.heartbeat`) are kept in memory only —
 the last one per runtime — for liveness queries.
+
+Throughput: each observation is one append (one fsync, shared by group commit with
+concurrent ones). `workers` > 1 pulls from the one durable consumer with several
+handlers at once, so appends share commits (bench/agents.py); the price is that
+observations of one workload published milliseconds apart may be recorded in a different
+order than observed — readers order them by `observed_at` / generation, not by position.
+With `workers=1` the log order is the publish order.
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ class ObservationIngest:
         registry: EventRegistry | None = None,
         settings: SubscriptionSettings = SubscriptionSettings(),
         durable: str = DURABLE,
+        workers: int = 1,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -97,25 +105,33 @@ class ObservationIngest:
         self.instance = bus.validate_instance(instance)
         self._registry = registry or convoy_registry()
         self._prefix = f"convoy.{self.instance}.obs."
-        self._subscription = DurableSubscription(
-            nc,
-            instance=instance,
-            stream=bus.observations_stream(instance),
-            durable=durable,
-            filter_subjects=[bus.observations_subjects(instance)],
-            handler=self._handle,
-            settings=settings,
-        )
+        if workers < 1:
+            raise InvalidInput("ingest needs at least one worker")
+        self._workers = [
+            DurableSubscription(
+                nc,
+                instance=instance,
+                stream=bus.observations_stream(instance),
+                durable=durable,
+                filter_subjects=[bus.observations_subjects(instance)],
+                handler=self._handle,
+                settings=settings,
+            )
+            for _ in range(workers)
+        ]
+        self._subscription = self._workers[0]
         self._heartbeats: dict[str, HeartbeatSeen] = {}
         self.recorded = 0
         self.duplicates = 0
         self.rejected = 0
 
     async def start(self) -> None:
-        await self._subscription.start()
+        for worker in self._workers:
+            await worker.start()
 
     async def stop(self) -> None:
-        await self._subscription.stop()
+        for worker in self._workers:
+            await worker.stop()
 
     async def __aenter__(self) -> ObservationIngest:
         await self.start()
@@ -126,7 +142,7 @@ class ObservationIngest:
 
     @property
     def running(self) -> bool:
-        return self._subscription.running
+        return all(worker.running for worker in self._workers)
 
     # -- liveness ------------------------------------------------------------------------
 

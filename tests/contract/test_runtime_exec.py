@@ -24,7 +24,7 @@ from services.agent.runtimes.base import (
     StaleGeneration,
     WorkloadKey,
 )
-from services.agent.runtimes.exec import ExecRuntime, ExecSettings
+from services.agent.runtimes.exec import ExecRuntime, ExecSettings, open_runtime
 from tests.contract.runtime_suite import (
     FailureMode,
     RuntimeContract,
@@ -244,3 +244,15 @@ class TestExecRuntime(RuntimeContract):
             assert stored(tmp_path, key)["instance"] == instance
         finally:
             await second.close()
+
+
+async def test_an_agent_opens_the_exec_runtime_of_a_registered_runtime(tmp_path: Path) -> None:
+    settings = exec_settings(tmp_path)
+    config = resources_pb2.Runtime(name="fake", kind=resources_pb2.RUNTIME_KIND_EXEC, exec=settings.config)
+    runtime = await open_runtime(config=config, state_dir=tmp_path / "agent")
+    try:
+        assert isinstance(runtime, ExecRuntime)
+        assert runtime.settings.state_dir == tmp_path / "agent" / "exec"
+        assert runtime.name == "fake" and await runtime.live() == []
+    finally:
+        await runtime.close()

@@ -20,7 +20,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from schemas.convoy.v1 import convergence_pb2, resources_pb2
 from services.agent.runtimes.base import FailureReason, Phase, Runtime, StaleGeneration, WorkloadKey
-from services.agent.runtimes.local import LocalRuntime, LocalSettings, parse_endpoints
+from services.agent.runtimes.local import LocalRuntime, LocalSettings, parse_endpoints, probe_values
 from services.agent.runtimes.localstate import process_start_time
 from services.agent.runtimes.supervisor import SupervisorSettings
 from tests.conftest import eventually
@@ -179,6 +179,7 @@ class TestLocalRuntime(RuntimeContract):
         assert len(set(endpoints.values())) == 2
         assert [await get(port) for port in endpoints.values()] == ["v7", "v7"]
         assert local.endpoints(key) == endpoints
+        assert probe_values(healthy)["Port"] == str(endpoints["web-0"])
 
     async def test_a_failed_rollout_leaves_the_old_replicas_serving(self, local: LocalRuntime, key: WorkloadKey) -> None:
         first = make_workload(key, server_spec(key, version="v1"), generation=1)

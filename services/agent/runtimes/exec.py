@@ -76,6 +76,11 @@ class _Outcome:
     output: str
 
 
+async def open_runtime(*, config: resources_pb2.Runtime, state_dir: Path) -> ExecRuntime:
+    """The exec runtime an agent runs for a registered runtime (services.agent.selection)."""
+    return await ExecRuntime.open(settings=ExecSettings(name=config.name, config=config.exec, state_dir=state_dir / "exec"))
+
+
 class ExecRuntime:
     """Runs a runtime's apply / fetch / delete commands. `await ExecRuntime.open(settings=…)`."""
 

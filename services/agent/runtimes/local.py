@@ -50,12 +50,21 @@ log = structlog.get_logger("convoy.agent.local")
 
 BUILTIN_COMMAND = "convoy-local"
 
-__all__ = ["BUILTIN_COMMAND", "LocalRuntime", "LocalSettings", "is_builtin", "parse_endpoints"]
+__all__ = ["BUILTIN_COMMAND", "LocalRuntime", "LocalSettings", "is_builtin", "parse_endpoints", "probe_values"]
 
 
 def is_builtin(config: resources_pb2.ExecRuntimeConfig) -> bool:
     """An exec runtime whose apply command is `convoy-local` is the built-in local runtime."""
     return bool(config.apply) and config.apply[0] == BUILTIN_COMMAND
+
+
+def probe_values(status: WorkloadStatus) -> dict[str, str]:
+    """Template values a protection probe of a local workload may use: `{{.Port}}` is the
+    first replica's first port (from the status message), `{{.Ports.<replica>}}` each one."""
+    endpoints = parse_endpoints(status.message)
+    if not endpoints:
+        return {}
+    return {"Port": str(next(iter(endpoints.values()))), **{f"Ports.{k}": str(v) for k, v in endpoints.items()}}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

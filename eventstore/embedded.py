@@ -408,8 +408,12 @@ class EmbeddedServers:
     """Starts whichever of NATS and PostgreSQL the settings do not point at, in the
     state folder, and stops them on exit. `database_url` / `nats_url` are what to use."""
 
-    def __init__(self, *, state_dir: Path, database_url: str | None, nats_url: str | None) -> None:
+    def __init__(
+        self, *, state_dir: Path, database_url: str | None, nats_url: str | None, nats_config_extra: str = ""
+    ) -> None:
         self.state_dir = state_dir
+        self._nats_config_extra = nats_config_extra
+        """Extra nats-server configuration, e.g. the `authorization` block of eventstore.natsauth."""
         self._given_database_url = database_url
         self._given_nats_url = nats_url
         self.postgres: PostgresServer | None = None
@@ -433,7 +437,7 @@ class EmbeddedServers:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             if not self._given_nats_url:
-                self.nats = NatsServer(data_dir=self.state_dir / "nats")
+                self.nats = NatsServer(data_dir=self.state_dir / "nats", config_extra=self._nats_config_extra)
                 self.nats.start()
             if not self._given_database_url:
                 self.postgres = PostgresServer(data_dir=self.state_dir / "postgres")

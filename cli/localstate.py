@@ -46,3 +46,25 @@ def read_admin_token(state_dir: Path) -> str | None:
         return (state_dir / ADMIN_TOKEN_FILE).read_text().strip() or None
     except OSError:
         return None
+
+
+DATABASE_URL_FILE: Final = "database-url"
+
+
+def write_database_url(state_dir: Path, url: str) -> Path:
+    """The embedded PostgreSQL's URL (it holds a password: owner-only, like the token),
+    for tools that read the log directly (`convoy planner`, `convoy replay --check`)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / DATABASE_URL_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(url + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def read_database_url(state_dir: Path) -> str | None:
+    try:
+        return (state_dir / DATABASE_URL_FILE).read_text().strip() or None
+    except OSError:
+        return None

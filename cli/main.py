@@ -20,6 +20,7 @@ import typer
 from cli import localstate
 from cli.commands import agent as agent_command
 from cli.commands import catalog, configs, events, releases, tokens
+from cli.commands import planner as planner_command
 from eventstore import bus
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres import PostgresEventStore, PostgresSettings
@@ -196,6 +197,8 @@ for command in (
     releases.rollback,
     events.events,
     releases.status,
+    planner_command.planner,
+    planner_command.replay,
 ):
     app.command()(command)
 

@@ -72,7 +72,12 @@ def to_input(registry: EventRegistry, recorded: RecordedEvent) -> Input | None:
     except (UnknownEventType, ConvoyError) as error:
         log.warning("planner skips an event it cannot read", position=recorded.position, error=str(error))
         return None
-    return Input(decoded.message, recorded.position, recorded.event_id, recorded.actor, recorded.recorded_at)
+    # asyncpg hands back its own UUID subclass; events take plain uuid.UUID.
+    return Input(decoded.message, recorded.position, _uuid(recorded.event_id), recorded.actor, recorded.recorded_at)
+
+
+def _uuid(value: uuid.UUID) -> uuid.UUID:
+    return value if type(value) is uuid.UUID else uuid.UUID(bytes=value.bytes)
 
 
 def output_events(registry: EventRegistry, cause: Input, outputs: Sequence[Output], correlation: uuid.UUID | None) -> list[tuple[str, NewEvent]]:
@@ -84,7 +89,7 @@ def output_events(registry: EventRegistry, cause: Input, outputs: Sequence[Outpu
                 actor=PLANNER_ACTOR,
                 event_id=uuid.uuid5(OUTPUT_NAMESPACE, f"{cause.event_id}/{i}"),
                 causation_id=cause.event_id,
-                correlation_id=correlation or cause.event_id,
+                correlation_id=_uuid(correlation) if correlation else cause.event_id,
             ),
         )
         for i, out in enumerate(outputs)

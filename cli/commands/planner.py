@@ -1,0 +1,95 @@
+"""`convoy planner` (run the planner alone) and `convoy replay --check` (audit it).
+
+Both talk to PostgreSQL directly: the planner is a processor of the log, and replay is
+audit tooling that rebuilds the planner from position 0 — neither goes through the API.
+The database comes from CONVOY_DATABASE_URL, or from a local `convoy up` (its state
+folder records the embedded PostgreSQL's URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli import localstate
+from eventstore.codec import convoy_registry
+from eventstore.postgres import PostgresEventStore, PostgresSettings
+from eventstore.settings import Settings, environ
+from services.planner.clock import SystemClock
+from services.planner.replay import replay_check
+from services.planner.runner import Planner, PlannerSettings
+
+StateDir = Annotated[Path | None, typer.Option("--state-dir", help="The state folder of a local `convoy up`.")]
+
+
+def database_url(settings: Settings) -> str:
+    url = settings.database_url or localstate.read_database_url(settings.state_dir)
+    if not url:
+        typer.echo(
+            "error: no database: set CONVOY_DATABASE_URL to the PostgreSQL that holds Convoy's events, "
+            "or start `convoy up` (its state folder records the embedded one)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return url
+
+
+def planner(state_dir: StateDir = None) -> None:
+    """Run the planner against the event store in CONVOY_DATABASE_URL (Ctrl-C stops it)."""
+    settings = Settings.from_env(environ(), state_dir=state_dir)
+    asyncio.run(_run_planner(database_url(settings), settings.instance))
+    typer.echo("stopped")
+
+
+async def _run_planner(url: str, instance: str) -> None:
+    store = await PostgresEventStore.open(PostgresSettings(dsn=url, schema=instance, pool_max=4))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Planner(store=store, registry=convoy_registry(), clock=SystemClock(), settings=PlannerSettings()) as running:
+            await running.ready.wait()
+            typer.echo(f"planner following the log from position {running.state.position}; press Ctrl-C to stop")
+            await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await store.close()
+
+
+def replay(
+    check: Annotated[bool, typer.Option("--check", help="Compare the replay with what the planner recorded.")] = False,
+    state_dir: StateDir = None,
+) -> None:
+    """Rebuild the planner from position 0 and compare its decisions with the log."""
+    if not check:
+        typer.echo("error: say what to do: `convoy replay --check`", err=True)
+        raise typer.Exit(2)
+    settings = Settings.from_env(environ(), state_dir=state_dir)
+    ok = asyncio.run(_replay(database_url(settings), settings.instance))
+    raise typer.Exit(0 if ok else 1)
+
+
+async def _replay(url: str, instance: str) -> bool:
+    store = await PostgresEventStore.open(PostgresSettings(dsn=url, schema=instance, pool_max=2))
+    try:
+        report = await replay_check(store, convoy_registry())
+    finally:
+        await store.close()
+    typer.echo(
+        f"replayed {report.inputs} inputs up to position {report.checkpoint}: "
+        f"{report.outputs} planner events checked, {len(report.differences)} difference(s)"
+    )
+    for difference in report.differences:
+        where = f"input at position {difference.position} ({difference.input_type})" if difference.position else "record"
+        typer.echo(f"  {where}: {difference.what}")
+    if report.ok:
+        typer.echo("the planner's record is exactly what replaying the log produces")
+    return report.ok

@@ -1,0 +1,316 @@
+"""The planner process against a real PostgreSQL store: it follows the log, commits its
+decisions with its checkpoint, fires timers from an injected clock, survives being
+killed at random points without losing or duplicating a decision, and its record equals
+what replaying the log produces."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from google.protobuf.message import Message
+
+from eventstore.codec import convoy_registry
+from eventstore.postgres import PostgresEventStore
+from eventstore.types import RecordedEvent
+from schemas.convoy.v1 import convergence_pb2 as C
+from schemas.convoy.v1 import events_pb2 as E
+from schemas.convoy.v1 import resources_pb2 as R
+from services.planner.clock import FakeClock
+from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Input, plan
+from services.planner.model import PlannerState, status_name
+from services.planner.replay import replay_check
+from services.planner.runner import Planner, group, output_events, to_input
+from tests.conftest import eventually
+from tests.unit.planner.world import channel, seconds
+
+REGISTRY = convoy_registry()
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stream_of(message: Message) -> str:
+    if isinstance(message, E.RuntimeRegistered):
+        return f"runtime/{message.runtime.name}"
+    if isinstance(message, E.ApplicationCreated):
+        return f"app/{message.application.name}"
+    if isinstance(message, E.ServiceConfigured):
+        return f"service/{message.service.application}/{message.service.name}"
+    if isinstance(message, E.ProtectionConfigured):
+        return f"protection/{message.protection.name}"
+    if isinstance(message, E.ReleaseCreated):
+        return f"release/{message.release.application}/{message.release.service}"
+    if isinstance(message, E.ApprovalGranted):
+        return f"release/{message.application}/{message.service}"
+    if isinstance(message, E.ObservationRecorded):
+        o = message.observation
+        return f"observation/{o.runtime}/{o.namespace}/{o.application}/{o.service}"
+    raise AssertionError(f"no stream for {type(message).__name__}")
+
+
+async def record(store: PostgresEventStore, message: Message, *, actor: str = "alice", event_id: uuid.UUID | None = None) -> None:
+    await store.append(stream_of(message), [REGISTRY.encode(message, actor=actor, event_id=event_id)])
+
+
+def service(name: str) -> R.Service:
+    return R.Service(application="fleet", name=name, replicas=1, programs=[R.Program(name=name, image=f"example/{name}:1")])
+
+
+def declarations(runtimes: dict[str, list[str]], services: list[str], **channel_options: dict) -> list[Message]:
+    messages: list[Message] = [E.RuntimeRegistered(runtime=R.Runtime(name=r, kind=R.RUNTIME_KIND_EXEC))
+                               for names in runtimes.values() for r in names]
+    previous = ""
+    channels = []
+    for name, bound in runtimes.items():
+        channels.append(channel(name, *bound, stable=previous, **channel_options.get(name, {})))
+        previous = name
+    messages.append(E.ApplicationCreated(application=R.Application(name="fleet", release_channels=channels)))
+    messages += [E.ServiceConfigured(service=service(s), created=True) for s in services]
+    return messages
+
+
+def observation(intent: E.IntentIssued, kind: int, at: datetime) -> E.ObservationRecorded:
+    obs = C.Observation(
+        observation_id=f"obs-{intent.intent_id}-{kind}", runtime=intent.target.runtime,
+        namespace=intent.target.namespace, application=intent.spec.application, service=intent.spec.service,
+        channel=intent.spec.channel, intent_id=intent.intent_id, generation=intent.generation, kind=kind,  # type: ignore[arg-type]
+    )
+    obs.observed_at.FromDatetime(at)
+    return E.ObservationRecorded(observation=obs)
+
+
+async def simulated_agents(store: PostgresEventStore, *, after: int = 0, fail: frozenset[str] = frozenset()) -> None:
+    """Agents that apply every intent at once: applied, then healthy — or crash-looping
+    for the services named in `fail` (rollbacks of those still succeed)."""
+    async for recorded in store.tail(after=after, categories=["intent"]):
+        message = REGISTRY.decode(recorded).message
+        if not isinstance(message, E.IntentIssued) or message.action != C.INTENT_ACTION_APPLY:
+            continue
+        now = datetime.now(UTC)
+        bad = message.spec.service in fail and not message.rollback
+        for kind in (C.OBSERVATION_KIND_APPLIED, C.OBSERVATION_KIND_FAILED if bad else C.OBSERVATION_KIND_HEALTHY):
+            obs = observation(message, kind, now)
+            if kind == C.OBSERVATION_KIND_FAILED:
+                obs.observation.reason, obs.observation.message = "crash_loop", "back-off restarting failed container"
+            await record(store, obs, actor=f"agent:{message.target.runtime}",
+                         event_id=uuid.uuid5(uuid.NAMESPACE_URL, obs.observation.observation_id))
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def statuses(store: PostgresEventStore) -> dict[tuple[str, str], str]:
+    """Latest channel-level status per (service, channel), from the record."""
+    found: dict[tuple[str, str], str] = {}
+    for recorded in await store.read_all(categories=["convergence"], limit=100_000):
+        message = REGISTRY.decode(recorded).message
+        if isinstance(message, E.InstanceStatusChanged) and not message.target.runtime:
+            found[(message.service, message.channel)] = status_name(message.new_status)
+    return found
+
+
+async def test_the_planner_rolls_a_release_through_channels_with_approval_and_soak(pg_store: PostgresEventStore) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    probe = R.Protection(name="soak", agent_health=R.HealthCheck())
+    await record(pg_store, E.ProtectionConfigured(protection=probe))
+    soak = R.ProtectionAttachment(protection="soak", lifecycle=[R.LIFECYCLE_POST_DEPLOYMENT],
+                                  failure_behavior=R.FAILURE_BEHAVIOR_FAIL, duration=seconds(300))
+    for message in declarations({"staging": ["s1"], "prod": ["p1", "p2"]}, ["web"],
+                                prod={"approval": 1, "protections": [soak]}):
+        await record(pg_store, message)
+    agents = asyncio.create_task(simulated_agents(pg_store))
+    try:
+        async with Planner(store=pg_store, registry=REGISTRY, clock=clock) as planner:
+            await record(pg_store, E.ReleaseCreated(release=R.Release(
+                id="rel-1", application="fleet", service="web", version="v1", config=service("web"))))
+            await eventually(lambda: _is(pg_store, {("web", "staging"): "CONVERGED", ("web", "prod"): "WAITING_APPROVAL"}),
+                             message="staging converged, prod waiting for approval")
+
+            await record(pg_store, E.ApprovalGranted(release_id="rel-1", application="fleet", service="web",
+                                                     channel="prod", approval="signoff", approver="bob"), actor="bob")
+            await eventually(lambda: _is(pg_store, {("web", "prod"): "VERIFYING"}), message="prod soaking")
+            soak_timer = next(t for t in planner.state.timers.values() if t.purpose == "soak")
+
+            clock.set(soak_timer.fire_at)  # time moves only when the test says so
+            await eventually(lambda: _is(pg_store, {("web", "prod"): "CONVERGED"}), message="prod converged after the soak")
+            assert planner.stats.timers_fired >= 1
+            await eventually(lambda: _checkpoint_at_head(pg_store), message="checkpoint caught up")
+    finally:
+        await stop(agents)
+
+    report = await replay_check(pg_store, REGISTRY)
+    assert report.ok, report.differences
+    assert report.outputs > 10
+
+
+async def test_a_failed_release_is_rolled_back_in_staging_and_never_reaches_prod(pg_store: PostgresEventStore) -> None:
+    for message in declarations({"staging": ["s1", "s2"], "prod": ["p1"]}, ["api"]):
+        await record(pg_store, message)
+    async with Planner(store=pg_store, registry=REGISTRY, clock=FakeClock(datetime.now(UTC))):
+        agents = asyncio.create_task(simulated_agents(pg_store))
+        await record(pg_store, E.ReleaseCreated(release=R.Release(id="rel-1", application="fleet", service="api", version="v1", config=service("api"))))
+        await eventually(lambda: _is(pg_store, {("api", "prod"): "CONVERGED"}), message="v1 converged")
+        await stop(agents)
+
+        agents = asyncio.create_task(simulated_agents(pg_store, after=await pg_store.head(), fail=frozenset({"api"})))
+        try:
+            await record(pg_store, E.ReleaseCreated(release=R.Release(id="rel-2", application="fleet", service="api", version="v2", config=service("api"))))
+            await eventually(lambda: _is(pg_store, {("api", "staging"): "ROLLED_BACK"}), message="v2 rolled back in staging")
+        finally:
+            await stop(agents)
+    assert (await statuses(pg_store))[("api", "prod")] == "WAITING_PRECONDITIONS"
+    assert (await replay_check(pg_store, REGISTRY)).ok
+
+
+async def _is(store: PostgresEventStore, wanted: dict[tuple[str, str], str]) -> bool:
+    current = await statuses(store)
+    return all(current.get(k) == v for k, v in wanted.items())
+
+
+async def _checkpoint_at_head(store: PostgresEventStore) -> bool:
+    inputs = await store.read_all(categories=list(INPUT_CATEGORIES), limit=100_000)
+    return bool(inputs) and await store.checkpoint("planner") == inputs[-1].position
+
+
+# -- exactly once under crashes ---------------------------------------------------------
+
+
+def fleet_inputs(services: int, runtimes: dict[str, list[str]]) -> list[tuple[Message, str]]:
+    """Every input of a fleet release, agents' reports included, in an order a real run
+    could record them: computed once with the pure planner and instant agents."""
+    names = [f"svc{i:02d}" for i in range(services)]
+    inputs: list[tuple[Message, str]] = [(m, "alice") for m in declarations(runtimes, names)]
+    inputs += [(E.ReleaseCreated(release=R.Release(id=f"rel-{n}", application="fleet", service=n, version="v1",
+                                                   config=service(n))), "alice") for n in names]
+    state = PlannerState()
+    queue = list(inputs)
+    ordered: list[tuple[Message, str]] = []
+    at = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    while queue:
+        message, actor = queue.pop(0)
+        ordered.append((message, actor))
+        _, out = plan(state, Input(message, len(ordered), uuid.uuid4(), actor, at))
+        for item in out:
+            m = item.message
+            if isinstance(m, E.IntentIssued) and m.action == C.INTENT_ACTION_APPLY:
+                queue.append((observation(m, C.OBSERVATION_KIND_HEALTHY, at), f"agent:{m.target.runtime}"))
+    return ordered
+
+
+PLANNER_PROCESS = """
+import asyncio, sys
+from datetime import UTC, datetime
+from eventstore.codec import convoy_registry
+from eventstore.postgres import PostgresEventStore, PostgresSettings
+from services.planner.clock import FakeClock
+from services.planner.runner import Planner, PlannerSettings
+
+async def main():
+    store = await PostgresEventStore.open(PostgresSettings(dsn=sys.argv[1], schema=sys.argv[2], pool_max=2))
+    settings = PlannerSettings(max_inputs_per_commit=int(sys.argv[3]), read_batch=50)
+    async with Planner(store=store, registry=convoy_registry(), clock=FakeClock(datetime.now(UTC)), settings=settings) as p:
+        await p.ready.wait()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_killing_the_planner_at_random_points_loses_and_duplicates_nothing(
+    pg_store: PostgresEventStore, database_url: str
+) -> None:
+    runtimes = {"staging": ["s1", "s2"], "canary": ["c1", "c2"], "prod": [f"p{i}" for i in range(6)]}
+    inputs = fleet_inputs(30, runtimes)
+    for i, (message, actor) in enumerate(inputs):
+        await record(pg_store, message, actor=actor, event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"crash-input-{i}"))
+    stored = await pg_store.read_all(limit=100_000)
+    last_input = stored[-1].position
+
+    # The clean run: the same stored inputs folded once, in process.
+    state = PlannerState()
+    expected: list[tuple[str, uuid.UUID, str, bytes]] = []
+    for recorded in stored:
+        item = to_input(REGISTRY, recorded)
+        assert item is not None
+        _, outs = plan(state, item)
+        expected += [(s, e.event_id, e.type, e.data) for s, e in output_events(REGISTRY, item, outs, recorded.correlation_id)]
+    assert sum(1 for e in expected if e[2] == "convoy.v1.IntentIssued") == 30 * 10
+
+    rng = random.Random(20261126)
+    kills = 0
+    killed_mid_release = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    while await pg_store.checkpoint("planner") < last_input:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PLANNER_PROCESS, database_url, pg_store.schema, str(rng.choice([1, 2, 5, 11])),
+            stdout=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
+        )
+        assert proc.stdout is not None
+        while (line := await asyncio.wait_for(proc.stdout.readline(), 60)).strip() != b"ready":
+            assert line, "the planner process exited before it was ready"
+        if kills < 25:
+            await asyncio.sleep(rng.uniform(0.0, 0.15))  # a random point in its work: this is the fault, not a wait
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+            killed_mid_release.append(0 < await pg_store.checkpoint("planner") < last_input)
+        else:
+            await eventually(lambda: _checkpoint_is(pg_store, last_input), timeout=60, message="the planner finished")
+            proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+
+    recorded_outputs = [e for e in await pg_store.read_all(after=0, limit=1_000_000, categories=["intent", "convergence"])
+                        if e.actor == PLANNER_ACTOR]
+    assert sum(killed_mid_release) >= 5, killed_mid_release  # many kills landed mid-release
+    assert Counter(e.event_id for e in recorded_outputs).most_common(1)[0][1] == 1
+    assert sorted((e.stream_id, e.event_id, e.type, e.data) for e in recorded_outputs) == sorted(expected)
+    for stream in {s for s, *_ in expected}:  # within each stream, the clean run's order
+        assert [e.event_id for e in recorded_outputs if e.stream_id == stream] == [i for s, i, *_ in expected if s == stream]
+    intents = [REGISTRY.decode(e).message for e in recorded_outputs if e.type == "convoy.v1.IntentIssued"]
+    assert len({(i.target.runtime, i.spec.service, i.generation) for i in intents}) == len(intents) == 300
+    report = await replay_check(pg_store, REGISTRY)
+    assert report.ok, report.differences[:5]
+
+
+async def _checkpoint_is(store: PostgresEventStore, position: int) -> bool:
+    return await store.checkpoint("planner") >= position
+
+
+async def test_replay_check_reports_a_tampered_record_event_by_event(pg_store: PostgresEventStore) -> None:
+    for message in declarations({"staging": ["s1"]}, ["web"]):
+        await record(pg_store, message)
+    async with Planner(store=pg_store, registry=REGISTRY, clock=FakeClock(datetime.now(UTC))):
+        await record(pg_store, E.ReleaseCreated(release=R.Release(id="rel-1", application="fleet", service="web", version="v1", config=service("web"))))
+        await eventually(lambda: _is(pg_store, {("web", "staging"): "DEPLOYING"}), message="deploying")
+        await eventually(lambda: _checkpoint_at_head(pg_store), message="checkpoint caught up")
+    assert (await replay_check(pg_store, REGISTRY)).ok
+
+    forged = E.IntentIssued(intent_id="int-forged", target=C.Target(runtime="s1", namespace="x"), generation=9,
+                            spec=C.WorkloadSpec(application="fleet", service="web"))
+    await pg_store.append("intent/s1/x/fleet/web", [REGISTRY.encode(forged, actor=PLANNER_ACTOR, causation_id=uuid.UUID(str((await _release_event(pg_store)).event_id)))])
+
+    report = await replay_check(pg_store, REGISTRY)
+    assert not report.ok
+    assert any("IntentIssued" in d.what and "not produced by the replay" in d.what for d in report.differences)
+
+
+async def _release_event(store: PostgresEventStore) -> RecordedEvent:
+    return next(e for e in await store.read_all(limit=1000) if e.type == "convoy.v1.ReleaseCreated")
+
+
+def test_output_grouping_keeps_per_stream_order() -> None:
+    a1, a2, b1 = (REGISTRY.encode(E.TimerFired(timer_id=t), actor="x") for t in ("a1", "a2", "b1"))
+    grouped = group([("timer/a", a1), ("timer/b", b1), ("timer/a", a2)])
+    assert [(g.stream_id, [e.event_id for e in g.events]) for g in grouped] == [
+        ("timer/a", [a1.event_id, a2.event_id]), ("timer/b", [b1.event_id])]
+

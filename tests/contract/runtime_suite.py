@@ -25,6 +25,11 @@ Hooks a subclass implements:
   supposed to stop is left (processes, connections); runtimes whose workloads outlive the
   agent (Kubernetes) assert that the workloads are still there and nothing else leaked.
 
+What the tests ask beyond base.py, spelled out: a failure may show either as `ApplyRejected`
+with the expected reason (refused up front) or as a FAILED status with it; an open watch
+ends (returns, or raises RuntimeUnavailable) when the runtime closes; `live()` is compared
+only within the test's own namespace (a real cluster may hold other workloads).
+
 Timing: `timeout` bounds every wait; runtimes make their rollouts fast in tests through
 their settings (short health periods, short progress deadlines), never through sleeps.
 """

@@ -4,7 +4,6 @@ state folder, orphans of a crashed agent, and process groups stopped for good.""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal

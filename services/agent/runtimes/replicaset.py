@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -53,7 +54,7 @@ def render_replica(
     *,
     host: str,
     base_env: Mapping[str, str] | None,
-    cwd: os.PathLike[str] | str,
+    cwd: Path,
     check_timeout: float,
     ports: Callable[[str], int],
 ) -> list[ProcessSpec]:
@@ -100,7 +101,7 @@ def render_replica(
                 name=name,
                 argv=tuple(argv),
                 env=env,
-                cwd=cwd,  # type: ignore[arg-type]
+                cwd=cwd,
                 ports=allocated,
                 health_check=program.health_check if has_check else None,
                 check_context=context,

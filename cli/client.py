@@ -136,11 +136,21 @@ _CODES: Final[dict[grpc.StatusCode, tuple[int, str]]] = {
 }
 
 
+def _from_server(error: grpc.RpcError) -> bool:
+    """The Convoy API marks every error it sends with a correlation id; a transport
+    failure (nobody listening, connection lost) has none."""
+    try:
+        trailing = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - some transport errors carry no call at all
+        return False
+    return any(key == "x-correlation-id" for key, _ in trailing)
+
+
 def describe(error: grpc.RpcError, target: Target) -> CliError:
     code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
     details: str = error.details() or code.name  # type: ignore[attr-defined]
     exit_code, hint = _CODES.get(code, (FAILED, "see the API server's log"))
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not _from_server(error):
         return CliError(f"cannot reach the Convoy API at {target.grpc} (from {target.source}): {hint}", exit_code)
     if code == grpc.StatusCode.UNAUTHENTICATED and not target.token:
         return CliError(f"no token given: {hint}", exit_code)
@@ -171,6 +181,7 @@ class Client:
         self.releases = api_pb2_grpc.ReleaseServiceStub(channel)
         self.tokens = api_pb2_grpc.TokenServiceStub(channel)
         self.events = api_pb2_grpc.EventServiceStub(channel)
+        self.convergence = api_pb2_grpc.ConvergenceServiceStub(channel)
 
     def close(self) -> None:
         if self._channel is not None:

@@ -10,28 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cli import localstate
+from cli import controlplane
 from cli.commands import agent as agent_command
-from cli.commands import catalog, configs, events, releases, tokens
+from cli.commands import catalog, configs, convergence, events, releases, tokens
 from cli.commands import planner as planner_command
-from eventstore import bus
 from eventstore.embedded import EmbeddedServers
 from eventstore.postgres import PostgresEventStore, PostgresSettings
-from eventstore.relay import Relay, RelaySettings
 from eventstore.settings import Settings, environ
-from services.api.server import ApiServer
-
-API_POOL = 32
-"""PostgreSQL connections for a process serving the API: each concurrent command holds
-one for its idempotency lookup and record and its read of the head (bench/api.py: 10
-connections 245 commands/s, 40 connections 421)."""
 
 app = typer.Typer(
     name="convoy",
@@ -62,16 +53,26 @@ HttpPort = Annotated[int, typer.Option("--http-port", help="The API's REST port 
 
 
 @app.command()
-def up(state_dir: StateDir = None, grpc_port: GrpcPort = 7070, http_port: HttpPort = 8080) -> None:
-    """Start Convoy's control plane and its API on the embedded NATS and PostgreSQL (Ctrl-C stops it)."""
+def up(
+    state_dir: StateDir = None,
+    grpc_port: GrpcPort = 7070,
+    http_port: HttpPort = 8080,
+    local_runtime: Annotated[
+        str, typer.Option("--local-runtime", help="Run an agent for this runtime of local processes ('' = none).")
+    ] = "local",
+) -> None:
+    """Start Convoy's control plane (API, planner, relay, ingest, a local agent) on the embedded NATS and PostgreSQL (Ctrl-C stops it)."""
     settings = Settings.from_env(environ(), state_dir=state_dir)
+    extra = "" if settings.nats_url else controlplane.nats_auth_config(settings.state_dir)
     with EmbeddedServers(
-        state_dir=settings.state_dir, database_url=settings.database_url, nats_url=settings.nats_url
+        state_dir=settings.state_dir, database_url=settings.database_url, nats_url=settings.nats_url,
+        nats_config_extra=extra,
     ) as servers:
         typer.echo(f"state folder: {settings.state_dir}")
         typer.echo(f"PostgreSQL:   {_redact(servers.database_url)}")
         typer.echo(f"NATS:         {servers.nats_url}")
-        asyncio.run(_serve(settings, servers, Listen(grpc_port=grpc_port, http_port=http_port)))
+        listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port)
+        asyncio.run(_serve(settings, servers, listen, local_runtime or None))
     typer.echo("stopped")
 
 
@@ -87,43 +88,26 @@ def api(state_dir: StateDir = None, grpc_port: GrpcPort = 7070, http_port: HttpP
         )
         raise typer.Exit(2)
     typer.echo(f"PostgreSQL:   {_redact(settings.database_url)}")
-    asyncio.run(_serve_api(settings, settings.database_url, Listen(grpc_port=grpc_port, http_port=http_port)))
+    asyncio.run(_serve_api(settings, settings.database_url, controlplane.Listen(grpc_port=grpc_port, http_port=http_port)))
     typer.echo("stopped")
 
 
-@dataclass(frozen=True, slots=True)
-class Listen:
-    """Where the API listens (always on loopback)."""
+async def _serve(settings: Settings, servers: EmbeddedServers, listen: controlplane.Listen, local_runtime: str | None) -> None:
+    with _stop_on_signals() as stop:
+        async with controlplane.control_plane(settings, servers, listen, local_runtime=local_runtime) as running:
+            await running.planner.ready.wait()
+            agent = f"; local agent for runtime {local_runtime!r}" if running.agent else ""
+            typer.echo(f"control plane ready at position {await running.store.head()}{agent}; press Ctrl-C to stop")
+            await stop.wait()
 
-    grpc_port: int
-    http_port: int
-    host: str = "127.0.0.1"
 
-
-async def _serve(settings: Settings, servers: EmbeddedServers, listen: Listen) -> None:
-    """The control plane's processes, composed explicitly: the event store, its relay to
-    JetStream and the API; the planner and agent join them in later issues."""
-    store = await PostgresEventStore.open(PostgresSettings(dsn=servers.database_url, schema=settings.instance, pool_max=API_POOL))
-    nc = await bus.connect(servers.nats_url, name=f"convoy-up:{settings.instance}")
+async def _serve_api(settings: Settings, database_url: str, listen: controlplane.Listen) -> None:
+    store = await PostgresEventStore.open(
+        PostgresSettings(dsn=database_url, schema=settings.instance, pool_max=controlplane.API_POOL)
+    )
     try:
         with _stop_on_signals() as stop:
-            await bus.ensure_streams(nc.jetstream(), settings.instance)
-            async with Relay(store=store, nc=nc, settings=RelaySettings(instance=settings.instance)):
-                async with _api_server(store, settings.state_dir, listen):
-                    typer.echo(
-                        f"event store ready: {await store.head()} events, relayed to JetStream; press Ctrl-C to stop"
-                    )
-                    await stop.wait()
-    finally:
-        await nc.close()
-        await store.close()
-
-
-async def _serve_api(settings: Settings, database_url: str, listen: Listen) -> None:
-    store = await PostgresEventStore.open(PostgresSettings(dsn=database_url, schema=settings.instance, pool_max=API_POOL))
-    try:
-        with _stop_on_signals() as stop:
-            async with _api_server(store, settings.state_dir, listen):
+            async with controlplane.api_server(store, settings.state_dir, listen):
                 typer.echo("API ready; press Ctrl-C to stop")
                 await stop.wait()
     finally:
@@ -142,34 +126,6 @@ def _stop_on_signals() -> Iterator[asyncio.Event]:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-
-
-@contextlib.asynccontextmanager
-async def _api_server(store: PostgresEventStore, state_dir: Path, listen: Listen) -> AsyncIterator[ApiServer]:
-    """Start the API, print where it answers and record that in `<state_dir>/endpoint.json`
-    (how the CLI finds a local instance); the file is removed again on stop."""
-    server = ApiServer(
-        store=store,
-        state_dir=state_dir,
-        grpc_address=f"{listen.host}:{listen.grpc_port}",
-        http_address=f"{listen.host}:{listen.http_port}",
-    )
-    ports = await server.start()
-    endpoint = localstate.Endpoint(grpc=f"{listen.host}:{ports.grpc}", rest=f"http://{listen.host}:{ports.http}")
-    endpoint_file = localstate.write_endpoint(state_dir, endpoint)
-    try:
-        typer.echo(f"API (gRPC):   {endpoint.grpc}")
-        typer.echo(f"API (REST):   {endpoint.rest}")
-        token_file = state_dir / localstate.ADMIN_TOKEN_FILE
-        if token_file.exists():
-            typer.echo(f"admin token:  {token_file} (keep it secret)")
-        else:
-            typer.echo("admin token:  none written (an admin token already exists)")
-        yield server
-    finally:
-        with contextlib.suppress(OSError):
-            endpoint_file.unlink()
-        await server.stop()
 
 
 def _redact(url: str) -> str:
@@ -196,7 +152,8 @@ for command in (
     releases.resume,
     releases.rollback,
     events.events,
-    releases.status,
+    convergence.status,
+    convergence.why,
     planner_command.planner,
     planner_command.replay,
 ):

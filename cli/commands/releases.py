@@ -1,23 +1,19 @@
-"""Release commands: deploy, approve, reject, bypass, pause, resume, rollback, and
-`convoy status`.
+"""Release commands: deploy (with --dry-run and --wait), approve, reject, bypass,
+pause, resume, rollback.
 
 Each write prints one line saying what was recorded (or the proto3 JSON answer with
-`--output json|yaml`). `status` shows what the API can tell today — each service's latest
-release and, per channel, the approvals, rejections, bypasses and pauses recorded for it;
-where a release actually is in each channel comes from the planner, which is not built
-yet, and the output says so.
+`--output json|yaml`). Where a release is afterwards — `convoy status`, `convoy why`,
+the progress `--wait` prints — lives in cli.commands.convergence.
 """
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-import yaml
 from google.protobuf.message import Message
 
+from cli.commands import convergence
 from cli.commands.common import (
     EndpointOpt,
     OutputOpt,
@@ -27,7 +23,7 @@ from cli.commands.common import (
     reports_errors,
     split_target,
 )
-from cli.output import Format, emit_one, table
+from cli.output import Format, emit_one
 from schemas.convoy.v1 import api_pb2
 
 TargetArg = Annotated[str, typer.Argument(metavar="APP/SERVICE", help="The service, e.g. shop/api.")]
@@ -62,18 +58,29 @@ def deploy(
     param: Annotated[
         list[str] | None, typer.Option("--param", help="A parameter, key=value (repeatable).", show_default=False)
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the intents and waits it would cause; record nothing.")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the rollout until it settles in every channel.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds --wait waits (exit 7 when exceeded).")] = 900.0,
     endpoint: EndpointOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Create a release of a service version; the planner rolls it through the channels."""
     app, service = split_target(target)
-    request = api_pb2.DeployRequest(
-        application=app, service=service, version=version, image=image, parameters=parse_params(param)
-    )
+    parameters = parse_params(param)
     with connect(endpoint, token) as client:
+        if dry_run:
+            plan = api_pb2.PlanDeployRequest(application=app, service=service, version=version, image=image, parameters=parameters)
+            convergence.show_plan(client, plan, output)
+            return
+        request = api_pb2.DeployRequest(application=app, service=service, version=version, image=image, parameters=parameters)
         answer: api_pb2.DeployResponse = client.write(client.releases.Deploy, request)
-    _written(output, answer, f"release {answer.release.id} of {target} version {version}" + _suffix(answer.write))
+        _written(output, answer, f"release {answer.release.id} of {target} version {version}" + _suffix(answer.write))
+        if wait:
+            echo = typer.echo if output is Format.table else (lambda line: typer.echo(line, err=True))
+            convergence.wait_for(client, app, service, answer.release.id, answer.write.position, timeout=timeout, echo=echo)
 
 
 @reports_errors
@@ -212,99 +219,3 @@ _DECISIONS = (
     "convoy.v1.ConvergencePaused",
     "convoy.v1.ConvergenceResumed",
 )
-PLANNER_NOTE = "where each release is in each channel comes from the planner, which is not running yet"
-
-
-@reports_errors
-def status(
-    app: Annotated[str, typer.Argument(metavar="APP")],
-    endpoint: EndpointOpt = None,
-    token: TokenOpt = None,
-    output: OutputOpt = Format.table,
-) -> None:
-    """Show an application's services per channel.
-
-    For now what the API knows: each service's latest release and the approvals,
-    bypasses and pauses recorded for it per channel (rollout progress needs the planner)."""
-    with connect(endpoint, token) as client:
-        application = client.call(client.applications.GetApplication, api_pb2.GetApplicationRequest(name=app))
-        services = client.pages(client.services.ListServices, api_pb2.ListServicesRequest(application=app), "services")
-        latest: dict[str, api_pb2.Release | None] = {}
-        for service in services:
-            releases = client.pages(
-                client.releases.ListReleases,
-                api_pb2.ListReleasesRequest(application=app, service=service.name),
-                "releases",
-            )
-            latest[service.name] = releases[-1] if releases else None
-        decisions = _decisions(client, app)
-    report: dict[str, Any] = {"application": app, "note": PLANNER_NOTE, "channels": []}
-    for channel in application.release_channels:
-        rows = []
-        for service in services:
-            release = latest[service.name]
-            seen = decisions[(service.name, channel.name)]
-            paused = decisions_paused(decisions[(service.name, "")], seen)
-            mine = [d for d in seen if release is not None and d.get("releaseId") == release.id]
-            rows.append(
-                {
-                    "service": service.name,
-                    "release": release.id if release else "",
-                    "version": release.version if release else "",
-                    "approvals": [_decision_text(d) for d in mine],
-                    "paused": paused,
-                }
-            )
-        report["channels"].append({"channel": channel.name, "services": rows})
-    if output is Format.json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    if output is Format.yaml:
-        typer.echo(yaml.safe_dump(report, sort_keys=False).rstrip())
-        return
-    for entry in report["channels"]:
-        table(
-            ["service", "latest release", "version", "approvals", "paused"],
-            [
-                [r["service"], r["release"] or "-", r["version"] or "-", ", ".join(r["approvals"]) or "-", "yes" if r["paused"] else "no"]
-                for r in entry["services"]
-            ],
-            title=f"channel {entry['channel']}",
-        )
-        typer.echo("")
-    typer.echo(f"note: {PLANNER_NOTE}")
-
-
-def _decisions(client: Any, app: str) -> defaultdict[tuple[str, str], list[dict[str, Any]]]:
-    """Recorded decisions by (service, channel), oldest first; channel "" = every channel."""
-    out: defaultdict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    after = 0
-    while True:
-        page = client.call(
-            client.events.ListEvents,
-            api_pb2.ListEventsRequest(after_position=after, application=app, types=list(_DECISIONS), limit=500),
-        )
-        for event in page.events:
-            data = json.loads(event.json or "{}")
-            data["type"] = event.type.rsplit(".", 1)[-1]
-            data["actor"] = event.actor
-            data["_position"] = event.position
-            out[(data.get("service", ""), data.get("channel", ""))].append(data)
-        if not page.events or page.last_position <= after:
-            return out
-        after = page.last_position
-
-
-def decisions_paused(everywhere: list[dict[str, Any]], here: list[dict[str, Any]]) -> bool:
-    """Whether the last pause/resume that applies to this channel was a pause."""
-    relevant = [d for d in [*everywhere, *here] if d["type"] in ("ConvergencePaused", "ConvergenceResumed")]
-    return bool(relevant) and max(relevant, key=lambda d: d.get("_position", 0))["type"] == "ConvergencePaused"
-
-
-def _decision_text(d: dict[str, Any]) -> str:
-    kind = {"ApprovalGranted": "approved", "ApprovalRejected": "rejected", "BypassGranted": "bypassed"}.get(d["type"])
-    if kind is None:
-        return ""
-    what = d.get("approval") or d.get("target") or ""
-    return f"{kind} {what} by {d.get('approver') or d.get('actor')}".replace("  ", " ")
-

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,7 +140,9 @@ class Agent:
         self._file = StateFile.in_folder(settings.state_dir, settings.runtime)
         self._applied, self._config = self._file.load()
         self._reporter = observations.Reporter(nc, instance=settings.instance, runtime=settings.runtime)
-        self._protections = protections.ProtectionRunner(report=self._report_check, spec_of=self._spec_of)
+        self._protections = protections.ProtectionRunner(
+            report=self._report_check, spec_of=self._spec_of, extra_values=self._probe_values
+        )
         self.liveness = BusLiveness(connected=lambda: nc.is_connected, threshold=settings.bus_loss_threshold)
         self._health = (
             HealthServer(address=settings.health_address, liveness=self.liveness, details=self._details)
@@ -174,6 +176,17 @@ class Agent:
         return self._applied
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    async def _probe_values(self, key: WorkloadKey) -> Mapping[str, str]:
+        """Template values the runtime knows for a target (where a local workload listens)."""
+        values_of = getattr(self.runtime, "probe_values", None)
+        if self.runtime is None or values_of is None:
+            return {}
+        try:
+            result: Mapping[str, str] = values_of(await self.runtime.status(key))
+        except ConvoyError:
+            return {}
+        return result
 
     async def start(self) -> None:
         if self._health is not None:

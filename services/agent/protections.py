@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
@@ -30,9 +30,20 @@ Report = Callable[[WorkloadKey, convergence_pb2.CheckRequest, checks.CheckResult
 """(target, check, result, interval slot) -> publish the observation."""
 
 
-async def run_once(request: convergence_pb2.CheckRequest, *, key: WorkloadKey, spec: convergence_pb2.WorkloadSpec | None) -> checks.CheckResult:
+ExtraValues = Callable[[WorkloadKey], Awaitable[Mapping[str, str]]]
+"""Runtime-specific template values for a target (the local runtime's `{{.Port}}`)."""
+
+
+async def run_once(
+    request: convergence_pb2.CheckRequest,
+    *,
+    key: WorkloadKey,
+    spec: convergence_pb2.WorkloadSpec | None,
+    extra: Mapping[str, str] | None = None,
+) -> checks.CheckResult:
     """Run one check once (the one place that knows the check-running API)."""
     values = templates.workload_values(spec, namespace=key.namespace) if spec is not None else {"Namespace": key.namespace}
+    values.update(extra or {})
     values.update({f"Params.{k}": v for k, v in request.parameters.items()})
     return await checks.run_check(request, context=checks.CheckContext(values=values))
 
@@ -46,9 +57,11 @@ class ProtectionRunner:
         report: Report,
         spec_of: Callable[[WorkloadKey], convergence_pb2.WorkloadSpec | None],
         clock: Callable[[], float] = time.time,
+        extra_values: ExtraValues | None = None,
     ) -> None:
         self._report = report
         self._spec_of = spec_of
+        self._extra_values = extra_values
         self._clock = clock
         self._tasks: dict[WorkloadKey, asyncio.Task[None]] = {}
 
@@ -71,7 +84,8 @@ class ProtectionRunner:
         while True:
             slot = str(int(self._clock() // interval))
             try:
-                result = await run_once(request, key=key, spec=self._spec_of(key))
+                extra = await self._extra_values(key) if self._extra_values is not None else None
+                result = await run_once(request, key=key, spec=self._spec_of(key), extra=extra)
                 await self._report(key, request, result, slot)
             except asyncio.CancelledError:
                 raise

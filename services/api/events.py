@@ -38,8 +38,10 @@ WATCH_IDLE: Final = 15.0
 def application_of(stream_id: str) -> str:
     """The application a stream belongs to ("" for infrastructure streams)."""
     parts = stream_id.split("/")
-    if parts[0] in ("app", "service", "release") and len(parts) >= 2:
+    if parts[0] in ("app", "service", "release", "convergence", "timer") and len(parts) >= 2:
         return parts[1]
+    if parts[0] in ("intent", "observation") and len(parts) >= 4:  # <category>/<runtime>/<namespace>/<app>/…
+        return parts[3]
     if parts[0] == "resource" and len(parts) >= 3 and parts[1] == "app":
         return parts[2]
     return ""

@@ -25,13 +25,18 @@ from eventstore.errors import Unavailable
 from eventstore.tasks import describe
 from eventstore.types import EventStore
 from schemas.convoy.v1 import api_pb2
-from services.api import auth, events, queries
+from services.api import auth, events, planning, queries, why
+from services.api.convergence import ConvergenceView
 from services.api.errors import Failure, classify, invalid
 from services.api.methods import METHODS, Method
 from services.api.projection import Projection
+from services.api.planning import PlannerClient
 from services.api.writes import Writer
 
 log = structlog.get_logger("convoy.api")
+
+OWN_HANDLERS: Final = frozenset({"ListEvents", "Watch", "GetConvergence", "Why", "PlanDeploy"})
+"""Read methods with their own handler here (not a pure catalog query)."""
 
 READ_WAIT: Final = 5.0
 """How long a read waits for its `min_position` (read-your-writes) before UNAVAILABLE."""
@@ -66,17 +71,21 @@ class Api:
         projection: Projection,
         writer: Writer,
         read_wait: float = READ_WAIT,
+        convergence: ConvergenceView | None = None,
+        planner: PlannerClient | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._projection = projection
         self._writer = writer
         self._read_wait = read_wait
+        self._convergence = convergence or ConvergenceView()
+        self._planner = planner
         self._streams_open = True
         missing = [
             m.name
             for m in METHODS
-            if not m.is_command and m.name not in queries.QUERIES and m.name not in ("ListEvents", "Watch")
+            if not m.is_command and m.name not in queries.QUERIES and m.name not in OWN_HANDLERS
         ]
         if missing:
             raise RuntimeError(f"api.proto methods without a handler: {', '.join(missing)}")
@@ -133,7 +142,21 @@ class Api:
         if method.name == "ListEvents":
             assert isinstance(request, api_pb2.ListEventsRequest)
             return await events.list_events(self._store, self._registry, request)
+        if method.name == "PlanDeploy":
+            assert isinstance(request, api_pb2.PlanDeployRequest)
+            return await planning.plan_deploy(self._planner, self._projection.state, request, principal)
         await self._see(queries.min_position(request), "page.min_position" if "page" in _fields(request) else "min_position")
+        if method.name == "GetConvergence":
+            assert isinstance(request, api_pb2.GetConvergenceRequest)
+            queries.get_application(self._projection.state, api_pb2.GetApplicationRequest(name=request.application))
+            return api_pb2.GetConvergenceResponse(
+                channels=self._convergence.of(request.application, request.service), position=self._projection.position
+            )
+        if method.name == "Why":
+            assert isinstance(request, api_pb2.WhyRequest)
+            return await why.explain(
+                self._store, self._registry, self._projection.state, self._convergence, self._projection.versions, request
+            )
         return queries.QUERIES[method.name](self._projection.state, request)
 
     async def _see(self, position: int, field_name: str) -> None:

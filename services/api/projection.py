@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
+from google.protobuf.message import Message
 
 from eventstore.codec import EventRegistry
 from eventstore.errors import ConvoyError, Unavailable, UnknownEventType
@@ -34,8 +35,16 @@ log = structlog.get_logger("convoy.api.projection")
 class Projection:
     """The catalog as of `position`. Create, `await start()`, read, `await stop()`."""
 
-    def __init__(self, *, store: EventStore, registry: EventRegistry, start_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        registry: EventRegistry,
+        start_timeout: float = 120.0,
+        observers: Sequence[Callable[[RecordedEvent, Message], None]] = (),
+    ) -> None:
         self._store = store
+        self._observers = tuple(observers)
         self._registry = registry
         self._start_timeout = start_timeout
         self._state = State()
@@ -131,6 +140,8 @@ class Projection:
         try:
             message = self._registry.decode(recorded).message
             self._state = evolve(self._state, message)
+            for observe in self._observers:  # other read models folded in the same order
+                observe(recorded, message)
         except UnknownEventType:
             self._skip(recorded, "not a catalog event")
         except ConvoyError as error:

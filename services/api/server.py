@@ -25,7 +25,9 @@ from eventstore.errors import InvalidInput
 from eventstore.types import EventStore
 from services.api import auth, openapi
 from services.api.grpc_transport import build_server
+from services.api.convergence import ConvergenceView
 from services.api.handlers import Api
+from services.api.planning import PlannerClient
 from services.api.idempotency import IdempotencyStore, MemoryIdempotency, PostgresIdempotency
 from services.api.projection import Projection
 from services.api.rest import RestApp
@@ -71,6 +73,7 @@ class ApiServer:
         write_wait: float = 5.0,
         grace: float = 2.0,
         bootstrap_admin: bool = True,
+        planner: PlannerClient | None = None,
     ) -> None:
         self._store = store
         self._state_dir = Path(state_dir)
@@ -79,7 +82,8 @@ class ApiServer:
         self._registry = registry or convoy_registry()
         self._grace = grace
         self._bootstrap_admin = bootstrap_admin
-        self.projection = Projection(store=store, registry=self._registry)
+        self.convergence = ConvergenceView()
+        self.projection = Projection(store=store, registry=self._registry, observers=[self.convergence.fold])
         pool = getattr(store, "pool", None)
         self._idempotency = idempotency or (PostgresIdempotency(pool) if pool is not None else MemoryIdempotency())
         self._writer = Writer(
@@ -90,7 +94,13 @@ class ApiServer:
             timeout=write_wait,
         )
         self.api = Api(
-            store=store, registry=self._registry, projection=self.projection, writer=self._writer, read_wait=read_wait
+            store=store,
+            registry=self._registry,
+            projection=self.projection,
+            writer=self._writer,
+            read_wait=read_wait,
+            convergence=self.convergence,
+            planner=planner,
         )
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None

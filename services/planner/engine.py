@@ -44,7 +44,6 @@ from services.planner.model import (
     PendingTimer,
     PlannerState,
     TargetState,
-    status_name,
 )
 from services.planner.render import default_namespace, render, spec_hash
 
@@ -654,6 +653,8 @@ def _observation(run: _Run, message: events_pb2.ObservationRecorded) -> None:
             conv, obs.check_id, target.key, kind == O.OBSERVATION_KIND_CHECK_PASSED, obs.message or obs.reason, run.now
         )
     elif kind in (O.OBSERVATION_KIND_HEALTHY, O.OBSERVATION_KIND_FAILED, O.OBSERVATION_KIND_PROGRESSING):
+        if target.observed_at is not None and at < target.observed_at:
+            return  # ingested out of order (ingest runs workers in parallel): older news
         target.observed_kind, target.observed_reason, target.observed_message = kind, obs.reason, obs.message
         target.observed_at = at
         target.healthy = kind == O.OBSERVATION_KIND_HEALTHY

@@ -12,9 +12,11 @@ Auth: `authorization: Bearer <token>`; each method names the least role it needs
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from schemas.convoy.v1 import convergence_pb2 as _convergence_pb2
 from schemas.convoy.v1 import options_pb2 as _options_pb2
 from schemas.convoy.v1 import resources_pb2 as _resources_pb2
 import builtins as _builtins
@@ -1059,6 +1061,389 @@ class ListReleasesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListReleasesResponse: _TypeAlias = ListReleasesResponse  # noqa: Y015
+
+@_typing.final
+class TargetConvergence(_message.Message):
+    """---------------------------------------------------------------------------
+    Convergence: where each release is, why, and what a deploy would do
+
+    One runtime/namespace of a channel, as the planner last recorded it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RELEASE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    runtime: _builtins.str
+    namespace: _builtins.str
+    status: _convergence_pb2.InstanceStatus.ValueType
+    release_id: _builtins.str
+    version: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        runtime: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        status: _convergence_pb2.InstanceStatus.ValueType = ...,
+        release_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "reason", b"reason", "release_id", b"release_id", "runtime", b"runtime", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TargetConvergence: _TypeAlias = TargetConvergence  # noqa: Y015
+
+@_typing.final
+class ChannelConvergence(_message.Message):
+    """A service's convergence in one channel (the planner's latest status change)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    RELEASE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    ROLLBACK_RELEASE_ID_FIELD_NUMBER: _builtins.int
+    application: _builtins.str
+    service: _builtins.str
+    channel: _builtins.str
+    release_id: _builtins.str
+    version: _builtins.str
+    status: _convergence_pb2.InstanceStatus.ValueType
+    reason: _builtins.str
+    position: _builtins.int
+    """Position of the latest status change."""
+    rollback_release_id: _builtins.str
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___TargetConvergence]: ...
+    def __init__(
+        self,
+        *,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        release_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        status: _convergence_pb2.InstanceStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        targets: _abc.Iterable[Global___TargetConvergence] | None = ...,
+        position: _builtins.int = ...,
+        rollback_release_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "position", b"position", "reason", b"reason", "release_id", b"release_id", "rollback_release_id", b"rollback_release_id", "service", b"service", "status", b"status", "targets", b"targets", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelConvergence: _TypeAlias = ChannelConvergence  # noqa: Y015
+
+@_typing.final
+class GetConvergenceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
+    application: _builtins.str
+    service: _builtins.str
+    """Empty = every service of the application."""
+    min_position: _builtins.int
+    def __init__(
+        self,
+        *,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        min_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "min_position", b"min_position", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConvergenceRequest: _TypeAlias = GetConvergenceRequest  # noqa: Y015
+
+@_typing.final
+class GetConvergenceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """The read model's position when it answered."""
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelConvergence]: ...
+    def __init__(
+        self,
+        *,
+        channels: _abc.Iterable[Global___ChannelConvergence] | None = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConvergenceResponse: _TypeAlias = GetConvergenceResponse  # noqa: Y015
+
+@_typing.final
+class WhyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
+    application: _builtins.str
+    service: _builtins.str
+    channel: _builtins.str
+    """Empty = every channel."""
+    min_position: _builtins.int
+    def __init__(
+        self,
+        *,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        min_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "min_position", b"min_position", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhyRequest: _TypeAlias = WhyRequest  # noqa: Y015
+
+@_typing.final
+class Explanation(_message.Message):
+    """Why a service is where it is in one channel, with the recorded events that prove it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    RELEASE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    release_id: _builtins.str
+    version: _builtins.str
+    status: _convergence_pb2.InstanceStatus.ValueType
+    summary: _builtins.str
+    """One sentence: the status and the planner's reason, with times made relative."""
+    @_builtins.property
+    def details(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Per runtime, timers, approvals."""
+
+    @_builtins.property
+    def evidence(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        release_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        status: _convergence_pb2.InstanceStatus.ValueType = ...,
+        summary: _builtins.str = ...,
+        details: _abc.Iterable[_builtins.str] | None = ...,
+        evidence: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "details", b"details", "evidence", b"evidence", "release_id", b"release_id", "status", b"status", "summary", b"summary", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
+
+@_typing.final
+class WhyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Explanation]: ...
+    def __init__(
+        self,
+        *,
+        channels: _abc.Iterable[Global___Explanation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhyResponse: _TypeAlias = WhyResponse  # noqa: Y015
+
+@_typing.final
+class PlanDeployRequest(_message.Message):
+    """Deploy's fields: what a deploy would do, recording nothing (dry run)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    application: _builtins.str
+    service: _builtins.str
+    version: _builtins.str
+    image: _builtins.str
+    @_builtins.property
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        version: _builtins.str = ...,
+        image: _builtins.str = ...,
+        parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "image", b"image", "parameters", b"parameters", "service", b"service", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanDeployRequest: _TypeAlias = PlanDeployRequest  # noqa: Y015
+
+@_typing.final
+class DeployPlanStep(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    action: _builtins.str
+    """"deploy", "delete", "wait", "verify", "converged", "fail", "replace", "rollback"."""
+    runtime: _builtins.str
+    detail: _builtins.str
+    @_builtins.property
+    def after(self) -> _duration_pb2.Duration:
+        """Simulated time after the deploy (soaks and windows move it; agents are instant)."""
+
+    def __init__(
+        self,
+        *,
+        after: _duration_pb2.Duration | None = ...,
+        channel: _builtins.str = ...,
+        action: _builtins.str = ...,
+        runtime: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "after", b"after", "channel", b"channel", "detail", b"detail", "runtime", b"runtime"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeployPlanStep: _TypeAlias = DeployPlanStep  # noqa: Y015
+
+@_typing.final
+class PlannerQuery(_message.Message):
+    """What the API asks the planner over NATS for a dry run (not an RPC of its own)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    @_builtins.property
+    def release(self) -> _resources_pb2.Release:
+        """The release Deploy would create (validated by the API, not recorded)."""
+
+    def __init__(
+        self,
+        *,
+        release: _resources_pb2.Release | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["release", b"release"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "release", b"release"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlannerQuery: _TypeAlias = PlannerQuery  # noqa: Y015
+
+@_typing.final
+class DeployPlan(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def release(self) -> _resources_pb2.Release:
+        """The release the deploy would create (its id is not reserved)."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeployPlanStep]: ...
+    def __init__(
+        self,
+        *,
+        release: _resources_pb2.Release | None = ...,
+        steps: _abc.Iterable[Global___DeployPlanStep] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["release", b"release"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["release", b"release", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeployPlan: _TypeAlias = DeployPlan  # noqa: Y015
 
 @_typing.final
 class CreateTokenRequest(_message.Message):

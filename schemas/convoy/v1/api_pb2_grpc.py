@@ -1492,6 +1492,165 @@ class ReleaseService:
             _registered_method=True)
 
 
+class ConvergenceServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetConvergence = channel.unary_unary(
+                '/convoy.v1.ConvergenceService/GetConvergence',
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.GetConvergenceRequest.SerializeToString,
+                response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.GetConvergenceResponse.FromString,
+                _registered_method=True)
+        self.Why = channel.unary_unary(
+                '/convoy.v1.ConvergenceService/Why',
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WhyRequest.SerializeToString,
+                response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WhyResponse.FromString,
+                _registered_method=True)
+        self.PlanDeploy = channel.unary_unary(
+                '/convoy.v1.ConvergenceService/PlanDeploy',
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.PlanDeployRequest.SerializeToString,
+                response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.DeployPlan.FromString,
+                _registered_method=True)
+
+
+class ConvergenceServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def GetConvergence(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Why(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlanDeploy(self, request, context):
+        """Dry run of Deploy: asks the planner to simulate it on a copy of its state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ConvergenceServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetConvergence': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConvergence,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.GetConvergenceRequest.FromString,
+                    response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.GetConvergenceResponse.SerializeToString,
+            ),
+            'Why': grpc.unary_unary_rpc_method_handler(
+                    servicer.Why,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WhyRequest.FromString,
+                    response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WhyResponse.SerializeToString,
+            ),
+            'PlanDeploy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanDeploy,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.PlanDeployRequest.FromString,
+                    response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.DeployPlan.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'convoy.v1.ConvergenceService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('convoy.v1.ConvergenceService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ConvergenceService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetConvergence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convoy.v1.ConvergenceService/GetConvergence',
+            schemas_dot_convoy_dot_v1_dot_api__pb2.GetConvergenceRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.GetConvergenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Why(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convoy.v1.ConvergenceService/Why',
+            schemas_dot_convoy_dot_v1_dot_api__pb2.WhyRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.WhyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanDeploy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convoy.v1.ConvergenceService/PlanDeploy',
+            schemas_dot_convoy_dot_v1_dot_api__pb2.PlanDeployRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.DeployPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class TokenServiceStub:
     """Missing associated documentation comment in .proto file."""
 

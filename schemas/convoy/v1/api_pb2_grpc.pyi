@@ -388,6 +388,49 @@ class ReleaseServiceServicer(metaclass=_abc_1.ABCMeta):
 
 def add_ReleaseServiceServicer_to_server(servicer: ReleaseServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
+class ConvergenceServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ConvergenceServiceAsyncStub: ...
+    GetConvergence: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetConvergenceRequest, _api_pb2.GetConvergenceResponse]
+    Why: _grpc.UnaryUnaryMultiCallable[_api_pb2.WhyRequest, _api_pb2.WhyResponse]
+    PlanDeploy: _grpc.UnaryUnaryMultiCallable[_api_pb2.PlanDeployRequest, _api_pb2.DeployPlan]
+    """Dry run of Deploy: asks the planner to simulate it on a copy of its state."""
+
+@_typing.type_check_only
+class ConvergenceServiceAsyncStub(ConvergenceServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetConvergence: _aio.UnaryUnaryMultiCallable[_api_pb2.GetConvergenceRequest, _api_pb2.GetConvergenceResponse]  # type: ignore[assignment]
+    Why: _aio.UnaryUnaryMultiCallable[_api_pb2.WhyRequest, _api_pb2.WhyResponse]  # type: ignore[assignment]
+    PlanDeploy: _aio.UnaryUnaryMultiCallable[_api_pb2.PlanDeployRequest, _api_pb2.DeployPlan]  # type: ignore[assignment]
+    """Dry run of Deploy: asks the planner to simulate it on a copy of its state."""
+
+class ConvergenceServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def GetConvergence(
+        self,
+        request: _api_pb2.GetConvergenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.GetConvergenceResponse, _abc.Awaitable[_api_pb2.GetConvergenceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Why(
+        self,
+        request: _api_pb2.WhyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.WhyResponse, _abc.Awaitable[_api_pb2.WhyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PlanDeploy(
+        self,
+        request: _api_pb2.PlanDeployRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.DeployPlan, _abc.Awaitable[_api_pb2.DeployPlan]]:
+        """Dry run of Deploy: asks the planner to simulate it on a copy of its state."""
+
+def add_ConvergenceServiceServicer_to_server(servicer: ConvergenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
 class TokenServiceStub:
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...

@@ -88,6 +88,11 @@ class LocalSettings:
 class LocalRuntime:
     """Runs workloads as local processes. Build it with `await LocalRuntime.open(settings=…)`."""
 
+    @staticmethod
+    def probe_values(status: WorkloadStatus) -> dict[str, str]:
+        """`{{.Port}}` and friends for protection probes (see the module function)."""
+        return probe_values(status)
+
     def __init__(self, *, settings: LocalSettings) -> None:
         self.settings = settings
         self.name = settings.name

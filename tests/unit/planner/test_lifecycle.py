@@ -362,3 +362,18 @@ def test_a_dry_run_lists_intents_and_waits_in_order_and_records_nothing() -> Non
     assert steps[-1].detail == "WAITING_APPROVAL: waiting for 1 approval of signoff (0 given)"
     assert steps[6].detail.endswith("staging VERIFYING, soak ends at 12:00:35 UTC")
     assert (world.state.position, len(world.state.convergences), dict(world.state.generations)) == before
+
+
+def test_an_older_observation_ingested_late_does_not_undo_a_newer_one() -> None:
+    world = World()
+    world.setup(channel("staging", "stg-1", "stg-2"))
+    v1 = intents(world.deploy("v1"))
+    world.now += timedelta(seconds=2)
+    world.report(v1[0], C.OBSERVATION_KIND_HEALTHY)
+    world.now -= timedelta(seconds=1)  # a PROGRESSING observed earlier arrives after it
+
+    world.report(v1[0], C.OBSERVATION_KIND_PROGRESSING)
+
+    assert world.state.convergences[("shop", "web", "staging")].targets[("stg-1", "convoy-shop-staging")].healthy
+    world.now += timedelta(seconds=5)
+    assert changes(world.report(v1[1], C.OBSERVATION_KIND_HEALTHY)) == [("staging", "DEPLOYING", "CONVERGED")]

@@ -1,0 +1,158 @@
+"""`convoy up`'s composition: every process of the control plane, in one.
+
+Listed and started in dependency order, stopped in reverse (an AsyncExitStack):
+the event store; JetStream streams; the relay (log → bus); observation ingest (bus →
+log); the desired-state responder (fresh agents); NATS user/consumer sync (per-runtime
+agent credentials); the API (gRPC + REST, asking the planner for dry runs); the planner
+and its dry-run responder; and one agent for the local process runtime.
+
+The local agent runs inside this process and shares its NATS connection (the system
+user): it is part of the embedded default on one machine. Agents of other runtimes run
+as `convoy agent` with their own least-privilege credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+from nats.aio.client import Client
+
+from cli import localstate
+from eventstore import bus, natsauth
+from eventstore.codec import convoy_registry
+from eventstore.embedded import EmbeddedServers, NatsServer
+from eventstore.postgres import PostgresEventStore, PostgresSettings
+from eventstore.relay import Relay, RelaySettings
+from eventstore.settings import Settings
+from schemas.convoy.v1 import resources_pb2
+from services.agent.agent import Agent, AgentSettings
+from services.agent.runtimes.base import Runtime
+from services.agent.selection import build_runtime
+from services.api.desired import DesiredState
+from services.api.ingest import ObservationIngest
+from services.api.natsauth_sync import NatsAuthSync
+from services.api.planning import NatsPlannerClient
+from services.api.server import ApiServer
+from services.planner.clock import SystemClock
+from services.planner.responder import PlanResponder
+from services.planner.runner import Planner
+
+API_POOL = 32
+"""PostgreSQL connections for a process serving the API: each concurrent command holds
+one for its idempotency lookup and record and its read of the head (bench/api.py: 10
+connections 245 commands/s, 40 connections 421)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Where the API listens (always on loopback)."""
+
+    grpc_port: int
+    http_port: int
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    store: PostgresEventStore
+    api: ApiServer
+    planner: Planner
+    agent: Agent | None
+
+
+def nats_auth_config(state_dir: Path) -> str:
+    """The embedded NATS server's authorization block (the system user only, until
+    runtimes get credentials — the sync adds their users)."""
+    return natsauth.render([natsauth.system(natsauth.system_password(state_dir))])
+
+
+async def connect(settings: Settings, url: str, *, name: str) -> Client:
+    if settings.nats_url:  # an external NATS: its operator manages users
+        return await bus.connect(url, name=name)
+    password = natsauth.system_password(settings.state_dir)
+    return await bus.connect(url, name=name, user=natsauth.SYSTEM_USER, password=password)
+
+
+@contextlib.asynccontextmanager
+async def control_plane(
+    settings: Settings, servers: EmbeddedServers, listen: Listen, *, local_runtime: str | None
+) -> AsyncIterator[Running]:
+    instance = settings.instance
+    registry = convoy_registry()
+    async with contextlib.AsyncExitStack() as stack:
+        store = await PostgresEventStore.open(PostgresSettings(dsn=servers.database_url, schema=instance, pool_max=API_POOL))
+        stack.push_async_callback(store.close)
+        localstate.write_database_url(settings.state_dir, servers.database_url)
+        nc = await connect(settings, servers.nats_url, name=f"convoy-up:{instance}")
+        stack.push_async_callback(nc.close)
+        await bus.ensure_streams(nc.jetstream(), instance)
+        embedded_nats: NatsServer | None = None if settings.nats_url else servers.nats
+        await stack.enter_async_context(Relay(store=store, nc=nc, settings=RelaySettings(instance=instance)))
+        await stack.enter_async_context(ObservationIngest(nc=nc, store=store, instance=instance, registry=registry, workers=8))
+        await stack.enter_async_context(DesiredState(nc=nc, store=store, instance=instance, registry=registry))
+        await stack.enter_async_context(
+            NatsAuthSync(
+                store=store,
+                nc=nc,
+                instance=instance,
+                server=embedded_nats,
+                system_password=natsauth.system_password(settings.state_dir) if embedded_nats else None,
+                registry=registry,
+            )
+        )
+        api = await stack.enter_async_context(
+            api_server(store, settings.state_dir, listen, planner=NatsPlannerClient(nc=nc, instance=instance))
+        )
+        planner = await stack.enter_async_context(Planner(store=store, registry=registry, clock=SystemClock()))
+        await stack.enter_async_context(PlanResponder(nc=nc, planner=planner, instance=instance))
+        agent = None
+        if local_runtime:
+            agents_dir = settings.state_dir / "agents"
+
+            async def open_runtime(config: resources_pb2.Runtime) -> Runtime:
+                return await build_runtime(config, state_dir=agents_dir / config.name)
+
+            agent = await stack.enter_async_context(
+                Agent(
+                    nc=nc,
+                    settings=AgentSettings(instance=instance, runtime=local_runtime, state_dir=agents_dir),
+                    runtime_factory=open_runtime,
+                    registry=registry,
+                )
+            )
+        yield Running(store=store, api=api, planner=planner, agent=agent)
+
+
+@contextlib.asynccontextmanager
+async def api_server(
+    store: PostgresEventStore, state_dir: Path, listen: Listen, *, planner: NatsPlannerClient | None = None
+) -> AsyncIterator[ApiServer]:
+    """Start the API, print where it answers and record that in `<state_dir>/endpoint.json`
+    (how the CLI finds a local instance); the file is removed again on stop."""
+    server = ApiServer(
+        store=store,
+        state_dir=state_dir,
+        grpc_address=f"{listen.host}:{listen.grpc_port}",
+        http_address=f"{listen.host}:{listen.http_port}",
+        planner=planner,
+    )
+    ports = await server.start()
+    endpoint = localstate.Endpoint(grpc=f"{listen.host}:{ports.grpc}", rest=f"http://{listen.host}:{ports.http}")
+    endpoint_file = localstate.write_endpoint(state_dir, endpoint)
+    try:
+        typer.echo(f"API (gRPC):   {endpoint.grpc}")
+        typer.echo(f"API (REST):   {endpoint.rest}")
+        token_file = state_dir / localstate.ADMIN_TOKEN_FILE
+        if token_file.exists():
+            typer.echo(f"admin token:  {token_file} (keep it secret)")
+        else:
+            typer.echo("admin token:  none written (an admin token already exists)")
+        yield server
+    finally:
+        with contextlib.suppress(OSError):
+            endpoint_file.unlink()
+        await server.stop()

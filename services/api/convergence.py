@@ -1,0 +1,112 @@
+"""The API's view of convergence: where each service is in each channel, as the planner
+last recorded it.
+
+The planner owns the decisions; this read model only folds its InstanceStatusChanged
+events (channel-level and per target), so `convoy status`, `deploy --wait` and the web
+UI can answer without the planner process. It is mutable and indexed by (application,
+service, channel): a fleet release records hundreds of thousands of status changes, and
+an immutable copy per event (as the catalog does) would cost quadratic time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from google.protobuf.message import Message
+
+from eventstore.types import RecordedEvent
+from schemas.convoy.v1 import api_pb2, events_pb2
+
+
+@dataclass(slots=True)
+class _Target:
+    runtime: str
+    namespace: str
+    status: int = 0
+    release_id: str = ""
+    version: str = ""
+    reason: str = ""
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class _Channel:
+    application: str
+    service: str
+    channel: str
+    release_id: str = ""
+    version: str = ""
+    status: int = 0
+    reason: str = ""
+    rollback_release_id: str = ""
+    updated_at: datetime | None = None
+    position: int = 0
+    targets: dict[tuple[str, str], _Target] = field(default_factory=dict)
+
+
+class ConvergenceView:
+    def __init__(self) -> None:
+        self._channels: dict[tuple[str, str, str], _Channel] = {}
+
+    def fold(self, recorded: RecordedEvent, message: Message) -> None:
+        if isinstance(message, events_pb2.InstanceStatusChanged):
+            key = (message.application, message.service, message.channel)
+            channel = self._channels.get(key)
+            if channel is None:
+                channel = self._channels[key] = _Channel(*key)
+            if message.target.runtime:
+                tkey = (message.target.runtime, message.target.namespace)
+                target = channel.targets.get(tkey) or channel.targets.setdefault(tkey, _Target(*tkey))
+                target.status, target.release_id, target.version = message.new_status, message.release_id, message.version
+                target.reason, target.updated_at = message.reason, recorded.recorded_at
+            else:
+                channel.release_id, channel.version = message.release_id, message.version
+                channel.status, channel.reason = message.new_status, message.reason
+                channel.rollback_release_id = message.rollback_release_id
+                channel.updated_at, channel.position = recorded.recorded_at, recorded.position
+        elif isinstance(message, events_pb2.ServiceDeleted):
+            for key in [k for k in self._channels if k[:2] == (message.application, message.name)]:
+                del self._channels[key]
+        elif isinstance(message, events_pb2.ApplicationDeleted):
+            for key in [k for k in self._channels if k[0] == message.name]:
+                del self._channels[key]
+
+    def channel(self, app: str, service: str, channel: str) -> api_pb2.ChannelConvergence | None:
+        found = self._channels.get((app, service, channel))
+        return _message(found) if found is not None else None
+
+    def of(self, app: str, service: str = "") -> list[api_pb2.ChannelConvergence]:
+        return [
+            _message(c)
+            for key, c in sorted(self._channels.items())
+            if key[0] == app and (not service or key[1] == service)
+        ]
+
+
+def _message(channel: _Channel) -> api_pb2.ChannelConvergence:
+    out = api_pb2.ChannelConvergence(
+        application=channel.application,
+        service=channel.service,
+        channel=channel.channel,
+        release_id=channel.release_id,
+        version=channel.version,
+        status=channel.status,  # type: ignore[arg-type]
+        reason=channel.reason,
+        position=channel.position,
+        rollback_release_id=channel.rollback_release_id,
+    )
+    if channel.updated_at is not None:
+        out.updated_at.FromDatetime(channel.updated_at)
+    for target in sorted(channel.targets.values(), key=lambda t: (t.runtime, t.namespace)):
+        t = out.targets.add(
+            runtime=target.runtime,
+            namespace=target.namespace,
+            status=target.status,  # type: ignore[arg-type]
+            release_id=target.release_id,
+            version=target.version,
+            reason=target.reason,
+        )
+        if target.updated_at is not None:
+            t.updated_at.FromDatetime(target.updated_at)
+    return out

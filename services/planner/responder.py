@@ -1,0 +1,74 @@
+"""The planner's answer to dry runs: NATS request/reply on
+`convoy.<instance>.req.planner.plan`.
+
+The API validates a Deploy and sends the release it would create (`PlannerQuery`); this
+responder simulates it on a copy of the running planner's state (`dryrun.simulate`) with
+the planner's clock and replies with the `DeployPlan`. A malformed query gets no answer
+(the caller times out and reports the planner unavailable) and is logged; it never
+touches the planner's own state.
+"""
+
+from __future__ import annotations
+
+import structlog
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from eventstore import bus
+from eventstore.tasks import describe
+from schemas.convoy.v1 import api_pb2, events_pb2
+from services.planner.dryrun import simulate
+from services.planner.runner import Planner
+
+log = structlog.get_logger("convoy.planner.responder")
+
+
+class PlanResponder:
+    def __init__(self, *, nc: Client, planner: Planner, instance: str) -> None:
+        self._nc = nc
+        self._planner = planner
+        self._subject = f"convoy.{bus.validate_instance(instance)}.req.planner.plan"
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self._nc.subscribe(self._subject, queue="planner", cb=self._answer)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+
+    async def __aenter__(self) -> PlanResponder:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _answer(self, msg: Msg) -> None:
+        query = api_pb2.PlannerQuery()
+        try:
+            query.ParseFromString(msg.data)
+        except DecodeError as error:
+            log.warning("malformed dry-run query ignored", error=str(error))
+            return
+        if not query.release.id or not self._planner.ready.is_set():
+            log.warning("dry-run query not answered", reason="no release" if not query.release.id else "planner starting")
+            return
+        try:
+            steps = simulate(
+                self._planner.state,
+                [events_pb2.ReleaseCreated(release=query.release)],
+                now=self._planner.clock.now(),
+                actor=query.actor or "dry-run",
+            )
+        except Exception as error:  # a bug in the simulation must not take the planner down
+            log.error("dry run failed", error=describe(error))
+            return
+        plan = api_pb2.DeployPlan()
+        for step in steps:
+            out = plan.steps.add(channel=step.channel, action=step.action, runtime=step.runtime, detail=step.detail)
+            out.after.FromTimedelta(step.after)
+        await msg.respond(plan.SerializeToString())

@@ -1,0 +1,131 @@
+"""`convoy deploy --dry-run / --wait`, `convoy status` and `convoy why` against a real API,
+a real planner (its dry runs answered over a real NATS) and agents simulated on the
+store: the README's story, driven through the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from eventstore import bus
+from eventstore.codec import convoy_registry
+from eventstore.embedded import NatsServer
+from eventstore.postgres import PostgresEventStore
+from services.api.planning import NatsPlannerClient
+from services.planner.clock import FakeClock
+from services.planner.responder import PlanResponder
+from services.planner.runner import Planner
+from tests.cli.conftest import Cli
+from tests.conftest import eventually
+from tests.integration.test_api_support import running_api
+from tests.integration.test_planner import simulated_agents, stop
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "shop"
+
+
+@pytest.fixture
+async def planned(
+    server_logs_aside: None, pg_store: PostgresEventStore, embedded_nats: NatsServer, tmp_path: Path, subject_prefix: str
+) -> AsyncIterator[tuple[Cli, Planner]]:
+    nc = await bus.connect(embedded_nats.url, name="cli-test")
+    try:
+        planner = Planner(store=pg_store, registry=convoy_registry(), clock=FakeClock(datetime.now(UTC)))
+        async with planner, PlanResponder(nc=nc, planner=planner, instance=subject_prefix):
+            client = NatsPlannerClient(nc=nc, instance=subject_prefix, timeout=10)
+            async with running_api(pg_store, tmp_path / "state", planner=client) as running:
+                cli = Cli(running, tmp_path)
+                assert (await cli.run("apply", "-f", str(EXAMPLES))).exit_code == 0
+                await planner.ready.wait()
+                yield cli, planner
+    finally:
+        await nc.close()
+
+
+async def test_dry_run_shows_the_plan_and_records_nothing(planned: tuple[Cli, Planner], pg_store: PostgresEventStore) -> None:
+    cli, _ = planned
+    head = await pg_store.head()
+
+    result = await cli.run("deploy", "shop/web", "--version", "v1", "--dry-run")
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "nothing recorded" in lines[0]
+    assert any("staging" in line and "deploy" in line and "local" in line for line in lines), result.stdout
+    assert "waiting for 1 approval of prod-signoff (0 given)" in result.stdout
+    assert await pg_store.head() == head
+    as_json = json.loads((await cli.run("deploy", "shop/web", "--version", "v1", "--dry-run", "-o", "json")).stdout)
+    assert as_json["release"]["version"] == "v1" and as_json["steps"][0]["action"] == "deploy"
+
+
+async def test_deploy_wait_status_and_why_follow_a_release(planned: tuple[Cli, Planner], pg_store: PostgresEventStore) -> None:
+    cli, _ = planned
+    agents = asyncio.create_task(simulated_agents(pg_store))
+    try:
+        waited = await cli.run("deploy", "shop/web", "--version", "v1", "--wait", "--timeout", "60")
+        assert waited.exit_code == 0, waited.output
+        assert "staging: CONVERGED" in waited.stdout
+        assert "prod needs a person: waiting for 1 approval of prod-signoff (0 given)" in waited.stdout
+
+        status = await cli.run("status", "shop")
+        assert status.exit_code == 0, status.output
+        staging, prod = status.stdout.split("channel prod")
+        assert "web      v1       CONVERGED" in staging, status.stdout
+        assert "WAITING_APPROVAL" in prod
+
+        assert (await cli.run("approve", "shop/web", "--channel", "prod")).exit_code == 0
+
+        async def verifying() -> bool:
+            return "VERIFYING" in (await cli.run("why", "shop/web", "--channel", "prod")).stdout
+
+        await eventually(verifying, message="prod verifying after the approval")
+        why = await cli.run("why", "shop/web", "--channel", "prod")
+        assert why.exit_code == 0, why.output
+        assert why.stdout.startswith("prod v1: VERIFYING: ")
+        assert "http-ok" in why.stdout  # the post-deployment probe it now waits for
+        assert "ApprovalGranted by" in why.stdout and "ReleaseCreated by" in why.stdout
+    finally:
+        await stop(agents)
+
+
+async def test_deploy_wait_fails_with_the_reason_when_the_release_is_rolled_back(
+    planned: tuple[Cli, Planner], pg_store: PostgresEventStore
+) -> None:
+    cli, _ = planned
+    agents = asyncio.create_task(simulated_agents(pg_store))
+    try:
+        assert (await cli.run("deploy", "shop/api", "--version", "v1", "--wait", "--timeout", "60")).exit_code == 0
+    finally:
+        await stop(agents)
+    agents = asyncio.create_task(simulated_agents(pg_store, after=await pg_store.head(), fail=frozenset({"api"})))
+    try:
+        failed = await cli.run("deploy", "shop/api", "--version", "v2", "--wait", "--timeout", "60")
+    finally:
+        await stop(agents)
+
+    assert failed.exit_code == 1, failed.output
+    assert "staging ROLLED_BACK: rolled back to v1: crash loop on runtime local" in failed.output
+    why = await cli.run("why", "shop/api", "--channel", "staging", "--no-evidence")
+    assert "ROLLED_BACK: rolled back to v1: crash loop on runtime local" in why.stdout
+
+
+async def test_why_names_what_is_missing(planned: tuple[Cli, Planner]) -> None:
+    cli, _ = planned
+    nothing = await cli.run("why", "shop/web")
+    assert nothing.exit_code == 0
+    assert "staging: no release has reached this channel yet" in nothing.stdout
+    missing = await cli.run("why", "shop/nope")
+    assert missing.exit_code == 3 and "does not exist" in missing.output
+    bad_channel = await cli.run("why", "shop/web", "--channel", "qa")
+    assert bad_channel.exit_code == 3 and "channels: staging, prod" in bad_channel.output
+
+
+async def test_dry_run_without_a_planner_is_unavailable(cli: Cli) -> None:
+    assert (await cli.run("apply", "-f", str(EXAMPLES))).exit_code == 0
+    result = await cli.run("deploy", "shop/web", "--version", "v1", "--dry-run")
+    assert result.exit_code == 6, result.output
+    assert "cannot answer dry runs" in result.output

@@ -129,3 +129,19 @@ async def test_dry_run_without_a_planner_is_unavailable(cli: Cli) -> None:
     result = await cli.run("deploy", "shop/web", "--version", "v1", "--dry-run")
     assert result.exit_code == 6, result.output
     assert "cannot answer dry runs" in result.output
+
+
+async def test_replay_check_from_the_cli(planned: tuple[Cli, Planner], pg_store: PostgresEventStore, database_url: str) -> None:
+    cli, _ = planned
+    agents = asyncio.create_task(simulated_agents(pg_store))
+    try:
+        assert (await cli.run("deploy", "shop/web", "--version", "v1", "--wait", "--timeout", "60")).exit_code == 0
+    finally:
+        await stop(agents)
+    # The check compares what the planner recorded up to its checkpoint, whatever it is doing.
+    result = await cli.raw("replay", "--check", CONVOY_DATABASE_URL=database_url, CONVOY_INSTANCE=pg_store.schema)
+
+    assert result.exit_code == 0, result.output
+    assert "0 difference(s)" in result.stdout and "exactly what replaying the log produces" in result.stdout
+    no_flag = await cli.raw("replay", CONVOY_DATABASE_URL=database_url, CONVOY_INSTANCE=pg_store.schema)
+    assert no_flag.exit_code == 2

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -33,7 +33,7 @@ from eventstore.codec import EventRegistry
 from eventstore.errors import ConvoyError, DuplicateEventId, UnknownEventType
 from eventstore.tasks import Backoff, describe, stop_task
 from eventstore.types import AlreadyProcessed, AppendRequest, Checkpoint, EventStore, NewEvent, RecordedEvent
-from schemas.convoy.v1 import events_pb2
+from schemas.convoy.v1 import convergence_pb2, events_pb2
 from services.planner.clock import Clock
 from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Input, Output, plan, timer_stream
 from services.planner.model import PlannerState
@@ -62,6 +62,29 @@ class PlannerStats:
     restarts: int = 0
     timers_fired: int = 0
     skipped: int = 0
+
+
+Converged = Callable[[str, str, str, float], None]
+"""Told (application, service, channel, seconds) when a channel converges to a release:
+the seconds from its ReleaseCreated to the input that made it converge, both recorded
+times from the log — no clock is read (metrics: `convoy_convergence_duration_seconds`)."""
+
+
+def convergences(state: PlannerState, cause: Input, outputs: Sequence[Output]) -> list[tuple[str, str, str, float]]:
+    """The channels that `outputs` (planned for `cause`) report CONVERGED, with durations."""
+    found = []
+    for out in outputs:
+        m = out.message
+        if (
+            isinstance(m, events_pb2.InstanceStatusChanged)
+            and not m.target.runtime
+            and m.new_status == convergence_pb2.INSTANCE_STATUS_CONVERGED
+        ):
+            release = state.catalog.releases.get(m.release_id)
+            if release is not None:
+                seconds = (cause.recorded_at - release.created_at).total_seconds()
+                found.append((m.application, m.service, m.channel, max(0.0, seconds)))
+    return found
 
 
 def to_input(registry: EventRegistry, recorded: RecordedEvent) -> Input | None:
@@ -124,8 +147,17 @@ async def rebuild(store: EventStore, registry: EventRegistry, *, upto: int, batc
 class Planner:
     """The planner process: a supervised fold of the log plus the timer shell."""
 
-    def __init__(self, *, store: EventStore, registry: EventRegistry, clock: Clock, settings: PlannerSettings | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        registry: EventRegistry,
+        clock: Clock,
+        settings: PlannerSettings | None = None,
+        on_converged: Converged | None = None,
+    ) -> None:
         self.store = store
+        self.on_converged = on_converged
         self.registry = registry
         self.clock = clock
         self.settings = settings or PlannerSettings()
@@ -195,25 +227,37 @@ class Planner:
 
     async def _handle(self, batch: list[RecordedEvent]) -> None:
         pending: list[tuple[str, NewEvent]] = []
+        converged: list[tuple[str, str, str, float]] = []
         last = 0
         for recorded in batch:
             item = to_input(self.registry, recorded)
             if item is None:
                 self.stats.skipped += 1
             else:
-                _, outputs = plan(self.state, item)
+                try:
+                    _, outputs = plan(self.state, item)
+                except Exception:
+                    # plan() logs nothing, so the input's correlation id is bound only
+                    # where a line is about it (binding per input costs ~3.5 µs).
+                    with structlog.contextvars.bound_contextvars(correlation_id=str(recorded.correlation_id or recorded.event_id)):
+                        log.error("planning an input failed", position=recorded.position, type=recorded.type)
+                    raise
                 pending += output_events(self.registry, item, outputs, recorded.correlation_id)
+                if self.on_converged is not None:
+                    converged += convergences(self.state, item, outputs)
             last = recorded.position
             self.stats.inputs += 1
             if len(pending) >= self.settings.max_outputs_per_commit:
-                await self._commit(pending, last)
-                pending = []
+                await self._commit(pending, last, converged)
+                pending, converged = [], []
                 last = 0
         if last:
-            await self._commit(pending, last)
+            await self._commit(pending, last, converged)
         self._timers_changed.set()
 
-    async def _commit(self, events: list[tuple[str, NewEvent]], position: int) -> None:
+    async def _commit(
+        self, events: list[tuple[str, NewEvent]], position: int, converged: Sequence[tuple[str, str, str, float]] = ()
+    ) -> None:
         try:
             await self.store.commit(group(events), checkpoint=Checkpoint(self.settings.name, position))
         except AlreadyProcessed:
@@ -221,6 +265,9 @@ class Planner:
             return
         self.stats.commits += 1
         self.stats.outputs += len(events)
+        if self.on_converged is not None:
+            for found in converged:  # told once committed: a refold after a failure does not repeat it
+                self.on_converged(*found)
 
     # -- the timer shell ---------------------------------------------------------
 

@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## Run Convoy's main job on the embedded default (Ctrl-C stops it).
+## Run Convoy on the embedded default with the demo application deployed (Ctrl-C stops it).
 up: $(STAMP)
-	$(BIN)/convoy up
+	$(BIN)/convoy up --demo
 
 ## Run the whole test suite: generated-code freshness, layer contracts, then pytest.
 test: $(STAMP)

@@ -16,7 +16,8 @@ from typing import Annotated
 
 import typer
 
-from cli import controlplane
+from cli import controlplane, demo
+from cli.client import CliError
 from cli.commands import agent as agent_command
 from cli.commands import catalog, configs, convergence, events, releases, tokens
 from cli.commands import planner as planner_command
@@ -60,6 +61,10 @@ def up(
     local_runtime: Annotated[
         str, typer.Option("--local-runtime", help="Run an agent for this runtime of local processes ('' = none).")
     ] = "local",
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Apply the example application and deploy its first release.")
+    ] = False,
+    demo_dir: Annotated[Path, typer.Option("--demo-dir", help="The example --demo applies.")] = Path("examples/shop"),
 ) -> None:
     """Start Convoy's control plane (API, planner, relay, ingest, a local agent) on the embedded NATS and PostgreSQL (Ctrl-C stops it)."""
     settings = Settings.from_env(environ(), state_dir=state_dir)
@@ -72,7 +77,7 @@ def up(
         typer.echo(f"PostgreSQL:   {_redact(servers.database_url)}")
         typer.echo(f"NATS:         {servers.nats_url}")
         listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port)
-        asyncio.run(_serve(settings, servers, listen, local_runtime or None))
+        asyncio.run(_serve(settings, servers, listen, local_runtime or None, demo_dir if demo else None))
     typer.echo("stopped")
 
 
@@ -92,10 +97,22 @@ def api(state_dir: StateDir = None, grpc_port: GrpcPort = 7070, http_port: HttpP
     typer.echo("stopped")
 
 
-async def _serve(settings: Settings, servers: EmbeddedServers, listen: controlplane.Listen, local_runtime: str | None) -> None:
+async def _serve(
+    settings: Settings,
+    servers: EmbeddedServers,
+    listen: controlplane.Listen,
+    local_runtime: str | None,
+    demo_dir: Path | None,
+) -> None:
     with _stop_on_signals() as stop:
         async with controlplane.control_plane(settings, servers, listen, local_runtime=local_runtime) as running:
             await running.planner.ready.wait()
+            if demo_dir is not None:
+                try:
+                    await asyncio.to_thread(demo.run, settings.state_dir, demo_dir, echo=typer.echo)
+                except CliError as error:
+                    typer.echo(f"demo: {error}", err=True)
+                typer.echo("demo: follow it with `convoy status shop` and `convoy why shop/web`")
             agent = f"; local agent for runtime {local_runtime!r}" if running.agent else ""
             typer.echo(f"control plane ready at position {await running.store.head()}{agent}; press Ctrl-C to stop")
             await stop.wait()

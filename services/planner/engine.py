@@ -52,6 +52,8 @@ DEFAULT_PROGRESS_DEADLINE = timedelta(minutes=10)
 """How long a target may take to become healthy when the service sets no deadline
 (Kubernetes' own default progressDeadlineSeconds)."""
 
+DEADLINE_GRACE = timedelta(seconds=15)
+
 PLANNER_ACTOR = "planner"
 
 INPUT_CATEGORIES = ("app", "service", "runtime", "protection", "release", "observation", "timer")
@@ -282,10 +284,13 @@ def _failure_text(target: TargetState) -> str:
 
 
 def _deadline(run: _Run, record: ReleaseRecord) -> timedelta:
+    """The planner's backstop for a target that never reports: the service's progress
+    deadline plus a grace, so an agent's own, more precise failure report (image pull,
+    crash loop, failing health check) arrives first when the agent is alive."""
     config = record.release.config
     if config.HasField("progress_deadline") and config.progress_deadline.ToTimedelta() > timedelta(0):
-        return config.progress_deadline.ToTimedelta()
-    return DEFAULT_PROGRESS_DEADLINE
+        return config.progress_deadline.ToTimedelta() + DEADLINE_GRACE
+    return DEFAULT_PROGRESS_DEADLINE + DEADLINE_GRACE
 
 
 # -- checks --------------------------------------------------------------------------

@@ -20,12 +20,17 @@ from services.planner.model import (
     CONVERGED,
     DEPLOYING,
     FAILED,
+    ROLLED_BACK,
+    ROLLING_BACK,
     WAITING_APPROVAL,
     WAITING_PRECONDITIONS,
     Convergence,
     PlannerState,
     status_name,
 )
+
+
+GAVE_UP = frozenset({FAILED, ROLLED_BACK, ROLLING_BACK})
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,10 @@ def evaluate(
         other = precondition.channel_stable.channel
         if (conv.channel, f"precondition:channel_stable:{other}") in record.bypasses:
             continue
+        sibling = state.convergences.get((conv.application, conv.service, other))
+        if sibling is not None and sibling.version == record.release.version and sibling.status in GAVE_UP:
+            # The release failed where it had to prove itself first: it can never be stable there.
+            return Gate(FAILED, f"{other} {status_name(sibling.status)} at {sibling.version}: {sibling.reason}")
         reason = _stable_reason(state, conv, other, record.release.version)
         if reason:
             waiting.append(reason)

@@ -168,7 +168,7 @@ async def test_a_failed_release_is_rolled_back_in_staging_and_never_reaches_prod
             await eventually(lambda: _is(pg_store, {("api", "staging"): "ROLLED_BACK"}), message="v2 rolled back in staging")
         finally:
             await stop(agents)
-    assert (await statuses(pg_store))[("api", "prod")] == "WAITING_PRECONDITIONS"
+    assert (await statuses(pg_store))[("api", "prod")] == "FAILED"  # v2 can never be stable in staging
     assert (await replay_check(pg_store, REGISTRY)).ok
 
 

@@ -165,6 +165,21 @@ def test_a_first_release_that_fails_has_nothing_to_roll_back_to() -> None:
     assert changes(out) == [("staging", "DEPLOYING", "FAILED")]
 
 
+def test_a_release_that_failed_upstream_fails_downstream_instead_of_waiting_forever() -> None:
+    world = World()
+    staging_prod(world)
+    world.converge_all(world.deploy("v1"))
+    world.converge_all(world.approve("v1", "prod", "bob"))
+    assert world.status("prod") == "CONVERGED"
+    [v2] = intents(world.deploy("v2"))
+
+    out = world.report(v2, C.OBSERVATION_KIND_FAILED, reason="crash_loop")
+
+    assert ("prod", "WAITING_PRECONDITIONS", "FAILED") in changes(out)
+    assert world.reason("prod").startswith("staging ROLLING_BACK at v2: automatic rollback to v1")
+    assert not [i for i in intents(out) if i.target.runtime != "stg-1"]  # prod untouched
+
+
 def test_a_newer_release_replaces_one_still_in_flight() -> None:
     world = World()
     staging_prod(world)
@@ -254,12 +269,14 @@ def test_a_target_that_never_becomes_healthy_fails_at_the_progress_deadline() ->
     world.setup(channel("staging", "stg-1"))
     out = world.deploy("v1")
     [timer] = of(out, E.TimerScheduled)
-    assert timer.purpose == "deadline" and timer.fire_at.ToJsonString() == "2026-11-26T12:10:00Z"
+    # The default deadline (10 minutes) plus a grace for the agent's own report.
+    assert timer.purpose == "deadline" and timer.fire_at.ToJsonString() == "2026-11-26T12:10:15Z"
+    assert world.advance(timedelta(minutes=10)) == []
 
-    out = world.advance(timedelta(minutes=10))
+    out = world.advance(timedelta(seconds=15))
 
     assert changes(out) == [("staging", "DEPLOYING", "FAILED")]
-    assert world.reason("staging") == "progress deadline: runtime stg-1 not healthy within 10m00s"
+    assert world.reason("staging") == "progress deadline: runtime stg-1 not healthy within 10m15s"
 
 
 def test_soak_waits_for_a_timer_and_a_failing_fail_probe_rolls_back() -> None:

@@ -97,8 +97,12 @@ class _Family:
         raise NotImplementedError
 
     def clear(self) -> None:
-        """Forget every labelled series (e.g. a consumer that no longer exists)."""
+        """Forget every labelled series."""
         self._children.clear()
+
+    def remove(self, **values: object) -> None:
+        """Forget one labelled series (e.g. a consumer that no longer exists)."""
+        self._children.pop(self._key(values), None)
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {escape_help(self.help)}"

@@ -1,0 +1,95 @@
+"""Secrets never reach a log line: secret-bearing keys are redacted, token / bearer /
+URL-password shapes are scrubbed from any string, and ids that merely name a secret
+(`token_id`) stay readable — checked through the real structlog configuration."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from cli import logging as convoy_logging
+
+SECRET = "cvy_tok-0123abcd_S3cr3tS3cr3tS3cr3tS3cr3t"
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    saved, root = structlog.get_config(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    out = io.StringIO()
+    convoy_logging.configure("json", stream=out)
+    try:
+        yield out
+    finally:
+        structlog.configure(**saved)
+        structlog.contextvars.clear_contextvars()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def lines(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_a_token_passed_as_a_log_field_is_redacted(json_logs: io.StringIO) -> None:
+    log = structlog.get_logger("convoy.test")
+    log.info(
+        "issued",
+        token=SECRET,
+        token_id="tok-0123abcd",
+        authorization=f"Bearer {SECRET}",
+        password="hunter2",
+        credential_secret="abc",
+        headers={"Authorization": "Basic dXNlcjpwYXNz", "Accept": "json"},
+    )
+    text = json_logs.getvalue()
+    assert SECRET not in text and "hunter2" not in text and "dXNlcjpwYXNz" not in text and '"abc"' not in text
+    [line] = lines(json_logs)
+    assert line["token"] == line["authorization"] == line["password"] == line["credential_secret"] == "***"
+    assert line["token_id"] == "tok-0123abcd"
+    assert line["headers"] == {"Authorization": "***", "Accept": "json"}
+    assert line["level"] == "info" and line["event"] == "issued" and "timestamp" in line
+
+
+def test_secret_shapes_in_free_text_are_scrubbed(json_logs: io.StringIO) -> None:
+    log = structlog.get_logger("convoy.test")
+    log.warning(
+        f"could not authenticate with {SECRET}",
+        error="connect to postgresql://convoy:pa55word@127.0.0.1:5432/convoy failed",
+        attempts=["Bearer abc.def.ghi", 3],
+    )
+    text = json_logs.getvalue()
+    assert SECRET not in text and "pa55word" not in text and "abc.def.ghi" not in text
+    [line] = lines(json_logs)
+    assert line["event"] == "could not authenticate with cvy_tok-0123abcd_***"
+    assert line["error"] == "connect to postgresql://convoy:***@127.0.0.1:5432/convoy failed"
+    assert line["attempts"] == ["Bearer ***", 3]
+
+
+def test_bound_context_is_merged_and_redacted_too(json_logs: io.StringIO) -> None:
+    log = structlog.get_logger("convoy.test")
+    with structlog.contextvars.bound_contextvars(correlation_id="c-1", secret="s"):
+        log.info("inside")
+    [line] = lines(json_logs)
+    assert line["correlation_id"] == "c-1" and line["secret"] == "***"
+
+
+def test_key_classification() -> None:
+    secret = ["token", "admin_token", "password", "system_password", "Authorization", "credential", "api-key",
+              "token_secret", "credential_secret"]
+    naming = ["token_id", "credential_id", "credential_file", "token_name", "tokens_count", "event", "position"]
+    assert [k for k in secret if not convoy_logging.is_secret_key(k)] == []
+    assert [k for k in naming if convoy_logging.is_secret_key(k)] == []
+
+
+def test_the_format_comes_from_the_flag_or_the_environment() -> None:
+    assert convoy_logging.resolve_format(None, {}) == "console"
+    assert convoy_logging.resolve_format(None, {"CONVOY_LOG_FORMAT": "JSON"}) == "json"
+    assert convoy_logging.resolve_format("console", {"CONVOY_LOG_FORMAT": "json"}) == "console"
+    with pytest.raises(Exception, match="not one of"):
+        convoy_logging.resolve_format("xml", {})

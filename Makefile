@@ -19,16 +19,18 @@ setup: $(STAMP)
 up: $(STAMP)
 	$(BIN)/convoy up --demo
 
-## Run the whole test suite: generated-code freshness, layer contracts, then pytest.
+## Run the whole test suite: generated-code and CLI-reference freshness, layer contracts, then pytest.
 test: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/python scripts/gen_cli_docs.py --check
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
-## Run the benchmarks (installs the eventsourcing library for the baseline only).
+## Run every benchmark and rewrite the results table in docs/performance.md
+## (installs the eventsourcing library for the event store's baseline only).
 bench: $(STAMP)
 	$(BIN)/pip install --quiet 'eventsourcing[postgres]==9.5.6'
-	$(BIN)/python bench/eventstore.py
+	$(BIN)/python bench/run
 
 clean:
 	rm -rf $(VENV) .pytest_cache

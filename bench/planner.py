@@ -1,0 +1,586 @@
+"""Planner benchmark: a fleet release of 1,000 services × 50 runtimes through the real
+store, relay, bus and observation ingest, until every instance is converged.
+
+The fleet: `--services` services (default 1,000) spread over `--apps` applications
+(default 10), each application with three release channels — staging on 5 runtimes,
+canary on 5 ("staging stable" precondition), prod on 40 ("canary stable" precondition;
+ChannelStable preconditions only: no approvals, no soak). 50 runtimes, so 1,000 services
+make 50,000 service instances (service × runtime).
+
+Processes (on one machine, against an embedded nats-server and PostgreSQL this script
+starts in a temporary folder):
+
+- this process: the control plane's bus side as `convoy up` composes it — the relay
+  (store → JetStream) and the observation ingest (JetStream → store, `--ingest-workers`
+  pulling from one durable consumer) — plus the setup and the measurement;
+- the planner, alone in its own process (`services.planner.runner.Planner`, settings and
+  pool as `convoy planner`), so its peak RSS (VmHWM) is its own;
+- simulated agents in one process: one durable consumer per runtime on its intents
+  (`bus.intent_filter`), and for every APPLY intent an APPLIED then a HEALTHY observation
+  published on `bus.observation_subject` with the agent's own `Reporter` (awaited
+  JetStream publish), ids from `services.agent.observations.build`.
+
+Flow: declarations are recorded and folded by the planner first (not timed); then the
+clock starts and 1,000 ReleaseCreated events are appended directly to the store with the
+codec registry (one append per service, 64 at a time); the run ends when the planner's
+state has every (service, channel) convergence CONVERGED *and* its checkpoint — which
+commits with its outputs — has passed the input that made it so.
+
+Figures: fleet_converge_s (first release appended → last convergence committed),
+planner_eps (inputs folded + outputs written by the planner during that time, per second),
+rss_mb (the planner process's VmHWM). On stderr also: progress every 2 s, the CPU seconds
+each component (planner, agents, relay+ingest, nats-server, postgres) used in the timed
+part, and with `--refold` the pure planner's capacity on the recorded inputs.
+
+Last line: RESULT instances=50000 fleet_converge_s=… planner_eps=… rss_mb=…
+
+    .venv/bin/python bench/planner.py [--services 1000] [--apps 10] [--ingest-workers 32]
+    .venv/bin/python bench/planner.py --services 100             # a quick check
+    .venv/bin/python bench/planner.py --observations direct      # agents append observations
+                                                                  # themselves: past the ingest
+    .venv/bin/python bench/planner.py --py-spy out.txt --refold  # where the planner spends its time
+    .venv/bin/python bench/planner.py --index-experiment         # the proposed convergences_of index
+    .venv/bin/python bench/planner.py --profile-planner out.prof  # planner under cProfile (slower)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+INSTANCE = "bench"
+SCHEMA = "bench_planner"
+CHANNELS = (("staging", "s", 5), ("canary", "c", 5), ("prod", "p", 40))
+"""(channel, runtime prefix, runtimes): each channel requires the previous one stable."""
+
+
+def runtime_names() -> dict[str, list[str]]:
+    return {channel: [f"{prefix}{i:02d}" for i in range(count)] for channel, prefix, count in CHANNELS}
+
+
+def service_names(services: int, apps: int) -> list[tuple[str, str]]:
+    """(application, service) pairs, services dealt round-robin over the applications."""
+    return [(f"app{i % apps:02d}", f"svc{i:04d}") for i in range(services)]
+
+
+def err(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# -- measuring helpers -------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on
+
+
+def process_tree(root: int | None) -> list[int]:
+    """`root` and all its descendants."""
+    if root is None:
+        return []
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes (live ones; a process that exited is lost)."""
+    total = 0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
+def index_convergences_of() -> Any:
+    """EXPERIMENT (the proposal for services/planner/model.py, not its implementation):
+    `PlannerState.convergences_of` answered from an index by (application, service)
+    instead of a scan of every convergence. The index here is rebuilt whenever the number
+    of convergences changes, which is sound only because this fleet never drops one.
+    Returns a function that restores the original."""
+    from services.planner.model import PlannerState
+
+    original = PlannerState.convergences_of
+    cache: dict[int, tuple[int, dict[tuple[str, str], list[Any]], Any]] = {}
+
+    def convergences_of(self: Any, app: str, service: str) -> list[Any]:
+        convs = self.convergences
+        entry = cache.get(id(convs))
+        if entry is None or entry[0] != len(convs) or entry[2] is not convs:
+            index: dict[tuple[str, str], list[Any]] = {}
+            for (a, s, _), conv in convs.items():
+                index.setdefault((a, s), []).append(conv)
+            entry = cache[id(convs)] = (len(convs), index, convs)
+        return list(entry[1].get((app, service), ()))
+
+    PlannerState.convergences_of = convergences_of  # type: ignore[method-assign]
+
+    def restore() -> None:
+        PlannerState.convergences_of = original  # type: ignore[method-assign]
+
+    return restore
+
+
+def summarize_profile(path: str, top: int = 25) -> None:
+    """py-spy's raw (collapsed) stacks → inclusive and self share per function, to stderr."""
+    import collections
+    import re
+
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for text in Path(path).read_text().splitlines():
+        stack, _, count = text.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        total += n
+        names = []
+        for frame in stack.split(";"):
+            m = re.match(r"(.*?) \((.*?):\d+\)", frame)
+            names.append(f"{m.group(1)} ({m.group(2).rsplit('/', 1)[-1]})" if m else frame)
+        for name in set(names):
+            inclusive[name] += n
+        own[names[-1]] += n
+    if not total:
+        err("profile: no samples")
+        return
+    err(f"planner profile ({total} samples; {path}) -- inclusive:")
+    for name, n in inclusive.most_common(top):
+        err(f"  {100 * n / total:5.1f}%  {name}")
+    err("-- self:")
+    for name, n in own.most_common(top):
+        err(f"  {100 * n / total:5.1f}%  {name}")
+
+
+# -- the planner process ---------------------------------------------------------------
+
+
+async def planner_child(dsn: str, expected: int, profile: str, experiment: bool) -> None:
+    """Run the planner; every 0.25 s print a JSON line with its stats; print
+    {"converged": …} once all `expected` convergences are CONVERGED and committed."""
+    from eventstore.codec import convoy_registry
+    from eventstore.postgres import PostgresEventStore, PostgresSettings
+    from services.planner.clock import SystemClock
+    from services.planner.model import CONVERGED
+    from services.planner.runner import Planner, PlannerSettings
+
+    if experiment:
+        index_convergences_of()
+    store = await PostgresEventStore.open(PostgresSettings(dsn=dsn, schema=SCHEMA, pool_max=4))
+    settings = PlannerSettings()
+
+    def line(**fields: Any) -> None:
+        s = planner.stats
+        fields.update(t=time.time(), inputs=s.inputs, outputs=s.outputs, commits=s.commits, restarts=s.restarts)
+        sys.stdout.write(json.dumps(fields) + "\n")
+        sys.stdout.flush()
+
+    async with Planner(store=store, registry=convoy_registry(), clock=SystemClock(), settings=settings) as planner:
+        await planner.ready.wait()
+        line(ready=True, position=planner.state.position)
+        all_at: int | None = None
+        last_report = 0.0
+        while True:
+            await asyncio.sleep(0.05)
+            state = planner.state
+            converged = sum(1 for c in state.convergences.values() if c.status == CONVERGED)
+            if all_at is None and expected and converged == expected:
+                all_at = state.position
+            checkpoint = await store.checkpoint(settings.name)
+            if all_at is not None and checkpoint >= all_at:
+                line(converged=converged, position=state.position, checkpoint=checkpoint, done=True)
+                break
+            if time.monotonic() - last_report >= 0.25:
+                last_report = time.monotonic()
+                line(converged=converged, position=state.position, checkpoint=checkpoint,
+                     convergences=len(state.convergences))
+        await asyncio.Event().wait()  # until the parent reads VmHWM and terminates us
+
+
+def run_planner_child(dsn: str, expected: int, profile: str, experiment: bool) -> None:
+    if not profile:
+        asyncio.run(planner_child(dsn, expected, profile, experiment))
+        return
+    import cProfile
+    import signal
+
+    profiler = cProfile.Profile()
+
+    def dump(*_: object) -> None:
+        profiler.disable()
+        profiler.dump_stats(profile)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, dump)
+    profiler.enable()
+    asyncio.run(planner_child(dsn, expected, profile, experiment))
+
+
+# -- the simulated agents process --------------------------------------------------------
+
+
+async def agents_child(nats_url: str, dsn: str, runtimes: list[str]) -> None:
+    """One durable consumer per runtime; APPLIED + HEALTHY for every APPLY intent, published
+    on NATS for the ingest — or, with a `dsn` (`--observations direct`), appended straight to
+    the store as the ingest would record them (same streams, actor and event ids)."""
+    from eventstore import bus
+    from eventstore.codec import convoy_registry
+    from eventstore.postgres import PostgresEventStore, PostgresSettings
+    from services.api.ingest import event_id, stream_of
+    from eventstore.subscriptions import Delivery, DurableSubscription, SubscriptionSettings
+    from schemas.convoy.v1 import convergence_pb2 as C
+    from schemas.convoy.v1 import events_pb2 as E
+    from services.agent.observations import Reporter, Subject, build
+    from services.agent.runtimes.base import WorkloadKey
+
+    nc = await bus.connect(nats_url, name="bench-agents")
+    registry = convoy_registry()
+    store = await PostgresEventStore.open(PostgresSettings(dsn=dsn, schema=SCHEMA, pool_max=4)) if dsn else None
+    handled = 0
+    settings = SubscriptionSettings(batch=200, ack_wait=120.0, max_ack_pending=2000)
+
+    def handler_for(runtime: str) -> Any:
+        reporter = Reporter(nc, instance=INSTANCE, runtime=runtime)
+
+        async def handle(delivery: Delivery) -> None:
+            nonlocal handled
+            if delivery.headers.get(bus.H_TYPE) != "convoy.v1.IntentIssued":
+                return  # ChecksRequested: none in this fleet
+            intent = E.IntentIssued.FromString(delivery.data)
+            if intent.action != C.INTENT_ACTION_APPLY:
+                return
+            about = Subject(
+                key=WorkloadKey(intent.target.namespace, intent.spec.application, intent.spec.service),
+                intent_id=intent.intent_id, generation=intent.generation, spec_hash=intent.spec_hash,
+                channel=intent.spec.channel,
+            )
+            observations = [build(runtime, about, kind) for kind in (C.OBSERVATION_KIND_APPLIED, C.OBSERVATION_KIND_HEALTHY)]
+            if store is None:
+                for observation in observations:
+                    await reporter.publish(observation)
+            else:  # concurrent handlers' appends share the store's group commit
+                await store.append(stream_of(observations[0]), [
+                    registry.encode(E.ObservationRecorded(observation=o), actor=f"agent:{runtime}",
+                                    event_id=event_id(o.observation_id))
+                    for o in observations
+                ])
+            handled += 1
+
+        return handle
+
+    subscriptions = [
+        DurableSubscription(
+            nc, instance=INSTANCE, stream=bus.events_stream(INSTANCE), durable=f"bench-agent-{runtime}",
+            filter_subjects=bus.intent_filter(INSTANCE, runtime), handler=handler_for(runtime), settings=settings,
+        )
+        for runtime in runtimes
+    ]
+    for sub in subscriptions:
+        await sub.ensure_consumer()
+        await sub.start()
+    print(json.dumps({"ready": len(subscriptions)}), flush=True)
+    while True:
+        await asyncio.sleep(0.5)
+        print(json.dumps({"handled": handled}), flush=True)
+
+
+# -- the parent: servers, plane, setup, measurement ----------------------------------------
+
+
+class Child:
+    """A child process whose stdout carries JSON lines; keeps the latest one."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.proc = proc
+        self.last: dict[str, Any] = {}
+        self.lines: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            try:
+                self.last = json.loads(raw)
+            except ValueError:
+                err(f"[{self.name}] {raw.decode().rstrip()}")
+                continue
+            if "ready" in self.last or "done" in self.last:
+                self.lines.append(self.last)
+            self.changed.set()
+
+    async def wait_for(self, key: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while not any(key in line for line in self.lines):
+            if self.proc.returncode is not None or self._task.done():
+                raise SystemExit(f"the {self.name} process exited (code {self.proc.returncode})")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SystemExit(f"the {self.name} process did not report {key!r} within {timeout:.0f} s")
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), min(remaining, 1.0))
+            except TimeoutError:
+                pass
+        return next(line for line in self.lines if key in line)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        self._task.cancel()
+
+
+async def refold(store: Any, registry: Any) -> None:
+    """The planner's capacity without I/O: fold every recorded input again with the pure
+    `plan` (decoding included, encoding and committing the outputs not), once as built and
+    once with the convergences_of index experiment."""
+    from services.planner.engine import INPUT_CATEGORIES, plan
+    from services.planner.model import PlannerState
+    from services.planner.runner import to_input
+
+    recorded, after = [], 0
+    while batch := await store.read_all(after=after, limit=20_000, categories=INPUT_CATEGORIES):
+        recorded += batch
+        after = batch[-1].position
+    for label, experiment in (("as built", False), ("with the index experiment", True)):
+        restore = index_convergences_of() if experiment else None
+        try:
+            state, outputs = PlannerState(), 0
+            began = time.perf_counter()
+            for event in recorded:
+                item = to_input(registry, event)
+                if item is not None:
+                    outputs += len(plan(state, item)[1])
+            took = time.perf_counter() - began
+        finally:
+            if restore is not None:
+                restore()
+        err(f"refold {label}: {len(recorded)} inputs -> {outputs} outputs in {took:.2f} s: "
+            f"{len(recorded) / took:.0f} inputs/s, {(len(recorded) + outputs) / took:.0f} events/s (no I/O)")
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for text in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if text.startswith("VmHWM:"):
+            return int(text.split()[1]) / 1024
+    return float("nan")
+
+
+async def spawn(name: str, *args: str) -> Child:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, *args, stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}, limit=1 << 20,
+    )
+    err(f"{name} process pid {proc.pid}")
+    return Child(name, proc)
+
+
+async def main(args: argparse.Namespace) -> None:
+    from eventstore import bus
+    from eventstore.codec import convoy_registry
+    from eventstore.embedded import NatsServer, PostgresServer
+    from eventstore.postgres import PostgresEventStore, PostgresSettings
+    from eventstore.relay import Relay, RelaySettings
+    from eventstore.subscriptions import SubscriptionSettings
+    from eventstore.types import AppendRequest
+    from schemas.convoy.v1 import events_pb2 as E
+    from schemas.convoy.v1 import resources_pb2 as R
+    from services.api.ingest import ObservationIngest
+
+    registry = convoy_registry()
+    runtimes = runtime_names()
+    all_runtimes = [r for names in runtimes.values() for r in names]
+    fleet = service_names(args.services, min(args.apps, args.services))
+    apps = sorted({app for app, _ in fleet})
+    instances = len(fleet) * len(all_runtimes)
+    expected = len(fleet) * len(CHANNELS)
+    err(f"fleet: {len(fleet)} services in {len(apps)} application(s), {len(all_runtimes)} runtimes, "
+        f"{instances} instances, {expected} convergences; load: {os.getloadavg()}")
+
+    with tempfile.TemporaryDirectory(prefix="convoy-bench-planner-") as tmp, NatsServer(
+        data_dir=Path(tmp) / "nats"
+    ) as nats_server, PostgresServer(data_dir=Path(tmp) / "pg") as pg:
+        store = await PostgresEventStore.open(PostgresSettings(dsn=pg.dsn, schema=SCHEMA, pool_max=32))
+        nc = await bus.connect(nats_server.url, name="bench-plane")
+        await bus.ensure_streams(nc.jetstream(), INSTANCE)
+
+        # Declarations (not timed).
+        def enc(message: Any) -> Any:
+            return registry.encode(message, actor="bench")
+
+        declarations = [AppendRequest(f"runtime/{r}", (enc(E.RuntimeRegistered(
+            runtime=R.Runtime(name=r, kind=R.RUNTIME_KIND_EXEC))),)) for r in all_runtimes]
+        for app in apps:
+            channels, previous = [], ""
+            for channel, _, _ in CHANNELS:
+                ch = R.ReleaseChannel(name=channel, runtimes=[R.RuntimeBinding(runtime=r) for r in runtimes[channel]])
+                if previous:
+                    ch.preconditions.add(channel_stable=R.ChannelStable(channel=previous))
+                channels.append(ch)
+                previous = channel
+            declarations.append(AppendRequest(f"app/{app}", (enc(E.ApplicationCreated(
+                application=R.Application(name=app, release_channels=channels))),)))
+        configs = {}
+        for app, name in fleet:
+            configs[(app, name)] = R.Service(application=app, name=name, replicas=1,
+                                             programs=[R.Program(name=name, image=f"example/{name}:1")])
+            declarations.append(AppendRequest(f"service/{app}/{name}", (enc(E.ServiceConfigured(
+                service=configs[(app, name)], created=True)),)))
+        for i in range(0, len(declarations), 500):
+            await store.commit(declarations[i : i + 500])
+        err(f"{len(declarations)} declarations recorded")
+
+        relay = Relay(store=store, nc=nc, settings=RelaySettings(instance=INSTANCE))
+        ingest = ObservationIngest(
+            nc=nc, store=store, instance=INSTANCE, workers=1 if args.observations == "direct" else args.ingest_workers,
+            settings=SubscriptionSettings(batch=100, ack_wait=120.0, max_ack_pending=10_000),
+        )
+        children: list[Child] = []
+        async with relay, ingest:
+            try:
+                direct = args.observations == "direct"  # the ingest then idles with one worker
+                agents = await spawn("agents", "--agents-child", nats_server.url, pg.dsn if direct else "", *all_runtimes)
+                children.append(agents)
+                await agents.wait_for("ready", 120)
+                planner = await spawn("planner", "--planner-child", pg.dsn, str(expected), args.profile_planner,
+                                      "1" if args.index_experiment else "0")
+                children.append(planner)
+                await planner.wait_for("ready", 120)
+                head = await store.head()
+                while planner.last.get("checkpoint", 0) < head or relay.checkpoint < head:
+                    await asyncio.sleep(0.1)
+                before = dict(planner.last)
+                err(f"planner caught up with the declarations (position {head}); relay at {relay.checkpoint}")
+                components = {
+                    "planner": [planner.proc.pid], "agents": [agents.proc.pid], "relay+ingest": [os.getpid()],
+                    "nats-server": process_tree(nats_server.pid), "postgres": process_tree(pg.pid),
+                }
+                cpu_before = {name: cpu_seconds(pids) for name, pids in components.items()}
+                spy = None
+                if args.py_spy:
+                    spy = await asyncio.create_subprocess_exec(
+                        str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(planner.proc.pid),
+                        "--format", "raw", "--output", args.py_spy, "--nonblocking", "--rate", "100",
+                        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                    )
+                    await asyncio.sleep(1.0)  # attached
+
+                # The timed part: 1,000 ReleaseCreated commands, then convergence.
+                started = time.time()
+                gate = asyncio.Semaphore(64)
+
+                async def release(app: str, name: str) -> None:
+                    message = E.ReleaseCreated(release=R.Release(
+                        id=f"rel-{app}-{name}-1", application=app, service=name, version="v1", config=configs[(app, name)]))
+                    async with gate:
+                        await store.append(f"release/{app}/{name}", [registry.encode(message, actor="bench")])
+
+                await asyncio.gather(*(release(app, name) for app, name in fleet))
+                err(f"{len(fleet)} releases appended in {time.time() - started:.2f} s")
+
+                async def progress() -> None:
+                    while True:
+                        await asyncio.sleep(2.0)
+                        p = planner.last
+                        err(f"t={time.time() - started:6.1f}s converged {p.get('converged', 0)}/{expected} "
+                            f"planner in={p.get('inputs', 0) - before['inputs']} out={p.get('outputs', 0) - before['outputs']} "
+                            f"ckpt={p.get('checkpoint', 0)} | relay published={relay.published} lag={relay.lag} | "
+                            f"ingest recorded={ingest.recorded} | agents handled={agents.last.get('handled', 0)} | "
+                            f"load={os.getloadavg()[0]:.2f}")
+
+                reporter = asyncio.create_task(progress())
+                try:
+                    done = await planner.wait_for("done", args.timeout)
+                finally:
+                    reporter.cancel()
+                rss = vm_hwm_mb(planner.proc.pid)
+                cpu = {name: cpu_seconds(pids) - cpu_before[name] for name, pids in components.items()}
+                if spy is not None:
+                    spy.send_signal(2)
+                    await spy.wait()
+                elapsed = done["t"] - started
+                work = (done["inputs"] - before["inputs"]) + (done["outputs"] - before["outputs"])
+                err(f"converged: {done['converged']} convergences in {elapsed:.2f} s; planner folded "
+                    f"{done['inputs'] - before['inputs']} inputs and wrote {done['outputs'] - before['outputs']} outputs "
+                    f"in {done['commits'] - before['commits']} commits ({done['restarts']} restarts); "
+                    f"ingest recorded {ingest.recorded} ({ingest.duplicates} duplicates) in {store.batches_committed} commits; "
+                    f"relay published {relay.published}; "
+                    f"load {os.getloadavg()}")
+                err(f"CPU seconds in the timed part ({elapsed:.1f} s wall, 2 cores = {2 * elapsed:.0f} CPU-s): "
+                    + ", ".join(f"{name} {value:.1f}" for name, value in cpu.items())
+                    + f"; total {sum(cpu.values()):.1f}")
+            finally:
+                for child in children:
+                    await child.stop()
+        await nc.close()
+        if args.py_spy:
+            summarize_profile(args.py_spy)
+        if args.refold:
+            await refold(store, registry)
+        await store.close()
+
+    print(f"RESULT instances={instances} fleet_converge_s={elapsed:.1f} planner_eps={work / elapsed:.0f} rss_mb={rss:.0f}",
+          flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--apps", type=int, default=10, help="applications the services are spread over")
+    parser.add_argument("--ingest-workers", type=int, default=32)
+    parser.add_argument("--observations", choices=("ingest", "direct"), default="ingest",
+                        help="ingest: agents publish on NATS, the observation ingest records them (default); "
+                        "direct: agents append them to the store themselves (no ingest), to see past the ingest")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for convergence")
+    parser.add_argument("--profile-planner", default="", metavar="PATH", help="run the planner under cProfile, stats to PATH")
+    parser.add_argument("--py-spy", default="", metavar="PATH",
+                        help="sample the planner with py-spy during the timed part (raw stacks to PATH, summary to stderr)")
+    parser.add_argument("--refold", action="store_true",
+                        help="afterwards, fold the recorded inputs again with the pure planner (no I/O): its capacity")
+    parser.add_argument("--index-experiment", action="store_true",
+                        help="run the planner with an (application, service) index for convergences_of (see the doc)")
+    parser.add_argument("--planner-child", nargs=4, metavar=("DSN", "EXPECTED", "PROFILE", "EXPERIMENT"), help=argparse.SUPPRESS)
+    parser.add_argument("--agents-child", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.planner_child:
+        dsn, expected, profile, experiment = args.planner_child
+        run_planner_child(dsn, int(expected), profile, experiment == "1")
+    elif args.agents_child:
+        import uvloop
+
+        uvloop.run(agents_child(args.agents_child[0], args.agents_child[1], args.agents_child[2:]))
+    else:
+        import uvloop
+
+        uvloop.run(main(args))

@@ -4,8 +4,9 @@ Concurrent appenders are grouped into one transaction (one fsync for many comman
 That must not weaken any per-command guarantee, so the decision is made item by item, in
 queue order, against the state read under the append lock: each write is checked for its
 expected stream version (seeing the writes queued before it), idempotent retries are
-recognised by event id, and processor checkpoints only move forward. A failed item fails
-alone; the others still commit together.
+recognised by event id, processor checkpoints only move forward, and a command's
+receipt is recorded at most once per key. A failed item fails alone; the others still
+commit together.
 
 Pure: no I/O, no clock. Both stores (PostgreSQL and in-memory) call `plan_batch`, so the
 rules live in one place and the contract suite proves them once.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from eventstore.errors import DuplicateEventId, InvalidInput, WrongExpectedVersion
 from eventstore.types import (
@@ -27,6 +28,8 @@ from eventstore.types import (
     Checkpoint,
     ExpectedVersion,
     NewEvent,
+    Receipt,
+    ReceiptTaken,
     validate_stream_id,
 )
 
@@ -66,10 +69,11 @@ class Known:
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One queued write: one or more stream appends and maybe a processor checkpoint."""
+    """One queued write: stream appends, maybe a processor checkpoint, maybe a receipt."""
 
     appends: Sequence[AppendRequest]
     checkpoint: Checkpoint | None = None
+    receipt: Receipt | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +97,19 @@ class BatchPlan:
     outcomes: list[Outcome] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     checkpoints: dict[str, int] = field(default_factory=dict)
+    receipts: list[Receipt] = field(default_factory=list)
+    """Receipts to record, each with the position of its write."""
     head: int = 0
 
 
 def validate_write(write: Write) -> None:
     """Input checks that need no state; run before queuing so bad input fails fast."""
+    if write.receipt is not None:
+        r = write.receipt
+        if not (type(r.scope) is str and type(r.key) is str and 0 < len(r.scope) <= 200 and 0 < len(r.key) <= 200):
+            raise InvalidInput("a receipt needs a scope and a key of 1-200 characters")
+        if type(r.response) is not bytes or type(r.request_sha256) is not bytes or type(r.method) is not str:
+            raise InvalidInput("a receipt's method is text, its request hash and response are bytes")
     if write.checkpoint is not None:
         cp = write.checkpoint
         if not isinstance(cp.name, str) or not 0 < len(cp.name) <= 200:
@@ -137,6 +149,11 @@ def referenced(writes: Sequence[Write]) -> tuple[set[str], set[uuid.UUID], set[s
     return streams, ids, names
 
 
+def receipt_slots(writes: Sequence[Write]) -> list[tuple[str, str]]:
+    """The receipt keys the plan needs to know are taken or free."""
+    return [w.receipt.slot for w in writes if w.receipt is not None]
+
+
 def plan_batch(
     writes: Sequence[Write],
     *,
@@ -144,21 +161,26 @@ def plan_batch(
     versions: Mapping[str, int],
     known: Mapping[uuid.UUID, Known],
     checkpoints: Mapping[str, int],
+    receipts: Mapping[tuple[str, str], Receipt] | None = None,
 ) -> BatchPlan:
-    """Decide every queued write in order. `versions`, `known` and `checkpoints` are the
-    stored state for everything `referenced(writes)` names (missing = none)."""
+    """Decide every queued write in order. `versions`, `known`, `checkpoints` and
+    `receipts` are the stored state for everything `referenced(writes)` and
+    `receipt_slots(writes)` name (missing = none)."""
     plan = BatchPlan(head=head)
     versions = dict(versions)
     known = dict(known)
     tracking = dict(checkpoints)
+    taken = dict(receipts or {})
     # Ids written twice in one batch (a retry racing its original) are rare; only for
     # those must a planned row be remembered as "known".
     ids = [e.event_id for w in writes for a in w.appends for e in a.events]
     repeated = set() if len(set(ids)) == len(ids) else {i for i, n in Counter(ids).items() if n > 1}
     for write in writes:
         try:
+            if write.receipt is not None and (stored := taken.get(write.receipt.slot)) is not None:
+                raise ReceiptTaken(stored)
             results, rows = _plan_write(write, plan.head, versions, known, tracking)
-        except (WrongExpectedVersion, DuplicateEventId, AlreadyProcessed) as error:
+        except (WrongExpectedVersion, DuplicateEventId, AlreadyProcessed, ReceiptTaken) as error:
             plan.outcomes.append(Outcome(error=error))
             continue
         for row in rows:
@@ -171,6 +193,10 @@ def plan_batch(
         if write.checkpoint is not None:
             tracking[write.checkpoint.name] = write.checkpoint.position
             plan.checkpoints[write.checkpoint.name] = write.checkpoint.position
+        if write.receipt is not None:
+            receipt = replace(write.receipt, position=max((r.last_position for r in results), default=0))
+            taken[receipt.slot] = receipt
+            plan.receipts.append(receipt)
         plan.outcomes.append(Outcome(results=results))
     return plan
 

@@ -20,6 +20,7 @@ from eventstore.types import (
     Checkpoint,
     ExpectedVersion,
     NewEvent,
+    Receipt,
     RecordedEvent,
     validate_stream_id,
 )
@@ -34,6 +35,7 @@ class MemoryEventStore:
         self._known: dict[uuid.UUID, grouping.Known] = {}
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._tracking: dict[str, int] = {}
+        self._receipts: dict[tuple[str, str], Receipt] = {}
         self._changed = asyncio.Condition()
         self._closed = False
 
@@ -52,8 +54,9 @@ class MemoryEventStore:
         appends: Sequence[AppendRequest],
         *,
         checkpoint: Checkpoint | None = None,
+        receipt: Receipt | None = None,
     ) -> list[AppendResult]:
-        write = grouping.Write(tuple(appends), checkpoint)
+        write = grouping.Write(tuple(appends), checkpoint, receipt)
         grouping.validate_write(write)
         if self._closed:
             raise Unavailable("the event store is closed")
@@ -65,6 +68,7 @@ class MemoryEventStore:
             versions={s: len(self._streams.get(s, ())) for s in streams},
             known=known,
             checkpoints={n: self._tracking.get(n, 0) for n in names},
+            receipts={s: self._receipts[s] for s in grouping.receipt_slots([write]) if s in self._receipts},
         )
         (outcome,) = plan.outcomes
         if outcome.error is not None:
@@ -88,6 +92,7 @@ class MemoryEventStore:
             self._known[recorded.event_id] = grouping.Known.of(row.position, row.stream_id, row.version, row.event)
             self._streams.setdefault(recorded.stream_id, []).append(recorded)
         self._tracking.update(plan.checkpoints)
+        self._receipts.update((r.slot, r) for r in plan.receipts)
         if plan.rows:
             async with self._changed:
                 self._changed.notify_all()
@@ -148,6 +153,9 @@ class MemoryEventStore:
 
     async def checkpoint(self, name: str) -> int:
         return self._tracking.get(name, 0)
+
+    async def receipts(self, slots: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Receipt]:
+        return {s: self._receipts[s] for s in slots if s in self._receipts}
 
     async def tail(
         self,

@@ -43,6 +43,7 @@ from eventstore.types import (
     Checkpoint,
     ExpectedVersion,
     NewEvent,
+    Receipt,
     RecordedEvent,
     validate_stream_id,
 )
@@ -146,8 +147,8 @@ class PostgresEventStore:
                 min_size=settings.pool_min,
                 max_size=settings.pool_max,
                 command_timeout=settings.command_timeout,
-                # Startup parameters survive the pool's RESET ALL between uses.
                 server_settings={"search_path": settings.schema, "idle_in_transaction_session_timeout": "60000"},
+                reset=_keep_session,
             ),
         )
         assert pool is not None
@@ -191,8 +192,9 @@ class PostgresEventStore:
         appends: Sequence[AppendRequest],
         *,
         checkpoint: Checkpoint | None = None,
+        receipt: Receipt | None = None,
     ) -> list[AppendResult]:
-        write = grouping.Write(tuple(appends), checkpoint)
+        write = grouping.Write(tuple(appends), checkpoint, receipt)
         grouping.validate_write(write)
         if self._closed:
             raise Unavailable("the event store is closed")
@@ -218,6 +220,7 @@ class PostgresEventStore:
     async def _write_batch_on_connection(self, writes: Sequence[grouping.Write], turn: Turn) -> grouping.BatchPlan:
         """One transaction in four round trips: lock, read state, write, commit."""
         streams, ids, names = grouping.referenced(writes)
+        slots = grouping.receipt_slots(writes)
         conn = await self._writer_connection()
         reusable = False
         try:
@@ -228,8 +231,10 @@ class PostgresEventStore:
             turn.locked()
             if self._fault_hook is not None:
                 await self._fault_hook("locking")
-            rows = await conn.fetch(_READ_STATE, list(streams), list(ids), list(names))
-            head, versions, known, tracking = 0, {}, {}, {}
+            rows = await conn.fetch(
+                _READ_STATE, list(streams), list(ids), list(names), [s for s, _ in slots], [k for _, k in slots]
+            )
+            head, versions, known, tracking, taken = 0, {}, {}, {}, {}
             for r in rows:
                 kind = r[0]
                 if kind == "h":
@@ -238,10 +243,14 @@ class PostgresEventStore:
                     versions[r[1]] = r[2]
                 elif kind == "t":
                     tracking[r[1]] = r[2]
+                elif kind == "r":
+                    taken[(r[1], r[5])] = Receipt(r[1], r[5], r[8], bytes(r[11]), bytes(r[7]), r[2])
                 else:
                     known[r[3]] = grouping.Known(r[2], r[1], r[4], r[5], r[6], bytes(r[7]), r[8], r[9], r[10])
-            plan = grouping.plan_batch(writes, head=head, versions=versions, known=known, checkpoints=tracking)
-            if plan.rows or plan.checkpoints:
+            plan = grouping.plan_batch(
+                writes, head=head, versions=versions, known=known, checkpoints=tracking, receipts=taken
+            )
+            if plan.rows or plan.checkpoints or plan.receipts:
                 new = plan.rows
                 events = [r.event for r in new]
                 causes = [e.causation_id for e in events]
@@ -262,6 +271,12 @@ class PostgresEventStore:
                     list(plan.checkpoints.values()),
                     self.channel,
                     str(plan.head) if new else "",
+                    [r.scope for r in plan.receipts],
+                    [r.key for r in plan.receipts],
+                    [r.method for r in plan.receipts],
+                    [r.request_sha256 for r in plan.receipts],
+                    [r.response for r in plan.receipts],
+                    [r.position for r in plan.receipts],
                 )
             if self._fault_hook is not None:
                 await self._fault_hook("committing")
@@ -347,6 +362,21 @@ class PostgresEventStore:
         )
         return int(value or 0)
 
+    async def receipts(self, slots: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Receipt]:
+        if not slots:
+            return {}
+        rows = await guarded(
+            "receipt lookup",
+            lambda: self._pool.fetch(
+                "SELECT i.token_id, i.key, i.method, i.request_sha256, i.response, i.position "
+                "FROM api_idempotency i JOIN unnest($1::text[], $2::text[]) AS k(scope, key) "
+                "ON i.token_id = k.scope AND i.key = k.key",
+                [s for s, _ in slots],
+                [k for _, k in slots],
+            ),
+        )
+        return {(r[0], r[1]): Receipt(r[0], r[1], r[2], bytes(r[3]), bytes(r[4]), r[5]) for r in rows}
+
     async def tail(
         self,
         *,
@@ -399,21 +429,26 @@ class PostgresEventStore:
 
 _READ_STATE = """
 SELECT 'h', NULL::text, coalesce(max(position), 0), NULL::uuid, NULL::bigint, NULL::text, NULL::int,
-       NULL::bytea, NULL::text, NULL::uuid, NULL::uuid
+       NULL::bytea, NULL::text, NULL::uuid, NULL::uuid, NULL::bytea
   FROM events
 UNION ALL
 SELECT 'v', s.id, coalesce((SELECT max(version) FROM events e WHERE e.stream_id = s.id), 0),
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
   FROM unnest($1::text[]) AS s(id)
 UNION ALL
-SELECT 'k', stream_id, position, event_id, version, type, schema_version, data, actor, causation_id, correlation_id
+SELECT 'k', stream_id, position, event_id, version, type, schema_version, data, actor, causation_id, correlation_id,
+       NULL
   FROM events WHERE event_id = ANY($2::uuid[])
 UNION ALL
-SELECT 't', name, position, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT 't', name, position, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
   FROM tracking WHERE name = ANY($3::text[])
+UNION ALL
+SELECT 'r', i.token_id, i.position, NULL, NULL, i.key, NULL, i.response, i.method, NULL, NULL, i.request_sha256
+  FROM api_idempotency i JOIN unnest($4::text[], $5::text[]) AS k(scope, key) ON i.token_id = k.scope AND i.key = k.key
 """
 """Everything a batch decision needs, in one round trip: head, stream versions, events
-already stored under the batch's ids (for idempotent retries), processor checkpoints."""
+already stored under the batch's ids (for idempotent retries), processor checkpoints,
+receipts already recorded under the batch's keys."""
 
 _WRITE = """
 WITH inserted AS (
@@ -428,10 +463,21 @@ WITH inserted AS (
 ), tracked AS (
     INSERT INTO tracking (name, position) SELECT * FROM unnest($11::text[], $12::bigint[])
     ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = clock_timestamp()
+), receipts AS (
+    INSERT INTO api_idempotency (token_id, key, method, request_sha256, response, position)
+    SELECT * FROM unnest($15::text[], $16::text[], $17::text[], $18::bytea[], $19::bytea[], $20::bigint[])
 )
 SELECT pg_notify($13, $14) WHERE $14 <> ''
 """
-"""The batch's events, checkpoints and wake-up notification, in one statement."""
+"""The batch's events, checkpoints, receipts and wake-up notification, in one statement.
+Receipts need no ON CONFLICT: they are checked and written under the append lock."""
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset between uses: nothing more than asyncpg's own (it rolls back an
+    open transaction). Pool users run single statements and leave no session state —
+    no LISTEN, SET or session-level advisory lock (those use dedicated connections) —
+    and the default RESET ALL would cost a round trip on every release."""
 
 
 def _recorded(row: asyncpg.Record) -> RecordedEvent:

@@ -149,6 +149,30 @@ class Checkpoint:
     position: int
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A command's answer, recorded by `commit` in the transaction that records the
+    command's events, under a key its caller chose (the API's idempotency keys: `scope`
+    is the calling token, `key` the client's key). A client that lost the answer and
+    retries finds this one instead of a second command; because the answer and the
+    events commit together, a crash can never leave one without the other.
+
+    `request_sha256` identifies the request (a retry must repeat it), `response` is the
+    answer's bytes, opaque to the store. `position` is set by the store: the last
+    position the write recorded (0 when it recorded no event)."""
+
+    scope: str
+    key: str
+    method: str
+    request_sha256: bytes
+    response: bytes
+    position: int = 0
+
+    @property
+    def slot(self) -> tuple[str, str]:
+        return (self.scope, self.key)
+
+
 class EventStore(Protocol):
     """The system of record. Implementations: `PostgresEventStore`, `MemoryEventStore`."""
 
@@ -171,12 +195,21 @@ class EventStore(Protocol):
         appends: Sequence[AppendRequest],
         *,
         checkpoint: Checkpoint | None = None,
+        receipt: Receipt | None = None,
     ) -> list[AppendResult]:
-        """Append to several streams and (optionally) advance a processor checkpoint,
-        all in one transaction: the exactly-once primitive for processors.
+        """Append to several streams and (optionally) advance a processor checkpoint
+        and record a command's `receipt`, all in one transaction: the exactly-once
+        primitive for processors and for commands.
 
         The checkpoint only moves forward; if it is already at or past `position`, the
-        input was handled before and `AlreadyProcessed` is raised with nothing written."""
+        input was handled before and `AlreadyProcessed` is raised with nothing written.
+        A receipt's (scope, key) is recorded once; if it is taken, `ReceiptTaken`
+        (carrying the stored receipt) is raised with nothing written. `appends` may be
+        empty when only a receipt is recorded."""
+        ...
+
+    async def receipts(self, slots: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Receipt]:
+        """The stored receipts among `slots` ((scope, key) pairs), by slot."""
         ...
 
     async def read_stream(
@@ -239,3 +272,13 @@ class AlreadyProcessed(Exception):
         self.position = position
         self.current = current
         super().__init__(f"processor {name!r} already handled position {position} (checkpoint {current})")
+
+
+class ReceiptTaken(Exception):
+    """A receipt under this (scope, key) is already recorded: the command was answered
+    before (or the key was used for another request). Nothing was written; `stored` is
+    the first answer."""
+
+    def __init__(self, stored: Receipt) -> None:
+        self.stored = stored
+        super().__init__(f"a receipt for key {stored.key!r} (scope {stored.scope!r}) is already recorded")

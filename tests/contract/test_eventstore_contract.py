@@ -25,6 +25,8 @@ from eventstore.types import (
     EventStore,
     ExpectedVersion,
     NewEvent,
+    Receipt,
+    ReceiptTaken,
 )
 
 
@@ -163,6 +165,61 @@ async def test_checkpoint_commits_with_output_and_duplicates_are_recognised(stor
     assert await store.head() == 1
     await store.commit([], checkpoint=Checkpoint("planner", 9))
     assert await store.checkpoint("planner") == 9
+
+
+def receipt(key: str, response: bytes = b"answer", scope: str = "tok-1") -> Receipt:
+    return Receipt(scope, key, "/convoy.v1.S/M", b"\x01" * 32, response)
+
+
+async def test_receipt_commits_with_the_events_and_a_second_one_is_refused(store: EventStore) -> None:
+    assert await store.receipts([("tok-1", "k1")]) == {}
+    (result,) = await store.commit([AppendRequest("app/shop", [ev("1"), ev("2")])], receipt=receipt("k1"))
+    stored = await store.receipts([("tok-1", "k1"), ("tok-1", "other"), ("tok-2", "k1")])
+    assert stored == {("tok-1", "k1"): Receipt("tok-1", "k1", "/convoy.v1.S/M", b"\x01" * 32, b"answer", 2)}
+    assert result.last_position == 2
+    # A second command under the same key writes nothing and learns the first answer.
+    with pytest.raises(ReceiptTaken) as taken:
+        await store.commit([AppendRequest("app/shop", [ev("3")])], receipt=receipt("k1", b"another"))
+    assert taken.value.stored == stored[("tok-1", "k1")]
+    assert await store.head() == 2
+    # Keys are per scope; a receipt alone (a command that changed nothing) has position 0.
+    assert await store.commit([], receipt=receipt("k1", b"unchanged", scope="tok-2")) == []
+    assert (await store.receipts([("tok-2", "k1")]))[("tok-2", "k1")].position == 0
+    assert await store.head() == 2
+
+
+async def test_racing_receipts_for_one_key_exactly_one_commits(store: EventStore) -> None:
+    results = await asyncio.gather(
+        *(store.commit([AppendRequest(f"app/s{i}", [ev(str(i))])], receipt=receipt("race", str(i).encode()))
+          for i in range(6)),
+        return_exceptions=True,
+    )
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 1 and len(lost) == 5 and all(isinstance(e, ReceiptTaken) for e in lost)
+    (first,) = won
+    stored = (await store.receipts([("tok-1", "race")]))[("tok-1", "race")]
+    assert stored.position == first[0].last_position
+    assert all(e.stored == stored for e in lost)  # type: ignore[union-attr]
+    assert await store.head() == 1
+
+
+async def test_a_write_refused_for_its_conflict_records_no_receipt(store: EventStore) -> None:
+    await store.append("app/taken", [ev()])
+    with pytest.raises(WrongExpectedVersion):
+        await store.commit(
+            [AppendRequest("app/taken", [ev()], ExpectedVersion.NO_STREAM)], receipt=receipt("k-conflict")
+        )
+    assert await store.receipts([("tok-1", "k-conflict")]) == {}
+    await store.commit([AppendRequest("app/taken", [ev()], 1)], receipt=receipt("k-conflict"))
+    assert (await store.receipts([("tok-1", "k-conflict")]))[("tok-1", "k-conflict")].position == 2
+
+
+async def test_malformed_receipts_are_rejected(store: EventStore) -> None:
+    for bad in (Receipt("", "k", "m", b"", b""), Receipt("s", "k" * 201, "m", b"", b""),
+                Receipt("s", "k", "m", b"", "text")):  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput):
+            await store.commit([], receipt=bad)
 
 
 async def test_a_failing_write_does_not_fail_the_writes_grouped_with_it(store: EventStore) -> None:

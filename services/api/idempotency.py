@@ -5,44 +5,33 @@ Clients that lose an answer (a timeout, a dropped connection) resend with the sa
 the same (same method, same request bytes), replays the recorded answer. The same key
 with a different request is a client bug and is refused with a clear message.
 
-Records live in the `api_idempotency` table (migration 0003) so every API process
-shares them. They are written after the events commit, outside that transaction (the
-store's `commit` owns its transaction): if the process dies in between, a retry decides
-again against the new state — declarative commands then answer "unchanged", a Deploy
-of the same version answers AlreadyExists. Secrets are never stored: a replayed
-CreateToken or IssueAgentCredential answer says the secret was shown once (the first
-answer) and names what was created, so the caller can revoke or rotate it.
-Records are kept indefinitely for now; pruning by `created_at` is a follow-up.
+The answer is recorded as a `Receipt` by the event store, in the transaction that
+records the command's events (the `api_idempotency` table, migration 0003), so every
+API process shares it and a crash can never keep the events without the answer or the
+reverse. The store refuses a second receipt for a key (`ReceiptTaken`), which settles a
+race between two processes: the loser's events are not written and it answers the
+winner's answer. A receipt's response holds no position (the store knows it only while
+committing); the receipt's `position` is put back into the answer on replay (`replay`).
+Secrets are never stored: a replayed CreateToken or IssueAgentCredential answer says
+the secret was shown once (the first answer) and names what was created, so the caller
+can revoke or rotate it. Receipts are kept indefinitely for now; pruning by
+`created_at` is a follow-up.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final
 
 from google.protobuf.message import Message
 
-from eventstore.postgres import guarded
+from eventstore.types import Receipt
+from schemas.convoy.v1 import api_pb2
+from services.api.domain import FailedPrecondition
 from services.api.errors import IdempotencyMismatch, invalid
 
 MAX_KEY_LENGTH: Final = 200
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    method: str
-    request_sha256: bytes
-    response: bytes
-    position: int
-
-
-class IdempotencyStore(Protocol):
-    async def get(self, token_id: str, key: str) -> Record | None: ...
-
-    async def put(self, token_id: str, key: str, record: Record) -> Record:
-        """Store `record` unless the key is taken; return what is stored now."""
-        ...
+SECRET_FIELD: Final = "secret"
 
 
 def check_key(key: str) -> str:
@@ -59,62 +48,47 @@ def request_hash(method: str, request: Message) -> bytes:
     return digest.digest()
 
 
-def matching(record: Record, method: str, request_sha256: bytes, key: str) -> Record:
-    """`record` when it answers this request; `IdempotencyMismatch` when the key was used
-    for something else."""
-    if record.method != method or record.request_sha256 != request_sha256:
-        what = f"{record.method}" if record.method != method else f"a different {method} request"
+def matching(receipt: Receipt, method: str, request_sha256: bytes, key: str) -> Receipt:
+    """`receipt` when it answers this request; `IdempotencyMismatch` when the key was
+    used for something else."""
+    if receipt.method != method or receipt.request_sha256 != request_sha256:
+        what = f"{receipt.method}" if receipt.method != method else f"a different {method} request"
         raise IdempotencyMismatch(
             f"idempotency key {key!r} was already used for {what}; use a new key for a new request "
             "(a retry must repeat the first request exactly)"
         )
-    return record
+    return receipt
 
 
-class PostgresIdempotency:
-    """Records in the store's schema (the pool's search_path points there)."""
+def recorded(response: Message) -> bytes:
+    """The bytes a receipt keeps of an answer: no secret (and, decided before the
+    commit, no position yet)."""
+    if SECRET_FIELD not in response.DESCRIPTOR.fields_by_name:
+        return response.SerializeToString()
+    copy = type(response)()
+    copy.CopyFrom(response)
+    copy.ClearField(SECRET_FIELD)
+    return copy.SerializeToString()
 
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
 
-    async def get(self, token_id: str, key: str) -> Record | None:
-        row = await guarded(
-            "idempotency lookup",
-            lambda: self._pool.fetchrow(
-                "SELECT method, request_sha256, response, position FROM api_idempotency "
-                "WHERE token_id = $1 AND key = $2",
-                token_id,
-                key,
-            ),
+def with_position(response: Message, position: int) -> Message:
+    """Put the write's position into an answer that reports one (in place)."""
+    if isinstance(response, api_pb2.WriteResult):
+        response.position = position
+    elif isinstance(response, api_pb2.DeployResponse) and response.HasField("write"):
+        response.write.position = position
+    return response
+
+
+def replay(output: type[Message], name: str, receipt: Receipt, key: str) -> Message:
+    """The first answer again; refused (FailedPrecondition) when it carried a secret."""
+    response = output()
+    response.ParseFromString(receipt.response)
+    if SECRET_FIELD in response.DESCRIPTOR.fields_by_name:
+        made = getattr(response, "token_id", "") or getattr(response, "credential_id", "")
+        raise FailedPrecondition(
+            f"idempotency key {key!r} already answered this {name} (it created {made!r}); the secret "
+            "is shown only once, in that first answer, and Convoy does not keep it. If it was lost, "
+            "revoke or rotate what was created and send a new request with a new key"
         )
-        return None if row is None else Record(row[0], bytes(row[1]), bytes(row[2]), row[3])
-
-    async def put(self, token_id: str, key: str, record: Record) -> Record:
-        await guarded(
-            "idempotency record",
-            lambda: self._pool.execute(
-                "INSERT INTO api_idempotency (token_id, key, method, request_sha256, response, position) "
-                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (token_id, key) DO NOTHING",
-                token_id,
-                key,
-                record.method,
-                record.request_sha256,
-                record.response,
-                record.position,
-            ),
-        )
-        stored = await self.get(token_id, key)
-        return stored if stored is not None else record
-
-
-class MemoryIdempotency:
-    """For stores without PostgreSQL (the in-memory store in unit tests): one process only."""
-
-    def __init__(self) -> None:
-        self._records: dict[tuple[str, str], Record] = {}
-
-    async def get(self, token_id: str, key: str) -> Record | None:
-        return self._records.get((token_id, key))
-
-    async def put(self, token_id: str, key: str, record: Record) -> Record:
-        return self._records.setdefault((token_id, key), record)
+    return with_position(response, receipt.position)

@@ -28,7 +28,6 @@ from services.api.grpc_transport import build_server
 from services.api.convergence import ConvergenceView
 from services.api.handlers import Api
 from services.api.planning import PlannerClient
-from services.api.idempotency import IdempotencyStore, MemoryIdempotency, PostgresIdempotency
 from services.api.projection import Projection
 from services.api.rest import RestApp
 from services.api.writes import Writer
@@ -68,7 +67,6 @@ class ApiServer:
         grpc_address: str | None = "127.0.0.1:7070",
         http_address: str | None = "127.0.0.1:8080",
         registry: EventRegistry | None = None,
-        idempotency: IdempotencyStore | None = None,
         read_wait: float = 5.0,
         write_wait: float = 5.0,
         grace: float = 2.0,
@@ -84,13 +82,10 @@ class ApiServer:
         self._bootstrap_admin = bootstrap_admin
         self.convergence = ConvergenceView()
         self.projection = Projection(store=store, registry=self._registry, observers=[self.convergence.fold])
-        pool = getattr(store, "pool", None)
-        self._idempotency = idempotency or (PostgresIdempotency(pool) if pool is not None else MemoryIdempotency())
         self._writer = Writer(
             store=store,
             registry=self._registry,
             projection=self.projection,
-            idempotency=self._idempotency,
             timeout=write_wait,
         )
         self.api = Api(

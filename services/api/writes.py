@@ -1,18 +1,26 @@
 """Commands: decide against the projected catalog, append with optimistic concurrency.
 
-Every mutating request runs the same way: wait until the projection has folded the log's
-head (so a write made through another API process is seen), then, under one asyncio lock,
-call the pure `decide` on the projected state *plus this process's own writes that are
-committed or in flight but not yet folded*, encode the events (actor = the token's name,
-one correlation id per request), and enqueue one AppendRequest per stream whose expected
-version accounts for those writes too. The lock covers only decide-and-enqueue: the
-commit (an fsync), the wait for the projection and the idempotency record happen outside
-it, so concurrent commands share the store's group commit instead of queueing behind
-each other's fsync. The store decides queued writes in order, so a command decided after
-another sees its effects. A concurrent write by another process makes a
-`WrongExpectedVersion`: the writer decides once more on the newer state, and a second
-conflict answers ABORTED/409 with nothing written. The answer waits (bounded) for the
-projection to fold the write, so the next command or read in this process sees it.
+Every mutating request runs the same way. First it learns the log's head — with a read
+that started after the request arrived, so a write made through another API process is
+seen — and whether its idempotency key was answered already; then it waits until the
+projection has folded that head. Then, with no await in between (so no lock is needed),
+it calls the pure `decide` on the projected state *plus this process's own writes that
+are committed or in flight but not yet folded*, encodes the events (actor = the token's
+name, one correlation id per request) and enqueues one write whose appends expect
+stream versions that account for those writes too, and which carries the answer as a
+receipt when the request has a key. The store decides queued writes in order, so a
+command decided after another sees its effects, and concurrent commands share one group
+commit (one fsync) instead of queueing behind each other's.
+
+A concurrent write by another process makes a `WrongExpectedVersion`: the writer decides
+once more on the newer state, and a second conflict answers ABORTED/409 with nothing
+written. A key answered meanwhile by another process makes `ReceiptTaken`: nothing is
+written and the first answer is replayed. The answer waits (bounded) for the projection
+to fold the write, so the next command or read in this process sees it.
+
+Per command the cost must not grow with concurrency: head reads and key lookups of
+concurrent commands are coalesced into one round (`_Sync`), and the speculative state
+is kept folded incrementally (`_speculative`) rather than re-folded per decision.
 """
 
 from __future__ import annotations
@@ -20,22 +28,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field, replace
 
 import structlog
 from google.protobuf.message import Message
 
 from eventstore.codec import EventRegistry
 from eventstore.errors import Unavailable, WrongExpectedVersion
-from eventstore.types import AppendRequest, EventStore, NewEvent
+from eventstore.types import AppendRequest, AppendResult, EventStore, NewEvent, Receipt, ReceiptTaken
 from schemas.convoy.v1 import api_pb2, options_pb2, resources_pb2
-from services.api import auth
+from services.api import auth, idempotency
 from services.api.domain import (
     BadCommandContext,
     Command,
     Decision,
-    FailedPrecondition,
     Minted,
     State,
     StreamEvent,
@@ -43,13 +49,10 @@ from services.api.domain import (
     fold,
 )
 from services.api.errors import Conflict
-from services.api.idempotency import IdempotencyStore, Record, check_key, matching, request_hash
 from services.api.methods import BY_NAME, Method
 from services.api.projection import Projection
 
 log = structlog.get_logger("convoy.api.writes")
-
-SECRET_FIELD: Final = "secret"
 
 
 class Writer:
@@ -59,17 +62,20 @@ class Writer:
         store: EventStore,
         registry: EventRegistry,
         projection: Projection,
-        idempotency: IdempotencyStore,
         timeout: float = 5.0,
     ) -> None:
         self._store = store
         self._registry = registry
         self._projection = projection
-        self._idempotency = idempotency
         self._timeout = timeout
-        self._lock = asyncio.Lock()
+        self._sync = _Sync(store)
         self._pending: list[_Pending] = []
         self._keys_in_flight: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # The speculative state: the projection as of `_spec_base` plus every pending
+        # write, and the positions of this process's committed writes beyond that base.
+        self._spec: tuple[State, dict[str, int]] | None = None
+        self._spec_base = 0
+        self._own: set[int] = set()
 
     async def run(
         self,
@@ -80,13 +86,13 @@ class Writer:
         correlation_id: uuid.UUID,
         idempotency_key: str | None = None,
     ) -> Message:
-        key = check_key(idempotency_key) if idempotency_key is not None else None
-        digest = request_hash(method.path, request)
+        key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
         if key is None:
             response, _ = await self._execute(
                 method, request, actor=principal.name, role=principal.role, correlation_id=correlation_id
             )
             return response
+        digest = idempotency.request_hash(method.path, request)
         # One request per key at a time in this process: a retry waits for the first.
         slot = (principal.token_id, key)
         while (busy := self._keys_in_flight.get(slot)) is not None:
@@ -94,16 +100,15 @@ class Writer:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._keys_in_flight[slot] = done
         try:
-            found = await self._idempotency.get(principal.token_id, key)
-            if found is not None:
-                return _replay(method, matching(found, method.path, digest, key), key)
-            response, position = await self._execute(
-                method, request, actor=principal.name, role=principal.role, correlation_id=correlation_id
-            )
-            record = Record(method.path, digest, _without_secret(response).SerializeToString(), position)
-            stored = await self._idempotency.put(principal.token_id, key, record)
-            if stored != record:  # another process answered this key first
-                return _replay(method, matching(stored, method.path, digest, key), key)
+            receipt = Receipt(principal.token_id, key, method.path, digest, b"")
+            try:
+                response, _ = await self._execute(
+                    method, request, actor=principal.name, role=principal.role, correlation_id=correlation_id,
+                    receipt=receipt,
+                )
+            except ReceiptTaken as taken:  # answered before (found up front, or by a racing process)
+                stored = idempotency.matching(taken.stored, method.path, digest, key)
+                return idempotency.replay(method.output, method.name, stored, key)
             return response
         finally:
             del self._keys_in_flight[slot]
@@ -116,7 +121,7 @@ class Writer:
         `before_commit(secret)` runs only when a token is about to be recorded (the
         server writes the secret file there), so an existing file is never clobbered.
         Runs once, at start-up, before the server accepts requests."""
-        await self._caught_up()
+        await self._caught_up(None)
         if auth.has_live_admin(self._projection.state):
             return None
         await before_commit(minted.token_secret)
@@ -132,8 +137,17 @@ class Writer:
         assert isinstance(response, api_pb2.CreatedToken)
         return response
 
-    async def _caught_up(self) -> None:
-        await self._projection.wait_for(await self._store.head(), timeout=self._timeout)
+    async def _caught_up(self, receipt: Receipt | None) -> None:
+        """Wait until the speculative state holds every write committed before now;
+        raise `ReceiptTaken` if `receipt`'s key was answered already. Positions the
+        projection has not folded yet need no wait when they are all this process's
+        own committed writes: the speculative state holds those already."""
+        head, found = await self._sync.observe(receipt.slot if receipt is not None else None)
+        if found is not None:
+            raise ReceiptTaken(found)
+        self._speculative()
+        if not all(p in self._own for p in range(self._spec_base + 1, head + 1)):
+            await self._projection.wait_for(head, timeout=self._timeout)
 
     async def _execute(
         self,
@@ -144,26 +158,30 @@ class Writer:
         role: int,
         correlation_id: uuid.UUID,
         minted: Minted | None = None,
+        receipt: Receipt | None = None,
     ) -> tuple[Message, int]:
         minted = minted or auth.mint(agent_credential=method.name == "IssueAgentCredential")
         command = Command(request, actor, role, minted, method.name)
         for attempt in (1, 2):
-            await self._caught_up()
-            async with self._lock:
-                # No await between reading the state, deciding and enqueuing: the store
-                # decides queued writes in order, so the next decision may build on this one.
-                state, versions = self._speculative()
-                decision = decide(state, command)
-                if not decision.changed:
-                    return _response(method, decision, api_pb2.WriteResult(changed=False)), 0
-                appends, ordered = self._appends(decision.events, versions, actor, correlation_id)
-                pending = _Pending(decision.events, appends)
-                self._pending.append(pending)
-                commit = asyncio.ensure_future(self._store.commit(appends))
+            await self._caught_up(receipt)
+            # No await from reading the state to enqueuing the write: the store decides
+            # queued writes in order, so the next decision may build on this one.
+            state, versions = self._speculative()
+            decision = decide(state, command)
+            if not decision.changed and receipt is None:
+                return _response(method, decision, api_pb2.WriteResult(changed=False)), 0
+            appends, ordered = self._appends(decision.events, versions, actor, correlation_id)
+            write = api_pb2.WriteResult(event_ids=[str(e.event_id) for e in ordered], changed=decision.changed)
+            response = _response(method, decision, write)
+            recorded = replace(receipt, response=idempotency.recorded(response)) if receipt is not None else None
+            pending = _Pending(decision.events, appends)
+            self._add_pending(pending)
+            commit = asyncio.ensure_future(self._store.commit(appends, receipt=recorded))
             try:
                 try:
                     results = await commit
                 except WrongExpectedVersion as conflict:
+                    self._failed(pending)
                     log.info("command conflicted with a concurrent write", attempt=attempt, stream=conflict.stream_id)
                     if attempt == 2:
                         raise Conflict(
@@ -171,30 +189,65 @@ class Writer:
                             "nothing was written — send the request again"
                         ) from conflict
                     continue
-                position = max(r.last_position for r in results)
-                pending.position = position
-                write = api_pb2.WriteResult(position=position, event_ids=[str(e.event_id) for e in ordered], changed=True)
-                try:
-                    await self._projection.wait_for(position, timeout=self._timeout)
-                except Unavailable:
-                    log.warning("write committed but not yet visible to this process", position=position)
-                return _response(method, decision, write), position
+                except BaseException:
+                    self._failed(pending)
+                    raise
+                position = self._committed(pending, results)
+                if position:
+                    try:
+                        await self._projection.wait_for(position, timeout=self._timeout)
+                    except Unavailable:
+                        log.warning("write committed but not yet visible to this process", position=position)
+                return idempotency.with_position(response, position), position
             finally:
                 self._pending.remove(pending)
         raise AssertionError("unreachable")
 
+    # -- the speculative state -------------------------------------------------------
+
     def _speculative(self) -> tuple[State, dict[str, int]]:
         """The projected state and stream versions plus this process's own writes that
-        the projection has not folded yet (committed or still queued)."""
-        state, versions = self._projection.state, dict(self._projection.versions)
+        the projection has not folded yet (committed or still queued). Kept folded:
+        rebuilt only when the projection folded something this process did not write."""
         folded = self._projection.position
-        for pending in self._pending:
-            if pending.position is not None and pending.position <= folded:
-                continue
-            state = fold(state, pending.events)
-            for append in pending.appends:
-                versions[append.stream_id] = versions.get(append.stream_id, 0) + len(append.events)
-        return state, versions
+        if self._spec is not None and folded != self._spec_base:
+            newly = range(self._spec_base + 1, folded + 1)
+            if all(p in self._own for p in newly):  # only our own writes, already in it
+                self._own.difference_update(newly)
+                self._spec_base = folded
+            else:
+                self._spec = None
+        if self._spec is None:
+            state, versions = self._projection.state, dict(self._projection.versions)
+            self._own = set()
+            for pending in self._pending:
+                if pending.positions and pending.positions[-1] <= folded:
+                    continue
+                state = fold(state, pending.events)
+                _count(versions, pending.appends)
+                self._own.update(p for p in pending.positions if p > folded)
+            self._spec, self._spec_base = (state, versions), folded
+        return self._spec
+
+    def _add_pending(self, pending: _Pending) -> None:
+        self._pending.append(pending)
+        assert self._spec is not None
+        state, versions = self._spec
+        _count(versions, pending.appends)
+        self._spec = (fold(state, pending.events), versions)
+
+    def _committed(self, pending: _Pending, results: Sequence[AppendResult]) -> int:
+        """Note where a pending write landed; answer its last position (0: none)."""
+        pending.positions = sorted(p for r in results for p in r.positions)
+        if any(r.duplicate for r in results):
+            self._spec = None  # not new events: the speculation counted them twice
+        elif self._spec is not None:
+            self._own.update(p for p in pending.positions if p > self._spec_base)
+        return max((r.last_position for r in results), default=0)
+
+    def _failed(self, pending: _Pending) -> None:
+        """A pending write was not recorded: what was decided on top of it is rebuilt."""
+        self._spec = None
 
     def _appends(
         self,
@@ -204,7 +257,7 @@ class Writer:
         correlation_id: uuid.UUID,
     ) -> tuple[list[AppendRequest], list[NewEvent]]:
         """One AppendRequest per stream (first-appearance order), expecting the version
-        the projection saw; and the encoded events in the decision's order."""
+        the speculative state saw; and the encoded events in the decision's order."""
         by_stream: dict[str, list[NewEvent]] = {}
         ordered: list[NewEvent] = []
         for stream_id, message in events:
@@ -215,13 +268,60 @@ class Writer:
         return appends, ordered
 
 
+def _count(versions: dict[str, int], appends: Sequence[AppendRequest]) -> None:
+    for append in appends:
+        versions[append.stream_id] = versions.get(append.stream_id, 0) + len(append.events)
+
+
 @dataclass(eq=False, slots=True)
 class _Pending:
     """One of this process's writes between decide and the projection folding it."""
 
     events: Sequence[StreamEvent]
     appends: Sequence[AppendRequest]
-    position: int | None = None
+    positions: list[int] = field(default_factory=list)
+    """Where its events landed, once committed (ascending)."""
+
+
+class _Sync:
+    """"What is the log's head now, and which of these keys are answered?" for many
+    concurrent commands at once. A command must decide on a state that includes every
+    write committed before it arrived, so it needs a head read that *started* after it
+    arrived; concurrent arrivals share one. While a round of reads runs, new arrivals
+    join the next round, so there is at most one round in flight and one gathering,
+    however many commands wait: the reads cost per round, not per command."""
+
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+        self._gathering: _Round | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def observe(self, slot: tuple[str, str] | None) -> tuple[int, Receipt | None]:
+        round_ = self._gathering
+        if round_ is None:
+            round_ = self._gathering = _Round(asyncio.get_running_loop().create_future())
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._drive(), name="convoy.api.writes.sync")
+        if slot is not None:
+            round_.slots.append(slot)
+        head, receipts = await asyncio.shield(round_.done)  # a cancelled waiter leaves the round to the others
+        return head, receipts.get(slot) if slot is not None else None
+
+    async def _drive(self) -> None:
+        while (round_ := self._gathering) is not None:
+            self._gathering = None
+            try:
+                head, receipts = await asyncio.gather(self._store.head(), self._store.receipts(round_.slots))
+            except Exception as error:  # noqa: BLE001 - every waiter of the round gets it
+                round_.done.set_exception(error)
+            else:
+                round_.done.set_result((head, receipts))
+
+
+@dataclass(slots=True)
+class _Round:
+    done: asyncio.Future[tuple[int, dict[tuple[str, str], Receipt]]]
+    slots: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _response(method: Method, decision: Decision, write: api_pb2.WriteResult) -> Message:
@@ -236,25 +336,3 @@ def _response(method: Method, decision: Decision, write: api_pb2.WriteResult) ->
     if isinstance(decision.response, method.output):
         return decision.response
     raise BadCommandContext(f"{method.name} decided no {method.output.DESCRIPTOR.name} to answer with")
-
-
-def _without_secret(response: Message) -> Message:
-    if SECRET_FIELD not in response.DESCRIPTOR.fields_by_name:
-        return response
-    copy = type(response)()
-    copy.CopyFrom(response)
-    copy.ClearField(SECRET_FIELD)
-    return copy
-
-
-def _replay(method: Method, record: Record, key: str) -> Message:
-    response = method.output()
-    response.ParseFromString(record.response)
-    if SECRET_FIELD in response.DESCRIPTOR.fields_by_name:
-        made = getattr(response, "token_id", "") or getattr(response, "credential_id", "")
-        raise FailedPrecondition(
-            f"idempotency key {key!r} already answered this {method.name} (it created {made!r}); the secret "
-            "is shown only once, in that first answer, and Convoy does not keep it. If it was lost, "
-            "revoke or rotate what was created and send a new request with a new key"
-        )
-    return response

@@ -219,6 +219,24 @@ async def test_concurrent_conflicting_commands_from_two_processes(api: Running, 
             assert [e.version for e in await api.store.read_stream("runtime/eu-1")] == list(range(1, len(events) + 2))
 
 
+async def test_one_keyed_request_sent_to_two_processes_at_once_is_recorded_once(api: Running, tmp_path: Path) -> None:
+    """The answer is recorded with the events, and a key is recorded once: whichever
+    process loses the race writes nothing and answers the winner's answer (never
+    ALREADY_EXISTS for the release the winner created)."""
+    async with running_api(api.store, tmp_path / "second") as second:
+        async with grpc_stubs(api.grpc_target) as one, grpc_stubs(second.grpc_target) as two:
+            await seed(one, api.admin)
+            for i in range(5):
+                request = api_pb2.DeployRequest(application="shop", service="api", version=f"v{i}")
+                metadata = (*bearer(api.admin), ("idempotency-key", f"deploy-race-{i}"))
+                a, b = await asyncio.gather(
+                    one.releases.Deploy(request, metadata=metadata), two.releases.Deploy(request, metadata=metadata)
+                )
+                assert a == b and a.write.changed and a.write.position > 0
+                releases = [e for e in await api.store.read_all() if e.type == "convoy.v1.ReleaseCreated"]
+                assert len(releases) == i + 1
+
+
 ERRORS: list[tuple[str, Message, grpc.StatusCode]] = [
     (
         "applications.ApplyApplication",

@@ -154,8 +154,8 @@ class MemoryEventStore:
     async def checkpoint(self, name: str) -> int:
         return self._tracking.get(name, 0)
 
-    async def receipts(self, slots: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Receipt]:
-        return {s: self._receipts[s] for s in slots if s in self._receipts}
+    async def receipts(self, slots: Sequence[tuple[str, str]]) -> tuple[int, dict[tuple[str, str], Receipt]]:
+        return len(self._events), {s: self._receipts[s] for s in slots if s in self._receipts}
 
     async def tail(
         self,

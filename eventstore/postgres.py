@@ -362,20 +362,18 @@ class PostgresEventStore:
         )
         return int(value or 0)
 
-    async def receipts(self, slots: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Receipt]:
-        if not slots:
-            return {}
+    async def receipts(self, slots: Sequence[tuple[str, str]]) -> tuple[int, dict[tuple[str, str], Receipt]]:
         rows = await guarded(
             "receipt lookup",
-            lambda: self._pool.fetch(
-                "SELECT i.token_id, i.key, i.method, i.request_sha256, i.response, i.position "
-                "FROM api_idempotency i JOIN unnest($1::text[], $2::text[]) AS k(scope, key) "
-                "ON i.token_id = k.scope AND i.key = k.key",
-                [s for s, _ in slots],
-                [k for _, k in slots],
-            ),
+            lambda: self._pool.fetch(_RECEIPTS, [s for s, _ in slots], [k for _, k in slots]),
         )
-        return {(r[0], r[1]): Receipt(r[0], r[1], r[2], bytes(r[3]), bytes(r[4]), r[5]) for r in rows}
+        head, found = 0, {}
+        for r in rows:
+            if r[0] is None:
+                head = r[5]
+            else:
+                found[(r[0], r[1])] = Receipt(r[0], r[1], r[2], bytes(r[3]), bytes(r[4]), r[5])
+        return head, found
 
     async def tail(
         self,
@@ -478,6 +476,15 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     open transaction). Pool users run single statements and leave no session state —
     no LISTEN, SET or session-level advisory lock (those use dedicated connections) —
     and the default RESET ALL would cost a round trip on every release."""
+
+
+_RECEIPTS = """
+SELECT NULL::text, NULL::text, NULL::text, NULL::bytea, NULL::bytea, coalesce(max(position), 0) FROM events
+UNION ALL
+SELECT i.token_id, i.key, i.method, i.request_sha256, i.response, i.position
+  FROM api_idempotency i JOIN unnest($1::text[], $2::text[]) AS k(scope, key) ON i.token_id = k.scope AND i.key = k.key
+"""
+"""The head (the row without a key) and the receipts asked for, in one statement (one snapshot)."""
 
 
 def _recorded(row: asyncpg.Record) -> RecordedEvent:

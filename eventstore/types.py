@@ -208,8 +208,9 @@ class EventStore(Protocol):
         empty when only a receipt is recorded."""
         ...
 
-    async def receipts(self, slots: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Receipt]:
-        """The stored receipts among `slots` ((scope, key) pairs), by slot."""
+    async def receipts(self, slots: Sequence[tuple[str, str]]) -> tuple[int, dict[tuple[str, str], Receipt]]:
+        """The log's head and the stored receipts among `slots` ((scope, key) pairs, may
+        be empty), read together: what a command must know before it decides."""
         ...
 
     async def read_stream(

@@ -26,9 +26,12 @@ is kept folded incrementally (`_speculative`) rather than re-folded per decision
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 import structlog
 from google.protobuf.message import Message
@@ -54,6 +57,10 @@ from services.api.projection import Projection
 
 log = structlog.get_logger("convoy.api.writes")
 
+MINTING: Final = frozenset({"Deploy", "CreateToken", "IssueAgentCredential"})
+"""The commands whose decision reads `Command.minted` (fresh ids and secrets cost random
+bytes and hashing, so the others get an empty `Minted`; the domain refuses an empty one)."""
+
 
 class Writer:
     def __init__(
@@ -69,6 +76,7 @@ class Writer:
         self._projection = projection
         self._timeout = timeout
         self._sync = _Sync(store)
+        self._folded = _Folded(projection)
         self._pending: list[_Pending] = []
         self._keys_in_flight: dict[tuple[str, str], asyncio.Future[None]] = {}
         # The speculative state: the projection as of `_spec_base` plus every pending
@@ -147,7 +155,7 @@ class Writer:
             raise ReceiptTaken(found)
         self._speculative()
         if not all(p in self._own for p in range(self._spec_base + 1, head + 1)):
-            await self._projection.wait_for(head, timeout=self._timeout)
+            await self._folded.wait(head, timeout=self._timeout)
 
     async def _execute(
         self,
@@ -160,7 +168,8 @@ class Writer:
         minted: Minted | None = None,
         receipt: Receipt | None = None,
     ) -> tuple[Message, int]:
-        minted = minted or auth.mint(agent_credential=method.name == "IssueAgentCredential")
+        if minted is None:
+            minted = auth.mint(agent_credential=method.name == "IssueAgentCredential") if method.name in MINTING else Minted()
         command = Command(request, actor, role, minted, method.name)
         for attempt in (1, 2):
             await self._caught_up(receipt)
@@ -195,7 +204,7 @@ class Writer:
                 position = self._committed(pending, results)
                 if position:
                     try:
-                        await self._projection.wait_for(position, timeout=self._timeout)
+                        await self._folded.wait(position, timeout=self._timeout)
                     except Unavailable:
                         log.warning("write committed but not yet visible to this process", position=position)
                 return idempotency.with_position(response, position), position
@@ -287,9 +296,10 @@ class _Sync:
     """"What is the log's head now, and which of these keys are answered?" for many
     concurrent commands at once. A command must decide on a state that includes every
     write committed before it arrived, so it needs a head read that *started* after it
-    arrived; concurrent arrivals share one. While a round of reads runs, new arrivals
-    join the next round, so there is at most one round in flight and one gathering,
-    however many commands wait: the reads cost per round, not per command."""
+    arrived; concurrent arrivals share one (`EventStore.receipts`: the head and the
+    keys in one statement). While a round's read runs, new arrivals join the next
+    round, so there is at most one read in flight and one round gathering, however many
+    commands wait: the reads cost per round, not per command."""
 
     def __init__(self, store: EventStore) -> None:
         self._store = store
@@ -299,29 +309,83 @@ class _Sync:
     async def observe(self, slot: tuple[str, str] | None) -> tuple[int, Receipt | None]:
         round_ = self._gathering
         if round_ is None:
-            round_ = self._gathering = _Round(asyncio.get_running_loop().create_future())
+            round_ = self._gathering = _Round()
             if self._task is None or self._task.done():
                 self._task = asyncio.create_task(self._drive(), name="convoy.api.writes.sync")
-        if slot is not None:
-            round_.slots.append(slot)
-        head, receipts = await asyncio.shield(round_.done)  # a cancelled waiter leaves the round to the others
-        return head, receipts.get(slot) if slot is not None else None
+        # One future per waiter: a cancelled waiter cancels only its own.
+        answer: asyncio.Future[tuple[int, Receipt | None]] = asyncio.get_running_loop().create_future()
+        round_.waiters.append((slot, answer))
+        return await answer
 
     async def _drive(self) -> None:
         while (round_ := self._gathering) is not None:
             self._gathering = None
             try:
-                head, receipts = await asyncio.gather(self._store.head(), self._store.receipts(round_.slots))
+                head, receipts = await self._store.receipts([s for s, _ in round_.waiters if s is not None])
             except Exception as error:  # noqa: BLE001 - every waiter of the round gets it
-                round_.done.set_exception(error)
+                for _, answer in round_.waiters:
+                    if not answer.done():
+                        answer.set_exception(error)
             else:
-                round_.done.set_result((head, receipts))
+                for slot, answer in round_.waiters:
+                    if not answer.done():
+                        answer.set_result((head, receipts.get(slot) if slot is not None else None))
+
+
+class _Folded:
+    """`Projection.wait_for` for many commands at once: one task follows the projection
+    and wakes each command when its position is folded. (Each command waiting on the
+    projection itself would be woken by every event folded, whatever its position.)"""
+
+    def __init__(self, projection: Projection) -> None:
+        self._projection = projection
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap by position
+        self._order = itertools.count()
+        self._task: asyncio.Task[None] | None = None
+
+    async def wait(self, position: int, *, timeout: float) -> None:
+        """Return once `position` is folded; raise `Unavailable` after `timeout`."""
+        if self._projection.position >= position:
+            return
+        folded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (position, next(self._order), folded))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._follow(), name="convoy.api.writes.folded")
+        try:
+            async with asyncio.timeout(timeout):
+                await folded
+        except TimeoutError:
+            raise Unavailable(
+                f"the read model is at position {self._projection.position} and did not reach {position} within "
+                f"{timeout:g}s; retry shortly"
+            ) from None
+
+    async def _follow(self) -> None:
+        waiting = self._waiting
+        while waiting:
+            folded = self._projection.position
+            while waiting and waiting[0][0] <= folded:
+                _, _, future = heapq.heappop(waiting)
+                if not future.done():
+                    future.set_result(None)
+            while waiting and waiting[0][2].done():  # timed out or cancelled
+                heapq.heappop(waiting)
+            if not waiting:
+                return
+            if not self._projection.running:
+                for _, _, future in waiting:
+                    if not future.done():
+                        future.set_exception(Unavailable("the API is shutting down"))
+                waiting.clear()
+                return
+            await self._projection.wait_beyond(folded, timeout=1.0)
 
 
 @dataclass(slots=True)
 class _Round:
-    done: asyncio.Future[tuple[int, dict[tuple[str, str], Receipt]]]
-    slots: list[tuple[str, str]] = field(default_factory=list)
+    waiters: list[tuple[tuple[str, str] | None, asyncio.Future[tuple[int, Receipt | None]]]] = field(
+        default_factory=list
+    )
 
 
 def _response(method: Method, decision: Decision, write: api_pb2.WriteResult) -> Message:

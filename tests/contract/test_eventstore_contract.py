@@ -172,9 +172,10 @@ def receipt(key: str, response: bytes = b"answer", scope: str = "tok-1") -> Rece
 
 
 async def test_receipt_commits_with_the_events_and_a_second_one_is_refused(store: EventStore) -> None:
-    assert await store.receipts([("tok-1", "k1")]) == {}
+    assert await store.receipts([("tok-1", "k1")]) == (0, {})
     (result,) = await store.commit([AppendRequest("app/shop", [ev("1"), ev("2")])], receipt=receipt("k1"))
-    stored = await store.receipts([("tok-1", "k1"), ("tok-1", "other"), ("tok-2", "k1")])
+    head, stored = await store.receipts([("tok-1", "k1"), ("tok-1", "other"), ("tok-2", "k1")])
+    assert head == 2 and await store.receipts([]) == (2, {})
     assert stored == {("tok-1", "k1"): Receipt("tok-1", "k1", "/convoy.v1.S/M", b"\x01" * 32, b"answer", 2)}
     assert result.last_position == 2
     # A second command under the same key writes nothing and learns the first answer.
@@ -184,7 +185,7 @@ async def test_receipt_commits_with_the_events_and_a_second_one_is_refused(store
     assert await store.head() == 2
     # Keys are per scope; a receipt alone (a command that changed nothing) has position 0.
     assert await store.commit([], receipt=receipt("k1", b"unchanged", scope="tok-2")) == []
-    assert (await store.receipts([("tok-2", "k1")]))[("tok-2", "k1")].position == 0
+    assert (await store.receipts([("tok-2", "k1")]))[1][("tok-2", "k1")].position == 0
     assert await store.head() == 2
 
 
@@ -198,7 +199,7 @@ async def test_racing_receipts_for_one_key_exactly_one_commits(store: EventStore
     lost = [r for r in results if isinstance(r, BaseException)]
     assert len(won) == 1 and len(lost) == 5 and all(isinstance(e, ReceiptTaken) for e in lost)
     (first,) = won
-    stored = (await store.receipts([("tok-1", "race")]))[("tok-1", "race")]
+    stored = (await store.receipts([("tok-1", "race")]))[1][("tok-1", "race")]
     assert stored.position == first[0].last_position
     assert all(e.stored == stored for e in lost)  # type: ignore[union-attr]
     assert await store.head() == 1
@@ -210,9 +211,9 @@ async def test_a_write_refused_for_its_conflict_records_no_receipt(store: EventS
         await store.commit(
             [AppendRequest("app/taken", [ev()], ExpectedVersion.NO_STREAM)], receipt=receipt("k-conflict")
         )
-    assert await store.receipts([("tok-1", "k-conflict")]) == {}
+    assert await store.receipts([("tok-1", "k-conflict")]) == (1, {})
     await store.commit([AppendRequest("app/taken", [ev()], 1)], receipt=receipt("k-conflict"))
-    assert (await store.receipts([("tok-1", "k-conflict")]))[("tok-1", "k-conflict")].position == 2
+    assert (await store.receipts([("tok-1", "k-conflict")]))[1][("tok-1", "k-conflict")].position == 2
 
 
 async def test_malformed_receipts_are_rejected(store: EventStore) -> None:

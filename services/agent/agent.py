@@ -15,7 +15,8 @@ What runs, each as a named, supervised, stoppable task:
 - heartbeats on `convoy.<i>.obs.<runtime>.heartbeat` every `heartbeat_interval`;
 - reconcile every `reconcile_interval`: drift is reported (DRIFTED) and repaired when the
   intent says `repair_drift`;
-- `/healthz` (optional), failing once the bus is lost longer than `bus_loss_threshold`.
+- `/healthz` (optional), failing once the bus is lost longer than `bus_loss_threshold`;
+  the same server answers `/readyz` and `/metrics` (the `metrics` registry given).
 
 One lock serialises decisions and runtime calls, so the consumer, the snapshot and
 reconcile never interleave on a workload.
@@ -36,6 +37,7 @@ from nats.aio.client import Client
 from eventstore import bus, natsauth
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.errors import BusRejected, ConvoyError
+from eventstore.metrics import Check, Registry
 from eventstore.subscriptions import Delivery, DurableSubscription, SubscriptionSettings
 from eventstore.tasks import Backoff, describe, stop_task
 from schemas.convoy.v1 import convergence_pb2, resources_pb2
@@ -126,6 +128,7 @@ class Agent:
         runtime_factory: RuntimeFactory | None = None,
         registry: EventRegistry | None = None,
         on_intent: IntentListener | None = None,
+        metrics: Registry | None = None,
     ) -> None:
         if (runtime is None) == (runtime_factory is None):
             raise ValueError("give the agent either a runtime or a runtime_factory")
@@ -145,7 +148,13 @@ class Agent:
         )
         self.liveness = BusLiveness(connected=lambda: nc.is_connected, threshold=settings.bus_loss_threshold)
         self._health = (
-            HealthServer(address=settings.health_address, liveness=self.liveness, details=self._details)
+            HealthServer(
+                address=settings.health_address,
+                liveness=self.liveness,
+                details=self._details,
+                checks=self.checks(),
+                registry=metrics,
+            )
             if settings.health_address
             else None
         )
@@ -311,16 +320,21 @@ class Agent:
             self.stats.malformed += 1
             log.error("ignoring a message that is not an intent for us", subject=delivery.subject, error=str(error))
             return
-        if isinstance(item, intents.Intent):
-            if self._on_intent is not None:
-                self._on_intent(item, delivery.event().recorded_at)
-            await self.handle_intent(item)
-        else:
-            await self.handle_checks(item)
+        with structlog.contextvars.bound_contextvars(correlation_id=delivery.headers.get(bus.H_CORRELATION_ID)):
+            if isinstance(item, intents.Intent):
+                if self._on_intent is not None:
+                    self._on_intent(item, delivery.event().recorded_at)
+                await self.handle_intent(item)
+            else:
+                await self.handle_checks(item)
 
     async def handle_intent(self, intent: intents.Intent) -> None:
         """Decide, apply and report one intent. Raises only what a retry can fix
         (`RuntimeUnavailable`): the subscription then redelivers it later."""
+        with structlog.contextvars.bound_contextvars(intent_id=intent.intent_id):
+            await self._handle_intent(intent)
+
+    async def _handle_intent(self, intent: intents.Intent) -> None:
         assert self.runtime is not None
         self.stats.intents += 1
         async with self._lock:
@@ -530,6 +544,13 @@ class Agent:
             except RuntimeUnavailable as error:
                 log.warning("runtime unavailable", what=what, error=str(error))
                 await asyncio.sleep(backoff.next())
+
+    def checks(self) -> list[Check]:
+        """Readiness: consuming intents with a runtime, and connected to the bus."""
+        return [
+            Check("agent", lambda: (self.ready.is_set(), "consuming intents" if self.ready.is_set() else "starting")),
+            Check("nats", lambda: (self._nc.is_connected, "connected" if self._nc.is_connected else "not connected")),
+        ]
 
     def _details(self) -> dict[str, object]:
         return {

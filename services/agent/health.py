@@ -5,17 +5,21 @@ reconnect (a NATS restart, a network blip) is normal and must not get it killed.
 endpoint answers 200 while connected or disconnected for less than `threshold` seconds,
 and 503 after that; a supervisor (Kubernetes liveness probe, systemd) restarts it then.
 The clock is injected, so tests decide what time it is.
+
+The same server answers `/readyz` (the agent consumes its intents and has the bus: each
+check named with its outcome) and `/metrics` (the registry it is given, Prometheus text).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
+from eventstore import metrics
 from eventstore.errors import InvalidInput
 
 Clock = Callable[[], float]
@@ -51,9 +55,18 @@ class BusLiveness:
 
 
 class HealthServer:
-    """Serves `/healthz` on `address` ("host:port", port 0 = any); `port` after start."""
+    """Serves `/healthz`, `/readyz` and `/metrics` on `address` ("host:port", port 0 =
+    any); `port` after start."""
 
-    def __init__(self, *, address: str, liveness: BusLiveness, details: Callable[[], dict[str, Any]] = dict) -> None:
+    def __init__(
+        self,
+        *,
+        address: str,
+        liveness: BusLiveness,
+        details: Callable[[], dict[str, Any]] = dict,
+        checks: Sequence[metrics.Check] = (),
+        registry: metrics.Registry | None = None,
+    ) -> None:
         host, sep, port = address.rpartition(":")
         if not sep or not port.isdigit():
             raise InvalidInput(f"malformed health address {address!r}: expected host:port")
@@ -61,12 +74,16 @@ class HealthServer:
         self._port = int(port)
         self._liveness = liveness
         self._details = details
+        self._checks = tuple(checks)
+        self._registry = registry
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self) -> int:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         self._runner = runner
@@ -87,3 +104,11 @@ class HealthServer:
         return web.Response(
             status=200 if ok else 503, text=json.dumps(body) + "\n", content_type="application/json"
         )
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ok, body = await metrics.readiness(self._checks)
+        return web.Response(status=200 if ok else 503, text=json.dumps(body) + "\n", content_type="application/json")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        text = await self._registry.exposition() if self._registry is not None else ""
+        return web.Response(body=text.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})

@@ -9,13 +9,20 @@ handler runs — malformed JSON, wrong types, unknown fields or parameters, unde
 path segments and bodies over 4 MiB are 4xx answers with a message that names the
 problem, never a 5xx. Errors answer `{"error": {code, status, message, violations,
 correlationId}}`.
+
+Operations endpoints sit beside the API, unauthenticated and read-only, and are not in
+the OpenAPI document: `/healthz` (the process lives), `/readyz` (it can serve: each
+readiness check named with its outcome), `/metrics` (Prometheus text; numbers and
+method names only, never request contents). Every API request is counted by method
+and status and timed.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
@@ -26,6 +33,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from multidict import MultiMapping
 
+from eventstore import metrics
 from services.api.errors import Failure, invalid
 from services.api.handlers import Api, CallContext, correlation_from
 from services.api.methods import METHODS, Method
@@ -195,18 +203,53 @@ def _plain_error(status: int, name: str, message: str, correlation_id: str, **he
     return web.json_response(body, status=status, headers={"X-Correlation-Id": correlation_id, **headers})
 
 
-class RestApp:
-    """The aiohttp application: API routes plus /healthz and /openapi.json."""
+class RequestMetrics:
+    """`convoy_api_http_requests_total{method,code}` and
+    `convoy_api_http_request_duration_seconds{method}`; `method` is the API method's name
+    (or "unrouted"), so the label set stays bounded whatever clients send."""
 
-    def __init__(self, api: Api, *, openapi: Callable[[], dict[str, Any]], health: Callable[[], tuple[bool, int]]):
+    def __init__(self, registry: metrics.Registry) -> None:
+        self.requests = registry.counter(
+            "convoy_api_http_requests_total", "REST API requests, by API method and HTTP status.", ["method", "code"]
+        )
+        self.latency = registry.histogram(
+            "convoy_api_http_request_duration_seconds", "REST API request latency, by API method.", ["method"]
+        )
+
+    def observe(self, method: str, code: int, seconds: float) -> None:
+        self.requests.labels(method=method, code=code).inc()
+        self.latency.labels(method=method).observe(seconds)
+
+
+Readiness = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
+
+
+class RestApp:
+    """The aiohttp application: API routes plus /healthz, /readyz, /metrics and /openapi.json."""
+
+    def __init__(
+        self,
+        api: Api,
+        *,
+        openapi: Callable[[], dict[str, Any]],
+        health: Callable[[], tuple[bool, int]],
+        readiness: Readiness,
+        registry: metrics.Registry | None = None,
+        requests: RequestMetrics | None = None,
+    ):
         self._api = api
         self._routes = routes()
         self._openapi = openapi
         self._health = health
+        self._registry = registry
+        self._requests = requests
+        self._readiness = readiness
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/openapi.json", self._openapi_json)
         app.router.add_route("*", r"/{tail:[\s\S]*}", self._dispatch)
         return app
@@ -215,17 +258,36 @@ class RestApp:
         ok, position = self._health()
         return web.json_response({"status": "ok" if ok else "unavailable", "position": position}, status=200 if ok else 503)
 
+    async def _readyz(self, _: web.Request) -> web.Response:
+        ready, body = await self._readiness()
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        text = await self._registry.exposition() if self._registry is not None else ""
+        return web.Response(body=text.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
     async def _openapi_json(self, _: web.Request) -> web.Response:
         return web.json_response(self._openapi())
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         ctx = CallContext(
             authorization=request.headers.get("Authorization"),
             idempotency_key=request.headers.get("Idempotency-Key"),
             correlation_id=correlation_from(request.headers.get("X-Correlation-Id")),
             transport="http",
         )
-        cid = str(ctx.correlation_id)
+        found = self._resolve(request, str(ctx.correlation_id))
+        if isinstance(found, web.Response):
+            self._observe("unrouted", found, started)
+            return found
+        route, match = found
+        response = await self._call(route, match, request, ctx)
+        self._observe(route.method.name, response, started)
+        return response
+
+    def _resolve(self, request: web.Request, cid: str) -> tuple[Route, re.Match[str]] | web.Response:
+        """The route of a request, or the 404 / 405 answer."""
         path = request.rel_url.raw_path
         # The most specific template that matches names the resource; only its methods
         # are allowed (so `…/api:deploy` is never read as a GET of "api:deploy").
@@ -237,9 +299,13 @@ class RestApp:
             if route.verb == request.method:
                 match = route.pattern.match(path)
                 assert match is not None
-                return await self._call(route, match, request, ctx)
+                return route, match
         allowed = ", ".join(sorted({r.verb for r in candidates}))
         return _plain_error(405, "METHOD_NOT_ALLOWED", f"{template} supports {allowed}", cid, Allow=allowed)
+
+    def _observe(self, method: str, response: web.Response, started: float) -> None:
+        if self._requests is not None:
+            self._requests.observe(method, response.status, time.perf_counter() - started)
 
     async def _call(self, route: Route, match: re.Match[str], request: web.Request, ctx: CallContext) -> web.Response:
         cid = str(ctx.correlation_id)

@@ -6,6 +6,10 @@ bootstrap admin token (so an empty installation is reachable), then the two list
 `stop()` undoes it in reverse, ends open Watch streams and leaves no task behind.
 Addresses are "host:port"; port 0 picks a free port and `start()` answers the ports
 bound, which is how tests run many servers side by side.
+
+Operations: the REST listener also answers /healthz, /readyz (the projection runs and is
+within `ready_max_lag` positions of the log's head) and /metrics (the `metrics` registry
+it is given — in `convoy up`, the whole process's — or its own).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import grpc.aio
 import structlog
 from aiohttp import web
 
+from eventstore import metrics as ops
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.errors import InvalidInput
 from eventstore.types import EventStore
@@ -29,7 +34,7 @@ from services.api.convergence import ConvergenceView
 from services.api.handlers import Api
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
-from services.api.rest import RestApp
+from services.api.rest import RequestMetrics, RestApp
 from services.api.writes import Writer
 
 log = structlog.get_logger("convoy.api.server")
@@ -72,6 +77,8 @@ class ApiServer:
         grace: float = 2.0,
         bootstrap_admin: bool = True,
         planner: PlannerClient | None = None,
+        metrics: ops.Registry | None = None,
+        ready_max_lag: int = 1000,
     ) -> None:
         self._store = store
         self._state_dir = Path(state_dir)
@@ -80,6 +87,13 @@ class ApiServer:
         self._registry = registry or convoy_registry()
         self._grace = grace
         self._bootstrap_admin = bootstrap_admin
+        self.metrics = metrics or ops.Registry()
+        self._requests = RequestMetrics(self.metrics)
+        self._ready_max_lag = ready_max_lag
+        self._projection_lag = self.metrics.gauge(
+            "convoy_api_projection_lag_positions", "Log head position minus the API read model's position."
+        )
+        self.metrics.collector("api_projection", self._measure_projection)
         self.convergence = ConvergenceView()
         self.projection = Projection(store=store, registry=self._registry, observers=[self.convergence.fold])
         self._writer = Writer(
@@ -164,7 +178,14 @@ class ApiServer:
     async def _start_http(self) -> int:
         assert self._http_address is not None
         host, port = split_address(self._http_address)
-        rest = RestApp(self.api, openapi=self._openapi_document, health=self._health)
+        rest = RestApp(
+            self.api,
+            openapi=self._openapi_document,
+            health=self._health,
+            readiness=self.readiness,
+            registry=self.metrics,
+            requests=self._requests,
+        )
         runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=self._grace)
         await runner.setup()
         self._runner = runner
@@ -180,3 +201,22 @@ class ApiServer:
 
     def _health(self) -> tuple[bool, int]:
         return self.projection.running, self.projection.position
+
+    # -- operations ----------------------------------------------------------------
+
+    async def _measure_projection(self) -> None:
+        self._projection_lag.set(max(0, await self._store.head() - self.projection.position))
+
+    async def _projection_ready(self) -> tuple[bool, str]:
+        if not self.projection.running:
+            return False, "the read model is not running"
+        head, position = await self._store.head(), self.projection.position
+        lag = max(0, head - position)
+        return lag <= self._ready_max_lag, f"position {position} of {head} (lag {lag}, at most {self._ready_max_lag})"
+
+    def checks(self) -> list[ops.Check]:
+        """What this API needs to serve: a read model that runs and keeps up."""
+        return [ops.Check("api_projection", self._projection_ready)]
+
+    async def readiness(self) -> tuple[bool, dict[str, object]]:
+        return await ops.readiness(self.checks())

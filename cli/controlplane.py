@@ -9,6 +9,9 @@ and its dry-run responder; and one agent for the local process runtime.
 The local agent runs inside this process and shares its NATS connection (the system
 user): it is part of the embedded default on one machine. Agents of other runtimes run
 as `convoy agent` with their own least-privilege credentials.
+
+Operations: every component's metrics go to one `Registry`, served with the readiness of
+them all by an ops server (`cli.ops`, 127.0.0.1:`ops_port`): /metrics, /healthz, /readyz.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from pathlib import Path
 import typer
 from nats.aio.client import Client
 
-from cli import localstate
+from cli import localstate, ops
 from eventstore import bus, natsauth
 from eventstore.codec import convoy_registry
 from eventstore.embedded import EmbeddedServers, NatsServer
+from eventstore.metrics import Registry
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.relay import Relay, RelaySettings
 from eventstore.settings import Settings
+from eventstore.types import EventStore
 from schemas.convoy.v1 import resources_pb2
 from services.agent.agent import Agent, AgentSettings
 from services.agent.runtimes.base import Runtime
@@ -54,6 +59,8 @@ class Listen:
     grpc_port: int
     http_port: int
     host: str = "127.0.0.1"
+    ops_port: int | None = None
+    """/metrics, /healthz, /readyz of the whole control plane (None: not served)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,8 @@ class Running:
     api: ApiServer
     planner: Planner
     agent: Agent | None
+    metrics: Registry
+    ops: ops.OpsServer | None
 
 
 def nats_auth_config(state_dir: Path) -> str:
@@ -83,6 +92,8 @@ async def control_plane(
 ) -> AsyncIterator[Running]:
     instance = settings.instance
     registry = convoy_registry()
+    metrics = Registry()
+    appended = ops.events_appended(metrics)
     async with contextlib.AsyncExitStack() as stack:
         store = await PostgresEventStore.open(PostgresSettings(dsn=servers.database_url, schema=instance, pool_max=API_POOL))
         stack.push_async_callback(store.close)
@@ -90,9 +101,17 @@ async def control_plane(
         nc = await connect(settings, servers.nats_url, name=f"convoy-up:{instance}")
         stack.push_async_callback(nc.close)
         await bus.ensure_streams(nc.jetstream(), instance)
+        ops.instrument_nats(metrics, nc)
+        ops.instrument_consumers(metrics, nc, streams=[bus.events_stream(instance), bus.observations_stream(instance)])
         embedded_nats: NatsServer | None = None if settings.nats_url else servers.nats
-        await stack.enter_async_context(Relay(store=store, nc=nc, settings=RelaySettings(instance=instance)))
-        await stack.enter_async_context(ObservationIngest(nc=nc, store=store, instance=instance, registry=registry, workers=8))
+        relay = await stack.enter_async_context(Relay(store=store, nc=nc, settings=RelaySettings(instance=instance)))
+        ops.instrument_relay(metrics, relay)
+        ingest = await stack.enter_async_context(
+            ObservationIngest(
+                nc=nc, store=ops.counted(store, appended, "ingest"), instance=instance, registry=registry, workers=8
+            )
+        )
+        ops.instrument_ingest(metrics, ingest)
         await stack.enter_async_context(DesiredState(nc=nc, store=store, instance=instance, registry=registry))
         await stack.enter_async_context(
             NatsAuthSync(
@@ -105,9 +124,23 @@ async def control_plane(
             )
         )
         api = await stack.enter_async_context(
-            api_server(store, settings.state_dir, listen, planner=NatsPlannerClient(nc=nc, instance=instance))
+            api_server(
+                ops.counted(store, appended, "api"),
+                settings.state_dir,
+                listen,
+                planner=NatsPlannerClient(nc=nc, instance=instance),
+                metrics=metrics,
+            )
         )
-        planner = await stack.enter_async_context(Planner(store=store, registry=registry, clock=SystemClock()))
+        planner = await stack.enter_async_context(
+            Planner(
+                store=ops.counted(store, appended, "planner"),
+                registry=registry,
+                clock=SystemClock(),
+                on_converged=ops.convergence_histogram(metrics),
+            )
+        )
+        ops.instrument_planner(metrics, planner)
         await stack.enter_async_context(PlanResponder(nc=nc, planner=planner, instance=instance))
         agent = None
         if local_runtime:
@@ -122,14 +155,31 @@ async def control_plane(
                     settings=AgentSettings(instance=instance, runtime=local_runtime, state_dir=agents_dir),
                     runtime_factory=open_runtime,
                     registry=registry,
+                    metrics=metrics,
                 )
             )
-        yield Running(store=store, api=api, planner=planner, agent=agent)
+            ops.instrument_agent(metrics, agent)
+        # The local agent is not a condition: it waits, unready, until its runtime is
+        # registered, which a fresh control plane has not done (`convoy_agent_ready` tells).
+        checks = [*api.checks(), ops.planner_check(planner), ops.relay_check(relay), ops.ingest_check(ingest)]
+        checks.append(ops.nats_check(nc))
+        server = None
+        if listen.ops_port is not None:
+            server = await stack.enter_async_context(
+                ops.OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=checks)
+            )
+            typer.echo(f"operations:   http://{listen.host}:{server.port} (/metrics /healthz /readyz)")
+        yield Running(store=store, api=api, planner=planner, agent=agent, metrics=metrics, ops=server)
 
 
 @contextlib.asynccontextmanager
 async def api_server(
-    store: PostgresEventStore, state_dir: Path, listen: Listen, *, planner: NatsPlannerClient | None = None
+    store: EventStore,
+    state_dir: Path,
+    listen: Listen,
+    *,
+    planner: NatsPlannerClient | None = None,
+    metrics: Registry | None = None,
 ) -> AsyncIterator[ApiServer]:
     """Start the API, print where it answers and record that in `<state_dir>/endpoint.json`
     (how the CLI finds a local instance); the file is removed again on stop."""
@@ -139,6 +189,7 @@ async def api_server(
         grpc_address=f"{listen.host}:{listen.grpc_port}",
         http_address=f"{listen.host}:{listen.http_port}",
         planner=planner,
+        metrics=metrics,
     )
     ports = await server.start()
     endpoint = localstate.Endpoint(grpc=f"{listen.host}:{ports.grpc}", rest=f"http://{listen.host}:{ports.http}")

@@ -88,6 +88,21 @@ def resolve_format(flag: str | None, env: Mapping[str, str]) -> str:
     return chosen
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written (not when logging was set up), so
+    a command run in-process — under a test's CliRunner, which swaps and then closes its
+    own stderr — leaves no logger writing to a closed file."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(format: str = "console", *, level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog (and route stdlib logging through it) for this process."""
     if format not in FORMATS:
@@ -95,7 +110,7 @@ def configure(format: str = "console", *, level: str = "info", stream: TextIO | 
     number = logging.getLevelName(level.upper())
     if not isinstance(number, int):
         raise ValueError(f"unknown log level {level!r}")
-    out = stream or sys.stderr
+    out: Any = stream or _Stderr()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

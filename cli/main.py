@@ -16,12 +16,14 @@ from typing import Annotated
 
 import typer
 
-from cli import controlplane, demo
+from cli import controlplane, demo, ops
+from cli import logging as convoy_logging
 from cli.client import CliError
 from cli.commands import agent as agent_command
 from cli.commands import catalog, configs, convergence, events, releases, tokens
 from cli.commands import planner as planner_command
 from eventstore.embedded import EmbeddedServers
+from eventstore.metrics import Registry
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.settings import Settings, environ
 
@@ -65,8 +67,13 @@ def up(
         bool, typer.Option("--demo", help="Apply the example application and deploy its first release.")
     ] = False,
     demo_dir: Annotated[Path, typer.Option("--demo-dir", help="The example --demo applies.")] = Path("examples/shop"),
+    ops_port: Annotated[
+        int, typer.Option("--ops-port", help="/metrics, /healthz, /readyz of the whole control plane on 127.0.0.1 (0 = any free port).")
+    ] = 9090,
+    log_format: convoy_logging.LogFormatOpt = None,
 ) -> None:
     """Start Convoy's control plane (API, planner, relay, ingest, a local agent) on the embedded NATS and PostgreSQL (Ctrl-C stops it)."""
+    convoy_logging.setup(log_format)
     settings = Settings.from_env(environ(), state_dir=state_dir)
     extra = "" if settings.nats_url else controlplane.nats_auth_config(settings.state_dir)
     with EmbeddedServers(
@@ -76,14 +83,22 @@ def up(
         typer.echo(f"state folder: {settings.state_dir}")
         typer.echo(f"PostgreSQL:   {_redact(servers.database_url)}")
         typer.echo(f"NATS:         {servers.nats_url}")
-        listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port)
+        listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, ops_port=ops_port)
         asyncio.run(_serve(settings, servers, listen, local_runtime or None, demo_dir if demo else None))
     typer.echo("stopped")
 
 
 @app.command()
-def api(state_dir: StateDir = None, grpc_port: GrpcPort = 7070, http_port: HttpPort = 8080) -> None:
-    """Run only the API server (gRPC + REST) against the PostgreSQL in CONVOY_DATABASE_URL."""
+def api(
+    state_dir: StateDir = None,
+    grpc_port: GrpcPort = 7070,
+    http_port: HttpPort = 8080,
+    log_format: convoy_logging.LogFormatOpt = None,
+) -> None:
+    """Run only the API server (gRPC + REST) against the PostgreSQL in CONVOY_DATABASE_URL.
+
+    Its REST port also answers /metrics, /healthz and /readyz."""
+    convoy_logging.setup(log_format)
     settings = Settings.from_env(environ(), state_dir=state_dir)
     if not settings.database_url:
         typer.echo(
@@ -122,9 +137,11 @@ async def _serve_api(settings: Settings, database_url: str, listen: controlplane
     store = await PostgresEventStore.open(
         PostgresSettings(dsn=database_url, schema=settings.instance, pool_max=controlplane.API_POOL)
     )
+    metrics = Registry()
     try:
         with _stop_on_signals() as stop:
-            async with controlplane.api_server(store, settings.state_dir, listen):
+            counted = ops.counted(store, ops.events_appended(metrics), "api")
+            async with controlplane.api_server(counted, settings.state_dir, listen, metrics=metrics):
                 typer.echo("API ready; press Ctrl-C to stop")
                 await stop.wait()
     finally:

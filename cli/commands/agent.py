@@ -18,7 +18,10 @@ from typing import Annotated
 
 import typer
 
+from cli import logging as convoy_logging
+from cli import ops
 from eventstore import bus, natsauth
+from eventstore.metrics import Registry
 from eventstore.settings import default_state_dir, environ
 from services.agent.agent import Agent, AgentSettings
 from services.agent.selection import build_runtime
@@ -43,10 +46,14 @@ def agent(
     ] = None,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Where the agent keeps its state.")] = None,
     instance: Annotated[str | None, typer.Option("--instance", help="Convoy instance (default: $CONVOY_INSTANCE or convoy).")] = None,
-    health: Annotated[str, typer.Option("--health", help="host:port of /healthz ('' = off).")] = "127.0.0.1:9464",
+    health: Annotated[
+        str, typer.Option("--health", help="host:port of /healthz, /readyz and /metrics ('' = off).")
+    ] = "127.0.0.1:9464",
     kind: Annotated[str, typer.Option("--kind", help="Override the runtime implementation (memory, local, exec, kubernetes).")] = "",
+    log_format: convoy_logging.LogFormatOpt = None,
 ) -> None:
     """Run the agent of one runtime: apply its intents, report what it sees (Ctrl-C stops it)."""
+    convoy_logging.setup(log_format)
     env = environ()
     url = nats_url or env.get("CONVOY_NATS_URL") or ""
     if not url:
@@ -75,8 +82,13 @@ async def _run(url: str, secret: str | None, settings: AgentSettings, kind: str)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    metrics = Registry()
     try:
-        async with Agent(nc=nc, settings=settings, runtime_factory=factory) as running:
+        async with Agent(nc=nc, settings=settings, runtime_factory=factory, metrics=metrics) as running:
+            ops.instrument_agent(metrics, running)
+            ops.instrument_nats(metrics, nc)
+            stream = bus.events_stream(settings.instance)
+            ops.instrument_consumers(metrics, nc, durables=[(stream, natsauth.agent_consumer(settings.runtime))])
             typer.echo(f"agent of runtime {settings.runtime} started; /healthz on port {running.health_port}")
             await stop.wait()
     finally:

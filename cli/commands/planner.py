@@ -3,7 +3,8 @@
 Both talk to PostgreSQL directly: the planner is a processor of the log, and replay is
 audit tooling that rebuilds the planner from position 0 — neither goes through the API.
 The database comes from CONVOY_DATABASE_URL, or from a local `convoy up` (its state
-folder records the embedded PostgreSQL's URL).
+folder records the embedded PostgreSQL's URL). The planner serves /metrics, /healthz and
+/readyz on 127.0.0.1:`--ops-port`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Annotated
 
 import typer
 
-from cli import localstate
+from cli import localstate, ops
+from cli import logging as convoy_logging
 from eventstore.codec import convoy_registry
+from eventstore.metrics import Registry
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.settings import Settings, environ
 from services.planner.clock import SystemClock
@@ -39,24 +42,42 @@ def database_url(settings: Settings) -> str:
     return url
 
 
-def planner(state_dir: StateDir = None) -> None:
+def planner(
+    state_dir: StateDir = None,
+    ops_port: Annotated[
+        int, typer.Option("--ops-port", help="/metrics, /healthz, /readyz on 127.0.0.1 (0 = any free port).")
+    ] = 9091,
+    log_format: convoy_logging.LogFormatOpt = None,
+) -> None:
     """Run the planner against the event store in CONVOY_DATABASE_URL (Ctrl-C stops it)."""
+    convoy_logging.setup(log_format)
     settings = Settings.from_env(environ(), state_dir=state_dir)
-    asyncio.run(_run_planner(database_url(settings), settings.instance))
+    asyncio.run(_run_planner(database_url(settings), settings.instance, ops_port))
     typer.echo("stopped")
 
 
-async def _run_planner(url: str, instance: str) -> None:
+async def _run_planner(url: str, instance: str, ops_port: int) -> None:
     store = await PostgresEventStore.open(PostgresSettings(dsn=url, schema=instance, pool_max=4))
+    metrics = Registry()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with Planner(store=store, registry=convoy_registry(), clock=SystemClock(), settings=PlannerSettings()) as running:
-            await running.ready.wait()
-            typer.echo(f"planner following the log from position {running.state.position}; press Ctrl-C to stop")
-            await stop.wait()
+        async with Planner(
+            store=ops.counted(store, ops.events_appended(metrics), "planner"),
+            registry=convoy_registry(),
+            clock=SystemClock(),
+            settings=PlannerSettings(),
+            on_converged=ops.convergence_histogram(metrics),
+        ) as running:
+            ops.instrument_planner(metrics, running)
+            checks = [ops.planner_check(running), ops.store_check(store)]
+            async with ops.OpsServer(address=f"127.0.0.1:{ops_port}", registry=metrics, checks=checks) as server:
+                typer.echo(f"operations:   http://127.0.0.1:{server.port} (/metrics /healthz /readyz)")
+                await running.ready.wait()
+                typer.echo(f"planner following the log from position {running.state.position}; press Ctrl-C to stop")
+                await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):

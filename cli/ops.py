@@ -1,0 +1,334 @@
+"""Operations wiring: what each process exposes to Prometheus and to probes.
+
+`OpsServer` is a small aiohttp server (loopback by default) answering `/metrics`,
+`/healthz` (liveness: the process's loop answers, plus any liveness checks) and `/readyz`
+(readiness: every check passes) — for `convoy planner` and for `convoy up` as a whole.
+The API's REST listener and the agent's health server answer the same three paths.
+
+The `instrument_*` functions register, in one explicitly passed `Registry`, collectors
+that copy each component's own counters at scrape time, and sample what needs I/O
+(consumer pending counts, planner and relay lag) then. Metric names:
+
+- `convoy_events_appended_total{process}` (`CountingStore`: events written, retries of
+  the same ids not counted);
+- `convoy_relay_published_total`, `convoy_relay_duplicates_total`,
+  `convoy_relay_failures_total`, `convoy_relay_leader`, `convoy_relay_checkpoint_position`,
+  `convoy_relay_lag_events` (committed, not yet known to be on the bus);
+- `convoy_consumer_pending_messages{stream,consumer}`,
+  `convoy_consumer_ack_pending_messages{stream,consumer}` (JetStream consumer info);
+- `convoy_ingest_observations_total{outcome}`;
+- `convoy_planner_{inputs,outputs,commits,restarts,timers_fired,skipped}_total`,
+  `convoy_planner_ready`, `convoy_planner_checkpoint_position`,
+  `convoy_planner_lag_positions` (head − checkpoint, 0 when no input waits),
+  `convoy_convergence_duration_seconds{channel}` (ReleaseCreated → channel CONVERGED);
+- `convoy_agent_intents_received_total{runtime}`, `convoy_agent_intents_total{runtime,outcome}`,
+  `convoy_agent_drifts_total{runtime}`, `convoy_agent_drifts_repaired_total{runtime}`,
+  `convoy_agent_ready{runtime}`;
+- `convoy_nats_connected`, `convoy_nats_reconnects_total`;
+- and from the API itself: `convoy_api_http_requests_total{method,code}`,
+  `convoy_api_http_request_duration_seconds{method}`, `convoy_api_projection_lag_positions`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from nats.aio.client import Client
+
+from eventstore import bus
+from eventstore.errors import ConvoyError, InvalidInput
+from eventstore.metrics import CONTENT_TYPE, Check, Counter, CounterChild, Registry, readiness
+from eventstore.relay import Relay
+from eventstore.types import EventStore
+from services.agent.agent import Agent
+from services.api.ingest import ObservationIngest
+from services.planner.engine import INPUT_CATEGORIES
+from services.planner.runner import Converged, Planner
+
+CONVERGENCE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+"""Seconds: a release reaches a channel in seconds (staging) to a day (soaks, windows)."""
+
+
+class OpsServer:
+    """/metrics, /healthz, /readyz on `address` ("host:port"; port 0 = any free port)."""
+
+    def __init__(
+        self, *, address: str, registry: Registry, checks: Sequence[Check] = (), liveness: Sequence[Check] = ()
+    ) -> None:
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise InvalidInput(f"malformed ops address {address!r}: expected host:port")
+        self._host = host.strip("[]") or "127.0.0.1"
+        self._port = int(port)
+        self.registry = registry
+        self.checks = list(checks)
+        self.liveness = list(liveness)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        self._runner = runner
+        try:
+            await web.TCPSite(runner, self._host, self._port).start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.port = int(runner.addresses[0][1])
+        return self.port
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> OpsServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=(await self.registry.exposition()).encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        ok, body = await readiness(self.liveness)
+        return _json({"status": "ok" if ok else "unavailable", "checks": body["checks"]}, 200 if ok else 503)
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        ok, body = await readiness(self.checks)
+        return _json(body, 200 if ok else 503)
+
+
+def _json(body: dict[str, Any], status: int) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body) + "\n", content_type="application/json")
+
+
+# -- events appended ----------------------------------------------------------------------
+
+
+def events_appended(registry: Registry) -> Counter:
+    return registry.counter(
+        "convoy_events_appended_total", "Events this process appended to the store, by component.", ["process"]
+    )
+
+
+class CountingStore:
+    """An EventStore that counts the events it appends (an idempotent retry that wrote
+    nothing is not counted); everything else is the wrapped store's."""
+
+    def __init__(self, store: EventStore, counter: CounterChild) -> None:
+        self._store = store
+        self._counter = counter
+
+    async def append(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self._store.append(*args, **kwargs)
+        if not result.duplicate:
+            self._counter.inc(len(result.positions))
+        return result
+
+    async def commit(self, *args: Any, **kwargs: Any) -> Any:
+        results = await self._store.commit(*args, **kwargs)
+        self._counter.inc(sum(len(r.positions) for r in results if not r.duplicate))
+        return results
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def counted(store: EventStore, family: Counter, process: str) -> EventStore:
+    return CountingStore(store, family.labels(process=process))  # type: ignore[return-value]
+
+
+# -- components ---------------------------------------------------------------------------
+
+
+def instrument_relay(registry: Registry, relay: Relay) -> None:
+    published = registry.counter("convoy_relay_published_total", "Events the relay stored on the bus.")
+    duplicates = registry.counter("convoy_relay_duplicates_total", "Events the bus already held when published.")
+    failures = registry.counter("convoy_relay_failures_total", "Relay failures (it backs off and resumes).")
+    leader = registry.gauge("convoy_relay_leader", "1 while this relay holds the lock and publishes, 0 on standby.")
+    checkpoint = registry.gauge("convoy_relay_checkpoint_position", "Last position known to be on the bus.")
+    lag = registry.gauge("convoy_relay_lag_events", "Events committed to the store and not yet known to be on the bus.")
+
+    async def collect() -> None:
+        published.set_total(relay.published)
+        duplicates.set_total(relay.duplicates)
+        failures.set_total(relay.failures)
+        leader.set(1 if relay.leader else 0)
+        checkpoint.set(relay.checkpoint)
+        lag.set(await relay.measure_lag())
+
+    registry.collector("relay", collect)
+
+
+def instrument_consumers(
+    registry: Registry, nc: Client, *, streams: Sequence[str] = (), durables: Sequence[tuple[str, str]] = ()
+) -> None:
+    """Pending messages of every durable consumer of `streams` (listing needs the
+    permission to) and of the named (stream, durable) pairs, sampled at scrape time."""
+    pending = registry.gauge(
+        "convoy_consumer_pending_messages", "Messages of a durable consumer not yet delivered.", ["stream", "consumer"]
+    )
+    acks = registry.gauge(
+        "convoy_consumer_ack_pending_messages", "Messages delivered and not yet acknowledged.", ["stream", "consumer"]
+    )
+
+    async def collect() -> None:
+        js = nc.jetstream()
+        infos: list[Any] = []
+        for stream in streams:
+            infos += await bus.guarded(f"listing consumers of {stream}", lambda s=stream: js.consumers_info(s))
+        for stream, durable in durables:
+            try:
+                infos.append(await bus.guarded(f"consumer {durable}", lambda s=stream, d=durable: js.consumer_info(s, d)))
+            except ConvoyError:
+                pending.remove(stream=stream, consumer=durable)
+                acks.remove(stream=stream, consumer=durable)
+        for info in infos:
+            pending.labels(stream=info.stream_name, consumer=info.name).set(info.num_pending or 0)
+            acks.labels(stream=info.stream_name, consumer=info.name).set(info.num_ack_pending or 0)
+
+    registry.collector("consumers", collect)
+
+
+def instrument_ingest(registry: Registry, ingest: ObservationIngest) -> None:
+    observations = registry.counter(
+        "convoy_ingest_observations_total", "Agent observations ingested, by outcome.", ["outcome"]
+    )
+
+    def collect() -> None:
+        observations.labels(outcome="recorded").set_total(ingest.recorded)
+        observations.labels(outcome="duplicate").set_total(ingest.duplicates)
+        observations.labels(outcome="rejected").set_total(ingest.rejected)
+
+    registry.collector("ingest", collect)
+
+
+def convergence_histogram(registry: Registry) -> Converged:
+    """The planner's `on_converged` hook, recording into the registry."""
+    durations = registry.histogram(
+        "convoy_convergence_duration_seconds",
+        "From a release's ReleaseCreated to a channel CONVERGED at it (recorded times from the log).",
+        ["channel"],
+        buckets=CONVERGENCE_BUCKETS,
+    )
+
+    def converged(_application: str, _service: str, channel: str, seconds: float) -> None:
+        durations.labels(channel=channel).observe(seconds)
+
+    return converged
+
+
+def instrument_planner(registry: Registry, planner: Planner) -> None:
+    counters = {
+        name: registry.counter(f"convoy_planner_{name}_total", help)
+        for name, help in (
+            ("inputs", "Inputs the planner folded."),
+            ("outputs", "Events the planner committed."),
+            ("commits", "Planner commits (outputs with the checkpoint, one transaction)."),
+            ("restarts", "Times the planner failed and rebuilt its state from the log."),
+            ("timers_fired", "Timers the planner fired."),
+            ("skipped", "Events the planner could not read and skipped."),
+        )
+    }
+    ready = registry.gauge("convoy_planner_ready", "1 once the planner rebuilt its state and follows the log.")
+    checkpoint = registry.gauge("convoy_planner_checkpoint_position", "The planner's committed checkpoint.")
+    lag = registry.gauge(
+        "convoy_planner_lag_positions", "Store head position minus the planner's checkpoint; 0 when no input waits."
+    )
+
+    async def collect() -> None:
+        for name, counter in counters.items():
+            counter.set_total(getattr(planner.stats, name))
+        ready.set(1 if planner.ready.is_set() else 0)
+        at = await planner.store.checkpoint(planner.settings.name)
+        checkpoint.set(at)
+        waiting = await planner.store.read_all(after=at, limit=1, categories=INPUT_CATEGORIES)
+        lag.set(max(0, await planner.store.head() - at) if waiting else 0)
+
+    registry.collector("planner", collect)
+
+
+def instrument_agent(registry: Registry, agent: Agent) -> None:
+    runtime = agent.name
+    received = registry.counter("convoy_agent_intents_received_total", "Intents the agent received.", ["runtime"])
+    outcomes = registry.counter(
+        "convoy_agent_intents_total",
+        "Intents handled, by outcome (applied, deleted, failed, duplicate, stale).",
+        ["runtime", "outcome"],
+    )
+    drifts = registry.counter("convoy_agent_drifts_total", "Drift episodes the agent detected.", ["runtime"])
+    repaired = registry.counter("convoy_agent_drifts_repaired_total", "Drifts the agent repaired.", ["runtime"])
+    ready = registry.gauge("convoy_agent_ready", "1 once the agent has a runtime and consumes its intents.", ["runtime"])
+
+    def collect() -> None:
+        stats = agent.stats
+        received.labels(runtime=runtime).set_total(stats.intents)
+        for outcome, value in (
+            ("applied", stats.applied),
+            ("deleted", stats.deleted),
+            ("failed", stats.failed),
+            ("duplicate", stats.duplicates),
+            ("stale", stats.stale),
+        ):
+            outcomes.labels(runtime=runtime, outcome=outcome).set_total(value)
+        drifts.labels(runtime=runtime).set_total(stats.drifted)
+        repaired.labels(runtime=runtime).set_total(stats.repaired)
+        ready.labels(runtime=runtime).set(1 if agent.ready.is_set() else 0)
+
+    registry.collector(f"agent:{runtime}", collect)
+
+
+def instrument_nats(registry: Registry, nc: Client) -> None:
+    connected = registry.gauge("convoy_nats_connected", "1 while this process is connected to NATS.")
+    reconnects = registry.counter("convoy_nats_reconnects_total", "Reconnections to NATS.")
+
+    def collect() -> None:
+        connected.set(1 if nc.is_connected else 0)
+        reconnects.set_total(nc.stats.get("reconnects", 0))
+
+    registry.collector("nats", collect)
+
+
+# -- readiness ------------------------------------------------------------------------------
+
+
+def nats_check(nc: Client) -> Check:
+    return Check("nats", lambda: (nc.is_connected, "connected" if nc.is_connected else "not connected"))
+
+
+def planner_check(planner: Planner) -> Check:
+    return Check(
+        "planner",
+        lambda: (planner.ready.is_set(), "following the log" if planner.ready.is_set() else "rebuilding its state"),
+    )
+
+
+def relay_check(relay: Relay) -> Check:
+    def probe() -> tuple[bool, str]:
+        if not relay.running:
+            return False, "not running"
+        return True, "leading" if relay.leader else "standby"
+
+    return Check("relay", probe)
+
+
+def ingest_check(ingest: ObservationIngest) -> Check:
+    return Check("ingest", lambda: (ingest.running, "consuming" if ingest.running else "not consuming"))
+
+
+def store_check(store: EventStore) -> Check:
+    async def probe() -> tuple[bool, str]:
+        return True, f"head at position {await store.head()}"
+
+    return Check("store", probe)

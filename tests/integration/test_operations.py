@@ -1,0 +1,264 @@
+"""Operations against real servers: /metrics, /healthz and /readyz on the API (real
+PostgreSQL), readiness that flips when the read model stops, planner metrics that move
+with a release (convergence durations included), the agent's health server, the ops
+server of `convoy up` as a whole, and JSON logs carrying an API call's correlation id."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+import structlog
+
+from cli import controlplane, ops
+from cli import logging as convoy_logging
+from eventstore import bus
+from eventstore.embedded import EmbeddedServers, NatsServer
+from eventstore.metrics import Check, Registry
+from eventstore.postgres import PostgresEventStore
+from eventstore.settings import Settings
+from schemas.convoy.v1 import events_pb2 as E
+from schemas.convoy.v1 import resources_pb2 as R
+from services.agent.health import BusLiveness, HealthServer
+from services.planner.clock import FakeClock
+from services.planner.runner import Planner
+from tests.conftest import eventually
+from tests.integration.test_api_support import running_api
+from tests.integration.test_planner import REGISTRY, _is, declarations, record, service, simulated_agents, stop
+from tests.unit.test_metrics import parse
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def labels(**values: str) -> frozenset[tuple[str, str]]:
+    return frozenset(values.items())
+
+
+async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, str, str]:
+    async with session.get(url) as response:
+        return response.status, response.headers.get("Content-Type", ""), await response.text()
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> Samples:
+    status, content_type, text = await get(session, f"{url}/metrics")
+    assert status == 200 and content_type.startswith("text/plain"), (status, content_type)
+    return parse(text)[1]
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_the_api_serves_metrics_health_and_readiness(
+    pg_store: PostgresEventStore, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    metrics = Registry()
+    store = ops.counted(pg_store, ops.events_appended(metrics), "api")
+    async with running_api(store, tmp_path / "state", metrics=metrics) as api:  # type: ignore[arg-type]
+        auth = {"Authorization": f"Bearer {api.admin}"}
+        body = {"runtime": {"name": "eu-1", "kind": "RUNTIME_KIND_KUBERNETES"}}
+        async with session.put(f"{api.base_url}/v1/runtimes", json=body, headers=auth) as response:
+            assert response.status == 200, await response.text()
+        async with session.get(f"{api.base_url}/v1/applications") as response:
+            assert response.status == 401
+        async with session.get(f"{api.base_url}/v1/no-such-thing") as response:
+            assert response.status == 404
+
+        status, content_type, text = await get(session, f"{api.base_url}/metrics")
+        assert status == 200 and content_type == "text/plain; version=0.0.4; charset=utf-8"
+        assert api.admin not in text
+        families, samples = parse(text)
+        assert families["convoy_api_http_requests_total"][0] == "counter"
+        assert samples[("convoy_api_http_requests_total", labels(method="ApplyRuntime", code="200"))] == 1
+        assert samples[("convoy_api_http_requests_total", labels(method="ListApplications", code="401"))] == 1
+        assert samples[("convoy_api_http_requests_total", labels(method="unrouted", code="404"))] == 1
+        assert samples[("convoy_api_http_request_duration_seconds_count", labels(method="ApplyRuntime"))] == 1
+        # the bootstrap admin token and the runtime, written by this process
+        assert samples[("convoy_events_appended_total", labels(process="api"))] >= 2
+        await eventually(lambda: _projection_lag(session, api.base_url, 0), message="the read model caught up")
+
+        status, _, text = await get(session, f"{api.base_url}/healthz")
+        assert status == 200 and json.loads(text)["status"] == "ok"
+        status, _, text = await get(session, f"{api.base_url}/readyz")
+        assert status == 200, text
+        assert json.loads(text)["checks"]["api_projection"]["ok"] is True
+
+        # Unauthenticated and read-only (another verb is no route), and not in the API's document.
+        async with session.post(f"{api.base_url}/metrics") as response:
+            assert response.status == 404
+        async with session.get(f"{api.base_url}/openapi.json") as response:
+            paths = (await response.json())["paths"]
+        assert not {"/metrics", "/healthz", "/readyz"} & set(paths)
+
+
+async def _projection_lag(session: aiohttp.ClientSession, url: str, wanted: float) -> bool:
+    return (await scrape(session, url))[("convoy_api_projection_lag_positions", frozenset())] == wanted
+
+
+async def test_readiness_flips_when_the_projection_stops(
+    pg_store: PostgresEventStore, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with running_api(pg_store, tmp_path / "state") as api:
+        status, _, _ = await get(session, f"{api.base_url}/readyz")
+        assert status == 200
+        await api.server.projection.stop()
+        status, _, text = await get(session, f"{api.base_url}/readyz")
+        assert status == 503
+        assert json.loads(text)["checks"]["api_projection"] == {"ok": False, "detail": "the read model is not running"}
+
+
+async def test_planner_metrics_move_after_a_release(pg_store: PostgresEventStore, session: aiohttp.ClientSession) -> None:
+    for message in declarations({"staging": ["s1"], "prod": ["p1", "p2"]}, ["web"]):
+        await record(pg_store, message)
+    metrics = Registry()
+    store = ops.counted(pg_store, ops.events_appended(metrics), "planner")
+    agents = asyncio.create_task(simulated_agents(pg_store))
+    try:
+        async with Planner(
+            store=store, registry=REGISTRY, clock=FakeClock(datetime.now(UTC)),
+            on_converged=ops.convergence_histogram(metrics),
+        ) as planner:
+            ops.instrument_planner(metrics, planner)
+            checks = [ops.planner_check(planner), ops.store_check(pg_store)]
+            async with ops.OpsServer(address="127.0.0.1:0", registry=metrics, checks=checks) as server:
+                url = f"http://127.0.0.1:{server.port}"
+                await planner.ready.wait()
+                before = await scrape(session, url)
+                assert before[("convoy_planner_ready", frozenset())] == 1
+
+                await record(pg_store, E.ReleaseCreated(release=R.Release(
+                    id="rel-1", application="fleet", service="web", version="v1", config=service("web"))))
+                await eventually(lambda: _is(pg_store, {("web", "staging"): "CONVERGED", ("web", "prod"): "CONVERGED"}),
+                                 message="the release converged in both channels")
+
+                async def settled() -> bool:
+                    samples = await scrape(session, url)
+                    return samples[("convoy_planner_lag_positions", frozenset())] == 0 and all(
+                        samples.get(("convoy_convergence_duration_seconds_count", labels(channel=c))) == 1
+                        for c in ("staging", "prod")
+                    )
+
+                await eventually(settled, message="the planner caught up and saw both convergences")
+                after = await scrape(session, url)
+                for name in ("inputs", "outputs", "commits"):
+                    key = (f"convoy_planner_{name}_total", frozenset())
+                    assert after[key] > before[key], name
+                assert after[("convoy_planner_restarts_total", frozenset())] == 0
+                assert after[("convoy_planner_checkpoint_position", frozenset())] > 0
+                assert after[("convoy_events_appended_total", labels(process="planner"))] == (
+                    planner.stats.outputs + planner.stats.timers_fired
+                )
+                staging = after[("convoy_convergence_duration_seconds_sum", labels(channel="staging"))]
+                prod = after[("convoy_convergence_duration_seconds_sum", labels(channel="prod"))]
+                assert 0 <= staging <= prod < 60
+
+                status, _, text = await get(session, f"{url}/readyz")
+                assert status == 200, text
+                assert set(json.loads(text)["checks"]) == {"planner", "store"}
+                status, _, _ = await get(session, f"{url}/healthz")
+                assert status == 200
+    finally:
+        await stop(agents)
+
+
+async def test_the_agent_health_server_answers_readiness_and_metrics(session: aiohttp.ClientSession) -> None:
+    ready = asyncio.Event()
+    metrics = Registry()
+    metrics.counter("convoy_agent_intents_received_total", "Intents.", ["runtime"]).labels(runtime="eu-1").inc(3)
+    server = HealthServer(
+        address="127.0.0.1:0",
+        liveness=BusLiveness(connected=lambda: True, threshold=30),
+        checks=[Check("agent", lambda: (ready.is_set(), "starting" if not ready.is_set() else "consuming"))],
+        registry=metrics,
+    )
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        status, _, text = await get(session, f"{url}/readyz")
+        assert status == 503 and json.loads(text)["checks"]["agent"] == {"ok": False, "detail": "starting"}
+        ready.set()
+        status, _, _ = await get(session, f"{url}/readyz")
+        assert status == 200
+        assert (await scrape(session, url))[("convoy_agent_intents_received_total", labels(runtime="eu-1"))] == 3
+        status, _, _ = await get(session, f"{url}/healthz")
+        assert status == 200
+    finally:
+        await server.stop()
+
+
+async def test_convoy_up_serves_every_components_metrics_and_readiness_on_its_ops_port(
+    database_url: str, embedded_nats: NatsServer, schema_name: str, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    env = {"CONVOY_DATABASE_URL": database_url, "CONVOY_NATS_URL": embedded_nats.url, "CONVOY_INSTANCE": schema_name}
+    settings = Settings.from_env(env, state_dir=tmp_path / "state")
+    listen = controlplane.Listen(grpc_port=0, http_port=0, ops_port=0)
+    with EmbeddedServers(state_dir=settings.state_dir, database_url=database_url, nats_url=embedded_nats.url) as servers:
+        async with controlplane.control_plane(settings, servers, listen, local_runtime=None) as running:
+            assert running.ops is not None
+            url = f"http://127.0.0.1:{running.ops.port}"
+
+            async def ready() -> bool:
+                status, _, _ = await get(session, f"{url}/readyz")
+                return status == 200
+
+            await eventually(ready, message="the control plane is ready")
+            status, _, text = await get(session, f"{url}/readyz")
+            assert set(json.loads(text)["checks"]) == {"api_projection", "planner", "relay", "ingest", "nats"}
+
+            async def relayed() -> bool:
+                samples = await scrape(session, url)
+                return samples[("convoy_relay_lag_events", frozenset())] == 0 and samples[
+                    ("convoy_relay_published_total", frozenset())] >= 1
+
+            await eventually(relayed, message="the relay published the bootstrap token")
+            samples = await scrape(session, url)
+            assert samples[("convoy_events_appended_total", labels(process="api"))] >= 1
+            assert samples[("convoy_nats_connected", frozenset())] == 1
+            assert samples[("convoy_relay_leader", frozenset())] == 1
+            ingest = labels(stream=bus.observations_stream(schema_name), consumer="api-ingest")
+            assert samples[("convoy_consumer_pending_messages", ingest)] == 0
+            assert not any(v for (name, _), v in samples.items() if name == "convoy_metrics_collector_errors_total")
+            # the API's own port serves the same registry
+            api_port = running.api.ports.http
+            assert ("convoy_planner_inputs_total", frozenset()) in await scrape(session, f"http://127.0.0.1:{api_port}")
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    saved, root = structlog.get_config(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    out = io.StringIO()
+    convoy_logging.configure("json", stream=out)
+    try:
+        yield out
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+async def test_json_logs_carry_the_correlation_id_of_an_api_call(
+    pg_store: PostgresEventStore, tmp_path: Path, session: aiohttp.ClientSession, json_logs: io.StringIO
+) -> None:
+    correlation = str(uuid.uuid4())
+    async with running_api(pg_store, tmp_path / "state") as api:
+        headers = {"Authorization": f"Bearer {api.admin}", "X-Correlation-Id": correlation}
+        async with session.get(f"{api.base_url}/v1/applications", headers=headers) as response:
+            assert response.status == 200
+            assert response.headers["X-Correlation-Id"] == correlation
+        admin = api.admin
+    lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
+    calls = [line for line in lines if line.get("correlation_id") == correlation]
+    assert calls, lines
+    assert calls[0]["event"] == "api call" and calls[0]["method"] == "ListApplications" and calls[0]["level"] == "info"
+    assert admin not in json_logs.getvalue()

@@ -23,6 +23,7 @@ pytest session fixtures can use them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import json
 import os
@@ -81,6 +82,53 @@ def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A preexec function asking Linux to signal the server when the process that started
+    it dies (PR_SET_PDEATHSIG), so a `convoy up` killed with -9 leaves no orphaned
+    nats-server or PostgreSQL holding the state folder. Elsewhere: None (no-op)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+
+    return preexec
+
+
+def _wait_for_exit(pid_file: Path, what: str, timeout: float = 30.0) -> None:
+    """A server from an earlier run that is still shutting down (its starter was killed)
+    holds the data folder: wait for it, then insist."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    deadline = time.monotonic() + timeout
+    signalled = False
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            if signalled:
+                raise EmbeddedServerError(f"an earlier {what} (pid {pid}) still holds {pid_file.parent}; stop it first")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            signalled, deadline = True, time.monotonic() + 10.0
+        time.sleep(0.05)  # polling another process's exit: there is nothing to wait on
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class _LogWatcher:
@@ -160,6 +208,7 @@ class NatsServer:
         text = (
             f"listen: 127.0.0.1:{listen}\n"
             f"jetstream {{\n  store_dir: {json.dumps(str(store))}\n}}\n"
+            f"pid_file: {json.dumps(str(self.data_dir / 'nats-server.pid'))}\n"
             "max_payload: 8MB\n"
             f"{self.config_extra}\n"
         )
@@ -170,6 +219,7 @@ class NatsServer:
         if self._proc is not None and self._proc.alive():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        _wait_for_exit(self.data_dir / "nats-server.pid", "nats-server")
         config = self._write_config()
         popen = subprocess.Popen(
             [str(nats_server_binary()), "-c", str(config)],
@@ -177,6 +227,7 @@ class NatsServer:
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent(signal.SIGTERM),
         )
         assert popen.stderr is not None
         watcher = _LogWatcher(popen.stderr, self.data_dir / "nats-server.log", (_NATS_READY, _NATS_LISTENING))
@@ -310,6 +361,7 @@ class PostgresServer:
         if self._proc is not None and self._proc.alive():
             return
         self._initdb()
+        _wait_for_exit(self.pgdata / "postmaster.pid", "PostgreSQL")
         fixed_port = self.port is not None
         for _attempt in range(1 if fixed_port else 5):
             port = self.port if fixed_port else free_loopback_port()
@@ -340,6 +392,9 @@ class PostgresServer:
             user=self._run_as[0] if self._run_as else None,
             group=self._run_as[1] if self._run_as else None,
             start_new_session=True,
+            # After the user switch, so it survives it; SIGQUIT = immediate shutdown
+            # (the log makes it safe; crash recovery runs at the next start).
+            preexec_fn=_die_with_parent(signal.SIGQUIT),
         )
         assert popen.stderr is not None
         watcher = _LogWatcher(popen.stderr, self.data_dir / "postgres.log", (_PG_READY, _PG_PORT_TAKEN))

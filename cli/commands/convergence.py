@@ -35,6 +35,13 @@ _BAD = {
 }
 
 
+_MOVING = {
+    convergence_pb2.INSTANCE_STATUS_DEPLOYING,
+    convergence_pb2.INSTANCE_STATUS_VERIFYING,
+    convergence_pb2.INSTANCE_STATUS_ROLLING_BACK,
+}
+
+
 def status_name(value: int) -> str:
     return convergence_pb2.InstanceStatus.Name(value).removeprefix("INSTANCE_STATUS_")
 
@@ -142,7 +149,7 @@ def wait_for(
                     where = f"{key[0]} {key[1]}".strip()
                     echo(f"{where}: {status_name(status)}" + (f" — {reason}" if reason else ""))
         bad = [c for c in mine if c.status in _BAD]
-        if bad:
+        if bad and not any(c.status in _MOVING for c in mine):  # let a rollback finish first
             raise CliError("; ".join(f"{c.channel} {status_name(c.status)}: {c.reason}" for c in bad), FAILED)
         if mine and len(mine) == _channel_count(client, app):
             if all(c.status in _DONE for c in mine):

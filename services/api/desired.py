@@ -87,9 +87,16 @@ class DesiredState:
     # -- running -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Catch up by reading (not by waiting for the tail to reach the head: the tail
+        # yields only intent/runtime events, and the log's last event may be another kind).
         head = await self._store.head()
+        while True:
+            batch = await self._store.read_all(after=self.position, limit=10_000, categories=CATEGORIES, to_position=head)
+            if not batch:
+                break
+            for recorded in batch:
+                self._fold(recorded)
         self._task = asyncio.create_task(self._run(), name=f"convoy-desired:{self.instance}")
-        await self.wait_for(head, timeout=120.0)
         self._sub = await bus.guarded(
             "subscribing to desired-state requests",
             lambda: self._nc.subscribe(natsauth.desired_subjects(self.instance), queue=QUEUE, cb=self._on_request),

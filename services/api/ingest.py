@@ -179,7 +179,13 @@ class ObservationIngest:
                 event_id=event_id(observation.observation_id),
             )
             result = await self._store.append(stream_of(observation), [event])
-        except (DuplicateEventId, InvalidInput) as error:
+        except DuplicateEventId:
+            # The same observation id reported again with other details (an agent that
+            # restarted re-reports what it sees): the first report stands.
+            self.duplicates += 1
+            log.info("observation already recorded", observation_id=observation.observation_id)
+            return
+        except InvalidInput as error:
             raise Rejected(f"the store refused the observation: {error}") from error
         if result.duplicate:
             self.duplicates += 1

@@ -278,7 +278,8 @@ def _on_release(target: TargetState, release_id: str, *, rollback: bool | None =
 
 def _failure_text(target: TargetState) -> str:
     when = f" at {gates.hhmm(target.observed_at)}" if target.observed_at else ""
-    detail = target.observed_message or target.observed_reason or "failed"
+    # The agent's message can be long (a runtime's output): its first line says what failed.
+    detail = (target.observed_message or target.observed_reason or "failed").strip().splitlines()[0][:200]
     reason = target.observed_reason.replace("_", " ") if target.observed_reason else "failure"
     return f"{reason} on runtime {target.runtime}{when} ({detail})"
 
@@ -596,7 +597,7 @@ def _drop_convergence(run: _Run, conv: Convergence) -> None:
     for target in conv.targets.values():
         _delete_target(run, conv, target)
     _cancel_timers(run, conv)
-    del run.state.convergences[conv.key]
+    run.state.drop_convergence(conv)
 
 
 def _release_created(run: _Run, release: resources_pb2.Release) -> None:
@@ -607,7 +608,7 @@ def _release_created(run: _Run, release: resources_pb2.Release) -> None:
         key = (release.application, release.service, channel.name)
         conv = run.state.convergences.get(key)
         if conv is None:
-            conv = run.state.convergences[key] = Convergence(*key)
+            conv = run.state.add_convergence(Convergence(*key))
         elif conv.release_id and conv.status not in TERMINAL:
             _stop_checks(run, conv)
             _cancel_timers(run, conv)

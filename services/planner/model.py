@@ -136,5 +136,22 @@ class PlannerState:
     position: int = 0
     """Global position of the last input folded."""
 
+    by_service: dict[tuple[str, str], dict[str, Convergence]] = field(default_factory=dict)
+    """The same convergences indexed by (application, service), channels in creation
+    order: every observation steps its service's channels, and scanning all of a
+    fleet's convergences for them cost more than the planning (bench/planner.py)."""
+
     def convergences_of(self, app: str, service: str) -> list[Convergence]:
-        return [c for (a, s, _), c in self.convergences.items() if a == app and s == service]
+        return list(self.by_service.get((app, service), {}).values())
+
+    def add_convergence(self, conv: Convergence) -> Convergence:
+        self.convergences[conv.key] = conv
+        self.by_service.setdefault((conv.application, conv.service), {})[conv.channel] = conv
+        return conv
+
+    def drop_convergence(self, conv: Convergence) -> None:
+        del self.convergences[conv.key]
+        channels = self.by_service.get((conv.application, conv.service), {})
+        channels.pop(conv.channel, None)
+        if not channels:
+            self.by_service.pop((conv.application, conv.service), None)

@@ -1,0 +1,149 @@
+"""The README's story, end to end, on `convoy up --demo` with real local processes:
+v1 through staging → prod with the approval and the soak; v2 with a failing health check
+rolled back in staging while prod stays on v1; pause/resume; the whole control plane
+killed mid-rollout and restarted finishes exactly once, recovering its state from the
+store; the replay check agrees with the record; Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Up:
+    """A `convoy up --demo` process whose output is drained (and kept) in the background."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.ready = asyncio.Event()
+        self._drain = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while raw := await self.proc.stdout.readline():  # the stream's limit is raised below
+            self.lines.append(raw.decode())
+            if "press Ctrl-C" in self.lines[-1]:
+                self.ready.set()
+
+    async def stop(self, sig: signal.Signals = signal.SIGINT) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        code = await asyncio.wait_for(self.proc.wait(), 60)
+        await asyncio.wait_for(self._drain, 30)
+        return code
+
+
+@asynccontextmanager
+async def convoy_up(state: Path, env: dict[str, str]) -> AsyncIterator[Up]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", "up", "--demo", "--state-dir", str(state), "--grpc-port", "0",
+        "--http-port", "0", "--ops-port", "0", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=ROOT,
+        limit=16 * 1024 * 1024,  # a log line may quote a runtime's output
+    )
+    up = Up(proc)
+    try:
+        try:
+            await asyncio.wait_for(up.ready.wait(), 120)
+        except TimeoutError:
+            raise AssertionError("convoy up did not get ready:\n" + "".join(up.lines)[-5000:]) from None
+        yield up
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def convoy(env: dict[str, str], *args: str, timeout: float = 180) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env=env, cwd=ROOT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def channels(env: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
+    code, out = await convoy(env, "status", "shop", "-o", "json")
+    assert code == 0, out
+    return {(c["service"], c["channel"]): c for c in json.loads(out)["channels"]}
+
+
+async def reaches(env: dict[str, str], wanted: dict[tuple[str, str], tuple[str, str]], timeout: float = 120) -> None:
+    """Wait until each (service, channel) shows (version, status)."""
+
+    async def check() -> bool:
+        found = await channels(env)
+        return all(
+            (found.get(k, {}).get("version"), found.get(k, {}).get("status", "").removeprefix("INSTANCE_STATUS_")) == v
+            for k, v in wanted.items()
+        )
+
+    await eventually(check, timeout=timeout, interval=0.5, message=f"status {wanted}")
+
+
+async def test_the_demo_story(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
+    env |= {"CONVOY_STATE_DIR": str(state), "CONVOY_CONFIG": str(tmp_path / "no-config.toml")}
+
+    async with convoy_up(state, env) as up:
+        output = "".join(up.lines)
+        assert "demo: deployed shop/web v1" in output and "demo: deployed shop/api v1" in output, output
+        # The README's first command leaves staging converged and prod waiting for approval.
+        await reaches(env, {("web", "staging"): ("v1", "CONVERGED"), ("api", "staging"): ("v1", "CONVERGED"),
+                            ("web", "prod"): ("v1", "WAITING_APPROVAL"), ("api", "prod"): ("v1", "WAITING_APPROVAL")})
+
+        # Pause prod for api: its approval does not move it until it is resumed.
+        assert (await convoy(env, "pause", "shop/api", "--channel", "prod", "--reason", "freeze"))[0] == 0
+        assert (await convoy(env, "approve", "shop/api", "--channel", "prod"))[0] == 0
+        await reaches(env, {("api", "prod"): ("v1", "PAUSED")})
+        assert (await convoy(env, "resume", "shop/api", "--channel", "prod"))[0] == 0
+
+        # Approve web in prod: it deploys and soaks behind the HTTP probe, then converges.
+        assert (await convoy(env, "approve", "shop/web", "--channel", "prod"))[0] == 0
+        code, why = await convoy(env, "why", "shop/web", "--channel", "prod", "--no-evidence")
+        assert code == 0 and why.startswith("prod v1: "), why
+        await reaches(env, {("web", "prod"): ("v1", "CONVERGED"), ("api", "prod"): ("v1", "CONVERGED")}, timeout=150)
+
+        # A bad release: its health check fails, staging rolls back, prod stays on v1.
+        code, out = await convoy(env, "deploy", "shop/web", "--version", "v2", "--param", "docroot=/nonexistent",
+                                 "--wait", "--timeout", "150")
+        assert code == 1, out
+        assert "staging ROLLED_BACK: rolled back to v1" in out, out
+        code, why = await convoy(env, "why", "shop/web", "--channel", "staging")
+        assert code == 0 and "ROLLED_BACK: rolled back to v1" in why and "ObservationRecorded by agent:local" in why, why
+        prod = (await channels(env))[("web", "prod")]
+        assert {t["version"] for t in prod["targets"]} == {"v1"}, prod  # prod never ran v2
+
+        # A new release, and the whole control plane killed (-9) in the middle of it.
+        code, out = await convoy(env, "deploy", "shop/api", "--version", "v3")
+        assert code == 0, out
+        assert await up.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    # Everything restarted recovers its state from the store and finishes the rollout once.
+    async with convoy_up(state, env) as up:
+        assert "demo: deployed" not in "".join(up.lines)  # nothing deployed twice on restart
+        await reaches(env, {("api", "staging"): ("v3", "CONVERGED"), ("api", "prod"): ("v3", "WAITING_APPROVAL")})
+        code, report = await convoy(env, "replay", "--check")
+        assert code == 0 and "0 difference(s)" in report, report
+        code, out = await convoy(env, "events", "--type", "IntentIssued", "-o", "json")
+        intents = [json.loads(line) for line in out.splitlines()]
+        streams = Counter((e["streamId"], json.loads(e["json"])["generation"]) for e in intents)
+        assert intents and max(streams.values()) == 1, streams  # no intent issued twice
+        assert await up.stop() == 0
+        rest = "".join(up.lines)
+        assert "stopped" in rest and "Traceback" not in rest and "Task was destroyed" not in rest, rest[-3000:]

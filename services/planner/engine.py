@@ -261,6 +261,7 @@ def _issue(run: _Run, conv: Convergence, target: TargetState, record: ReleaseRec
             spec_hash=digest,
             generation=generation,
             rollback=rollback,
+            repair_drift=record.release.config.self_heal,
         ),
     )
     target.generation, target.intent_id, target.release_id = generation, intent_id, record.release.id

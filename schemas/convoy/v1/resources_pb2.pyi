@@ -858,10 +858,15 @@ class Service(_message.Message):
     AUTO_ROLLBACK_DISABLED_FIELD_NUMBER: _builtins.int
     PROGRESS_DEADLINE_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
+    SELF_HEAL_FIELD_NUMBER: _builtins.int
     application: _builtins.str
     name: _builtins.str
     replicas: _builtins.int
     auto_rollback_disabled: _builtins.bool
+    self_heal: _builtins.bool
+    """Repair drift an agent finds (someone changed the workload by hand); otherwise the
+    agent only reports it.
+    """
     @_builtins.property
     def programs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Program]: ...
     @_builtins.property
@@ -886,10 +891,11 @@ class Service(_message.Message):
         auto_rollback_disabled: _builtins.bool = ...,
         progress_deadline: _duration_pb2.Duration | None = ...,
         resources: _abc.Iterable[_builtins.str] | None = ...,
+        self_heal: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress_deadline", b"progress_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "auto_rollback_disabled", b"auto_rollback_disabled", "name", b"name", "overrides", b"overrides", "parameters", b"parameters", "programs", b"programs", "progress_deadline", b"progress_deadline", "replicas", b"replicas", "resources", b"resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "auto_rollback_disabled", b"auto_rollback_disabled", "name", b"name", "overrides", b"overrides", "parameters", b"parameters", "programs", b"programs", "progress_deadline", b"progress_deadline", "replicas", b"replicas", "resources", b"resources", "self_heal", b"self_heal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -394,3 +394,17 @@ def test_an_older_observation_ingested_late_does_not_undo_a_newer_one() -> None:
     assert world.state.convergences[("shop", "web", "staging")].targets[("stg-1", "convoy-shop-staging")].healthy
     world.now += timedelta(seconds=5)
     assert changes(world.report(v1[1], C.OBSERVATION_KIND_HEALTHY)) == [("staging", "DEPLOYING", "CONVERGED")]
+
+
+def test_intents_carry_the_services_self_heal_policy() -> None:
+    world = World()
+    world.setup(channel("staging", "stg-1"))
+    [first] = intents(world.deploy("v1"))
+    assert not first.repair_drift
+    healing = World.service("shop", "web")
+    healing.self_heal = True
+    world.feed(E.ServiceConfigured(service=healing))
+
+    [second] = intents(world.deploy("v2"))
+
+    assert second.repair_drift

@@ -68,3 +68,21 @@ def read_database_url(state_dir: Path) -> str | None:
         return (state_dir / DATABASE_URL_FILE).read_text().strip() or None
     except OSError:
         return None
+
+
+PID_FILE: Final = "convoy-up.pid"
+
+
+def write_pid(state_dir: Path) -> Path:
+    """`convoy up` records its process id, so `convoy down` can stop it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / PID_FILE
+    path.write_text(f"{os.getpid()}\n")
+    return path
+
+
+def read_pid(state_dir: Path) -> int | None:
+    try:
+        return int((state_dir / PID_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None

@@ -16,11 +16,11 @@ from typing import Annotated
 
 import typer
 
-from cli import controlplane, demo, ops
+from cli import controlplane, demo, localstate, ops
 from cli import logging as convoy_logging
 from cli.client import CliError
 from cli.commands import agent as agent_command
-from cli.commands import catalog, configs, convergence, events, releases, tokens
+from cli.commands import catalog, configs, convergence, events, lifecycle, releases, tokens
 from cli.commands import planner as planner_command
 from eventstore.embedded import EmbeddedServers
 from eventstore.metrics import Registry
@@ -122,6 +122,7 @@ async def _serve(
     with _stop_on_signals() as stop:
         async with controlplane.control_plane(settings, servers, listen, local_runtime=local_runtime) as running:
             await running.planner.ready.wait()
+            pid_file = localstate.write_pid(settings.state_dir)
             if demo_dir is not None:
                 try:
                     await asyncio.to_thread(demo.run, settings.state_dir, demo_dir, echo=typer.echo)
@@ -131,6 +132,7 @@ async def _serve(
             agent = f"; local agent for runtime {local_runtime!r}" if running.agent else ""
             typer.echo(f"control plane ready at position {await running.store.head()}{agent}; press Ctrl-C to stop")
             await stop.wait()
+            pid_file.unlink(missing_ok=True)
 
 
 async def _serve_api(settings: Settings, database_url: str, listen: controlplane.Listen) -> None:
@@ -173,6 +175,7 @@ def _redact(url: str) -> str:
 
 
 app.command("agent")(agent_command.agent)
+app.command()(lifecycle.down)
 for command in (configs.apply, configs.validate, configs.diff):
     app.command()(command)
 for group in (catalog.apps, catalog.services, catalog.channels, catalog.runtimes, tokens.tokens):

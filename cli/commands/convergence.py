@@ -12,12 +12,16 @@ rolled back or was replaced, and 7 when the timeout passed while something still
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from cli.client import FAILED, Client, CliError
 from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, connect, reports_errors, split_target
@@ -121,6 +125,59 @@ def show_plan(client: Client, request: api_pb2.PlanDeployRequest, output: Format
     table(["after", "channel", "action", "runtime", "detail"], rows)
 
 
+Row = tuple[str, str, str]
+"""(where: "channel" or "channel runtime/namespace", status, reason)."""
+
+
+class Lines:
+    """Progress as plain lines, one per change: for logs, pipes and CI."""
+
+    def __init__(self, echo: Callable[[str], Any] = typer.echo) -> None:
+        self._echo = echo
+        self._seen: dict[str, tuple[str, str]] = {}
+
+    def show(self, rows: list[Row]) -> None:
+        for where, status, reason in rows:
+            if self._seen.get(where) != (status, reason):
+                self._seen[where] = (status, reason)
+                self._echo(f"{where}: {status}" + (f" — {reason}" if reason else ""))
+
+    def close(self) -> None:
+        pass
+
+
+class LiveTable:
+    """Progress as a table redrawn in place (rich), for a person at a terminal."""
+
+    def __init__(self, title: str, console: Console | None = None) -> None:
+        self._title = title
+        self._live = Live(self._table([]), console=console or Console(), refresh_per_second=4, transient=False)
+        self._live.start()
+
+    def _table(self, rows: list[Row]) -> Table:
+        table = Table(title=self._title, expand=False)
+        for column in ("where", "status", "why"):
+            table.add_column(column)
+        for where, status, reason in rows:
+            style = "green" if status == "CONVERGED" else "red" if status in ("FAILED", "ROLLED_BACK") else "yellow"
+            table.add_row(where, f"[{style}]{status}[/{style}]", reason)
+        return table
+
+    def show(self, rows: list[Row]) -> None:
+        self._live.update(self._table(rows))
+
+    def close(self) -> None:
+        self._live.stop()
+
+
+def progress_display(output_is_table: bool, title: str) -> Lines | LiveTable:
+    """A live table on a terminal, plain lines otherwise (and for JSON/YAML output,
+    where stdout carries the document: the lines go to stderr)."""
+    if output_is_table and sys.stdout.isatty():
+        return LiveTable(title)
+    return Lines(typer.echo if output_is_table else (lambda line: typer.echo(line, err=True)))
+
+
 def wait_for(
     client: Client,
     app: str,
@@ -129,37 +186,52 @@ def wait_for(
     position: int,
     *,
     timeout: float,
+    display: Lines | LiveTable | None = None,
     echo: Callable[[str], Any] = typer.echo,
     poll: float = 0.5,
 ) -> None:
     """Follow the release until it settles everywhere; raise CliError when it failed or
     the timeout passed."""
+    display = display or Lines(echo)
+    try:
+        message = _follow(client, app, service, release_id, position, timeout=timeout, display=display, poll=poll)
+    finally:
+        display.close()
+    for line in message:
+        echo(line)
+
+
+def _follow(
+    client: Client, app: str, service: str, release_id: str, position: int, *, timeout: float,
+    display: Lines | LiveTable, poll: float,
+) -> list[str]:
     deadline = time.monotonic() + timeout
-    seen: dict[tuple[str, str], tuple[int, str]] = {}
     request = api_pb2.GetConvergenceRequest(application=app, service=service, min_position=position)
+    channels = _channel_count(client, app)
     while True:
         answer = client.call(client.convergence.GetConvergence, request)
         mine = [c for c in answer.channels if c.release_id == release_id]
+        rows: list[Row] = []
         for c in mine:
-            for key, status, reason in [((c.channel, ""), c.status, c.reason)] + [
-                ((c.channel, f"{t.runtime}/{t.namespace}"), t.status, t.reason) for t in c.targets if t.release_id in (release_id, c.rollback_release_id)
-            ]:
-                if seen.get(key) != (status, reason):
-                    seen[key] = (status, reason)
-                    where = f"{key[0]} {key[1]}".strip()
-                    echo(f"{where}: {status_name(status)}" + (f" — {reason}" if reason else ""))
+            rows.append((c.channel, status_name(c.status), c.reason))
+            rows += [
+                (f"{c.channel} {t.runtime}/{t.namespace}", status_name(t.status), t.reason)
+                for t in c.targets
+                if t.release_id in (release_id, c.rollback_release_id)
+            ]
+        display.show(rows)
         bad = [c for c in mine if c.status in _BAD]
         if bad and not any(c.status in _MOVING for c in mine):  # let a rollback finish first
             raise CliError("; ".join(f"{c.channel} {status_name(c.status)}: {c.reason}" for c in bad), FAILED)
-        if mine and len(mine) == _channel_count(client, app):
+        if mine and len(mine) == channels:
             if all(c.status in _DONE for c in mine):
-                echo(f"{app}/{service}: converged in every channel")
-                return
+                return [f"{app}/{service}: converged in every channel"]
             human = [c for c in mine if c.status == convergence_pb2.INSTANCE_STATUS_WAITING_APPROVAL]
             if human and all(c.status in _DONE or c in human for c in mine):
-                for c in human:
-                    echo(f"{c.channel} needs a person: {c.reason} — `convoy approve {app}/{service} --channel {c.channel}`")
-                return
+                return [
+                    f"{c.channel} needs a person: {c.reason} — `convoy approve {app}/{service} --channel {c.channel}`"
+                    for c in human
+                ]
         if time.monotonic() > deadline:
             waiting = "; ".join(f"{c.channel} {status_name(c.status)}: {c.reason}" for c in mine if c.status not in _DONE)
             raise CliError(f"still waiting after {timeout:g}s: {waiting or 'no channel started yet'}", STILL_WAITING)

@@ -79,8 +79,12 @@ def deploy(
         answer: api_pb2.DeployResponse = client.write(client.releases.Deploy, request)
         _written(output, answer, f"release {answer.release.id} of {target} version {version}" + _suffix(answer.write))
         if wait:
-            echo = typer.echo if output is Format.table else (lambda line: typer.echo(line, err=True))
-            convergence.wait_for(client, app, service, answer.release.id, answer.write.position, timeout=timeout, echo=echo)
+            table = output is Format.table
+            convergence.wait_for(
+                client, app, service, answer.release.id, answer.write.position, timeout=timeout,
+                display=convergence.progress_display(table, f"{target} {version}"),
+                echo=typer.echo if table else (lambda line: typer.echo(line, err=True)),
+            )
 
 
 @reports_errors

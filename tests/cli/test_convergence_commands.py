@@ -145,3 +145,21 @@ async def test_replay_check_from_the_cli(planned: tuple[Cli, Planner], pg_store:
     assert "0 difference(s)" in result.stdout and "exactly what replaying the log produces" in result.stdout
     no_flag = await cli.raw("replay", CONVOY_DATABASE_URL=database_url, CONVOY_INSTANCE=pg_store.schema)
     assert no_flag.exit_code == 2
+
+
+def test_the_live_progress_table_renders_rows_on_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from cli.commands.convergence import LiveTable
+
+    out = io.StringIO()
+    display = LiveTable("shop/web v1", console=Console(file=out, force_terminal=True, width=120))
+    display.show([("staging", "DEPLOYING", "deploying v1 to 1 runtime(s)"), ("prod", "WAITING_APPROVAL", "waiting for 1 approval")])
+    display.show([("staging", "CONVERGED", "v1 converged"), ("prod", "WAITING_APPROVAL", "waiting for 1 approval")])
+    display.close()
+
+    text = out.getvalue()
+    assert "shop/web v1" in text and "CONVERGED" in text and "WAITING_APPROVAL" in text
+    assert "\x1b[" in text  # drawn with terminal control sequences, not plain lines

@@ -7,6 +7,7 @@ store; the replay check agrees with the record; Ctrl-C stops everything."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -40,7 +41,8 @@ class Up:
 
     async def stop(self, sig: signal.Signals = signal.SIGINT) -> int:
         if self.proc.returncode is None:
-            self.proc.send_signal(sig)
+            with contextlib.suppress(ProcessLookupError):  # it may be exiting already
+                self.proc.send_signal(sig)
         code = await asyncio.wait_for(self.proc.wait(), 60)
         await asyncio.wait_for(self._drain, 30)
         return code
@@ -144,6 +146,10 @@ async def test_the_demo_story(tmp_path: Path) -> None:
         intents = [json.loads(line) for line in out.splitlines()]
         streams = Counter((e["streamId"], json.loads(e["json"])["generation"]) for e in intents)
         assert intents and max(streams.values()) == 1, streams  # no intent issued twice
+        # `convoy down` stops it from another terminal, as Ctrl-C would.
+        code, out = await convoy(env, "down")
+        assert code == 0 and "stopped convoy up" in out, out
         assert await up.stop() == 0
+        assert (await convoy(env, "down"))[1].startswith("no convoy up is running")
         rest = "".join(up.lines)
         assert "stopped" in rest and "Traceback" not in rest and "Task was destroyed" not in rest, rest[-3000:]

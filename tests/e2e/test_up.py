@@ -65,6 +65,7 @@ async def test_convoy_up_runs_on_embedded_servers_and_stops_on_ctrl_c(tmp_path: 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cli.main", "up", "--state-dir", str(state), "--grpc-port", "0", "--http-port", "0",
+        "--ops-port", "0", "--local-runtime", "",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )
     assert proc.stdout is not None

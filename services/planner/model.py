@@ -32,6 +32,22 @@ REPLACED: Final = S.INSTANCE_STATUS_REPLACED
 TERMINAL: Final = frozenset({CONVERGED, FAILED, ROLLED_BACK, REPLACED})
 """A convergence in one of these has nothing left to do until a new release or rollback."""
 
+_BEFORE_PAUSE: Final = frozenset({PENDING, WAITING_PRECONDITIONS, WAITING_APPROVAL, DEPLOYING, VERIFYING, ROLLING_BACK})
+_INTERRUPT: Final = frozenset({PAUSED, REPLACED, ROLLING_BACK, FAILED})
+TRANSITIONS: Final[frozenset[tuple[int, int]]] = frozenset(
+    {(PENDING, s) for s in (WAITING_PRECONDITIONS, WAITING_APPROVAL, DEPLOYING, CONVERGED, *_INTERRUPT)}
+    | {(WAITING_PRECONDITIONS, s) for s in (WAITING_PRECONDITIONS, WAITING_APPROVAL, DEPLOYING, CONVERGED, *_INTERRUPT)}
+    | {(WAITING_APPROVAL, s) for s in (WAITING_PRECONDITIONS, WAITING_APPROVAL, DEPLOYING, CONVERGED, *_INTERRUPT)}
+    | {(DEPLOYING, s) for s in (DEPLOYING, VERIFYING, CONVERGED, *_INTERRUPT)}
+    | {(VERIFYING, s) for s in (VERIFYING, CONVERGED, *_INTERRUPT)}
+    | {(ROLLING_BACK, s) for s in (ROLLED_BACK, *_INTERRUPT)}
+    | {(PAUSED, s) for s in (*_BEFORE_PAUSE, REPLACED, ROLLING_BACK)}
+    | {(CONVERGED, ROLLING_BACK), (FAILED, ROLLING_BACK), (ROLLED_BACK, ROLLING_BACK)}
+)
+"""Every (old, new) status change a channel's convergence may make (a status to itself is
+a change of reason). Terminal statuses leave only by a rollback; a new release starts a
+new convergence at PENDING. The planner's property tests check every change against it."""
+
 ConvergenceKey = tuple[str, str, str]
 """(application, service, channel)."""
 TargetKey = tuple[str, str]

@@ -408,3 +408,37 @@ def test_intents_carry_the_services_self_heal_policy() -> None:
     [second] = intents(world.deploy("v2"))
 
     assert second.repair_drift
+
+
+def test_a_rollback_that_fails_too_ends_failed_without_another_rollback() -> None:
+    world = World()
+    world.setup(channel("staging", "stg-1"))
+    world.converge_all(world.deploy("v1"))
+    [v2] = intents(world.deploy("v2"))
+    [restore] = intents(world.report(v2, C.OBSERVATION_KIND_FAILED, reason="crash_loop"))
+
+    out = world.report(restore, C.OBSERVATION_KIND_FAILED, reason="image_pull", message="registry down")
+
+    assert changes(out) == [("staging", "ROLLING_BACK", "FAILED")]
+    assert world.reason("staging").startswith("rollback failed: image pull on runtime stg-1")
+    assert intents(out) == []
+
+
+def test_pre_approval_checks_run_while_approvals_are_collected() -> None:
+    world = World()
+    world.protection("ticket", kind="command")
+    gate = R.ProtectionAttachment(protection="ticket", lifecycle=[R.LIFECYCLE_PRE_APPROVAL],
+                                  failure_behavior=R.FAILURE_BEHAVIOR_BLOCK)
+    world.setup(channel("prod", "eu-1", approval=1, protections=[gate]))
+    out = world.deploy("v1")
+    [request] = of(out, E.ChecksRequested)
+    assert request.checks[0].lifecycle == R.LIFECYCLE_PRE_APPROVAL
+    assert "ticket: waiting for results from eu-1" in world.reason("prod")
+
+    world.approve("v1", "prod", "bob")
+    assert world.status("prod") == "WAITING_APPROVAL"  # approved, but the check has not passed
+    fake = E.IntentIssued(intent_id="", target=request.target, generation=0,
+                          spec=C.WorkloadSpec(application="shop", service="web", channel="prod"))
+    out = world.report(fake, C.OBSERVATION_KIND_CHECK_PASSED, check_id=request.checks[0].check_id)
+
+    assert changes(out) == [("prod", "WAITING_APPROVAL", "DEPLOYING")]

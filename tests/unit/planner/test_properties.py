@@ -12,6 +12,7 @@ from schemas.convoy.v1 import convergence_pb2 as C
 from schemas.convoy.v1 import events_pb2 as E
 from schemas.convoy.v1 import resources_pb2 as R
 from services.planner.engine import Output
+from services.planner.model import TRANSITIONS
 from tests.unit.planner.world import World, channel, intents, seconds
 
 RUNTIMES = ["r1", "r2", "r3", "r4"]
@@ -90,6 +91,8 @@ def test_the_planner_is_deterministic_and_keeps_its_invariants(steps: list[tuple
             else:
                 assert m.target.runtime or m.old_status == C.INSTANCE_STATUS_PENDING
             assert m.old_status != m.new_status or m.reason, "a change without a status change says why"
+            if not m.target.runtime:
+                assert (m.old_status, m.new_status) in TRANSITIONS, f"undeclared transition: {m}"
             statuses[key] = m.new_status
         elif isinstance(m, E.IntentIssued):
             assert out.stream_id == f"intent/{m.target.runtime}/{m.target.namespace}/shop/{m.spec.service}"

@@ -26,9 +26,9 @@ from nats.aio.client import Client
 
 from cli import localstate, ops
 from eventstore import bus, natsauth
-from eventstore.codec import convoy_registry
+from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.embedded import EmbeddedServers, NatsServer
-from eventstore.metrics import Registry
+from eventstore.metrics import Counter, Registry
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.relay import Relay, RelaySettings
 from eventstore.settings import Settings
@@ -104,25 +104,7 @@ async def control_plane(
         ops.instrument_nats(metrics, nc)
         ops.instrument_consumers(metrics, nc, streams=[bus.events_stream(instance), bus.observations_stream(instance)])
         embedded_nats: NatsServer | None = None if settings.nats_url else servers.nats
-        relay = await stack.enter_async_context(Relay(store=store, nc=nc, settings=RelaySettings(instance=instance)))
-        ops.instrument_relay(metrics, relay)
-        ingest = await stack.enter_async_context(
-            ObservationIngest(
-                nc=nc, store=ops.counted(store, appended, "ingest"), instance=instance, registry=registry, workers=8
-            )
-        )
-        ops.instrument_ingest(metrics, ingest)
-        await stack.enter_async_context(DesiredState(nc=nc, store=store, instance=instance, registry=registry))
-        await stack.enter_async_context(
-            NatsAuthSync(
-                store=store,
-                nc=nc,
-                instance=instance,
-                server=embedded_nats,
-                system_password=natsauth.system_password(settings.state_dir) if embedded_nats else None,
-                registry=registry,
-            )
-        )
+        relay, ingest = await bus_services(stack, settings, store, nc, registry, metrics, appended, embedded_nats)
         api = await stack.enter_async_context(
             api_server(
                 ops.counted(store, appended, "api"),
@@ -170,6 +152,73 @@ async def control_plane(
             )
             typer.echo(f"operations:   http://{listen.host}:{server.port} (/metrics /healthz /readyz)")
         yield Running(store=store, api=api, planner=planner, agent=agent, metrics=metrics, ops=server)
+
+
+async def bus_services(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    store: PostgresEventStore,
+    nc: Client,
+    registry: EventRegistry,
+    metrics: Registry,
+    appended: Counter,
+    embedded_nats: NatsServer | None,
+) -> tuple[Relay, ObservationIngest]:
+    """What the API side runs on the bus: the relay (log → bus; one leader among
+    processes), observation ingest (bus → log), desired-state answers for fresh agents,
+    and the agents' consumers (and, on the embedded NATS, their users)."""
+    instance = settings.instance
+    relay = await stack.enter_async_context(Relay(store=store, nc=nc, settings=RelaySettings(instance=instance)))
+    ops.instrument_relay(metrics, relay)
+    ingest = await stack.enter_async_context(
+        ObservationIngest(nc=nc, store=ops.counted(store, appended, "ingest"), instance=instance, registry=registry, workers=8)
+    )
+    ops.instrument_ingest(metrics, ingest)
+    await stack.enter_async_context(DesiredState(nc=nc, store=store, instance=instance, registry=registry))
+    await stack.enter_async_context(
+        NatsAuthSync(
+            store=store,
+            nc=nc,
+            instance=instance,
+            server=embedded_nats,
+            system_password=natsauth.system_password(settings.state_dir) if embedded_nats else None,
+            registry=registry,
+        )
+    )
+    return relay, ingest
+
+
+@contextlib.asynccontextmanager
+async def api_process(settings: Settings, database_url: str, listen: Listen) -> AsyncIterator[ApiServer]:
+    """`convoy api` on external servers: the API and, when CONVOY_NATS_URL is set, its bus
+    side (`bus_services`) and dry runs through a planner on the bus. Several may run: the
+    relay elects one leader, ingest consumers share a durable consumer."""
+    metrics = Registry()
+    appended = ops.events_appended(metrics)
+    registry = convoy_registry()
+    async with contextlib.AsyncExitStack() as stack:
+        store = await PostgresEventStore.open(PostgresSettings(dsn=database_url, schema=settings.instance, pool_max=API_POOL))
+        stack.push_async_callback(store.close)
+        planner = None
+        checks = []
+        if settings.nats_url:
+            nc = await bus.connect(settings.nats_url, name=f"convoy-api:{settings.instance}")
+            stack.push_async_callback(nc.close)
+            await bus.ensure_streams(nc.jetstream(), settings.instance)
+            ops.instrument_nats(metrics, nc)
+            relay, ingest = await bus_services(stack, settings, store, nc, registry, metrics, appended, None)
+            planner = NatsPlannerClient(nc=nc, instance=settings.instance)
+            checks = [ops.relay_check(relay), ops.ingest_check(ingest), ops.nats_check(nc)]
+        else:
+            typer.echo("no CONVOY_NATS_URL: serving the API only (no relay, observation ingest or dry runs)")
+        counted = ops.counted(store, appended, "api")
+        api = await stack.enter_async_context(api_server(counted, settings.state_dir, listen, planner=planner, metrics=metrics))
+        if listen.ops_port is not None and checks:
+            server = await stack.enter_async_context(
+                ops.OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=[*api.checks(), *checks])
+            )
+            typer.echo(f"operations:   http://{listen.host}:{server.port} (/metrics /healthz /readyz)")
+        yield api
 
 
 @contextlib.asynccontextmanager

@@ -16,15 +16,13 @@ from typing import Annotated
 
 import typer
 
-from cli import controlplane, demo, localstate, ops
+from cli import controlplane, demo, localstate
 from cli import logging as convoy_logging
 from cli.client import CliError
 from cli.commands import agent as agent_command
 from cli.commands import catalog, configs, convergence, events, lifecycle, releases, tokens
 from cli.commands import planner as planner_command
 from eventstore.embedded import EmbeddedServers
-from eventstore.metrics import Registry
-from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.settings import Settings, environ
 
 app = typer.Typer(
@@ -136,18 +134,10 @@ async def _serve(
 
 
 async def _serve_api(settings: Settings, database_url: str, listen: controlplane.Listen) -> None:
-    store = await PostgresEventStore.open(
-        PostgresSettings(dsn=database_url, schema=settings.instance, pool_max=controlplane.API_POOL)
-    )
-    metrics = Registry()
-    try:
-        with _stop_on_signals() as stop:
-            counted = ops.counted(store, ops.events_appended(metrics), "api")
-            async with controlplane.api_server(counted, settings.state_dir, listen, metrics=metrics):
-                typer.echo("API ready; press Ctrl-C to stop")
-                await stop.wait()
-    finally:
-        await store.close()
+    with _stop_on_signals() as stop:
+        async with controlplane.api_process(settings, database_url, listen):
+            typer.echo("API ready; press Ctrl-C to stop")
+            await stop.wait()
 
 
 @contextlib.contextmanager

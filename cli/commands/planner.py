@@ -19,12 +19,14 @@ import typer
 
 from cli import localstate, ops
 from cli import logging as convoy_logging
+from eventstore import bus
 from eventstore.codec import convoy_registry
 from eventstore.metrics import Registry
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.settings import Settings, environ
 from services.planner.clock import SystemClock
 from services.planner.replay import replay_check
+from services.planner.responder import PlanResponder
 from services.planner.runner import Planner, PlannerSettings
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="The state folder of a local `convoy up`.")]
@@ -52,12 +54,14 @@ def planner(
     """Run the planner against the event store in CONVOY_DATABASE_URL (Ctrl-C stops it)."""
     convoy_logging.setup(log_format)
     settings = Settings.from_env(environ(), state_dir=state_dir)
-    asyncio.run(_run_planner(database_url(settings), settings.instance, ops_port))
+    asyncio.run(_run_planner(database_url(settings), settings.instance, ops_port, settings.nats_url))
     typer.echo("stopped")
 
 
-async def _run_planner(url: str, instance: str, ops_port: int) -> None:
+async def _run_planner(url: str, instance: str, ops_port: int, nats_url: str | None) -> None:
+    """The planner alone; with CONVOY_NATS_URL it also answers the API's dry runs."""
     store = await PostgresEventStore.open(PostgresSettings(dsn=url, schema=instance, pool_max=4))
+    nc = await bus.connect(nats_url, name=f"convoy-planner:{instance}") if nats_url else None
     metrics = Registry()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,7 +77,15 @@ async def _run_planner(url: str, instance: str, ops_port: int) -> None:
         ) as running:
             ops.instrument_planner(metrics, running)
             checks = [ops.planner_check(running), ops.store_check(store)]
-            async with ops.OpsServer(address=f"127.0.0.1:{ops_port}", registry=metrics, checks=checks) as server:
+            async with contextlib.AsyncExitStack() as stack:
+                if nc is not None:
+                    await stack.enter_async_context(PlanResponder(nc=nc, planner=running, instance=instance))
+                    checks.append(ops.nats_check(nc))
+                else:
+                    typer.echo("no CONVOY_NATS_URL: dry runs (`deploy --dry-run`) will not be answered")
+                server = await stack.enter_async_context(
+                    ops.OpsServer(address=f"127.0.0.1:{ops_port}", registry=metrics, checks=checks)
+                )
                 typer.echo(f"operations:   http://127.0.0.1:{server.port} (/metrics /healthz /readyz)")
                 await running.ready.wait()
                 typer.echo(f"planner following the log from position {running.state.position}; press Ctrl-C to stop")
@@ -82,6 +94,8 @@ async def _run_planner(url: str, instance: str, ops_port: int) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
+        if nc is not None:
+            await nc.close()
         await store.close()
 
 

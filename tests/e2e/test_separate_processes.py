@@ -1,0 +1,93 @@
+"""The control plane as separate processes on servers it did not start (what compose.yaml
+and production run): `convoy api`, `convoy planner` and `convoy agent` on
+CONVOY_DATABASE_URL / CONVOY_NATS_URL, driven by the CLI — a release converges in staging
+through a real agent running local processes, and a dry run is answered by the planner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+
+from eventstore.embedded import NatsServer
+from tests.conftest import eventually
+from tests.e2e.test_demo import ROOT, convoy
+
+EXAMPLES = ROOT / "examples" / "shop"
+
+
+@asynccontextmanager
+async def process(env: dict[str, str], *args: str, ready: str) -> AsyncIterator[list[str]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env=env, cwd=ROOT, limit=16 * 1024 * 1024,
+    )
+    lines: list[str] = []
+    seen = asyncio.Event()
+
+    async def drain() -> None:
+        assert proc.stdout is not None
+        while raw := await proc.stdout.readline():
+            lines.append(raw.decode())
+            if ready in lines[-1]:
+                seen.set()
+
+    reader = asyncio.create_task(drain())
+    try:
+        try:
+            await asyncio.wait_for(seen.wait(), 90)
+        except TimeoutError:
+            raise AssertionError(f"`convoy {args[0]}` did not print {ready!r}:\n" + "".join(lines)[-4000:]) from None
+        yield lines
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        code = await asyncio.wait_for(proc.wait(), 60)
+        await asyncio.wait_for(reader, 30)
+        assert code == 0, "".join(lines)[-4000:]
+        assert "Traceback" not in "".join(lines), "".join(lines)[-4000:]
+
+
+async def test_api_planner_and_agent_as_separate_processes(
+    tmp_path: Path, database_url: str, schema_name: str, embedded_nats: NatsServer
+) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
+    env = base | {
+        "CONVOY_DATABASE_URL": database_url, "CONVOY_NATS_URL": embedded_nats.url, "CONVOY_INSTANCE": schema_name,
+        "CONVOY_STATE_DIR": str(tmp_path / "state"), "CONVOY_CONFIG": str(tmp_path / "no-config.toml"),
+    }
+    try:
+        async with (
+            process(env, "api", "--grpc-port", "0", "--http-port", "0", ready="press Ctrl-C"),
+            process(env, "planner", "--ops-port", "0", ready="press Ctrl-C"),
+        ):
+            code, out = await convoy(env, "apply", "-f", str(EXAMPLES))
+            assert code == 0, out
+            agent_state = str(tmp_path / "agent")
+            async with process(env, "agent", "--runtime", "local", "--state-dir", agent_state, "--instance", schema_name,
+                               ready="agent ready"):
+                code, plan = await convoy(env, "deploy", "shop/web", "--version", "v1", "--dry-run")
+                assert code == 0 and "nothing recorded" in plan and "waiting for 1 approval" in plan, plan
+                code, out = await convoy(env, "deploy", "shop/web", "--version", "v1", "--wait", "--timeout", "90")
+                assert code == 0, out
+                assert "staging: CONVERGED" in out and "prod needs a person" in out, out
+
+                async def staging_runs_v1() -> bool:
+                    code, out = await convoy(env, "status", "shop", "-o", "json")
+                    found = {(c["service"], c["channel"]): c for c in json.loads(out)["channels"]} if code == 0 else {}
+                    web = found.get(("web", "staging"), {})
+                    return [t.get("status") for t in web.get("targets", [])] == ["INSTANCE_STATUS_CONVERGED"]
+
+                await eventually(staging_runs_v1, timeout=60, interval=0.5, message="staging runs v1")
+    finally:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema_name} CASCADE")
+        finally:
+            await conn.close()

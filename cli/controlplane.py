@@ -100,7 +100,7 @@ async def control_plane(
         localstate.write_database_url(settings.state_dir, servers.database_url)
         nc = await connect(settings, servers.nats_url, name=f"convoy-up:{instance}")
         stack.push_async_callback(nc.close)
-        await bus.ensure_streams(nc.jetstream(), instance)
+        await bus.ensure_streams(nc.jetstream(), instance, replicas=settings.nats_replicas)
         ops.instrument_nats(metrics, nc)
         ops.instrument_consumers(metrics, nc, streams=[bus.events_stream(instance), bus.observations_stream(instance)])
         embedded_nats: NatsServer | None = None if settings.nats_url else servers.nats
@@ -168,7 +168,8 @@ async def bus_services(
     processes), observation ingest (bus → log), desired-state answers for fresh agents,
     and the agents' consumers (and, on the embedded NATS, their users)."""
     instance = settings.instance
-    relay = await stack.enter_async_context(Relay(store=store, nc=nc, settings=RelaySettings(instance=instance)))
+    relay_settings = RelaySettings(instance=instance, replicas=settings.nats_replicas)
+    relay = await stack.enter_async_context(Relay(store=store, nc=nc, settings=relay_settings))
     ops.instrument_relay(metrics, relay)
     ingest = await stack.enter_async_context(
         ObservationIngest(nc=nc, store=ops.counted(store, appended, "ingest"), instance=instance, registry=registry, workers=8)
@@ -204,7 +205,7 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         if settings.nats_url:
             nc = await bus.connect(settings.nats_url, name=f"convoy-api:{settings.instance}")
             stack.push_async_callback(nc.close)
-            await bus.ensure_streams(nc.jetstream(), settings.instance)
+            await bus.ensure_streams(nc.jetstream(), settings.instance, replicas=settings.nats_replicas)
             ops.instrument_nats(metrics, nc)
             relay, ingest = await bus_services(stack, settings, store, nc, registry, metrics, appended, None)
             planner = NatsPlannerClient(nc=nc, instance=settings.instance)

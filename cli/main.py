@@ -91,11 +91,16 @@ def api(
     state_dir: StateDir = None,
     grpc_port: GrpcPort = 7070,
     http_port: HttpPort = 8080,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0 in a container; mind the firewall).")
+    ] = "127.0.0.1",
     log_format: convoy_logging.LogFormatOpt = None,
 ) -> None:
-    """Run only the API server (gRPC + REST) against the PostgreSQL in CONVOY_DATABASE_URL.
+    """Run the API (gRPC + REST) on CONVOY_DATABASE_URL; with CONVOY_NATS_URL also its bus side.
 
-    Its REST port also answers /metrics, /healthz and /readyz."""
+    With NATS it also runs the relay, observation ingest, desired-state answers for agents
+    and their consumers, and sends dry runs to the planner. Its REST port also answers
+    /metrics, /healthz and /readyz."""
     convoy_logging.setup(log_format)
     settings = Settings.from_env(environ(), state_dir=state_dir)
     if not settings.database_url:
@@ -106,7 +111,8 @@ def api(
         )
         raise typer.Exit(2)
     typer.echo(f"PostgreSQL:   {_redact(settings.database_url)}")
-    asyncio.run(_serve_api(settings, settings.database_url, controlplane.Listen(grpc_port=grpc_port, http_port=http_port)))
+    listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, host=host)
+    asyncio.run(_serve_api(settings, settings.database_url, listen))
     typer.echo("stopped")
 
 

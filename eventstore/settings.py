@@ -31,8 +31,12 @@ class Settings:
     instance: str = "convoy"
     """Isolates Convoy instances sharing one NATS and one PostgreSQL: it names the
     database schema and prefixes every NATS subject and stream."""
+    nats_replicas: int = 1
+    """JetStream replicas of Convoy's streams (3 on a NATS cluster for availability)."""
 
     def __post_init__(self) -> None:
+        if not 1 <= self.nats_replicas <= 5:
+            raise InvalidInput(f"CONVOY_NATS_REPLICAS must be 1 to 5 (JetStream's limit), not {self.nats_replicas}")
         if not _INSTANCE.fullmatch(self.instance):
             raise InvalidInput(
                 f"invalid instance name {self.instance!r}: use 1-31 lower-case letters, digits or '_', "
@@ -46,9 +50,17 @@ class Settings:
             database_url=environ.get("CONVOY_DATABASE_URL") or None,
             nats_url=environ.get("CONVOY_NATS_URL") or None,
             instance=environ.get("CONVOY_INSTANCE", "convoy"),
+            nats_replicas=_replicas(environ.get("CONVOY_NATS_REPLICAS", "1")),
         )
         present = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **present) if present else settings  # type: ignore[arg-type]
+
+
+def _replicas(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput(f"CONVOY_NATS_REPLICAS must be a number of replicas (1, 3 or 5), not {text!r}") from None
 
 
 def environ() -> Mapping[str, str]:

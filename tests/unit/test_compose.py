@@ -101,19 +101,19 @@ def test_compose_yaml_validates_against_the_compose_specification() -> None:
 def test_the_schema_check_catches_a_mistake() -> None:
     """Guard against a schema that accepts anything."""
     broken = compose()
-    broken["services"]["agent"]["depends_on"] = {"controlplane": {"condition": "when_it_feels_like_it"}}
+    broken["services"]["agent"]["depends_on"] = {"api": {"condition": "when_it_feels_like_it"}}
     broken["services"]["nats"]["helthcheck"] = {}
     assert len(list(validator().iter_errors(broken))) >= 2
 
 
 def test_compose_runs_nats_with_jetstream_postgres_with_a_health_check_and_convoy() -> None:
     services = compose()["services"]
-    assert set(services) == {"nats", "postgres", "controlplane", "agent"}
+    assert set(services) == {"nats", "postgres", "api", "planner", "agent"}
     assert services["nats"]["image"].startswith("nats:")
     assert "-js" in services["nats"]["command"]
     assert services["postgres"]["image"].startswith("postgres:")
     assert "healthcheck" in services["postgres"]
-    assert set(convoy_services()) == {"controlplane", "agent"}
+    assert set(convoy_services()) == {"api", "planner", "agent"}
 
 
 @pytest.mark.parametrize("name", sorted(convoy_services()))
@@ -121,22 +121,25 @@ def test_each_convoy_service_runs_a_real_convoy_command(name: str) -> None:
     service = convoy_services()[name]
     assert service["build"] == "."
     ctx = parse_convoy(service["command"])
-    assert ctx.command.name in {"up", "agent"}
+    assert ctx.command.name in {"api", "planner", "agent"}
 
 
-def test_the_control_plane_uses_the_external_servers_and_leaves_the_runtime_to_the_agent() -> None:
+def test_the_api_and_the_planner_use_the_external_servers() -> None:
     services = compose()["services"]
-    plane = services["controlplane"]
-    ctx = parse_convoy(plane["command"])
-    assert ctx.command.name == "up"
-    assert ctx.params["local_runtime"] == "", "the agent service serves the runtime; no agent inside the plane"
-    env = plane["environment"]
-    assert re.fullmatch(r"postgresql://convoy:[^@]+@postgres:5432/convoy", env["CONVOY_DATABASE_URL"])
-    assert env["CONVOY_NATS_URL"] == "nats://nats:4222"
-    assert {s: d["condition"] for s, d in plane["depends_on"].items()} == {
+    for name, command in (("api", "api"), ("planner", "planner")):
+        service = services[name]
+        assert parse_convoy(service["command"]).command.name == command
+        env = service["environment"]
+        assert re.fullmatch(r"postgresql://convoy:[^@]+@postgres:5432/convoy", env["CONVOY_DATABASE_URL"])
+        assert env["CONVOY_NATS_URL"] == "nats://nats:4222"
+    api = services["api"]
+    assert parse_convoy(api["command"]).params["host"] == "0.0.0.0"
+    assert all(port.startswith("127.0.0.1:") for port in api["ports"]), "published on the host's loopback only"
+    assert {s: d["condition"] for s, d in api["depends_on"].items()} == {
         "nats": "service_healthy",
         "postgres": "service_healthy",
     }
+    assert services["planner"]["depends_on"] == {"api": {"condition": "service_healthy"}}
 
 
 def test_the_agent_dials_only_nats_and_serves_the_examples_runtime() -> None:

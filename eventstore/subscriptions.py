@@ -20,6 +20,14 @@ wedged by one bad message and must never silently stop. So:
 
 Delivery is at least once; handlers must be idempotent (for example, by committing their
 effects with a tracking checkpoint, see `EventStore.commit`) and finish within `ack_wait`.
+
+Two handler shapes: a `Handler` takes one message at a time. A `BatchHandler` takes every
+message already received (up to `batch`, in delivery order) and answers one outcome per
+message — `None` handled, an exception failed — so it can record a whole batch in one
+store commit; each message is then acked, retried or dead-lettered by its own outcome
+(a batch handler that raises fails every message of the batch). In batch mode the next
+pull request goes out before the batch is handled, so the following messages arrive
+while it runs.
 """
 
 from __future__ import annotations
@@ -77,6 +85,10 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Delivery]], Awaitable[Sequence[Exception | None]]]
+"""Handles several messages; answers, in their order, None (handled: ack) or the
+exception that failed that message (retried with backoff, dead-lettered on its last
+attempt)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +136,11 @@ class DurableSubscription:
         stream: str,
         durable: str,
         filter_subjects: Sequence[str],
-        handler: Handler,
+        handler: Handler | None = None,
+        batch_handler: BatchHandler | None = None,
         settings: SubscriptionSettings = SubscriptionSettings(),  # frozen, so sharing is safe
     ) -> None:
+        """Give exactly one of `handler` (one message per call) and `batch_handler`."""
         if not _NAME.fullmatch(stream):
             raise InvalidInput(f"invalid stream name {stream!r}")
         if not _NAME.fullmatch(durable):
@@ -135,6 +149,10 @@ class DurableSubscription:
             raise InvalidInput("a subscription needs at least one filter subject")
         if settings.max_deliver < 1 or settings.heartbeat * 2 > settings.fetch_timeout:
             raise InvalidInput("max_deliver must be >= 1 and heartbeat at most half of fetch_timeout")
+        if (handler is None) == (batch_handler is None):
+            raise InvalidInput("a subscription needs either a handler or a batch handler")
+        if settings.batch < 1:
+            raise InvalidInput("batch must be >= 1")
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
         self.instance = bus.validate_instance(instance)
@@ -143,6 +161,7 @@ class DurableSubscription:
         self.filter_subjects = list(filter_subjects)
         self.dlq_subject = bus.dlq_subject(instance, durable)
         self._handler = handler
+        self._batch_handler = batch_handler
         self.settings = settings
         self.stats = SubscriptionStats()
         self.name = f"convoy-subscription:{stream}:{durable}"
@@ -150,6 +169,10 @@ class DurableSubscription:
         self._inbox: Subscription | None = None
         self._inbox_prefix = ""
         self._requests = 0
+        self._current = ""
+        """Reply subject of the pull request outstanding."""
+        self._outstanding = 0
+        """Messages the outstanding pull request may still bring."""
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._stopping = False
         self._busy = False
@@ -241,41 +264,86 @@ class DurableSubscription:
             {"batch": s.batch, "expires": int(s.fetch_timeout * 1e9), "idle_heartbeat": int(s.heartbeat * 1e9)}
         ).encode()
         silence = s.missed_heartbeats * s.heartbeat
-        outstanding = 0
-        current = ""
+        self._outstanding = 0
+        self._current = ""
         while not self._stopping:
-            if outstanding <= 0:
-                self._requests += 1
-                current = f"{self._inbox_prefix}.{self._requests}"
-                publish = functools.partial(self._nc.publish, self._next, request, reply=current)
-                await bus.guarded("requesting messages", publish)
-                outstanding = s.batch
-            try:
-                msg = await inbox.next_msg(timeout=silence)
-            except nats.errors.TimeoutError as error:
-                raise Unavailable(f"no message or heartbeat from consumer {self.durable} in {silence}s") from error
-            except bus.NATS_ERRORS as error:
-                raise bus.translate(error, f"receiving from consumer {self.durable}") from error
-            status = msg.headers.get("Status") if msg.headers else None
-            if status is None:
-                outstanding -= 1
+            if self._outstanding <= 0:
+                await self._request(request)
+            msg = await self._receive(inbox, silence)
+            if not self._is_message(msg):
+                continue
+            self._outstanding -= 1
+            if self._batch_handler is None:
                 self._busy = True
                 try:
                     await self._process(msg)
                 finally:
                     self._busy = False
                 backoff.reset()
-            elif msg.subject != current:
-                continue  # a late word about an earlier request
-            elif status == "100":
-                continue  # idle heartbeat: the request is alive
-            elif status in ("404", "408"):
-                outstanding = 0  # no messages / request expired: ask again
-            elif status == "409" and "deleted" not in (msg.headers or {}).get("Description", "").lower():
-                outstanding = 0  # batch completed, max waiting exceeded, …: ask again
-            else:
-                description = (msg.headers or {}).get("Description", "")
-                raise Unavailable(f"consumer {self.durable} answered {status} {description}")
+                continue
+            batch, failure = await self._collect(inbox, msg, silence)
+            if self._outstanding <= 0 and failure is None and not self._stopping:
+                try:  # the next messages arrive while this batch is handled
+                    await self._request(request)
+                except Exception as error:  # noqa: BLE001 - raised once the batch is handled
+                    failure = error
+            self._busy = True
+            try:
+                await self._process_batch(batch)
+            finally:
+                self._busy = False
+            backoff.reset()
+            if failure is not None:
+                raise failure
+
+    async def _request(self, request: bytes) -> None:
+        self._requests += 1
+        self._current = f"{self._inbox_prefix}.{self._requests}"
+        publish = functools.partial(self._nc.publish, self._next, request, reply=self._current)
+        await bus.guarded("requesting messages", publish)
+        self._outstanding = self.settings.batch
+
+    async def _receive(self, inbox: Subscription, silence: float) -> Msg:
+        try:
+            return await inbox.next_msg(timeout=silence)
+        except nats.errors.TimeoutError as error:
+            raise Unavailable(f"no message or heartbeat from consumer {self.durable} in {silence}s") from error
+        except bus.NATS_ERRORS as error:
+            raise bus.translate(error, f"receiving from consumer {self.durable}") from error
+
+    def _is_message(self, msg: Msg) -> bool:
+        """True for a stream message; False for a status the loop has dealt with (the
+        pull request is alive, or done and to be renewed); raises for a broken consumer."""
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:
+            return True
+        if msg.subject != self._current:
+            return False  # a late word about an earlier request
+        if status == "100":
+            return False  # idle heartbeat: the request is alive
+        if status in ("404", "408"):
+            self._outstanding = 0  # no messages / request expired: ask again
+            return False
+        if status == "409" and "deleted" not in (msg.headers or {}).get("Description", "").lower():
+            self._outstanding = 0  # batch completed, max waiting exceeded, …: ask again
+            return False
+        description = (msg.headers or {}).get("Description", "")
+        raise Unavailable(f"consumer {self.durable} answered {status} {description}")
+
+    async def _collect(self, inbox: Subscription, first: Msg, silence: float) -> tuple[list[Msg], Exception | None]:
+        """`first` and the messages already waiting in the inbox, up to `batch`, without
+        waiting for more. A failure met on the way is returned, to raise once the
+        messages collected before it are handled."""
+        batch = [first]
+        while len(batch) < self.settings.batch and inbox.pending_msgs > 0:
+            try:
+                msg = await self._receive(inbox, silence)
+                if self._is_message(msg):
+                    self._outstanding -= 1
+                    batch.append(msg)
+            except Exception as error:  # noqa: BLE001 - handled after the batch
+                return batch, error
+        return batch, None
 
     async def _bind(self) -> None:
         """Make sure the consumer exists and open a fresh inbox for its messages."""
@@ -307,33 +375,77 @@ class DurableSubscription:
             with contextlib.suppress(Exception):
                 await msg.nak()
 
-    async def _process(self, msg: Msg) -> None:
+    @staticmethod
+    def _delivery(msg: Msg) -> Delivery:
         meta = msg.metadata
-        delivery = Delivery(
+        return Delivery(
             subject=msg.subject,
             data=msg.data,
             headers=msg.headers or {},
             stream_sequence=meta.sequence.stream,
             attempt=meta.num_delivered,
         )
+
+    async def _process(self, msg: Msg) -> None:
+        delivery = self._delivery(msg)
         limit = self.settings.max_deliver
         if delivery.attempt > limit:
             await self._dead_letter(msg, delivery, "the last attempt never reported an outcome (crash or ack wait expired)")
             return
+        assert self._handler is not None
         try:
             await self._handler(delivery)
         except Exception as error:  # noqa: BLE001 - any handler failure is a retry or a dead letter
-            reason = f"{type(error).__name__}: {error}"
-            if delivery.attempt >= limit:
-                await self._dead_letter(msg, delivery, reason)
-                return
-            delay = min(self.settings.max_retry_delay, self.settings.retry_delay * 2 ** (delivery.attempt - 1))
-            log.info("handler failed; will retry", subscription=self.name, attempt=delivery.attempt, retry_in=delay, error=reason)
-            self.stats.retried += 1
-            await bus.guarded("nak", lambda: msg.nak(delay=delay))
+            await self._failed(msg, delivery, error)
             return
         await bus.guarded("ack", lambda: msg.ack_sync(timeout=self.settings.ack_timeout))
         self.stats.handled += 1
+
+    async def _process_batch(self, msgs: list[Msg]) -> None:
+        """Hand the batch to the batch handler, then settle every message by its outcome:
+        acks confirmed together, failures retried or dead-lettered one by one."""
+        limit = self.settings.max_deliver
+        live: list[tuple[Msg, Delivery]] = []
+        for msg in msgs:
+            delivery = self._delivery(msg)
+            if delivery.attempt > limit:
+                await self._dead_letter(msg, delivery, "the last attempt never reported an outcome (crash or ack wait expired)")
+            else:
+                live.append((msg, delivery))
+        if not live:
+            return
+        assert self._batch_handler is not None
+        outcomes: Sequence[Exception | None]
+        try:
+            outcomes = await self._batch_handler([d for _, d in live])
+            if len(outcomes) != len(live):
+                raise InvalidInput(f"the batch handler answered {len(outcomes)} outcomes for {len(live)} messages")
+        except Exception as error:  # noqa: BLE001 - the whole batch failed: each message retries
+            outcomes = [error] * len(live)
+        for (msg, delivery), outcome in zip(live, outcomes, strict=True):
+            if outcome is not None:
+                await self._failed(msg, delivery, outcome)
+        handled = [msg for (msg, _), outcome in zip(live, outcomes, strict=True) if outcome is None]
+        timeout = self.settings.ack_timeout
+        acks = await asyncio.gather(
+            *(bus.guarded("ack", functools.partial(msg.ack_sync, timeout=timeout)) for msg in handled),
+            return_exceptions=True,
+        )
+        errors = [a for a in acks if isinstance(a, BaseException)]
+        self.stats.handled += len(acks) - len(errors)
+        if errors:  # unconfirmed acks: those messages come back after ack_wait (handlers are idempotent)
+            raise errors[0]
+
+    async def _failed(self, msg: Msg, delivery: Delivery, error: Exception) -> None:
+        """A handler failure: nak with backoff, or dead-letter on the last attempt."""
+        reason = f"{type(error).__name__}: {error}"
+        if delivery.attempt >= self.settings.max_deliver:
+            await self._dead_letter(msg, delivery, reason)
+            return
+        delay = min(self.settings.max_retry_delay, self.settings.retry_delay * 2 ** (delivery.attempt - 1))
+        log.info("handler failed; will retry", subscription=self.name, attempt=delivery.attempt, retry_in=delay, error=reason)
+        self.stats.retried += 1
+        await bus.guarded("nak", lambda: msg.nak(delay=delay))
 
     async def _dead_letter(self, msg: Msg, delivery: Delivery, reason: str) -> None:
         headers = {k: v for k, v in delivery.headers.items() if not k.startswith("Nats-")}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -18,6 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventstore import bus
 from eventstore.embedded import NatsServer
+from eventstore.errors import InvalidInput
 from eventstore.postgres import PostgresEventStore
 from eventstore.relay import Relay, RelaySettings
 from eventstore.subscriptions import (
@@ -27,6 +28,7 @@ from eventstore.subscriptions import (
     H_DLQ_SEQUENCE,
     H_DLQ_STREAM,
     H_DLQ_SUBJECT,
+    BatchHandler,
     Delivery,
     DurableSubscription,
     SubscriptionSettings,
@@ -284,3 +286,101 @@ async def test_consumer_config_follows_the_settings(embedded_nats: NatsServer, s
         assert info.config.deliver_policy == DeliverPolicy.ALL
         assert info.config.filter_subjects == bus.intent_filter(subject_prefix, "eu-west")
         assert isinstance(info.config, ConsumerConfig)
+
+
+def batch_subscription(nc: Client, instance: str, handler: BatchHandler, **settings: object) -> DurableSubscription:
+    values: dict[str, object] = {
+        "max_deliver": 3, "ack_wait": 2.0, "fetch_timeout": 1.0, "heartbeat": 0.25, "retry_delay": 0.05,
+        "max_retry_delay": 0.2,
+    }
+    values.update(settings)
+    return DurableSubscription(
+        nc, instance=instance, stream=bus.observations_stream(instance), durable="batched",
+        filter_subjects=[bus.observations_subjects(instance)], batch_handler=handler,
+        settings=SubscriptionSettings(**values),  # type: ignore[arg-type]
+    )
+
+
+async def test_a_batch_handler_gets_what_a_pull_brings_in_order_and_settles_each_message(
+    embedded_nats: NatsServer, subject_prefix: str
+) -> None:
+    """Outcomes are per message: the good ones are acked once, the poison one is retried
+    and dead-lettered alone, and it does not hold back the messages behind it."""
+    calls: list[list[str]] = []
+    attempts: Counter[str] = Counter()
+
+    async def handle(deliveries: Sequence[Delivery]) -> list[Exception | None]:
+        texts = [d.data.decode() for d in deliveries]
+        calls.append(texts)
+        attempts.update(texts)
+        return [ValueError("cannot parse poison") if t == "poison" else None for t in texts]
+
+    async with bus_for(embedded_nats.url, subject_prefix) as nc:
+        stream = bus.observations_stream(subject_prefix)
+        texts = [f"ok-{n:02d}" for n in range(30)]
+        texts.insert(10, "poison")
+        await observe(nc, subject_prefix, "eu-west", texts)  # a backlog: the first pull brings many
+        subscription = batch_subscription(nc, subject_prefix, handle, batch=50)
+        async with subscription:
+            await eventually(lambda: subscription.stats.dead_lettered == 1, message="poison dead-lettered")
+            await eventually(lambda: consumer_drained(nc, stream, "batched"), message="all settled")
+            await observe(nc, subject_prefix, "eu-west", ["ok-late"])
+            await eventually(lambda: attempts["ok-late"] == 1, message="it keeps consuming")
+        good = [t for t in texts if t != "poison"]
+        firsts = [t for call in calls for t in call if t != "poison"]
+        assert firsts == [*good, "ok-late"]  # each good message handled once, in stream order
+        assert max(len(call) for call in calls) > 1 and all(len(call) <= 50 for call in calls)
+        assert attempts["poison"] == 3 and subscription.stats.handled == len(good) + 1
+        (letter,) = await dead_letters(nc, subject_prefix)
+        headers = letter.headers or {}
+        assert letter.data == b"poison" and headers[H_DLQ_SEQUENCE] == "11"
+        assert headers[H_DLQ_ERROR] == "ValueError: cannot parse poison" and headers[H_DLQ_DELIVERIES] == "3"
+
+
+async def test_a_batch_handler_that_fails_retries_every_message_of_the_batch(
+    embedded_nats: NatsServer, subject_prefix: str
+) -> None:
+    """Raising, or answering the wrong number of outcomes, fails the whole batch: nothing
+    is acked, every message comes back, and once the handler works each is acked."""
+    calls = 0
+    handled: Counter[str] = Counter()
+
+    async def handle(deliveries: Sequence[Delivery]) -> list[Exception | None]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("store unavailable")
+        if calls == 2:
+            return []  # a buggy handler: no outcomes
+        handled.update(d.data.decode() for d in deliveries)
+        return [None] * len(deliveries)
+
+    async with bus_for(embedded_nats.url, subject_prefix) as nc:
+        stream = bus.observations_stream(subject_prefix)
+        texts = [f"m-{n}" for n in range(10)]
+        await observe(nc, subject_prefix, "eu-west", texts)
+        subscription = batch_subscription(nc, subject_prefix, handle, max_deliver=5)
+        async with subscription:
+            await eventually(lambda: set(handled) == set(texts), message="all handled after the failures")
+            await eventually(lambda: consumer_drained(nc, stream, "batched"), message="all acked")
+        assert all(n == 1 for n in handled.values())
+        assert subscription.stats.retried >= 2 and subscription.stats.dead_lettered == 0
+        assert subscription.stats.handled == len(texts)
+
+
+def test_a_subscription_takes_one_kind_of_handler(subject_prefix: str) -> None:
+    async def one(delivery: Delivery) -> None:
+        return None
+
+    async def many(deliveries: Sequence[Delivery]) -> list[Exception | None]:
+        return [None] * len(deliveries)
+
+    nc = Client()
+    common: dict[str, object] = {
+        "instance": subject_prefix, "stream": "S", "durable": "d", "filter_subjects": ["convoy.x.obs.>"],
+    }
+    with pytest.raises(InvalidInput, match="either a handler or a batch handler"):
+        DurableSubscription(nc, **common)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="either a handler or a batch handler"):
+        DurableSubscription(nc, handler=one, batch_handler=many, **common)  # type: ignore[arg-type]
+    assert DurableSubscription(nc, batch_handler=many, **common).durable == "d"  # type: ignore[arg-type]

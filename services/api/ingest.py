@@ -15,19 +15,29 @@ Rejected and malformed messages go to the dead-letter subject at once with the r
 message be retried. Heartbeats (`…obs.<runtime>.heartbeat`) are kept in memory only —
 the last one per runtime — for liveness queries.
 
-Throughput: each observation is one append (one fsync, shared by group commit with
-concurrent ones). `workers` > 1 pulls from the one durable consumer with several
-handlers at once, so appends share commits (bench/agents.py); the price is that
-observations of one workload published milliseconds apart may be recorded in a different
-order than observed — readers order them by `observed_at` / generation, not by position.
-With `workers=1` the log order is the publish order.
+Throughput and order: one durable subscription in batch mode. Everything a pull has
+brought (up to `settings.batch` messages) is checked, then recorded in one store commit —
+one `AppendRequest` per observation, in arrival order, so each workload's observations
+keep the order they were published in and a redelivered one is recognised on its own
+(the store answers it with its original position) — and only then acked. If the commit is
+refused as a whole (an observation id already recorded with other details, which fails
+every write it is part of, or input the store will not take), the batch is recorded again
+observation by observation, where such an observation counts as a duplicate (the first
+report stands) or is dead-lettered. A rejected message is dead-lettered without touching
+the rest of its batch; a store that is unavailable makes the batch be retried.
+
+One consumer, one batch in flight: with batching it records thousands of observations per
+second (bench/planner.py, docs/performance.md), and the log order is the publish order.
+Several workers pulling from one consumer would record one workload's observations out of
+order, so `workers` is accepted for compatibility and only 1 is used.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
@@ -50,7 +60,7 @@ from eventstore.subscriptions import (
     DurableSubscription,
     SubscriptionSettings,
 )
-from eventstore.types import EventStore, validate_stream_id
+from eventstore.types import AppendRequest, EventStore, NewEvent, validate_stream_id
 from schemas.convoy.v1 import convergence_pb2, events_pb2
 
 log = structlog.get_logger("convoy.api.ingest")
@@ -74,6 +84,23 @@ class HeartbeatSeen:
     workloads: int
     received: float
     """`time.monotonic()` when it arrived."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An observation of a batch, checked and encoded, waiting for the commit."""
+
+    index: int
+    delivery: Delivery
+    observation_id: str
+    stream: str
+    event: NewEvent
+    repeats: list[tuple[int, Delivery]] = field(default_factory=list)
+    """Later messages of the same batch carrying the same observation id."""
+
+    @property
+    def indexes(self) -> list[int]:
+        return [self.index, *(i for i, _ in self.repeats)]
 
 
 def event_id(observation_id: str) -> uuid.UUID:
@@ -107,31 +134,29 @@ class ObservationIngest:
         self._prefix = f"convoy.{self.instance}.obs."
         if workers < 1:
             raise InvalidInput("ingest needs at least one worker")
-        self._workers = [
-            DurableSubscription(
-                nc,
-                instance=instance,
-                stream=bus.observations_stream(instance),
-                durable=durable,
-                filter_subjects=[bus.observations_subjects(instance)],
-                handler=self._handle,
-                settings=settings,
-            )
-            for _ in range(workers)
-        ]
-        self._subscription = self._workers[0]
+        if workers > 1:
+            log.info("observation ingest runs one batching consumer to keep each workload's order", workers=workers)
+        self._subscription = DurableSubscription(
+            nc,
+            instance=instance,
+            stream=bus.observations_stream(instance),
+            durable=durable,
+            filter_subjects=[bus.observations_subjects(instance)],
+            batch_handler=self._handle_batch,
+            settings=settings,
+        )
         self._heartbeats: dict[str, HeartbeatSeen] = {}
         self.recorded = 0
         self.duplicates = 0
         self.rejected = 0
+        self.commits = 0
+        """Store commits made (batches, and single appends when a batch fell back)."""
 
     async def start(self) -> None:
-        for worker in self._workers:
-            await worker.start()
+        await self._subscription.start()
 
     async def stop(self) -> None:
-        for worker in self._workers:
-            await worker.stop()
+        await self._subscription.stop()
 
     async def __aenter__(self) -> ObservationIngest:
         await self.start()
@@ -142,7 +167,7 @@ class ObservationIngest:
 
     @property
     def running(self) -> bool:
-        return all(worker.running for worker in self._workers)
+        return self._subscription.running
 
     # -- liveness ------------------------------------------------------------------------
 
@@ -156,17 +181,41 @@ class ObservationIngest:
 
     # -- handling ------------------------------------------------------------------------
 
-    async def _handle(self, delivery: Delivery) -> None:
-        try:
-            await self._ingest(delivery)
-        except Rejected as rejected:
-            await self._dead_letter(delivery, str(rejected))
+    async def _handle_batch(self, deliveries: Sequence[Delivery]) -> list[Exception | None]:
+        """Record a pull's observations in one commit; answer an outcome per message."""
+        outcomes: list[Exception | None] = [None] * len(deliveries)
+        pending: list[_Pending] = []
+        first: dict[uuid.UUID, _Pending] = {}
+        for index, delivery in enumerate(deliveries):
+            try:
+                item = self._prepare(index, delivery)
+            except Rejected as rejected:
+                try:
+                    await self._dead_letter(delivery, str(rejected))
+                except Exception as error:  # noqa: BLE001 - the bus is down: retry this one later
+                    outcomes[index] = error
+                continue
+            except Exception as error:  # noqa: BLE001 - unexpected: this message retries, the batch goes on
+                outcomes[index] = error
+                continue
+            if item is None:
+                continue  # a heartbeat
+            original = first.get(item.event.event_id)
+            if original is not None:  # the same observation twice in one pull: recorded once
+                original.repeats.append((index, delivery))
+                continue
+            first[item.event.event_id] = item
+            pending.append(item)
+        if pending:
+            await self._record(pending, outcomes)
+        return outcomes
 
-    async def _ingest(self, delivery: Delivery) -> None:
+    def _prepare(self, index: int, delivery: Delivery) -> _Pending | None:
+        """The observation's event and stream; None for a heartbeat (noted here)."""
         runtime, rest = self._parse_subject(delivery.subject)
         if rest == [HEARTBEAT]:
             self._heartbeat(runtime, delivery.data)
-            return
+            return None
         try:
             observation = convergence_pb2.Observation.FromString(delivery.data)
         except DecodeError as error:
@@ -178,19 +227,60 @@ class ObservationIngest:
                 actor=f"agent:{runtime}",
                 event_id=event_id(observation.observation_id),
             )
-            result = await self._store.append(stream_of(observation), [event])
-        except DuplicateEventId:
-            # The same observation id reported again with other details (an agent that
-            # restarted re-reports what it sees): the first report stands.
-            self.duplicates += 1
-            log.info("observation already recorded", observation_id=observation.observation_id)
-            return
+            event.validate()
         except InvalidInput as error:
             raise Rejected(f"the store refused the observation: {error}") from error
-        if result.duplicate:
+        return _Pending(index, delivery, observation.observation_id, stream_of(observation), event)
+
+    async def _record(self, pending: list[_Pending], outcomes: list[Exception | None]) -> None:
+        try:
+            results = await self._store.commit([AppendRequest(p.stream, (p.event,)) for p in pending])
+        except (DuplicateEventId, InvalidInput) as refused:
+            # One observation refused fails the whole write: record them one by one.
+            log.info("batch refused; recording its observations one by one", observations=len(pending), error=str(refused))
+            await self._record_one_by_one(pending, outcomes)
+            return
+        except Exception as error:  # noqa: BLE001 - store unavailable: the whole batch is retried
+            for p in pending:
+                for index in p.indexes:
+                    outcomes[index] = error
+            return
+        self.commits += 1
+        for p, result in zip(pending, results, strict=True):
+            self._counted(p, duplicate=result.duplicate)
+
+    async def _record_one_by_one(self, pending: list[_Pending], outcomes: list[Exception | None]) -> None:
+        for position, p in enumerate(pending):
+            try:
+                result = await self._store.append(p.stream, [p.event])
+                self.commits += 1
+            except DuplicateEventId:
+                # The same observation id reported again with other details (an agent that
+                # restarted re-reports what it sees): the first report stands.
+                log.info("observation already recorded", observation_id=p.observation_id)
+                self._counted(p, duplicate=True)
+                continue
+            except InvalidInput as error:
+                reason = f"the store refused the observation: {error}"
+                for index, delivery in [(p.index, p.delivery), *p.repeats]:
+                    try:
+                        await self._dead_letter(delivery, reason)
+                    except Exception as failure:  # noqa: BLE001 - the bus is down: retry it later
+                        outcomes[index] = failure
+                continue
+            except Exception as error:  # noqa: BLE001 - unavailable: retry this and the rest, in order
+                for rest in pending[position:]:
+                    for index in rest.indexes:
+                        outcomes[index] = error
+                return
+            self._counted(p, duplicate=result.duplicate)
+
+    def _counted(self, p: _Pending, *, duplicate: bool) -> None:
+        if duplicate:
             self.duplicates += 1
         else:
             self.recorded += 1
+        self.duplicates += len(p.repeats)
 
     def _parse_subject(self, subject: str) -> tuple[str, list[str]]:
         if not subject.startswith(self._prefix):

@@ -5,20 +5,24 @@ back into the store through ingest, a fresh agent converging from the desired st
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from eventstore import bus, natsauth
 from eventstore.embedded import NatsServer
+from eventstore.errors import Unavailable
 from eventstore.postgres import PostgresEventStore
 from eventstore.subscriptions import H_DLQ_ERROR
 from schemas.convoy.v1 import convergence_pb2
 from services.agent.agent import Agent, AgentSettings
 from services.agent.runtimes.base import Phase, WorkloadKey
 from services.agent.runtimes.memory import FAIL_PARAMETER, MemoryRuntime
+from services.api.ingest import ObservationIngest
 from tests.conftest import eventually
 from tests.integration.test_agent_support import FAST, Plane, control_plane
 
@@ -209,6 +213,142 @@ async def test_a_redelivered_observation_is_recorded_once(plane: Plane) -> None:
     await eventually(lambda: plane.ingest.recorded + plane.ingest.duplicates == 2, message="both handled")
     assert (plane.ingest.recorded, plane.ingest.duplicates) == (1, 1)
     assert len(await plane.store.read_all(categories=["observation"])) == 1
+
+
+def observation(observation_id: str, *, service: str = "web", runtime: str = "rt-a", **fields: object) -> convergence_pb2.Observation:
+    return convergence_pb2.Observation(
+        observation_id=observation_id, runtime=runtime, namespace="prod", application="shop", service=service,
+        kind=fields.pop("kind", convergence_pb2.OBSERVATION_KIND_HEALTHY), **fields,  # type: ignore[arg-type]
+    )
+
+
+async def publish(plane: Plane, *items: convergence_pb2.Observation | tuple[str, bytes], msg_id: str = "") -> None:
+    """Publish observations (on their workload's subject) or raw (subject, payload) pairs,
+    each with its own Nats-Msg-Id so JetStream keeps repeats."""
+    js = plane.nc.jetstream()
+    for n, item in enumerate(items):
+        if isinstance(item, tuple):
+            subject, data = item
+        else:
+            subject = bus.observation_subject(plane.instance, item.runtime, item.namespace, item.application, item.service)
+            data = item.SerializeToString()
+        await js.publish(subject, data, headers={bus.H_MSG_ID: f"{msg_id}{n}-{uuid.uuid4().hex}"})
+
+
+async def dead_lettered(plane: Plane, count: int) -> list[str]:
+    js = plane.nc.jetstream()
+    dlq = await js.pull_subscribe(bus.dlq_subject(plane.instance, "api-ingest"), durable=None, stream=bus.dlq_stream(plane.instance))
+    try:
+        messages = await dlq.fetch(count, timeout=5)
+    finally:
+        await dlq.unsubscribe()
+    return [m.headers[H_DLQ_ERROR] for m in messages if m.headers]
+
+
+async def ingest_drained(plane: Plane) -> bool:
+    info = await plane.nc.jetstream().consumer_info(bus.observations_stream(plane.instance), "api-ingest")
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_a_backlog_is_recorded_in_a_few_commits_in_publish_order(plane: Plane) -> None:
+    """Everything a pull brings goes to the store in one commit, each workload's
+    observations in publish order; a redelivered observation among them is answered by
+    the store as the retry it is, without splitting the batch."""
+    sent = [observation(f"o-{n:02d}", service=("web", "api", "db")[n % 3], generation=n) for n in range(60)]
+    await publish(plane, sent[0])
+    await eventually(lambda: plane.ingest.recorded == 1, message="o-00 recorded")
+    await plane.ingest.stop()  # observations pile up, as while the API is down
+    await publish(plane, *sent)  # o-00 again, then 59 new ones
+    commits = plane.ingest.commits
+    await plane.ingest.start()
+    await eventually(lambda: plane.ingest.recorded == 60, message="backlog recorded")
+    assert plane.ingest.duplicates == 1
+    assert plane.ingest.commits - commits <= 10, "one commit per pull, not one per observation"
+    for service in ("web", "api", "db"):
+        recorded = [o.observation_id for o in await plane.observations("rt-a", service=service)]
+        assert recorded == [o.observation_id for o in sent if o.service == service]
+    await eventually(lambda: ingest_drained(plane), message="all acked")
+
+
+async def test_repeats_in_a_batch_are_recorded_once_and_the_first_report_stands(plane: Plane) -> None:
+    """A batch holding an observation id already recorded with other details makes the
+    store refuse the batch as one write; the ingest then records it observation by
+    observation, where that one is a duplicate (the first report stands). An exact
+    redelivery and an observation published twice in one batch are recorded once too."""
+    await publish(plane, observation("o-0", generation=1))
+    await publish(plane, observation("o-1", generation=1, reason="first"))
+    await eventually(lambda: plane.ingest.recorded == 2, message="o-0 and o-1 recorded")
+    await plane.ingest.stop()
+    await publish(
+        plane,
+        observation("o-0", generation=1),  # redelivered as is
+        observation("n-1", generation=2),
+        observation("o-1", generation=1, reason="re-reported after a restart"),
+        observation("n-2", generation=3),
+        observation("n-2", generation=3),  # published twice
+        observation("n-3", generation=4),
+    )
+    await plane.ingest.start()
+    await eventually(lambda: plane.ingest.recorded + plane.ingest.duplicates == 8, message="all handled")
+    assert (plane.ingest.recorded, plane.ingest.duplicates, plane.ingest.rejected) == (5, 3, 0)
+    recorded = await plane.observations("rt-a")
+    assert [o.observation_id for o in recorded] == ["o-0", "o-1", "n-1", "n-2", "n-3"]
+    assert recorded[1].reason == "first"
+    await eventually(lambda: ingest_drained(plane), message="all acked")
+
+
+async def test_bad_messages_do_not_poison_their_batch(plane: Plane) -> None:
+    await plane.ingest.stop()
+    subject = bus.observation_subject(plane.instance, "rt-a", "prod", "shop", "web")
+    beat = convergence_pb2.Heartbeat(runtime="rt-a", agent_id="agent-1", workloads=2)
+    await publish(
+        plane,
+        observation("g-1"),
+        (subject, b"\xff\xff not protobuf"),
+        observation("g-2", service="api"),
+        (bus.observation_subject(plane.instance, "rt-a", "heartbeat"), beat.SerializeToString()),
+        (subject, observation("f-1", runtime="rt-b").SerializeToString()),  # speaking for another runtime
+        observation("g-3"),
+    )
+    await plane.ingest.start()
+    await eventually(lambda: plane.ingest.recorded == 3 and plane.ingest.rejected == 2, message="batch handled")
+    assert [o.observation_id for o in await plane.observations("rt-a")] == ["g-1", "g-3"]
+    assert [o.observation_id for o in await plane.observations("rt-a", service="api")] == ["g-2"]
+    reasons = await dead_lettered(plane, 2)
+    assert any("not an Observation" in r for r in reasons) and any("claims runtime 'rt-b'" in r for r in reasons)
+    seen = plane.ingest.last_heartbeat("rt-a")
+    assert seen is not None and seen.agent_id == "agent-1"
+    await eventually(lambda: ingest_drained(plane), message="all acked")
+
+
+class FlakyStore:
+    """The store, but its next `failures` commits fail as if PostgreSQL were down."""
+
+    def __init__(self, store: PostgresEventStore, failures: int) -> None:
+        self._store = store
+        self.failures = failures
+
+    async def commit(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise Unavailable("the database is restarting")
+        return await self._store.commit(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+async def test_a_batch_the_store_could_not_take_is_retried_and_acked_only_after_its_commit(plane: Plane) -> None:
+    await plane.ingest.stop()
+    flaky = FlakyStore(plane.store, failures=2)
+    ingest = ObservationIngest(nc=plane.nc, store=flaky, instance=plane.instance, settings=FAST)  # type: ignore[arg-type]
+    sent = [observation(f"r-{n}", generation=n) for n in range(5)]
+    await publish(plane, *sent)
+    async with ingest:
+        await eventually(lambda: ingest.recorded == 5, message="recorded once the store is back")
+        await eventually(lambda: ingest_drained(plane), message="acked after the commit")
+    assert flaky.failures == 0 and ingest.rejected == 0 and ingest.duplicates == 0
+    assert [o.observation_id for o in await plane.observations("rt-a")] == [o.observation_id for o in sent]
 
 
 async def test_healthz_fails_when_the_bus_is_lost_longer_than_the_threshold(

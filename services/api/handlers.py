@@ -120,9 +120,14 @@ class Api:
         request = parse()
         assert isinstance(request, api_pb2.WatchRequest)
         log.info("watch opened", token_id=principal.token_id, correlation_id=str(ctx.correlation_id))
-        async for event in events.watch(
-            self._store, self._registry, self._projection, request, open=lambda: self._streams_open
-        ):
+
+        def still_open() -> bool:
+            # A long-lived stream re-checks its token at every wake-up: a token revoked
+            # (or demoted) while it watches ends the stream with UNAUTHENTICATED.
+            self.authenticate(method, ctx)
+            return self._streams_open
+
+        async for event in events.watch(self._store, self._registry, self._projection, request, open=still_open):
             yield event
 
     def close_streams(self) -> None:

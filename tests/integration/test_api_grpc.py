@@ -345,3 +345,20 @@ async def test_stop_ends_watch_streams_and_leaves_no_task(pg_store: PostgresEven
     leftover = [t for t in asyncio.all_tasks() - before if not t.done() and t.get_name().startswith("convoy")]
     assert leftover == []
     await eventually(lambda: not running.server.projection.running, message="projection stopped")
+
+
+async def test_a_watch_ends_when_its_token_is_revoked(api: Running) -> None:
+    async with grpc_stubs(api.grpc_target) as stubs:
+        await seed(stubs, api.admin)
+        viewer = await create_token(stubs, api.admin, options_pb2.ROLE_VIEWER, "dashboard")
+        watch = stubs.events.Watch(api_pb2.WatchRequest(application="shop"), metadata=bearer(viewer.secret))
+        assert (await watch.read()).type == "convoy.v1.ApplicationCreated"
+
+        await stubs.tokens.RevokeToken(
+            api_pb2.RevokeTokenRequest(token_id=viewer.token_id, reason="laptop lost"), metadata=bearer(api.admin)
+        )
+
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while True:  # the rest of the history, then the end
+                await watch.read()
+        assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED

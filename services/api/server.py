@@ -148,17 +148,22 @@ class ApiServer:
     async def _bootstrap(self) -> None:
         """Create the first admin token when none is live. Its secret goes to
         `<state_dir>/admin-token` (0600) just before the token is recorded: a crash in
-        between leaves a useless file, never a token nobody can use. Two API processes
-        bootstrapping the same empty instance at once could both create one (each file
-        then holds a working secret); start the first process alone."""
+        between leaves a useless file, never a token nobody can use. Of two API processes
+        bootstrapping the same empty instance at once, one creates the token (a fixed
+        receipt key makes it once per instance); the other removes its void file."""
         if auth.has_live_admin(self.projection.state):
             return
         path = self._state_dir / auth.ADMIN_TOKEN_FILE
+        written = False
 
         async def write(secret: str) -> None:
+            nonlocal written
             await asyncio.to_thread(auth.write_admin_secret, self._state_dir, secret)
+            written = True
 
         created = await self._writer.bootstrap_token(name="bootstrap-admin", minted=auth.mint(), before_commit=write)
+        if created is None and written:  # another process bootstrapped first: this secret is void
+            path.unlink(missing_ok=True)
         if created is not None:
             self.admin_token_path = path
             log.warning(

@@ -132,16 +132,27 @@ class Writer:
         await self._caught_up(None)
         if auth.has_live_admin(self._projection.state):
             return None
-        await before_commit(minted.token_secret)
         request = api_pb2.CreateTokenRequest(name=name, role=options_pb2.ROLE_ADMIN)
-        response, _ = await self._execute(
-            BY_NAME["CreateToken"],
-            request,
-            actor=auth.BOOTSTRAP_ACTOR,
-            role=options_pb2.ROLE_ADMIN,
-            correlation_id=uuid.uuid4(),
-            minted=minted,
+        # One bootstrap per instance, ever: the token commits with a receipt under a fixed
+        # key, so of two API processes bootstrapping an empty instance at once only one
+        # creates a token (the other gets ReceiptTaken and writes nothing).
+        receipt = Receipt(
+            scope=auth.BOOTSTRAP_ACTOR, key="bootstrap-admin-token", method="CreateToken",
+            request_sha256=idempotency.request_hash(BY_NAME["CreateToken"].path, request), response=b"",
         )
+        await before_commit(minted.token_secret)
+        try:
+            response, _ = await self._execute(
+                BY_NAME["CreateToken"],
+                request,
+                actor=auth.BOOTSTRAP_ACTOR,
+                role=options_pb2.ROLE_ADMIN,
+                correlation_id=uuid.uuid4(),
+                minted=minted,
+                receipt=receipt,
+            )
+        except ReceiptTaken:
+            return None
         assert isinstance(response, api_pb2.CreatedToken)
         return response
 

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from eventstore.postgres import PostgresEventStore
 from schemas.convoy.v1 import api_pb2, options_pb2, resources_pb2
+from services.api.server import ApiServer
 from tests.conftest import eventually
 from tests.integration.test_api_support import (
     ROLES,
@@ -362,3 +363,19 @@ async def test_a_watch_ends_when_its_token_is_revoked(api: Running) -> None:
             while True:  # the rest of the history, then the end
                 await watch.read()
         assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_two_api_processes_bootstrapping_one_empty_instance_create_one_admin_token(
+    pg_store: PostgresEventStore, tmp_path: Path
+) -> None:
+    first = ApiServer(store=pg_store, state_dir=tmp_path / "a", grpc_address=None, http_address=None)
+    second = ApiServer(store=pg_store, state_dir=tmp_path / "b", grpc_address=None, http_address=None)
+    try:
+        await asyncio.gather(first.start(), second.start())
+        tokens = [e for e in await pg_store.read_all(limit=100) if e.type == "convoy.v1.TokenCreated"]
+        assert len(tokens) == 1
+        files = [p for p in (tmp_path / "a" / "admin-token", tmp_path / "b" / "admin-token") if p.exists()]
+        assert len(files) == 1, "exactly one process keeps a (working) secret file"
+    finally:
+        await first.stop()
+        await second.stop()

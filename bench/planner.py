@@ -11,8 +11,8 @@ Processes (on one machine, against an embedded nats-server and PostgreSQL this s
 starts in a temporary folder):
 
 - this process: the control plane's bus side as `convoy up` composes it — the relay
-  (store → JetStream) and the observation ingest (JetStream → store, `--ingest-workers`
-  pulling from one durable consumer) — plus the setup and the measurement;
+  (store → JetStream) and the observation ingest (JetStream → store: one durable
+  consumer, each pull recorded in one commit) — plus the setup and the measurement;
 - the planner, alone in its own process (`services.planner.runner.Planner`, settings and
   pool as `convoy planner`), so its peak RSS (VmHWM) is its own;
 - simulated agents in one process: one durable consumer per runtime on its intents
@@ -32,14 +32,18 @@ rss_mb (the planner process's VmHWM). On stderr also: progress every 2 s, the CP
 each component (planner, agents, relay+ingest, nats-server, postgres) used in the timed
 part, and with `--refold` the pure planner's capacity on the recorded inputs.
 
+`--ingest-capacity N` measures the observation ingest alone instead: N observations (50
+runtimes x 1,000 services) are published first, then the ingest is started and timed
+until it has recorded them all (RESULT ingest_obs_per_s=… commits=…).
+
 Last line: RESULT instances=50000 fleet_converge_s=… planner_eps=… rss_mb=…
 
-    .venv/bin/python bench/planner.py [--services 1000] [--apps 10] [--ingest-workers 32]
+    .venv/bin/python bench/planner.py [--services 1000] [--apps 10]
     .venv/bin/python bench/planner.py --services 100             # a quick check
     .venv/bin/python bench/planner.py --observations direct      # agents append observations
                                                                   # themselves: past the ingest
     .venv/bin/python bench/planner.py --py-spy out.txt --refold  # where the planner spends its time
-    .venv/bin/python bench/planner.py --index-experiment         # the proposed convergences_of index
+    .venv/bin/python bench/planner.py --ingest-capacity 30000    # the ingest alone, draining a backlog
     .venv/bin/python bench/planner.py --profile-planner out.prof  # planner under cProfile (slower)
 """
 
@@ -62,6 +66,13 @@ INSTANCE = "bench"
 SCHEMA = "bench_planner"
 CHANNELS = (("staging", "s", 5), ("canary", "c", 5), ("prod", "p", 40))
 """(channel, runtime prefix, runtimes): each channel requires the previous one stable."""
+
+
+def ingest_settings() -> Any:
+    """The observation ingest's subscription: up to 100 messages per pull, so per commit."""
+    from eventstore.subscriptions import SubscriptionSettings
+
+    return SubscriptionSettings(batch=100, ack_wait=120.0, max_ack_pending=10_000)
 
 
 def runtime_names() -> dict[str, list[str]]:
@@ -116,35 +127,6 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _TICK
 
 
-def index_convergences_of() -> Any:
-    """EXPERIMENT (the proposal for services/planner/model.py, not its implementation):
-    `PlannerState.convergences_of` answered from an index by (application, service)
-    instead of a scan of every convergence. The index here is rebuilt whenever the number
-    of convergences changes, which is sound only because this fleet never drops one.
-    Returns a function that restores the original."""
-    from services.planner.model import PlannerState
-
-    original = PlannerState.convergences_of
-    cache: dict[int, tuple[int, dict[tuple[str, str], list[Any]], Any]] = {}
-
-    def convergences_of(self: Any, app: str, service: str) -> list[Any]:
-        convs = self.convergences
-        entry = cache.get(id(convs))
-        if entry is None or entry[0] != len(convs) or entry[2] is not convs:
-            index: dict[tuple[str, str], list[Any]] = {}
-            for (a, s, _), conv in convs.items():
-                index.setdefault((a, s), []).append(conv)
-            entry = cache[id(convs)] = (len(convs), index, convs)
-        return list(entry[1].get((app, service), ()))
-
-    PlannerState.convergences_of = convergences_of  # type: ignore[method-assign]
-
-    def restore() -> None:
-        PlannerState.convergences_of = original  # type: ignore[method-assign]
-
-    return restore
-
-
 def summarize_profile(path: str, top: int = 25) -> None:
     """py-spy's raw (collapsed) stacks → inclusive and self share per function, to stderr."""
     import collections
@@ -180,7 +162,7 @@ def summarize_profile(path: str, top: int = 25) -> None:
 # -- the planner process ---------------------------------------------------------------
 
 
-async def planner_child(dsn: str, expected: int, profile: str, experiment: bool) -> None:
+async def planner_child(dsn: str, expected: int, profile: str) -> None:
     """Run the planner; every 0.25 s print a JSON line with its stats; print
     {"converged": …} once all `expected` convergences are CONVERGED and committed."""
     from eventstore.codec import convoy_registry
@@ -189,8 +171,6 @@ async def planner_child(dsn: str, expected: int, profile: str, experiment: bool)
     from services.planner.model import CONVERGED
     from services.planner.runner import Planner, PlannerSettings
 
-    if experiment:
-        index_convergences_of()
     store = await PostgresEventStore.open(PostgresSettings(dsn=dsn, schema=SCHEMA, pool_max=4))
     settings = PlannerSettings()
 
@@ -222,9 +202,9 @@ async def planner_child(dsn: str, expected: int, profile: str, experiment: bool)
         await asyncio.Event().wait()  # until the parent reads VmHWM and terminates us
 
 
-def run_planner_child(dsn: str, expected: int, profile: str, experiment: bool) -> None:
+def run_planner_child(dsn: str, expected: int, profile: str) -> None:
     if not profile:
-        asyncio.run(planner_child(dsn, expected, profile, experiment))
+        asyncio.run(planner_child(dsn, expected, profile))
         return
     import cProfile
     import signal
@@ -238,7 +218,7 @@ def run_planner_child(dsn: str, expected: int, profile: str, experiment: bool) -
 
     signal.signal(signal.SIGTERM, dump)
     profiler.enable()
-    asyncio.run(planner_child(dsn, expected, profile, experiment))
+    asyncio.run(planner_child(dsn, expected, profile))
 
 
 # -- the simulated agents process --------------------------------------------------------
@@ -363,8 +343,7 @@ class Child:
 
 async def refold(store: Any, registry: Any) -> None:
     """The planner's capacity without I/O: fold every recorded input again with the pure
-    `plan` (decoding included, encoding and committing the outputs not), once as built and
-    once with the convergences_of index experiment."""
+    `plan` (decoding included, encoding and committing the outputs not)."""
     from services.planner.engine import INPUT_CATEGORIES, plan
     from services.planner.model import PlannerState
     from services.planner.runner import to_input
@@ -373,21 +352,15 @@ async def refold(store: Any, registry: Any) -> None:
     while batch := await store.read_all(after=after, limit=20_000, categories=INPUT_CATEGORIES):
         recorded += batch
         after = batch[-1].position
-    for label, experiment in (("as built", False), ("with the index experiment", True)):
-        restore = index_convergences_of() if experiment else None
-        try:
-            state, outputs = PlannerState(), 0
-            began = time.perf_counter()
-            for event in recorded:
-                item = to_input(registry, event)
-                if item is not None:
-                    outputs += len(plan(state, item)[1])
-            took = time.perf_counter() - began
-        finally:
-            if restore is not None:
-                restore()
-        err(f"refold {label}: {len(recorded)} inputs -> {outputs} outputs in {took:.2f} s: "
-            f"{len(recorded) / took:.0f} inputs/s, {(len(recorded) + outputs) / took:.0f} events/s (no I/O)")
+    state, outputs = PlannerState(), 0
+    began = time.perf_counter()
+    for event in recorded:
+        item = to_input(registry, event)
+        if item is not None:
+            outputs += len(plan(state, item)[1])
+    took = time.perf_counter() - began
+    err(f"refold: {len(recorded)} inputs -> {outputs} outputs in {took:.2f} s: "
+        f"{len(recorded) / took:.0f} inputs/s, {(len(recorded) + outputs) / took:.0f} events/s (no I/O)")
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -406,13 +379,55 @@ async def spawn(name: str, *args: str) -> Child:
     return Child(name, proc)
 
 
+async def ingest_capacity(count: int) -> None:
+    """Publish `count` observations (awaited, 500 at a time), then start the ingest and
+    time it until all are recorded."""
+    from eventstore import bus
+    from eventstore.embedded import NatsServer, PostgresServer
+    from eventstore.postgres import PostgresEventStore, PostgresSettings
+    from schemas.convoy.v1 import convergence_pb2 as C
+    from services.api.ingest import ObservationIngest
+
+    with tempfile.TemporaryDirectory(prefix="convoy-bench-ingest-") as tmp, NatsServer(
+        data_dir=Path(tmp) / "nats"
+    ) as nats_server, PostgresServer(data_dir=Path(tmp) / "pg") as pg:
+        store = await PostgresEventStore.open(PostgresSettings(dsn=pg.dsn, schema=SCHEMA, pool_max=32))
+        nc = await bus.connect(nats_server.url, name="bench-ingest")
+        js = nc.jetstream()
+        await bus.ensure_streams(js, INSTANCE)
+
+        async def publish(n: int) -> None:
+            runtime, service = f"r{n % 50:02d}", f"svc{(n // 50) % 1000:04d}"
+            observation = C.Observation(
+                observation_id=f"obs-{n}", runtime=runtime, namespace="prod", application="app", service=service,
+                kind=C.OBSERVATION_KIND_HEALTHY, intent_id=f"intent-{n}", generation=1,
+            )
+            await js.publish(bus.observation_subject(INSTANCE, runtime, "prod", "app", service),
+                             observation.SerializeToString(), headers={bus.H_MSG_ID: observation.observation_id})
+
+        for first in range(0, count, 500):
+            await asyncio.gather(*(publish(n) for n in range(first, min(count, first + 500))))
+        err(f"{count} observations published; load {os.getloadavg()}")
+        ingest = ObservationIngest(nc=nc, store=store, instance=INSTANCE, settings=ingest_settings())
+        cpu, started = time.process_time(), time.perf_counter()
+        async with ingest:
+            while ingest.recorded < count:
+                await asyncio.sleep(0.01)
+            took = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        err(f"ingest: {count} observations in {took:.2f} s, {ingest.commits} commits, "
+            f"{1e3 * cpu / count:.3f} ms of this process's CPU per observation; load {os.getloadavg()}")
+        await nc.close()
+        await store.close()
+    print(f"RESULT ingest_observations={count} ingest_obs_per_s={count / took:.0f} commits={ingest.commits}", flush=True)
+
+
 async def main(args: argparse.Namespace) -> None:
     from eventstore import bus
     from eventstore.codec import convoy_registry
     from eventstore.embedded import NatsServer, PostgresServer
     from eventstore.postgres import PostgresEventStore, PostgresSettings
     from eventstore.relay import Relay, RelaySettings
-    from eventstore.subscriptions import SubscriptionSettings
     from eventstore.types import AppendRequest
     from schemas.convoy.v1 import events_pb2 as E
     from schemas.convoy.v1 import resources_pb2 as R
@@ -462,19 +477,15 @@ async def main(args: argparse.Namespace) -> None:
         err(f"{len(declarations)} declarations recorded")
 
         relay = Relay(store=store, nc=nc, settings=RelaySettings(instance=INSTANCE))
-        ingest = ObservationIngest(
-            nc=nc, store=store, instance=INSTANCE, workers=1 if args.observations == "direct" else args.ingest_workers,
-            settings=SubscriptionSettings(batch=100, ack_wait=120.0, max_ack_pending=10_000),
-        )
+        ingest = ObservationIngest(nc=nc, store=store, instance=INSTANCE, settings=ingest_settings())
         children: list[Child] = []
         async with relay, ingest:
             try:
-                direct = args.observations == "direct"  # the ingest then idles with one worker
+                direct = args.observations == "direct"  # the ingest then idles
                 agents = await spawn("agents", "--agents-child", nats_server.url, pg.dsn if direct else "", *all_runtimes)
                 children.append(agents)
                 await agents.wait_for("ready", 120)
-                planner = await spawn("planner", "--planner-child", pg.dsn, str(expected), args.profile_planner,
-                                      "1" if args.index_experiment else "0")
+                planner = await spawn("planner", "--planner-child", pg.dsn, str(expected), args.profile_planner)
                 children.append(planner)
                 await planner.wait_for("ready", 120)
                 head = await store.head()
@@ -534,7 +545,8 @@ async def main(args: argparse.Namespace) -> None:
                 err(f"converged: {done['converged']} convergences in {elapsed:.2f} s; planner folded "
                     f"{done['inputs'] - before['inputs']} inputs and wrote {done['outputs'] - before['outputs']} outputs "
                     f"in {done['commits'] - before['commits']} commits ({done['restarts']} restarts); "
-                    f"ingest recorded {ingest.recorded} ({ingest.duplicates} duplicates) in {store.batches_committed} commits; "
+                    f"ingest recorded {ingest.recorded} ({ingest.duplicates} duplicates) in {ingest.commits} commits "
+                    f"({ingest.recorded / elapsed:.0f}/s); "
                     f"relay published {relay.published}; "
                     f"load {os.getloadavg()}")
                 err(f"CPU seconds in the timed part ({elapsed:.1f} s wall, 2 cores = {2 * elapsed:.0f} CPU-s): "
@@ -558,7 +570,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--apps", type=int, default=10, help="applications the services are spread over")
-    parser.add_argument("--ingest-workers", type=int, default=32)
+    parser.add_argument("--ingest-capacity", type=int, default=0, metavar="N",
+                        help="measure the observation ingest alone: publish N observations, then time their ingest")
     parser.add_argument("--observations", choices=("ingest", "direct"), default="ingest",
                         help="ingest: agents publish on NATS, the observation ingest records them (default); "
                         "direct: agents append them to the store themselves (no ingest), to see past the ingest")
@@ -568,18 +581,20 @@ if __name__ == "__main__":
                         help="sample the planner with py-spy during the timed part (raw stacks to PATH, summary to stderr)")
     parser.add_argument("--refold", action="store_true",
                         help="afterwards, fold the recorded inputs again with the pure planner (no I/O): its capacity")
-    parser.add_argument("--index-experiment", action="store_true",
-                        help="run the planner with an (application, service) index for convergences_of (see the doc)")
-    parser.add_argument("--planner-child", nargs=4, metavar=("DSN", "EXPECTED", "PROFILE", "EXPERIMENT"), help=argparse.SUPPRESS)
+    parser.add_argument("--planner-child", nargs=3, metavar=("DSN", "EXPECTED", "PROFILE"), help=argparse.SUPPRESS)
     parser.add_argument("--agents-child", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.planner_child:
-        dsn, expected, profile, experiment = args.planner_child
-        run_planner_child(dsn, int(expected), profile, experiment == "1")
+        dsn, expected, profile = args.planner_child
+        run_planner_child(dsn, int(expected), profile)
     elif args.agents_child:
         import uvloop
 
         uvloop.run(agents_child(args.agents_child[0], args.agents_child[1], args.agents_child[2:]))
+    elif args.ingest_capacity:
+        import uvloop
+
+        uvloop.run(ingest_capacity(args.ingest_capacity))
     else:
         import uvloop
 

@@ -172,7 +172,7 @@ async def bus_services(
     relay = await stack.enter_async_context(Relay(store=store, nc=nc, settings=relay_settings))
     ops.instrument_relay(metrics, relay)
     ingest = await stack.enter_async_context(
-        ObservationIngest(nc=nc, store=ops.counted(store, appended, "ingest"), instance=instance, registry=registry, workers=8)
+        ObservationIngest(nc=nc, store=ops.counted(store, appended, "ingest"), instance=instance, registry=registry)
     )
     ops.instrument_ingest(metrics, ingest)
     await stack.enter_async_context(DesiredState(nc=nc, store=store, instance=instance, registry=registry))

@@ -108,7 +108,7 @@ def _wait_for_exit(pid_file: Path, what: str, timeout: float = 30.0) -> None:
         return
     deadline = time.monotonic() + timeout
     signalled = False
-    while _pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             if signalled:
                 raise EmbeddedServerError(f"an earlier {what} (pid {pid}) still holds {pid_file.parent}; stop it first")
@@ -118,7 +118,8 @@ def _wait_for_exit(pid_file: Path, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)  # polling another process's exit: there is nothing to wait on
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

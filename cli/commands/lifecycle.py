@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from cli import localstate
+from eventstore.embedded import pid_alive
 from eventstore.settings import Settings, environ
 
 
@@ -27,29 +28,17 @@ def down(
     settings = Settings.from_env(environ(), state_dir=state_dir)
     pid_file = settings.state_dir / localstate.PID_FILE
     pid = localstate.read_pid(settings.state_dir)
-    if pid is None or not _alive(pid):
+    if pid is None or not pid_alive(pid):
         if pid is not None:
             pid_file.unlink(missing_ok=True)
         typer.echo(f"no convoy up is running for {settings.state_dir}")
         raise typer.Exit(0 if pid is None else 0)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             typer.echo(f"error: convoy up (pid {pid}) did not stop within {timeout:g}s", err=True)
             raise typer.Exit(1)
         time.sleep(0.1)  # waiting for another process to exit: nothing to wait on but its pid
     typer.echo(f"stopped convoy up (pid {pid})")
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True

@@ -132,6 +132,23 @@ class StaleGeneration(ConvoyError):
     retryable = False
 
 
+def same_generation(key: WorkloadKey, live_generation: int, live_hash: str, workload: Workload) -> bool:
+    """The generation rule every runtime keeps, against what it runs now: True when the
+    workload is the live generation (re-applying changes nothing unless repairing);
+    `StaleGeneration` for an older one; `ApplyRejected` for the live generation with
+    another spec."""
+    if workload.generation < live_generation:
+        raise StaleGeneration(f"{key} runs generation {live_generation}; refusing older generation {workload.generation}")
+    if workload.generation != live_generation:
+        return False
+    if workload.spec_hash != live_hash:
+        raise ApplyRejected(
+            f"{key}: generation {workload.generation} is live with spec hash {live_hash}, "
+            f"not {workload.spec_hash}: one generation has one spec"
+        )
+    return True
+
+
 class Runtime(Protocol):
     """A place that runs services. Implementations: kubernetes, exec, local."""
 

@@ -39,7 +39,7 @@ from services.agent.runtimes.base import (
     FailureReason,
     Phase,
     RuntimeUnavailable,
-    StaleGeneration,
+    same_generation,
     Workload,
     WorkloadKey,
     WorkloadStatus,
@@ -110,16 +110,7 @@ class ExecRuntime:
         async with self._lock(key):
             live = self._applied.get(key)
             if live is not None:
-                if workload.generation < live.generation:
-                    raise StaleGeneration(
-                        f"{key} runs generation {live.generation}; refusing older generation {workload.generation}"
-                    )
-                if workload.generation == live.generation:
-                    if workload.spec_hash != live.spec_hash:
-                        raise ApplyRejected(
-                            f"{key}: generation {workload.generation} is live with spec hash {live.spec_hash}, "
-                            f"not {workload.spec_hash}: one generation has one spec"
-                        )
+                if same_generation(key, live.generation, live.spec_hash, workload):
                     if not repair:
                         return await self._fetch(key, live)
                     workload = live

@@ -37,7 +37,7 @@ from services.agent.runtimes.base import (
     FailureReason,
     Phase,
     RuntimeUnavailable,
-    StaleGeneration,
+    same_generation,
     Workload,
     WorkloadKey,
     WorkloadStatus,
@@ -131,16 +131,7 @@ class LocalRuntime:
             existing = self._workloads.get(key)
             if existing is not None:
                 live = existing.workload
-                if workload.generation < live.generation:
-                    raise StaleGeneration(
-                        f"{key} runs generation {live.generation}; refusing older generation {workload.generation}"
-                    )
-                if workload.generation == live.generation:
-                    if workload.spec_hash != live.spec_hash:
-                        raise ApplyRejected(
-                            f"{key}: generation {workload.generation} is live with spec hash {live.spec_hash}, "
-                            f"not {workload.spec_hash}: one generation has one spec"
-                        )
+                if same_generation(key, live.generation, live.spec_hash, workload):
                     if repair and key in self._errors:  # restored but could not start: try again
                         await self._start(live, existing=existing)
                     elif repair:

@@ -57,6 +57,11 @@ DEFAULT_DUPLICATE_WINDOW: Final = 120.0
 """Seconds JetStream remembers a `Nats-Msg-Id`. The relay does not rely on it across
 restarts: it reconciles its checkpoint with the stream's last message first."""
 
+OBSERVATIONS_MAX_AGE: Final = 7 * 24 * 3600.0
+"""Seconds the observations stream keeps a message (the log keeps it for good)."""
+DLQ_MAX_AGE: Final = 30 * 24 * 3600.0
+"""Seconds dead letters are kept for someone to look at."""
+
 _INSTANCE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _PLAIN_TOKEN = re.compile(r"^[A-Za-z0-9_:@-]+$")
 _UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9_:@-]")
@@ -334,12 +339,16 @@ def stream_configs(
             name=observations_stream(instance),
             description=f"Convoy {instance}: observations reported by agents",
             subjects=[observations_subjects(instance)],
+            # Ingest records them in the log within seconds; the stream is only their way
+            # there, so it keeps a week (an outage that long is a restore, not a backlog).
+            max_age=OBSERVATIONS_MAX_AGE,
             **common,
         ),
         StreamConfig(
             name=dlq_stream(instance),
             description=f"Convoy {instance}: messages no consumer could handle",
             subjects=[dlq_subjects(instance)],
+            max_age=DLQ_MAX_AGE,
             **common,
         ),
     ]

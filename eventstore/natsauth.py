@@ -92,7 +92,18 @@ H_DESIRED_POSITION: Final = "Convoy-Desired-Position"
 
 
 def heartbeat_subject(instance: str, runtime: str) -> str:
-    return bus.observation_subject(instance, runtime, "heartbeat")
+    """Core NATS, outside every stream: a heartbeat is news for a few seconds, and a
+    stream would keep every one of them (100 agents every 5 s is 1.7 million a day)."""
+    return f"convoy.{bus.validate_instance(instance)}.hb.{bus.encode_token(runtime)}"
+
+
+def heartbeat_subjects(instance: str) -> str:
+    return f"convoy.{bus.validate_instance(instance)}.hb.*"
+
+
+def runtime_of_heartbeat(instance: str, subject: str) -> str | None:
+    prefix = f"convoy.{bus.validate_instance(instance)}.hb."
+    return bus.decode_token(subject[len(prefix):]) if subject.startswith(prefix) else None
 
 
 def agent_permissions(instance: str, runtime: str) -> Permissions:
@@ -103,6 +114,7 @@ def agent_permissions(instance: str, runtime: str) -> Permissions:
     return Permissions(
         publish=(
             bus.observation_filter(instance, runtime),
+            heartbeat_subject(instance, runtime),
             f"convoy.{instance}.req.{token}.>",
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
             f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",

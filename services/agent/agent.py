@@ -12,7 +12,7 @@ What runs, each as a named, supervised, stoppable task:
 - convergence from a snapshot: at start (and until it gets one) the agent asks the
   control plane for its runtime's desired state, so a fresh agent converges without
   replaying history (`snapshot`);
-- heartbeats on `convoy.<i>.obs.<runtime>.heartbeat` every `heartbeat_interval`;
+- heartbeats on core NATS `convoy.<i>.hb.<runtime>` every `heartbeat_interval` (not stored);
 - reconcile every `reconcile_interval`: drift is reported (DRIFTED) and repaired when the
   intent says `repair_drift`;
 - `/healthz` (optional), failing once the bus is lost longer than `bus_loss_threshold`;

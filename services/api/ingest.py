@@ -12,7 +12,7 @@ permissions allow only `convoy.<i>.obs.<its runtime>.>`), so an observation whos
 `runtime` field names another runtime is an agent speaking for someone else — rejected.
 Rejected and malformed messages go to the dead-letter subject at once with the reason
 (retrying cannot fix them) and nothing is written; only an unavailable store makes a
-message be retried. Heartbeats (`…obs.<runtime>.heartbeat`) are kept in memory only —
+message be retried. Heartbeats (core NATS `convoy.<instance>.hb.<runtime>`) are kept in memory only —
 the last one per runtime — for liveness queries.
 
 Throughput and order: one durable subscription in batch mode. Everything a pull has
@@ -34,6 +34,7 @@ order, so `workers` is accepted for compatibility and only 1 is used.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -44,8 +45,10 @@ from typing import Final
 import structlog
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
-from eventstore import bus
+from eventstore import bus, natsauth
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.errors import DuplicateEventId, InvalidInput
 from eventstore.subscriptions import (
@@ -146,6 +149,7 @@ class ObservationIngest:
             settings=settings,
         )
         self._heartbeats: dict[str, HeartbeatSeen] = {}
+        self._heartbeat_sub: Subscription | None = None
         self.recorded = 0
         self.duplicates = 0
         self.rejected = 0
@@ -154,9 +158,28 @@ class ObservationIngest:
 
     async def start(self) -> None:
         await self._subscription.start()
+        # Heartbeats arrive on core NATS (not stored anywhere): the subject names the
+        # runtime, which the agent's NATS permissions tie to its credential.
+        self._heartbeat_sub = await bus.guarded(
+            "subscribing to heartbeats",
+            lambda: self._nc.subscribe(natsauth.heartbeat_subjects(self.instance), cb=self._on_heartbeat),
+        )
 
     async def stop(self) -> None:
+        sub, self._heartbeat_sub = self._heartbeat_sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):  # a closed connection has no subscriptions left
+                await sub.unsubscribe()
         await self._subscription.stop()
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        runtime = natsauth.runtime_of_heartbeat(self.instance, msg.subject)
+        if runtime is None:
+            return
+        try:
+            self._heartbeat(runtime, msg.data)
+        except Rejected as rejected:
+            log.warning("heartbeat ignored", runtime=runtime, reason=str(rejected))
 
     async def __aenter__(self) -> ObservationIngest:
         await self.start()

@@ -64,3 +64,19 @@ def test_the_envelope_survives_headers(actor: str) -> None:
     assert bus.event_from_message(headers, event.data) == event
     with pytest.raises(InvalidInput):
         bus.event_from_message({**headers, bus.H_POSITION: "x"}, event.data)
+
+
+def test_heartbeats_travel_outside_every_stream_and_only_agents_of_their_runtime_send_them() -> None:
+    from eventstore import natsauth
+
+    subject = natsauth.heartbeat_subject("prod", "eu-1")
+    assert subject == "convoy.prod.hb.eu-1"
+    for config in bus.stream_configs("prod"):
+        for pattern in config.subjects or []:
+            prefix = pattern.removesuffix(">")
+            assert not subject.startswith(prefix), f"{config.name} would store every heartbeat"
+    assert subject in natsauth.agent_permissions("prod", "eu-1").publish
+    assert subject not in natsauth.agent_permissions("prod", "us-1").publish
+    assert natsauth.runtime_of_heartbeat("prod", subject) == "eu-1"
+    observations = next(c for c in bus.stream_configs("prod") if c.name == bus.observations_stream("prod"))
+    assert observations.max_age == bus.OBSERVATIONS_MAX_AGE

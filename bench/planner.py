@@ -12,7 +12,8 @@ starts in a temporary folder):
 
 - this process: the control plane's bus side as `convoy up` composes it — the relay
   (store → JetStream) and the observation ingest (JetStream → store: one durable
-  consumer, each pull recorded in one commit) — plus the setup and the measurement;
+  consumer, each pull of up to 500 recorded in one commit; its default settings) — plus
+  the setup and the measurement;
 - the planner, alone in its own process (`services.planner.runner.Planner`, settings and
   pool as `convoy planner`), so its peak RSS (VmHWM) is its own;
 - simulated agents in one process: one durable consumer per runtime on its intents
@@ -66,13 +67,6 @@ INSTANCE = "bench"
 SCHEMA = "bench_planner"
 CHANNELS = (("staging", "s", 5), ("canary", "c", 5), ("prod", "p", 40))
 """(channel, runtime prefix, runtimes): each channel requires the previous one stable."""
-
-
-def ingest_settings() -> Any:
-    """The observation ingest's subscription: up to 100 messages per pull, so per commit."""
-    from eventstore.subscriptions import SubscriptionSettings
-
-    return SubscriptionSettings(batch=100, ack_wait=120.0, max_ack_pending=10_000)
 
 
 def runtime_names() -> dict[str, list[str]]:
@@ -408,7 +402,7 @@ async def ingest_capacity(count: int) -> None:
         for first in range(0, count, 500):
             await asyncio.gather(*(publish(n) for n in range(first, min(count, first + 500))))
         err(f"{count} observations published; load {os.getloadavg()}")
-        ingest = ObservationIngest(nc=nc, store=store, instance=INSTANCE, settings=ingest_settings())
+        ingest = ObservationIngest(nc=nc, store=store, instance=INSTANCE)  # its defaults, as `convoy up`
         cpu, started = time.process_time(), time.perf_counter()
         async with ingest:
             while ingest.recorded < count:
@@ -477,7 +471,7 @@ async def main(args: argparse.Namespace) -> None:
         err(f"{len(declarations)} declarations recorded")
 
         relay = Relay(store=store, nc=nc, settings=RelaySettings(instance=INSTANCE))
-        ingest = ObservationIngest(nc=nc, store=store, instance=INSTANCE, settings=ingest_settings())
+        ingest = ObservationIngest(nc=nc, store=store, instance=INSTANCE)  # its defaults, as `convoy up`
         children: list[Child] = []
         async with relay, ingest:
             try:

@@ -16,7 +16,7 @@ message be retried. Heartbeats (core NATS `convoy.<instance>.hb.<runtime>`) are 
 the last one per runtime — for liveness queries.
 
 Throughput and order: one durable subscription in batch mode. Everything a pull has
-brought (up to `settings.batch` messages) is checked, then recorded in one store commit —
+brought (up to `settings.batch` messages, 500 by default) is checked, then recorded in one store commit —
 one `AppendRequest` per observation, in arrival order, so each workload's observations
 keep the order they were published in and a redelivered one is recognised on its own
 (the store answers it with its original position) — and only then acked. If the commit is
@@ -72,6 +72,11 @@ EVENT_ID_NAMESPACE: Final = uuid.UUID("0b8f3a52-5c1e-4a51-8f0e-3f9b7a0c2d64")
 """uuid5 namespace: event id = uuid5(EVENT_ID_NAMESPACE, observation id)."""
 HEARTBEAT: Final = "heartbeat"
 DURABLE: Final = "api-ingest"
+SETTINGS: Final = SubscriptionSettings(batch=500, max_ack_pending=2_000)
+"""Up to 500 observations per pull, so per commit: on a loaded 2-core machine a batch
+takes tens of milliseconds whatever its size, and 100 per batch could not keep up with a
+fleet rollout (bench/planner.py); 1,000 was no faster. Two pulls may be pending at once
+(the next is requested while a batch is recorded), hence max_ack_pending."""
 
 
 class Rejected(InvalidInput):
@@ -125,7 +130,7 @@ class ObservationIngest:
         store: EventStore,
         instance: str,
         registry: EventRegistry | None = None,
-        settings: SubscriptionSettings = SubscriptionSettings(),
+        settings: SubscriptionSettings = SETTINGS,
         durable: str = DURABLE,
         workers: int = 1,
     ) -> None:

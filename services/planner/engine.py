@@ -422,15 +422,22 @@ def _step_gates(run: _Run, conv: Convergence, record: ReleaseRecord, channel: re
 
 
 def _step_deploying(run: _Run, conv: Convergence, record: ReleaseRecord, channel: resources_pb2.ReleaseChannel) -> None:
+    # One pass over the targets (a fleet channel has dozens and every report steps it).
     release_id = conv.release_id
-    targets = list(conv.targets.values())
-    for target in targets:
-        if _on_release(target, release_id, rollback=False) and target.observed_kind == O.OBSERVATION_KIND_FAILED:
-            _set_target_status(run, conv, target, FAILED, _failure_text(target))
-            _fail(run, conv, _failure_text(target))
-            return
+    in_flight: list[TargetState] = []
+    todo: list[TargetState] = []
+    for target in conv.targets.values():
+        if target.generation > 0 and target.release_id == release_id and not target.rollback:
+            if target.observed_kind == O.OBSERVATION_KIND_FAILED:
+                _set_target_status(run, conv, target, FAILED, _failure_text(target))
+                _fail(run, conv, _failure_text(target))
+                return
+            if not target.healthy:
+                in_flight.append(target)
+        else:
+            todo.append(target)
+    done = not todo and not in_flight
     deadline = _deadline(run, record)
-    in_flight = [t for t in targets if _on_release(t, release_id, rollback=False) and not t.healthy]
     for target in in_flight:
         assert target.issued_at is not None
         if target.issued_at + deadline <= run.now:
@@ -438,11 +445,9 @@ def _step_deploying(run: _Run, conv: Convergence, record: ReleaseRecord, channel
             _set_target_status(run, conv, target, FAILED, text)
             _fail(run, conv, text)
             return
-    free = (channel.max_concurrent_runtimes or len(targets)) - len(in_flight)
+    free = (channel.max_concurrent_runtimes or len(conv.targets)) - len(in_flight)
     waiting_on_pause = []
-    for target in targets:
-        if _on_release(target, release_id, rollback=False):
-            continue
+    for target in todo:
         if run.state.catalog.runtime_paused(target.runtime):
             waiting_on_pause.append(target.runtime)
             continue
@@ -457,7 +462,6 @@ def _step_deploying(run: _Run, conv: Convergence, record: ReleaseRecord, channel
     if result.failure:
         _fail(run, conv, result.failure)
         return
-    done = all(_on_release(t, release_id, rollback=False) and t.healthy for t in targets)
     if done and result.passed:
         # Verify in the same step: a channel with nothing to verify goes straight to
         # CONVERGED, one with a soak shows VERIFYING with what it waits for.
@@ -469,7 +473,7 @@ def _step_deploying(run: _Run, conv: Convergence, record: ReleaseRecord, channel
         limit = f" ({channel.max_concurrent_runtimes} at a time)" if channel.max_concurrent_runtimes else ""
         _set_status(
             run, conv, DEPLOYING,
-            f"deploying {conv.version} to {len(targets)} runtime(s){limit}; waiting for paused runtime(s) "
+            f"deploying {conv.version} to {len(conv.targets)} runtime(s){limit}; waiting for paused runtime(s) "
             + ", ".join(sorted(set(waiting_on_pause))),
         )
 

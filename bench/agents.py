@@ -89,7 +89,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def main(agents: int, processes: int, rounds: int, pause: float, ingest_workers: int) -> None:
+async def main(agents: int, processes: int, rounds: int, pause: float) -> None:
     from eventstore import bus
     from eventstore.codec import convoy_registry
     from eventstore.embedded import NatsServer, PostgresServer
@@ -113,7 +113,7 @@ async def main(agents: int, processes: int, rounds: int, pause: float, ingest_wo
             config = resources_pb2.Runtime(name=name, kind=resources_pb2.RUNTIME_KIND_EXEC)
             await store.append(f"runtime/{name}", [registry.encode(events_pb2.RuntimeRegistered(runtime=config), actor="bench")])
         relay = Relay(store=store, nc=nc, settings=RelaySettings(instance=instance))
-        ingest = ObservationIngest(nc=nc, store=store, instance=instance, workers=ingest_workers)
+        ingest = ObservationIngest(nc=nc, store=store, instance=instance)
         desired = DesiredState(nc=nc, store=store, instance=instance)
         sync = NatsAuthSync(store=store, nc=nc, instance=instance)
         async with relay, ingest, desired, sync:
@@ -203,6 +203,5 @@ if __name__ == "__main__":
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--pause", type=float, default=0.002, help="seconds between intents")
-    parser.add_argument("--ingest-workers", type=int, default=8)
     args = parser.parse_args()
-    uvloop.run(main(args.agents, args.processes, args.rounds, args.pause, args.ingest_workers))
+    uvloop.run(main(args.agents, args.processes, args.rounds, args.pause))

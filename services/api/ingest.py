@@ -29,7 +29,7 @@ the rest of its batch; a store that is unavailable makes the batch be retried.
 One consumer, one batch in flight: with batching it records thousands of observations per
 second (bench/planner.py, docs/performance.md), and the log order is the publish order.
 Several workers pulling from one consumer would record one workload's observations out of
-order, so `workers` is accepted for compatibility and only 1 is used.
+order, so there is one.
 """
 
 from __future__ import annotations
@@ -132,7 +132,6 @@ class ObservationIngest:
         registry: EventRegistry | None = None,
         settings: SubscriptionSettings = SETTINGS,
         durable: str = DURABLE,
-        workers: int = 1,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -140,10 +139,6 @@ class ObservationIngest:
         self.instance = bus.validate_instance(instance)
         self._registry = registry or convoy_registry()
         self._prefix = f"convoy.{self.instance}.obs."
-        if workers < 1:
-            raise InvalidInput("ingest needs at least one worker")
-        if workers > 1:
-            log.info("observation ingest runs one batching consumer to keep each workload's order", workers=workers)
         self._subscription = DurableSubscription(
             nc,
             instance=instance,

@@ -279,8 +279,9 @@ def _on_release(target: TargetState, release_id: str, *, rollback: bool | None =
 
 def _failure_text(target: TargetState) -> str:
     when = f" at {gates.hhmm(target.observed_at)}" if target.observed_at else ""
-    # The agent's message can be long (a runtime's output): its first line says what failed.
-    detail = (target.observed_message or target.observed_reason or "failed").strip().splitlines()[0][:200]
+    # The agent's message can be long (a runtime's output): its first lines say what failed.
+    lines = [line.strip() for line in (target.observed_message or target.observed_reason or "failed").splitlines()]
+    detail = " — ".join(line for line in lines if line)[:240]
     reason = target.observed_reason.replace("_", " ") if target.observed_reason else "failure"
     return f"{reason} on runtime {target.runtime}{when} ({detail})"
 

@@ -167,7 +167,7 @@ def pause(
 ) -> None:
     """Pause a service's convergence (in one channel, or all)."""
     app, service = split_target(target)
-    request = api_pb2.ConvergenceRequest(application=app, service=service, channel=channel, reason=reason)
+    request = api_pb2.PauseConvergenceRequest(application=app, service=service, channel=channel, reason=reason)
     with connect(endpoint, token) as client:
         answer = client.write(client.releases.PauseConvergence, request)
     _written(output, answer, f"paused {target} in {channel or 'every channel'}" + _suffix(answer))
@@ -184,7 +184,7 @@ def resume(
 ) -> None:
     """Resume a service's convergence (in one channel, or all)."""
     app, service = split_target(target)
-    request = api_pb2.ConvergenceRequest(application=app, service=service, channel=channel, reason=reason)
+    request = api_pb2.ResumeConvergenceRequest(application=app, service=service, channel=channel, reason=reason)
     with connect(endpoint, token) as client:
         answer = client.write(client.releases.ResumeConvergence, request)
     _written(output, answer, f"resumed {target} in {channel or 'every channel'}" + _suffix(answer))

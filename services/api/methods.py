@@ -58,7 +58,7 @@ class Method:
     @property
     def is_command(self) -> bool:
         """Commands go through `decide` and the log; everything else reads."""
-        return self.input is api_pb2.ConvergenceRequest or self.input in decider.HANDLERS
+        return self.input in decider.HANDLERS
 
 
 def _method(service_name: str, descriptor: MethodDescriptor) -> Method:

@@ -107,6 +107,7 @@ def test_agent_permissions_name_only_its_own_subjects() -> None:
     stream = bus.events_stream("inst")
     assert set(perms.publish) == {
         "convoy.inst.obs.rt-a.>",
+        "convoy.inst.hb.rt-a",
         "convoy.inst.req.rt-a.>",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.agent-rt-a",
         f"$JS.API.CONSUMER.INFO.{stream}.agent-rt-a",

@@ -953,7 +953,7 @@ class BypassRequest(_message.Message):
 Global___BypassRequest: _TypeAlias = BypassRequest  # noqa: Y015
 
 @_typing.final
-class ConvergenceRequest(_message.Message):
+class PauseConvergenceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     APPLICATION_FIELD_NUMBER: _builtins.int
@@ -979,7 +979,36 @@ class ConvergenceRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ConvergenceRequest: _TypeAlias = ConvergenceRequest  # noqa: Y015
+Global___PauseConvergenceRequest: _TypeAlias = PauseConvergenceRequest  # noqa: Y015
+
+@_typing.final
+class ResumeConvergenceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    application: _builtins.str
+    service: _builtins.str
+    channel: _builtins.str
+    """Empty = every channel (and lifts per-channel pauses too)."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "reason", b"reason", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeConvergenceRequest: _TypeAlias = ResumeConvergenceRequest  # noqa: Y015
 
 @_typing.final
 class RollbackRequest(_message.Message):

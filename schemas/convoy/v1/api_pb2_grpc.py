@@ -1150,12 +1150,12 @@ class ReleaseServiceStub:
                 _registered_method=True)
         self.PauseConvergence = channel.unary_unary(
                 '/convoy.v1.ReleaseService/PauseConvergence',
-                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ConvergenceRequest.SerializeToString,
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.PauseConvergenceRequest.SerializeToString,
                 response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
                 _registered_method=True)
         self.ResumeConvergence = channel.unary_unary(
                 '/convoy.v1.ReleaseService/ResumeConvergence',
-                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ConvergenceRequest.SerializeToString,
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ResumeConvergenceRequest.SerializeToString,
                 response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
                 _registered_method=True)
         self.Rollback = channel.unary_unary(
@@ -1246,12 +1246,12 @@ def add_ReleaseServiceServicer_to_server(servicer, server):
             ),
             'PauseConvergence': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseConvergence,
-                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ConvergenceRequest.FromString,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.PauseConvergenceRequest.FromString,
                     response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.SerializeToString,
             ),
             'ResumeConvergence': grpc.unary_unary_rpc_method_handler(
                     servicer.ResumeConvergence,
-                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ConvergenceRequest.FromString,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ResumeConvergenceRequest.FromString,
                     response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.SerializeToString,
             ),
             'Rollback': grpc.unary_unary_rpc_method_handler(
@@ -1398,7 +1398,7 @@ class ReleaseService:
             request,
             target,
             '/convoy.v1.ReleaseService/PauseConvergence',
-            schemas_dot_convoy_dot_v1_dot_api__pb2.ConvergenceRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.PauseConvergenceRequest.SerializeToString,
             schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
             options,
             channel_credentials,
@@ -1425,7 +1425,7 @@ class ReleaseService:
             request,
             target,
             '/convoy.v1.ReleaseService/ResumeConvergence',
-            schemas_dot_convoy_dot_v1_dot_api__pb2.ConvergenceRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.ResumeConvergenceRequest.SerializeToString,
             schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
             options,
             channel_credentials,

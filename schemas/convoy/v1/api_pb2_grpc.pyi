@@ -312,8 +312,8 @@ class ReleaseServiceStub:
     Approve: _grpc.UnaryUnaryMultiCallable[_api_pb2.ApproveRequest, _api_pb2.WriteResult]
     Reject: _grpc.UnaryUnaryMultiCallable[_api_pb2.RejectRequest, _api_pb2.WriteResult]
     Bypass: _grpc.UnaryUnaryMultiCallable[_api_pb2.BypassRequest, _api_pb2.WriteResult]
-    PauseConvergence: _grpc.UnaryUnaryMultiCallable[_api_pb2.ConvergenceRequest, _api_pb2.WriteResult]
-    ResumeConvergence: _grpc.UnaryUnaryMultiCallable[_api_pb2.ConvergenceRequest, _api_pb2.WriteResult]
+    PauseConvergence: _grpc.UnaryUnaryMultiCallable[_api_pb2.PauseConvergenceRequest, _api_pb2.WriteResult]
+    ResumeConvergence: _grpc.UnaryUnaryMultiCallable[_api_pb2.ResumeConvergenceRequest, _api_pb2.WriteResult]
     Rollback: _grpc.UnaryUnaryMultiCallable[_api_pb2.RollbackRequest, _api_pb2.WriteResult]
     ListReleases: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListReleasesRequest, _api_pb2.ListReleasesResponse]
 
@@ -324,8 +324,8 @@ class ReleaseServiceAsyncStub(ReleaseServiceStub):
     Approve: _aio.UnaryUnaryMultiCallable[_api_pb2.ApproveRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
     Reject: _aio.UnaryUnaryMultiCallable[_api_pb2.RejectRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
     Bypass: _aio.UnaryUnaryMultiCallable[_api_pb2.BypassRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
-    PauseConvergence: _aio.UnaryUnaryMultiCallable[_api_pb2.ConvergenceRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
-    ResumeConvergence: _aio.UnaryUnaryMultiCallable[_api_pb2.ConvergenceRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
+    PauseConvergence: _aio.UnaryUnaryMultiCallable[_api_pb2.PauseConvergenceRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
+    ResumeConvergence: _aio.UnaryUnaryMultiCallable[_api_pb2.ResumeConvergenceRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
     Rollback: _aio.UnaryUnaryMultiCallable[_api_pb2.RollbackRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
     ListReleases: _aio.UnaryUnaryMultiCallable[_api_pb2.ListReleasesRequest, _api_pb2.ListReleasesResponse]  # type: ignore[assignment]
 
@@ -361,14 +361,14 @@ class ReleaseServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def PauseConvergence(
         self,
-        request: _api_pb2.ConvergenceRequest,
+        request: _api_pb2.PauseConvergenceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.WriteResult, _abc.Awaitable[_api_pb2.WriteResult]]: ...
 
     @_abc_1.abstractmethod
     def ResumeConvergence(
         self,
-        request: _api_pb2.ConvergenceRequest,
+        request: _api_pb2.ResumeConvergenceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.WriteResult, _abc.Awaitable[_api_pb2.WriteResult]]: ...
 

@@ -71,9 +71,8 @@ class Command:
     `actor` is who asks (recorded on the events by the caller, and the approver of an
     approval); `role` is the caller's `options_pb2.Role` — the API checks each method's
     least role before calling `decide`, the domain only consults it for rules that need
-    it. `method` is the RPC method name ("PauseConvergence" or a full
-    "/convoy.v1.ReleaseService/PauseConvergence"); only requests that several methods
-    share (`ConvergenceRequest`: PauseConvergence / ResumeConvergence) need it."""
+    it. `method` is the RPC method name ("Deploy" or a full "/convoy.v1.ReleaseService/Deploy"),
+    for messages and logs; every RPC has its own request type, so routing never needs it."""
 
     request: Message
     actor: str

@@ -18,7 +18,7 @@ from services.api.domain.targets import existing_channel, existing_service
 from services.api.domain.validation import MAX_REASON, check_text, q
 
 
-def _validate(state: State, request: api_pb2.ConvergenceRequest) -> None:
+def _validate(state: State, request: api_pb2.PauseConvergenceRequest | api_pb2.ResumeConvergenceRequest) -> None:
     existing_service(state, request.application, request.service)
     problems = Problems()
     check_text(problems, "reason", request.reason, limit=MAX_REASON)
@@ -27,7 +27,7 @@ def _validate(state: State, request: api_pb2.ConvergenceRequest) -> None:
         existing_channel(state, request.application, request.channel)
 
 
-def pause_convergence(state: State, request: api_pb2.ConvergenceRequest, command: Command) -> Decision:
+def pause_convergence(state: State, request: api_pb2.PauseConvergenceRequest, command: Command) -> Decision:
     _validate(state, request)
     if state.is_convergence_paused(request.application, request.service, request.channel):
         return Decision.unchanged()
@@ -37,7 +37,7 @@ def pause_convergence(state: State, request: api_pb2.ConvergenceRequest, command
     return Decision.of(streams.service(request.application, request.service), event)
 
 
-def resume_convergence(state: State, request: api_pb2.ConvergenceRequest, command: Command) -> Decision:
+def resume_convergence(state: State, request: api_pb2.ResumeConvergenceRequest, command: Command) -> Decision:
     _validate(state, request)
     app, service = request.application, request.service
     if request.channel:

@@ -9,8 +9,8 @@ events at all.
 
 Role checks are not made here: the API enforces each method's `min_role` option before
 calling. The command's actor must be set, because approvals and rejections are recorded
-under it. `HANDLERS` lists the request types that are commands; `ConvergenceRequest`
-serves two RPCs and is routed by `Command.method`.
+under it. `HANDLERS` lists the request types that are commands: one request type per
+RPC, so the request alone says what to do.
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ from services.api.domain.state import State
 
 Handler = Callable[[State, Any, Command], Decision]
 
-# ConvergenceRequest serves both PauseConvergence and ResumeConvergence; those two are
-# told apart by `Command.method`.
 HANDLERS: Final[dict[type[Message], Handler]] = {
     api_pb2.ApplyApplicationRequest: applications.apply_application,
     api_pb2.DeleteApplicationRequest: applications.delete_application,
@@ -64,13 +62,8 @@ HANDLERS: Final[dict[type[Message], Handler]] = {
     api_pb2.BypassRequest: bypass.bypass,
     api_pb2.CreateTokenRequest: tokens.create_token,
     api_pb2.RevokeTokenRequest: tokens.revoke_token,
-}
-
-PAUSE_CONVERGENCE: Final = "PauseConvergence"
-RESUME_CONVERGENCE: Final = "ResumeConvergence"
-_CONVERGENCE: Final[dict[str, Handler]] = {
-    PAUSE_CONVERGENCE: convergence.pause_convergence,
-    RESUME_CONVERGENCE: convergence.resume_convergence,
+    api_pb2.PauseConvergenceRequest: convergence.pause_convergence,
+    api_pb2.ResumeConvergenceRequest: convergence.resume_convergence,
 }
 
 
@@ -79,19 +72,10 @@ def decide(state: State, command: Command) -> Decision:
     if not isinstance(command.actor, str) or not 0 < len(command.actor) <= 200:
         raise BadCommandContext("Command.actor must be the caller's identity (1-200 characters)")
     request = command.request
-    if isinstance(request, api_pb2.ConvergenceRequest):
-        handler = _CONVERGENCE.get(command.method.rsplit("/", 1)[-1])
-        if handler is None:
-            raise BadCommandContext(
-                f"a ConvergenceRequest needs Command.method {PAUSE_CONVERGENCE!r} or {RESUME_CONVERGENCE!r}, "
-                f"not {command.method!r}"
-            )
-    else:
-        found = HANDLERS.get(type(request))
-        if found is None:
-            name = request.DESCRIPTOR.full_name if isinstance(request, Message) else type(request).__name__
-            raise BadCommandContext(f"{name} is not a command `decide` handles (reads go to projections)")
-        handler = found
+    handler = HANDLERS.get(type(request))
+    if handler is None:
+        name = request.DESCRIPTOR.full_name if isinstance(request, Message) else type(request).__name__
+        raise BadCommandContext(f"{name} is not a command `decide` handles (reads go to projections)")
     decision = handler(state, request, command)
     for _, event in decision.events:
         size = event.ByteSize()

@@ -123,7 +123,7 @@ def _svc(cls: type[Message], **extra: st.SearchStrategy[Any]) -> st.SearchStrate
 
 @functools.cache
 def plausible_requests() -> st.SearchStrategy[tuple[Message, str]]:
-    """(request, method) pairs; method matters only for ConvergenceRequest."""
+    """(request, method) pairs; the method is only a label (every RPC has its own request)."""
     name_rt = st.sampled_from(RUNTIMES)
     requests = st.one_of(
         st.builds(api_pb2.ApplyRuntimeRequest, runtime=runtime()),
@@ -151,7 +151,8 @@ def plausible_requests() -> st.SearchStrategy[tuple[Message, str]]:
         _svc(api_pb2.BypassRequest, channel=st.sampled_from(RELEASE_CHANNELS), release_id=st.sampled_from(RELEASE_IDS),
              target=st.sampled_from(["precondition:qa", "precondition:channel_stable:staging", "precondition:deploy_window",
                                      "protection:smoke", "smoke"]), reason=st.just("incident")),
-        _svc(api_pb2.ConvergenceRequest, channel=st.sampled_from(["", *RELEASE_CHANNELS])),
+        _svc(api_pb2.PauseConvergenceRequest, channel=st.sampled_from(["", *RELEASE_CHANNELS])),
+        _svc(api_pb2.ResumeConvergenceRequest, channel=st.sampled_from(["", *RELEASE_CHANNELS])),
         _svc(api_pb2.RollbackRequest, channels=few(st.sampled_from(RELEASE_CHANNELS), unique=True),
              target_release_id=st.sampled_from(RELEASE_IDS), reason=st.sampled_from(["", "bad"])),
         st.builds(api_pb2.CreateTokenRequest, name=st.just("ci"), role=st.integers(0, 5)),

@@ -237,8 +237,7 @@ def test_refused(make: Callable[[State], object], error: type[ConvoyError], mess
 
 def test_removing_a_channel_drops_its_paused_convergences() -> None:
     state = shop()
-    _, state = run(state, api_pb2.ConvergenceRequest(application="shop", service="api", channel="staging"),
-                   method="PauseConvergence")
+    _, state = run(state, api_pb2.PauseConvergenceRequest(application="shop", service="api", channel="staging"))
     assert ("shop", "api", "staging") in state.paused_convergences
     _, state = run(state, apply_app("shop", channel("prod", "eu-1")))
     assert state.paused_convergences == {}

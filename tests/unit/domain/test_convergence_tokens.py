@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from google.protobuf.message import Message
 
 from eventstore.errors import ConvoyError
 from schemas.convoy.v1 import api_pb2, events_pb2, options_pb2
@@ -12,57 +13,56 @@ from services.api.domain import BadCommandContext, FailedPrecondition, InvalidAr
 from services.api.domain.tokens import role_of, token_for_secret
 from tests.unit.domain.builders import MINTED, command, run, shop
 
-PAUSE, RESUME = "PauseConvergence", "/convoy.v1.ReleaseService/ResumeConvergence"
+def pause(channel: str = "", reason: str = "") -> api_pb2.PauseConvergenceRequest:
+    return api_pb2.PauseConvergenceRequest(application="shop", service="api", channel=channel, reason=reason)
 
 
-def conv(channel: str = "", reason: str = "") -> api_pb2.ConvergenceRequest:
-    return api_pb2.ConvergenceRequest(application="shop", service="api", channel=channel, reason=reason)
+def resume(channel: str = "", reason: str = "") -> api_pb2.ResumeConvergenceRequest:
+    return api_pb2.ResumeConvergenceRequest(application="shop", service="api", channel=channel, reason=reason)
 
 
 def test_pause_and_resume_one_channel() -> None:
-    decision, state = run(shop(), conv("prod", "investigating"), method=PAUSE)
+    decision, state = run(shop(), pause("prod", "investigating"))
     assert decision.events == (("service/shop/api", events_pb2.ConvergencePaused(
         application="shop", service="api", channel="prod", reason="investigating")),)
     assert state.is_convergence_paused("shop", "api", "prod")
     assert not state.is_convergence_paused("shop", "api", "staging")
-    assert decide(state, command(conv("prod"), method=PAUSE)).events == ()
-    decision, state = run(state, conv("prod"), method=RESUME)
+    assert decide(state, command(pause("prod"))).events == ()
+    decision, state = run(state, resume("prod"))
     assert decision.events == (("service/shop/api", events_pb2.ConvergenceResumed(
         application="shop", service="api", channel="prod")),)
-    assert decide(state, command(conv("prod"), method=RESUME)).events == ()
+    assert decide(state, command(resume("prod"))).events == ()
 
 
 def test_pausing_everywhere_covers_channels_and_resuming_everywhere_clears_them() -> None:
-    _, state = run(shop(), conv("staging"), method=PAUSE)
-    decision, state = run(state, conv(), method=PAUSE)
+    _, state = run(shop(), pause("staging"))
+    decision, state = run(state, pause())
     assert decision.changed
-    assert decide(state, command(conv("prod"), method=PAUSE)).events == ()  # already paused everywhere
+    assert decide(state, command(pause("prod"))).events == ()  # already paused everywhere
     with pytest.raises(FailedPrecondition) as caught:
-        decide(state, command(conv("prod"), method=RESUME))
+        decide(state, command(resume("prod")))
     assert str(caught.value) == (
         "service shop/api is paused in every channel; resume it with an empty channel (every channel), then pause "
         'the others again if needed — resuming only "prod" would change nothing'
     )
-    decision, state = run(state, conv(), method=RESUME)
+    decision, state = run(state, resume())
     assert decision.changed and state.paused_convergences == {}
-    assert decide(state, command(conv(), method=RESUME)).events == ()
+    assert decide(state, command(resume())).events == ()
 
 
-CONV_REFUSED: list[tuple[str, api_pb2.ConvergenceRequest, str, type[ConvoyError], str]] = [
-    ("unknown service", api_pb2.ConvergenceRequest(application="shop", service="web"), PAUSE, NotFound,
+CONV_REFUSED: list[tuple[str, Message, type[ConvoyError], str]] = [
+    ("unknown service", api_pb2.PauseConvergenceRequest(application="shop", service="web"), NotFound,
      'service "web" of application "shop" does not exist; services: api'),
-    ("unknown channel", conv("qa"), PAUSE, NotFound, 'channel: application "shop" has no channel "qa"; channels: prod, staging'),
-    ("bad channel", conv("QA"), RESUME, InvalidArgument,
+    ("unknown channel", pause("qa"), NotFound, 'channel: application "shop" has no channel "qa"; channels: prod, staging'),
+    ("bad channel", resume("QA"), InvalidArgument,
      "channel: \"QA\" is not a valid channel name: use lower-case letters, digits and '-', start and end with a letter or digit, at most 63 characters"),
-    ("no method", conv(), "", BadCommandContext,
-     "a ConvergenceRequest needs Command.method 'PauseConvergence' or 'ResumeConvergence', not ''"),
 ]
 
 
-@pytest.mark.parametrize(("request_", "method", "error", "message"), [c[1:] for c in CONV_REFUSED], ids=[c[0] for c in CONV_REFUSED])
-def test_convergence_refused(request_: api_pb2.ConvergenceRequest, method: str, error: type[ConvoyError], message: str) -> None:
+@pytest.mark.parametrize(("request_", "error", "message"), [c[1:] for c in CONV_REFUSED], ids=[c[0] for c in CONV_REFUSED])
+def test_convergence_refused(request_: Message, error: type[ConvoyError], message: str) -> None:
     with pytest.raises(error) as caught:
-        decide(shop(), command(request_, method=method))
+        decide(shop(), command(request_))
     assert str(caught.value) == message
 
 

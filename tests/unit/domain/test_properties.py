@@ -44,10 +44,11 @@ IDEMPOTENT = (
     api_pb2.ApproveRequest,
     api_pb2.RejectRequest,
     api_pb2.BypassRequest,
-    api_pb2.ConvergenceRequest,
+    api_pb2.PauseConvergenceRequest,
+    api_pb2.ResumeConvergenceRequest,
     api_pb2.RevokeTokenRequest,
 )
-REQUEST_TYPES = [*HANDLERS, api_pb2.ConvergenceRequest]
+REQUEST_TYPES = [*HANDLERS]
 
 
 def seeded() -> State:

@@ -195,6 +195,12 @@ class Planner:
                 await self._run()
             except asyncio.CancelledError:
                 raise
+            except DuplicateEventId as error:
+                # Another planner committed part of these inputs' outputs (the same events:
+                # ids derive from inputs): refold from the checkpoint and go on.
+                self.ready.clear()
+                self.stats.restarts += 1
+                log.info("another planner is ahead; refolding from the checkpoint", detail=str(error))
             except Exception as error:  # rebuild and go on: the log is the truth
                 self.ready.clear()
                 self.stats.restarts += 1

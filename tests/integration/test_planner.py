@@ -314,3 +314,32 @@ def test_output_grouping_keeps_per_stream_order() -> None:
     assert [(g.stream_id, [e.event_id for e in g.events]) for g in grouped] == [
         ("timer/a", [a1.event_id, a2.event_id]), ("timer/b", [b1.event_id])]
 
+
+
+async def test_two_planners_racing_on_one_log_write_every_decision_once(pg_store: PostgresEventStore) -> None:
+    """Output ids derive from input ids and plan() is deterministic, so a second planner
+    (a failover started early, an operator's mistake) duplicates nothing: whichever
+    commits an input's outputs first wins, the other's commit is AlreadyProcessed."""
+    for message in declarations({"staging": ["s1", "s2"], "canary": ["c1"], "prod": ["p1", "p2", "p3"]},
+                                [f"svc{i}" for i in range(8)]):
+        await record(pg_store, message)
+    agents = asyncio.create_task(simulated_agents(pg_store))
+    try:
+        async with (
+            Planner(store=pg_store, registry=REGISTRY, clock=FakeClock(datetime.now(UTC))),
+            Planner(store=pg_store, registry=REGISTRY, clock=FakeClock(datetime.now(UTC))),
+        ):
+            for i in range(8):
+                await record(pg_store, E.ReleaseCreated(release=R.Release(
+                    id=f"rel-{i}", application="fleet", service=f"svc{i}", version="v1", config=service(f"svc{i}"))))
+            wanted = {(f"svc{i}", "prod"): "CONVERGED" for i in range(8)}
+            await eventually(lambda: _is(pg_store, wanted), timeout=60, message="every service converged in prod")
+            await eventually(lambda: _checkpoint_at_head(pg_store), message="checkpoint caught up")
+    finally:
+        await stop(agents)
+
+    outputs = [e for e in await pg_store.read_all(limit=100_000, categories=["intent", "convergence"]) if e.actor == PLANNER_ACTOR]
+    intents = [REGISTRY.decode(e).message for e in outputs if e.type == "convoy.v1.IntentIssued"]
+    assert len(intents) == 8 * 6  # one per service and runtime, none twice
+    assert len({(i.target.runtime, i.spec.service, i.generation) for i in intents}) == len(intents)
+    assert (await replay_check(pg_store, REGISTRY)).ok

@@ -89,8 +89,10 @@ class StageResult:
     failure: str = ""
     """Set when a FAIL-behaviour check failed: why, for the convergence's reason."""
     waiting: str = ""
-    wake_at: datetime | None = None
-    """When the stage should be evaluated again (delay over, soak over)."""
+    delay_until: datetime | None = None
+    """When a check's delay is over (its results start to count)."""
+    soak_until: datetime | None = None
+    """When a passing check's soak is over."""
 
 
 def evaluate(
@@ -98,7 +100,8 @@ def evaluate(
 ) -> StageResult:
     targets = list(targets)
     waiting: list[str] = []
-    wake: list[datetime] = []
+    delays: list[datetime] = []
+    soaks: list[datetime] = []
     for state in conv.checks.values():
         if state.done:
             continue
@@ -108,7 +111,7 @@ def evaluate(
         ready_at = state.started_at + timedelta(seconds=state.delay)
         if now < ready_at:
             waiting.append(f"{state.protection}: first check at {ready_at:%H:%M:%S}")
-            wake.append(ready_at)
+            delays.append(ready_at)
             continue
         failed, missing = _failures(state, targets)
         if failed:
@@ -129,9 +132,11 @@ def evaluate(
             state.done = True
             continue
         waiting.append(f"{state.protection}: soak ends at {soak_end:%H:%M:%S} UTC")
-        wake.append(soak_end)
+        soaks.append(soak_end)
     if waiting:
-        return StageResult(False, waiting="; ".join(waiting), wake_at=min(wake) if wake else None)
+        return StageResult(
+            False, waiting="; ".join(waiting), delay_until=min(delays, default=None), soak_until=min(soaks, default=None)
+        )
     return StageResult(True)
 
 

@@ -334,8 +334,10 @@ def _request_checks(run: _Run, conv: Convergence, requests: list[convergence_pb2
 
 def _stage(run: _Run, conv: Convergence, record: ReleaseRecord) -> checks.StageResult:
     result = checks.evaluate(conv, conv.targets.values(), record, run.now)
-    if result.wake_at is not None:
-        _schedule(run, conv, "soak" if conv.stage == resources_pb2.LIFECYCLE_POST_DEPLOYMENT else "check_delay", result.wake_at)
+    if result.delay_until is not None:
+        _schedule(run, conv, "check_delay", result.delay_until)
+    if result.soak_until is not None:
+        _schedule(run, conv, "soak", result.soak_until)
     return result
 
 

@@ -12,6 +12,7 @@ trailing metadata (`x-correlation-id`, `convoy-violations-bin` as JSON).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, NoReturn
 
@@ -69,14 +70,24 @@ async def _abort(context: grpc.aio.ServicerContext, failure: Failure, ctx: CallC
     raise AssertionError("abort returned")  # pragma: no cover
 
 
-def _unary(api: Api, method: Method) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
+Observe = Callable[[str, str, float], None]
+"""(API method, gRPC status name, seconds) for each unary call: the request metrics."""
+
+
+def _unary(api: Api, method: Method, observe: Observe | None) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
     async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Message:
         ctx = _context(context)
+        started = time.perf_counter()
         try:
             response = await api.call(method, ctx, _parser(method, data))
         except Exception as error:  # every failure becomes a status, never a crash
-            await _abort(context, api.fail(method, ctx, error), ctx)
+            failure = api.fail(method, ctx, error)
+            if observe is not None:
+                observe(method.name, failure.grpc_code.name, time.perf_counter() - started)
+            await _abort(context, failure, ctx)
         context.set_trailing_metadata((("x-correlation-id", str(ctx.correlation_id)),))
+        if observe is not None:
+            observe(method.name, "OK", time.perf_counter() - started)
         return response
 
     return handle
@@ -98,7 +109,7 @@ def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
-def generic_handlers(api: Api) -> list[grpc.GenericRpcHandler]:
+def generic_handlers(api: Api, observe: Observe | None = None) -> list[grpc.GenericRpcHandler]:
     """One generic handler per service in api.proto."""
     out: list[grpc.GenericRpcHandler] = []
     for service in SERVICES:
@@ -110,18 +121,18 @@ def generic_handlers(api: Api) -> list[grpc.GenericRpcHandler]:
                 )
             else:
                 handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                    _unary(api, method), response_serializer=_serialize
+                    _unary(api, method, observe), response_serializer=_serialize
                 )
         out.append(grpc.method_handlers_generic_handler(service, handlers))
     return out
 
 
-def build_server(api: Api) -> grpc.aio.Server:
+def build_server(api: Api, observe: Observe | None = None) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ]
     )
-    server.add_generic_rpc_handlers(generic_handlers(api))
+    server.add_generic_rpc_handlers(generic_handlers(api, observe))
     return server

@@ -221,6 +221,24 @@ class RequestMetrics:
         self.latency.labels(method=method).observe(seconds)
 
 
+class GrpcMetrics:
+    """`convoy_api_grpc_requests_total{method,code}` and
+    `convoy_api_grpc_request_duration_seconds{method}` for unary gRPC calls; `method` is
+    the API method's name (only routed methods reach a handler) and `code` the status."""
+
+    def __init__(self, registry: metrics.Registry) -> None:
+        self.requests = registry.counter(
+            "convoy_api_grpc_requests_total", "gRPC API calls, by API method and status code.", ["method", "code"]
+        )
+        self.latency = registry.histogram(
+            "convoy_api_grpc_request_duration_seconds", "gRPC API call latency, by API method.", ["method"]
+        )
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method=method, code=code).inc()
+        self.latency.labels(method=method).observe(seconds)
+
+
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
 
 

@@ -34,7 +34,7 @@ from services.api.convergence import ConvergenceView
 from services.api.handlers import Api
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
-from services.api.rest import RequestMetrics, RestApp
+from services.api.rest import GrpcMetrics, RequestMetrics, RestApp
 from services.api.writes import Writer
 
 log = structlog.get_logger("convoy.api.server")
@@ -89,6 +89,7 @@ class ApiServer:
         self._bootstrap_admin = bootstrap_admin
         self.metrics = metrics or ops.Registry()
         self._requests = RequestMetrics(self.metrics)
+        self._grpc_requests = GrpcMetrics(self.metrics)
         self._ready_max_lag = ready_max_lag
         self._projection_lag = self.metrics.gauge(
             "convoy_api_projection_lag_positions", "Log head position minus the API read model's position."
@@ -172,7 +173,7 @@ class ApiServer:
 
     async def _start_grpc(self) -> int:
         assert self._grpc_address is not None
-        server = build_server(self.api)
+        server = build_server(self.api, self._grpc_requests.observe)
         port = server.add_insecure_port(self._grpc_address)
         if port == 0:
             raise InvalidInput(f"could not bind the gRPC address {self._grpc_address!r}")

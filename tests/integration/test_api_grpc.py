@@ -28,6 +28,7 @@ from tests.integration.test_api_support import (
     bearer,
     create_token,
     grpc_stubs,
+    http_session,
     runtime,
     running_api,
     seed,
@@ -379,3 +380,16 @@ async def test_two_api_processes_bootstrapping_one_empty_instance_create_one_adm
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_grpc_calls_are_counted_by_method_and_status(api: Running) -> None:
+    async with grpc_stubs(api.grpc_target) as stubs:
+        await stubs.applications.ListApplications(api_pb2.ListApplicationsRequest(), metadata=bearer(api.admin))
+        code = await _code(stubs.applications.GetApplication(
+            api_pb2.GetApplicationRequest(name="nope"), metadata=bearer(api.admin)))
+        assert code == grpc.StatusCode.NOT_FOUND
+    async with http_session() as session, session.get(f"{api.base_url}/metrics") as response:
+        text = await response.text()
+    assert 'convoy_api_grpc_requests_total{method="ListApplications",code="OK"} 1' in text, text
+    assert 'convoy_api_grpc_requests_total{method="GetApplication",code="NOT_FOUND"} 1' in text
+    assert 'convoy_api_grpc_request_duration_seconds_count{method="ListApplications"} 1' in text

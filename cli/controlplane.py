@@ -203,7 +203,7 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         planner = None
         checks = []
         if settings.nats_url:
-            nc = await bus.connect(settings.nats_url, name=f"convoy-api:{settings.instance}")
+            nc = await connect(settings, settings.nats_url, name=f"convoy-api:{settings.instance}")
             stack.push_async_callback(nc.close)
             await bus.ensure_streams(nc.jetstream(), settings.instance, replicas=settings.nats_replicas)
             ops.instrument_nats(metrics, nc)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cli import config, localstate
 from cli.client import Client, CliError, Target
-from cli.commands.configs import _send, load
+from cli.commands.configs import load, send
 from schemas.convoy.v1 import api_pb2
 
 DEMO_VERSION = "v1"
@@ -34,7 +34,7 @@ def run(state_dir: Path, directory: Path, *, echo: Callable[[str], object]) -> l
     target = Target(grpc=endpoint.grpc, token=token, source=str(state_dir / localstate.ENDPOINT_FILE))
     with Client(target) as client:
         for _, request in config.to_requests(documents):
-            _send(client, request)
+            send(client, request)
         echo(f"demo: applied {len(documents)} documents from {directory}")
         services = [d.message for d in documents if d.kind == "service"]
         for service in services:

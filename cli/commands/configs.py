@@ -83,7 +83,7 @@ def current(client: Client, document: config.Document) -> Message | None:
     raise TypeError(f"not a config resource: {type(m).__name__}")
 
 
-def _send(client: Client, request: Message) -> api_pb2.WriteResult:
+def send(client: Client, request: Message) -> api_pb2.WriteResult:
     if isinstance(request, api_pb2.ApplyRuntimeRequest):
         return client.write(client.runtimes.ApplyRuntime, request)
     if isinstance(request, api_pb2.ApplyProtectionRequest):
@@ -114,7 +114,7 @@ def apply(
         for document, request in config.to_requests(documents):
             existed = current(client, document) is not None
             try:
-                written = _send(client, request)
+                written = send(client, request)
             except CliError as e:
                 _report(results, output)
                 raise CliError(f"{document.source}: {document.kind} {name_of(document)}: {e}", e.exit_code) from None

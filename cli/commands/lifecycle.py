@@ -32,7 +32,7 @@ def down(
         if pid is not None:
             pid_file.unlink(missing_ok=True)
         typer.echo(f"no convoy up is running for {settings.state_dir}")
-        raise typer.Exit(0 if pid is None else 0)
+        raise typer.Exit(0)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while pid_alive(pid):

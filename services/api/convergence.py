@@ -57,7 +57,7 @@ class ConvergenceView:
                 channel = self._channels[key] = _Channel(*key)
             if message.target.runtime:
                 tkey = (message.target.runtime, message.target.namespace)
-                target = channel.targets.get(tkey) or channel.targets.setdefault(tkey, _Target(*tkey))
+                target = channel.targets.setdefault(tkey, _Target(*tkey))
                 target.status, target.release_id, target.version = message.new_status, message.release_id, message.version
                 target.reason, target.updated_at = message.reason, recorded.recorded_at
             else:

@@ -163,3 +163,23 @@ def test_the_live_progress_table_renders_rows_on_a_terminal() -> None:
     text = out.getvalue()
     assert "shop/web v1" in text and "CONVERGED" in text and "WAITING_APPROVAL" in text
     assert "\x1b[" in text  # drawn with terminal control sequences, not plain lines
+
+
+async def test_a_malformed_dry_run_query_gets_no_answer_and_harms_nothing(
+    planned: tuple[Cli, Planner], embedded_nats: NatsServer, subject_prefix: str
+) -> None:
+    import nats.errors
+
+    from services.api.planning import plan_subject
+
+    cli, planner = planned
+    nc = await bus.connect(embedded_nats.url, name="garbage")
+    try:
+        for garbage in (b"\xff\xfe not protobuf", b""):  # undecodable; a query without a release
+            with pytest.raises(nats.errors.TimeoutError):
+                await nc.request(plan_subject(subject_prefix), garbage, timeout=0.5)
+    finally:
+        await nc.close()
+    assert planner.ready.is_set()
+    result = await cli.run("deploy", "shop/web", "--version", "v1", "--dry-run")
+    assert result.exit_code == 0 and "nothing recorded" in result.stdout, result.output

@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -59,6 +58,7 @@ from services.agent.runtimes.base import (
     WorkloadKey,
     WorkloadStatus,
 )
+from tests.conftest import eventually
 
 RuntimeFactory = Callable[[], Awaitable[Runtime]]
 
@@ -178,11 +178,7 @@ class RuntimeContract:
         )
 
     async def poll(self, check: Callable[[], Awaitable[bool]], *, what: str) -> None:
-        deadline = time.monotonic() + self.timeout
-        while not await check():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} not reached within {self.timeout}s")
-            await asyncio.sleep(0.02)
+        await eventually(check, timeout=self.timeout, interval=0.02, message=what)
 
     # ---- the contract --------------------------------------------------------------------
 

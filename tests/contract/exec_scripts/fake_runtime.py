@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -64,9 +65,9 @@ def apply(path: Path, document: dict) -> int:
             print(f"control plane busy (attempt {attempts + 1})")
             return 75
     if mode == "hang":
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])  # a child that never ends
         print("applying forever", flush=True)
-        time.sleep(600)
+        signal.pause()  # hang until the runtime's timeout kills the process group
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"document": document, "applied_at": time.time(), "instance": uuid.uuid4().hex, "edited": False}
     temporary = path.with_suffix(".tmp")

@@ -47,6 +47,8 @@ from eventstore.errors import EmbeddedServerError
 POSTGRES_SYSTEM_USER = "convoy-postgres"
 _NATS_READY = "Server is ready"
 _NATS_LISTENING = "Listening for client connections on "
+_NATS_RELOADED = "Reloaded server configuration"
+_NATS_RELOAD_FAILED = "Failed to reload server configuration"
 _PG_READY = "database system is ready to accept connections"
 _PG_PORT_TAKEN = "could not bind"
 
@@ -141,6 +143,8 @@ class _LogWatcher:
         self._wanted = wanted
         self.seen: dict[str, threading.Event] = {w: threading.Event() for w in wanted}
         self.lines: dict[str, str] = {}
+        self.counts: dict[str, int] = dict.fromkeys(wanted, 0)
+        self._changed = threading.Condition()
         self.closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"log:{log_path.name}", daemon=True)
         self._thread.start()
@@ -152,10 +156,31 @@ class _LogWatcher:
                 log.flush()
                 line = raw.decode("utf-8", "replace")
                 for wanted, event in self.seen.items():
-                    if wanted in line and not event.is_set():
-                        self.lines[wanted] = line.strip()
+                    if wanted in line:
+                        with self._changed:
+                            self.lines[wanted] = line.strip()
+                            self.counts[wanted] += 1
+                            self._changed.notify_all()
                         event.set()
         self.closed.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_count(self, counts: dict[str, int], *, timeout: float) -> str:
+        """Wait until one pattern in `counts` was logged more often than its count; "" if the
+        process ended first. Returns the pattern."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for wanted, before in counts.items():
+                    if self.counts[wanted] > before:
+                        return wanted
+                left = deadline - time.monotonic()
+                if self.closed.is_set():
+                    return ""
+                if left <= 0:
+                    raise EmbeddedServerError(f"server did not answer within {timeout:.0f}s; see {self._log_path}")
+                self._changed.wait(left)
 
     def wait_for(self, outcomes: tuple[str, ...], *, failed: Callable[[], bool], timeout: float) -> str:
         """Wait until one of `outcomes` was logged; "" if the process ended first."""
@@ -231,7 +256,8 @@ class NatsServer:
             preexec_fn=_die_with_parent(signal.SIGTERM),
         )
         assert popen.stderr is not None
-        watcher = _LogWatcher(popen.stderr, self.data_dir / "nats-server.log", (_NATS_READY, _NATS_LISTENING))
+        wanted = (_NATS_READY, _NATS_LISTENING, _NATS_RELOADED, _NATS_RELOAD_FAILED)
+        watcher = _LogWatcher(popen.stderr, self.data_dir / "nats-server.log", wanted)
         self._proc = _Process(popen, watcher)
         try:
             outcome = watcher.wait_for((_NATS_READY,), failed=lambda: popen.poll() is not None, timeout=timeout)
@@ -249,12 +275,23 @@ class NatsServer:
         listening = watcher.lines[_NATS_LISTENING]
         self.port = int(listening.rsplit(":", 1)[1])
 
-    def reload(self) -> None:
-        """Re-read the configuration (after `config_extra` changed) without a restart."""
+    def reload(self, timeout: float = 10.0) -> None:
+        """Re-read the configuration (after `config_extra` changed) without a restart.
+
+        SIGHUP is asynchronous: the server re-reads its file later, on its own goroutine.
+        Callers rely on the new users being in force when this returns (a rotated credential
+        must lock the old password out), so wait until the server logs the outcome."""
         if self._proc is None or not self._proc.alive():
             raise EmbeddedServerError("nats-server is not running")
+        watcher = self._proc.watcher
+        before = {w: watcher.counts[w] for w in (_NATS_RELOADED, _NATS_RELOAD_FAILED)}
         self._write_config()
         self._proc.popen.send_signal(signal.SIGHUP)
+        outcome = watcher.wait_count(before, timeout=timeout)
+        if outcome == _NATS_RELOAD_FAILED:
+            raise EmbeddedServerError(f"nats-server refused its new configuration: {watcher.lines[outcome]}")
+        if outcome != _NATS_RELOADED:
+            raise EmbeddedServerError("nats-server exited while reloading its configuration")
 
     def stop(self, timeout: float = 15.0) -> None:
         _stop(self._proc, signal.SIGTERM, timeout)

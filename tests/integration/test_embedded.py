@@ -9,8 +9,9 @@ import asyncpg
 import nats
 import pytest
 
+from eventstore import bus, natsauth
 from eventstore.embedded import EmbeddedServers, NatsServer, PostgresServer, POSTGRES_SYSTEM_USER
-from eventstore.errors import EmbeddedServerError
+from eventstore.errors import EmbeddedServerError, Unavailable
 
 
 async def test_nats_restart_keeps_port_and_jetstream_data(own_nats: NatsServer) -> None:
@@ -69,3 +70,22 @@ def test_configured_urls_start_nothing(tmp_path: Path) -> None:
         assert servers.postgres is None and servers.nats is None
         assert servers.database_url == "postgresql://u:p@db/x"
         assert servers.nats_url == "nats://bus:4222"
+
+
+async def test_nats_reload_returns_once_the_new_users_are_in_force(tmp_path: Path) -> None:
+    server = NatsServer(data_dir=tmp_path / "nats", config_extra=natsauth.render([natsauth.system("first-password")]))
+    server.start()
+    try:
+        server.config_extra = natsauth.render([natsauth.system("second-password")])
+        server.reload()
+        # No wait between the reload and the connection: the old password is refused at once.
+        with pytest.raises(Unavailable):
+            await bus.connect(server.url, name="old-password", connect_attempts=1,
+                              user=natsauth.SYSTEM_USER, password="first-password")
+        nc = await bus.connect(server.url, name="new-password", user=natsauth.SYSTEM_USER, password="second-password")
+        await nc.close()
+        server.config_extra = "this is { not a configuration"
+        with pytest.raises(EmbeddedServerError, match="refused its new configuration"):
+            server.reload()
+    finally:
+        server.stop()

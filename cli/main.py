@@ -174,7 +174,7 @@ app.command("agent")(agent_command.agent)
 app.command()(lifecycle.down)
 for command in (configs.apply, configs.validate, configs.diff):
     app.command()(command)
-for group in (catalog.apps, catalog.services, catalog.channels, catalog.runtimes, tokens.tokens):
+for group in (catalog.apps, catalog.services, catalog.channels, catalog.runtimes, catalog.releases, tokens.tokens):
     app.add_typer(group)
 for command in (
     releases.deploy,

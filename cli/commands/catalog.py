@@ -1,12 +1,15 @@
-"""Read commands for what is configured: `convoy apps`, `services`, `channels`, `runtimes`."""
+"""Read commands for what is configured: `convoy apps`, `services`, `channels`, `runtimes`,
+and the releases a service has had (`convoy releases`)."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 from google.protobuf.message import Message
 
 from cli import config
-from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, connect, reports_errors
+from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, connect, reports_errors, split_target
 from cli.output import Column, Format, emit_many, emit_one
 from schemas.convoy.v1 import api_pb2, resources_pb2
 
@@ -14,6 +17,7 @@ apps = typer.Typer(name="apps", help="Applications.", no_args_is_help=True)
 services = typer.Typer(name="services", help="An application's services.", no_args_is_help=True)
 channels = typer.Typer(name="channels", help="An application's release channels.", no_args_is_help=True)
 runtimes = typer.Typer(name="runtimes", help="Runtimes (where services run).", no_args_is_help=True)
+releases = typer.Typer(name="releases", help="A service's releases (immutable versions).", no_args_is_help=True)
 
 
 def _show(message: Message, output: Format, *extra: str) -> None:
@@ -151,3 +155,30 @@ def runtimes_get(name: str, endpoint: EndpointOpt = None, token: TokenOpt = None
         _show(found.runtime, output, state, f"# agent credential generation: {found.credential_generation}")
     else:
         emit_one(found, output)
+
+
+@releases.command("list")
+@reports_errors
+def releases_list(
+    target: Annotated[str, typer.Argument(metavar="APP/SERVICE", help="The service, e.g. shop/api.")],
+    endpoint: EndpointOpt = None,
+    token: TokenOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """List a service's releases, oldest first, with who deployed each."""
+    app, service = split_target(target)
+    with connect(endpoint, token) as client:
+        found = client.pages(
+            client.releases.ListReleases, api_pb2.ListReleasesRequest(application=app, service=service), "releases"
+        )
+    emit_many(
+        found,
+        output,
+        [
+            Column("version", lambda r: r.version),
+            Column("id", lambda r: r.id),
+            Column("images", lambda r: _images(r.config)),
+            Column("parameters", lambda r: [f"{k}={v}" for k, v in sorted(r.parameters.items())]),
+            Column("deployer", lambda r: r.created_by or "-"),
+        ],
+    )

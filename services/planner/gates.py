@@ -90,9 +90,11 @@ def evaluate(
         if len(given) < needed:
             who = ", ".join(f"{a.approver} at {hhmm(a.at)}" for a in given)
             plural = "s" if needed > 1 else ""
+            four_eyes = f"; not {record.created_by}, who deployed it" if approval.exclude_deployer else ""
             waiting.append(
                 f"waiting for {needed} approval{plural} of {approval.name} ({len(given)} given"
-                + (f": {who})" if who else ")")
+                + (f": {who}" if who else "")
+                + f"{four_eyes})"
             )
     if waiting:
         return Gate(WAITING_APPROVAL, "; ".join(waiting))

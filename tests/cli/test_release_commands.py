@@ -35,6 +35,12 @@ async def test_deploy_approve_events_and_status(cli: Cli) -> None:
     assert approved.exit_code == 0, approved.output
     assert "approved shop/api in prod" in approved.stdout
 
+    listed = await cli.run("releases", "list", "shop/api")
+    assert listed.exit_code == 0, listed.output
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["VERSION", "ID", "IMAGES", "PARAMETERS", "DEPLOYER"]
+    assert row.split()[:3] == ["v2", release["id"], "registry.example/api:2"] and row.split()[-1] == release["createdBy"]
+
     events = await cli.run("events", "--app", "shop", "--output", "json")
     assert events.exit_code == 0, events.output
     parsed = [json.loads(line) for line in events.stdout.splitlines()]

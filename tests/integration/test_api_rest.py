@@ -73,6 +73,34 @@ async def rest_seed(session: aiohttp.ClientSession, api: Running) -> None:
         assert status == 200 and answer["changed"] is True, answer
 
 
+async def test_four_eyes_over_rest(api: Running) -> None:
+    """A deployer cannot approve their own release when the approval excludes the deployer;
+    the release records who deployed it."""
+    four_eyes = json.loads(json.dumps(APPLICATION))
+    four_eyes["application"]["releaseChannels"][1]["preconditions"][1]["manualApproval"]["excludeDeployer"] = True
+    async with http_session() as s:
+        for path, body in (("/v1/runtimes", RUNTIME), ("/v1/applications", four_eyes), ("/v1/services", SERVICE)):
+            status, answer = await call(s, api, "PUT", path, secret=api.admin, body=body)
+            assert status == 200, answer
+        tokens = {}
+        for name in ("carol", "dave"):
+            status, token = await call(
+                s, api, "POST", "/v1/tokens", secret=api.admin, body={"name": name, "role": "ROLE_APPROVER"}
+            )
+            assert status == 200
+            tokens[name] = token["secret"]
+        status, deployed = await call(
+            s, api, "POST", "/v1/applications/shop/services/api:deploy", secret=tokens["carol"], body={"version": "v1"}
+        )
+        assert status == 200 and deployed["release"]["createdBy"] == "carol"
+        path = "/v1/applications/shop/services/api:approve"
+        status, refused = await call(s, api, "POST", path, secret=tokens["carol"], body={"channel": "prod"})
+        message = refused["error"]["message"]
+        assert status == 403 and "deployed by carol" in message and "four eyes" in message, refused
+        status, approved = await call(s, api, "POST", path, secret=tokens["dave"], body={"channel": "prod"})
+        assert status == 200 and approved["changed"], approved
+
+
 async def test_rest_flow_with_pages_and_events(api: Running) -> None:
     async with http_session() as s:
         await rest_seed(s, api)

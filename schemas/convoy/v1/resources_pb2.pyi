@@ -306,20 +306,24 @@ class ManualApproval(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     MIN_APPROVERS_FIELD_NUMBER: _builtins.int
+    EXCLUDE_DEPLOYER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     min_approvers: _builtins.int
     """Distinct approvers needed (at least 1)."""
+    exclude_deployer: _builtins.bool
+    """Four eyes: the person who deployed the release cannot approve it (they may reject it)."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
         min_approvers: _builtins.int = ...,
+        exclude_deployer: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "min_approvers", b"min_approvers", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "exclude_deployer", b"exclude_deployer", "min_approvers", b"min_approvers", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1079,10 +1083,15 @@ class Release(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     application: _builtins.str
     service: _builtins.str
     version: _builtins.str
+    created_by: _builtins.str
+    """Who deployed it (the actor of the Deploy command). Empty in releases recorded before
+    this field existed.
+    """
     @_builtins.property
     def config(self) -> Global___Service: ...
     @_builtins.property
@@ -1096,10 +1105,11 @@ class Release(_message.Message):
         version: _builtins.str = ...,
         config: Global___Service | None = ...,
         parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        created_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "config", b"config", "id", b"id", "parameters", b"parameters", "service", b"service", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "config", b"config", "created_by", b"created_by", "id", b"id", "parameters", b"parameters", "service", b"service", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,11 @@ person approving twice counts once, so retries and double clicks are harmless. A
 rejection stops that release in that channel for good — later approvals are refused;
 the way forward is a new release. Whether enough distinct people approved is the
 planner's call (it compares `approvals_given` with `min_approvers`).
+
+An approval can demand four eyes (`exclude_deployer`): the person who deployed the
+release is refused as its approver — separation of duties is a rule about who may
+record a decision, so it is enforced here, where the decision is recorded. Releases
+recorded before `Release.created_by` existed have no known deployer and are not held.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from schemas.convoy.v1 import api_pb2, events_pb2, resources_pb2
 from services.api.domain import streams
 from services.api.domain.channels import manual_approvals
 from services.api.domain.commands import Command, Decision
-from services.api.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Problems
+from services.api.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Problems
 from services.api.domain.state import Rejection, ReleaseRecord, State
 from services.api.domain.targets import existing_channel, existing_service, resolve_release
 from services.api.domain.validation import MAX_REASON, check_text, listing, q
@@ -30,6 +35,7 @@ class ApprovalTarget:
     record: ReleaseRecord
     channel: str
     approval: str
+    exclude_deployer: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -54,7 +60,8 @@ def resolve_approval(
 ) -> ApprovalTarget:
     existing_service(state, app, service)
     channel = existing_channel(state, app, channel_name)
-    names = [a.name for a in manual_approvals(channel)]
+    approvals = {a.name: a for a in manual_approvals(channel)}
+    names = list(approvals)
     if not names:
         raise FailedPrecondition(
             f"channel {q(channel_name)} of application {q(app)} has no manual approval; there is nothing to "
@@ -73,7 +80,7 @@ def resolve_approval(
             f"channel {q(channel_name)} has several manual approvals ({listing(names)}); name the one you mean",
         )
     record = resolve_release(state, app, service, release_id)
-    return ApprovalTarget(record, channel_name, approval)
+    return ApprovalTarget(record, channel_name, approval, approvals[approval].exclude_deployer)
 
 
 def _describe(release: resources_pb2.Release) -> str:
@@ -97,6 +104,11 @@ def approve(state: State, request: api_pb2.ApproveRequest, command: Command) -> 
     if command.actor in target.record.approvals.get(target.key, ()):
         return Decision.unchanged()
     release = target.record.release
+    if target.exclude_deployer and release.created_by == command.actor:
+        raise PermissionDenied(
+            f"{_describe(release)} was deployed by {command.actor}; approval {q(target.approval)} in channel "
+            f"{q(target.channel)} needs someone else (four eyes) — ask another approver, or reject it yourself"
+        )
     event = events_pb2.ApprovalGranted(
         release_id=release.id,
         application=release.application,

@@ -69,6 +69,7 @@ def deploy(state: State, request: api_pb2.DeployRequest, command: Command) -> De
         version=request.version,
         config=config,
         parameters=parameters,
+        created_by=command.actor,
     )
     stream = streams.releases(request.application, request.service)
     return Decision.of(stream, events_pb2.ReleaseCreated(release=release), clean(release))

@@ -11,6 +11,7 @@ from services.api.domain import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     State,
     approvals_given,
     bypass_targets,
@@ -90,6 +91,38 @@ def test_an_approval_must_be_named_when_a_channel_has_several() -> None:
         decide(state, command(approve(channel="prod")))
     assert str(caught.value) == 'approval: channel "prod" has several manual approvals (product, security); name the one you mean'
     assert decide(state, command(approve(channel="prod", approval="product"))).changed
+
+
+def four_eyes() -> State:
+    state = apply_all(shop(), [apply_app(
+        "shop",
+        channel("staging", "eu-1"),
+        R.ReleaseChannel(name="prod", runtimes=[R.RuntimeBinding(runtime="eu-1")], preconditions=[
+            R.Precondition(manual_approval=R.ManualApproval(name="change-board", min_approvers=1, exclude_deployer=True)),
+        ]),
+    )])
+    return deployed(state)  # deployed by alice
+
+
+def test_a_release_records_its_deployer() -> None:
+    record = deployed().find_release("rel-1")
+    assert record is not None and record.release.created_by == "alice"
+
+
+def test_four_eyes_refuses_the_deployer_as_approver() -> None:
+    state = four_eyes()
+    with pytest.raises(PermissionDenied) as caught:
+        decide(state, command(approve(channel="prod"), actor="alice"))
+    assert str(caught.value) == (
+        'release "v1" (rel-1) of shop/api was deployed by alice; approval "change-board" in channel "prod" needs '
+        "someone else (four eyes) — ask another approver, or reject it yourself"
+    )
+    decision, state = run(state, approve(channel="prod"), actor="bob")
+    assert decision.changed and approvals_given(state, "rel-1", "prod", "change-board") == ["bob"]
+    # The deployer may still stop their own release.
+    assert decide(state, command(reject(channel="prod", reason="wrong build"), actor="alice")).changed
+    # Without the rule the deployer's own approval counts.
+    assert decide(deployed(), command(approve(channel="prod"), actor="alice")).changed
 
 
 REFUSED: list[tuple[str, object, type[ConvoyError], str]] = [

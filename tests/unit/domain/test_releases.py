@@ -39,7 +39,7 @@ def test_deploy_snapshots_config_with_image_and_parameters() -> None:
     config.programs[0].image = "registry.example/api:2"
     release = R.Release(
         id="rel-9", application="shop", service="api", version="v2", config=config,
-        parameters={"tag": "abc", "log_level": "info", "extra": ""},
+        parameters={"tag": "abc", "log_level": "info", "extra": ""}, created_by="alice",
     )
     assert decision.events == (("release/shop/api", events_pb2.ReleaseCreated(release=release)),)
     assert decision.response == release

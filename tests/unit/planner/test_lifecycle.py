@@ -69,6 +69,16 @@ def test_approvals_need_distinct_approvers_and_the_reason_names_them() -> None:
     assert changes(out) == [("prod", "WAITING_APPROVAL", "DEPLOYING")]
 
 
+def test_a_four_eyes_approval_names_who_cannot_give_it() -> None:
+    world = World()
+    prod = channel("prod", "eu-1", stable="staging", approval=1)
+    prod.preconditions[-1].manual_approval.exclude_deployer = True
+    world.setup(channel("staging", "stg-1"), prod)
+    world.healthy(intents(world.deploy("v1", actor="dave")))
+
+    assert world.reason("prod") == "waiting for 1 approval of signoff (0 given; not dave, who deployed it)"
+
+
 def test_a_rejection_fails_the_channel_without_deploying() -> None:
     world = World()
     staging_prod(world)

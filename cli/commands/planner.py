@@ -25,7 +25,7 @@ from eventstore.metrics import Registry
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.settings import Settings, environ
 from services.planner.clock import SystemClock
-from services.planner.replay import replay_check
+from services.planner.replay import Difference, replay_check
 from services.planner.responder import PlanResponder
 from services.planner.runner import Planner, PlannerSettings
 
@@ -112,6 +112,10 @@ def replay(
     raise typer.Exit(0 if ok else 1)
 
 
+def _where(difference: Difference) -> str:
+    return f"input at position {difference.position} ({difference.input_type or 'its output'})" if difference.position else "record"
+
+
 async def _replay(url: str, instance: str) -> bool:
     store = await PostgresEventStore.open(PostgresSettings(dsn=url, schema=instance, pool_max=2))
     try:
@@ -119,12 +123,20 @@ async def _replay(url: str, instance: str) -> bool:
     finally:
         await store.close()
     typer.echo(
-        f"replayed {report.inputs} inputs up to position {report.checkpoint}: "
+        f"replayed {report.inputs} inputs up to position {report.checkpoint} with planner version {report.version}: "
         f"{report.outputs} planner events checked, {len(report.differences)} difference(s)"
     )
     for difference in report.differences:
-        where = f"input at position {difference.position} ({difference.input_type})" if difference.position else "record"
-        typer.echo(f"  {where}: {difference.what}")
+        typer.echo(f"  {_where(difference)}: {difference.what}")
+    if report.upgraded:
+        typer.echo(
+            f"{len(report.upgraded)} difference(s) on inputs decided by an older planner version "
+            f"(not failures: what upgrading to version {report.version} changed):"
+        )
+        for difference in report.upgraded:
+            typer.echo(f"  {_where(difference)}, decided by version {report.versions.at(difference.position)}: {difference.what}")
     if report.ok:
-        typer.echo("the planner's record is exactly what replaying the log produces")
+        typer.echo("the planner's record is exactly what replaying the log produces" + (
+            " (since the upgrade)" if report.upgraded else ""
+        ))
     return report.ok

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 from google.protobuf.message import Message
@@ -55,6 +55,12 @@ DEFAULT_PROGRESS_DEADLINE = timedelta(minutes=10)
 DEADLINE_GRACE = timedelta(seconds=15)
 
 PLANNER_ACTOR = "planner"
+
+PLANNER_VERSION: Final = 1
+"""The version of the decisions `plan` makes. Bump it with any change that makes `plan`
+decide differently, or word a reason differently, for the same inputs: the runner records
+the version it starts with, so `convoy replay --check` can tell what an upgrade changed
+from a real difference."""
 
 INPUT_CATEGORIES = ("app", "service", "runtime", "protection", "release", "observation", "timer")
 """Stream categories the planner reads: declarations, human decisions, agents'
@@ -695,3 +701,18 @@ _HANDLERS: dict[type[Message], Callable[[_Run, Any], None]] = {
     events_pb2.ObservationRecorded: _observation,
     events_pb2.TimerFired: _timer_fired,
 }
+
+
+PlanFunction = Callable[[PlannerState, Input], tuple[PlannerState, list[Output]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """A planner version and the `plan` that is it: what the runner and the replay check
+    fold with (tests compose an older engine to stand for a previous release)."""
+
+    version: int
+    plan: PlanFunction
+
+
+CURRENT: Final = Engine(PLANNER_VERSION, plan)

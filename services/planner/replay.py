@@ -7,6 +7,9 @@ events the planner recorded — same stream, type and bytes — reporting each d
 with the input that caused it. It then compares the replayed state with the state the
 record implies: each convergence's and target's last recorded status, and each
 workload's last intent generation. `convoy replay --check` prints the report.
+
+Differences on inputs an older planner version decided (services.planner.versions) are
+reported apart, as what the upgrade changed: they do not fail the check.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from dataclasses import dataclass, field
 from eventstore.codec import EventRegistry
 from eventstore.types import EventStore, RecordedEvent
 from schemas.convoy.v1 import events_pb2
-from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, plan
+from services.planner.engine import CURRENT, INPUT_CATEGORIES, PLANNER_ACTOR, Engine
 from services.planner.model import PlannerState, status_name
 from services.planner.runner import output_events, to_input
+from services.planner.versions import VersionHistory, history
 
 OUTPUT_CATEGORIES = ("intent", "convergence")
 
@@ -39,6 +43,10 @@ class ReplayReport:
     inputs: int = 0
     outputs: int = 0
     differences: list[Difference] = field(default_factory=list)
+    upgraded: list[Difference] = field(default_factory=list)
+    """Differences on inputs decided by an older planner version: what an upgrade changed."""
+    version: int = CURRENT.version
+    versions: VersionHistory = field(default_factory=VersionHistory)
     state: PlannerState = field(default_factory=PlannerState)
 
     @property
@@ -58,10 +66,16 @@ async def _read(store: EventStore, categories: tuple[str, ...], upto: int | None
 
 
 async def replay_check(
-    store: EventStore, registry: EventRegistry, *, checkpoint_name: str = "planner", max_differences: int = 200
+    store: EventStore,
+    registry: EventRegistry,
+    *,
+    checkpoint_name: str = "planner",
+    max_differences: int = 200,
+    engine: Engine = CURRENT,
 ) -> ReplayReport:
     checkpoint = await store.checkpoint(checkpoint_name)
-    report = ReplayReport(checkpoint=checkpoint)
+    versions, _ = await history(store, registry, checkpoint_name)
+    report = ReplayReport(checkpoint=checkpoint, version=engine.version, versions=versions)
     recorded: dict[uuid.UUID, RecordedEvent] = {}
     for event in await _read(store, OUTPUT_CATEGORIES, None):
         if event.actor == PLANNER_ACTOR:
@@ -69,18 +83,19 @@ async def replay_check(
     explained: set[uuid.UUID] = set()
 
     def differ(position: int, input_type: str, what: str) -> None:
-        if len(report.differences) < max_differences:
-            report.differences.append(Difference(position, input_type, what))
+        found = report.differences if position == 0 or versions.at(position) == engine.version else report.upgraded
+        if len(found) < max_differences:
+            found.append(Difference(position, input_type, what))
 
     state = PlannerState()
-    inputs: set[uuid.UUID] = set()
+    inputs: dict[uuid.UUID, int] = {}
     for event in await _read(store, INPUT_CATEGORIES, checkpoint):
-        inputs.add(event.event_id)
+        inputs[event.event_id] = event.position
         item = to_input(registry, event)
         if item is None:
             continue
         report.inputs += 1
-        _, outputs = plan(state, item)
+        _, outputs = engine.plan(state, item)
         for stream_id, expected in output_events(registry, item, outputs, event.correlation_id):
             report.outputs += 1
             explained.add(expected.event_id)
@@ -99,27 +114,37 @@ async def replay_check(
     for event_id, actual in recorded.items():
         # Outputs caused by inputs after the checkpoint belong to a planner still running.
         if event_id not in explained and (actual.causation_id is None or actual.causation_id in inputs):
-            differ(0, "", f"recorded {actual.type.rsplit('.', 1)[-1]} at position {actual.position} (caused by "
+            cause = inputs.get(actual.causation_id, 0) if actual.causation_id else 0
+            differ(cause, "", f"recorded {actual.type.rsplit('.', 1)[-1]} at position {actual.position} (caused by "
                           f"{actual.causation_id}) is not produced by the replay")
     report.state = state
-    _compare_state(registry, state, [recorded[i] for i in explained if i in recorded], differ)
+    _compare_state(registry, state, [recorded[i] for i in explained if i in recorded], inputs, differ)
     return report
 
 
 def _compare_state(
-    registry: EventRegistry, state: PlannerState, outputs: list[RecordedEvent], report: Callable[[int, str, str], None]
+    registry: EventRegistry,
+    state: PlannerState,
+    outputs: list[RecordedEvent],
+    inputs: dict[uuid.UUID, int],
+    report: Callable[[int, str, str], None],
 ) -> None:
-    statuses: dict[tuple[str, ...], int] = {}
-    generations: dict[tuple[str, str, str, str], int] = {}
+    """Last recorded status and generation against the replayed state; a difference is
+    reported at the position of the input that caused the recorded value."""
+    statuses: dict[tuple[str, ...], tuple[int, int]] = {}
+    generations: dict[tuple[str, str, str, str], tuple[int, int]] = {}
     for event in sorted(outputs, key=lambda e: e.position):
         message = registry.decode(event).message
+        cause = inputs.get(event.causation_id, 0) if event.causation_id else 0
         if isinstance(message, events_pb2.InstanceStatusChanged):
             key = (message.application, message.service, message.channel, message.target.runtime, message.target.namespace)
-            statuses[key] = message.new_status
+            statuses[key] = (message.new_status, cause)
         elif isinstance(message, events_pb2.IntentIssued):
             spec = message.spec
-            generations[(message.target.runtime, message.target.namespace, spec.application, spec.service)] = message.generation
-    for key, status in statuses.items():
+            generations[(message.target.runtime, message.target.namespace, spec.application, spec.service)] = (
+                message.generation, cause,
+            )
+    for key, (status, cause) in statuses.items():
         conv = state.convergences.get(key[:3])
         if conv is None:
             continue  # dropped since (application or service deleted)
@@ -129,7 +154,7 @@ def _compare_state(
         else:
             actual = conv.status
         if actual is not None and actual != status:
-            report(0, "", f"state of {'/'.join(k for k in key if k)}: record says {status_name(status)}, replay has {status_name(actual)}")
-    for key, generation in generations.items():
+            report(cause, "", f"state of {'/'.join(k for k in key if k)}: record says {status_name(status)}, replay has {status_name(actual)}")
+    for key, (generation, cause) in generations.items():
         if state.generations.get(key, 0) != generation:
-            report(0, "", f"generation of {'/'.join(key)}: record says {generation}, replay has {state.generations.get(key, 0)}")
+            report(cause, "", f"generation of {'/'.join(key)}: record says {generation}, replay has {state.generations.get(key, 0)}")

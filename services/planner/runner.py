@@ -35,8 +35,9 @@ from eventstore.tasks import Backoff, describe, stop_task
 from eventstore.types import AlreadyProcessed, AppendRequest, Checkpoint, EventStore, NewEvent, RecordedEvent
 from schemas.convoy.v1 import convergence_pb2, events_pb2
 from services.planner.clock import Clock
-from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Input, Output, plan, timer_stream
+from services.planner.engine import CURRENT, INPUT_CATEGORIES, PLANNER_ACTOR, Engine, Input, Output, timer_stream
 from services.planner.model import PlannerState
+from services.planner.versions import record_start
 
 log = structlog.get_logger("convoy.planner")
 
@@ -127,7 +128,9 @@ def group(events: Sequence[tuple[str, NewEvent]]) -> list[AppendRequest]:
     return [AppendRequest(stream_id, tuple(events)) for stream_id, events in by_stream.items()]
 
 
-async def rebuild(store: EventStore, registry: EventRegistry, *, upto: int, batch: int = 5000) -> PlannerState:
+async def rebuild(
+    store: EventStore, registry: EventRegistry, *, upto: int, batch: int = 5000, engine: Engine = CURRENT
+) -> PlannerState:
     """The state after folding every input up to position `upto` (outputs discarded)."""
     state = PlannerState()
     after = 0
@@ -138,7 +141,7 @@ async def rebuild(store: EventStore, registry: EventRegistry, *, upto: int, batc
         for recorded in events:
             item = to_input(registry, recorded)
             if item is not None:
-                plan(state, item)
+                engine.plan(state, item)
         after = events[-1].position
     state.position = upto
     return state
@@ -155,8 +158,10 @@ class Planner:
         clock: Clock,
         settings: PlannerSettings | None = None,
         on_converged: Converged | None = None,
+        engine: Engine = CURRENT,
     ) -> None:
         self.store = store
+        self.engine = engine
         self.on_converged = on_converged
         self.registry = registry
         self.clock = clock
@@ -210,7 +215,10 @@ class Planner:
 
     async def _run(self) -> None:
         checkpoint = await self.store.checkpoint(self.settings.name)
-        self.state = await rebuild(self.store, self.registry, upto=checkpoint, batch=self.settings.read_batch)
+        await record_start(self.store, self.registry, self.settings.name, self.engine.version, checkpoint)
+        self.state = await rebuild(
+            self.store, self.registry, upto=checkpoint, batch=self.settings.read_batch, engine=self.engine
+        )
         self._timers_changed.set()
         self.ready.set()
         log.info("planner following the log", checkpoint=checkpoint, timers=len(self.state.timers))
@@ -241,7 +249,7 @@ class Planner:
                 self.stats.skipped += 1
             else:
                 try:
-                    _, outputs = plan(self.state, item)
+                    _, outputs = self.engine.plan(self.state, item)
                 except Exception:
                     # plan() logs nothing, so the input's correlation id is bound only
                     # where a line is about it (binding per input costs ~3.5 µs).

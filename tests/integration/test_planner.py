@@ -25,10 +25,11 @@ from schemas.convoy.v1 import convergence_pb2 as C
 from schemas.convoy.v1 import events_pb2 as E
 from schemas.convoy.v1 import resources_pb2 as R
 from services.planner.clock import FakeClock
-from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Input, plan
+from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Engine, Input, Output, plan
 from services.planner.model import PlannerState, status_name
 from services.planner.replay import replay_check
 from services.planner.runner import Planner, group, output_events, to_input
+from services.planner.versions import history
 from tests.conftest import eventually
 from tests.unit.planner.world import channel, seconds
 
@@ -302,6 +303,50 @@ async def test_replay_check_reports_a_tampered_record_event_by_event(pg_store: P
     report = await replay_check(pg_store, REGISTRY)
     assert not report.ok
     assert any("IntentIssued" in d.what and "not produced by the replay" in d.what for d in report.differences)
+
+
+def worded_differently(state: PlannerState, item: Input) -> tuple[PlannerState, list[Output]]:
+    """`plan` as an earlier release that worded its reasons differently."""
+    state, outputs = plan(state, item)
+    for out in outputs:
+        if isinstance(out.message, E.InstanceStatusChanged):
+            out.message.reason = f"(old wording) {out.message.reason}"
+    return state, outputs
+
+
+async def test_replay_after_an_upgrade_sets_apart_what_the_older_version_decided(pg_store: PostgresEventStore) -> None:
+    old, new = Engine(7, worded_differently), Engine(8, plan)
+    for message in declarations({"staging": ["s1"]}, ["web", "api"]):
+        await record(pg_store, message)
+    clock = FakeClock(datetime.now(UTC))
+
+    async with Planner(store=pg_store, registry=REGISTRY, clock=clock, engine=old):
+        await record(pg_store, E.ReleaseCreated(release=R.Release(id="rel-1", application="fleet", service="web", version="v1", config=service("web"))))
+        await eventually(lambda: _checkpoint_at_head(pg_store), message="version 7 caught up")
+    upgraded_at = await pg_store.checkpoint("planner")
+    async with Planner(store=pg_store, registry=REGISTRY, clock=clock, engine=new):
+        await record(pg_store, E.ReleaseCreated(release=R.Release(id="rel-2", application="fleet", service="api", version="v1", config=service("api"))))
+        await eventually(lambda: _is(pg_store, {("api", "staging"): "DEPLOYING"}), message="version 8 deploys api")
+        await eventually(lambda: _checkpoint_at_head(pg_store), message="version 8 caught up")
+    async with Planner(store=pg_store, registry=REGISTRY, clock=clock, engine=new):
+        await eventually(lambda: _checkpoint_at_head(pg_store), message="a restart of version 8")
+
+    versions, _ = await history(pg_store, REGISTRY, "planner")
+    assert (versions.starts, versions.versions) == ((0, upgraded_at), (7, 8))  # the restart recorded nothing new
+
+    report = await replay_check(pg_store, REGISTRY, engine=new)
+    assert report.ok, report.differences
+    assert report.upgraded and all(0 < d.position <= upgraded_at for d in report.upgraded)
+    assert any("different content" in d.what for d in report.upgraded)
+    # Replayed with version 7, it is the other way round: what version 8 decided is set apart.
+    report = await replay_check(pg_store, REGISTRY, engine=old)
+    assert report.ok and report.upgraded and all(d.position > upgraded_at for d in report.upgraded)
+    # A real difference on an input version 8 decided still fails the check.
+    forged = E.InstanceStatusChanged(application="fleet", service="api", channel="staging", reason="forged")
+    api_release = next(e for e in await pg_store.read_all(limit=1000) if e.type == "convoy.v1.ReleaseCreated" and e.position > upgraded_at)
+    await pg_store.append("convergence/fleet/api/staging", [REGISTRY.encode(forged, actor=PLANNER_ACTOR, causation_id=uuid.UUID(str(api_release.event_id)))])
+    report = await replay_check(pg_store, REGISTRY, engine=new)
+    assert not report.ok and any("not produced by the replay" in d.what for d in report.differences)
 
 
 async def _release_event(store: PostgresEventStore) -> RecordedEvent:

@@ -958,3 +958,38 @@ class ObservationRecorded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ObservationRecorded: _TypeAlias = ObservationRecorded  # noqa: Y015
+
+@_typing.final
+class PlannerVersionStarted(_message.Message):
+    """A planner of a new version took over the log after `after_position` (its checkpoint
+    when it started). Decisions on inputs up to that position were recorded by
+    `previous_version`; `convoy replay --check` replays them with today's planner and
+    reports what an upgrade changed apart from real differences.
+    Stream `planner/<checkpoint name>`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    AFTER_POSITION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    previous_version: _builtins.int
+    """0 when no version was recorded before (logs from before this event existed were
+    written by planner version 1).
+    """
+    after_position: _builtins.int
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        previous_version: _builtins.int = ...,
+        after_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "previous_version", b"previous_version", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlannerVersionStarted: _TypeAlias = PlannerVersionStarted  # noqa: Y015

@@ -29,6 +29,7 @@ from eventstore import bus, natsauth
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.embedded import EmbeddedServers, NatsServer
 from eventstore.metrics import Counter, Registry
+from eventstore.opsserver import OpsServer
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.relay import Relay, RelaySettings
 from eventstore.settings import Settings
@@ -70,7 +71,7 @@ class Running:
     planner: Planner
     agent: Agent | None
     metrics: Registry
-    ops: ops.OpsServer | None
+    ops: OpsServer | None
 
 
 def nats_auth_config(state_dir: Path) -> str:
@@ -148,7 +149,7 @@ async def control_plane(
         server = None
         if listen.ops_port is not None:
             server = await stack.enter_async_context(
-                ops.OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=checks)
+                OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=checks)
             )
             typer.echo(f"operations:   http://{listen.host}:{server.port} (/metrics /healthz /readyz)")
         yield Running(store=store, api=api, planner=planner, agent=agent, metrics=metrics, ops=server)
@@ -216,7 +217,7 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         api = await stack.enter_async_context(api_server(counted, settings.state_dir, listen, planner=planner, metrics=metrics))
         if listen.ops_port is not None and checks:
             server = await stack.enter_async_context(
-                ops.OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=[*api.checks(), *checks])
+                OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=[*api.checks(), *checks])
             )
             typer.echo(f"operations:   http://{listen.host}:{server.port} (/metrics /healthz /readyz)")
         yield api

@@ -1,9 +1,8 @@
 """Operations wiring: what each process exposes to Prometheus and to probes.
 
-`OpsServer` is a small aiohttp server (loopback by default) answering `/metrics`,
-`/healthz` (liveness: the process's loop answers, plus any liveness checks) and `/readyz`
-(readiness: every check passes) — for `convoy planner` and for `convoy up` as a whole.
-The API's REST listener and the agent's health server answer the same three paths.
+`OpsServer` (eventstore.opsserver) answers `/metrics`, `/healthz` and
+`/readyz` for `convoy planner` and for `convoy up` as a whole; agents serve the same
+server, and the API's REST listener the same three paths.
 
 The `instrument_*` functions register, in one explicitly passed `Registry`, collectors
 that copy each component's own counters at scrape time, and sample what needs I/O
@@ -31,16 +30,14 @@ that copy each component's own counters at scrape time, and sample what needs I/
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
 from nats.aio.client import Client
 
 from eventstore import bus
-from eventstore.errors import ConvoyError, InvalidInput
-from eventstore.metrics import CONTENT_TYPE, Check, Counter, CounterChild, Registry, readiness
+from eventstore.errors import ConvoyError
+from eventstore.metrics import Check, Counter, CounterChild, Registry
 from eventstore.relay import Relay
 from eventstore.types import EventStore
 from services.agent.agent import Agent
@@ -50,67 +47,6 @@ from services.planner.runner import Converged, Planner
 
 CONVERGENCE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 """Seconds: a release reaches a channel in seconds (staging) to a day (soaks, windows)."""
-
-
-class OpsServer:
-    """/metrics, /healthz, /readyz on `address` ("host:port"; port 0 = any free port)."""
-
-    def __init__(
-        self, *, address: str, registry: Registry, checks: Sequence[Check] = (), liveness: Sequence[Check] = ()
-    ) -> None:
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit() or int(port) > 65535:
-            raise InvalidInput(f"malformed ops address {address!r}: expected host:port")
-        self._host = host.strip("[]") or "127.0.0.1"
-        self._port = int(port)
-        self.registry = registry
-        self.checks = list(checks)
-        self.liveness = list(liveness)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    async def start(self) -> int:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        self._runner = runner
-        try:
-            await web.TCPSite(runner, self._host, self._port).start()
-        except BaseException:
-            await self.stop()
-            raise
-        self.port = int(runner.addresses[0][1])
-        return self.port
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> OpsServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(body=(await self.registry.exposition()).encode(), headers={"Content-Type": CONTENT_TYPE})
-
-    async def _healthz(self, _: web.Request) -> web.Response:
-        ok, body = await readiness(self.liveness)
-        return _json({"status": "ok" if ok else "unavailable", "checks": body["checks"]}, 200 if ok else 503)
-
-    async def _readyz(self, _: web.Request) -> web.Response:
-        ok, body = await readiness(self.checks)
-        return _json(body, 200 if ok else 503)
-
-
-def _json(body: dict[str, Any], status: int) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body) + "\n", content_type="application/json")
 
 
 # -- events appended ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from cli import logging as convoy_logging
 from eventstore import bus
 from eventstore.codec import convoy_registry
 from eventstore.metrics import Registry
+from eventstore.opsserver import OpsServer
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.settings import Settings, environ
 from services.planner.clock import SystemClock
@@ -84,7 +85,7 @@ async def _run_planner(url: str, instance: str, ops_port: int, nats_url: str | N
                 else:
                     typer.echo("no CONVOY_NATS_URL: dry runs (`deploy --dry-run`) will not be answered")
                 server = await stack.enter_async_context(
-                    ops.OpsServer(address=f"127.0.0.1:{ops_port}", registry=metrics, checks=checks)
+                    OpsServer(address=f"127.0.0.1:{ops_port}", registry=metrics, checks=checks)
                 )
                 typer.echo(f"operations:   http://127.0.0.1:{server.port} (/metrics /healthz /readyz)")
                 await running.ready.wait()

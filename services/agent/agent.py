@@ -38,11 +38,12 @@ from eventstore import bus, natsauth
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.errors import BusRejected, ConvoyError
 from eventstore.metrics import Check, Registry
+from eventstore.opsserver import OpsServer
 from eventstore.subscriptions import Delivery, DurableSubscription, SubscriptionSettings
 from eventstore.tasks import Backoff, describe, stop_task
 from schemas.convoy.v1 import convergence_pb2, resources_pb2
 from services.agent import intents, observations, protections, reconcile, snapshot
-from services.agent.health import BusLiveness, HealthServer
+from services.agent.health import BusLiveness, bus_check
 from services.agent.intents import Action
 from services.agent.observations import Kind, Subject
 from services.agent.runtimes.base import (
@@ -148,12 +149,12 @@ class Agent:
         )
         self.liveness = BusLiveness(connected=lambda: nc.is_connected, threshold=settings.bus_loss_threshold)
         self._health = (
-            HealthServer(
+            OpsServer(
                 address=settings.health_address,
-                liveness=self.liveness,
-                details=self._details,
+                registry=metrics or Registry(),
                 checks=self.checks(),
-                registry=metrics,
+                liveness=[bus_check(self.liveness)],
+                details=self._details,
             )
             if settings.health_address
             else None

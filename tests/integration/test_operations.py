@@ -23,11 +23,12 @@ from cli import logging as convoy_logging
 from eventstore import bus
 from eventstore.embedded import EmbeddedServers, NatsServer
 from eventstore.metrics import Check, Registry
+from eventstore.opsserver import OpsServer
 from eventstore.postgres import PostgresEventStore
 from eventstore.settings import Settings
 from schemas.convoy.v1 import events_pb2 as E
 from schemas.convoy.v1 import resources_pb2 as R
-from services.agent.health import BusLiveness, HealthServer
+from services.agent.health import BusLiveness, bus_check
 from services.planner.clock import FakeClock
 from services.planner.runner import Planner
 from tests.conftest import eventually
@@ -130,7 +131,7 @@ async def test_planner_metrics_move_after_a_release(pg_store: PostgresEventStore
         ) as planner:
             ops.instrument_planner(metrics, planner)
             checks = [ops.planner_check(planner), ops.store_check(pg_store)]
-            async with ops.OpsServer(address="127.0.0.1:0", registry=metrics, checks=checks) as server:
+            async with OpsServer(address="127.0.0.1:0", registry=metrics, checks=checks) as server:
                 url = f"http://127.0.0.1:{server.port}"
                 await planner.ready.wait()
                 before = await scrape(session, url)
@@ -155,8 +156,9 @@ async def test_planner_metrics_move_after_a_release(pg_store: PostgresEventStore
                     assert after[key] > before[key], name
                 assert after[("convoy_planner_restarts_total", frozenset())] == 0
                 assert after[("convoy_planner_checkpoint_position", frozenset())] > 0
+                # Its decisions, the timers it fired, and the record of the version it started with.
                 assert after[("convoy_events_appended_total", labels(process="planner"))] == (
-                    planner.stats.outputs + planner.stats.timers_fired
+                    planner.stats.outputs + planner.stats.timers_fired + 1
                 )
                 staging = after[("convoy_convergence_duration_seconds_sum", labels(channel="staging"))]
                 prod = after[("convoy_convergence_duration_seconds_sum", labels(channel="prod"))]
@@ -175,11 +177,14 @@ async def test_the_agent_health_server_answers_readiness_and_metrics(session: ai
     ready = asyncio.Event()
     metrics = Registry()
     metrics.counter("convoy_agent_intents_received_total", "Intents.", ["runtime"]).labels(runtime="eu-1").inc(3)
-    server = HealthServer(
+    connected = True
+    clock = [0.0]
+    server = OpsServer(
         address="127.0.0.1:0",
-        liveness=BusLiveness(connected=lambda: True, threshold=30),
-        checks=[Check("agent", lambda: (ready.is_set(), "starting" if not ready.is_set() else "consuming"))],
         registry=metrics,
+        checks=[Check("agent", lambda: (ready.is_set(), "starting" if not ready.is_set() else "consuming"))],
+        liveness=[bus_check(BusLiveness(connected=lambda: connected, threshold=30, clock=lambda: clock[0]))],
+        details=lambda: {"runtime": "eu-1"},
     )
     await server.start()
     try:
@@ -190,8 +195,18 @@ async def test_the_agent_health_server_answers_readiness_and_metrics(session: ai
         status, _, _ = await get(session, f"{url}/readyz")
         assert status == 200
         assert (await scrape(session, url))[("convoy_agent_intents_received_total", labels(runtime="eu-1"))] == 3
+        status, _, text = await get(session, f"{url}/healthz")
+        assert status == 200 and json.loads(text) == {
+            "status": "ok", "checks": {"bus": {"ok": True, "detail": "connected"}}, "runtime": "eu-1"
+        }
+        connected = False  # the bus is lost: healthy for the threshold, then not
         status, _, _ = await get(session, f"{url}/healthz")
         assert status == 200
+        clock[0] = 31.0
+        status, _, text = await get(session, f"{url}/healthz")
+        assert status == 503 and json.loads(text)["checks"]["bus"] == {
+            "ok": False, "detail": "bus lost for 31.0s (threshold 30s)"
+        }
     finally:
         await server.stop()
 

@@ -6,76 +6,22 @@ store; the replay check agrees with the record; Ctrl-C stops everything."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import signal
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import eventually
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Up:
-    """A `convoy up --demo` process whose output is drained (and kept) in the background."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self.ready = asyncio.Event()
-        self._drain = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        while raw := await self.proc.stdout.readline():  # the stream's limit is raised below
-            self.lines.append(raw.decode())
-            if "press Ctrl-C" in self.lines[-1]:
-                self.ready.set()
-
-    async def stop(self, sig: signal.Signals = signal.SIGINT) -> int:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):  # it may be exiting already
-                self.proc.send_signal(sig)
-        code = await asyncio.wait_for(self.proc.wait(), 60)
-        await asyncio.wait_for(self._drain, 30)
-        return code
+from tests.e2e.processes import ConvoyProcess, convoy, convoy_process
 
 
-@asynccontextmanager
-async def convoy_up(state: Path, env: dict[str, str]) -> AsyncIterator[Up]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.main", "up", "--demo", "--state-dir", str(state), "--grpc-port", "0",
-        "--http-port", "0", "--ops-port", "0", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=ROOT,
-        limit=16 * 1024 * 1024,  # a log line may quote a runtime's output
+def convoy_up(state: Path, env: dict[str, str]) -> AbstractAsyncContextManager[ConvoyProcess]:
+    return convoy_process(
+        env, "up", "--demo", "--state-dir", str(state), "--grpc-port", "0", "--http-port", "0", "--ops-port", "0"
     )
-    up = Up(proc)
-    try:
-        try:
-            await asyncio.wait_for(up.ready.wait(), 120)
-        except TimeoutError:
-            raise AssertionError("convoy up did not get ready:\n" + "".join(up.lines)[-5000:]) from None
-        yield up
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def convoy(env: dict[str, str], *args: str, timeout: float = 180) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.main", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env=env, cwd=ROOT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
 
 
 async def channels(env: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:

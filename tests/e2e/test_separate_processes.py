@@ -5,10 +5,9 @@ through a real agent running local processes, and a dry run is answered by the p
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,41 +16,19 @@ import asyncpg
 
 from eventstore.embedded import NatsServer
 from tests.conftest import eventually
-from tests.e2e.test_demo import ROOT, convoy
+from tests.e2e.processes import ROOT, convoy, convoy_process
 
 EXAMPLES = ROOT / "examples" / "shop"
 
 
 @asynccontextmanager
 async def process(env: dict[str, str], *args: str, ready: str) -> AsyncIterator[list[str]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.main", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env=env, cwd=ROOT, limit=16 * 1024 * 1024,
-    )
-    lines: list[str] = []
-    seen = asyncio.Event()
-
-    async def drain() -> None:
-        assert proc.stdout is not None
-        while raw := await proc.stdout.readline():
-            lines.append(raw.decode())
-            if ready in lines[-1]:
-                seen.set()
-
-    reader = asyncio.create_task(drain())
-    try:
-        try:
-            await asyncio.wait_for(seen.wait(), 90)
-        except TimeoutError:
-            raise AssertionError(f"`convoy {args[0]}` did not print {ready!r}:\n" + "".join(lines)[-4000:]) from None
-        yield lines
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        code = await asyncio.wait_for(proc.wait(), 60)
-        await asyncio.wait_for(reader, 30)
-        assert code == 0, "".join(lines)[-4000:]
-        assert "Traceback" not in "".join(lines), "".join(lines)[-4000:]
+    """`convoy ARGS` until the test is done; then it must stop on SIGTERM, cleanly."""
+    async with convoy_process(env, *args, ready=ready, timeout=90) as running:
+        yield running.lines
+        code = await running.stop(signal.SIGTERM)
+        assert code == 0, running.output[-4000:]
+        assert "Traceback" not in running.output, running.output[-4000:]
 
 
 async def test_api_planner_and_agent_as_separate_processes(

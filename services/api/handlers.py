@@ -28,9 +28,10 @@ from schemas.convoy.v1 import api_pb2
 from services.api import auth, events, planning, queries, why
 from services.api.convergence import ConvergenceView
 from services.api.errors import Failure, classify, invalid
+from services.api.history import History, Snapshot
 from services.api.methods import METHODS, Method
-from services.api.projection import Projection
 from services.api.planning import PlannerClient
+from services.api.projection import Projection
 from services.api.writes import Writer
 
 log = structlog.get_logger("convoy.api")
@@ -73,6 +74,7 @@ class Api:
         read_wait: float = READ_WAIT,
         convergence: ConvergenceView | None = None,
         planner: PlannerClient | None = None,
+        history: History | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -81,6 +83,7 @@ class Api:
         self._read_wait = read_wait
         self._convergence = convergence or ConvergenceView()
         self._planner = planner
+        self._history = history or History(store=store, registry=registry)
         self._streams_open = True
         missing = [
             m.name
@@ -151,16 +154,23 @@ class Api:
             assert isinstance(request, api_pb2.PlanDeployRequest)
             return await planning.plan_deploy(self._planner, self._projection.state, request, principal)
         await self._see(queries.min_position(request), "page.min_position" if "page" in _fields(request) else "min_position")
-        if method.name == "GetConvergence":
-            assert isinstance(request, api_pb2.GetConvergenceRequest)
-            queries.get_application(self._projection.state, api_pb2.GetApplicationRequest(name=request.application))
-            return api_pb2.GetConvergenceResponse(
-                channels=self._convergence.of(request.application, request.service), position=self._projection.position
-            )
-        if method.name == "Why":
-            assert isinstance(request, api_pb2.WhyRequest)
+        if method.name in ("GetConvergence", "Why"):
+            assert isinstance(request, api_pb2.GetConvergenceRequest | api_pb2.WhyRequest)
+            if request.HasField("as_of"):
+                past = await self._history.at(request.as_of)
+                read = Snapshot(past.position, past.at, past.state, past.view, past.versions)
+            else:
+                read = Snapshot(
+                    self._projection.position, None, self._projection.state, self._convergence, self._projection.versions
+                )
+            if isinstance(request, api_pb2.GetConvergenceRequest):
+                queries.get_application(read.state, api_pb2.GetApplicationRequest(name=request.application))
+                return api_pb2.GetConvergenceResponse(
+                    channels=read.view.of(request.application, request.service), position=read.position
+                )
             return await why.explain(
-                self._store, self._registry, self._projection.state, self._convergence, self._projection.versions, request
+                self._store, self._registry, read.state, read.view, read.versions, request,
+                position=read.position, now=read.at,
             )
         return queries.QUERIES[method.name](self._projection.state, request)
 

@@ -32,6 +32,32 @@ from services.api.domain import State, evolve
 log = structlog.get_logger("convoy.api.projection")
 
 
+Observer = Callable[[RecordedEvent, Message], None]
+
+
+def fold_recorded(
+    registry: EventRegistry, state: State, recorded: RecordedEvent, observers: Sequence[Observer], skipped: set[str]
+) -> State:
+    """Fold one recorded event into the catalog and hand it to `observers` (other read
+    models folded in the same order). An event that cannot be folded is logged (a type the
+    catalog does not fold once per type, in `skipped`) and skipped: one bad event must not
+    freeze every read and write."""
+    try:
+        message = registry.decode(recorded).message
+        state = evolve(state, message)
+        for observe in observers:
+            observe(recorded, message)
+    except UnknownEventType:
+        if recorded.type not in skipped:
+            skipped.add(recorded.type)
+            log.info("projection skips events of a type", type=recorded.type, why="not a catalog event")
+    except ConvoyError as error:
+        log.error("projection skipped an undecodable event", position=recorded.position, error=str(error))
+    except Exception as error:  # a bug in evolve must not freeze every read and write
+        log.error("projection failed to fold an event", position=recorded.position, error=describe(error))
+    return state
+
+
 class Projection:
     """The catalog as of `position`. Create, `await start()`, read, `await stop()`."""
 
@@ -41,7 +67,7 @@ class Projection:
         store: EventStore,
         registry: EventRegistry,
         start_timeout: float = 120.0,
-        observers: Sequence[Callable[[RecordedEvent, Message], None]] = (),
+        observers: Sequence[Observer] = (),
     ) -> None:
         self._store = store
         self._observers = tuple(observers)
@@ -137,25 +163,10 @@ class Projection:
     def _apply(self, recorded: RecordedEvent) -> None:
         if recorded.position <= self._position:
             return  # a restarted tail re-delivering what is already folded
-        try:
-            message = self._registry.decode(recorded).message
-            self._state = evolve(self._state, message)
-            for observe in self._observers:  # other read models folded in the same order
-                observe(recorded, message)
-        except UnknownEventType:
-            self._skip(recorded, "not a catalog event")
-        except ConvoyError as error:
-            log.error("projection skipped an undecodable event", position=recorded.position, error=str(error))
-        except Exception as error:  # a bug in evolve must not freeze every read and write
-            log.error("projection failed to fold an event", position=recorded.position, error=describe(error))
+        self._state = fold_recorded(self._registry, self._state, recorded, self._observers, self._skipped_types)
         self._versions[recorded.stream_id] = recorded.version
         self._position = recorded.position
         self._signal()
-
-    def _skip(self, recorded: RecordedEvent, why: str) -> None:
-        if recorded.type not in self._skipped_types:
-            self._skipped_types.add(recorded.type)
-            log.info("projection skips events of a type", type=recorded.type, why=why)
 
     def wake(self) -> None:
         """Wake every waiter (they re-check their condition), e.g. to end streams."""

@@ -29,9 +29,10 @@ from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.errors import InvalidInput
 from eventstore.types import EventStore
 from services.api import auth, openapi
-from services.api.grpc_transport import build_server
 from services.api.convergence import ConvergenceView
+from services.api.grpc_transport import build_server
 from services.api.handlers import Api
+from services.api.history import History
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
 from services.api.rest import GrpcMetrics, RequestMetrics, RestApp
@@ -111,6 +112,7 @@ class ApiServer:
             read_wait=read_wait,
             convergence=self.convergence,
             planner=planner,
+            history=History(store=store, registry=self._registry),
         )
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None

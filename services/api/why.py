@@ -45,8 +45,11 @@ async def explain(
     versions: Mapping[str, int],
     request: api_pb2.WhyRequest,
     *,
+    position: int = 0,
     now: datetime | None = None,
 ) -> api_pb2.WhyResponse:
+    """Explain as of `position` (the read models' position; their streams are read no
+    further), with times left counted from `now`."""
     now = now or datetime.now(UTC)
     app, service = request.application, request.service
     application = catalog.applications.get(app)
@@ -59,10 +62,11 @@ async def explain(
         if request.channel not in channels:
             raise NotFound(f"application {app!r} has no channel {request.channel!r}; channels: {', '.join(channels)}")
         channels = [request.channel]
-    releases = await store.read_stream(f"release/{app}/{service}")
-    response = api_pb2.WhyResponse()
+    upto = position or None
+    releases = await store.read_stream(f"release/{app}/{service}", as_of_position=upto)
+    response = api_pb2.WhyResponse(position=position)
     for name in channels:
-        response.channels.append(await _channel(store, registry, view, versions, releases, app, service, name, now))
+        response.channels.append(await _channel(store, registry, view, versions, releases, app, service, name, now, upto))
     return response
 
 
@@ -76,6 +80,7 @@ async def _channel(
     service: str,
     channel: str,
     now: datetime,
+    upto: int | None,
 ) -> api_pb2.Explanation:
     current = view.channel(app, service, channel)
     if current is None or not current.release_id:
@@ -94,7 +99,7 @@ async def _channel(
             if recorded.position >= (evidence[0].position if evidence else 0):
                 evidence.append(recorded)
     timers: dict[str, tuple[str, datetime]] = {}
-    for recorded in await store.read_stream(f"convergence/{app}/{service}/{channel}"):
+    for recorded in await store.read_stream(f"convergence/{app}/{service}/{channel}", as_of_position=upto):
         message = registry.decode(recorded).message
         if isinstance(message, events_pb2.InstanceStatusChanged) and message.release_id == release_id:
             evidence.append(recorded)
@@ -104,7 +109,9 @@ async def _channel(
         stream = f"observation/{target.runtime}/{target.namespace}/{app}/{service}"
         version = versions.get(stream, 0)
         if version:
-            recent = await store.read_stream(stream, from_version=max(1, version - OBSERVATIONS_PER_TARGET + 1))
+            recent = await store.read_stream(
+                stream, from_version=max(1, version - OBSERVATIONS_PER_TARGET + 1), to_version=version
+            )
             evidence += recent
         line = f"{target.runtime}/{target.namespace}: {_status(target.status)} {target.version}"
         out.details.append(line + (f" — {target.reason}" if target.reason else ""))

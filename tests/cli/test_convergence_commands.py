@@ -101,7 +101,9 @@ async def test_deploy_wait_fails_with_the_reason_when_the_release_is_rolled_back
         assert (await cli.run("deploy", "shop/api", "--version", "v1", "--wait", "--timeout", "60")).exit_code == 0
     finally:
         await stop(agents)
-    agents = asyncio.create_task(simulated_agents(pg_store, after=await pg_store.head(), fail=frozenset({"api"})))
+    before_v2 = await pg_store.head()
+    before_v2_at = (await pg_store.read_all(after=before_v2 - 1, limit=1))[0].recorded_at
+    agents = asyncio.create_task(simulated_agents(pg_store, after=before_v2, fail=frozenset({"api"})))
     try:
         failed = await cli.run("deploy", "shop/api", "--version", "v2", "--wait", "--timeout", "60")
     finally:
@@ -111,6 +113,25 @@ async def test_deploy_wait_fails_with_the_reason_when_the_release_is_rolled_back
     assert "staging ROLLED_BACK: rolled back to v1: crash loop on runtime local" in failed.output
     why = await cli.run("why", "shop/api", "--channel", "staging", "--no-evidence")
     assert "ROLLED_BACK: rolled back to v1: crash loop on runtime local" in why.stdout
+
+    # The audit view: where things stood before v2, by position and by time.
+    then = str(before_v2)
+    past = await cli.run("status", "shop", "--at", then)
+    assert past.exit_code == 0, past.output
+    assert past.stdout.startswith(f"as of position {before_v2}")
+    staging = past.stdout.split("channel prod")[0]
+    assert "api      v1       CONVERGED" in staging, past.stdout
+    past_why = await cli.run("why", "shop/api", "--channel", "staging", "--at", then, "--no-evidence")
+    assert past_why.exit_code == 0 and "staging v1: CONVERGED" in past_why.stdout, past_why.output
+    by_time = await cli.run("status", "shop", "--at", before_v2_at.isoformat(), "-o", "json")
+    channels = {(c["service"], c["channel"]): c for c in json.loads(by_time.stdout)["channels"]}
+    assert channels[("api", "staging")]["version"] == "v1", by_time.stdout
+    # Before the application existed it did not exist; nonsense is refused.
+    assert (await cli.run("status", "shop", "--at", "1d")).exit_code == 3
+    bad = await cli.run("status", "shop", "--at", "yesterday")
+    assert bad.exit_code == 2 and "not a position, an ISO 8601 time" in bad.output
+    beyond = await cli.run("why", "shop/api", "--at", "999999999")
+    assert beyond.exit_code == 2 and "beyond the last recorded position" in beyond.output
 
 
 async def test_why_names_what_is_missing(planned: tuple[Cli, Planner]) -> None:
@@ -183,3 +204,18 @@ async def test_a_malformed_dry_run_query_gets_no_answer_and_harms_nothing(
     assert planner.ready.is_set()
     result = await cli.run("deploy", "shop/web", "--version", "v1", "--dry-run")
     assert result.exit_code == 0 and "nothing recorded" in result.stdout, result.output
+
+
+def test_at_takes_a_position_a_time_or_a_duration_ago() -> None:
+    from cli.client import CliError
+    from cli.commands.convergence import parse_at
+
+    now = datetime(2026, 11, 26, 14, 0, tzinfo=UTC)
+    assert parse_at("1234").position == 1234
+    assert parse_at("15m", now=now).time.ToDatetime(tzinfo=UTC) == datetime(2026, 11, 26, 13, 45, tzinfo=UTC)
+    assert parse_at("2d", now=now).time.ToDatetime(tzinfo=UTC) == datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
+    assert parse_at("2026-11-26T12:30:00").time.ToDatetime(tzinfo=UTC) == datetime(2026, 11, 26, 12, 30, tzinfo=UTC)
+    assert parse_at("2026-11-26T12:30:00+01:00").time.ToDatetime(tzinfo=UTC) == datetime(2026, 11, 26, 11, 30, tzinfo=UTC)
+    with pytest.raises(CliError) as caught:
+        parse_at("last week")
+    assert caught.value.exit_code == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections import Counter
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -66,6 +67,7 @@ async def test_the_demo_story(tmp_path: Path) -> None:
         code, why = await convoy(env, "why", "shop/web", "--channel", "prod", "--no-evidence")
         assert code == 0 and why.startswith("prod v1: "), why
         await reaches(env, {("web", "prod"): ("v1", "CONVERGED"), ("api", "prod"): ("v1", "CONVERGED")}, timeout=150)
+        before_v2 = time.time()
 
         # A bad release: its health check fails, staging rolls back, prod stays on v1.
         code, out = await convoy(env, "deploy", "shop/web", "--version", "v2", "--param", "docroot=/nonexistent",
@@ -76,6 +78,14 @@ async def test_the_demo_story(tmp_path: Path) -> None:
         assert code == 0 and "ROLLED_BACK: rolled back to v1" in why and "ObservationRecorded by agent:local" in why, why
         prod = (await channels(env))[("web", "prod")]
         assert {t["version"] for t in prod["targets"]} == {"v1"}, prod  # prod never ran v2
+        # How it stood before v2, asked as "N seconds ago" (the README asks for minutes).
+        ago = f"{int(time.time() - before_v2) + 1}s"
+        code, past = await convoy(env, "status", "shop", "--at", ago, "-o", "json")
+        assert code == 0, past
+        then = {(c["service"], c["channel"]): c for c in json.loads(past)["channels"]}
+        assert (then[("web", "staging")]["version"], then[("web", "staging")]["status"]) == (
+            "v1", "INSTANCE_STATUS_CONVERGED"
+        ), past
 
         # A new release, and the whole control plane killed (-9) in the middle of it.
         code, out = await convoy(env, "deploy", "shop/api", "--version", "v3")

@@ -101,6 +101,39 @@ async def test_four_eyes_over_rest(api: Running) -> None:
         assert status == 200 and approved["changed"], approved
 
 
+async def test_as_of_reads_over_rest(api: Running) -> None:
+    """GetConvergence and Why as of a past position or time: the catalog as it stood then,
+    and clear 400s for nonsense."""
+    async with http_session() as s:
+        await rest_seed(s, api)
+        status, answer = await call(s, api, "GET", "/v1/events", secret=api.admin, params={"limit": "1"})
+        first = int(answer["events"][0]["position"])
+        path = "/v1/applications/shop/convergence"
+        status, past = await call(s, api, "GET", path, secret=api.admin, params={"as_of.position": str(first)})
+        # At the first position (the runtime) the application did not exist yet.
+        assert status == 404 and "does not exist" in past["error"]["message"], past
+        status, now = await call(s, api, "GET", path, secret=api.admin)
+        status, past = await call(s, api, "GET", path, secret=api.admin, params={"as_of.position": now["position"]})
+        assert status == 200 and past["position"] == now["position"], past
+        status, past = await call(
+            s, api, "GET", path, secret=api.admin, params={"as_of.time": "2100-01-01T00:00:00Z"}
+        )
+        assert status == 200 and past["position"] == now["position"]
+        why = "/v1/applications/shop/services/api/why"
+        status, explained = await call(s, api, "GET", why, secret=api.admin, params={"as_of.position": now["position"]})
+        assert status == 200 and explained["position"] == now["position"]
+        assert explained["channels"][0]["summary"] == "no release has reached this channel yet"
+        for params, field in (
+            ({"as_of.position": "5", "as_of.time": "2026-01-01T00:00:00Z"}, "as_of"),
+            ({"as_of.position": "-3"}, "as_of.position"),
+            ({"as_of.position": "99999999"}, "as_of.position"),
+            ({"as_of.time": "not a time"}, "asOf.time"),
+        ):
+            status, refused = await call(s, api, "GET", path, secret=api.admin, params=params)
+            assert status == 400, (params, refused)
+            assert field in json.dumps(refused["error"]), (params, refused)
+
+
 async def test_rest_flow_with_pages_and_events(api: Running) -> None:
     async with http_session() as s:
         await rest_seed(s, api)

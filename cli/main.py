@@ -20,7 +20,7 @@ from cli import controlplane, demo, localstate
 from cli import logging as convoy_logging
 from cli.client import CliError
 from cli.commands import agent as agent_command
-from cli.commands import catalog, configs, convergence, events, lifecycle, releases, tokens
+from cli.commands import catalog, configs, convergence, events, lifecycle, natsusers, releases, tokens
 from cli.commands import planner as planner_command
 from eventstore.embedded import EmbeddedServers
 from eventstore.settings import Settings, environ
@@ -191,6 +191,7 @@ for command in (
     planner_command.replay,
 ):
     app.command()(command)
+app.command("nats-users")(natsusers.nats_users)
 
 
 if __name__ == "__main__":

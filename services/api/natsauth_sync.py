@@ -14,7 +14,7 @@ task tails the `runtime` streams and, whenever that changes:
   already open keep their session; NATS applies new permissions to them on reload.
 
 With an external NATS (`server=None`) only the consumers are managed; the operator
-renders the same users from `eventstore.natsauth` into that server's configuration.
+renders the same users into that server's configuration with `convoy nats-users`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,35 @@ from schemas.convoy.v1 import events_pb2
 log = structlog.get_logger("convoy.api.natsauth")
 
 _SPARE_DELIVERIES = 2  # as eventstore.subscriptions: the agent's handler runs at most AGENT_MAX_DELIVER times
+
+
+class AgentCredentials:
+    """Which runtimes exist and the NATS password hash each agent holds now, folded from
+    the `runtime` streams (pure: also what `convoy nats-users` renders for an external
+    NATS)."""
+
+    def __init__(self) -> None:
+        self.runtimes: set[str] = set()
+        self.credentials: dict[str, str] = {}
+        """runtime → bcrypt of its agent's current secret."""
+
+    def fold(self, message: object) -> None:
+        if isinstance(message, events_pb2.RuntimeRegistered):
+            self.runtimes.add(message.runtime.name)
+        elif isinstance(message, events_pb2.RuntimeDeregistered):
+            self.runtimes.discard(message.name)
+            self.credentials.pop(message.name, None)
+        elif isinstance(message, events_pb2.AgentCredentialIssued):
+            if message.nats_password_bcrypt:
+                self.credentials[message.runtime] = message.nats_password_bcrypt
+            else:
+                self.credentials.pop(message.runtime, None)  # the older one is revoked all the same
+                log.warning("agent credential has no NATS password hash; issue a new one", runtime=message.runtime)
+
+    def users(self, instance: str, system: natsauth.User) -> list[natsauth.User]:
+        """The system user and one least-privilege user per runtime with a credential."""
+        agents = [natsauth.agent(instance, rt, pw) for rt, pw in sorted(self.credentials.items())]
+        return [system, *agents]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +99,7 @@ class NatsAuthSync:
         self._server = server
         self._system_password = system_password
         self._registry = registry or convoy_registry()
-        self._runtimes: set[str] = set()
-        self._credentials: dict[str, str] = {}
+        self._known = AgentCredentials()
         self._consumers: set[str] = set()
         self.position = 0
         self.synced = Synced(0, frozenset(), frozenset())
@@ -124,7 +152,7 @@ class NatsAuthSync:
             try:
                 async for recorded in tail:
                     try:
-                        self._fold(self._registry.decode(recorded).message)
+                        self._known.fold(self._registry.decode(recorded).message)
                     except ConvoyError as error:
                         log.error("skipped an undecodable runtime event", position=recorded.position, error=str(error))
                     self.position = recorded.position
@@ -137,19 +165,6 @@ class NatsAuthSync:
                 await asyncio.sleep(backoff.next())
             finally:
                 await tail.aclose()  # type: ignore[attr-defined]
-
-    def _fold(self, message: object) -> None:
-        if isinstance(message, events_pb2.RuntimeRegistered):
-            self._runtimes.add(message.runtime.name)
-        elif isinstance(message, events_pb2.RuntimeDeregistered):
-            self._runtimes.discard(message.name)
-            self._credentials.pop(message.name, None)
-        elif isinstance(message, events_pb2.AgentCredentialIssued):
-            if message.nats_password_bcrypt:
-                self._credentials[message.runtime] = message.nats_password_bcrypt
-            else:
-                self._credentials.pop(message.runtime, None)  # the older one is revoked all the same
-                log.warning("agent credential has no NATS password hash; issue a new one", runtime=message.runtime)
 
     # -- applying ------------------------------------------------------------------------
 
@@ -170,24 +185,22 @@ class NatsAuthSync:
                 await asyncio.sleep(backoff.next())
                 continue
             backoff.reset()
-            self.synced = Synced(position, frozenset(self._runtimes), frozenset(self._credentials))
+            self.synced = Synced(position, frozenset(self._known.runtimes), frozenset(self._known.credentials))
             event, self._applied = self._applied, asyncio.Event()
             event.set()
 
     async def _apply(self) -> None:
         if self._server is not None:
             assert self._system_password is not None
-            users = [natsauth.system(self._system_password)]
-            users += [natsauth.agent(self.instance, rt, pw) for rt, pw in sorted(self._credentials.items())]
-            text = natsauth.render(users)
+            text = natsauth.render(self._known.users(self.instance, natsauth.system(self._system_password)))
             if text != self._server.config_extra:
                 self._server.config_extra = text
                 await asyncio.to_thread(self._server.reload)
-                log.info("NATS users reloaded", agents=sorted(self._credentials))
-        for runtime in sorted(self._runtimes - self._consumers):
+                log.info("NATS users reloaded", agents=sorted(self._known.credentials))
+        for runtime in sorted(self._known.runtimes - self._consumers):
             await self._ensure_consumer(runtime)
             self._consumers.add(runtime)
-        for runtime in sorted(self._consumers - self._runtimes):
+        for runtime in sorted(self._consumers - self._known.runtimes):
             await self._delete_consumer(runtime)
             self._consumers.discard(runtime)
 

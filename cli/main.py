@@ -20,7 +20,17 @@ from cli import controlplane, demo, localstate
 from cli import logging as convoy_logging
 from cli.client import CliError
 from cli.commands import agent as agent_command
-from cli.commands import catalog, configs, convergence, events, lifecycle, natsusers, releases, tokens
+from cli.commands import (
+    catalog,
+    configs,
+    convergence,
+    events,
+    lifecycle,
+    natsusers,
+    releases,
+    runtimes,
+    tokens,
+)
 from cli.commands import planner as planner_command
 from eventstore.embedded import EmbeddedServers
 from eventstore.settings import Settings, environ
@@ -174,7 +184,14 @@ app.command("agent")(agent_command.agent)
 app.command()(lifecycle.down)
 for command in (configs.apply, configs.validate, configs.diff):
     app.command()(command)
-for group in (catalog.apps, catalog.services, catalog.channels, catalog.runtimes, catalog.releases, tokens.tokens):
+for group in (
+    catalog.apps,
+    catalog.services,
+    catalog.channels,
+    runtimes.runtimes,
+    catalog.releases,
+    tokens.tokens,
+):
     app.add_typer(group)
 for command in (
     releases.deploy,

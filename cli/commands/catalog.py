@@ -1,33 +1,29 @@
-"""Read commands for what is configured: `convoy apps`, `services`, `channels`, `runtimes`,
-and the releases a service has had (`convoy releases`)."""
+"""Read commands for what is configured: `convoy apps`, `services`, `channels`, and the
+releases a service has had (`convoy releases`). Runtimes have their own module
+(cli.commands.runtimes)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-from google.protobuf.message import Message
 
-from cli import config
-from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, connect, reports_errors, split_target
-from cli.output import Column, Format, emit_many, emit_one
+from cli.commands.common import (
+    EndpointOpt,
+    OutputOpt,
+    TokenOpt,
+    connect,
+    reports_errors,
+    show_resource,
+    split_target,
+)
+from cli.output import Column, Format, emit_many
 from schemas.convoy.v1 import api_pb2, resources_pb2
 
 apps = typer.Typer(name="apps", help="Applications.", no_args_is_help=True)
 services = typer.Typer(name="services", help="An application's services.", no_args_is_help=True)
 channels = typer.Typer(name="channels", help="An application's release channels.", no_args_is_help=True)
-runtimes = typer.Typer(name="runtimes", help="Runtimes (where services run).", no_args_is_help=True)
 releases = typer.Typer(name="releases", help="A service's releases (immutable versions).", no_args_is_help=True)
-
-
-def _show(message: Message, output: Format, *extra: str) -> None:
-    """A config resource: in the table format as the YAML `convoy apply` reads."""
-    if output is Format.table:
-        typer.echo(config.render(message).rstrip())
-        for line in extra:
-            typer.echo(line)
-    else:
-        emit_one(message, output)
 
 
 def _channel_names(app: resources_pb2.Application) -> str:
@@ -53,7 +49,7 @@ def apps_get(name: str, endpoint: EndpointOpt = None, token: TokenOpt = None, ou
     """Show one application (as config YAML unless --output json|yaml)."""
     with connect(endpoint, token) as client:
         found = client.call(client.applications.GetApplication, api_pb2.GetApplicationRequest(name=name))
-    _show(found, output)
+    show_resource(found, output)
 
 
 def _images(service: resources_pb2.Service) -> str:
@@ -90,7 +86,7 @@ def services_get(
     """Show one service: convoy services get APP NAME."""
     with connect(endpoint, token) as client:
         found = client.call(client.services.GetService, api_pb2.GetServiceRequest(application=app, name=name))
-    _show(found, output)
+    show_resource(found, output)
 
 
 @channels.command("list")
@@ -119,42 +115,6 @@ def _precondition(pre: resources_pb2.Precondition) -> str:
     if pre.HasField("manual_approval"):
         return f"approval:{pre.manual_approval.name}"
     return pre.WhichOneof("kind") or "none"
-
-
-def _runtime_kind(state: api_pb2.RuntimeState) -> str:
-    desc = resources_pb2.RuntimeKind.DESCRIPTOR.values_by_number.get(state.runtime.kind)
-    return desc.name.removeprefix("RUNTIME_KIND_").lower() if desc else str(state.runtime.kind)
-
-
-@runtimes.command("list")
-@reports_errors
-def runtimes_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
-    """List runtimes."""
-    with connect(endpoint, token) as client:
-        found = client.pages(client.runtimes.ListRuntimes, api_pb2.ListRuntimesRequest(), "runtimes")
-    emit_many(
-        found,
-        output,
-        [
-            Column("name", lambda r: r.runtime.name),
-            Column("kind", _runtime_kind),
-            Column("labels", lambda r: dict(r.runtime.labels)),
-            Column("paused", lambda r: r.paused),
-        ],
-    )
-
-
-@runtimes.command("get")
-@reports_errors
-def runtimes_get(name: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
-    """Show one runtime and its state."""
-    with connect(endpoint, token) as client:
-        found: api_pb2.RuntimeState = client.call(client.runtimes.GetRuntime, api_pb2.GetRuntimeRequest(name=name))
-    if output is Format.table:
-        state = f"# paused: {found.pause_reason or 'yes'}" if found.paused else "# not paused"
-        _show(found.runtime, output, state, f"# agent credential generation: {found.credential_generation}")
-    else:
-        emit_one(found, output)
 
 
 @releases.command("list")

@@ -1,18 +1,23 @@
-"""What every client command shares: the connection options, `--output`, and turning a
-`CliError` into one line on stderr and its exit code."""
+"""What every client command shares: the connection options, `--output`, turning a
+`CliError` into one line on stderr and its exit code, the one line a write prints, and the
+`--yes` confirmation every deletion asks for."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
 import typer
+from google.protobuf.message import Message
 
-from cli.client import INVALID, CliError, Client, resolve
-from cli.output import Format
+from cli import config
+from cli.client import FAILED, INVALID, CliError, Client, resolve
+from cli.output import Format, emit_one
 from eventstore.settings import environ
+from schemas.convoy.v1 import api_pb2
 
 EndpointOpt = Annotated[
     str | None,
@@ -31,6 +36,9 @@ TokenOpt = Annotated[
     ),
 ]
 OutputOpt = Annotated[Format, typer.Option("--output", "-o", help="table, json (proto3 JSON) or yaml.")]
+YesOpt = Annotated[
+    bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (required when stdin is not a terminal).")
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,3 +79,38 @@ def parse_params(params: list[str] | None) -> dict[str, str]:
             raise CliError(f"--param {item!r} is not key=value", INVALID)
         out[key] = value
     return out
+
+
+def written(output: Format, answer: Message, line: str) -> None:
+    """What a write prints: one line saying what was recorded, or the answer as JSON/YAML."""
+    if output is Format.table:
+        typer.echo(line)
+    else:
+        emit_one(answer, output)
+
+
+def suffix(result: api_pb2.WriteResult) -> str:
+    return f" (position {result.position})" if result.changed else " (nothing changed)"
+
+
+def show_resource(message: Message, output: Format, *extra: str) -> None:
+    """A config resource: in the table format as the YAML `convoy apply` reads."""
+    if output is Format.table:
+        typer.echo(config.render(message).rstrip())
+        for line in extra:
+            typer.echo(line)
+    else:
+        emit_one(message, output)
+
+
+def confirm(action: str, yes: bool) -> None:
+    """Go on with `action` ("delete application shop") only if the user agrees: `--yes`, or
+    "y" at the prompt on a terminal. With no terminal to ask (a script, a pipe) it needs
+    `--yes`, so it never waits for an answer nobody will type, nor acts because stdin
+    happened to hold a "y"."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"refusing to {action} without --yes: stdin is not a terminal to ask on", INVALID)
+    if not typer.confirm(f"{action[:1].upper()}{action[1:]}?", default=False):
+        raise CliError("not confirmed; nothing was changed", FAILED)

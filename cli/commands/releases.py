@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from google.protobuf.message import Message
 
 from cli.commands import convergence
 from cli.commands.common import (
@@ -22,8 +21,10 @@ from cli.commands.common import (
     parse_params,
     reports_errors,
     split_target,
+    suffix,
+    written,
 )
-from cli.output import Format, emit_one
+from cli.output import Format
 from schemas.convoy.v1 import api_pb2
 
 TargetArg = Annotated[str, typer.Argument(metavar="APP/SERVICE", help="The service, e.g. shop/api.")]
@@ -37,17 +38,6 @@ ReleaseOpt = Annotated[
 ApprovalOpt = Annotated[
     str, typer.Option("--approval", help="The approval's name (default: the channel's only one).", show_default=False)
 ]
-
-
-def _written(output: Format, answer: Message, line: str) -> None:
-    if output is Format.table:
-        typer.echo(line)
-    else:
-        emit_one(answer, output)
-
-
-def _suffix(result: api_pb2.WriteResult) -> str:
-    return f" (position {result.position})" if result.changed else " (nothing changed)"
 
 
 @reports_errors
@@ -77,7 +67,7 @@ def deploy(
             return
         request = api_pb2.DeployRequest(application=app, service=service, version=version, image=image, parameters=parameters)
         answer: api_pb2.DeployResponse = client.write(client.releases.Deploy, request)
-        _written(output, answer, f"release {answer.release.id} of {target} version {version}" + _suffix(answer.write))
+        written(output, answer, f"release {answer.release.id} of {target} version {version}" + suffix(answer.write))
         if wait:
             table = output is Format.table
             convergence.wait_for(
@@ -105,7 +95,7 @@ def approve(
     )
     with connect(endpoint, token) as client:
         answer = client.write(client.releases.Approve, request)
-    _written(output, answer, f"approved {target} in {channel}" + _suffix(answer))
+    written(output, answer, f"approved {target} in {channel}" + suffix(answer))
 
 
 @reports_errors
@@ -126,7 +116,7 @@ def reject(
     )
     with connect(endpoint, token) as client:
         answer = client.write(client.releases.Reject, request)
-    _written(output, answer, f"rejected {target} in {channel}" + _suffix(answer))
+    written(output, answer, f"rejected {target} in {channel}" + suffix(answer))
 
 
 @reports_errors
@@ -150,7 +140,7 @@ def bypass(
     )
     with connect(endpoint, token) as client:
         answer = client.write(client.releases.Bypass, request)
-    _written(output, answer, f"bypassed {bypass_target} for {target} in {channel}" + _suffix(answer))
+    written(output, answer, f"bypassed {bypass_target} for {target} in {channel}" + suffix(answer))
 
 
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded).", show_default=False)]
@@ -170,7 +160,7 @@ def pause(
     request = api_pb2.PauseConvergenceRequest(application=app, service=service, channel=channel, reason=reason)
     with connect(endpoint, token) as client:
         answer = client.write(client.releases.PauseConvergence, request)
-    _written(output, answer, f"paused {target} in {channel or 'every channel'}" + _suffix(answer))
+    written(output, answer, f"paused {target} in {channel or 'every channel'}" + suffix(answer))
 
 
 @reports_errors
@@ -187,7 +177,7 @@ def resume(
     request = api_pb2.ResumeConvergenceRequest(application=app, service=service, channel=channel, reason=reason)
     with connect(endpoint, token) as client:
         answer = client.write(client.releases.ResumeConvergence, request)
-    _written(output, answer, f"resumed {target} in {channel or 'every channel'}" + _suffix(answer))
+    written(output, answer, f"resumed {target} in {channel or 'every channel'}" + suffix(answer))
 
 
 @reports_errors
@@ -213,7 +203,7 @@ def rollback(
     with connect(endpoint, token) as client:
         answer = client.write(client.releases.Rollback, request)
     where = ", ".join(channel) if channel else "every channel"
-    _written(output, answer, f"rollback of {target} requested in {where}" + _suffix(answer))
+    written(output, answer, f"rollback of {target} requested in {where}" + suffix(answer))
 
 
 _DECISIONS = (

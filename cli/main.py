@@ -27,7 +27,9 @@ from cli.commands import (
     events,
     lifecycle,
     natsusers,
+    protections,
     releases,
+    resources,
     runtimes,
     tokens,
 )
@@ -182,13 +184,15 @@ def _redact(url: str) -> str:
 
 app.command("agent")(agent_command.agent)
 app.command()(lifecycle.down)
-for command in (configs.apply, configs.validate, configs.diff):
+for command in (configs.apply, configs.delete, configs.validate, configs.diff):
     app.command()(command)
 for group in (
     catalog.apps,
     catalog.services,
     catalog.channels,
     runtimes.runtimes,
+    protections.protections,
+    resources.resources,
     catalog.releases,
     tokens.tokens,
 ):

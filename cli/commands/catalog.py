@@ -1,6 +1,6 @@
-"""Read commands for what is configured: `convoy apps`, `services`, `channels`, and the
-releases a service has had (`convoy releases`). Runtimes have their own module
-(cli.commands.runtimes)."""
+"""What is configured: `convoy apps`, `services` and `channels` (list, get, and deleting an
+application or a service), and the releases a service has had (`convoy releases`).
+Runtimes have their own module (cli.commands.runtimes)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from cli.commands.common import (
     EndpointOpt,
     OutputOpt,
     TokenOpt,
+    YesOpt,
+    confirm,
     connect,
     reports_errors,
     show_resource,
     split_target,
+    written,
 )
 from cli.output import Column, Format, emit_many
 from schemas.convoy.v1 import api_pb2, resources_pb2
@@ -50,6 +53,18 @@ def apps_get(name: str, endpoint: EndpointOpt = None, token: TokenOpt = None, ou
     with connect(endpoint, token) as client:
         found = client.call(client.applications.GetApplication, api_pb2.GetApplicationRequest(name=name))
     show_resource(found, output)
+
+
+@apps.command("delete")
+@reports_errors
+def apps_delete(
+    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
+    """Delete an application (refused while it still has services or linked resources)."""
+    confirm(f"delete application {name}", yes)
+    with connect(endpoint, token) as client:
+        answer = client.write(client.applications.DeleteApplication, api_pb2.DeleteApplicationRequest(name=name))
+    written(output, answer, f"deleted application {name} (position {answer.position})")
 
 
 def _images(service: resources_pb2.Service) -> str:
@@ -87,6 +102,25 @@ def services_get(
     with connect(endpoint, token) as client:
         found = client.call(client.services.GetService, api_pb2.GetServiceRequest(application=app, name=name))
     show_resource(found, output)
+
+
+@services.command("delete")
+@reports_errors
+def services_delete(
+    app: str,
+    name: str,
+    yes: YesOpt = False,
+    endpoint: EndpointOpt = None,
+    token: TokenOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Delete a service: convoy services delete APP NAME (the planner has its workloads removed)."""
+    confirm(f"delete service {app}/{name}", yes)
+    with connect(endpoint, token) as client:
+        answer = client.write(
+            client.services.DeleteService, api_pb2.DeleteServiceRequest(application=app, name=name)
+        )
+    written(output, answer, f"deleted service {app}/{name} (position {answer.position})")
 
 
 @channels.command("list")

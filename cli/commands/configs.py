@@ -1,6 +1,6 @@
-"""`convoy apply`, `validate` and `diff`: config files against the API.
+"""`convoy apply`, `delete`, `validate` and `diff`: config files against the API.
 
-All three read files through `cli.config.load`, so a broken file is reported the same way
+All four read files through `cli.config.load`, so a broken file is reported the same way
 by each (every problem, with file, document and field) and nothing is sent. `apply` asks
 before each write whether the object exists, only to say "created" rather than "updated";
 whether anything changed is the server's answer (`WriteResult.changed`), so applying the
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -20,7 +21,7 @@ from google.protobuf.message import Message
 
 from cli import config
 from cli.client import INVALID, NOT_FOUND, CliError, Client
-from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, connect, reports_errors
+from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, YesOpt, confirm, connect, reports_errors
 from cli.output import Format, table
 from schemas.convoy.v1 import api_pb2, resources_pb2
 
@@ -83,17 +84,42 @@ def current(client: Client, document: config.Document) -> Message | None:
     raise TypeError(f"not a config resource: {type(m).__name__}")
 
 
+# The API method for each request `apply` and `delete` send.
+_METHODS: dict[type[Message], Callable[[Client], Any]] = {
+    api_pb2.ApplyRuntimeRequest: lambda c: c.runtimes.ApplyRuntime,
+    api_pb2.ApplyProtectionRequest: lambda c: c.protections.ApplyProtection,
+    api_pb2.LinkResourceRequest: lambda c: c.resources.LinkResource,
+    api_pb2.ApplyApplicationRequest: lambda c: c.applications.ApplyApplication,
+    api_pb2.ApplyServiceRequest: lambda c: c.services.ApplyService,
+    api_pb2.DeregisterRuntimeRequest: lambda c: c.runtimes.DeregisterRuntime,
+    api_pb2.DeleteProtectionRequest: lambda c: c.protections.DeleteProtection,
+    api_pb2.UnlinkResourceRequest: lambda c: c.resources.UnlinkResource,
+    api_pb2.DeleteApplicationRequest: lambda c: c.applications.DeleteApplication,
+    api_pb2.DeleteServiceRequest: lambda c: c.services.DeleteService,
+}
+
+
 def send(client: Client, request: Message) -> api_pb2.WriteResult:
+    method = _METHODS.get(type(request))
+    if method is None:
+        raise TypeError(f"not an apply or delete request: {type(request).__name__}")
+    return client.write(method(client), request)
+
+
+def undo(request: Message) -> tuple[str, Message]:
+    """The request that removes what an apply request declares, and its verb."""
     if isinstance(request, api_pb2.ApplyRuntimeRequest):
-        return client.write(client.runtimes.ApplyRuntime, request)
+        return "deregistered", api_pb2.DeregisterRuntimeRequest(name=request.runtime.name)
     if isinstance(request, api_pb2.ApplyProtectionRequest):
-        return client.write(client.protections.ApplyProtection, request)
+        return "deleted", api_pb2.DeleteProtectionRequest(name=request.protection.name)
     if isinstance(request, api_pb2.LinkResourceRequest):
-        return client.write(client.resources.LinkResource, request)
+        r = request.resource
+        return "unlinked", api_pb2.UnlinkResourceRequest(name=r.name, scope=r.scope, application=r.application)
     if isinstance(request, api_pb2.ApplyApplicationRequest):
-        return client.write(client.applications.ApplyApplication, request)
+        return "deleted", api_pb2.DeleteApplicationRequest(name=request.application.name)
     if isinstance(request, api_pb2.ApplyServiceRequest):
-        return client.write(client.services.ApplyService, request)
+        s = request.service
+        return "deleted", api_pb2.DeleteServiceRequest(application=s.application, name=s.name)
     raise TypeError(f"not an apply request: {type(request).__name__}")
 
 
@@ -142,6 +168,58 @@ def _report(results: list[dict[str, object]], output: Format) -> None:
             ["kind", "name", "result", "source"],
             [[str(r["kind"]), str(r["name"]), str(r["result"]), f"{r['file']}: document {r['document']}"] for r in results],
         )
+
+
+@reports_errors
+def delete(
+    filename: FileOpt,
+    yes: YesOpt = False,
+    endpoint: EndpointOpt = None,
+    token: TokenOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Delete everything the config files declare: the inverse of `apply -f`.
+
+    Reads and checks the files as `apply` does, then deletes in the reverse of apply's
+    order — services, application resources, applications, infrastructure resources,
+    protections, runtimes (deregistered) — and prints one line per object. An object that
+    does not exist is reported as not found, which is not an error."""
+    documents = load(filename)
+    # apply's order, reversed; feeding the documents in reversed keeps file order within a kind.
+    removals = [(document, *undo(request)) for document, request in reversed(config.to_requests(reversed(documents)))]
+    confirm(f"delete the {len(documents)} object{'' if len(documents) == 1 else 's'} {filename} declares", yes)
+    results: list[dict[str, object]] = []
+    with connect(endpoint, token) as client:
+        for document, verb, request in removals:
+            try:
+                answer = send(client, request)
+            except CliError as e:
+                if e.exit_code != NOT_FOUND:
+                    _report_deleted(results, output)
+                    raise CliError(f"{document.source}: {document.kind} {name_of(document)}: {e}", e.exit_code) from None
+                verb, position = "not found", 0
+            else:
+                position = answer.position
+            results.append(
+                {
+                    "kind": document.kind,
+                    "name": name_of(document),
+                    "result": verb,
+                    "file": str(document.source.file),
+                    "document": document.source.index,
+                    "position": position,
+                }
+            )
+    _report_deleted(results, output)
+
+
+def _report_deleted(results: list[dict[str, object]], output: Format) -> None:
+    if output is Format.table:
+        for r in results:
+            what = f"{r['kind']} {r['name']}"
+            typer.echo(f"not found: {what}" if r["result"] == "not found" else f"{r['result']} {what}")
+    else:
+        _report(results, output)
 
 
 @reports_errors

@@ -1,14 +1,23 @@
-"""The administration commands — runtimes (credential, pause, resume, label, deregister) —
+"""The administration commands — runtimes (credential, pause, resume, label, deregister),
+deleting applications and services, protections, resources, and `convoy delete -f` —
 against a real API on PostgreSQL, with the example configs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from cli.commands import common
 from cli.commands.agent import read_secret
+from cli.main import app
 from tests.cli.conftest import Cli
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "shop"
@@ -130,3 +139,131 @@ async def test_deregister_needs_yes_without_a_terminal_and_is_refused_while_boun
     assert gone.exit_code == 0, gone.output
     assert gone.stdout.startswith("deregistered runtime spare")
     assert (await cli.run("runtimes", "get", "spare")).exit_code == 3
+
+
+async def test_deleting_an_application_is_refused_until_its_services_and_resources_are_gone(cli: Cli) -> None:
+    await applied(cli)
+    assert (await cli.run("apps", "delete", "shop")).exit_code == 2  # no terminal, no --yes
+    refused = await cli.run("apps", "delete", "shop", "--yes")
+    assert refused.exit_code == 4, refused.output
+    assert 'application "shop" still has services (api, web); delete them first' in refused.stderr, refused.stderr
+
+    for service in ("web", "api"):
+        deleted = await cli.run("services", "delete", "shop", service, "--yes")
+        assert deleted.exit_code == 0, deleted.output
+        assert deleted.stdout.startswith(f"deleted service shop/{service} (position ")
+    assert (await cli.run("services", "delete", "shop", "web", "--yes")).exit_code == 3
+
+    linked = await cli.run("apps", "delete", "shop", "--yes")
+    assert linked.exit_code == 4 and "still has linked resources (shop-db)" in linked.stderr, linked.output
+
+    seen = await cli.run("resources", "list", "--app", "shop", "-o", "json")
+    assert seen.exit_code == 0, seen.output
+    assert [(r["name"], r["scope"], r["application"]) for r in json.loads(seen.stdout)] == [
+        ("shop-db", "RESOURCE_SCOPE_APPLICATION", "shop")
+    ]
+    infra = await cli.run("resources", "list")
+    assert infra.exit_code == 0 and "shop-db" not in infra.stdout, infra.output
+    assert (await cli.run("resources", "unlink", "shop-db", "--yes")).exit_code == 3  # not at infrastructure level
+    unlinked = await cli.run("resources", "unlink", "shop-db", "--app", "shop", "--yes")
+    assert unlinked.exit_code == 0, unlinked.output
+    assert unlinked.stdout.startswith("unlinked resource shop/shop-db")
+
+    deleted = await cli.run("apps", "delete", "shop", "--yes", "-o", "json")
+    assert deleted.exit_code == 0, deleted.output
+    assert json.loads(deleted.stdout)["changed"] is True
+    assert (await cli.run("apps", "get", "shop")).exit_code == 3
+
+
+async def test_protections_list_get_delete(cli: Cli) -> None:
+    await applied(cli)
+    listed = await cli.run("protections", "list")
+    assert listed.exit_code == 0, listed.output
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "CHECK", "INTERVAL", "DESCRIPTION"]
+    assert row.split()[:4] == ["http-ok", "http", "http://127.0.0.1:{{.Port}}/", "5s"]
+    shown = await cli.run("protections", "get", "http-ok")
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.startswith("protection:\n  name: http-ok") and "httpProbe:" in shown.stdout
+    assert (await cli.run("protections", "get", "nope")).exit_code == 3
+
+    attached = await cli.run("protections", "delete", "http-ok", "--yes")
+    assert attached.exit_code == 4, attached.output
+    assert "still attached to release channels (shop/prod)" in attached.stderr
+
+    assert (await cli.run("delete", "-f", str(EXAMPLES / "services.yaml"), "--yes")).exit_code == 0
+    assert (await cli.run("delete", "-f", str(EXAMPLES / "resources.yaml"), "--yes")).exit_code == 0
+    assert (await cli.run("apps", "delete", "shop", "--yes")).exit_code == 0
+    deleted = await cli.run("protections", "delete", "http-ok", "--yes")
+    assert deleted.exit_code == 0, deleted.output
+    assert deleted.stdout.startswith("deleted protection http-ok")
+    empty = await cli.run("protections", "list", "-o", "json")
+    assert json.loads(empty.stdout) == []
+
+
+async def test_delete_f_removes_what_apply_created_and_again_reports_not_found(cli: Cli) -> None:
+    await applied(cli)
+    unconfirmed = await cli.run("delete", "-f", str(EXAMPLES))
+    assert unconfirmed.exit_code == 2, unconfirmed.output
+    assert "--yes" in unconfirmed.stderr
+    assert (await cli.run("apps", "get", "shop")).exit_code == 0, "deleted without --yes"
+
+    deleted = await cli.run("delete", "-f", str(EXAMPLES), "--yes")
+    assert deleted.exit_code == 0, deleted.output
+    assert deleted.stdout.splitlines() == [
+        "deleted service shop/web",
+        "deleted service shop/api",
+        "unlinked resource shop/shop-db",
+        "deleted application shop",
+        "deleted protection http-ok",
+        "deregistered runtime local",
+    ]
+    for gone in (("apps", "get", "shop"), ("runtimes", "get", "local"), ("protections", "get", "http-ok")):
+        assert (await cli.run(*gone)).exit_code == 3, gone
+    head = await cli.api.store.head()
+
+    again = await cli.run("delete", "-f", str(EXAMPLES), "--yes", "-o", "json")
+    assert again.exit_code == 0, again.output
+    results = json.loads(again.stdout)
+    assert [(r["kind"], r["name"], r["result"]) for r in results] == [
+        ("service", "shop/web", "not found"),
+        ("service", "shop/api", "not found"),
+        ("resource", "shop/shop-db", "not found"),
+        ("application", "shop", "not found"),
+        ("protection", "http-ok", "not found"),
+        ("runtime", "local", "not found"),
+    ]
+    assert await cli.api.store.head() == head, "deleting what does not exist recorded events"
+
+    # And it can all be applied again.
+    await applied(cli)
+
+
+async def test_delete_f_stops_at_a_refusal_with_the_apis_message(cli: Cli) -> None:
+    await applied(cli)
+    refused = await cli.run("delete", "-f", str(EXAMPLES / "application.yaml"), "--yes")
+    assert refused.exit_code == 4, refused.output
+    assert 'application.yaml: document 0: application shop: application "shop" still has services' in refused.stderr
+    broken = await cli.run("delete", "-f", str(EXAMPLES / "missing.yaml"), "--yes")
+    assert broken.exit_code == 2, broken.output
+    assert "nothing was sent" in broken.stderr
+
+
+async def test_on_a_terminal_a_deletion_asks_first(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the terminal check is faked (CliRunner's stdin is never a terminal); the
+    answer is read from stdin as a user would type it."""
+    await applied(cli)
+    monkeypatch.setattr(common, "sys", SimpleNamespace(stdin=SimpleNamespace(isatty=lambda: True)))
+    argv = ["services", "delete", "shop", "web", "--endpoint", cli.api.grpc_target, "--token", cli.api.admin]
+
+    def invoke(answer: str) -> Result:
+        return CliRunner().invoke(app, argv, input=answer, env=cli.env(), catch_exceptions=False)
+
+    declined = await asyncio.to_thread(invoke, "n\n")
+    assert declined.exit_code == 1, declined.output
+    assert "Delete service shop/web? [y/N]" in declined.output and "nothing was changed" in declined.stderr
+    assert (await cli.run("services", "get", "shop", "web")).exit_code == 0
+    agreed = await asyncio.to_thread(invoke, "y\n")
+    assert agreed.exit_code == 0, agreed.output
+    assert "deleted service shop/web" in agreed.stdout
+    assert (await cli.run("services", "get", "shop", "web")).exit_code == 3

@@ -145,6 +145,11 @@ def stream_id_from_subject(instance: str, subject: str) -> str:
     return "/".join(decode_token(t) for t in subject[len(prefix) :].split("."))
 
 
+def category_filter(instance: str, category: str) -> str:
+    """Every event of one stream category (`convergence`, `release` …): for integrations."""
+    return f"convoy.{validate_instance(instance)}.evt.{encode_token(category)}.>"
+
+
 def intent_filter(instance: str, runtime: str) -> list[str]:
     """Consumer filter subjects selecting exactly one runtime's intents (the stream
     `intent/<runtime>` itself and every `intent/<runtime>/…`)."""

@@ -1,0 +1,1 @@
+"""Notifications: the convergence record, pushed to webhooks as it happens."""

@@ -36,9 +36,15 @@ class Plane:
     desired: DesiredState
     sync: NatsAuthSync
 
-    async def register(self, runtime: str, *, bcrypt: str = "") -> None:
+    async def register(
+        self, runtime: str, *, bcrypt: str = "", exec_config: resources_pb2.ExecRuntimeConfig | None = None
+    ) -> None:
+        """Register an exec runtime: the local process runtime unless `exec_config` names
+        other commands (then a subprocess agent runs the exec runtime with them)."""
         config = resources_pb2.Runtime(
-            name=runtime, kind=resources_pb2.RUNTIME_KIND_EXEC, exec=resources_pb2.ExecRuntimeConfig(apply=["convoy-local"])
+            name=runtime,
+            kind=resources_pb2.RUNTIME_KIND_EXEC,
+            exec=resources_pb2.ExecRuntimeConfig(apply=["convoy-local"]) if exec_config is None else exec_config,
         )
         events = [self.registry.encode(events_pb2.RuntimeRegistered(runtime=config), actor="test")]
         await self.store.append(f"runtime/{runtime}", events)

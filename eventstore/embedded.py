@@ -86,10 +86,11 @@ def free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
-    """A preexec function asking Linux to signal the server when the process that started
+def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A preexec function asking Linux to signal the child when the process that started
     it dies (PR_SET_PDEATHSIG), so a `convoy up` killed with -9 leaves no orphaned
-    nats-server or PostgreSQL holding the state folder. Elsewhere: None (no-op)."""
+    nats-server or PostgreSQL holding the state folder (and an agent killed mid-command
+    no orphaned command). Elsewhere: None (no-op)."""
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)
@@ -253,7 +254,7 @@ class NatsServer:
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent(signal.SIGTERM),
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         assert popen.stderr is not None
         wanted = (_NATS_READY, _NATS_LISTENING, _NATS_RELOADED, _NATS_RELOAD_FAILED)
@@ -432,7 +433,7 @@ class PostgresServer:
             start_new_session=True,
             # After the user switch, so it survives it; SIGQUIT = immediate shutdown
             # (the log makes it safe; crash recovery runs at the next start).
-            preexec_fn=_die_with_parent(signal.SIGQUIT),
+            preexec_fn=die_with_parent(signal.SIGQUIT),
         )
         assert popen.stderr is not None
         watcher = _LogWatcher(popen.stderr, self.data_dir / "postgres.log", (_PG_READY, _PG_PORT_TAKEN))

@@ -25,11 +25,13 @@ reconcile never interleave on a workload.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 from nats.aio.client import Client
@@ -58,6 +60,7 @@ from services.agent.runtimes.base import (
 from services.agent.state import StateFile
 
 log = structlog.get_logger("convoy.agent")
+_T = TypeVar("_T")
 
 RuntimeFactory = Callable[[resources_pb2.Runtime], Awaitable[Runtime]]
 IntentListener = Callable[[intents.Intent, datetime], None]
@@ -298,9 +301,18 @@ class Agent:
         await self.converge(await self._snapshot_until_answered())
 
     async def converge(self, desired: snapshot.Snapshot) -> None:
-        """Apply the latest intent and checks of every target (duplicates are no-ops)."""
+        """Apply the latest intent and checks of every target (duplicates are no-ops).
+        A deleted target's DELETE is carried out only where there is something to delete:
+        the agent applied the workload, or the runtime runs it (an agent that lost its
+        state); otherwise a fresh agent would report every deletion of the runtime's past."""
         self.stats.snapshots += 1
+        runtime = self.runtime
+        assert runtime is not None
         for intent in desired.intents:
+            if intent.deletes and self._applied.last(intent.key) is None:
+                status = await self._retry_runtime(functools.partial(runtime.status, intent.key), "reading a workload")
+                if status.phase is Phase.ABSENT:
+                    continue
             await self.handle_intent(intent)
         for checks in desired.checks:
             await self.handle_checks(checks)
@@ -537,7 +549,7 @@ class Agent:
         self._applied = applied
         self._file.save(applied, self._config)
 
-    async def _retry_runtime(self, call: Callable[[], Awaitable[list[WorkloadStatus]]], what: str) -> list[WorkloadStatus]:
+    async def _retry_runtime(self, call: Callable[[], Awaitable[_T]], what: str) -> _T:
         backoff = Backoff(base=0.1, cap=5.0)
         while True:
             try:

@@ -2,8 +2,9 @@
 
 DESIGN.md #4: a fresh agent (empty cluster, lost state) converges to the current desired
 state without replaying history, and never touches PostgreSQL. So the control plane folds
-the `intent` streams (the latest IntentIssued and ChecksRequested per target; a target
-whose latest intent deletes it is omitted) and the `runtime` streams (each runtime's
+the `intent` streams (the latest IntentIssued and ChecksRequested per target — for a target
+whose latest intent deletes it, that DELETE, so an agent that died before carrying it out
+still removes the workload; it skips the ones it has nothing of) and the `runtime` streams (each runtime's
 configuration, which tells the agent which Runtime implementation to run), and answers
 requests on `convoy.<i>.req.<runtime>.desired`: one message per intent / checks request,
 in the relay's envelope, then an end message with the count and the runtime's config
@@ -43,7 +44,7 @@ CATEGORIES = ("intent", "runtime")
 class _Runtime:
     config: resources_pb2.Runtime | None = None
     intents: dict[str, RecordedEvent] = field(default_factory=dict)
-    """stream id -> the latest IntentIssued that applies (deleted targets are dropped)."""
+    """stream id -> the latest IntentIssued (a DELETE for a deleted target)."""
     checks: dict[str, RecordedEvent] = field(default_factory=dict)
 
 
@@ -75,6 +76,7 @@ class DesiredState:
     # -- reading -------------------------------------------------------------------------
 
     def intents(self, runtime: str) -> list[events_pb2.IntentIssued]:
+        """The latest intent of each of the runtime's targets (DELETEs included)."""
         held = self._runtimes.get(runtime)
         if held is None:
             return []
@@ -180,11 +182,9 @@ class DesiredState:
             current = held.intents.get(recorded.stream_id)
             if current is not None and self._decode(current).generation >= message.generation:  # type: ignore[attr-defined]
                 return
+            held.intents[recorded.stream_id] = recorded
             if message.action == convergence_pb2.INTENT_ACTION_DELETE:
-                held.intents.pop(recorded.stream_id, None)
                 held.checks.pop(recorded.stream_id, None)
-            else:
-                held.intents[recorded.stream_id] = recorded
         elif isinstance(message, events_pb2.ChecksRequested):
             held = self._runtimes.setdefault(message.target.runtime, _Runtime())
             if message.checks:

@@ -8,21 +8,17 @@ delete to an effects file under an exclusive lock, and whose fetch reads that fi
 the file is both the record of every effect and the live state (each workload's last
 line), so the test counts effects exactly and sees what runs without asking the agent.
 
-Two product bugs make all three tests strict xfails until they are fixed (each xfail
-names the exception it expects, so any other failure still fails the test). The exec runtime
-records what it applied only after the apply command exits (services/agent/runtimes/
-exec.py, `apply`: `_run("apply", …)` then `self._state.save(workload)`), and commands run
-in their own session, so they outlive a killed agent. An agent killed while an apply
-command runs, or after it exited but before the record is saved, restarts with the older
-generation on record; the desired-state snapshot hands it the same intent again,
-`same_generation` compares it with that older record (False) and the apply command runs
-a second time — the fetch command, which knows the live generation, is not asked.
+Two windows these tests found, and how the product closes them:
 
-And a DELETE intent taken from the bus by an agent that is killed before its
-delete command ran is not carried out by the restarted agent. The desired-state snapshot
-leaves out targets whose latest intent deletes them (services/api/desired.py, `_evolve`),
-the agent removes nothing the snapshot does not name, and JetStream redelivers the
-unacknowledged intent only after AGENT_ACK_WAIT (60 s): until then the workload runs on.
+- An agent killed while an apply command runs, or after it exited but before the exec
+  runtime recorded it, used to run the apply again on restart. Now the apply is written
+  ahead (services/agent/runtimes/exec.py, `save_pending`), a restart asks fetch before
+  applying the same generation again, and commands die with their agent (PDEATHSIG in
+  services/agent/runtimes/processes.py), so no orphan races the restarted agent.
+- A DELETE taken from the bus by an agent killed before its delete ran used to wait for
+  JetStream's redelivery (AGENT_ACK_WAIT, 60 s). Now the desired-state snapshot carries a
+  deleted target's DELETE (services/api/desired.py) and the restarted agent carries it
+  out where something is live (services/agent/agent.py, `converge`).
 """
 
 from __future__ import annotations
@@ -125,30 +121,6 @@ if action == "apply" and len(sys.argv) > 2:
     claim(sys.argv[2])
 print(f"{action} {service} generation {record['generation']}")
 '''
-
-DUPLICATE_BUG = (
-    "product bug: services/agent/runtimes/exec.py ExecRuntime.apply saves what it applied (self._state.save) only "
-    "after the apply command exited; an agent killed in between restarts with the older generation on record, and "
-    "same_generation lets the snapshot's same intent run the apply command again"
-)
-DELETE_BUG = (
-    "product bug: a DELETE intent taken by an agent killed before its delete ran waits for JetStream's redelivery "
-    "(AGENT_ACK_WAIT, 60 s): the desired-state snapshot (services/api/desired.py) omits deleted targets and the "
-    "restarted agent removes nothing the snapshot does not name"
-)
-
-
-class KnownBug(AssertionError):
-    """What the product gets wrong today (see the module docstring)."""
-
-
-class DuplicateEffect(KnownBug):
-    """A (workload, generation) was applied more than once."""
-
-
-class DeleteNotCarriedOut(KnownBug):
-    """A deleted workload still runs after the agent's restart."""
-
 
 class ExecWorld:
     """The exec runtime's commands and the effects file they keep."""
@@ -291,7 +263,6 @@ def duplicates(world: ExecWorld, killed: dict[int, float]) -> str:
     return f"applied more than once: {repeated}; the effects: {evidence}"
 
 
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason=f"{DUPLICATE_BUG}; and sometimes: {DELETE_BUG}")
 async def test_killing_the_agent_at_random_moments_loses_and_duplicates_nothing(
     plane: Plane, agents: Agents, tmp_path: Path
 ) -> None:
@@ -346,19 +317,14 @@ async def test_killing_the_agent_at_random_moments_loses_and_duplicates_nothing(
             with contextlib.suppress(asyncio.CancelledError, AssertionError):
                 await stream
 
-    known: list[str] = []
     wanted = {s: step.generation for s, step in final.items() if not step.delete}
     await eventually(
         lambda: {s: g for s, g in world.live().items() if s in wanted} == wanted,
         timeout=30,
         message=f"every workload at its last generation {wanted}",
     )
-    try:
-        await eventually(lambda: DELETED not in world.live(), timeout=10, message=f"{DELETED} deleted")
-        last_kinds = {s: DELETED_KIND if step.delete else APPLIED for s, step in final.items()}
-    except AssertionError:
-        known.append(f"{DELETED}'s delete not carried out 10 s after the last restart: live {world.live()}")
-        last_kinds = {s: APPLIED for s in wanted}
+    await eventually(lambda: DELETED not in world.live(), timeout=10, message=f"{DELETED} deleted")
+    last_kinds = {s: DELETED_KIND if step.delete else APPLIED for s, step in final.items()}
 
     async def reported() -> bool:
         seen = {(o.service, o.generation, o.kind) for o in await observed(plane)}
@@ -387,20 +353,18 @@ async def test_killing_the_agent_at_random_moments_loses_and_duplicates_nothing(
         if not step.delete:
             assert step.generation in mine
     deletes = [r for r in records if r["action"] == "delete"]
-    if not known:
-        assert [(r["service"], r["was"]) for r in deletes if r["was"] is not None] == [(DELETED, GENERATIONS - 1)]
+    # Exactly one delete removed a live w5 — at whatever generation was live: intents a
+    # killed agent pulled are superseded by the DELETE the restarted agent converges to.
+    removed = [(r["service"], r["was"]) for r in deletes if r["was"] is not None]
+    assert len(removed) == 1 and removed[0][0] == DELETED and 1 <= removed[0][1] <= GENERATIONS - 1, removed
     last_apply = max(i for i, r in enumerate(records) if r["service"] == DELETED and r["action"] == "apply")
     assert all(records.index(r) > last_apply for r in deletes), "a deleted workload came back"
 
     ids = Counter(o.observation_id for o in await observed(plane))
     assert ids.most_common(1)[0][1] == 1, "an observation id recorded twice"
-    if found := duplicates(world, killed):
-        known.append(found)
-    if known:
-        raise KnownBug("; ".join(known))
+    assert not (found := duplicates(world, killed)), found
 
 
-@pytest.mark.xfail(strict=True, raises=DuplicateEffect, reason=DUPLICATE_BUG)
 async def test_an_agent_killed_after_its_runtime_applied_does_not_apply_again(
     plane: Plane, agents: Agents, tmp_path: Path
 ) -> None:
@@ -423,11 +387,9 @@ async def test_an_agent_killed_after_its_runtime_applied_does_not_apply_again(
     await eventually(reported, timeout=30, message="APPLIED of w0 generation 1 in the store")
     assert await agents.stop() == 0
     assert world.live() == {"w0": 1}
-    if found := duplicates(world, killed):
-        raise DuplicateEffect(found)
+    assert not (found := duplicates(world, killed)), found
 
 
-@pytest.mark.xfail(strict=True, raises=DeleteNotCarriedOut, reason=DELETE_BUG)
 async def test_a_delete_interrupted_by_a_crash_is_carried_out_after_the_restart(
     plane: Plane, agents: Agents, tmp_path: Path
 ) -> None:
@@ -448,10 +410,8 @@ async def test_a_delete_interrupted_by_a_crash_is_carried_out_after_the_restart(
     assert world.live() == {DELETED: 1} and not world.crash_before_delete.exists()
 
     await agents.start()
-    try:
-        await eventually(lambda: world.live() == {}, timeout=10, message=f"{DELETED} deleted")
-    except AssertionError as error:
-        raise DeleteNotCarriedOut(f"{error}: it still runs {world.live()}") from None
+    # Within seconds, not after JetStream's 60 s redelivery of the intent the dead agent took.
+    await eventually(lambda: world.live() == {}, timeout=10, message=f"{DELETED} deleted")
 
     async def reported() -> bool:
         return any((o.generation, o.kind) == (2, DELETED_KIND) for o in await plane.observations(RUNTIME, service=DELETED))

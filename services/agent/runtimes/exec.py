@@ -17,6 +17,13 @@ per workload (localstate.StateStore): it is what refuses an older generation and
 repeated apply a no-op without running anything, and `live()` lists it — commands need
 not keep that bookkeeping, and a listing command is not part of the contract. A fetch
 that reports its own `generation`/`spec_hash` overrides the record in statuses.
+
+An agent can die between running apply and recording it. So the apply is written ahead
+(`save_pending`); when the same generation comes again and a write-ahead record says it
+was being applied, fetch is asked first (with that workload on stdin, as always), and
+if it answers in sync at that generation the apply is recorded, not run again. Commands
+still running when the agent dies are killed with it (processes.run), so no orphaned
+apply races the restarted agent.
 """
 
 from __future__ import annotations
@@ -115,13 +122,20 @@ class ExecRuntime:
                         return await self._fetch(key, live)
                     workload = live
             self._state.path(key)  # rejects names that cannot be paths before running anything
+            if not repair:
+                done = await self._applied_before(workload)
+                if done is not None:
+                    return done
+            self._state.save_pending(workload)
             outcome = await self._run("apply", self.settings.config.apply, workload, repair=repair)
             if outcome.exit_code != 0:
+                self._state.clear_pending(key)
                 raise ApplyRejected(
                     truncate(f"{key}: apply exited with code {outcome.exit_code}: {outcome.output.strip()}"),
                     reason=FailureReason.COMMAND_EXIT,
                 )
             self._state.save(workload)
+            self._state.clear_pending(key)
             self._applied[key] = workload
             log.info("applied", runtime=self.name, workload=str(key), generation=workload.generation)
             if execstatus.find_json(outcome.output) is not None:  # apply may report a status too
@@ -137,12 +151,42 @@ class ExecRuntime:
                 desired_replicas=workload.spec.replicas,
             )
 
+    async def _applied_before(self, workload: Workload) -> WorkloadStatus | None:
+        """After a crash between running apply and recording it: if the write-ahead record
+        says this very generation was being applied and fetch finds it live and in sync,
+        record it and answer its status instead of running apply a second time."""
+        key = workload.key
+        pending = self._state.pending(key)
+        if pending is None or (pending.generation, pending.spec_hash) != (workload.generation, workload.spec_hash):
+            return None
+        status = await self._fetch(key, workload)
+        if (
+            status.phase in (Phase.ABSENT, Phase.FAILED)
+            or status.drifted
+            or (status.generation, status.spec_hash) != (workload.generation, workload.spec_hash)
+        ):
+            return None
+        self._state.save(workload)
+        self._state.clear_pending(key)
+        self._applied[key] = workload
+        log.info("found applied before a restart", runtime=self.name, workload=str(key), generation=workload.generation)
+        return status
+
     async def status(self, key: WorkloadKey) -> WorkloadStatus:
         self._check_open()
-        applied = self._applied.get(key)
+        applied = self._known(key)
         if applied is None:
             return WorkloadStatus(key=key, phase=Phase.ABSENT)
         return await self._fetch(key, applied)
+
+    def _known(self, key: WorkloadKey) -> Workload | None:
+        """What was applied — or, after a crash before it was recorded, what was being
+        applied (fetch, asked with it, says whether it took effect)."""
+        found = self._applied.get(key)
+        if found is None:
+            with contextlib.suppress(ApplyRejected):  # a name that cannot be a path was never applied
+                found = self._state.pending(key)
+        return found
 
     async def watch(self, key: WorkloadKey) -> AsyncIterator[WorkloadStatus]:
         last: WorkloadStatus | None = None
@@ -164,7 +208,7 @@ class ExecRuntime:
     async def delete(self, key: WorkloadKey) -> None:
         self._check_open()
         async with self._lock(key):
-            applied = self._applied.get(key)
+            applied = self._known(key)
             outcome = await self._run("delete", self.settings.config.delete, applied, key=key)
             if outcome.exit_code != 0:
                 raise RuntimeUnavailable(

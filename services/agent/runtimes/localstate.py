@@ -65,9 +65,29 @@ class StateStore:
         except OSError:
             return True
 
+    def save_pending(self, workload: Workload) -> None:
+        """Write ahead: `workload` is about to be applied. If the agent dies before `save`,
+        the next apply of the same generation knows an earlier attempt may have taken
+        effect (the exec runtime then asks fetch before applying again)."""
+        _write_atomically(self.path(workload.key).with_suffix(".pending"), documents.dumps(workload).encode())
+
+    def pending(self, key: WorkloadKey) -> Workload | None:
+        """What an apply that never finished was applying (None: nothing pending)."""
+        try:
+            return documents.loads(self.path(key).with_suffix(".pending").read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, documents.DocumentError) as error:
+            log.warning("ignoring an unreadable pending-apply record", workload=str(key), error=str(error))
+            return None
+
+    def clear_pending(self, key: WorkloadKey) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(key).with_suffix(".pending").unlink()
+
     def remove(self, key: WorkloadKey) -> None:
         path = self.path(key)
-        for file in (path, path.with_suffix(".pids")):
+        for file in (path, path.with_suffix(".pids"), path.with_suffix(".pending")):
             with contextlib.suppress(FileNotFoundError):
                 file.unlink()
         self._digests.pop(key, None)

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from eventstore.embedded import die_with_parent
 from services.agent.runtimes.base import MAX_MESSAGE, truncate
 
 READ_CHUNK = 65536
@@ -123,8 +124,9 @@ async def run(
     """Run `argv` to completion within `timeout` (then kill its group).
 
     A command that exits in time may leave background processes it started (a daemon):
-    they are its business and keep running. Raises OSError when the program cannot be
-    started (missing, not executable)."""
+    they are its business and keep running. A command still running when this process
+    dies is killed (PR_SET_PDEATHSIG): a restarted agent must not race an orphaned apply.
+    Raises OSError when the program cannot be started (missing, not executable)."""
     process = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -133,6 +135,7 @@ async def run(
         env=dict(env) if env is not None else None,
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=die_with_parent(signal.SIGKILL),
     )
     out = OutputTail(output_limit)
     readers = [asyncio.create_task(drain(process.stdout, out), name=f"read {argv[0]}")]

@@ -4,7 +4,8 @@ Listed and started in dependency order, stopped in reverse (an AsyncExitStack):
 the event store; JetStream streams; the relay (log → bus); observation ingest (bus →
 log); the desired-state responder (fresh agents); NATS user/consumer sync (per-runtime
 agent credentials); the API (gRPC + REST, asking the planner for dry runs); the planner
-and its dry-run responder; and one agent for the local process runtime.
+and its dry-run responder; one agent for the local process runtime; and, when a webhook is
+configured, the notifier.
 
 The local agent runs inside this process and shares its NATS connection (the system
 user): it is part of the embedded default on one machine. Agents of other runtimes run
@@ -43,6 +44,7 @@ from services.api.ingest import ObservationIngest
 from services.api.natsauth_sync import NatsAuthSync
 from services.api.planning import NatsPlannerClient
 from services.api.server import ApiServer
+from services.notifier.webhook import Notifier, Webhook
 from services.planner.clock import SystemClock
 from services.planner.responder import PlanResponder
 from services.planner.runner import Planner
@@ -89,7 +91,12 @@ async def connect(settings: Settings, url: str, *, name: str) -> Client:
 
 @contextlib.asynccontextmanager
 async def control_plane(
-    settings: Settings, servers: EmbeddedServers, listen: Listen, *, local_runtime: str | None
+    settings: Settings,
+    servers: EmbeddedServers,
+    listen: Listen,
+    *,
+    local_runtime: str | None,
+    webhook: Webhook | None = None,
 ) -> AsyncIterator[Running]:
     instance = settings.instance
     registry = convoy_registry()
@@ -142,6 +149,10 @@ async def control_plane(
                 )
             )
             ops.instrument_agent(metrics, agent)
+        if webhook is not None:
+            notifier = await stack.enter_async_context(Notifier(nc, instance=instance, webhook=webhook))
+            ops.instrument_notifier(metrics, notifier)
+            typer.echo(f"notifying:    {webhook.host} ({webhook.format}) of status changes")
         # The local agent is not a condition: it waits, unready, until its runtime is
         # registered, which a fresh control plane has not done (`convoy_agent_ready` tells).
         checks = [*api.checks(), ops.planner_check(planner), ops.relay_check(relay), ops.ingest_check(ingest)]

@@ -27,6 +27,7 @@ from cli.commands import (
     events,
     lifecycle,
     natsusers,
+    notify,
     protections,
     releases,
     resources,
@@ -35,7 +36,9 @@ from cli.commands import (
 )
 from cli.commands import planner as planner_command
 from eventstore.embedded import EmbeddedServers
+from eventstore.errors import InvalidInput
 from eventstore.settings import Settings, environ
+from services.notifier.webhook import Webhook
 
 app = typer.Typer(
     name="convoy",
@@ -80,11 +83,23 @@ def up(
     ops_port: Annotated[
         int, typer.Option("--ops-port", help="/metrics, /healthz, /readyz of the whole control plane on 127.0.0.1 (0 = any free port).")
     ] = 9090,
+    notify_format: Annotated[
+        str,
+        typer.Option(
+            "--notify-format",
+            help=f"With ${notify.ENV_WEBHOOK} set: also send status changes there, as json or slack (see `convoy notify`).",
+        ),
+    ] = "json",
     log_format: convoy_logging.LogFormatOpt = None,
 ) -> None:
     """Start Convoy's control plane (API, planner, relay, ingest, a local agent) on the embedded NATS and PostgreSQL (Ctrl-C stops it)."""
     convoy_logging.setup(log_format)
     settings = Settings.from_env(environ(), state_dir=state_dir)
+    try:
+        webhook = notify.webhook_from(fmt=notify_format)
+    except InvalidInput as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     extra = "" if settings.nats_url else controlplane.nats_auth_config(settings.state_dir)
     with EmbeddedServers(
         state_dir=settings.state_dir, database_url=settings.database_url, nats_url=settings.nats_url,
@@ -94,7 +109,7 @@ def up(
         typer.echo(f"PostgreSQL:   {_redact(servers.database_url)}")
         typer.echo(f"NATS:         {servers.nats_url}")
         listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, ops_port=ops_port)
-        asyncio.run(_serve(settings, servers, listen, local_runtime or None, demo_dir if demo else None))
+        asyncio.run(_serve(settings, servers, listen, local_runtime or None, demo_dir if demo else None, webhook))
     typer.echo("stopped")
 
 
@@ -134,9 +149,12 @@ async def _serve(
     listen: controlplane.Listen,
     local_runtime: str | None,
     demo_dir: Path | None,
+    webhook: Webhook | None = None,
 ) -> None:
     with _stop_on_signals() as stop:
-        async with controlplane.control_plane(settings, servers, listen, local_runtime=local_runtime) as running:
+        async with controlplane.control_plane(
+            settings, servers, listen, local_runtime=local_runtime, webhook=webhook
+        ) as running:
             await running.planner.ready.wait()
             pid_file = localstate.write_pid(settings.state_dir)
             if demo_dir is not None:
@@ -213,6 +231,7 @@ for command in (
 ):
     app.command()(command)
 app.command("nats-users")(natsusers.nats_users)
+app.command()(notify.notify)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ that copy each component's own counters at scrape time, and sample what needs I/
 - `convoy_agent_intents_received_total{runtime}`, `convoy_agent_intents_total{runtime,outcome}`,
   `convoy_agent_drifts_total{runtime}`, `convoy_agent_drifts_repaired_total{runtime}`,
   `convoy_agent_ready{runtime}`;
+- `convoy_notifications_total{outcome}` (sent, failed attempts, skipped events);
 - `convoy_nats_connected`, `convoy_nats_reconnects_total`;
 - and from the API itself: `convoy_api_http_requests_total{method,code}`,
   `convoy_api_http_request_duration_seconds{method}`, `convoy_api_projection_lag_positions`.
@@ -42,6 +43,7 @@ from eventstore.relay import Relay
 from eventstore.types import EventStore
 from services.agent.agent import Agent
 from services.api.ingest import ObservationIngest
+from services.notifier.webhook import Notifier
 from services.planner.engine import INPUT_CATEGORIES
 from services.planner.runner import Converged, Planner
 
@@ -148,6 +150,17 @@ def instrument_ingest(registry: Registry, ingest: ObservationIngest) -> None:
         observations.labels(outcome="rejected").set_total(ingest.rejected)
 
     registry.collector("ingest", collect)
+
+
+def instrument_notifier(registry: Registry, notifier: Notifier) -> None:
+    sent = registry.counter("convoy_notifications_total", "Webhook notifications, by outcome.", ["outcome"])
+
+    def collect() -> None:
+        sent.labels(outcome="sent").set_total(notifier.stats.sent)
+        sent.labels(outcome="failed").set_total(notifier.stats.failed)
+        sent.labels(outcome="skipped").set_total(notifier.stats.skipped)
+
+    registry.collector("notifier", collect)
 
 
 def convergence_histogram(registry: Registry) -> Converged:

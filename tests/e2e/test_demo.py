@@ -11,12 +11,17 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import eventually
 from tests.e2e.processes import ConvoyProcess, convoy, convoy_process
+from tests.webhooks import PATH, Receiver, receiving
 
 
 def convoy_up(state: Path, env: dict[str, str]) -> AbstractAsyncContextManager[ConvoyProcess]:
@@ -44,10 +49,21 @@ async def reaches(env: dict[str, str], wanted: dict[tuple[str, str], tuple[str, 
     await eventually(check, timeout=timeout, interval=0.5, message=f"status {wanted}")
 
 
-async def test_the_demo_story(tmp_path: Path) -> None:
+@pytest.fixture
+async def webhook() -> AsyncIterator[Receiver]:
+    async with receiving() as found:
+        yield found
+
+
+def notified(hook: Receiver, prefix: str) -> bool:
+    return any(text.startswith(prefix) for text in hook.texts())
+
+
+async def test_the_demo_story(tmp_path: Path, webhook: Receiver) -> None:
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
     env |= {"CONVOY_STATE_DIR": str(state), "CONVOY_CONFIG": str(tmp_path / "no-config.toml")}
+    env |= {"CONVOY_NOTIFY_WEBHOOK": webhook.url}  # the chat channel that hears about approvals and failures
 
     async with convoy_up(state, env) as up:
         output = "".join(up.lines)
@@ -55,6 +71,10 @@ async def test_the_demo_story(tmp_path: Path) -> None:
         # The README's first command leaves staging converged and prod waiting for approval.
         await reaches(env, {("web", "staging"): ("v1", "CONVERGED"), ("api", "staging"): ("v1", "CONVERGED"),
                             ("web", "prod"): ("v1", "WAITING_APPROVAL"), ("api", "prod"): ("v1", "WAITING_APPROVAL")})
+        # ... and the webhook was told that prod waits for an approval.
+        await eventually(lambda: notified(webhook, "shop/web v1 in prod: WAITING_APPROVAL — waiting for 1 approval"),
+                         message="approval-needed notification")
+        assert "notifying:" in up.output and PATH not in up.output
 
         # Pause prod for api: its approval does not move it until it is resumed.
         assert (await convoy(env, "pause", "shop/api", "--channel", "prod", "--reason", "freeze"))[0] == 0
@@ -76,11 +96,14 @@ async def test_the_demo_story(tmp_path: Path) -> None:
         assert "staging ROLLED_BACK: rolled back to v1" in out, out
         code, why = await convoy(env, "why", "shop/web", "--channel", "staging")
         assert code == 0 and "ROLLED_BACK: rolled back to v1" in why and "ObservationRecorded by agent:local" in why, why
+        await eventually(lambda: notified(webhook, "shop/web v2 in staging: ROLLED_BACK — rolled back to v1"),
+                         message="rollback notification")
         prod = (await channels(env))[("web", "prod")]
         assert {t["version"] for t in prod["targets"]} == {"v1"}, prod  # prod never ran v2
-        # How it stood before v2, asked as "N seconds ago" (the README asks for minutes).
-        ago = f"{int(time.time() - before_v2) + 1}s"
-        code, past = await convoy(env, "status", "shop", "--at", ago, "-o", "json")
+        # How it stood before v2 (the README asks "2m" ago; a subprocess's clock reading
+        # comes a moment later than ours, so the test names the time itself).
+        then_at = datetime.fromtimestamp(before_v2, UTC).isoformat()
+        code, past = await convoy(env, "status", "shop", "--at", then_at, "-o", "json")
         assert code == 0, past
         then = {(c["service"], c["channel"]): c for c in json.loads(past)["channels"]}
         assert (then[("web", "staging")]["version"], then[("web", "staging")]["status"]) == (

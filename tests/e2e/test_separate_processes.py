@@ -17,6 +17,7 @@ import asyncpg
 from eventstore.embedded import NatsServer
 from tests.conftest import eventually
 from tests.e2e.processes import ROOT, convoy, convoy_process
+from tests.webhooks import PATH, receiving
 
 EXAMPLES = ROOT / "examples" / "shop"
 
@@ -41,8 +42,11 @@ async def test_api_planner_and_agent_as_separate_processes(
     }
     try:
         async with (
+            receiving() as webhook,
             process(env, "api", "--grpc-port", "0", "--http-port", "0", ready="press Ctrl-C"),
             process(env, "planner", "--ops-port", "0", ready="press Ctrl-C"),
+            process(env | {"CONVOY_NOTIFY_WEBHOOK": webhook.url}, "notify", "--on", "waiting_approval",
+                    "--format", "slack", ready="press Ctrl-C") as notifier,
         ):
             code, out = await convoy(env, "apply", "-f", str(EXAMPLES))
             assert code == 0, out
@@ -62,6 +66,10 @@ async def test_api_planner_and_agent_as_separate_processes(
                     return [t.get("status") for t in web.get("targets", [])] == ["INSTANCE_STATUS_CONVERGED"]
 
                 await eventually(staging_runs_v1, timeout=60, interval=0.5, message="staging runs v1")
+                # `convoy notify` told the webhook (Slack's shape) that prod waits, and only that.
+                await eventually(lambda: bool(webhook.received), message="a notification")
+                assert [body["text"][:40] for body in webhook.bodies()] == ["shop/web v1 in prod: WAITING_APPROVAL — "]
+                assert PATH not in "".join(notifier)
     finally:
         conn = await asyncpg.connect(database_url)
         try:

@@ -9,11 +9,8 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
-from aiohttp import web
 from nats.aio.client import Client
 
 from eventstore import bus
@@ -28,6 +25,7 @@ from schemas.convoy.v1 import events_pb2 as E
 from services.notifier.rules import Rule
 from services.notifier.webhook import H_EVENT_ID, H_SIGNATURE, Notifier, Webhook
 from tests.conftest import eventually
+from tests.webhooks import PATH, Receiver, receiving
 
 REGISTRY = convoy_registry()
 FAST = SubscriptionSettings(
@@ -36,42 +34,10 @@ FAST = SubscriptionSettings(
 )
 
 
-@dataclass
-class Receiver:
-    """A real webhook endpoint: records what it got; answers `failures` 500s first."""
-
-    failures: int = 0
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    refused: int = 0
-    url: str = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        if self.failures > 0:
-            self.failures -= 1
-            self.refused += 1
-            return web.Response(status=500, text="not now")
-        self.received.append((dict(request.headers), body))
-        return web.Response(status=204)
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(body) for _, body in self.received]
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver()
-    app = web.Application()
-    app.router.add_post("/hooks/T0K3N-secret-path", found.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    found.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hooks/T0K3N-secret-path"
-    try:
+    async with receiving() as found:
         yield found
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -150,7 +116,7 @@ async def test_a_receiver_that_stays_down_gets_the_message_dead_lettered(
     await dead.unsubscribe()
     logged = capsys.readouterr().out
     assert "webhook did not take a notification" in logged and "127.0.0.1" in logged
-    assert "T0K3N-secret-path" not in logged  # the URL's secret path is never logged
+    assert PATH not in logged  # the URL's secret path is never logged
 
 
 async def test_undecodable_events_are_skipped_and_the_rest_flows(

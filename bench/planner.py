@@ -469,6 +469,7 @@ async def main(args: argparse.Namespace) -> None:
         for i in range(0, len(declarations), 500):
             await store.commit(declarations[i : i + 500])
         err(f"{len(declarations)} declarations recorded")
+        declared = await store.head()  # the planner's checkpoint follows inputs only (not its version record)
 
         relay = Relay(store=store, nc=nc, settings=RelaySettings(instance=INSTANCE))
         ingest = ObservationIngest(nc=nc, store=store, instance=INSTANCE)  # its defaults, as `convoy up`
@@ -483,10 +484,10 @@ async def main(args: argparse.Namespace) -> None:
                 children.append(planner)
                 await planner.wait_for("ready", 120)
                 head = await store.head()
-                while planner.last.get("checkpoint", 0) < head or relay.checkpoint < head:
+                while planner.last.get("checkpoint", 0) < declared or relay.checkpoint < head:
                     await asyncio.sleep(0.1)
                 before = dict(planner.last)
-                err(f"planner caught up with the declarations (position {head}); relay at {relay.checkpoint}")
+                err(f"planner caught up with the declarations (position {declared}); relay at {relay.checkpoint}")
                 components = {
                     "planner": [planner.proc.pid], "agents": [agents.proc.pid], "relay+ingest": [os.getpid()],
                     "nats-server": process_tree(nats_server.pid), "postgres": process_tree(pg.pid),

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from cli.commands.common import (
+    AtOpt,
     EndpointOpt,
     OutputOpt,
     TokenOpt,
@@ -18,6 +19,7 @@ from cli.commands.common import (
     reports_errors,
     show_resource,
     split_target,
+    with_as_of,
     written,
 )
 from cli.output import Column, Format, emit_many
@@ -35,10 +37,13 @@ def _channel_names(app: resources_pb2.Application) -> str:
 
 @apps.command("list")
 @reports_errors
-def apps_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
-    """List applications."""
+def apps_list(
+    at: AtOpt = "", endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
+    """List applications (now, or --at then)."""
+    request = with_as_of(api_pb2.ListApplicationsRequest(), at)
     with connect(endpoint, token) as client:
-        found = client.pages(client.applications.ListApplications, api_pb2.ListApplicationsRequest(), "applications")
+        found = client.pages(client.applications.ListApplications, request, "applications")
     emit_many(
         found,
         output,
@@ -48,10 +53,13 @@ def apps_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output: Outp
 
 @apps.command("get")
 @reports_errors
-def apps_get(name: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
-    """Show one application (as config YAML unless --output json|yaml)."""
+def apps_get(
+    name: str, at: AtOpt = "", endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
+    """Show one application (as config YAML unless --output json|yaml; --at: as declared then)."""
+    request = with_as_of(api_pb2.GetApplicationRequest(name=name), at)
     with connect(endpoint, token) as client:
-        found = client.call(client.applications.GetApplication, api_pb2.GetApplicationRequest(name=name))
+        found = client.call(client.applications.GetApplication, request)
     show_resource(found, output)
 
 
@@ -74,13 +82,12 @@ def _images(service: resources_pb2.Service) -> str:
 @services.command("list")
 @reports_errors
 def services_list(
-    app: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    app: str, at: AtOpt = "", endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
-    """List an application's services."""
+    """List an application's services (now, or --at then)."""
+    request = with_as_of(api_pb2.ListServicesRequest(application=app), at)
     with connect(endpoint, token) as client:
-        found = client.pages(
-            client.services.ListServices, api_pb2.ListServicesRequest(application=app), "services"
-        )
+        found = client.pages(client.services.ListServices, request, "services")
     emit_many(
         found,
         output,
@@ -96,11 +103,17 @@ def services_list(
 @services.command("get")
 @reports_errors
 def services_get(
-    app: str, name: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    app: str,
+    name: str,
+    at: AtOpt = "",
+    endpoint: EndpointOpt = None,
+    token: TokenOpt = None,
+    output: OutputOpt = Format.table,
 ) -> None:
-    """Show one service: convoy services get APP NAME."""
+    """Show one service: convoy services get APP NAME (--at: as declared then)."""
+    request = with_as_of(api_pb2.GetServiceRequest(application=app, name=name), at)
     with connect(endpoint, token) as client:
-        found = client.call(client.services.GetService, api_pb2.GetServiceRequest(application=app, name=name))
+        found = client.call(client.services.GetService, request)
     show_resource(found, output)
 
 
@@ -155,16 +168,16 @@ def _precondition(pre: resources_pb2.Precondition) -> str:
 @reports_errors
 def releases_list(
     target: Annotated[str, typer.Argument(metavar="APP/SERVICE", help="The service, e.g. shop/api.")],
+    at: AtOpt = "",
     endpoint: EndpointOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
-    """List a service's releases, oldest first, with who deployed each."""
+    """List a service's releases, oldest first, with who deployed each (now, or --at then)."""
     app, service = split_target(target)
+    request = with_as_of(api_pb2.ListReleasesRequest(application=app, service=service), at)
     with connect(endpoint, token) as client:
-        found = client.pages(
-            client.releases.ListReleases, api_pb2.ListReleasesRequest(application=app, service=service), "releases"
-        )
+        found = client.pages(client.releases.ListReleases, request, "releases")
     emit_many(
         found,
         output,

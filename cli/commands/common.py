@@ -1,13 +1,15 @@
 """What every client command shares: the connection options, `--output`, turning a
 `CliError` into one line on stderr and its exit code, the one line a write prints, and the
-`--yes` confirmation every deletion asks for."""
+`--yes` confirmation every deletion asks for, and `--at` for reads of the past."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -39,6 +41,51 @@ OutputOpt = Annotated[Format, typer.Option("--output", "-o", help="table, json (
 YesOpt = Annotated[
     bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (required when stdin is not a terminal).")
 ]
+
+_AGO = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+AtOpt = Annotated[
+    str,
+    typer.Option(
+        "--at",
+        help="Answer as the log stood then: a position (1234), an ISO 8601 time (UTC if no zone), "
+        "or how long ago (90s, 15m, 2h, 1d).",
+        show_default=False,
+    ),
+]
+
+
+def parse_at(text: str, *, now: datetime | None = None) -> api_pb2.AsOf:
+    """`--at`: a log position, an ISO 8601 time, or a duration ago."""
+    text = text.strip()
+    if text.isdigit():
+        return api_pb2.AsOf(position=int(text))
+    as_of = api_pb2.AsOf()
+    ago = _AGO.fullmatch(text)
+    if ago:
+        moment = (now or datetime.now(UTC)) - timedelta(seconds=int(ago[1]) * _UNITS[ago[2]])
+    else:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise CliError(
+                f"--at {text!r} is not a position, an ISO 8601 time (e.g. 2026-01-31T12:00:00Z) or a duration "
+                "ago (e.g. 15m, 2h)",
+                INVALID,
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    as_of.time.FromDatetime(moment)
+    return as_of
+
+
+def with_as_of(request: Message, at: str) -> Message:
+    """`request` with its `as_of` set from `--at` (unchanged when `at` is empty)."""
+    if at:
+        request.as_of.CopyFrom(parse_at(at))  # type: ignore[attr-defined]
+    return request
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -12,11 +12,9 @@ rolled back or was replaced, and 7 when the timeout passed while something still
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -25,10 +23,19 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from cli.client import FAILED, INVALID, NOT_FOUND, Client, CliError
-from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, connect, reports_errors, split_target
+from cli.client import FAILED, Client, CliError
+from cli.commands.common import (
+    AtOpt,
+    EndpointOpt,
+    OutputOpt,
+    TokenOpt,
+    connect,
+    reports_errors,
+    split_target,
+    with_as_of,
+)
 from cli.output import Format, as_dict, emit_one, table
-from schemas.convoy.v1 import api_pb2, convergence_pb2, resources_pb2
+from schemas.convoy.v1 import api_pb2, convergence_pb2
 
 STILL_WAITING = 7
 """Exit code of `deploy --wait` when its timeout passed before the release settled."""
@@ -52,49 +59,6 @@ def status_name(value: int) -> str:
     return convergence_pb2.InstanceStatus.Name(value).removeprefix("INSTANCE_STATUS_")
 
 
-_AGO = re.compile(r"(\d+)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-AtOpt = Annotated[
-    str,
-    typer.Option(
-        "--at",
-        help="Answer as the log stood then: a position (1234), an ISO 8601 time (UTC if no zone), "
-        "or how long ago (90s, 15m, 2h, 1d).",
-        show_default=False,
-    ),
-]
-
-
-def parse_at(text: str, *, now: datetime | None = None) -> api_pb2.AsOf:
-    """`--at`: a log position, an ISO 8601 time, or a duration ago."""
-    text = text.strip()
-    if text.isdigit():
-        return api_pb2.AsOf(position=int(text))
-    as_of = api_pb2.AsOf()
-    ago = _AGO.fullmatch(text)
-    if ago:
-        moment = (now or datetime.now(UTC)) - timedelta(seconds=int(ago[1]) * _UNITS[ago[2]])
-    else:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise CliError(
-                f"--at {text!r} is not a position, an ISO 8601 time (e.g. 2026-01-31T12:00:00Z) or a duration "
-                "ago (e.g. 15m, 2h)",
-                INVALID,
-            ) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-    as_of.time.FromDatetime(moment)
-    return as_of
-
-
-def _ordered(current: list[str], then: list[str]) -> list[str]:
-    """Today's order, then names that existed only at the asked time."""
-    return current + [name for name in dict.fromkeys(then) if name not in current]
-
-
 @reports_errors
 def status(
     app: Annotated[str, typer.Argument(metavar="APP")],
@@ -104,16 +68,16 @@ def status(
     output: OutputOpt = Format.table,
 ) -> None:
     """Show where each service of an application is, per channel and runtime (now, or --at then)."""
-    request = api_pb2.GetConvergenceRequest(application=app)
-    if at:
-        request.as_of.CopyFrom(parse_at(at))
     with connect(endpoint, token) as client:
-        answer = client.call(client.convergence.GetConvergence, request)
-        if at:
-            application, services = _declared(client, app)
-        else:
-            application = client.call(client.applications.GetApplication, api_pb2.GetApplicationRequest(name=app))
-            services = client.pages(client.services.ListServices, api_pb2.ListServicesRequest(application=app), "services")
+        answer = client.call(client.convergence.GetConvergence, with_as_of(api_pb2.GetConvergenceRequest(application=app), at))
+        # The declarations at the very position the convergence answer is about.
+        then = str(answer.position) if at else ""
+        application = client.call(
+            client.applications.GetApplication, with_as_of(api_pb2.GetApplicationRequest(name=app), then)
+        )
+        services = client.pages(
+            client.services.ListServices, with_as_of(api_pb2.ListServicesRequest(application=app), then), "services"
+        )
     found = {(c.service, c.channel): c for c in answer.channels}
     if output is not Format.table:
         report = {"application": app, "position": answer.position, "channels": [as_dict(c) for c in answer.channels]}
@@ -122,30 +86,16 @@ def status(
     if at:
         typer.echo(f"as of position {answer.position}")
     bindings = {c.name: len(c.runtimes) for c in application.release_channels}
-    channels = _ordered([c.name for c in application.release_channels], [c.channel for c in answer.channels])
-    names = _ordered([s.name for s in services], [c.service for c in answer.channels])
-    for channel in channels:
+    for channel in bindings:
         rows = []
-        for service in names:
+        for service in (s.name for s in services):
             c = found.get((service, channel))
             if c is None:
                 rows.append([service, "-", "-", "no release yet", "-"])
                 continue
             healthy = sum(1 for t in c.targets if t.status == convergence_pb2.INSTANCE_STATUS_CONVERGED and t.release_id == c.release_id)
-            runtimes = bindings.get(channel, len(c.targets))
-            rows.append([service, c.version or "-", status_name(c.status), c.reason or "-", f"{healthy}/{runtimes}"])
+            rows.append([service, c.version or "-", status_name(c.status), c.reason or "-", f"{healthy}/{bindings[channel]}"])
         table(["service", "version", "status", "why", "runtimes"], rows, title=f"channel {channel}")
-
-
-def _declared(client: Client, app: str) -> tuple[resources_pb2.Application, list[resources_pb2.Service]]:
-    """Today's declarations, for the layout of a past status (empty when since deleted)."""
-    try:
-        application = client.call(client.applications.GetApplication, api_pb2.GetApplicationRequest(name=app))
-    except CliError as error:
-        if error.exit_code != NOT_FOUND:
-            raise
-        return resources_pb2.Application(name=app), []
-    return application, client.pages(client.services.ListServices, api_pb2.ListServicesRequest(application=app), "services")
 
 
 @reports_errors
@@ -160,9 +110,7 @@ def why(
 ) -> None:
     """Explain from the log why a service is where it is in each channel (now, or --at then)."""
     app, service = split_target(target)
-    request = api_pb2.WhyRequest(application=app, service=service, channel=channel)
-    if at:
-        request.as_of.CopyFrom(parse_at(at))
+    request = with_as_of(api_pb2.WhyRequest(application=app, service=service, channel=channel), at)
     with connect(endpoint, token) as client:
         answer = client.call(client.convergence.Why, request)
     if output is not Format.table:

@@ -172,7 +172,10 @@ class Api:
                 self._store, self._registry, read.state, read.view, read.versions, request,
                 position=read.position, now=read.at,
             )
-        return queries.QUERIES[method.name](self._projection.state, request)
+        state = self._projection.state
+        if "as_of" in _fields(request) and request.HasField("as_of"):
+            state = (await self._history.at(request.as_of)).state  # type: ignore[attr-defined]
+        return queries.QUERIES[method.name](state, request)
 
     async def _see(self, position: int, field_name: str) -> None:
         """Read-your-writes: wait (bounded) until the projection folded `position`.

@@ -1,7 +1,8 @@
 """Reads "as of" a past point of the log: where every release stood, and why, back then.
 
 Audits ask what the record said at 14:05 yesterday — before the incident, before the
-rollback — not only what it says now. The live read models fold the log forward and
+rollback — not only what it says now: where each release was (GetConvergence, Why) and
+what was declared (every catalog query takes `as_of` too). The live read models fold the log forward and
 forget; an as-of read folds the same events again, from position 0 up to the asked
 position, into fresh read models (the catalog `State`, the convergence view, stream
 versions), with the same fold the live projection uses, so the past answer is exactly

@@ -208,7 +208,7 @@ async def test_a_malformed_dry_run_query_gets_no_answer_and_harms_nothing(
 
 def test_at_takes_a_position_a_time_or_a_duration_ago() -> None:
     from cli.client import CliError
-    from cli.commands.convergence import parse_at
+    from cli.commands.common import parse_at
 
     now = datetime(2026, 11, 26, 14, 0, tzinfo=UTC)
     assert parse_at("1234").position == 1234

@@ -123,6 +123,19 @@ async def test_as_of_reads_over_rest(api: Running) -> None:
         status, explained = await call(s, api, "GET", why, secret=api.admin, params={"as_of.position": now["position"]})
         assert status == 200 and explained["position"] == now["position"]
         assert explained["channels"][0]["summary"] == "no release has reached this channel yet"
+        # The catalog queries answer as declared then: before the service, before an update.
+        before_update = now["position"]
+        changed = json.loads(json.dumps(APPLICATION))
+        changed["application"]["description"] = "the shop, renamed"
+        status, answer = await call(s, api, "PUT", "/v1/applications", secret=api.admin, body=changed)
+        assert status == 200 and answer["changed"]
+        status, app_then = await call(s, api, "GET", "/v1/applications/shop", secret=api.admin,
+                                      params={"as_of.position": before_update})
+        status_now, app_now = await call(s, api, "GET", "/v1/applications/shop", secret=api.admin)
+        assert status == 200 and app_then.get("description", "") == "" and app_now["description"] == "the shop, renamed"
+        status, services_then = await call(s, api, "GET", "/v1/applications/shop/services", secret=api.admin,
+                                           params={"as_of.position": str(int(before_update) - 1)})
+        assert status == 200 and services_then.get("services", []) == [], services_then  # the service came last
         for params, field in (
             ({"as_of.position": "5", "as_of.time": "2026-01-01T00:00:00Z"}, "as_of"),
             ({"as_of.position": "-3"}, "as_of.position"),

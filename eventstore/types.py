@@ -264,6 +264,20 @@ class EventStore(Protocol):
     async def close(self) -> None: ...
 
 
+async def read_batches(
+    store: EventStore, *, upto: int | None = None, categories: Sequence[str] | None = None, batch: int = 5000
+) -> AsyncIterator[list[RecordedEvent]]:
+    """The log from its start (up to position `upto`), in global order, `batch` events at
+    a time: for folds that must see everything without holding all of it at once."""
+    after = 0
+    while upto is None or after < upto:
+        events = await store.read_all(after=after, limit=batch, categories=categories, to_position=upto)
+        if not events:
+            return
+        yield events
+        after = events[-1].position
+
+
 class AlreadyProcessed(Exception):
     """The processor's checkpoint is already at or past this input: a duplicate
     delivery. Nothing was written; acknowledge the input and move on."""

@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -18,6 +19,7 @@ from google.protobuf.message import Message
 from cli import config
 from cli.client import FAILED, INVALID, CliError, Client, resolve
 from cli.output import Format, emit_one
+from eventstore.errors import InvalidInput
 from eventstore.settings import environ
 from schemas.convoy.v1 import api_pb2
 
@@ -78,6 +80,17 @@ def parse_at(text: str, *, now: datetime | None = None) -> api_pb2.AsOf:
             moment = moment.replace(tzinfo=UTC)
     as_of.time.FromDatetime(moment)
     return as_of
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A small file's text (a secret, a URL), stripped; InvalidInput saying what is wrong."""
+    try:
+        text = path.read_text().strip()
+    except OSError as error:
+        raise InvalidInput(f"cannot read the {what} file {path}: {error.strerror or error}") from None
+    if not text:
+        raise InvalidInput(f"the {what} file {path} is empty")
+    return text
 
 
 def with_as_of(request: Message, at: str) -> Message:

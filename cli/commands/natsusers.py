@@ -21,11 +21,14 @@ from typing import Annotated
 import bcrypt
 import typer
 
+from cli.commands.common import read_text_file
 from cli.commands.planner import StateDir, database_url
 from eventstore import natsauth
 from eventstore.codec import convoy_registry
+from eventstore.errors import InvalidInput
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.settings import Settings, environ
+from eventstore.types import read_batches
 from services.api.natsauth_sync import AgentCredentials
 
 SYSTEM_BCRYPT_ROUNDS = 11
@@ -50,13 +53,10 @@ def nats_users(
 ) -> None:
     """Render the NATS users (control plane + one per runtime's agent) for an external NATS."""
     try:
-        password = system_password_file.read_text().strip()
-    except OSError as error:
-        typer.echo(f"error: cannot read {system_password_file}: {error.strerror or error}", err=True)
+        password = read_text_file(system_password_file, "system password")
+    except InvalidInput as error:
+        typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    if not password:
-        typer.echo(f"error: {system_password_file} is empty", err=True)
-        raise typer.Exit(2)
     settings = Settings.from_env(environ(), state_dir=state_dir)
     known = asyncio.run(_credentials(database_url(settings), settings.instance))
     hashed = bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(SYSTEM_BCRYPT_ROUNDS)).decode("ascii")
@@ -80,13 +80,9 @@ async def _credentials(url: str, instance: str) -> AgentCredentials:
     registry = convoy_registry()
     known = AgentCredentials()
     try:
-        after = 0
-        while True:
-            batch = await store.read_all(after=after, limit=5000, categories=["runtime"])
-            if not batch:
-                return known
+        async for batch in read_batches(store, categories=["runtime"]):
             for recorded in batch:
                 known.fold(registry.decode(recorded).message)
-            after = batch[-1].position
+        return known
     finally:
         await store.close()

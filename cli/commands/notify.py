@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from cli import logging as convoy_logging
+from cli.commands.common import read_text_file
 from eventstore import bus
 from eventstore.errors import InvalidInput
 from eventstore.settings import environ
@@ -28,24 +29,14 @@ ENV_SECRET_FILE = "CONVOY_NOTIFY_SECRET_FILE"
 DEFAULT_ON = ",".join(sorted(status_name(s).lower() for s in DEFAULT_STATUSES))
 
 
-def _file_text(path: Path, what: str) -> str:
-    try:
-        text = path.read_text().strip()
-    except OSError as error:
-        raise InvalidInput(f"cannot read the {what} file {path}: {error.strerror or error}") from None
-    if not text:
-        raise InvalidInput(f"the {what} file {path} is empty")
-    return text
-
-
 def webhook_from(env: dict[str, str] | None = None, *, url_file: Path | None = None, fmt: str = "json") -> Webhook | None:
     """The webhook the environment (or `url_file`) names; None when none is set."""
     env = dict(environ()) if env is None else env
-    url = _file_text(url_file, "webhook URL") if url_file is not None else env.get(ENV_WEBHOOK, "")
+    url = read_text_file(url_file, "webhook URL") if url_file is not None else env.get(ENV_WEBHOOK, "")
     if not url:
         return None
     secret_file = env.get(ENV_SECRET_FILE)
-    secret = _file_text(Path(secret_file), "webhook secret") if secret_file else ""
+    secret = read_text_file(Path(secret_file), "webhook secret") if secret_file else ""
     return Webhook(url=url, format=fmt, secret=secret)
 
 

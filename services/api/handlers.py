@@ -157,8 +157,7 @@ class Api:
         if method.name in ("GetConvergence", "Why"):
             assert isinstance(request, api_pb2.GetConvergenceRequest | api_pb2.WhyRequest)
             if request.HasField("as_of"):
-                past = await self._history.at(request.as_of)
-                read = Snapshot(past.position, past.at, past.state, past.view, past.versions)
+                read = await self._history.at(request.as_of)
             else:
                 read = Snapshot(
                     self._projection.position, None, self._projection.state, self._convergence, self._projection.versions

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from eventstore.codec import EventRegistry
-from eventstore.types import EventStore
+from eventstore.types import EventStore, read_batches
 from schemas.convoy.v1 import api_pb2
 from services.api.convergence import ConvergenceView
 from services.api.domain import State
@@ -88,15 +88,10 @@ class History:
         snapshot = Snapshot(position, None)
         versions: dict[str, int] = {}
         observers = [snapshot.view.fold]
-        after = 0
-        while after < position:
-            batch = await self._store.read_all(after=after, limit=READ_BATCH, to_position=position)
-            if not batch:
-                break
+        async for batch in read_batches(self._store, upto=position, batch=READ_BATCH):
             for recorded in batch:
                 snapshot.state = fold_recorded(self._registry, snapshot.state, recorded, observers, self._skipped)
                 versions[recorded.stream_id] = recorded.version
                 snapshot.at = recorded.recorded_at
-            after = batch[-1].position
         snapshot.versions = versions
         return snapshot

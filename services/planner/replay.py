@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from eventstore.codec import EventRegistry
-from eventstore.types import EventStore, RecordedEvent
+from eventstore.types import EventStore, RecordedEvent, read_batches
 from schemas.convoy.v1 import events_pb2
 from services.planner.engine import CURRENT, INPUT_CATEGORIES, PLANNER_ACTOR, Engine
 from services.planner.model import PlannerState, status_name
@@ -55,14 +55,7 @@ class ReplayReport:
 
 
 async def _read(store: EventStore, categories: tuple[str, ...], upto: int | None) -> list[RecordedEvent]:
-    events: list[RecordedEvent] = []
-    after = 0
-    while True:
-        batch = await store.read_all(after=after, limit=5000, categories=categories, to_position=upto)
-        if not batch:
-            return events
-        events += batch
-        after = batch[-1].position
+    return [event async for batch in read_batches(store, upto=upto, categories=categories) for event in batch]
 
 
 async def replay_check(

@@ -32,7 +32,15 @@ import structlog
 from eventstore.codec import EventRegistry
 from eventstore.errors import ConvoyError, DuplicateEventId, UnknownEventType
 from eventstore.tasks import Backoff, describe, stop_task
-from eventstore.types import AlreadyProcessed, AppendRequest, Checkpoint, EventStore, NewEvent, RecordedEvent
+from eventstore.types import (
+    AlreadyProcessed,
+    AppendRequest,
+    Checkpoint,
+    EventStore,
+    NewEvent,
+    RecordedEvent,
+    read_batches,
+)
 from schemas.convoy.v1 import convergence_pb2, events_pb2
 from services.planner.clock import Clock
 from services.planner.engine import CURRENT, INPUT_CATEGORIES, PLANNER_ACTOR, Engine, Input, Output, timer_stream
@@ -133,16 +141,11 @@ async def rebuild(
 ) -> PlannerState:
     """The state after folding every input up to position `upto` (outputs discarded)."""
     state = PlannerState()
-    after = 0
-    while after < upto:
-        events = await store.read_all(after=after, limit=batch, categories=INPUT_CATEGORIES, to_position=upto)
-        if not events:
-            break
+    async for events in read_batches(store, upto=upto, categories=INPUT_CATEGORIES, batch=batch):
         for recorded in events:
             item = to_input(registry, recorded)
             if item is not None:
                 engine.plan(state, item)
-        after = events[-1].position
     state.position = upto
     return state
 

@@ -134,9 +134,7 @@ class ExecRuntime:
                     truncate(f"{key}: apply exited with code {outcome.exit_code}: {outcome.output.strip()}"),
                     reason=FailureReason.COMMAND_EXIT,
                 )
-            self._state.save(workload)
-            self._state.clear_pending(key)
-            self._applied[key] = workload
+            self._record(workload)
             log.info("applied", runtime=self.name, workload=str(key), generation=workload.generation)
             if execstatus.find_json(outcome.output) is not None:  # apply may report a status too
                 with contextlib.suppress(execstatus.StatusFormatError):
@@ -166,11 +164,15 @@ class ExecRuntime:
             or (status.generation, status.spec_hash) != (workload.generation, workload.spec_hash)
         ):
             return None
-        self._state.save(workload)
-        self._state.clear_pending(key)
-        self._applied[key] = workload
+        self._record(workload)
         log.info("found applied before a restart", runtime=self.name, workload=str(key), generation=workload.generation)
         return status
+
+    def _record(self, workload: Workload) -> None:
+        """`workload` is applied: record it (the write-ahead record is done with)."""
+        self._state.save(workload)
+        self._state.clear_pending(workload.key)
+        self._applied[workload.key] = workload
 
     async def status(self, key: WorkloadKey) -> WorkloadStatus:
         self._check_open()

@@ -25,13 +25,11 @@ reconcile never interleave on a workload.
 from __future__ import annotations
 
 import asyncio
-import functools
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 import structlog
 from nats.aio.client import Client
@@ -60,7 +58,6 @@ from services.agent.runtimes.base import (
 from services.agent.state import StateFile
 
 log = structlog.get_logger("convoy.agent")
-_T = TypeVar("_T")
 
 RuntimeFactory = Callable[[resources_pb2.Runtime], Awaitable[Runtime]]
 IntentListener = Callable[[intents.Intent, datetime], None]
@@ -302,17 +299,13 @@ class Agent:
 
     async def converge(self, desired: snapshot.Snapshot) -> None:
         """Apply the latest intent and checks of every target (duplicates are no-ops).
-        A deleted target's DELETE is carried out only where there is something to delete:
-        the agent applied the workload, or the runtime runs it (an agent that lost its
-        state); otherwise a fresh agent would report every deletion of the runtime's past."""
+        A deleted target's DELETE is carried out like any intent, also where nothing seems
+        to be left: an agent killed between deleting and recording it restarts not
+        knowing, and the DELETE it records refuses older generations still on their way;
+        its observations carry deterministic ids, so reporting a deletion again records
+        nothing new."""
         self.stats.snapshots += 1
-        runtime = self.runtime
-        assert runtime is not None
         for intent in desired.intents:
-            if intent.deletes and self._applied.last(intent.key) is None:
-                status = await self._retry_runtime(functools.partial(runtime.status, intent.key), "reading a workload")
-                if status.phase is Phase.ABSENT:
-                    continue
             await self.handle_intent(intent)
         for checks in desired.checks:
             await self.handle_checks(checks)
@@ -369,9 +362,9 @@ class Agent:
             if action is Action.DELETE:
                 await self._stop_watch(intent.key)
                 await self.runtime.delete(intent.key)
-                self._save(self._applied.with_intent(intent))
                 self.stats.deleted += 1
                 await self._publish(about, Kind.OBSERVATION_KIND_DELETED)
+                self._save(self._applied.with_intent(intent))
                 return
             try:
                 status = await self.runtime.apply(intent.workload())
@@ -381,10 +374,9 @@ class Agent:
                 return
             except ApplyRejected as rejected:
                 self.stats.failed += 1
-                self._save(self._applied.with_intent(intent))
                 await self._publish(about, Kind.OBSERVATION_KIND_FAILED, reason=rejected.reason, message=str(rejected))
+                self._save(self._applied.with_intent(intent))
                 return
-            self._save(self._applied.with_intent(intent))
             self.stats.applied += 1
             await self._publish(
                 about,
@@ -392,6 +384,9 @@ class Agent:
                 ready_replicas=status.ready_replicas,
                 desired_replicas=status.desired_replicas,
             )
+            # Recorded only once reported: a crash in between re-handles the intent, the
+            # runtime finds the generation applied, and the report (same id) goes out again.
+            self._save(self._applied.with_intent(intent))
             self._watch(intent.key, intent.message)
 
     async def handle_checks(self, checks: intents.Checks) -> None:
@@ -549,7 +544,7 @@ class Agent:
         self._applied = applied
         self._file.save(applied, self._config)
 
-    async def _retry_runtime(self, call: Callable[[], Awaitable[_T]], what: str) -> _T:
+    async def _retry_runtime(self, call: Callable[[], Awaitable[list[WorkloadStatus]]], what: str) -> list[WorkloadStatus]:
         backoff = Backoff(base=0.1, cap=5.0)
         while True:
             try:

@@ -4,8 +4,8 @@ DESIGN.md #4: a fresh agent (empty cluster, lost state) converges to the current
 state without replaying history, and never touches PostgreSQL. So the control plane folds
 the `intent` streams (the latest IntentIssued and ChecksRequested per target — for a target
 whose latest intent deletes it, that DELETE, so an agent that died before carrying it out
-still removes the workload; it skips the ones it has nothing of) and the `runtime` streams (each runtime's
-configuration, which tells the agent which Runtime implementation to run), and answers
+still removes the workload, and no older generation still on its way brings it back) and
+the `runtime` streams (each runtime's configuration, which tells the agent which Runtime implementation to run), and answers
 requests on `convoy.<i>.req.<runtime>.desired`: one message per intent / checks request,
 in the relay's envelope, then an end message with the count and the runtime's config
 (`natsauth.H_DESIRED_COUNT`). The runtime comes from the subject, which NATS only lets

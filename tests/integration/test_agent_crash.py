@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -140,7 +141,10 @@ class ExecWorld:
         return resources_pb2.ExecRuntimeConfig(apply=command, fetch=command, delete=command)
 
     def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.effects.read_text().splitlines()]
+        # Under the commands' lock: an unlocked read can see an append half copied.
+        with self.effects.open() as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            return [json.loads(line) for line in f.read().splitlines()]
 
     def applies_begun(self) -> int:
         return sum(1 for line in self.begun.read_text().splitlines() if line.startswith("apply "))
@@ -326,11 +330,17 @@ async def test_killing_the_agent_at_random_moments_loses_and_duplicates_nothing(
     await eventually(lambda: DELETED not in world.live(), timeout=10, message=f"{DELETED} deleted")
     last_kinds = {s: DELETED_KIND if step.delete else APPLIED for s, step in final.items()}
 
+    missing: list[tuple[str, int, int]] = []
+
     async def reported() -> bool:
         seen = {(o.service, o.generation, o.kind) for o in await observed(plane)}
-        return all((s, final[s].generation, kind) in seen for s, kind in last_kinds.items())
+        missing[:] = [(s, final[s].generation, kind) for s, kind in last_kinds.items() if (s, final[s].generation, kind) not in seen]
+        return not missing
 
-    await eventually(reported, timeout=30, message="APPLIED (DELETED) of every last generation in the store")
+    try:
+        await eventually(reported, timeout=30, message="APPLIED (DELETED) of every last generation in the store")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; missing (service, generation, kind): {missing}") from None
     assert await agents.stop() == 0
 
     records = world.records()

@@ -701,18 +701,3 @@ _HANDLERS: dict[type[Message], Callable[[_Run, Any], None]] = {
     events_pb2.ObservationRecorded: _observation,
     events_pb2.TimerFired: _timer_fired,
 }
-
-
-PlanFunction = Callable[[PlannerState, Input], tuple[PlannerState, list[Output]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Engine:
-    """A planner version and the `plan` that is it: what the runner and the replay check
-    fold with (tests compose an older engine to stand for a previous release)."""
-
-    version: int
-    plan: PlanFunction
-
-
-CURRENT: Final = Engine(PLANNER_VERSION, plan)

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from eventstore.codec import EventRegistry
 from eventstore.types import EventStore, RecordedEvent, read_batches
 from schemas.convoy.v1 import events_pb2
-from services.planner.engine import CURRENT, INPUT_CATEGORIES, PLANNER_ACTOR, Engine
+from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR
 from services.planner.model import PlannerState, status_name
 from services.planner.runner import output_events, to_input
-from services.planner.versions import VersionHistory, history
+from services.planner.versions import CURRENT, Engine, VersionHistory, history
 
 OUTPUT_CATEGORIES = ("intent", "convergence")
 

@@ -43,9 +43,9 @@ from eventstore.types import (
 )
 from schemas.convoy.v1 import convergence_pb2, events_pb2
 from services.planner.clock import Clock
-from services.planner.engine import CURRENT, INPUT_CATEGORIES, PLANNER_ACTOR, Engine, Input, Output, timer_stream
+from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Input, Output, timer_stream
 from services.planner.model import PlannerState
-from services.planner.versions import record_start
+from services.planner.versions import CURRENT, Engine, record_start
 
 log = structlog.get_logger("convoy.planner")
 

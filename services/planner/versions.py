@@ -15,7 +15,9 @@ checkpoint would each decide some inputs, and the record could not say which.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 import structlog
 
@@ -23,9 +25,24 @@ from eventstore.codec import EventRegistry
 from eventstore.errors import WrongExpectedVersion
 from eventstore.types import EventStore
 from schemas.convoy.v1 import events_pb2
-from services.planner.engine import PLANNER_ACTOR
+from services.planner.engine import PLANNER_ACTOR, PLANNER_VERSION, Input, Output, plan
+from services.planner.model import PlannerState
 
 log = structlog.get_logger("convoy.planner")
+
+PlanFunction = Callable[[PlannerState, Input], tuple[PlannerState, list[Output]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """A planner version and the `plan` that is it: what the runner and the replay check
+    fold with (tests compose an older engine to stand for a previous release)."""
+
+    version: int
+    plan: PlanFunction
+
+
+CURRENT: Final = Engine(PLANNER_VERSION, plan)
 
 LEGACY_VERSION = 1
 """The version that decided inputs before any version was recorded."""

@@ -25,11 +25,11 @@ from schemas.convoy.v1 import convergence_pb2 as C
 from schemas.convoy.v1 import events_pb2 as E
 from schemas.convoy.v1 import resources_pb2 as R
 from services.planner.clock import FakeClock
-from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Engine, Input, Output, plan
+from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Input, Output, plan
 from services.planner.model import PlannerState, status_name
 from services.planner.replay import replay_check
 from services.planner.runner import Planner, group, output_events, to_input
-from services.planner.versions import history
+from services.planner.versions import Engine, history
 from tests.conftest import eventually
 from tests.unit.planner.world import channel, seconds
 

@@ -9,7 +9,12 @@ that order, so batches commit in the order they were formed, and writes issued i
 by one process are decided in that order.
 
 A batch that fails for an unexpected reason is retried write by write, so one poison
-write fails alone. Storage specifics live in the `run_batch` callable.
+write fails alone. The retries keep the batch's place: the next batch asks for the lock
+only once they are done, so order holds — except when the batch failed after it held the
+lock (the next one was already let go then); writers that need their writes in order
+await each before issuing the next (the planner and the observation ingest do), and an
+unavailable store fails the whole batch, which its writers retry. Storage specifics live
+in the `run_batch` callable.
 """
 
 from __future__ import annotations
@@ -99,11 +104,13 @@ class GroupCommitter:
         try:
             plan = await self._run_batch(writes, turn)
         except Exception as error:  # noqa: BLE001 - decided below: retry alone or fail
-            turn.locked()
             if len(batch) > 1 and not isinstance(error, Unavailable):
+                # Still this batch's turn (unless it already held the lock when it
+                # failed): the next batch waits until these retries are done.
                 for item in batch:
                     await self._commit_items([item], Turn(None, asyncio.get_running_loop().create_future()))
                 return
+            turn.locked()
             if not isinstance(error, Unavailable):
                 log.error("append failed", error=repr(error))
             for _, future in batch:

@@ -11,8 +11,10 @@ Trust: the runtime named in the subject is the one NATS let the agent publish fo
 permissions allow only `convoy.<i>.obs.<its runtime>.>`), so an observation whose
 `runtime` field names another runtime is an agent speaking for someone else — rejected.
 Rejected and malformed messages go to the dead-letter subject at once with the reason
-(retrying cannot fix them) and nothing is written; only an unavailable store makes a
-message be retried. Heartbeats (core NATS `convoy.<instance>.hb.<runtime>`) are kept in memory only —
+(retrying cannot fix them) and nothing is written. An unavailable store is waited out in
+place: the batch is committed again, with backoff, until the store takes it, and nothing
+else is pulled meanwhile — a nak'd observation would come back after later reports of the
+same workload had been recorded, out of order. Heartbeats (core NATS `convoy.<instance>.hb.<runtime>`) are kept in memory only —
 the last one per runtime — for liveness queries.
 
 Throughput and order: one durable subscription in batch mode. Everything a pull has
@@ -24,7 +26,7 @@ refused as a whole (an observation id already recorded with other details, which
 every write it is part of, or input the store will not take), the batch is recorded again
 observation by observation, where such an observation counts as a duplicate (the first
 report stands) or is dead-lettered. A rejected message is dead-lettered without touching
-the rest of its batch; a store that is unavailable makes the batch be retried.
+the rest of its batch.
 
 One consumer, one batch in flight: with batching it records thousands of observations per
 second (bench/planner.py, docs/performance.md), and the log order is the publish order.
@@ -34,13 +36,14 @@ order, so there is one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import Final, TypeVar
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -50,7 +53,7 @@ from nats.aio.subscription import Subscription
 
 from eventstore import bus, natsauth
 from eventstore.codec import EventRegistry, convoy_registry
-from eventstore.errors import DuplicateEventId, InvalidInput
+from eventstore.errors import DuplicateEventId, InvalidInput, Unavailable
 from eventstore.subscriptions import (
     H_DLQ_CONSUMER,
     H_DLQ_DELIVERIES,
@@ -63,6 +66,7 @@ from eventstore.subscriptions import (
     DurableSubscription,
     SubscriptionSettings,
 )
+from eventstore.tasks import Backoff, describe
 from eventstore.types import AppendRequest, EventStore, NewEvent, validate_stream_id
 from schemas.convoy.v1 import convergence_pb2, events_pb2
 
@@ -77,6 +81,13 @@ SETTINGS: Final = SubscriptionSettings(batch=500, max_ack_pending=2_000)
 takes tens of milliseconds whatever its size, and 100 per batch could not keep up with a
 fleet rollout (bench/planner.py); 1,000 was no faster. Two pulls may be pending at once
 (the next is requested while a batch is recorded), hence max_ack_pending."""
+
+
+UNEXPLAINED_RETRIES: Final = 3
+"""In-place retries of a commit that failed for no reason the store named, before the
+batch is handed back to the subscription's nak / dead-letter path."""
+
+_T = TypeVar("_T")
 
 
 class Rejected(InvalidInput):
@@ -132,7 +143,11 @@ class ObservationIngest:
         registry: EventRegistry | None = None,
         settings: SubscriptionSettings = SETTINGS,
         durable: str = DURABLE,
+        retry_base: float = 0.05,
+        retry_cap: float = 2.0,
     ) -> None:
+        """`retry_base`/`retry_cap`: the backoff of a commit retried in place while the
+        store is unavailable."""
         self._nc = nc
         self._js = nc.jetstream()
         self._store = store
@@ -155,6 +170,9 @@ class ObservationIngest:
         self.rejected = 0
         self.commits = 0
         """Store commits made (batches, and single appends when a batch fell back)."""
+        self.store_retries = 0
+        """Commits retried in place because the store was unavailable."""
+        self._retry_base, self._retry_cap = retry_base, retry_cap
 
     async def start(self) -> None:
         await self._subscription.start()
@@ -257,13 +275,13 @@ class ObservationIngest:
 
     async def _record(self, pending: list[_Pending], outcomes: list[Exception | None]) -> None:
         try:
-            results = await self._store.commit([AppendRequest(p.stream, (p.event,)) for p in pending])
+            results = await self._commit_in_place(pending, lambda: self._store.commit([AppendRequest(p.stream, (p.event,)) for p in pending]))
         except (DuplicateEventId, InvalidInput) as refused:
             # One observation refused fails the whole write: record them one by one.
             log.info("batch refused; recording its observations one by one", observations=len(pending), error=str(refused))
             await self._record_one_by_one(pending, outcomes)
             return
-        except Exception as error:  # noqa: BLE001 - store unavailable: the whole batch is retried
+        except Exception as error:  # noqa: BLE001 - a fault that retrying in place did not cure
             for p in pending:
                 for index in p.indexes:
                     outcomes[index] = error
@@ -275,7 +293,7 @@ class ObservationIngest:
     async def _record_one_by_one(self, pending: list[_Pending], outcomes: list[Exception | None]) -> None:
         for position, p in enumerate(pending):
             try:
-                result = await self._store.append(p.stream, [p.event])
+                result = await self._commit_in_place([p], lambda p=p: self._store.append(p.stream, [p.event]))  # type: ignore[misc]
                 self.commits += 1
             except DuplicateEventId:
                 # The same observation id reported again with other details (an agent that
@@ -291,12 +309,44 @@ class ObservationIngest:
                     except Exception as failure:  # noqa: BLE001 - the bus is down: retry it later
                         outcomes[index] = failure
                 continue
-            except Exception as error:  # noqa: BLE001 - unavailable: retry this and the rest, in order
+            except Exception as error:  # noqa: BLE001 - not cured in place: this and the rest retry
                 for rest in pending[position:]:
                     for index in rest.indexes:
                         outcomes[index] = error
                 return
             self._counted(p, duplicate=result.duplicate)
+
+    async def _commit_in_place(self, pending: list[_Pending], commit: Callable[[], Awaitable[_T]]) -> _T:
+        """`commit()`, retried here while the store is unavailable (or fails in a way it
+        did not explain) rather than by naking: a nak'd observation comes back after
+        later ones of the same workload were recorded, out of order. The subscription pulls
+        nothing else while this runs, and its pull request expires long before the ack wait
+        does, so nothing is redelivered meanwhile; the messages are acked once committed. A store that refuses the write (InvalidInput) is
+        answered at once; an unexplained failure is retried `UNEXPLAINED_RETRIES` times,
+        then handed back to the subscription (nak, dead letter at last), so a bug cannot
+        wedge the ingest forever."""
+        backoff = Backoff(base=self._retry_base, cap=self._retry_cap)
+        unexplained = retries = 0
+        while True:
+            try:
+                result = await commit()
+            except (DuplicateEventId, InvalidInput):
+                raise
+            except Exception as error:  # noqa: BLE001 - decided below: retry in place or hand back
+                if not isinstance(error, Unavailable):
+                    unexplained += 1
+                    if unexplained > UNEXPLAINED_RETRIES:
+                        log.error("recording observations failed", error=describe(error))
+                        raise
+                self.store_retries += 1
+                retries += 1
+                if retries == 1:
+                    log.warning("store unavailable; retrying the batch in place", observations=len(pending), error=str(error))
+            else:
+                if retries:
+                    log.info("store back; batch recorded", observations=len(pending), retries=retries)
+                return result
+            await asyncio.sleep(backoff.next())
 
     def _counted(self, p: _Pending, *, duplicate: bool) -> None:
         if duplicate:

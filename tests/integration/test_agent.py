@@ -322,15 +322,20 @@ async def test_bad_messages_do_not_poison_their_batch(plane: Plane) -> None:
 
 
 class FlakyStore:
-    """The store, but its next `failures` commits fail as if PostgreSQL were down."""
+    """The store, but its commits fail as if PostgreSQL were down until `heal()`;
+    `failures` counts the commits refused."""
 
-    def __init__(self, store: PostgresEventStore, failures: int) -> None:
+    def __init__(self, store: PostgresEventStore) -> None:
         self._store = store
-        self.failures = failures
+        self.failures = 0
+        self.healed = False
+
+    def heal(self) -> None:
+        self.healed = True
 
     async def commit(self, *args: Any, **kwargs: Any) -> Any:
-        if self.failures:
-            self.failures -= 1
+        if not self.healed:
+            self.failures += 1
             raise Unavailable("the database is restarting")
         return await self._store.commit(*args, **kwargs)
 
@@ -338,17 +343,25 @@ class FlakyStore:
         return getattr(self._store, name)
 
 
-async def test_a_batch_the_store_could_not_take_is_retried_and_acked_only_after_its_commit(plane: Plane) -> None:
+async def test_a_batch_the_store_could_not_take_is_retried_in_order_and_acked_only_after_its_commit(plane: Plane) -> None:
+    """The store is down when r-0 arrives; r-1 … r-4 of the same workload arrive while it
+    is retried. All are recorded in publish order once the store is back: r-0 is waited
+    out in place, not nak'd to come back after the others."""
     await plane.ingest.stop()
-    flaky = FlakyStore(plane.store, failures=2)
+    flaky = FlakyStore(plane.store)
     ingest = ObservationIngest(nc=plane.nc, store=flaky, instance=plane.instance, settings=FAST)  # type: ignore[arg-type]
     sent = [observation(f"r-{n}", generation=n) for n in range(5)]
-    await publish(plane, *sent)
     async with ingest:
+        await publish(plane, sent[0])
+        await eventually(lambda: flaky.failures >= 2, message="r-0's commit refused, and tried again")
+        await publish(plane, *sent[1:])
+        info = await plane.nc.jetstream().stream_info(bus.observations_stream(plane.instance))
+        assert info.state.messages == 5
+        flaky.heal()
         await eventually(lambda: ingest.recorded == 5, message="recorded once the store is back")
         await eventually(lambda: ingest_drained(plane), message="acked after the commit")
-    assert flaky.failures == 0 and ingest.rejected == 0 and ingest.duplicates == 0
     assert [o.observation_id for o in await plane.observations("rt-a")] == [o.observation_id for o in sent]
+    assert ingest.rejected == 0 and ingest.duplicates == 0 and ingest.store_retries >= 2
 
 
 async def test_healthz_fails_when_the_bus_is_lost_longer_than_the_threshold(

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test setup bench lint clean
+.PHONY: up test setup bench stress lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 	$(BIN)/python scripts/gen_cli_docs.py --check
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+## Run the fault and crash tests (marker `fault`) N times in a row and name every failure
+## (not in CI: `make stress N=10` takes ten times as long as those tests).
+N ?= 10
+stress: $(STAMP)
+	$(BIN)/python scripts/stress.py $(N)
 
 ## Run every benchmark and rewrite the results table in docs/performance.md
 ## (installs the eventsourcing library for the event store's baseline only).

@@ -343,6 +343,7 @@ class FlakyStore:
         return getattr(self._store, name)
 
 
+@pytest.mark.fault
 async def test_a_batch_the_store_could_not_take_is_retried_in_order_and_acked_only_after_its_commit(plane: Plane) -> None:
     """The store is down when r-0 arrives; r-1 … r-4 of the same workload arrive while it
     is retried. All are recorded in publish order once the store is back: r-0 is waited
@@ -364,6 +365,7 @@ async def test_a_batch_the_store_could_not_take_is_retried_in_order_and_acked_on
     assert ingest.rejected == 0 and ingest.duplicates == 0 and ingest.store_retries >= 2
 
 
+@pytest.mark.fault
 async def test_healthz_fails_when_the_bus_is_lost_longer_than_the_threshold(
     own_nats: NatsServer, subject_prefix: str
 ) -> None:

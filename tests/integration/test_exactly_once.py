@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.types import AlreadyProcessed, AppendRequest, Checkpoint, NewEvent
 from tests.conftest import fresh_store
+
+pytestmark = pytest.mark.fault  # `make stress` runs these again and again
 
 INPUTS = 400
 

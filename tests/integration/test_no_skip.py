@@ -14,10 +14,14 @@ import asyncio
 import random
 import uuid
 
+import pytest
+
 from eventstore.errors import ConvoyError
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.types import NewEvent
 from tests.conftest import fresh_store
+
+pytestmark = pytest.mark.fault  # `make stress` runs these again and again
 
 TOTAL_EVENTS = 20_000
 WRITER_STORES = 4

@@ -209,15 +209,29 @@ def fleet_inputs(services: int, runtimes: dict[str, list[str]]) -> list[tuple[Me
 
 
 PLANNER_PROCESS = """
-import asyncio, sys
+import asyncio, os, signal, sys
+from collections import Counter
 from datetime import UTC, datetime
 from eventstore.codec import convoy_registry
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from services.planner.clock import FakeClock
 from services.planner.runner import Planner, PlannerSettings
 
+# argv: DSN SCHEMA MAX_INPUTS_PER_COMMIT DIE_AT PHASE — with DIE_AT > 0 the process
+# SIGKILLs itself inside its DIE_AT-th store transaction, at PHASE ("locking": the lock
+# held, nothing written; "committing": written, not committed): a fault placed by the
+# planner's own progress, whatever the machine's speed.
+die_at, phase = int(sys.argv[4]), sys.argv[5]
+seen = Counter()
+
+async def fault(at):
+    seen[at] += 1
+    if die_at and at == phase and seen[at] == die_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
 async def main():
-    store = await PostgresEventStore.open(PostgresSettings(dsn=sys.argv[1], schema=sys.argv[2], pool_max=2))
+    store = await PostgresEventStore.open(
+        PostgresSettings(dsn=sys.argv[1], schema=sys.argv[2], pool_max=2), fault_hook=fault)
     settings = PlannerSettings(max_inputs_per_commit=int(sys.argv[3]), read_batch=50)
     async with Planner(store=store, registry=convoy_registry(), clock=FakeClock(datetime.now(UTC)), settings=settings) as p:
         await p.ready.wait()
@@ -228,6 +242,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.fault
 async def test_killing_the_planner_at_random_points_loses_and_duplicates_nothing(
     pg_store: PostgresEventStore, database_url: str
 ) -> None:
@@ -253,26 +268,40 @@ async def test_killing_the_planner_at_random_points_loses_and_duplicates_nothing
     killed_mid_release = []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     while await pg_store.checkpoint("planner") < last_input:
+        # Each kill is placed by progress: every third from outside once the checkpoint
+        # moved (anywhere in the planner's work: reading, planning, between commits),
+        # the others by the planner itself inside a store transaction.
+        how = ("outside", "locking", "committing")[kills % 3] if kills < 25 else "never"
+        die_at = rng.randint(1, 3) if how in ("locking", "committing") else 0
+        per_commit = 1 if how == "outside" else rng.choice([1, 2, 5, 11])  # outside: little done before the kill lands
+        before = await pg_store.checkpoint("planner")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", PLANNER_PROCESS, database_url, pg_store.schema, str(rng.choice([1, 2, 5, 11])),
-            stdout=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
+            sys.executable, "-c", PLANNER_PROCESS, database_url, pg_store.schema, str(per_commit),
+            str(die_at), how, stdout=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
         )
         assert proc.stdout is not None
         while (line := await asyncio.wait_for(proc.stdout.readline(), 60)).strip() != b"ready":
-            assert line, "the planner process exited before it was ready"
-        if kills < 25:
-            await asyncio.sleep(rng.uniform(0.0, 0.15))  # a random point in its work: this is the fault, not a wait
+            if not line:
+                break  # killed itself before it was ready (in its first transactions)
+        if how == "outside":
+            await eventually(lambda: _checkpoint_moved(pg_store, before), timeout=60, message="the planner made progress")
             proc.send_signal(signal.SIGKILL)
-            kills += 1
-            killed_mid_release.append(0 < await pg_store.checkpoint("planner") < last_input)
-        else:
+        elif how == "never":
             await eventually(lambda: _checkpoint_is(pg_store, last_input), timeout=60, message="the planner finished")
             proc.send_signal(signal.SIGTERM)
-        await proc.wait()
+        else:
+            await eventually(lambda: _exited_or_done(proc, pg_store, last_input), timeout=60, message="the planner killed itself")
+            if proc.returncode is None:  # it finished before its kill point: nothing left to kill it in
+                proc.send_signal(signal.SIGTERM)
+        code = await proc.wait()
+        if code == -signal.SIGKILL:
+            kills += 1
+            killed_mid_release.append(0 < await pg_store.checkpoint("planner") < last_input)
 
     recorded_outputs = [e for e in await pg_store.read_all(after=0, limit=1_000_000, categories=["intent", "convergence"])
                         if e.actor == PLANNER_ACTOR]
-    assert sum(killed_mid_release) >= 5, killed_mid_release  # many kills landed mid-release
+    print(f"\nkills: {kills}, mid-release: {sum(killed_mid_release)}, inputs: {len(inputs)}")
+    assert kills == 25 and all(killed_mid_release), killed_mid_release  # every kill landed mid-release
     assert Counter(e.event_id for e in recorded_outputs).most_common(1)[0][1] == 1
     assert sorted((e.stream_id, e.event_id, e.type, e.data) for e in recorded_outputs) == sorted(expected)
     for stream in {s for s, *_ in expected}:  # within each stream, the clean run's order
@@ -285,6 +314,14 @@ async def test_killing_the_planner_at_random_points_loses_and_duplicates_nothing
 
 async def _checkpoint_is(store: PostgresEventStore, position: int) -> bool:
     return await store.checkpoint("planner") >= position
+
+
+async def _checkpoint_moved(store: PostgresEventStore, past: int) -> bool:
+    return await store.checkpoint("planner") > past
+
+
+async def _exited_or_done(proc: asyncio.subprocess.Process, store: PostgresEventStore, position: int) -> bool:
+    return proc.returncode is not None or await _checkpoint_is(store, position)
 
 
 async def test_replay_check_reports_a_tampered_record_event_by_event(pg_store: PostgresEventStore) -> None:
@@ -361,6 +398,7 @@ def test_output_grouping_keeps_per_stream_order() -> None:
 
 
 
+@pytest.mark.fault
 async def test_two_planners_racing_on_one_log_write_every_decision_once(pg_store: PostgresEventStore) -> None:
     """Output ids derive from input ids and plan() is deterministic, so a second planner
     (a failover started early, an operator's mistake) duplicates nothing: whichever

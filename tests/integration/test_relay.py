@@ -24,6 +24,8 @@ from eventstore.relay import Relay, RelaySettings
 from eventstore.types import NewEvent
 from tests.conftest import eventually
 
+pytestmark = pytest.mark.fault  # `make stress` runs these again and again
+
 
 def ev(n: int) -> NewEvent:
     return NewEvent(type="convoy.v1.Test", data=f"event {n}".encode(), actor="user:ann@example.com")

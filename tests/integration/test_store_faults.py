@@ -9,6 +9,8 @@ from eventstore.errors import Unavailable
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.types import AppendRequest, NewEvent
 
+pytestmark = pytest.mark.fault  # `make stress` runs these again and again
+
 
 def ev(text: str) -> NewEvent:
     return NewEvent(type="convoy.v1.Test", data=text.encode())

@@ -36,6 +36,8 @@ from eventstore.subscriptions import (
 from eventstore.types import NewEvent
 from tests.conftest import eventually
 
+pytestmark = pytest.mark.fault  # `make stress` runs these again and again
+
 FAST = SubscriptionSettings(
     max_deliver=3, ack_wait=2.0, fetch_timeout=1.0, heartbeat=0.25, retry_delay=0.05, max_retry_delay=0.2
 )

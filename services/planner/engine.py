@@ -56,11 +56,14 @@ DEADLINE_GRACE = timedelta(seconds=15)
 
 PLANNER_ACTOR = "planner"
 
-PLANNER_VERSION: Final = 1
+PLANNER_VERSION: Final = 2
 """The version of the decisions `plan` makes. Bump it with any change that makes `plan`
 decide differently, or word a reason differently, for the same inputs: the runner records
 the version it starts with, so `convoy replay --check` can tell what an upgrade changed
-from a real difference."""
+from a real difference.
+
+2: a target with no verdict past its progress deadline waits, named in the reason, instead
+of failing; its deadline runs from its agent's RECEIVED."""
 
 INPUT_CATEGORIES = ("app", "service", "runtime", "protection", "release", "observation", "timer")
 """Stream categories the planner reads: declarations, human decisions, agents'
@@ -271,7 +274,8 @@ def _issue(run: _Run, conv: Convergence, target: TargetState, record: ReleaseRec
         ),
     )
     target.generation, target.intent_id, target.release_id = generation, intent_id, record.release.id
-    target.rollback, target.issued_at, target.healthy = rollback, run.now, False
+    target.rollback, target.issued_at, target.received_at, target.healthy = rollback, run.now, None, False
+    target.overdue = False
     target.observed_kind, target.observed_reason, target.observed_message = 0, "", ""
     if rollback:
         _set_target_status(run, conv, target, ROLLING_BACK, f"restoring {record.release.version}")
@@ -293,13 +297,42 @@ def _failure_text(target: TargetState) -> str:
 
 
 def _deadline(run: _Run, record: ReleaseRecord) -> timedelta:
-    """The planner's backstop for a target that never reports: the service's progress
-    deadline plus a grace, so an agent's own, more precise failure report (image pull,
-    crash loop, failing health check) arrives first when the agent is alive."""
+    """How long a target may go without a verdict before the planner says so: the
+    service's progress deadline plus a grace for the agent's own report.
+
+    Never a failure: the verdict on a workload's progress is the agent's, measured where
+    the workload runs (Kubernetes' progressDeadlineSeconds, the local and exec runtimes'
+    own deadlines from their apply). A target with no verdict is one whose agent has not
+    taken the intent, cannot reach its runtime, or cannot reach the bus — Convoy's faults
+    or the infrastructure's, never the release's (DESIGN.md): failing it would roll back
+    a release that may be healthy. So the planner names the overdue target and waits; the
+    verdict that comes later decides."""
     config = record.release.config
     if config.HasField("progress_deadline") and config.progress_deadline.ToTimedelta() > timedelta(0):
         return config.progress_deadline.ToTimedelta() + DEADLINE_GRACE
     return DEFAULT_PROGRESS_DEADLINE + DEADLINE_GRACE
+
+
+def _waiting_since(target: TargetState) -> datetime:
+    """When the target's wait for a verdict began: when its agent took the intent
+    (RECEIVED), or, until it has, when the intent was issued."""
+    since = target.received_at or target.issued_at
+    assert since is not None
+    return since
+
+
+def _overdue_text(overdue: list[TargetState], deadline: timedelta) -> str:
+    first = min(overdue, key=_waiting_since)
+    others = f" (and {len(overdue) - 1} more runtime(s))" if len(overdue) > 1 else ""
+    if first.received_at is None:
+        return (
+            f"runtime {first.runtime}'s agent has not taken the intent issued at {gates.hhmm(first.issued_at)}{others}: "
+            "is the agent running and connected? (not a failure: the release waits)"
+        )
+    return (
+        f"no verdict from runtime {first.runtime} within {_duration(deadline)} of its agent taking the intent at "
+        f"{gates.hhmm(first.received_at)}{others}: is the agent connected? (not a failure: the release waits)"
+    )
 
 
 # -- checks --------------------------------------------------------------------------
@@ -426,8 +459,12 @@ def _step_gates(run: _Run, conv: Convergence, record: ReleaseRecord, channel: re
         _set_status(run, conv, WAITING_APPROVAL, f"approved; {result.waiting}")
         return
     _enter_stage(run, conv, channel, resources_pb2.LIFECYCLE_DEPLOYMENT)
+    _set_status(run, conv, DEPLOYING, _deploying_text(conv, channel))
+
+
+def _deploying_text(conv: Convergence, channel: resources_pb2.ReleaseChannel) -> str:
     limit = f" ({channel.max_concurrent_runtimes} at a time)" if channel.max_concurrent_runtimes else ""
-    _set_status(run, conv, DEPLOYING, f"deploying {conv.version} to {len(conv.targets)} runtime(s){limit}")
+    return f"deploying {conv.version} to {len(conv.targets)} runtime(s){limit}"
 
 
 def _step_deploying(run: _Run, conv: Convergence, record: ReleaseRecord, channel: resources_pb2.ReleaseChannel) -> None:
@@ -447,13 +484,6 @@ def _step_deploying(run: _Run, conv: Convergence, record: ReleaseRecord, channel
             todo.append(target)
     done = not todo and not in_flight
     deadline = _deadline(run, record)
-    for target in in_flight:
-        assert target.issued_at is not None
-        if target.issued_at + deadline <= run.now:
-            text = f"progress deadline: runtime {target.runtime} not healthy within {_duration(deadline)}"
-            _set_target_status(run, conv, target, FAILED, text)
-            _fail(run, conv, text)
-            return
     free = (channel.max_concurrent_runtimes or len(conv.targets)) - len(in_flight)
     waiting_on_pause = []
     for target in todo:
@@ -465,8 +495,14 @@ def _step_deploying(run: _Run, conv: Convergence, record: ReleaseRecord, channel
         _issue(run, conv, target, record, rollback=False)
         in_flight.append(target)
         free -= 1
-    if in_flight:
-        _schedule(run, conv, "deadline", min(t.issued_at for t in in_flight if t.issued_at) + deadline)
+    overdue = []
+    for target in in_flight:
+        target.overdue = _waiting_since(target) + deadline <= run.now
+        if target.overdue:
+            overdue.append(target)
+    due = [_waiting_since(t) + deadline for t in in_flight if _waiting_since(t) + deadline > run.now]
+    if due:
+        _schedule(run, conv, "deadline", min(due))
     result = _stage(run, conv, record)
     if result.failure:
         _fail(run, conv, result.failure)
@@ -478,13 +514,12 @@ def _step_deploying(run: _Run, conv: Convergence, record: ReleaseRecord, channel
         _enter_stage(run, conv, channel, resources_pb2.LIFECYCLE_POST_DEPLOYMENT)
         _step_verifying(run, conv, record)
         return
+    notes = [_deploying_text(conv, channel)]
     if waiting_on_pause:
-        limit = f" ({channel.max_concurrent_runtimes} at a time)" if channel.max_concurrent_runtimes else ""
-        _set_status(
-            run, conv, DEPLOYING,
-            f"deploying {conv.version} to {len(conv.targets)} runtime(s){limit}; waiting for paused runtime(s) "
-            + ", ".join(sorted(set(waiting_on_pause))),
-        )
+        notes.append("waiting for paused runtime(s) " + ", ".join(sorted(set(waiting_on_pause))))
+    if overdue:
+        notes.append(_overdue_text(overdue, deadline))
+    _set_status(run, conv, DEPLOYING, "; ".join(notes))
 
 
 def _step_verifying(run: _Run, conv: Convergence, record: ReleaseRecord) -> None:
@@ -680,8 +715,14 @@ def _observation(run: _Run, message: events_pb2.ObservationRecorded) -> None:
         target.healthy = kind == O.OBSERVATION_KIND_HEALTHY
         if target.healthy and target.status == DEPLOYING:
             _set_target_status(run, conv, target, CONVERGED, f"{_version(run, target.release_id)} healthy")
+    elif kind in (O.OBSERVATION_KIND_RECEIVED, O.OBSERVATION_KIND_APPLIED):
+        if target.received_at is not None:
+            return
+        target.received_at = run.now  # the control plane's clock: agents' clocks may be off
+        if not target.overdue:
+            return  # nothing to decide; the deadline timer re-reads the target when it fires
     else:
-        return  # RECEIVED / APPLIED / DRIFTED / DELETED: nothing to decide
+        return  # DRIFTED / DELETED: nothing to decide
     _advance_service(run, conv.application, conv.service)
 
 

@@ -72,6 +72,10 @@ class TargetState:
     """Release of the last intent issued here."""
     rollback: bool = False
     issued_at: datetime | None = None
+    received_at: datetime | None = None
+    """When the log recorded its agent taking the last intent (RECEIVED or APPLIED)."""
+    overdue: bool = False
+    """No verdict past the progress deadline (named in the convergence's reason)."""
     healthy: bool = False
     """The agent reported the last intent's workload healthy (and nothing worse since)."""
     observed_kind: int = 0

@@ -5,6 +5,7 @@ the command's process group, and commands that fail."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -215,6 +216,29 @@ class TestExecRuntime(RuntimeContract):
             status = await runtime.status(key)
             assert (status.phase, status.reason) == (Phase.FAILED, FailureReason.COMMAND_EXIT)
             assert "exited with code 5" in status.message and "kaputt: no credentials" in status.message
+        finally:
+            await runtime.close()
+
+    async def test_a_workload_progressing_past_its_deadline_is_failed_by_the_runtime(
+        self, tmp_path: Path, key: WorkloadKey
+    ) -> None:
+        """fetch never says failed; the runtime judges the deadline itself, from its apply."""
+        runtime = await ExecRuntime.open(settings=exec_settings(tmp_path))
+        try:
+            await runtime.apply(make_workload(key, fake_spec(key, behaviour="progressing", deadline=0.3), generation=1))
+            assert (await runtime.status(key)).phase in (Phase.PROGRESSING, Phase.FAILED)
+            statuses = runtime.watch(key)
+            async with asyncio.timeout(60):
+                async for status in statuses:
+                    if status.phase is Phase.FAILED:
+                        break
+                    assert status.phase is Phase.PROGRESSING
+            await statuses.aclose()  # type: ignore[attr-defined]
+            assert status.reason == FailureReason.PROGRESS_DEADLINE
+            assert status.message.startswith("not healthy within the 0.3s progress deadline: 0/2 ready")
+            healthy = make_workload(key, fake_spec(key, version="v2", deadline=60), generation=2)
+            await runtime.apply(healthy)
+            await self.wait_healthy(runtime, healthy)
         finally:
             await runtime.close()
 

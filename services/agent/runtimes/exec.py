@@ -18,6 +18,13 @@ repeated apply a no-op without running anything, and `live()` lists it — comma
 not keep that bookkeeping, and a listing command is not part of the contract. A fetch
 that reports its own `generation`/`spec_hash` overrides the record in statuses.
 
+Progress deadline: a workload that fetch still calls progressing when the spec's progress
+deadline (default 10 minutes) has passed since its apply is FAILED with reason
+`progress_deadline`, as Kubernetes does for a Deployment. The runtime judges it, where the
+workload runs: the planner never fails a target for want of news (a lost bus is not a
+failed release). After an agent restart the clock of a workload not yet healthy starts
+again.
+
 An agent can die between running apply and recording it. So the apply is written ahead
 (`save_pending`); when the same generation comes again and a write-ahead record says it
 was being applied, fetch is asked first (with that workload on stdin, as always), and
@@ -30,8 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +81,8 @@ class ExecSettings:
     """A command that timed out gets SIGTERM, then SIGKILL after this long."""
     poll_interval: float = 5.0
     """How often a watch runs fetch."""
+    default_progress_deadline: float = 600.0
+    """Used when a spec sets no progress deadline (Kubernetes' default)."""
     base_env: Mapping[str, str] | None = None
     """The environment commands start from (None: the agent's own)."""
     cwd: Path | None = None
@@ -98,6 +109,8 @@ class ExecRuntime:
         self.name = settings.name
         self._state = StateStore(settings.state_dir)
         self._applied: dict[WorkloadKey, Workload] = {}
+        self._progress: dict[WorkloadKey, tuple[int, str, float]] = {}
+        """(generation, spec hash, monotonic deadline) of a workload not yet seen healthy."""
         self._locks: dict[WorkloadKey, asyncio.Lock] = {}
         self._closed = asyncio.Event()
         timeout = settings.config.timeout
@@ -107,6 +120,8 @@ class ExecRuntime:
     async def open(cls, *, settings: ExecSettings) -> ExecRuntime:
         runtime = cls(settings=settings)
         runtime._applied = {w.key: w for w in runtime._state.load()}
+        for workload in runtime._applied.values():  # an agent restart starts their clocks again
+            runtime._start_deadline(workload)
         return runtime
 
     # ---- Runtime -------------------------------------------------------------------------
@@ -173,13 +188,41 @@ class ExecRuntime:
         self._state.save(workload)
         self._state.clear_pending(workload.key)
         self._applied[workload.key] = workload
+        self._start_deadline(workload)
+
+    def _start_deadline(self, workload: Workload) -> None:
+        """The workload's progress deadline runs from its apply, on this machine's clock:
+        the verdict on its progress is the runtime's (the planner only waits for it)."""
+        deadline = workload.spec.progress_deadline
+        seconds = deadline.seconds + deadline.nanos / 1e9 or self.settings.default_progress_deadline
+        self._progress[workload.key] = (workload.generation, workload.spec_hash, time.monotonic() + seconds)
+
+    def _judged(self, status: WorkloadStatus, applied: Workload) -> WorkloadStatus:
+        """A status that is still progressing past the deadline becomes FAILED
+        (PROGRESS_DEADLINE); once healthy, the generation is never judged again."""
+        pending = self._progress.get(status.key)
+        if pending is None or pending[:2] != (applied.generation, applied.spec_hash):
+            return status
+        if status.phase is Phase.HEALTHY:
+            del self._progress[status.key]
+            return status
+        if status.phase is not Phase.PROGRESSING or time.monotonic() < pending[2]:
+            return status
+        seconds = applied.spec.progress_deadline.ToTimedelta().total_seconds() or self.settings.default_progress_deadline
+        detail = f": {status.message}" if status.message else ""
+        return dataclasses.replace(
+            status,
+            phase=Phase.FAILED,
+            reason=FailureReason.PROGRESS_DEADLINE,
+            message=truncate(f"not healthy within the {seconds:g}s progress deadline{detail}"),
+        )
 
     async def status(self, key: WorkloadKey) -> WorkloadStatus:
         self._check_open()
         applied = self._known(key)
         if applied is None:
             return WorkloadStatus(key=key, phase=Phase.ABSENT)
-        return await self._fetch(key, applied)
+        return self._judged(await self._fetch(key, applied), applied)
 
     def _known(self, key: WorkloadKey) -> Workload | None:
         """What was applied — or, after a crash before it was recorded, what was being
@@ -217,6 +260,7 @@ class ExecRuntime:
                     truncate(f"{key}: delete exited with code {outcome.exit_code}: {outcome.output.strip()}")
                 )
             self._applied.pop(key, None)
+            self._progress.pop(key, None)
             try:
                 self._state.remove(key)
             except ApplyRejected:

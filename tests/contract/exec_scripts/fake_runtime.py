@@ -95,6 +95,8 @@ def fetch(path: Path, document: dict) -> int:
         status.update(phase="failed", reason="crash_loop", message="container web exited with code 3 (restarted 3 times)")
     elif mode == "never_ready" and age > seconds(spec.get("progressDeadline", "")):
         status.update(phase="failed", reason="progress_deadline", message="0 of 1 ready at the progress deadline")
+    elif mode == "progressing":
+        pass  # progressing forever: judging the deadline is left to the runtime
     elif mode in ("healthy",) or mode.startswith("tempfail:"):
         if age > float(os.environ.get("FAKE_READY_AFTER", "0.2")):
             status.update(phase="healthy", ready=replicas)

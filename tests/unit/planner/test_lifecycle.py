@@ -274,7 +274,9 @@ def test_manual_rollback_restores_the_previous_release_everywhere_at_once() -> N
     assert world.status("prod") == "ROLLED_BACK" and world.status("staging") == "ROLLED_BACK"
 
 
-def test_a_target_that_never_becomes_healthy_fails_at_the_progress_deadline() -> None:
+def test_a_target_without_a_verdict_past_its_deadline_waits_and_says_so() -> None:
+    """The agent never took the intent (a bus outage, a stopped agent): the deadline names
+    it and the release waits — silence is no verdict on the workload."""
     world = World()
     world.setup(channel("staging", "stg-1"))
     out = world.deploy("v1")
@@ -285,8 +287,44 @@ def test_a_target_that_never_becomes_healthy_fails_at_the_progress_deadline() ->
 
     out = world.advance(timedelta(seconds=15))
 
-    assert changes(out) == [("staging", "DEPLOYING", "FAILED")]
-    assert world.reason("staging") == "progress deadline: runtime stg-1 not healthy within 10m15s"
+    assert changes(out) == [("staging", "DEPLOYING", "DEPLOYING")]  # a new reason, no failure
+    assert world.status("staging") == "DEPLOYING"
+    assert world.reason("staging") == (
+        "deploying v1 to 1 runtime(s); runtime stg-1's agent has not taken the intent issued at 12:00: "
+        "is the agent running and connected? (not a failure: the release waits)"
+    )
+    assert world.advance(timedelta(hours=3)) == []  # and it keeps waiting, quietly
+
+
+def test_the_deadline_runs_from_the_agents_receipt_and_a_late_healthy_converges() -> None:
+    """The issue's outage: the intent reached the agent 75 s late and its report later
+    still. The deadline counts from the RECEIVED; the late HEALTHY converges the release."""
+    world = World()
+    world.setup(channel("staging", "stg-1"))
+    [intent] = intents(world.deploy("v1"))
+    world.advance(timedelta(minutes=11))  # overdue: the agent has not taken it
+    assert "has not taken the intent" in world.reason("staging")
+
+    out = world.report(intent, C.OBSERVATION_KIND_RECEIVED)
+    assert world.reason("staging") == "deploying v1 to 1 runtime(s)"  # the wait is the workload's again
+    [timer] = [t for t in of(out, E.TimerScheduled) if t.purpose == "deadline"]
+    assert timer.fire_at.ToJsonString() == "2026-11-26T12:21:15Z"  # 10m15s from the receipt
+    out = world.advance(timedelta(minutes=10, seconds=15))
+    assert world.reason("staging").startswith("deploying v1 to 1 runtime(s); no verdict from runtime stg-1 within 10m15s")
+    assert world.status("staging") == "DEPLOYING"
+
+    world.healthy([intent])
+    assert world.status("staging") == "CONVERGED"
+
+
+def test_the_agents_own_failure_report_still_fails_and_rolls_back() -> None:
+    world = World()
+    world.setup(channel("staging", "stg-1"))
+    world.converge_all(world.deploy("v1"))
+    [intent] = intents(world.deploy("v2"))
+    world.report(intent, C.OBSERVATION_KIND_RECEIVED)
+    out = world.report(intent, C.OBSERVATION_KIND_FAILED, reason="progress_deadline", message="not ready within the 30s progress deadline")
+    assert changes(out)[:2] == [("staging", "DEPLOYING", "FAILED"), ("staging", "FAILED", "ROLLING_BACK")]
 
 
 def test_soak_waits_for_a_timer_and_a_failing_fail_probe_rolls_back() -> None:

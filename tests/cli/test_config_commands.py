@@ -108,12 +108,12 @@ async def test_apply_records_nothing_when_the_server_refuses_one_document(cli: C
 
     refused = await cli.run("apply", "-f", str(configs))
     assert refused.exit_code == 2, refused.output
-    assert f"{configs / 'b-service.yaml'}: document 0: service shop/web: " in refused.stderr, refused.stderr
-    assert "service.resources[0]" in refused.stderr and 'resource "db" is not linked' in refused.stderr
-    assert "nothing was applied" in refused.stderr
     assert await cli.api.store.head() == head, "documents before the refused one were recorded"
     apps = await cli.run("apps", "list", "--output", "json")
     assert apps.exit_code == 0 and "shop" not in apps.stdout, apps.stdout
+    assert f"{configs / 'b-service.yaml'}: document 0: service shop/web: " in refused.stderr, refused.stderr
+    assert "service.resources[0]" in refused.stderr and 'resource "db" is not linked' in refused.stderr
+    assert "nothing was applied" in refused.stderr
 
 
 async def test_apply_records_the_whole_set_in_one_commit(cli: Cli, tmp_path: Path) -> None:

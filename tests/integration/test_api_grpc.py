@@ -1,6 +1,7 @@
 """The API over gRPC against a real PostgreSQL: the deploy flow end to end, Watch, auth,
 idempotency, read-your-writes across two API processes, concurrent conflicting
-commands, error codes, the bootstrap admin token and a clean shutdown."""
+commands, error codes, the bootstrap admin token, a clean shutdown, and ApplyDeclarations
+(a config set recorded in one commit or not at all)."""
 
 from __future__ import annotations
 

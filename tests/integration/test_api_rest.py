@@ -1,6 +1,7 @@
 """The API over REST/JSON against a real PostgreSQL: the same flow as gRPC in proto3
 JSON, auth, idempotency (also across transports), read-your-writes, error statuses,
-a bounded fuzz loop that must never see a 5xx, the OpenAPI document and /healthz."""
+a bounded fuzz loop that must never see a 5xx, the OpenAPI document, /healthz, and
+ApplyDeclarations (all or nothing, roles, limits, idempotency) in JSON."""
 
 from __future__ import annotations
 

@@ -103,10 +103,8 @@ def declaration_label(declaration: api_pb2.Declaration) -> tuple[str, str]:
     return kind, str(m.name)
 
 
-def _identity(declaration: api_pb2.Declaration) -> tuple[object, ...]:
+def _identity(kind: str, m: Any) -> tuple[object, ...]:
     """What makes two declarations the same object (the key the catalog holds it by)."""
-    kind = declaration.WhichOneof("kind")
-    m = getattr(declaration, kind or "")
     if kind == "service":
         return (kind, m.application, m.name)
     if kind == "resource":
@@ -114,10 +112,8 @@ def _identity(declaration: api_pb2.Declaration) -> tuple[object, ...]:
     return (kind, m.name)
 
 
-def _recorded(state: State, declaration: api_pb2.Declaration) -> bool:
+def _recorded(state: State, kind: str, m: Any) -> bool:
     """Whether the catalog holds the declared object already (created vs updated)."""
-    kind = declaration.WhichOneof("kind")
-    m = getattr(declaration, kind or "")
     if kind == "application":
         return m.name in state.applications
     if kind == "service":
@@ -161,11 +157,14 @@ def _check_set(request: api_pb2.ApplyDeclarationsRequest) -> None:
             f"is {size} bytes; the limit is {MAX_DECLARATIONS_BYTES}: split the set (each part applies on "
             "its own, all or nothing)",
         )
+    # One object declared twice is a mistake in the set (which one is meant?), and it would
+    # put one stream twice into the set's commit; each declaration's events go to its own.
     first: dict[tuple[object, ...], int] = {}
     for i, declaration in enumerate(declarations):
-        if declaration.WhichOneof("kind") is None:
+        kind = declaration.WhichOneof("kind")
+        if kind is None:
             raise InvalidArgument.at(f"declarations[{i}]", f"declares nothing: set one of {', '.join(DECLARED)}")
-        key = _identity(declaration)
+        key = _identity(kind, getattr(declaration, kind))
         if key in first:
             kind, name = declaration_label(declaration)
             raise InvalidArgument.at(
@@ -182,16 +181,17 @@ def apply_declarations(state: State, request: api_pb2.ApplyDeclarationsRequest, 
     results: list[api_pb2.DeclarationResult] = []
     current = state
     for i, declaration in enumerate(request.declarations):
+        kind = declaration.WhichOneof("kind")
         single = declared_request(declaration)
-        assert single is not None  # _check_set refused empty declarations
-        existed = _recorded(current, declaration)
+        assert kind is not None and single is not None  # _check_set refused empty declarations
+        existed = _recorded(current, kind, getattr(declaration, kind))
         try:
             decision = decide(current, dataclasses.replace(command, request=single))
         except _REFUSALS as refused:
             raise _at(i, declaration, refused) from None
         current = fold(current, decision.events)
         events.extend(decision.events)
-        kind, name = declaration_label(declaration)
+        _, name = declaration_label(declaration)
         if not decision.changed:
             outcome = api_pb2.DECLARATION_OUTCOME_UNCHANGED
         else:

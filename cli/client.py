@@ -182,6 +182,7 @@ class Client:
         self.tokens = api_pb2_grpc.TokenServiceStub(channel)
         self.events = api_pb2_grpc.EventServiceStub(channel)
         self.convergence = api_pb2_grpc.ConvergenceServiceStub(channel)
+        self.declarations = api_pb2_grpc.DeclarationServiceStub(channel)
 
     def close(self) -> None:
         if self._channel is not None:

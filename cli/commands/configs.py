@@ -1,16 +1,21 @@
 """`convoy apply`, `delete`, `validate` and `diff`: config files against the API.
 
 All four read files through `cli.config.load`, so a broken file is reported the same way
-by each (every problem, with file, document and field) and nothing is sent. `apply` asks
-before each write whether the object exists, only to say "created" rather than "updated";
-whether anything changed is the server's answer (`WriteResult.changed`), so applying the
-same files twice reports every document unchanged and records no event.
+by each (every problem, with file, document and field) and nothing is sent; files that
+hold no document at all are refused the same way (exit 2), since applying, validating or
+deleting nothing is almost always a wrong path. `apply` sends the whole set in one
+ApplyDeclarations request: the API decides the documents in order and records all of
+them in one transaction, or none when it refuses one (the refusal names the document,
+which is mapped back to its file here). Whether a document was created, updated or left
+unchanged is the server's answer, so applying the same files twice reports every
+document unchanged and records no event. `delete` stays one request per object.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +29,7 @@ from cli.client import INVALID, NOT_FOUND, CliError, Client
 from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, YesOpt, confirm, connect, reports_errors
 from cli.output import Format, table
 from schemas.convoy.v1 import api_pb2, resources_pb2
+from services.api.domain.decider import MAX_DECLARATIONS, MAX_DECLARATIONS_BYTES
 
 FileOpt = Annotated[
     Path,
@@ -32,13 +38,18 @@ FileOpt = Annotated[
 
 
 def load(path: Path) -> list[config.Document]:
+    """The documents under `path`; CliError (exit 2) for any problem, or for none at all."""
     try:
-        return config.load(path)
+        documents = config.load(path)
     except config.ConfigError as e:
         for problem in e.problems:
             typer.echo(f"error: {problem}", err=True)
         noun = "problem" if len(e.problems) == 1 else "problems"
         raise CliError(f"{len(e.problems)} {noun} in {path}; nothing was sent", INVALID) from None
+    if not documents:
+        what = "its files are empty or hold" if path.is_dir() else "the file is empty or holds"
+        raise CliError(f"no documents in {path}: {what} only comments (check the path); nothing was sent", INVALID)
+    return documents
 
 
 def name_of(document: config.Document) -> str:
@@ -123,6 +134,14 @@ def undo(request: Message) -> tuple[str, Message]:
     raise TypeError(f"not an apply request: {type(request).__name__}")
 
 
+_OUTCOMES: dict[int, str] = {
+    api_pb2.DECLARATION_OUTCOME_CREATED: "created",
+    api_pb2.DECLARATION_OUTCOME_UPDATED: "updated",
+    api_pb2.DECLARATION_OUTCOME_UNCHANGED: "unchanged",
+}
+_REFUSED_AT = re.compile(r"^declarations\[(\d+)\]")
+
+
 @reports_errors
 def apply(
     filename: FileOpt,
@@ -130,32 +149,63 @@ def apply(
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Create or update everything in the config files.
+    """Create or update everything in the config files: all documents, or none.
 
-    Sends runtimes, protections, resources, applications, then services, and prints
-    each document as created, updated or unchanged."""
+    Sends every document in one request, in dependency order (runtimes, protections,
+    resources, applications, then services), so a document may name one declared before
+    it. The API records them all in one transaction or, when it refuses one, records
+    nothing and the error names its file, document and field. Prints each document as
+    created, updated or unchanged.
+
+    Exit 0: applied (or nothing to change); 2: a problem in the files, no documents in
+    them, or a document the API refuses as invalid; otherwise the API's answer's code
+    (see `convoy --help`), with nothing applied."""
     documents = load(filename)
-    results: list[dict[str, object]] = []
+    ordered = config.to_declarations(documents)
+    request = api_pb2.ApplyDeclarationsRequest(declarations=[d for _, d in ordered])
+    size = request.ByteSize()
+    if len(ordered) > MAX_DECLARATIONS or size > MAX_DECLARATIONS_BYTES:
+        raise CliError(
+            f"{filename} holds {len(ordered)} documents ({size} bytes); one apply takes at most {MAX_DECLARATIONS} "
+            f"documents and {MAX_DECLARATIONS_BYTES} bytes: apply it in parts (each part all or nothing); "
+            "nothing was sent",
+            INVALID,
+        )
     with connect(endpoint, token) as client:
-        for document, request in config.to_requests(documents):
-            existed = current(client, document) is not None
-            try:
-                written = send(client, request)
-            except CliError as e:
-                _report(results, output)
-                raise CliError(f"{document.source}: {document.kind} {name_of(document)}: {e}", e.exit_code) from None
-            outcome = "unchanged" if not written.changed else ("updated" if existed else "created")
-            results.append(
-                {
-                    "kind": document.kind,
-                    "name": name_of(document),
-                    "result": outcome,
-                    "file": str(document.source.file),
-                    "document": document.source.index,
-                    "position": written.position,
-                }
+        try:
+            answer: api_pb2.ApplyDeclarationsResponse = client.write(
+                client.declarations.ApplyDeclarations, request
             )
+        except CliError as e:
+            raise _refused(e, [document for document, _ in ordered]) from None
+    results: list[dict[str, object]] = []
+    for (document, _), result in zip(ordered, answer.results, strict=True):
+        outcome = _OUTCOMES.get(result.outcome, "unchanged")
+        results.append(
+            {
+                "kind": document.kind,
+                "name": name_of(document),
+                "result": outcome,
+                "file": str(document.source.file),
+                "document": document.source.index,
+                "position": answer.write.position if outcome != "unchanged" else 0,
+            }
+        )
     _report(results, output)
+
+
+def _refused(error: CliError, documents: list[config.Document]) -> CliError:
+    """The API's refusal of the set, located in the files when it names a document."""
+    message = str(error)
+    found = _REFUSED_AT.match(message)
+    if found is not None and int(found[1]) < len(documents):
+        index, document = int(found[1]), documents[int(found[1])]
+        # The file, document and name say where; the API's "declarations[N] …" says it again.
+        label = f"{document.kind} {json.dumps(name_of(document), ensure_ascii=False)}"
+        message = message.replace(f"declarations[{index}] ({label}): ", "")
+        message = re.sub(rf"declarations\[{index}\]\.(\S+): {re.escape(label)}: ", r"\1: ", message)
+        message = f"{document.source}: {document.kind} {name_of(document)}: {message}"
+    return CliError(f"{message}; nothing was applied", error.exit_code)
 
 
 def _report(results: list[dict[str, object]], output: Format) -> None:
@@ -183,7 +233,12 @@ def delete(
     Reads and checks the files as `apply` does, then deletes in the reverse of apply's
     order — services, application resources, applications, infrastructure resources,
     protections, runtimes (deregistered) — and prints one line per object. An object that
-    does not exist is reported as not found, which is not an error."""
+    does not exist is reported as not found, which is not an error.
+
+    Not atomic, unlike `apply`: each object is deleted by its own request, so a refusal
+    (e.g. an application whose services are not all in the files) stops there and leaves
+    the objects deleted before it deleted; fix the cause and run it again. Exit 2 when
+    the files have a problem or no documents."""
     documents = load(filename)
     # apply's order, reversed; feeding the documents in reversed keeps file order within a kind.
     removals = [(document, *undo(request)) for document, request in reversed(config.to_requests(reversed(documents)))]
@@ -226,7 +281,8 @@ def _report_deleted(results: list[dict[str, object]], output: Format) -> None:
 def validate(filename: FileOpt, output: OutputOpt = Format.table) -> None:
     """Check config files without a server (exit 2 on problems).
 
-    Lists every problem with its file, document and field."""
+    Lists every problem with its file, document and field. Files that hold no document
+    (empty, or only comments) are a problem too: exit 2, as `apply` would refuse them."""
     documents = load(filename)
     rows = [
         {"kind": d.kind, "name": name_of(d), "file": str(d.source.file), "document": d.source.index} for d in documents
@@ -248,7 +304,9 @@ def diff(
 ) -> None:
     """Show what `apply` would change (exit 0: nothing, 1: something).
 
-    Prints a unified diff of each object as the API holds it and as the files say."""
+    Prints a unified diff of each object as the API holds it and as the files say.
+    Compares only; checks that need the server (does a named resource exist?) are made
+    by `apply`. Exit 2 when the files have a problem or no documents."""
     documents = load(filename)
     changes: list[dict[str, object]] = []
     with connect(endpoint, token) as client:

@@ -21,7 +21,7 @@ error instead of the silent last-one-wins of YAML 1.1 parsers.
 from cli.config.checks import identity
 from cli.config.documents import KINDS, SUFFIXES, ConfigError, Document, Problem, Source
 from cli.config.formats import format_duration, parse_duration
-from cli.config.loader import load, loads, to_requests
+from cli.config.loader import load, loads, to_declarations, to_requests
 from cli.config.render import render
 
 __all__ = [
@@ -37,5 +37,6 @@ __all__ = [
     "loads",
     "parse_duration",
     "render",
+    "to_declarations",
     "to_requests",
 ]

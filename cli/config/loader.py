@@ -176,6 +176,17 @@ def _rank(document: Document) -> int:
     return {"runtime": 0, "protection": 1, "application": 3, "service": 5}[document.kind]
 
 
+def to_declarations(documents: Iterable[Document]) -> list[tuple[Document, api_pb2.Declaration]]:
+    """The documents as one ApplyDeclarations set, in `to_requests`' order (dependencies
+    first, so each declaration can name what the ones before it declare)."""
+    out: list[tuple[Document, api_pb2.Declaration]] = []
+    for document in sorted(documents, key=_rank):
+        declaration = api_pb2.Declaration()
+        getattr(declaration, document.kind).CopyFrom(document.message)
+        out.append((document, declaration))
+    return out
+
+
 def to_requests(documents: Iterable[Document]) -> list[tuple[Document, Message]]:
     """The API requests that apply `documents`, dependencies first: runtimes, protections,
     infrastructure resources, applications, application resources, services. Within a

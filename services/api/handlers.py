@@ -2,7 +2,9 @@
 
 gRPC and REST differ only in how a request arrives and how an answer leaves; what a
 call means is decided here, once. Each call is authenticated against the projected
-tokens, checked against its method's `min_role`, then routed: commands to the
+tokens, checked against its method's `min_role` (and a set of declarations against
+each declaration's own method's: one the caller could not apply alone refuses the
+set), then routed: commands to the
 `Writer` (decide + append), catalog reads to `queries` (after waiting for
 `min_position`), the log to `events`. Failures are classified here too (`fail`), so
 both transports log them the same way — with the request's correlation id, a traceback
@@ -29,7 +31,9 @@ from services.api import auth, events, planning, queries, why
 from services.api.convergence import ConvergenceView
 from services.api.errors import Failure, classify, invalid
 from services.api.history import History, Snapshot
-from services.api.methods import METHODS, Method
+from services.api.domain import decider
+from services.api.domain.validation import q
+from services.api.methods import BY_INPUT, METHODS, Method
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
 from services.api.writes import Writer
@@ -140,6 +144,8 @@ class Api:
 
     async def _dispatch(self, method: Method, request: Message, principal: auth.Principal, ctx: CallContext) -> Message:
         if method.is_command:
+            if isinstance(request, api_pb2.ApplyDeclarationsRequest):
+                authorize_declarations(principal, request)
             return await self._writer.run(
                 method,
                 request,
@@ -203,6 +209,19 @@ class Api:
         else:
             log.error("api call failed", error=describe(error), **fields)
         return failure
+
+
+def authorize_declarations(principal: auth.Principal, request: api_pb2.ApplyDeclarationsRequest) -> None:
+    """The caller needs, for each declaration, the role its own method needs (ApplyService,
+    LinkResource …): a set cannot do what its parts could not. Checked before anything is
+    decided or replayed, so a refused set records nothing."""
+    for i, declaration in enumerate(request.declarations):
+        kind = declaration.WhichOneof("kind")
+        if kind is None:
+            continue  # the domain refuses it, naming it
+        single = BY_INPUT[decider.DECLARED[kind]]
+        _, name = decider.declaration_label(declaration)
+        auth.authorize(principal, single.min_role, f"declarations[{i}] ({kind} {q(name)}): {single.name}")
 
 
 def _fields(request: Message) -> set[str]:

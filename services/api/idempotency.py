@@ -75,7 +75,7 @@ def with_position(response: Message, position: int) -> Message:
     """Put the write's position into an answer that reports one (in place)."""
     if isinstance(response, api_pb2.WriteResult):
         response.position = position
-    elif isinstance(response, api_pb2.DeployResponse) and response.HasField("write"):
+    elif isinstance(response, api_pb2.DeployResponse | api_pb2.ApplyDeclarationsResponse) and response.HasField("write"):
         response.write.position = position
     return response
 

@@ -88,6 +88,7 @@ def _all() -> tuple[Method, ...]:
 METHODS: Final[tuple[Method, ...]] = _all()
 BY_PATH: Final[dict[str, Method]] = {m.path: m for m in METHODS}
 BY_NAME: Final[dict[str, Method]] = {m.name: m for m in METHODS}
+BY_INPUT: Final[dict[type[Message], Method]] = {m.input: m for m in METHODS}
 SERVICES: Final[tuple[str, ...]] = tuple(dict.fromkeys(m.service for m in METHODS))
 
 ROLE_LABELS: Final = {

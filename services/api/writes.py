@@ -400,7 +400,8 @@ class _Round:
 
 
 def _response(method: Method, decision: Decision, write: api_pb2.WriteResult) -> Message:
-    """The method's answer: a WriteResult, or the decision's payload (with the write)."""
+    """The method's answer: a WriteResult, or the decision's payload (with the write:
+    Deploy's release, ApplyDeclarations' per-declaration outcomes)."""
     if method.output is api_pb2.WriteResult:
         return write
     if method.output is api_pb2.DeployResponse:
@@ -408,6 +409,13 @@ def _response(method: Method, decision: Decision, write: api_pb2.WriteResult) ->
         if isinstance(release, resources_pb2.Release):
             return api_pb2.DeployResponse(write=write, release=release)
         return api_pb2.DeployResponse(write=write)
+    if method.output is api_pb2.ApplyDeclarationsResponse and isinstance(
+        decision.response, api_pb2.ApplyDeclarationsResponse
+    ):
+        answer = api_pb2.ApplyDeclarationsResponse()
+        answer.CopyFrom(decision.response)
+        answer.write.CopyFrom(write)
+        return answer
     if isinstance(decision.response, method.output):
         return decision.response
     raise BadCommandContext(f"{method.name} decided no {method.output.DESCRIPTOR.name} to answer with")

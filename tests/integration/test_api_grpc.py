@@ -1,13 +1,16 @@
 """The API over gRPC against a real PostgreSQL: the deploy flow end to end, Watch, auth,
 idempotency, read-your-writes across two API processes, concurrent conflicting
-commands, error codes, the bootstrap admin token and a clean shutdown."""
+commands, error codes, the bootstrap admin token, a clean shutdown, and ApplyDeclarations
+(a config set recorded in one commit or not at all)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -17,7 +20,7 @@ from google.protobuf.message import Message
 from structlog.testing import capture_logs
 
 from eventstore.postgres import PostgresEventStore
-from schemas.convoy.v1 import api_pb2, options_pb2, resources_pb2
+from schemas.convoy.v1 import api_pb2, api_pb2_grpc, options_pb2, resources_pb2
 from services.api.server import ApiServer
 from tests.conftest import eventually
 from tests.integration.test_api_support import (
@@ -393,3 +396,135 @@ async def test_grpc_calls_are_counted_by_method_and_status(api: Running) -> None
     assert 'convoy_api_grpc_requests_total{method="ListApplications",code="OK"} 1' in text, text
     assert 'convoy_api_grpc_requests_total{method="GetApplication",code="NOT_FOUND"} 1' in text
     assert 'convoy_api_grpc_request_duration_seconds_count{method="ListApplications"} 1' in text
+
+
+# -- ApplyDeclarations: a whole config set, all or nothing ---------------------------------
+
+CREATED = api_pb2.DECLARATION_OUTCOME_CREATED
+UNCHANGED = api_pb2.DECLARATION_OUTCOME_UNCHANGED
+
+
+def declarations(*declared: Message) -> api_pb2.ApplyDeclarationsRequest:
+    """A set of the given resource messages (Application, Service, Runtime, Resource …)."""
+    kinds = {
+        resources_pb2.Application: "application", resources_pb2.Service: "service", resources_pb2.Runtime: "runtime",
+        resources_pb2.Protection: "protection", resources_pb2.Resource: "resource",
+    }
+    return api_pb2.ApplyDeclarationsRequest(
+        declarations=[api_pb2.Declaration(**{kinds[type(m)]: m}) for m in declared]  # type: ignore[arg-type]
+    )
+
+
+def shop_db() -> resources_pb2.Resource:
+    return resources_pb2.Resource(name="db", scope=resources_pb2.RESOURCE_SCOPE_APPLICATION, application="shop")
+
+
+async def assert_one_commit(store: PostgresEventStore, *, after: int, write: api_pb2.WriteResult) -> None:
+    """The events after `after` are exactly the write's, at consecutive positions, inserted
+    by one PostgreSQL transaction (one xmin) under one correlation id."""
+    rows = await store.pool.fetch(
+        "SELECT position, event_id::text AS id, xmin::text AS tx, correlation_id FROM events WHERE position > $1 "
+        "ORDER BY position",
+        after,
+    )
+    assert [r["position"] for r in rows] == list(range(after + 1, write.position + 1)), rows
+    assert [r["id"] for r in rows] == list(write.event_ids)
+    assert len({r["tx"] for r in rows}) == 1, f"recorded by {len({r['tx'] for r in rows})} transactions"
+    assert len({r["correlation_id"] for r in rows}) == 1
+
+
+@contextlib.asynccontextmanager
+async def declaration_stub(target: str) -> AsyncIterator[api_pb2_grpc.DeclarationServiceStub]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        yield api_pb2_grpc.DeclarationServiceStub(channel)
+
+
+async def test_a_set_with_one_refused_declaration_records_nothing(api: Running) -> None:
+    # The issue's scenario: a good new application, then a service naming an unlinked resource.
+    admin = bearer(api.admin)
+    async with grpc_stubs(api.grpc_target) as stubs, declaration_stub(api.grpc_target) as sets:
+        await stubs.runtimes.ApplyRuntime(api_pb2.ApplyRuntimeRequest(runtime=runtime()), metadata=admin)
+        head = await api.store.head()
+        web = service(name="web")
+        web.resources.append("db")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sets.ApplyDeclarations(declarations(application(), web), metadata=admin)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.details() or "").startswith(
+            'declarations[1].service.resources[0]: service "shop/web": resource "db" is not linked'
+        ), caught.value.details()
+        violations = json.loads(dict(caught.value.trailing_metadata() or ())["convoy-violations-bin"])
+        assert [v["field"] for v in violations] == ["declarations[1].service.resources[0]"]
+
+        assert await api.store.head() == head, "part of a refused set was recorded"
+        listed = await stubs.events.ListEvents(api_pb2.ListEventsRequest(after_position=head), metadata=admin)
+        assert list(listed.events) == []
+        assert await _code(
+            stubs.applications.GetApplication(api_pb2.GetApplicationRequest(name="shop"), metadata=admin)
+        ) == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_dependent_set_is_recorded_in_one_commit_and_reapplying_it_records_nothing(api: Running) -> None:
+    admin = bearer(api.admin)
+    api_service = service()
+    api_service.resources.append("db")  # linked by the document before it
+    request = declarations(runtime(), application(), shop_db(), api_service)
+    async with grpc_stubs(api.grpc_target) as stubs, declaration_stub(api.grpc_target) as sets:
+        head = await api.store.head()
+        answer = await sets.ApplyDeclarations(request, metadata=admin)
+        assert [(r.index, r.kind, r.name, r.outcome) for r in answer.results] == [
+            (0, "runtime", "eu-1", CREATED),
+            (1, "application", "shop", CREATED),
+            (2, "resource", "shop/db", CREATED),
+            (3, "service", "shop/api", CREATED),
+        ]
+        assert answer.write.changed and len(answer.write.event_ids) == 4
+        await assert_one_commit(api.store, after=head, write=answer.write)
+        listed = await stubs.events.ListEvents(api_pb2.ListEventsRequest(after_position=head), metadata=admin)
+        assert [e.type for e in listed.events] == [
+            "convoy.v1.RuntimeRegistered", "convoy.v1.ApplicationCreated", "convoy.v1.ResourceLinked",
+            "convoy.v1.ServiceConfigured",
+        ]
+        # Read-your-writes: the answer came after the read model folded the set.
+        got = await stubs.services.GetService(api_pb2.GetServiceRequest(application="shop", name="api"), metadata=admin)
+        assert list(got.resources) == ["db"]
+
+        again = await sets.ApplyDeclarations(request, metadata=admin)
+        assert again.write == api_pb2.WriteResult(changed=False)
+        assert [r.outcome for r in again.results] == [UNCHANGED] * 4
+        assert await api.store.head() == answer.write.position
+
+
+async def test_a_set_needs_the_role_of_each_of_its_declarations(api: Running) -> None:
+    request = declarations(runtime(), application())
+    async with grpc_stubs(api.grpc_target) as stubs, declaration_stub(api.grpc_target) as sets:
+        deployer = await create_token(stubs, api.admin, options_pb2.ROLE_DEPLOYER, "ci")
+        viewer = await create_token(stubs, api.admin, options_pb2.ROLE_VIEWER, "reader")
+        head = await api.store.head()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sets.ApplyDeclarations(request, metadata=bearer(deployer.secret))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (caught.value.details() or "").startswith(
+            'declarations[0] (runtime "eu-1"): ApplyRuntime needs the admin role'
+        ), caught.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sets.ApplyDeclarations(request, metadata=bearer(viewer.secret))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "ApplyDeclarations needs the deployer role" in (caught.value.details() or "")
+        assert await api.store.head() == head
+        assert (await sets.ApplyDeclarations(request, metadata=bearer(api.admin))).write.changed
+
+
+async def test_a_set_retried_with_its_idempotency_key_gets_the_first_answer(api: Running) -> None:
+    request = declarations(runtime(), application())
+    keyed = (*bearer(api.admin), ("idempotency-key", "config-commit-abc123"))
+    async with declaration_stub(api.grpc_target) as sets:
+        first = await sets.ApplyDeclarations(request, metadata=keyed)
+        assert [r.outcome for r in first.results] == [CREATED, CREATED] and first.write.position > 0
+        again = await sets.ApplyDeclarations(request, metadata=keyed)
+        assert again == first  # the first answer ("created"), not a new decision ("unchanged")
+        assert await api.store.head() == first.write.position
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sets.ApplyDeclarations(declarations(runtime("us-1")), metadata=keyed)
+        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "already used" in (caught.value.details() or "")

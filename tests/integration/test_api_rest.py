@@ -1,6 +1,7 @@
 """The API over REST/JSON against a real PostgreSQL: the same flow as gRPC in proto3
 JSON, auth, idempotency (also across transports), read-your-writes, error statuses,
-a bounded fuzz loop that must never see a 5xx, the OpenAPI document and /healthz."""
+a bounded fuzz loop that must never see a 5xx, the OpenAPI document, /healthz, and
+ApplyDeclarations (all or nothing, roles, limits, idempotency) in JSON."""
 
 from __future__ import annotations
 
@@ -426,3 +427,62 @@ async def test_schemathesis_finds_no_contract_violations(api: Running, tmp_path:
     output, _ = await asyncio.wait_for(process.communicate(), timeout=240)
     text = output.decode(errors="replace").replace(api.admin, "<admin>")
     assert process.returncode == 0, f"schemathesis {schemathesis.__version__}:\n{text[-6000:]}"
+
+
+# -- ApplyDeclarations over REST ----------------------------------------------------------
+
+SET_PATH = "/v1/declarations:apply"
+DB = {"resource": {"name": "db", "scope": "RESOURCE_SCOPE_APPLICATION", "application": "shop"}}
+
+
+def service_using(*resources: str) -> dict[str, Any]:
+    return {"service": {**SERVICE["service"], "resources": list(resources)}}
+
+
+async def test_rest_declaration_set_is_all_or_nothing(api: Running) -> None:
+    async with http_session() as s:
+        head = await api.store.head()
+        status, refused = await call(
+            s, api, "POST", SET_PATH, secret=api.admin,
+            body={"declarations": [RUNTIME, APPLICATION, service_using("db")]},
+        )
+        assert status == 400, refused
+        assert refused["error"]["violations"][0]["field"] == "declarations[2].service.resources[0]"
+        assert 'service "shop/api": resource "db" is not linked' in refused["error"]["message"]
+        assert await api.store.head() == head
+        status, listed = await call(s, api, "GET", "/v1/events", secret=api.admin, params={"afterPosition": head})
+        assert status == 200 and listed.get("events", []) == []
+
+        # The same set with the resource linked before the service: one commit, in order.
+        body = {"declarations": [RUNTIME, APPLICATION, DB, service_using("db")]}
+        key = {"Idempotency-Key": "rest-set-1"}
+        status, applied = await call(s, api, "POST", SET_PATH, secret=api.admin, body=body, headers=key)
+        assert status == 200, applied
+        assert [r["outcome"] for r in applied["results"]] == ["DECLARATION_OUTCOME_CREATED"] * 4
+        assert int(applied["write"]["position"]) == head + 4 == await api.store.head()
+        status, again = await call(s, api, "POST", SET_PATH, secret=api.admin, body=body, headers=key)
+        assert status == 200 and again == applied  # replayed: still "created"
+        status, fresh = await call(s, api, "POST", SET_PATH, secret=api.admin, body=body)
+        assert status == 200 and not fresh["write"].get("changed", False)
+        assert {r["outcome"] for r in fresh["results"]} == {"DECLARATION_OUTCOME_UNCHANGED"}
+        assert await api.store.head() == head + 4
+
+
+async def test_rest_declaration_set_limits_and_roles(api: Running) -> None:
+    async with grpc_stubs(api.grpc_target) as stubs, http_session() as s:
+        deployer = (await create_token(stubs, api.admin, options_pb2.ROLE_DEPLOYER, "ci")).secret
+        head = await api.store.head()
+        status, denied = await call(s, api, "POST", SET_PATH, secret=deployer, body={"declarations": [RUNTIME]})
+        assert status == 403 and denied["error"]["message"].startswith(
+            'declarations[0] (runtime "eu-1"): ApplyRuntime needs the admin role'
+        ), denied
+        many = [{"runtime": {"name": f"r-{i}", "kind": "RUNTIME_KIND_KUBERNETES"}} for i in range(1001)]
+        status, refused = await call(s, api, "POST", SET_PATH, secret=api.admin, body={"declarations": many})
+        assert status == 400 and "holds 1001 declarations; the limit is 1000" in refused["error"]["message"]
+        status, refused = await call(s, api, "POST", SET_PATH, secret=api.admin, body={"declarations": []})
+        assert status == 400 and refused["error"]["violations"][0]["field"] == "declarations"
+        status, refused = await call(
+            s, api, "POST", SET_PATH, secret=api.admin, body={"declarations": [{**RUNTIME, **APPLICATION}]}
+        )
+        assert status == 400, refused  # two kinds in one declaration
+        assert await api.store.head() == head

@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from schemas.convoy.v1 import convergence_pb2 as _convergence_pb2
 from schemas.convoy.v1 import options_pb2 as _options_pb2
 from schemas.convoy.v1 import resources_pb2 as _resources_pb2
@@ -29,6 +30,27 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _DeclarationOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeclarationOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeclarationOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DECLARATION_OUTCOME_UNSPECIFIED: _DeclarationOutcome.ValueType  # 0
+    DECLARATION_OUTCOME_CREATED: _DeclarationOutcome.ValueType  # 1
+    DECLARATION_OUTCOME_UPDATED: _DeclarationOutcome.ValueType  # 2
+    DECLARATION_OUTCOME_UNCHANGED: _DeclarationOutcome.ValueType  # 3
+    """Already recorded exactly so: no event."""
+
+class DeclarationOutcome(_DeclarationOutcome, metaclass=_DeclarationOutcomeEnumTypeWrapper): ...
+
+DECLARATION_OUTCOME_UNSPECIFIED: DeclarationOutcome.ValueType  # 0
+DECLARATION_OUTCOME_CREATED: DeclarationOutcome.ValueType  # 1
+DECLARATION_OUTCOME_UPDATED: DeclarationOutcome.ValueType  # 2
+DECLARATION_OUTCOME_UNCHANGED: DeclarationOutcome.ValueType  # 3
+"""Already recorded exactly so: no event."""
+Global___DeclarationOutcome: _TypeAlias = DeclarationOutcome  # noqa: Y015
 
 @_typing.final
 class WriteResult(_message.Message):
@@ -798,6 +820,136 @@ class ListResourcesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListResourcesResponse: _TypeAlias = ListResourcesResponse  # noqa: Y015
+
+@_typing.final
+class Declaration(_message.Message):
+    """---------------------------------------------------------------------------
+    Declarations: a whole config set (what `convoy apply -f DIR` sends), all or nothing
+
+    One document of a config set: exactly one kind, as a config file's document holds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    PROTECTION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def application(self) -> _resources_pb2.Application: ...
+    @_builtins.property
+    def service(self) -> _resources_pb2.Service: ...
+    @_builtins.property
+    def runtime(self) -> _resources_pb2.Runtime: ...
+    @_builtins.property
+    def protection(self) -> _resources_pb2.Protection: ...
+    @_builtins.property
+    def resource(self) -> _resources_pb2.Resource:
+        """Linked as LinkResource links it."""
+
+    def __init__(
+        self,
+        *,
+        application: _resources_pb2.Application | None = ...,
+        service: _resources_pb2.Service | None = ...,
+        runtime: _resources_pb2.Runtime | None = ...,
+        protection: _resources_pb2.Protection | None = ...,
+        resource: _resources_pb2.Resource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "kind", b"kind", "protection", b"protection", "resource", b"resource", "runtime", b"runtime", "service", b"service"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "kind", b"kind", "protection", b"protection", "resource", b"resource", "runtime", b"runtime", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["application", "service", "runtime", "protection", "resource"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Declaration: _TypeAlias = Declaration  # noqa: Y015
+
+@_typing.final
+class ApplyDeclarationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECLARATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def declarations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Declaration]:
+        """Decided in this order, each against the catalog as the ones before it left it (a
+        service may name an application or a resource declared earlier in the set). At
+        most 1000 declarations and 2 MiB; each kind at most once per name.
+        """
+
+    def __init__(
+        self,
+        *,
+        declarations: _abc.Iterable[Global___Declaration] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["declarations", b"declarations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyDeclarationsRequest: _TypeAlias = ApplyDeclarationsRequest  # noqa: Y015
+
+@_typing.final
+class DeclarationResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The declaration's index in the request."""
+    kind: _builtins.str
+    """"application", "service", "runtime", "protection" or "resource"."""
+    name: _builtins.str
+    """The name, "<application>/<name>" for a service or an application's resource."""
+    outcome: Global___DeclarationOutcome.ValueType
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        name: _builtins.str = ...,
+        outcome: Global___DeclarationOutcome.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "kind", b"kind", "name", b"name", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeclarationResult: _TypeAlias = DeclarationResult  # noqa: Y015
+
+@_typing.final
+class ApplyDeclarationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITE_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def write(self) -> Global___WriteResult:
+        """Every event of the set, recorded in one transaction (consecutive positions)."""
+
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeclarationResult]:
+        """One per declaration, in request order."""
+
+    def __init__(
+        self,
+        *,
+        write: Global___WriteResult | None = ...,
+        results: _abc.Iterable[Global___DeclarationResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["write", b"write"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "write", b"write"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyDeclarationsResponse: _TypeAlias = ApplyDeclarationsResponse  # noqa: Y015
 
 @_typing.final
 class DeployRequest(_message.Message):

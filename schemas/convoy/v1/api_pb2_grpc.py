@@ -1119,6 +1119,81 @@ class ResourceService:
             _registered_method=True)
 
 
+class DeclarationServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ApplyDeclarations = channel.unary_unary(
+                '/convoy.v1.DeclarationService/ApplyDeclarations',
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ApplyDeclarationsRequest.SerializeToString,
+                response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ApplyDeclarationsResponse.FromString,
+                _registered_method=True)
+
+
+class DeclarationServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def ApplyDeclarations(self, request, context):
+        """Apply a set of declarations atomically: every one is recorded, or (on the first
+        refusal, which names the declaration's index, kind, name and field) none is. Each
+        declaration needs the role its own Apply/Link method needs (today: admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DeclarationServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ApplyDeclarations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyDeclarations,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ApplyDeclarationsRequest.FromString,
+                    response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ApplyDeclarationsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'convoy.v1.DeclarationService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('convoy.v1.DeclarationService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DeclarationService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ApplyDeclarations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convoy.v1.DeclarationService/ApplyDeclarations',
+            schemas_dot_convoy_dot_v1_dot_api__pb2.ApplyDeclarationsRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.ApplyDeclarationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ReleaseServiceStub:
     """Missing associated documentation comment in .proto file."""
 

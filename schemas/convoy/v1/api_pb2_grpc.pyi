@@ -303,6 +303,40 @@ class ResourceServiceServicer(metaclass=_abc_1.ABCMeta):
 
 def add_ResourceServiceServicer_to_server(servicer: ResourceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
+class DeclarationServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> DeclarationServiceAsyncStub: ...
+    ApplyDeclarations: _grpc.UnaryUnaryMultiCallable[_api_pb2.ApplyDeclarationsRequest, _api_pb2.ApplyDeclarationsResponse]
+    """Apply a set of declarations atomically: every one is recorded, or (on the first
+    refusal, which names the declaration's index, kind, name and field) none is. Each
+    declaration needs the role its own Apply/Link method needs (today: admin).
+    """
+
+@_typing.type_check_only
+class DeclarationServiceAsyncStub(DeclarationServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ApplyDeclarations: _aio.UnaryUnaryMultiCallable[_api_pb2.ApplyDeclarationsRequest, _api_pb2.ApplyDeclarationsResponse]  # type: ignore[assignment]
+    """Apply a set of declarations atomically: every one is recorded, or (on the first
+    refusal, which names the declaration's index, kind, name and field) none is. Each
+    declaration needs the role its own Apply/Link method needs (today: admin).
+    """
+
+class DeclarationServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def ApplyDeclarations(
+        self,
+        request: _api_pb2.ApplyDeclarationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ApplyDeclarationsResponse, _abc.Awaitable[_api_pb2.ApplyDeclarationsResponse]]:
+        """Apply a set of declarations atomically: every one is recorded, or (on the first
+        refusal, which names the declaration's index, kind, name and field) none is. Each
+        declaration needs the role its own Apply/Link method needs (today: admin).
+        """
+
+def add_DeclarationServiceServicer_to_server(servicer: DeclarationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
 class ReleaseServiceStub:
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...

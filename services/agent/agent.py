@@ -8,7 +8,9 @@ What runs, each as a named, supervised, stoppable task:
   control plane created (the agent may not create consumers); each intent is decided
   against what was last applied (`intents.decide`), then RECEIVED, applied through the
   Runtime, APPLIED, and a watcher per workload reports PROGRESSING / HEALTHY / FAILED;
-  DELETE intents delete and report DELETED; ChecksRequested (re)starts protection checks;
+  DELETE intents delete and report DELETED; ChecksRequested (re)starts protection checks.
+  An intent the runtime cannot carry out is reported FAILED and recorded; one that finds
+  the runtime unavailable is parked and retried for its workload (`handle_intent`);
 - convergence from a snapshot: at start (and until it gets one) the agent asks the
   control plane for its runtime's desired state, so a fresh agent converges without
   replaying history (`snapshot`);
@@ -48,6 +50,7 @@ from services.agent.intents import Action
 from services.agent.observations import Kind, Subject
 from services.agent.runtimes.base import (
     ApplyRejected,
+    FailureReason,
     Phase,
     Runtime,
     RuntimeUnavailable,
@@ -78,6 +81,9 @@ class AgentSettings:
     health_address: str | None = None
     """"host:port" of /healthz (None: not served)."""
     bus_loss_threshold: float = 30.0
+    unavailable_retry: float = 0.5
+    unavailable_retry_cap: float = 30.0
+    """Backoff of an intent parked while the runtime is unavailable (first wait, longest)."""
     subscription: SubscriptionSettings = field(
         default_factory=lambda: SubscriptionSettings(
             max_deliver=natsauth.AGENT_MAX_DELIVER, ack_wait=natsauth.AGENT_ACK_WAIT, batch=20
@@ -97,6 +103,8 @@ class AgentStats:
     repaired: int = 0
     snapshots: int = 0
     malformed: int = 0
+    parked: int = 0
+    """Intents that found the runtime unavailable and waited for it."""
 
 
 class IntentSubscription(DurableSubscription):
@@ -173,6 +181,8 @@ class Agent:
         self._watchers: dict[WorkloadKey, asyncio.Task[None]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._drifting: dict[WorkloadKey, int] = {}
+        self._parked: dict[WorkloadKey, tuple[intents.Intent, asyncio.Task[None]]] = {}
+        """Per workload, the intent waiting for an unavailable runtime, and its retry task."""
         self._episodes: dict[WorkloadKey, int] = {}
         self.ready = asyncio.Event()
         self.stats = AgentStats()
@@ -213,6 +223,9 @@ class Agent:
         for key in list(self._watchers):
             await stop_task(self._watchers.pop(key))
         for task in list(self._retiring):
+            await stop_task(task)
+        parked, self._parked = self._parked, {}
+        for _, task in parked.values():
             await stop_task(task)
         if self._health is not None:
             await self._health.stop()
@@ -335,10 +348,62 @@ class Agent:
                 await self.handle_checks(item)
 
     async def handle_intent(self, intent: intents.Intent) -> None:
-        """Decide, apply and report one intent. Raises only what a retry can fix
-        (`RuntimeUnavailable`): the subscription then redelivers it later."""
+        """Decide, apply and report one intent. Raises nothing for the runtime's sake:
+
+        - a runtime that is unavailable (a cluster's API down, an exec command's exit 75)
+          has the intent parked: retried for its workload with backoff until it is carried
+          out or a newer intent of the workload supersedes it, while other workloads' intents
+          go on (a redelivery would dead-letter it after a few attempts, and no later intent
+          of the workload would be applied meanwhile);
+        - a runtime that cannot carry the intent out (it refuses the spec, or fails in a way
+          it does not explain) is reported FAILED — an observation the planner acts on —
+          and the intent recorded, so the workload's later intents go through.
+        """
         with structlog.contextvars.bound_contextvars(intent_id=intent.intent_id):
-            await self._handle_intent(intent)
+            try:
+                await self._handle_intent(intent)
+            except RuntimeUnavailable as error:
+                self._park(intent, error)
+                return
+        self._unpark(intent)
+
+    def _park(self, intent: intents.Intent, error: RuntimeUnavailable) -> None:
+        waiting = self._parked.get(intent.key)
+        if waiting is not None and waiting[0].generation >= intent.generation and not waiting[1].done():
+            return  # that one (or a newer one) is retried already
+        self.stats.parked += 1
+        log.warning(
+            "runtime unavailable; the intent waits for it", workload=str(intent.key), generation=intent.generation,
+            error=str(error),
+        )
+        task = asyncio.create_task(self._retry_parked(intent), name=f"convoy-agent:{self.name}:parked:{intent.key}")
+        self._parked[intent.key] = (intent, task)
+
+    def _unpark(self, done: intents.Intent) -> None:
+        """`done` was carried out (or decided): an older parked intent of its workload is moot."""
+        waiting = self._parked.get(done.key)
+        if waiting is not None and waiting[0].generation <= done.generation:
+            del self._parked[done.key]  # its task finds itself superseded and ends
+
+    async def _retry_parked(self, intent: intents.Intent) -> None:
+        backoff = Backoff(base=self.settings.unavailable_retry, cap=self.settings.unavailable_retry_cap)
+        while True:
+            await asyncio.sleep(backoff.next())
+            waiting = self._parked.get(intent.key)
+            if waiting is None or waiting[0] is not intent:
+                return  # superseded by a newer intent of the workload
+            try:
+                with structlog.contextvars.bound_contextvars(intent_id=intent.intent_id):
+                    await self._handle_intent(intent)
+            except RuntimeUnavailable:
+                continue
+            except Exception as error:  # noqa: BLE001 - supervised: a bus problem; the snapshot recovers it
+                log.error("a parked intent failed", workload=str(intent.key), error=describe(error))
+                continue
+            if self._parked.get(intent.key, (None,))[0] is intent:
+                del self._parked[intent.key]
+            log.info("parked intent carried out", workload=str(intent.key), generation=intent.generation)
+            return
 
     async def _handle_intent(self, intent: intents.Intent) -> None:
         assert self.runtime is not None
@@ -361,7 +426,13 @@ class Agent:
                 return
             if action is Action.DELETE:
                 await self._stop_watch(intent.key)
-                await self.runtime.delete(intent.key)
+                try:
+                    await self.runtime.delete(intent.key)
+                except RuntimeUnavailable:
+                    raise
+                except Exception as error:  # noqa: BLE001 - a runtime that cannot delete: reported, recorded
+                    await self._cannot_carry_out(intent, about, "delete", error)
+                    return
                 self.stats.deleted += 1
                 await self._publish(about, Kind.OBSERVATION_KIND_DELETED)
                 self._save(self._applied.with_intent(intent))
@@ -377,6 +448,11 @@ class Agent:
                 await self._publish(about, Kind.OBSERVATION_KIND_FAILED, reason=rejected.reason, message=str(rejected))
                 self._save(self._applied.with_intent(intent))
                 return
+            except RuntimeUnavailable:
+                raise
+            except Exception as error:  # noqa: BLE001 - a runtime that cannot apply: reported, recorded
+                await self._cannot_carry_out(intent, about, "apply", error)
+                return
             self.stats.applied += 1
             await self._publish(
                 about,
@@ -388,6 +464,16 @@ class Agent:
             # runtime finds the generation applied, and the report (same id) goes out again.
             self._save(self._applied.with_intent(intent))
             self._watch(intent.key, intent.message)
+
+    async def _cannot_carry_out(self, intent: intents.Intent, about: Subject, action: str, error: Exception) -> None:
+        """The runtime failed the intent in a way it did not explain (a bug, or a value it
+        cannot use): FAILED with the error, and the intent recorded — retrying the same
+        intent would fail the same way, and every later intent of the workload with it."""
+        self.stats.failed += 1
+        log.error("the runtime could not carry out an intent", workload=str(intent.key), action=action, error=describe(error))
+        message = f"the runtime could not {action} generation {intent.generation}: {type(error).__name__}: {error}"
+        await self._publish(about, Kind.OBSERVATION_KIND_FAILED, reason=FailureReason.APPLY_ERROR, message=message)
+        self._save(self._applied.with_intent(intent))
 
     async def handle_checks(self, checks: intents.Checks) -> None:
         async with self._lock:

@@ -131,6 +131,74 @@ async def test_failures_and_deletes_are_reported(plane: Plane, embedded_nats: Na
         assert (await runtime.status(WEB)).phase is Phase.ABSENT
 
 
+class BrokenOnNul(MemoryRuntime):
+    """A runtime that raises what the local runtime raised for a NUL in an argument
+    (`ValueError: embedded null byte`): an error it does not explain."""
+
+    async def apply(self, workload: Any, *, repair: bool = False) -> Any:
+        if any("\x00" in value for value in workload.spec.parameters.values()):
+            raise ValueError("embedded null byte")
+        return await super().apply(workload, repair=repair)
+
+
+async def test_an_intent_the_runtime_cannot_carry_out_is_reported_failed_and_later_ones_go_through(
+    plane: Plane, embedded_nats: NatsServer
+) -> None:
+    await plane.register("rt-a")
+    runtime = BrokenOnNul(name="rt-a")
+    async with running_agent(embedded_nats.url, settings(plane, "rt-a"), runtime) as agent:
+        await plane.intent("rt-a", generation=1, version="v9", parameters={"docroot": "\x00"})
+
+        async def failed() -> list[convergence_pb2.Observation]:
+            return [o for o in await plane.observations("rt-a") if o.kind == convergence_pb2.OBSERVATION_KIND_FAILED]
+
+        await eventually(failed, message="FAILED reported for generation 1")
+        [report] = await failed()
+        assert (report.generation, report.reason) == (1, "apply_error")
+        assert "ValueError: embedded null byte" in report.message
+        await plane.intent("rt-a", generation=2, version="v10")
+
+        async def healthy() -> bool:
+            return any(o.generation == 2 and o.kind == convergence_pb2.OBSERVATION_KIND_HEALTHY for o in await plane.observations("rt-a"))
+
+        await eventually(healthy, message="generation 2 applied and healthy")
+        assert agent.stats.failed == 1
+    assert await dead_lettered_agent(plane, "rt-a") == 0
+
+
+async def test_an_intent_waits_out_an_unavailable_runtime_longer_than_its_redeliveries(
+    plane: Plane, embedded_nats: NatsServer
+) -> None:
+    """FAST allows 3 deliveries (~0.15 s of backoff): the runtime stays down until both
+    workloads' intents have been retried more often than that, then comes back; both are
+    applied, nothing is dead-lettered."""
+    await plane.register("rt-a")
+    runtime = MemoryRuntime(name="rt-a")
+    quick = settings(plane, "rt-a", unavailable_retry=0.02, unavailable_retry_cap=0.05)
+    async with running_agent(embedded_nats.url, quick, runtime) as agent:
+        runtime.outage(True)
+        await plane.intent("rt-a", generation=1)
+        await plane.intent("rt-a", service="api", generation=1)
+        await eventually(lambda: agent.stats.parked >= 2, message="both intents wait for the runtime")
+        tries = runtime.refused
+        await eventually(lambda: runtime.refused >= tries + 2 * FAST.max_deliver, message="retried past the redeliveries")
+        runtime.outage(False)
+
+        async def both_healthy() -> bool:
+            kinds = {(o.service, o.kind) for s in ("web", "api") for o in await plane.observations("rt-a", service=s)}
+            return {("web", convergence_pb2.OBSERVATION_KIND_HEALTHY), ("api", convergence_pb2.OBSERVATION_KIND_HEALTHY)} <= kinds
+
+        await eventually(both_healthy, message="both applied once the runtime is back")
+        assert runtime.applies == 2
+    assert await dead_lettered_agent(plane, "rt-a") == 0
+
+
+async def dead_lettered_agent(plane: Plane, runtime: str) -> int:
+    info = await plane.nc.jetstream().stream_info(bus.dlq_stream(plane.instance), subjects_filter=">")
+    subjects = info.state.subjects or {}
+    return sum(n for subject, n in subjects.items() if subject == bus.dlq_subject(plane.instance, natsauth.agent_consumer(runtime)))
+
+
 async def test_drift_is_reported_and_repaired_when_asked(plane: Plane, embedded_nats: NatsServer) -> None:
     await plane.register("rt-a")
     runtime = MemoryRuntime(name="rt-a")

@@ -310,6 +310,19 @@ ERRORS: list[tuple[str, str, dict[str, Any], int]] = [
 ]
 
 
+async def test_a_value_no_process_can_take_is_refused_at_deploy_and_nothing_recorded(api: Running) -> None:
+    """The issue's `{"version":"v9","parameters":{"docroot":"\u0000"}}`: 400 naming the
+    parameter, no release recorded (it used to be applied, then wedge the workload)."""
+    async with http_session() as s:
+        await rest_seed(s, api)
+        head = await api.store.head()
+        status, answer = await call(s, api, "POST", "/v1/applications/shop/services/api:deploy", secret=api.admin,
+                                    body={"version": "v9", "parameters": {"docroot": "\u0000"}})
+        assert status == 400, answer
+        assert 'parameters["docroot"]' in answer["error"]["message"] and "NUL" in answer["error"]["message"]
+        assert await api.store.head() == head
+
+
 async def test_rest_errors_map_to_statuses(api: Running) -> None:
     async with http_session() as s:
         await rest_seed(s, api)

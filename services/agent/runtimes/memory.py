@@ -61,6 +61,8 @@ class MemoryRuntime:
         self._timers: dict[WorkloadKey, asyncio.TimerHandle] = {}
         self._closed = False
         self._unavailable = False
+        self.refused = 0
+        """Calls refused during an `outage`."""
 
     # -- steering (tests, benchmarks) ---------------------------------------------------
 
@@ -173,6 +175,7 @@ class MemoryRuntime:
         if self._closed:
             raise RuntimeUnavailable(f"memory runtime {self.name} is closed")
         if self._unavailable:
+            self.refused += 1
             raise RuntimeUnavailable(f"memory runtime {self.name} is unavailable (simulated outage)")
 
     def _status(self, key: WorkloadKey) -> WorkloadStatus:

@@ -51,11 +51,12 @@ from services.api.domain.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Problems,
     Violation,
 )
 from services.api.domain.folding import fold
 from services.api.domain.state import State
-from services.api.domain.validation import q
+from services.api.domain.validation import check_characters, q
 
 Handler = Callable[[State, Any, Command], Decision]
 
@@ -240,6 +241,9 @@ def decide(state: State, command: Command) -> Decision:
     if handler is None:
         name = request.DESCRIPTOR.full_name if isinstance(request, Message) else type(request).__name__
         raise BadCommandContext(f"{name} is not a command `decide` handles (reads go to projections)")
+    problems = Problems()
+    if not check_characters(problems, request):
+        problems.raise_if_any()
     decision = handler(state, request, command)
     for _, event in decision.events:
         size = event.ByteSize()

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
-from google.protobuf import duration_pb2
+from google.protobuf import descriptor, duration_pb2
 from google.protobuf.message import Message
 
 from services.api.domain.errors import Problems
@@ -174,6 +174,57 @@ def check_enum(
             problems.add(field, f"{value} is not a known {what}: use one of {choices}")
         return False
     return True
+
+
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""Control characters no value may hold: NUL can reach no process (argv, environment and
+paths end at it) and the others (escape sequences …) corrupt terminals and logs. Tab,
+newline and carriage return are text."""
+_CONTROL_NAMES: Final = {"\x00": "NUL", "\x1b": "ESC", "\x7f": "DEL"}
+
+
+def check_characters(problems: Problems, message: Message, field: str = "") -> bool:
+    """Every string anywhere in `message` (map keys and values, lists, nested messages)
+    is free of control characters other than tab and newline: one walk, so no value that
+    reaches a runtime — a parameter, an env value, an argument, a probe URL — is missed
+    by a field-by-field check."""
+    ok = True
+    for fd, value in message.ListFields():
+        path = f"{field}.{fd.name}" if field else fd.name
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            value_fd = fd.message_type.fields_by_name["value"]
+            for key in sorted(value):
+                at = f"{path}[{q(key)}]"
+                ok &= _check_string(problems, at, key) if isinstance(key, str) else True
+                if value_fd.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
+                    ok &= check_characters(problems, value[key], at)
+                elif value_fd.type == descriptor.FieldDescriptor.TYPE_STRING:
+                    ok &= _check_string(problems, at, value[key])
+        elif fd.type == descriptor.FieldDescriptor.TYPE_STRING:
+            items = value if fd.is_repeated else [value]
+            for i, item in enumerate(items):
+                at = f"{path}[{i}]" if fd.is_repeated else path
+                ok &= _check_string(problems, at, item)
+        elif fd.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
+            items = value if fd.is_repeated else [value]
+            for i, item in enumerate(items):
+                at = f"{path}[{i}]" if fd.is_repeated else path
+                ok &= check_characters(problems, item, at)
+    return ok
+
+
+def _check_string(problems: Problems, field: str, value: str) -> bool:
+    found = _CONTROL.search(value)
+    if found is None:
+        return True
+    char = found.group()
+    name = _CONTROL_NAMES.get(char, f"U+{ord(char):04X}")
+    problems.add(
+        field,
+        f"holds a control character ({name}) at offset {found.start()}: values may not hold control characters "
+        "other than tab and newline (they cannot reach a process, a manifest or a log intact)",
+    )
+    return False
 
 
 def duplicates(values: Iterable[str]) -> list[str]:

@@ -155,3 +155,32 @@ def test_rollback_needs_a_release() -> None:
     with pytest.raises(FailedPrecondition) as caught:
         decide(shop(), command(api_pb2.RollbackRequest(application="shop", service="api", reason="bad")))
     assert str(caught.value) == "service shop/api has no releases yet; deploy one first"
+
+
+@pytest.mark.parametrize("value", ["\x00", "/srv\x00/x", "\x1b[2J", "bell\x07", "\x7f"])
+def test_a_parameter_value_with_a_control_character_is_refused(value: str) -> None:
+    """The issue's `docroot: "\\u0000"`: a value no process can take is refused at deploy
+    time, naming the parameter — not applied, then wedging the workload's rollbacks."""
+    _, state = run(shop(), with_parameters())
+    request = api_pb2.DeployRequest(application="shop", service="api", version="v9", parameters={"tag": value})
+    with pytest.raises(InvalidArgument) as refused:
+        decide(state, command(request))
+    [violation] = refused.value.violations
+    assert violation.field == 'parameters["tag"]' and "control character" in violation.description
+
+
+def test_tabs_and_newlines_are_text() -> None:
+    _, state = run(shop(), with_parameters())
+    request = api_pb2.DeployRequest(application="shop", service="api", version="v9", parameters={"tag": "a\tb\r\nc"})
+    assert decide(state, command(request)).events
+
+
+def test_control_characters_are_refused_anywhere_in_a_declaration() -> None:
+    service = with_parameters()
+    service.service.programs[0].env["GREETING"] = "hi\x00"
+    service.service.programs[0].args.append("--color=\x1b[31m")
+    with pytest.raises(InvalidArgument) as refused:
+        decide(shop(), command(service))
+    assert {v.field for v in refused.value.violations} == {
+        'service.programs[0].env["GREETING"]', "service.programs[0].args[0]"
+    }

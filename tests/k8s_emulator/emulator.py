@@ -4,7 +4,7 @@
 (port 0 picks a free one), writes a kubeconfig for it, runs the controllers as a named
 asyncio task woken by every change, and exposes the test controls: `tick()` moves the
 emulator's clock (Pods start, crash, deadlines expire), `settle()` lets the controllers
-catch up now, `compact()` expires watch history. With `auto_tick` set, a second task ticks
+catch up now, `compact()` expires watch history, `requests` lists what clients asked. With `auto_tick` set, a second task ticks
 on its own (for a standalone server, or tests that only poll the client side).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from tests.k8s_emulator.authz import Authorizer, Subject
 from tests.k8s_emulator.controller import Controllers
-from tests.k8s_emulator.server import ApiServer
+from tests.k8s_emulator.server import ApiServer, Request
 from tests.k8s_emulator.store import Clock, Event, Store
 
 JSON = dict[str, Any]
@@ -50,6 +51,11 @@ class Emulator:
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self.store.listeners.append(self._on_event)
+
+    @property
+    def requests(self) -> deque[Request]:
+        """Every request served so far, oldest first (what a client sent: method, path, query, verb)."""
+        return self.server.requests
 
     @property
     def url(self) -> str:

@@ -59,6 +59,20 @@ class Request:
         return values[-1] if values else None
 
 
+@dataclass
+class Fault:
+    """Answer the next request that matches with an error, instead of serving it."""
+
+    verb: str
+    plural: str
+    dry_run: bool
+    code: int
+    times: int = 1
+
+    def matches(self, verb: str, plural: str, query: Any) -> bool:
+        return self.times > 0 and (verb, plural) == (self.verb, self.plural) and ("dryRun" in query) == self.dry_run
+
+
 OPTIONS_KIND = {"create": "CreateOptions", "update": "UpdateOptions", "patch": "PatchOptions", "delete": "DeleteOptions"}
 FIELD_VALIDATIONS = ["", "Ignore", "Strict", "Warn"]
 
@@ -123,6 +137,7 @@ class ApiServer:
         self.address = address
         self.stopping = asyncio.Event()
         self.requests: deque[Request] = deque(maxlen=10_000)
+        self.faults: list[Fault] = []
         self.app = web.Application()
         self.app.router.add_route("*", "/{path:.*}", self.handle)
 
@@ -153,6 +168,10 @@ class ApiServer:
             target.namespace or "", target.name,
         )
         query = request.query
+        for fault in self.faults:
+            if fault.matches(verb, target.rt.plural, query):
+                fault.times -= 1
+                raise errors.ApiError(fault.code, "ServiceUnavailable" if fault.code == 503 else "InternalError", "injected fault")
         manager = query.get("fieldManager") or request.headers.get("User-Agent", "unknown").split("/")[0]
         namespace = target.namespace or ""
         rt = target.rt

@@ -409,7 +409,11 @@ async def test_an_apply_cut_short_is_finished_by_the_retry(
 
 async def test_every_write_is_strict_and_dry_run_first(runtime: KubernetesRuntime, k8s_emulator: Emulator) -> None:  # noqa: F811
     await runtime.apply(make_workload(KEY, spec(), generation=1))
-    await runtime.apply(make_workload(KEY, spec(version="v2"), generation=2))
+    second = spec(version="v2")
+    second.programs[0].resources.cpu, second.programs[0].resources.memory = "0.5", "1024Mi"  # stored as 500m, 1Gi
+    workload = make_workload(KEY, second, generation=2)
+    await runtime.apply(workload)
+    assert not (await healthy(runtime, k8s_emulator, workload)).drifted  # canonical quantities are no drift
     sent = [r for r in k8s_emulator.requests if r.verb in ("create", "update", "patch")]
     assert sent and all(r.param("fieldValidation") == "Strict" for r in sent)
     patches = [(r.path, r.param("dryRun")) for r in sent if r.verb == "patch"]

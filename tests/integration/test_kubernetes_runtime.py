@@ -407,6 +407,21 @@ async def test_an_apply_cut_short_is_finished_by_the_retry(
     await healthy(runtime, k8s_emulator, workload)
 
 
+async def test_a_service_dropped_by_a_new_generation_is_gone_before_the_generation_is_marked(
+    runtime: KubernetesRuntime, kube: client.ApiClient, k8s_emulator: Emulator  # noqa: F811
+) -> None:
+    await runtime.apply(make_workload(KEY, spec(), generation=1))
+    without_ports = make_workload(KEY, spec(version="v2", ports=False), generation=2)
+    k8s_emulator.fail_next("delete", "services", code=503)
+    with pytest.raises(RuntimeUnavailable):
+        await runtime.apply(without_ports)
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    assert (await apps.read_namespaced_deployment("web", KEY.namespace)).metadata.annotations["convoy.dev/generation"] == "1"
+    await runtime.apply(without_ports)  # the retry
+    assert (await apps.read_namespaced_deployment("web", KEY.namespace)).metadata.annotations["convoy.dev/generation"] == "2"
+    assert (await core.list_namespaced_service(KEY.namespace)).items == []
+
+
 async def test_every_write_is_strict_and_dry_run_first(runtime: KubernetesRuntime, k8s_emulator: Emulator) -> None:  # noqa: F811
     await runtime.apply(make_workload(KEY, spec(), generation=1))
     second = spec(version="v2")

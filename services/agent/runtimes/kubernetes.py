@@ -19,7 +19,8 @@ stores nothing — and only when all of them pass are they applied for real. So 
 cluster would refuse never leaves its Deployment applied alone. The Deployment is written
 last: its generation annotation is what says "this workload is applied", so an apply cut
 short after the Service (a timeout, the agent's crash) is done again in full by the retry,
-which finds the Deployment still at the older generation. (The namespace is made before
+which finds the Deployment still at the older generation; for the same reason a Service the
+new generation no longer has is deleted before the Deployment is written. (The namespace is made before
 the dry run: namespaced objects cannot be dry-run in a namespace that does not exist; an
 empty namespace is no part of a workload, and delete leaves it too.) Every write sends
 `fieldValidation=Strict`, so a field the server does not know fails the write instead of
@@ -198,9 +199,9 @@ class KubernetesRuntime:
             await self._ensure_namespace(key.namespace)
         force = repair or self.settings.force_conflicts
         await self._apply_objects(key, deployment, service, force=force, dry_run=True)
-        applied = await self._apply_objects(key, deployment, service, force=force, dry_run=False)
-        if service is None:
+        if service is None:  # a Service of an older generation goes before the new generation is marked
             await self._delete_service(key)
+        applied = await self._apply_objects(key, deployment, service, force=force, dry_run=False)
         return manifests.rollout_status(key, self._plain(applied), await self._pods(key))
 
     async def _apply_objects(self, key: WorkloadKey, deployment: JSON, service: JSON | None, *, force: bool, dry_run: bool) -> Any:

@@ -80,7 +80,7 @@ def invalid(kind: str, group: str, name: str, causes: list[tuple[str, str, str]]
     summary = ", ".join(lines)
     if len(lines) > 1:
         summary = "[" + summary + "]"
-    details: JSON = {"name": name}
+    details: JSON = {"name": name} if name else {}  # StatusDetails' fields are omitempty
     if group:
         details["group"] = group
     details["kind"] = kind

@@ -16,6 +16,9 @@ from cli.config.formats import unknown_choice
 
 
 _DNS_LABEL = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+_PORT_NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+"""Kubernetes' IsValidPortName (IANA_SVC_NAME), with the length and the letter checked apart;
+the server checks the same (services/api/domain/validation.py), this only says it sooner."""
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _CLOCK = re.compile(r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$")
 
@@ -25,6 +28,9 @@ def check_semantics(message: Message, report: Report) -> None:
         _check_application(message, report)
     elif isinstance(message, resources_pb2.Service):
         _check_dns_label(message.name, "service.name", report)
+        for i, program in enumerate(message.programs):
+            for j, port in enumerate(program.ports):
+                _check_port_name(port.name, f"service.programs[{i}].ports[{j}].name", report)
         for i, channel in enumerate(message.overrides):
             if sum(1 for o in message.overrides[:i] if o.channel == channel.channel):
                 report(f"service.overrides[{i}].channel", f"channel {channel.channel!r} is overridden twice")
@@ -104,6 +110,15 @@ def _check_window(window: resources_pb2.DeployWindow, path: str, report: Report)
 def _check_dns_label(name: str, path: str, report: Report) -> None:
     if name and not _DNS_LABEL.match(name):
         report(path, f"{name!r} must be a DNS label: at most 63 lower-case letters, digits and '-'")
+
+
+def _check_port_name(name: str, path: str, report: Report) -> None:
+    if name and not (len(name) <= 15 and _PORT_NAME.match(name) and any(c.isalpha() for c in name)):
+        report(
+            path,
+            f"{name!r} must be a port name: at most 15 lower-case letters, digits and '-', with at least one "
+            "letter, no '-' at either end or twice in a row (Kubernetes requires an IANA service name)",
+        )
 
 
 def identity(document: Document) -> tuple[str, ...]:

@@ -20,10 +20,10 @@ from google.protobuf import duration_pb2
 from kubernetes_asyncio import client, config
 
 from schemas.convoy.v1 import convergence_pb2, resources_pb2
-from services.agent.runtimes.base import FailureReason, Runtime, WorkloadKey
+from services.agent.runtimes.base import ApplyRejected, FailureReason, Runtime, WorkloadKey
 from services.agent.runtimes.kubernetes import KubernetesRuntime, KubernetesSettings
 from services.agent.runtimes.kubernetes_manifests import object_name
-from tests.contract.runtime_suite import FailureMode, RuntimeContract, RuntimeFactory
+from tests.contract.runtime_suite import FailureMode, RuntimeContract, RuntimeFactory, make_workload
 from tests.k8s_emulator import FAIL_CRASH_LOOP, FAIL_IMAGE_PULL, FAIL_NEVER_READY, Emulator
 
 
@@ -108,6 +108,20 @@ class KubernetesContract(RuntimeContract):
             },
         }
         await client.AppsV1Api(self.oob).create_namespaced_deployment(namespace, body)
+
+    async def test_names_a_cluster_refuses_leave_nothing_applied(self, runtime: Runtime, namespace: str) -> None:
+        http = resources_pb2.Port(name="http", port=8080)
+        digit = WorkloadKey(namespace=namespace, application="shop", service="1api")
+        with pytest.raises(ApplyRejected, match="a Service name must be a DNS-1035 label"):
+            await runtime.apply(make_workload(digit, self.spec(digit, self.program(self.healthy_image, ports=[http]), version="v1"), generation=1))
+        web = WorkloadKey(namespace=namespace, application="shop", service="web")
+        for bad in ("8080", "a--b"):
+            port = resources_pb2.Port(name=bad, port=8080)
+            with pytest.raises(ApplyRejected, match=f"port name '{bad}' is not a valid Kubernetes port name"):
+                await runtime.apply(make_workload(web, self.spec(web, self.program(self.healthy_image, ports=[port]), version="v1"), generation=1))
+        listed = await client.AppsV1Api(self.oob).list_namespaced_deployment(namespace)
+        services = await client.CoreV1Api(self.oob).list_namespaced_service(namespace)
+        assert (listed.items, services.items) == ([], [])
 
     async def assert_stopped(self, runtime: Runtime, keys: list[WorkloadKey]) -> None:
         apps = client.AppsV1Api(self.oob)

@@ -4,7 +4,10 @@ The contract suite (tests/contract/test_runtime_kubernetes.py) covers what every
 does; these cover what only this one has: the objects it renders and their labels,
 namespace creation, server-side apply alongside other field managers, pruning, drift from
 an out-of-band edit, progress followed through watches (ticked by the test), running with
-nothing but the agent's ClusterRole, and errors mapped at the edge.
+nothing but the agent's ClusterRole, and errors mapped at the edge. And that a workload is
+applied whole or not at all: names a cluster refuses are refused before any write, every
+object is dry-run before the first real write, every write is `fieldValidation=Strict`, and
+an apply cut short is finished by its retry.
 """
 
 from __future__ import annotations
@@ -288,3 +291,161 @@ async def test_credentials_are_found_the_way_kubectl_finds_them(kubeconfig: Path
         assert (await runtime.status(KEY)).phase is Phase.ABSENT
     finally:
         await runtime.close()
+
+
+# ---- whole or nothing: names Kubernetes refuses, dry runs first, Strict, the generation last ----
+
+WRITES = ("create", "update", "patch", "delete", "deletecollection")
+
+
+def writes(emulator: Emulator) -> list[tuple[str, str]]:
+    return [(r.verb, r.path) for r in emulator.requests if r.verb in WRITES]
+
+
+def named(service: str, *ports: resources_pb2.Port, programs: int = 1) -> convergence_pb2.WorkloadSpec:
+    made = spec(ports=False)
+    made.service = service
+    for i in range(1, programs):
+        made.programs.append(resources_pb2.Program(name=f"side{i}", image="shop/side:1"))
+    made.programs[0].ports.extend(ports)
+    return made
+
+
+@pytest.mark.parametrize(
+    ("key", "workload_spec", "refusal"),
+    [
+        pytest.param(
+            WorkloadKey(namespace=KEY.namespace, application="shop", service="1api"),
+            named("1api", resources_pb2.Port(name="http", port=8080)),
+            "service '1api' declares ports, so it needs a Kubernetes Service named '1api', and a Service name must be "
+            "a DNS-1035 label: at most 63 lower-case letters, digits and '-', starting with a letter and ending with a "
+            "letter or digit; rename the service",
+            id="service-name-starts-with-a-digit",
+        ),
+        pytest.param(
+            KEY, named("web", resources_pb2.Port(name="8080", port=8080)),
+            "program 'web': port name '8080' is not a valid Kubernetes port name (an IANA service name: at most 15 "
+            "lower-case letters, digits and '-', with at least one letter, not starting or ending with '-' and without "
+            "'--'); rename the port",
+            id="port-name-without-a-letter",
+        ),
+        pytest.param(KEY, named("web", resources_pb2.Port(name="a--b", port=8080)), "port name 'a--b' is not a valid Kubernetes port name", id="port-name-with-double-hyphen"),
+        pytest.param(
+            KEY, named("web", resources_pb2.Port(name="metrics-endpoint-a", port=9090), resources_pb2.Port(name="metrics-endpoint-b", port=9091)),
+            "program 'web': port name 'metrics-endpoin' is used twice", id="port-names-equal-once-cut-to-15",
+        ),
+        pytest.param(
+            WorkloadKey(namespace="team.shop", application="shop", service="web"), named("web", resources_pb2.Port(name="http", port=8080)),
+            "namespace 'team.shop' is not a valid Kubernetes namespace name", id="namespace-with-a-dot",
+        ),
+    ],
+)
+async def test_names_kubernetes_refuses_are_refused_before_anything_is_written(
+    runtime: KubernetesRuntime, kube: client.ApiClient, k8s_emulator: Emulator,  # noqa: F811
+    key: WorkloadKey, workload_spec: convergence_pb2.WorkloadSpec, refusal: str,
+) -> None:
+    with pytest.raises(ApplyRejected) as rejected:
+        await runtime.apply(make_workload(key, workload_spec, generation=1))
+    assert refusal in str(rejected.value)
+    assert (rejected.value.reason, rejected.value.retryable) == (FailureReason.APPLY_ERROR, False)
+    assert writes(k8s_emulator) == []
+    assert (await client.AppsV1Api(kube).list_deployment_for_all_namespaces()).items == []
+
+
+async def test_ports_of_several_programs_make_one_service_so_they_must_differ(runtime: KubernetesRuntime, k8s_emulator: Emulator) -> None:  # noqa: F811
+    both = named("web", resources_pb2.Port(name="http", port=8080), programs=2)
+    both.programs[1].ports.append(resources_pb2.Port(name="http", port=8080))
+    with pytest.raises(ApplyRejected) as rejected:
+        await runtime.apply(make_workload(KEY, both, generation=1))
+    assert "port name 'http' is declared by two programs" in str(rejected.value)
+    assert "port 8080/TCP is declared by two programs" in str(rejected.value)
+    assert writes(k8s_emulator) == []
+    # A name that is only invalid for a Service is fine without ports: no Service is made.
+    key = WorkloadKey(namespace=KEY.namespace, application="shop", service="1api")
+    status = await runtime.apply(make_workload(key, named("1api"), generation=1))
+    assert status.phase is Phase.PROGRESSING
+
+
+@pytest.mark.parametrize("taken", ["Service", "Deployment"])
+async def test_a_workload_is_applied_whole_or_not_at_all(
+    runtime: KubernetesRuntime, kube: client.ApiClient, kubeconfig: Path, taken: str
+) -> None:
+    """Someone else owns a field of one of the two objects: the polite runtime's apply is refused
+    before either object changes (old code applied the Deployment, then the Service was refused)."""
+    await runtime.apply(make_workload(KEY, spec(), generation=1))
+    core, apps = client.CoreV1Api(kube), client.AppsV1Api(kube)
+    if taken == "Service":
+        await core.patch_namespaced_service("web", KEY.namespace, {"metadata": {"labels": {"convoy.dev/channel": "hotfix"}}}, field_manager="kubectl-label")
+    else:
+        await apps.patch_namespaced_deployment("web", KEY.namespace, {"spec": {"replicas": 5}}, field_manager="autoscaler")
+
+    polite = await KubernetesRuntime.connect(KubernetesSettings(kubeconfig=str(kubeconfig), force_conflicts=False))
+    try:
+        with pytest.raises(ApplyRejected, match="409.*conflict"):
+            await polite.apply(make_workload(KEY, spec(image="shop/web:2", version="v2"), generation=2))
+    finally:
+        await polite.close()
+    deployment = await apps.read_namespaced_deployment("web", KEY.namespace)
+    service = await core.read_namespaced_service("web", KEY.namespace)
+    assert deployment.metadata.annotations["convoy.dev/generation"] == "1"
+    assert deployment.spec.template.spec.containers[0].image == "shop/web:1"
+    assert service.metadata.annotations["convoy.dev/generation"] == "1"
+
+
+@pytest.mark.parametrize("plural", ["services", "deployments"])
+async def test_an_apply_cut_short_is_finished_by_the_retry(
+    runtime: KubernetesRuntime, kube: client.ApiClient, k8s_emulator: Emulator, plural: str  # noqa: F811
+) -> None:
+    workload = make_workload(KEY, spec(), generation=1)
+    k8s_emulator.fail_next("patch", plural, code=503)  # the real write, after the dry runs passed
+    with pytest.raises(RuntimeUnavailable):
+        await runtime.apply(workload)
+    await runtime.apply(workload)  # the agent's retry of the same intent
+    core, apps = client.CoreV1Api(kube), client.AppsV1Api(kube)
+    assert (await apps.read_namespaced_deployment("web", KEY.namespace)).metadata.annotations["convoy.dev/generation"] == "1"
+    assert (await core.read_namespaced_service("web", KEY.namespace)).metadata.annotations["convoy.dev/generation"] == "1"
+    await healthy(runtime, k8s_emulator, workload)
+
+
+async def test_a_service_dropped_by_a_new_generation_is_gone_before_the_generation_is_marked(
+    runtime: KubernetesRuntime, kube: client.ApiClient, k8s_emulator: Emulator  # noqa: F811
+) -> None:
+    await runtime.apply(make_workload(KEY, spec(), generation=1))
+    without_ports = make_workload(KEY, spec(version="v2", ports=False), generation=2)
+    k8s_emulator.fail_next("delete", "services", code=503)
+    with pytest.raises(RuntimeUnavailable):
+        await runtime.apply(without_ports)
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    assert (await apps.read_namespaced_deployment("web", KEY.namespace)).metadata.annotations["convoy.dev/generation"] == "1"
+    await runtime.apply(without_ports)  # the retry
+    assert (await apps.read_namespaced_deployment("web", KEY.namespace)).metadata.annotations["convoy.dev/generation"] == "2"
+    assert (await core.list_namespaced_service(KEY.namespace)).items == []
+
+
+async def test_every_write_is_strict_and_dry_run_first(runtime: KubernetesRuntime, k8s_emulator: Emulator) -> None:  # noqa: F811
+    await runtime.apply(make_workload(KEY, spec(), generation=1))
+    second = spec(version="v2")
+    second.programs[0].resources.cpu, second.programs[0].resources.memory = "0.5", "1024Mi"  # stored as 500m, 1Gi
+    workload = make_workload(KEY, second, generation=2)
+    await runtime.apply(workload)
+    assert not (await healthy(runtime, k8s_emulator, workload)).drifted  # canonical quantities are no drift
+    sent = [r for r in k8s_emulator.requests if r.verb in ("create", "update", "patch")]
+    assert sent and all(r.param("fieldValidation") == "Strict" for r in sent)
+    patches = [(r.path, r.param("dryRun")) for r in sent if r.verb == "patch"]
+    deployment = f"/apis/apps/v1/namespaces/{KEY.namespace}/deployments/web"
+    service = f"/api/v1/namespaces/{KEY.namespace}/services/web"
+    assert patches == [(service, "All"), (deployment, "All"), (service, None), (deployment, None)] * 2
+
+
+async def test_an_apply_the_schema_refuses_is_no_reason_to_retry(kube: client.ApiClient) -> None:
+    """The apiserver answers an apply configuration with an unknown field with a 500 (kubernetes
+    #122480); the runtime's edge knows that retrying it cannot help."""
+    from services.agent.runtimes import kubernetes
+
+    apps = client.AppsV1Api(kube)
+    body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replica": 2}}
+    await client.CoreV1Api(kube).create_namespace({"metadata": {"name": KEY.namespace}})
+    with pytest.raises(ApplyRejected, match="field not declared in schema") as rejected:
+        with kubernetes._edge("apply Deployment"):
+            await apps.patch_namespaced_deployment("web", KEY.namespace, body, field_manager="convoy", _content_type="application/apply-patch+yaml")
+    assert rejected.value.retryable is False

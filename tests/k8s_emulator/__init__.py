@@ -3,9 +3,14 @@ controller and a kubelet) that Convoy's Kubernetes runtime uses, over real HTTP.
 
 No kube-apiserver can be installed on the machines Convoy is built on, and mocking the
 client would test nothing, so tests run the real kubernetes_asyncio client against this
-server. Modules: `store` (objects, resourceVersions, managedFields, events), `fields`
-(server-side apply's field sets), `patches` (merge/strategic/JSON patch), `schema`
-(defaults and validation), `controller` (Deployments → Pods, status, failure injection),
+server. It is as strict as a kube-apiserver on everything a deploy tool sends (names per
+kind, port and label names, unknown fields, quantities, dry runs), so a client that passes
+here is not refused by a real cluster. Modules: `store` (objects, resourceVersions,
+managedFields, events, dry runs), `fields` (server-side apply's field sets), `patches`
+(merge/strategic/JSON patch), `schema` (defaults and validation), `rules` (apimachinery's
+validation primitives and messages), `quantity` (resource quantities in canonical form),
+`openapi` (known fields, unknown-field handling, the documents kubectl reads), `controller`
+(Deployments → Pods, status, failure injection),
 `server` (URLs and verbs, watch streams), `authz` (optional RBAC), `emulator` (lifecycle),
 `fixtures` (pytest). Failure-injection image markers are documented in `controller`.
 """

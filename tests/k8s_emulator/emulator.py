@@ -4,7 +4,8 @@
 (port 0 picks a free one), writes a kubeconfig for it, runs the controllers as a named
 asyncio task woken by every change, and exposes the test controls: `tick()` moves the
 emulator's clock (Pods start, crash, deadlines expire), `settle()` lets the controllers
-catch up now, `compact()` expires watch history. With `auto_tick` set, a second task ticks
+catch up now, `compact()` expires watch history, `requests` lists what clients asked, `fail_next()`
+answers a chosen request with an error. With `auto_tick` set, a second task ticks
 on its own (for a standalone server, or tests that only poll the client side).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from aiohttp import web
 
 from tests.k8s_emulator.authz import Authorizer, Subject
 from tests.k8s_emulator.controller import Controllers
-from tests.k8s_emulator.server import ApiServer
+from tests.k8s_emulator.server import ApiServer, Fault, Request
 from tests.k8s_emulator.store import Clock, Event, Store
 
 JSON = dict[str, Any]
@@ -50,6 +52,11 @@ class Emulator:
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self.store.listeners.append(self._on_event)
+
+    @property
+    def requests(self) -> deque[Request]:
+        """Every request served so far, oldest first (what a client sent: method, path, query, verb)."""
+        return self.server.requests
 
     @property
     def url(self) -> str:
@@ -116,6 +123,11 @@ class Emulator:
 
     def compact(self) -> None:
         self.store.compact()
+
+    def fail_next(self, verb: str, plural: str, *, code: int = 503, dry_run: bool = False, times: int = 1) -> None:
+        """Answer the next `times` requests of `verb` on `plural` (dry runs or real writes) with
+        `code` instead of serving them: a fault at a point a test chooses."""
+        self.server.faults.append(Fault(verb, plural, dry_run, code, times))
 
     def kubeconfig(self, *, token: str | None = None, context: str = "emulator") -> JSON:
         user: JSON = {"token": token} if token else {}

@@ -30,9 +30,10 @@ class ApiError(Exception):
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
             "code": self.code,
         }
+        if self.reason:  # omitempty: a server error that is not a Status has none
+            body["reason"] = self.reason
         if self.details is not None:
             body["details"] = self.details
         return body
@@ -74,15 +75,22 @@ def stale_conflict(plural: str, group: str, name: str) -> ApiError:
 def invalid(kind: str, group: str, name: str, causes: list[tuple[str, str, str]]) -> ApiError:
     """422. `causes` are (field, cause reason, message) like ("spec.replicas", "FieldValueInvalid", …)."""
     kind_name = f"{kind}.{group}" if group else kind
-    summary = ", ".join(f"{field}: {message}" for field, _, message in causes)
-    if len(causes) > 1:
+    # field.ErrorList.ToAggregate: identical errors are said once; several go in brackets.
+    lines = list(dict.fromkeys(f"{field}: {message}" for field, _, message in causes))
+    summary = ", ".join(lines)
+    if len(lines) > 1:
         summary = "[" + summary + "]"
-    details: JSON = {"name": name}
+    details: JSON = {"name": name} if name else {}  # StatusDetails' fields are omitempty
     if group:
         details["group"] = group
     details["kind"] = kind
     details["causes"] = [{"reason": reason, "message": message, "field": field} for field, reason, message in causes]
     return ApiError(422, "Invalid", f'{kind_name} "{name}" is invalid: {summary}', details)
+
+
+def internal(message: str) -> ApiError:
+    """500 for an error that is not a Status (the apiserver's responsewriters wrap it without a reason)."""
+    return ApiError(500, "", message)
 
 
 def bad_request(message: str) -> ApiError:

@@ -6,6 +6,15 @@ with the same semantics: get, list (labelSelector, fieldSelector), watch (`?watc
 newline-delimited JSON events over a chunked response, resumable by resourceVersion),
 create, update, patch (apply, merge, strategic, JSON patch) and delete. Errors are
 Status objects from `errors`.
+
+Writes take the apiserver's query options: `dryRun=All` and `fieldValidation`
+(Strict | Warn | Ignore), validated as metav1's ValidateCreateOptions / ValidateUpdateOptions
+/ ValidatePatchOptions / ValidateDeleteOptions do (k8s.io/apimachinery
+`pkg/apis/meta/v1/validation/validation.go`: an unsupported value is a 422 on
+`CreateOptions.meta.k8s.io`…), and warnings go out as `Warning: 299 - "…"` headers
+(k8s.io/apiserver `pkg/warning`). `requests` records what each request asked (method, path,
+query) for tests that check what a client sent. `/openapi/v3` serves what kubectl reads to
+decide that the server validates fields itself (`openapi`).
 """
 
 from __future__ import annotations
@@ -13,22 +22,74 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from tests.k8s_emulator import errors, resources, selectors
+from tests.k8s_emulator import errors, openapi, resources, selectors
 from tests.k8s_emulator.authz import Authorizer
 from tests.k8s_emulator.resources import ResourceType
-from tests.k8s_emulator.store import Store
+from tests.k8s_emulator.store import Store, WriteOptions
 
 JSON = dict[str, Any]
 PREFIXES = ("apis/apps/v1", "api/v1")
 
 
-def _json(body: JSON, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+def _json(body: JSON, status: int = 200, warnings: list[str] | None = None) -> web.Response:
+    response = web.Response(status=status, text=json.dumps(body), content_type="application/json")
+    for warning in warnings or ():
+        response.headers.add("Warning", f"299 - {json.dumps(warning)}")
+    return response
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request as the server saw it (tests read `ApiServer.requests`)."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    verb: str = ""
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+
+@dataclass
+class Fault:
+    """Answer the next request that matches with an error, instead of serving it."""
+
+    verb: str
+    plural: str
+    dry_run: bool
+    code: int
+    times: int = 1
+
+    def matches(self, verb: str, plural: str, query: Any) -> bool:
+        return self.times > 0 and (verb, plural) == (self.verb, self.plural) and ("dryRun" in query) == self.dry_run
+
+
+OPTIONS_KIND = {"create": "CreateOptions", "update": "UpdateOptions", "patch": "PatchOptions", "delete": "DeleteOptions"}
+FIELD_VALIDATIONS = ["", "Ignore", "Strict", "Warn"]
+
+
+def write_options(verb: str, query: Any, body_options: JSON | None = None) -> WriteOptions:
+    """The request's dryRun and fieldValidation, refused as metav1 validation refuses them."""
+    dry_run = list(query.getall("dryRun", [])) or list((body_options or {}).get("dryRun") or [])
+    validation = query.get("fieldValidation", "")
+    causes: list[tuple[str, str, str]] = []
+    if any(value != "All" for value in dry_run):
+        causes.append(("dryRun", "FieldValueNotSupported", f'Unsupported value: {json.dumps(dry_run, separators=(",", ":"))}: supported values: "All"'))
+    if verb != "delete" and validation not in FIELD_VALIDATIONS:
+        supported = ", ".join(json.dumps(v) for v in FIELD_VALIDATIONS)
+        causes.append(("fieldValidation", "FieldValueNotSupported", f"Unsupported value: {json.dumps(validation)}: supported values: {supported}"))
+    if causes:
+        raise errors.invalid(OPTIONS_KIND[verb], "meta.k8s.io", "", causes)
+    return WriteOptions(dry_run=bool(dry_run), field_validation=validation or "Warn")
 
 
 def _truthy(value: str | None) -> bool:
@@ -75,6 +136,8 @@ class ApiServer:
         self.authorizer = authorizer
         self.address = address
         self.stopping = asyncio.Event()
+        self.requests: deque[Request] = deque(maxlen=10_000)
+        self.faults: list[Fault] = []
         self.app = web.Application()
         self.app.router.add_route("*", "/{path:.*}", self.handle)
 
@@ -86,6 +149,8 @@ class ApiServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"].strip("/")
+        recorded = Request(request.method, "/" + path, {key: list(request.query.getall(key)) for key in set(request.query)})
+        self.requests.append(recorded)
         discovery = self._discovery(path)
         if discovery is not None:
             if request.method != "GET":
@@ -97,11 +162,16 @@ class ApiServer:
         if target is None:
             raise errors.ApiError(404, "NotFound", "the server could not find the requested resource", {})
         verb = self._verb(request, target)
+        self.requests[-1] = Request(recorded.method, recorded.path, recorded.query, verb)
         self.authorizer.check(
             request.headers.get("Authorization"), verb, target.rt.group, target.rt.plural,
             target.namespace or "", target.name,
         )
         query = request.query
+        for fault in self.faults:
+            if fault.matches(verb, target.rt.plural, query):
+                fault.times -= 1
+                raise errors.ApiError(fault.code, "ServiceUnavailable" if fault.code == 503 else "InternalError", "injected fault")
         manager = query.get("fieldManager") or request.headers.get("User-Agent", "unknown").split("/")[0]
         namespace = target.namespace or ""
         rt = target.rt
@@ -114,14 +184,19 @@ class ApiServer:
         if verb == "get":
             return _json(self.store.get(rt, namespace, target.name))
         if verb == "create":
+            options = write_options(verb, query)
             body = await self._body(request)
             if rt.namespaced and (body.get("metadata") or {}).get("namespace", namespace) != namespace:
                 raise errors.bad_request("the namespace of the provided object does not match the namespace sent on the request")
-            return _json(self.store.create(rt, namespace, body, manager=manager), 201)
+            created_obj = self.store.create(rt, namespace, body, manager=manager, options=options)
+            return _json(created_obj, 201, options.warnings)
         if verb == "update":
+            options = write_options(verb, query)
             body = await self._body(request)
-            return _json(self.store.replace(rt, namespace, target.name, body, manager=manager, subresource=target.subresource))
+            replaced = self.store.replace(rt, namespace, target.name, body, manager=manager, subresource=target.subresource, options=options)
+            return _json(replaced, 200, options.warnings)
         if verb == "patch":
+            options = write_options(verb, query)
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
             raw = await request.read()
             if content_type == "application/apply-patch+yaml" and self.store.find(rt, namespace, target.name) is None:
@@ -129,12 +204,13 @@ class ApiServer:
             obj, created = self.store.patch(
                 rt, namespace, target.name, raw, content_type,
                 manager=query.get("fieldManager") or (None if content_type == "application/apply-patch+yaml" else manager),
-                force=_truthy(query.get("force")), subresource=target.subresource,
+                force=_truthy(query.get("force")), subresource=target.subresource, options=options,
             )
-            return _json(obj, 201 if created else 200)
+            return _json(obj, 201 if created else 200, options.warnings)
         if verb == "delete":
             body = await self._body(request, optional=True)
-            gone = self.store.delete(rt, namespace, target.name, body.get("preconditions"))
+            options = write_options(verb, query, body)
+            gone = self.store.delete(rt, namespace, target.name, body.get("preconditions"), dry_run=options.dry_run)
             if rt.plural in ("namespaces", "pods"):
                 return _json(gone)
             details = {"name": target.name, **({"group": rt.group} if rt.group else {}), "kind": rt.plural, "uid": gone["metadata"]["uid"]}
@@ -147,6 +223,10 @@ class ApiServer:
         raise errors.ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
     def _discovery(self, path: str) -> JSON | None:
+        if path == "openapi/v3":
+            return openapi.root(self.address())
+        if path.startswith("openapi/v3/"):
+            return openapi.document(path[len("openapi/v3/") :]) or None
         if path == "version":
             return resources.SERVER_VERSION
         if path == "api":

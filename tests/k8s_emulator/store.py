@@ -7,6 +7,13 @@ concurrency on a stale resourceVersion, field ownership per manager, and one eve
 change fanned out to watchers and kept in a bounded history for resumed watches (older
 resumes get 410 Expired). All methods are synchronous: under asyncio nothing interleaves
 inside one call, which is what makes a change and its event atomic.
+
+A client's write carries `WriteOptions`: `dry_run` (`?dryRun=All`) runs the whole write —
+admission of the namespace, conflicts, defaulting, validation — and answers with the result
+without storing it, bumping the resourceVersion or telling watchers, as the apiserver's
+DryRunnableStorage does (k8s.io/apiserver `pkg/registry/generic/registry/dryrun.go`: a dry-run
+create answers without a resourceVersion). `field_validation` says what an unknown field does
+(see `openapi`); the warnings it produces are collected in the options for the response.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from tests.k8s_emulator import errors, fields, patches, schema
+from tests.k8s_emulator import errors, fields, openapi, patches, schema
 from tests.k8s_emulator.resources import TYPES, ResourceType
 from tests.k8s_emulator.selectors import Matcher
 
@@ -32,6 +39,36 @@ EntryKey = tuple[str, str, str]
 """(manager, operation, subresource) — one managedFields entry."""
 
 NAMESPACES = next(t for t in TYPES if t.plural == "namespaces")
+
+
+@dataclass
+class WriteOptions:
+    """A client's CreateOptions / UpdateOptions / PatchOptions / DeleteOptions that matter here."""
+
+    dry_run: bool = False
+    field_validation: str = "Warn"
+    """Strict | Warn | Ignore ("" is Warn, the default since v1.23)."""
+    warnings: list[str] = field(default_factory=list)
+    """Filled by the write: what goes out in `Warning: 299` headers."""
+
+
+def _decoded(rt: ResourceType, body: JSON, options: WriteOptions | None, *, patched: bool) -> JSON:
+    """`body` as the strict or lenient decoder leaves it: unknown fields fail the request
+    (Strict), or are dropped with a warning (Warn) or silently (Ignore)."""
+    if options is None:
+        return body
+    unknown, cleaned = openapi.unknown_fields(rt, body)
+    if not unknown:
+        return body
+    problems = [f'unknown field "{path}"' for path in unknown]
+    if options.field_validation == "Strict":
+        message = "strict decoding error: " + ", ".join(problems)
+        if not patched:  # create.go / update.go: transformDecodeError
+            message = f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: {message}'
+        raise errors.bad_request(message)
+    if options.field_validation != "Ignore":
+        options.warnings.extend(problems)
+    return cleaned
 
 
 class Clock:
@@ -185,8 +222,8 @@ class Store:
 
     # ---- writes ----------------------------------------------------------------------------
 
-    def create(self, rt: ResourceType, namespace: str, body: JSON, *, manager: str) -> JSON:
-        body = copy.deepcopy(body)
+    def create(self, rt: ResourceType, namespace: str, body: JSON, *, manager: str, options: WriteOptions | None = None) -> JSON:
+        body = _decoded(rt, copy.deepcopy(body), options, patched=False)
         meta = body.setdefault("metadata", {})
         name = meta.get("name") or ""
         if not name and meta.get("generateName"):
@@ -196,9 +233,13 @@ class Store:
             raise errors.already_exists(rt.plural, rt.group, name)
         if meta.get("resourceVersion"):
             raise errors.bad_request("resourceVersion should not be set on objects to be created")
-        return self._commit(rt, namespace, None, body, update_manager=manager)
+        return self._commit(rt, namespace, None, body, update_manager=manager, dry_run=bool(options and options.dry_run))
 
-    def replace(self, rt: ResourceType, namespace: str, name: str, body: JSON, *, manager: str, subresource: str = "") -> JSON:
+    def replace(
+        self, rt: ResourceType, namespace: str, name: str, body: JSON, *, manager: str, subresource: str = "",
+        options: WriteOptions | None = None,
+    ) -> JSON:
+        body = _decoded(rt, body, options, patched=False)
         old = self.find(rt, namespace, name)
         if old is None:
             raise errors.not_found(rt.plural, rt.group, name)
@@ -207,11 +248,14 @@ class Store:
             raise errors.stale_conflict(rt.plural, rt.group, name)
         if (body.get("metadata") or {}).get("name", name) != name:
             raise errors.bad_request(f"the name of the object ({body['metadata']['name']}) does not match the name on the URL ({name})")
-        return self._commit(rt, namespace, old, copy.deepcopy(body), update_manager=manager, subresource=subresource)
+        return self._commit(
+            rt, namespace, old, copy.deepcopy(body), update_manager=manager, subresource=subresource,
+            dry_run=bool(options and options.dry_run),
+        )
 
     def patch(
         self, rt: ResourceType, namespace: str, name: str, raw: bytes, content_type: str, *,
-        manager: str | None, force: bool, subresource: str = "",
+        manager: str | None, force: bool, subresource: str = "", options: WriteOptions | None = None,
     ) -> tuple[JSON, bool]:
         """PATCH in any of the four formats; returns (object, created)."""
         if content_type == "application/apply-patch+yaml":
@@ -223,7 +267,7 @@ class Store:
                 raise errors.bad_request(f"error decoding YAML: {exc}") from None
             if not isinstance(config, dict):
                 raise errors.bad_request("apply configuration must be an object")
-            return self.apply(rt, namespace, name, config, manager=manager, force=force)
+            return self.apply(rt, namespace, name, config, manager=manager, force=force, options=options)
         if force:
             raise errors.bad_request("force may not be specified for non-apply patch")
         try:
@@ -246,12 +290,22 @@ class Store:
         wanted = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
         if wanted and wanted != old["metadata"]["resourceVersion"]:
             raise errors.stale_conflict(rt.plural, rt.group, name)
+        new = _decoded(rt, new, options, patched=True)
         new.setdefault("metadata", {})["resourceVersion"] = old["metadata"]["resourceVersion"]
-        return self._commit(rt, namespace, old, new, update_manager=manager or "unknown", subresource=subresource), False
+        committed = self._commit(
+            rt, namespace, old, new, update_manager=manager or "unknown", subresource=subresource,
+            dry_run=bool(options and options.dry_run),
+        )
+        return committed, False
 
-    def apply(self, rt: ResourceType, namespace: str, name: str, config: JSON, *, manager: str, force: bool) -> tuple[JSON, bool]:
+    def apply(
+        self, rt: ResourceType, namespace: str, name: str, config: JSON, *, manager: str, force: bool,
+        options: WriteOptions | None = None,
+    ) -> tuple[JSON, bool]:
         """Server-side apply: merge `config`, own its fields, refuse to take others' fields
-        unless forced, drop what this manager applied before and no longer applies."""
+        unless forced, drop what this manager applied before and no longer applies. The
+        configuration must fit the schema (no unknown fields, no list item twice): a 500, as
+        the apiserver answers (see `openapi`)."""
         if config.get("apiVersion") != rt.api_version or config.get("kind") != rt.kind:
             raise errors.bad_request(
                 f"apply configuration must have apiVersion {rt.api_version!r} and kind {rt.kind!r}, "
@@ -260,6 +314,9 @@ class Store:
         config_name = (config.get("metadata") or {}).get("name")
         if config_name != name:
             raise errors.bad_request(f"the name of the object ({config_name}) does not match the name on the URL ({name})")
+        problems = openapi.apply_problems(rt, config)
+        if problems:
+            raise errors.internal(openapi.typed_patch_error(rt, namespace, name, problems))
         old = self.find(rt, namespace, name)
         if old is None:
             self._check_namespace(rt, namespace, name, creating=True)
@@ -303,7 +360,7 @@ class Store:
         new["metadata"] = meta
         if old is not None and "status" in old:
             new["status"] = old["status"]
-        result = self._commit(rt, namespace, old, new, entries=entries)
+        result = self._commit(rt, namespace, old, new, entries=entries, dry_run=bool(options and options.dry_run))
         return result, old is None
 
     def write_status(self, rt: ResourceType, namespace: str, name: str, status: JSON, *, manager: str) -> JSON:
@@ -315,7 +372,9 @@ class Store:
         new["status"] = status
         return self._commit(rt, namespace, old, new, update_manager=manager, subresource="status")
 
-    def delete(self, rt: ResourceType, namespace: str, name: str, preconditions: JSON | None = None) -> JSON:
+    def delete(
+        self, rt: ResourceType, namespace: str, name: str, preconditions: JSON | None = None, *, dry_run: bool = False,
+    ) -> JSON:
         old = self.find(rt, namespace, name)
         if old is None:
             raise errors.not_found(rt.plural, rt.group, name)
@@ -333,7 +392,9 @@ class Store:
             terminating = copy.deepcopy(old)
             terminating["metadata"]["deletionTimestamp"] = self.clock.stamp()
             terminating["status"] = {"phase": "Terminating"}
-            return self._commit(rt, namespace, old, terminating, internal=True)
+            return self._commit(rt, namespace, old, terminating, internal=True, dry_run=dry_run)
+        if dry_run:
+            return copy.deepcopy(old)
         del self.objects[(rt.plural, namespace if rt.namespaced else "", name)]
         self.rv += 1
         gone = copy.deepcopy(old)
@@ -363,6 +424,7 @@ class Store:
         self, rt: ResourceType, namespace: str, old: JSON | None, new: JSON, *,
         update_manager: str | None = None, subresource: str = "",
         entries: dict[EntryKey, tuple[set[fields.Path], str, str]] | None = None, internal: bool = False,
+        dry_run: bool = False,
     ) -> JSON:
         meta = new.setdefault("metadata", {})
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
@@ -396,6 +458,7 @@ class Store:
                 new.pop("status", None)
             if rt.has_generation:
                 meta["generation"] = 1
+        schema.canonicalize(rt, new)
         schema.apply_defaults(rt, new)
         schema.validate(rt, new)
         if old is not None:
@@ -413,6 +476,10 @@ class Store:
             meta["resourceVersion"] = old["metadata"]["resourceVersion"]
             if new == old:
                 return copy.deepcopy(old)
+        if dry_run:  # validated and complete, but neither stored nor announced
+            if old is None:
+                meta.pop("resourceVersion", None)
+            return copy.deepcopy(new)
         self.rv += 1
         meta["resourceVersion"] = str(self.rv)
         self.objects[(rt.plural, namespace if rt.namespaced else "", meta["name"])] = new

@@ -99,6 +99,13 @@ ERROR_CASES = {
         {"a.yaml": "service: {application: shop, name: web, programs: [{ports: [{port: 70000}]}]}\n"},
         [("a.yaml", 0, "service.programs[0].ports[0].port", "must be between 1 and 65535, not 70000")],
     ),
+    "port name Kubernetes refuses": (
+        {"a.yaml": "service: {application: shop, name: web, programs: [{ports: [{name: '8080', port: 8080}, {name: a--b, port: 81}, {name: http, port: 80}]}]}\n"},
+        [
+            ("a.yaml", 0, "service.programs[0].ports[0].name", "'8080' must be a port name: at most 15 lower-case letters, digits and '-', with at least one letter, no '-' at either end or twice in a row (Kubernetes requires an IANA service name)"),
+            ("a.yaml", 0, "service.programs[0].ports[1].name", "'a--b' must be a port name: at most 15 lower-case letters, digits and '-', with at least one letter, no '-' at either end or twice in a row (Kubernetes requires an IANA service name)"),
+        ],
+    ),
     "boolean expected": (
         {"a.yaml": "runtime: {name: r, kind: exec, autoRollbackDisabled: yes}\n"},
         [("a.yaml", 0, "runtime.autoRollbackDisabled", "must be true or false, not the string 'yes'")],

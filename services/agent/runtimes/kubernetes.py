@@ -11,6 +11,20 @@ controller of the objects it renders, and Kubernetes' advice for controllers is 
 (a person's `kubectl scale` then shows as drift, which the agent reports; it does not
 block the next release). With `force_conflicts=False` a conflict is an ApplyRejected that
 names the other manager and field; a repair always forces.
+
+A workload is applied whole or not at all. Its objects' names are checked against the
+apiserver's rules first (`kubernetes_manifests.name_problems`), then every object is applied
+with `dryRun=All` — the server runs admission, conflicts, defaulting and validation and
+stores nothing — and only when all of them pass are they applied for real. So a Service the
+cluster would refuse never leaves its Deployment applied alone. The Deployment is written
+last: its generation annotation is what says "this workload is applied", so an apply cut
+short after the Service (a timeout, the agent's crash) is done again in full by the retry,
+which finds the Deployment still at the older generation; for the same reason a Service the
+new generation no longer has is deleted before the Deployment is written. (The namespace is made before
+the dry run: namespaced objects cannot be dry-run in a namespace that does not exist; an
+empty namespace is no part of a workload, and delete leaves it too.) Every write sends
+`fieldValidation=Strict`, so a field the server does not know fails the write instead of
+being dropped.
 """
 
 from __future__ import annotations
@@ -44,6 +58,8 @@ from services.agent.runtimes.base import (
 
 JSON = dict[str, Any]
 APPLY = "application/apply-patch+yaml"
+STRICT = "Strict"
+DRY_RUN = "All"
 _CLOSED = object()
 
 
@@ -89,10 +105,18 @@ def _message(error: ApiException) -> str:
         return str(error.reason or error)
 
 
+def _refused_shape(error: ApiException) -> bool:
+    """The apiserver's 500 for an apply configuration that does not fit the schema (an unknown
+    field, a list item twice): the object is wrong, retrying cannot help (kubernetes #122480)."""
+    return error.status == 500 and _message(error).startswith("failed to create typed patch object")
+
+
 def _raise_translated(error: BaseException, what: str) -> NoReturn:
     if isinstance(error, ApiException):
         status = error.status or 0
         message = f"{what}: Kubernetes answered {status} {_message(error)}"
+        if _refused_shape(error):
+            raise ApplyRejected(message, reason=FailureReason.APPLY_ERROR) from error
         if status == 0 or status == 401 or status == 429 or status >= 500:
             raise RuntimeUnavailable(message + "; retry later") from error
         raise ApplyRejected(message, reason=FailureReason.APPLY_ERROR) from error
@@ -168,27 +192,33 @@ class KubernetesRuntime:
         try:
             deployment = manifests.render_deployment(workload)
             service = manifests.render_service(workload)
+            manifests.check_names(workload, deployment, service)
         except manifests.ManifestError as error:
             raise ApplyRejected(f"{key}: {error}", reason=FailureReason.APPLY_ERROR) from None
         if live is None:
             await self._ensure_namespace(key.namespace)
         force = repair or self.settings.force_conflicts
-        with _edge(f"apply Deployment {key}"):
-            applied = await self._apps.patch_namespaced_deployment(
-                deployment["metadata"]["name"], key.namespace, deployment,
-                field_manager=self.settings.field_manager, force=force, _content_type=APPLY,
-                _request_timeout=self.settings.request_timeout,
-            )
-        if service is not None:
-            with _edge(f"apply Service {key}"):
-                await self._core.patch_namespaced_service(
-                    service["metadata"]["name"], key.namespace, service,
-                    field_manager=self.settings.field_manager, force=force, _content_type=APPLY,
-                    _request_timeout=self.settings.request_timeout,
-                )
-        else:
+        await self._apply_objects(key, deployment, service, force=force, dry_run=True)
+        if service is None:  # a Service of an older generation goes before the new generation is marked
             await self._delete_service(key)
+        applied = await self._apply_objects(key, deployment, service, force=force, dry_run=False)
         return manifests.rollout_status(key, self._plain(applied), await self._pods(key))
+
+    async def _apply_objects(self, key: WorkloadKey, deployment: JSON, service: JSON | None, *, force: bool, dry_run: bool) -> Any:
+        """Server-side apply the Service, then the Deployment (the generation marker goes last);
+        with `dry_run` nothing is stored."""
+        options: dict[str, Any] = {
+            "field_manager": self.settings.field_manager, "force": force, "field_validation": STRICT,
+            "_content_type": APPLY, "_request_timeout": self.settings.request_timeout,
+        }
+        if dry_run:
+            options["dry_run"] = DRY_RUN
+        check = " (dry run)" if dry_run else ""
+        if service is not None:
+            with _edge(f"apply Service {key}{check}"):
+                await self._core.patch_namespaced_service(service["metadata"]["name"], key.namespace, service, **options)
+        with _edge(f"apply Deployment {key}{check}"):
+            return await self._apps.patch_namespaced_deployment(deployment["metadata"]["name"], key.namespace, deployment, **options)
 
     async def status(self, key: WorkloadKey) -> WorkloadStatus:
         self._check_open()
@@ -324,7 +354,7 @@ class KubernetesRuntime:
             try:
                 await self._core.create_namespace(
                     manifests.namespace_manifest(namespace), field_manager=self.settings.field_manager,
-                    _request_timeout=self.settings.request_timeout,
+                    field_validation=STRICT, _request_timeout=self.settings.request_timeout,
                 )
             except ApiException as error:
                 if error.status != 409:  # created meanwhile by someone else: fine

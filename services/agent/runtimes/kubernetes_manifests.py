@@ -6,6 +6,19 @@ and reads back the Deployment and its Pods to compute a WorkloadStatus. Keeping 
 that free of I/O (no kubernetes_asyncio here: objects are plain dicts in the API's JSON
 shape) makes it testable without a cluster and keeps the client at the edge.
 
+Names: every name rendered must be one Kubernetes accepts for its place, or the apiserver
+refuses the object with 422 — after the objects before it were applied. `name_problems`
+checks the rendered objects with the apiserver's own rules (ported from k8s.io/apimachinery
+`pkg/util/validation/validation.go`: IsDNS1123Label, IsDNS1123Subdomain, IsDNS1035Label,
+IsValidPortName, and `pkg/api/validate/content/kube.go` IsLabelValue; applied per place as
+k8s.io/kubernetes `pkg/apis/core/validation/validation.go` and `pkg/apis/apps/validation`
+do: namespaces are DNS-1123 labels, Deployment names DNS-1123 subdomains, Service names
+DNS-1035 labels, container names DNS-1123 labels, container port names IANA service names
+(unique per container), Service port names DNS-1123 labels, unique, with no (port, protocol)
+twice), so the runtime refuses a workload whole before it writes anything. Convoy's names map
+to Kubernetes names as they always did (lower case, other characters as '-', port names cut
+to 15 characters); what still breaks a rule after that is refused with the name to change.
+
 Drift: the Deployment carries `convoy.dev/applied-digest`, a digest of the fields Convoy
 renders (replicas, selector, deadline, Convoy's template labels, and per container the
 image, command, args, env, ports, resources and readiness probe). `digest()` reads the
@@ -81,6 +94,46 @@ class ManifestError(ValueError):
 
 _INVALID = re.compile(r"[^a-z0-9-]+")
 _LABEL_INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+DNS1123_LABEL_RULE = "a DNS-1123 label: at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"
+DNS1123_SUBDOMAIN_RULE = "a DNS-1123 subdomain: at most 253 characters of DNS-1123 labels joined by '.'"
+DNS1035_LABEL_RULE = "a DNS-1035 label: at most 63 lower-case letters, digits and '-', starting with a letter and ending with a letter or digit"
+PORT_NAME_RULE = (
+    "an IANA service name: at most 15 lower-case letters, digits and '-', with at least one letter, "
+    "not starting or ending with '-' and without '--'"
+)
+
+
+def is_dns1123_label(value: str) -> bool:
+    return len(value) <= 63 and _DNS1123_LABEL.fullmatch(value) is not None
+
+
+def is_dns1123_subdomain(value: str) -> bool:
+    return len(value) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(value) is not None
+
+
+def is_dns1035_label(value: str) -> bool:
+    return len(value) <= 63 and _DNS1035_LABEL.fullmatch(value) is not None
+
+
+def is_port_name(value: str) -> bool:
+    """IsValidPortName (IANA_SVC_NAME, RFC 6335, lower case only)."""
+    return (
+        0 < len(value) <= 15
+        and re.fullmatch(r"[-a-z0-9]+", value) is not None
+        and re.search(r"[a-z]", value) is not None
+        and "--" not in value
+        and not value.startswith("-")
+        and not value.endswith("-")
+    )
+
+
+def is_label_value(value: str) -> bool:
+    return len(value) <= 63 and _LABEL_VALUE.fullmatch(value) is not None
 
 
 def dns_label(text: str, *, limit: int = 63) -> str:
@@ -251,6 +304,63 @@ def render_service(workload: Workload) -> JSON | None:
         },
         "spec": {"type": "ClusterIP", "selector": selector_labels(key), "ports": ports},
     }
+
+
+def _label_problems(labels: JSON, where: str) -> list[str]:
+    return [
+        f"{where} label {key}={value!r} is not a valid Kubernetes label value (at most 63 letters, digits, '-', '_' "
+        "or '.', starting and ending with a letter or digit)"
+        for key, value in sorted(labels.items()) if not is_label_value(value)
+    ]
+
+
+def name_problems(workload: Workload, deployment: JSON, service: JSON | None) -> list[str]:
+    """Every name in the rendered objects that the apiserver would refuse, said as what to change
+    in Convoy (the rules are those of the module docstring); empty when all of them are valid."""
+    key, programs = workload.key, list(workload.spec.programs)
+    problems: list[str] = []
+    if not is_dns1123_label(key.namespace):
+        problems.append(f"namespace {key.namespace!r} is not a valid Kubernetes namespace name ({DNS1123_LABEL_RULE}); bind the channel to another namespace")
+    name = deployment["metadata"]["name"]
+    if not is_dns1123_subdomain(name):
+        problems.append(f"service {key.service!r} cannot name a Kubernetes Deployment ({DNS1123_SUBDOMAIN_RULE}); rename the service")
+    problems += _label_problems(deployment["metadata"].get("labels") or {}, "Deployment")
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    for index, container in enumerate(containers):
+        program = programs[index].name if index < len(programs) and programs[index].name else key.service
+        if not is_dns1123_label(container["name"]):
+            problems.append(f"program {program!r} cannot name a Kubernetes container {container['name']!r} ({DNS1123_LABEL_RULE}); rename the program")
+        seen: set[str] = set()
+        for port in container.get("ports") or []:
+            port_name = port.get("name", "")
+            if not is_port_name(port_name):
+                problems.append(f"program {program!r}: port name {port_name!r} is not a valid Kubernetes port name ({PORT_NAME_RULE}); rename the port")
+            elif port_name in seen:
+                problems.append(f"program {program!r}: port name {port_name!r} is used twice")
+            seen.add(port_name)
+    if service is not None:
+        if not is_dns1035_label(service["metadata"]["name"]):
+            problems.append(
+                f"service {key.service!r} declares ports, so it needs a Kubernetes Service named "
+                f"{service['metadata']['name']!r}, and a Service name must be {DNS1035_LABEL_RULE}; rename the service"
+            )
+        names: set[str] = set()
+        pairs: set[tuple[int, str]] = set()
+        for port in service["spec"]["ports"]:
+            if port["name"] in names:
+                problems.append(f"port name {port['name']!r} is declared by two programs; the ports of one Kubernetes Service need distinct names")
+            if (port["port"], port["protocol"]) in pairs:
+                problems.append(f"port {port['port']}/{port['protocol']} is declared by two programs; a Kubernetes Service serves each port once")
+            names.add(port["name"])
+            pairs.add((port["port"], port["protocol"]))
+    return list(dict.fromkeys(problems))
+
+
+def check_names(workload: Workload, deployment: JSON, service: JSON | None) -> None:
+    """Raise ManifestError naming every invalid name (see `name_problems`)."""
+    problems = name_problems(workload, deployment, service)
+    if problems:
+        raise ManifestError("; ".join(problems))
 
 
 # ---- reading live objects ---------------------------------------------------------------------

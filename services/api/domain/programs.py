@@ -3,8 +3,8 @@
 A service's programs turn into containers (Kubernetes) or supervised processes (exec
 runtimes), and protections and health checks turn into probes. The checks here catch
 what would otherwise fail late, on an agent, in one cluster: a program with nothing to
-run, a port out of range, an HTTP path without its leading '/', a malformed CPU or memory
-quantity.
+run, a port out of range or with a name Kubernetes refuses, an HTTP path without its
+leading '/', a malformed CPU or memory quantity.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from services.api.domain.validation import (
     check_duration,
     check_env,
     check_name,
+    check_port_name,
     duplicates,
     q,
 )
@@ -57,8 +58,7 @@ def check_program(problems: Problems, field: str, program: resources_pb2.Program
     check_env(problems, f"{field}.env", program.env)
     for i, port in enumerate(program.ports):
         at = f"{field}.ports[{i}]"
-        if port.name:
-            check_name(problems, f"{at}.name", port.name, what="port name")
+        check_port_name(problems, f"{at}.name", port.name)
         check_port_number(problems, f"{at}.port", port.port)
         if port.protocol and port.protocol.upper() not in PROTOCOLS:
             problems.add(

@@ -6,7 +6,8 @@ overrides name the application's channels, and every resource it uses must be vi
 it: infrastructure resources are visible to all applications, an application's own
 resources only to that application (its own shadows an infrastructure one of the same
 name). Using another application's resource is refused with a message that says how to
-share it.
+share it. A new service's name must start with a letter (it names a Kubernetes Service);
+services already in the log keep theirs, and still apply.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from services.api.domain.validation import (
     check_env,
     check_identifier,
     check_name,
+    check_new_service_name,
     check_text,
     duplicates,
     listing,
@@ -37,7 +39,9 @@ def apply_service(state: State, request: api_pb2.ApplyServiceRequest, command: C
     service = clean(request.service)
     problems = Problems()
     check_name(problems, "service.application", service.application, what="application name")
-    check_name(problems, "service.name", service.name, what="service name")
+    if check_name(problems, "service.name", service.name, what="service name"):
+        if (service.application, service.name) not in state.services:
+            check_new_service_name(problems, "service.name", service.name)
     _check_shape(problems, service)
     problems.raise_if_any()
 
@@ -76,6 +80,7 @@ def _check_shape(problems: Problems, service: resources_pb2.Service) -> None:
         check_program(problems, f"service.programs[{i}]", program, named=several)
     for name in duplicates(p.name for p in service.programs if p.name):
         problems.add("service.programs", f"program name {q(name)} is used twice")
+    _check_shared_ports(problems, service)
     if service.replicas < 0:
         problems.add("service.replicas", "must be 0 or more")
     check_duration(problems, "service", service, "progress_deadline")
@@ -97,6 +102,23 @@ def _check_shape(problems: Problems, service: resources_pb2.Service) -> None:
         check_name(problems, f"service.resources[{i}]", name, what="resource name")
     for name in duplicates(service.resources):
         problems.add("service.resources", f"resource {q(name)} is listed twice")
+
+
+def _check_shared_ports(problems: Problems, service: resources_pb2.Service) -> None:
+    """A service's programs share one network (one Pod, one Kubernetes Service; one host for the
+    local runtime): two programs cannot serve the same port, nor give two ports one name."""
+    names = [name for program in service.programs for name in {p.name for p in program.ports if p.name}]
+    for name in duplicates(names):
+        problems.add(
+            "service.programs",
+            f"port name {q(name)} is declared by two programs; the ports of a service need distinct names",
+        )
+    ports = [
+        number for program in service.programs
+        for number in {f"{p.port}/{(p.protocol or 'TCP').upper()}" for p in program.ports}
+    ]
+    for number in duplicates(ports):
+        problems.add("service.programs", f"port {number} is declared by two programs; a service serves each port once")
 
 
 def _check_references(

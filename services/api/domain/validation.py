@@ -5,6 +5,14 @@ value passed, so a validator can walk a whole declaration and report every probl
 once. The rules follow what the values end up being: names become Kubernetes object
 names, namespaces and NATS subject tokens (DNS labels); labels become Kubernetes labels;
 env keys become process environment variables.
+
+Two Kubernetes rules are stricter than a DNS label, and are checked here so that the
+user hears of them when declaring, not from a cluster's 422 at deploy time (rules of
+k8s.io/apimachinery `pkg/util/validation/validation.go`): a port name is an IANA service
+name (IsValidPortName: at most 15 characters, at least one letter, no '-' at either end or
+twice in a row), and a service's name names a Kubernetes Service, a DNS-1035 label
+(IsDNS1035Label: it starts with a letter). Both are checks for new commands only: what is
+already in the log still folds.
 """
 
 from __future__ import annotations
@@ -34,6 +42,16 @@ MAX_DURATION_SECONDS: Final = 315_576_000_000
 DNS_LABEL_RULE: Final = (
     "use lower-case letters, digits and '-', start and end with a letter or digit, at most 63 characters"
 )
+_DNS1035_LABEL: Final = re.compile(r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_PORT_NAME: Final = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+PORT_NAME_RULE: Final = (
+    "use at most 15 lower-case letters, digits and '-', with at least one letter, not starting or ending "
+    "with '-' and without '--' (Kubernetes requires an IANA service name)"
+)
+SERVICE_NAME_RULE: Final = (
+    "start with a lower-case letter (a service's name names a Kubernetes Service, a DNS-1035 label); "
+    "services declared before keep their names"
+)
 
 
 def q(value: object) -> str:
@@ -52,6 +70,31 @@ def check_name(problems: Problems, field: str, value: str, *, what: str = "name"
         return False
     if not is_dns_label(value):
         problems.add(field, f"{q(value)} is not a valid {what}: {DNS_LABEL_RULE}")
+        return False
+    return True
+
+
+def is_dns1035_label(value: str) -> bool:
+    return _DNS1035_LABEL.fullmatch(value) is not None
+
+
+def is_port_name(value: str) -> bool:
+    """IANA_SVC_NAME as Kubernetes checks it (IsValidPortName)."""
+    return len(value) <= 15 and _PORT_NAME.fullmatch(value) is not None and any(c.isalpha() for c in value)
+
+
+def check_port_name(problems: Problems, field: str, value: str) -> bool:
+    """An optional port name (empty = unnamed) that Kubernetes accepts for a container port."""
+    if value and not is_port_name(value):
+        problems.add(field, f"{q(value)} is not a valid port name: {PORT_NAME_RULE}")
+        return False
+    return True
+
+
+def check_new_service_name(problems: Problems, field: str, value: str) -> bool:
+    """A new service's name (already a DNS label) must also start with a letter."""
+    if is_dns_label(value) and not is_dns1035_label(value):
+        problems.add(field, f"{q(value)} is not a valid name for a new service: {SERVICE_NAME_RULE}")
         return False
     return True
 

@@ -9,7 +9,7 @@ from google.protobuf import duration_pb2
 
 from eventstore.errors import ConvoyError
 from schemas.convoy.v1 import api_pb2, events_pb2, resources_pb2
-from services.api.domain import InvalidArgument, NotFound, decide
+from services.api.domain import InvalidArgument, NotFound, decide, fold
 from tests.unit.domain.builders import apply_service, command, run, service, shop
 
 R = resources_pb2
@@ -77,6 +77,28 @@ INVALID: list[tuple[str, Callable[[], api_pb2.ApplyServiceRequest], str]] = [
      'service.programs[0].image: "nginx latest" is not an image reference: no spaces, at most 512 characters'),
     ("bad env", lambda: svc(programs=[prog(image="x", env={"1BAD": "v"})]),
      'service.programs[0].env["1BAD"]: environment variable name "1BAD" is invalid: use letters, digits and \'_\', not starting with a digit'),
+    ("port name without a letter", lambda: svc(programs=[prog(image="x", ports=[R.Port(name="8080", port=8080)])]),
+     'service.programs[0].ports[0].name: "8080" is not a valid port name: use at most 15 lower-case letters, digits '
+     "and '-', with at least one letter, not starting or ending with '-' and without '--' (Kubernetes requires an "
+     "IANA service name)"),
+    ("port name with a double hyphen", lambda: svc(programs=[prog(image="x", ports=[R.Port(name="a--b", port=80)])]),
+     'service.programs[0].ports[0].name: "a--b" is not a valid port name: use at most 15 lower-case letters, digits '
+     "and '-', with at least one letter, not starting or ending with '-' and without '--' (Kubernetes requires an "
+     "IANA service name)"),
+    ("port name longer than 15", lambda: svc(programs=[prog(image="x", ports=[R.Port(name="metrics-endpoint", port=80)])]),
+     'service.programs[0].ports[0].name: "metrics-endpoint" is not a valid port name: use at most 15 lower-case '
+     "letters, digits and '-', with at least one letter, not starting or ending with '-' and without '--' "
+     "(Kubernetes requires an IANA service name)"),
+    ("new service named with a digit first", lambda: api_pb2.ApplyServiceRequest(service=R.Service(application="shop", name="1api", programs=[IMAGE])),
+     'service.name: "1api" is not a valid name for a new service: start with a lower-case letter (a service\'s name '
+     "names a Kubernetes Service, a DNS-1035 label); services declared before keep their names"),
+    ("two programs, one port name", lambda: svc(programs=[
+        prog(name="a", image="x", ports=[R.Port(name="http", port=80)]),
+        prog(name="b", image="y", ports=[R.Port(name="http", port=81)])]),
+     'service.programs: port name "http" is declared by two programs; the ports of a service need distinct names'),
+    ("two programs, one port", lambda: svc(programs=[
+        prog(name="a", image="x", ports=[R.Port(port=80)]), prog(name="b", image="y", ports=[R.Port(port=80, protocol="tcp")])]),
+     "service.programs: port 80/TCP is declared by two programs; a service serves each port once"),
     ("bad port", lambda: svc(programs=[prog(image="x", ports=[R.Port(name="http", port=70000)])]),
      "service.programs[0].ports[0].port: 70000 is not a port number (1-65535)"),
     ("bad protocol", lambda: svc(programs=[prog(image="x", ports=[R.Port(port=80, protocol="HTTP")])]),
@@ -131,6 +153,25 @@ def test_refused(request_: api_pb2.ApplyServiceRequest, error: type[ConvoyError]
     with pytest.raises(error) as caught:
         decide(shop(), command(request_))
     assert str(caught.value) == message
+
+
+def test_names_already_in_the_log_still_fold_and_apply() -> None:
+    """The Kubernetes name rules are for new declarations: a service recorded before them (named
+    "1api", with a port "8080") still folds, and may be declared again and changed."""
+    old = R.Service(application="shop", name="1api", programs=[R.Program(image="x", ports=[R.Port(name="8080", port=8080)])])
+    state = fold(shop(), [events_pb2.ServiceConfigured(service=old, created=True)])
+    assert state.services[("shop", "1api")] == old
+
+    # Declared again with a port name Kubernetes accepts: the name stays, the port is fixed.
+    fixed = R.Service(application="shop", name="1api", programs=[R.Program(image="x", ports=[R.Port(name="http", port=8080)])])
+    decision, state = run(state, api_pb2.ApplyServiceRequest(service=fixed))
+    assert decision.events == (("service/shop/1api", events_pb2.ServiceConfigured(service=fixed, created=False)),)
+    # ... but the old port name would not be accepted again.
+    with pytest.raises(InvalidArgument, match='"8080" is not a valid port name'):
+        decide(state, command(api_pb2.ApplyServiceRequest(service=old)))
+    # Deleting it needs only a DNS label.
+    decision, _ = run(state, api_pb2.DeleteServiceRequest(application="shop", name="1api"))
+    assert decision.events == (("service/shop/1api", events_pb2.ServiceDeleted(application="shop", name="1api")),)
 
 
 def test_application_resource_shadows_infrastructure_resource() -> None:

@@ -7,6 +7,10 @@ recorded events that prove them — the release, the approvals, rejections, bypa
 rollback requests for it, the planner's status changes and timers, and the agents'
 latest reports — and makes times relative to now ("soak: 3m40s left"). Everything comes
 from streams of the log; nothing is recomputed, so the answer is what was decided.
+
+An input of the service that the planner rejected (PlannerInputRejected: planning it
+raised, so nothing was decided for it) is named in every channel's answer, with the
+event that records it: otherwise a deploy the planner never acted on would look ignored.
 """
 
 from __future__ import annotations
@@ -64,10 +68,40 @@ async def explain(
         channels = [request.channel]
     upto = position or None
     releases = await store.read_stream(f"release/{app}/{service}", as_of_position=upto)
+    rejected = await _rejected(store, registry, app, service, upto)
     response = api_pb2.WhyResponse(position=position)
     for name in channels:
-        response.channels.append(await _channel(store, registry, view, versions, releases, app, service, name, now, upto))
+        answer = await _channel(store, registry, view, versions, releases, app, service, name, now, upto)
+        for recorded, message in rejected:
+            answer.details.append(
+                f"the planner could not plan {message.event_type.rsplit('.', 1)[-1]} by {message.actor} at position "
+                f"{message.position} ({message.error}); it decided nothing for it (planner version "
+                f"{message.planner_version}) — repeat the command, or report the bug"
+            )
+            answer.evidence.append(to_api(registry, recorded))
+        response.channels.append(answer)
     return response
+
+
+async def _rejected(
+    store: EventStore, registry: EventRegistry, app: str, service: str, upto: int | None
+) -> list[tuple[RecordedEvent, events_pb2.PlannerInputRejected]]:
+    """The planner's rejected inputs about this service (a handful in a healthy log)."""
+    found = []
+    after = 0
+    while True:
+        batch = await store.read_all(after=after, limit=1000, categories=["planner"], to_position=upto)
+        for recorded in batch:
+            message = registry.decode(recorded).message
+            if (
+                isinstance(message, events_pb2.PlannerInputRejected)
+                and message.application == app
+                and message.service in ("", service)
+            ):
+                found.append((recorded, message))
+        if len(batch) < 1000:
+            return found[-MAX_EVIDENCE:]
+        after = batch[-1].position
 
 
 async def _channel(

@@ -10,10 +10,16 @@ workload's last intent generation. `convoy replay --check` prints the report.
 
 Differences on inputs an older planner version decided (services.planner.versions) are
 reported apart, as what the upgrade changed: they do not fail the check.
+
+Inputs the record says were rejected (PlannerInputRejected: `plan` raised) are planned on
+a copy of the state, which must raise again, and then skipped, as the runner skips them;
+an input `plan` raises on that the record did not reject is a difference, and ends the
+replay there (the state it left is not to be trusted).
 """
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +30,7 @@ from schemas.convoy.v1 import events_pb2
 from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR
 from services.planner.model import PlannerState, status_name
 from services.planner.runner import output_events, to_input
-from services.planner.versions import CURRENT, Engine, VersionHistory, history
+from services.planner.versions import CURRENT, Engine, VersionHistory, history, rejections
 
 OUTPUT_CATEGORIES = ("intent", "convergence")
 
@@ -69,6 +75,7 @@ async def replay_check(
     checkpoint = await store.checkpoint(checkpoint_name)
     versions, _ = await history(store, registry, checkpoint_name)
     report = ReplayReport(checkpoint=checkpoint, version=engine.version, versions=versions)
+    rejected = await rejections(store, registry, checkpoint_name)
     recorded: dict[uuid.UUID, RecordedEvent] = {}
     for event in await _read(store, OUTPUT_CATEGORIES, None):
         if event.actor == PLANNER_ACTOR:
@@ -88,7 +95,21 @@ async def replay_check(
         if item is None:
             continue
         report.inputs += 1
-        _, outputs = engine.plan(state, item)
+        if event.position in rejected:
+            try:
+                engine.plan(copy.deepcopy(state), item)
+            except Exception:  # noqa: BLE001 - rejected again, as recorded
+                pass
+            else:
+                differ(event.position, event.type, "the record rejected this input, but the replay plans it")
+            continue
+        try:
+            _, outputs = engine.plan(state, item)
+        except Exception as error:  # noqa: BLE001 - a difference; the state is not to be trusted after it
+            differ(event.position, event.type, f"plan raises on this input ({type(error).__name__}: {error}) and the "
+                                               "record did not reject it; the replay stops here")
+            report.state = state
+            return report
         for stream_id, expected in output_events(registry, item, outputs, event.correlation_id):
             report.outputs += 1
             explained.add(expected.event_id)

@@ -13,6 +13,13 @@ On start, and after any failure, the state is rebuilt by folding the inputs up t
 checkpoint (outputs discarded: they are already recorded) — `plan` mutates its state, so
 a batch that failed half way cannot be undone in memory, only refolded.
 
+An input `plan` raises on is rejected, not retried: the planner records
+PlannerInputRejected (position, planner version, error) with its checkpoint at that input,
+refolds its state without it (plan mutated the state half way) and goes on — retrying
+would replay the same input into the same bug forever and halt every application. The
+rebuild skips recorded rejections the same way, and one an older input meets during a
+rebuild (a new planner version) is recorded and skipped too.
+
 Timers: `plan` schedules them as events and keeps the pending ones in its state; the
 timer shell here appends TimerFired when the injected clock says one is due. The
 firing's event id derives from the timer id, so a timer fires once however often the
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -45,7 +52,7 @@ from schemas.convoy.v1 import convergence_pb2, events_pb2
 from services.planner.clock import Clock
 from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Input, Output, timer_stream
 from services.planner.model import PlannerState
-from services.planner.versions import CURRENT, Engine, record_start
+from services.planner.versions import CURRENT, Engine, record_start, rejections, version_stream
 
 log = structlog.get_logger("convoy.planner")
 
@@ -71,6 +78,8 @@ class PlannerStats:
     restarts: int = 0
     timers_fired: int = 0
     skipped: int = 0
+    rejected: int = 0
+    """Inputs `plan` raised on, recorded as rejected and skipped."""
 
 
 Converged = Callable[[str, str, str, float], None]
@@ -136,18 +145,91 @@ def group(events: Sequence[tuple[str, NewEvent]]) -> list[AppendRequest]:
     return [AppendRequest(stream_id, tuple(events)) for stream_id, events in by_stream.items()]
 
 
+MAX_ERROR: Final = 2000
+
+
+class InputRejected(Exception):
+    """`plan` raised on an input: the state it left is not to be trusted."""
+
+    def __init__(self, recorded: RecordedEvent, item: Input, error: Exception) -> None:
+        super().__init__(f"planning the input at position {recorded.position} failed: {type(error).__name__}: {error}")
+        self.recorded, self.item, self.error = recorded, item, error
+
+
+def rejection(
+    registry: EventRegistry, failed: InputRejected, *, version: int
+) -> tuple[events_pb2.PlannerInputRejected, NewEvent]:
+    """The PlannerInputRejected of a failed input; its id derives from the input's, so it
+    is recorded once however often it is met."""
+    recorded, item = failed.recorded, failed.item
+    application, service = subject_of(item.message)
+    message = events_pb2.PlannerInputRejected(
+        position=recorded.position,
+        event_id=str(item.event_id),
+        event_type=recorded.type,
+        planner_version=version,
+        error=f"{type(failed.error).__name__}: {failed.error}"[:MAX_ERROR],
+        application=application,
+        service=service,
+        actor=recorded.actor,
+    )
+    return message, registry.encode(
+        message,
+        actor=PLANNER_ACTOR,
+        event_id=uuid.uuid5(OUTPUT_NAMESPACE, f"{item.event_id}/rejected"),
+        causation_id=item.event_id,
+        correlation_id=_uuid(recorded.correlation_id) if recorded.correlation_id else item.event_id,
+    )
+
+
+def subject_of(message: object) -> tuple[str, str]:
+    """(application, service) an input is about, where it says (else empty strings)."""
+    for inner in ("release", "service", "observation"):
+        nested = getattr(message, inner, None)
+        if nested is not None and hasattr(nested, "application"):
+            return nested.application, getattr(nested, "service", "") or getattr(nested, "name", "")
+    return getattr(message, "application", "") or "", getattr(message, "service", "") or ""
+
+
+Rejecting = Callable[[InputRejected], Awaitable[None]]
+
+
 async def rebuild(
-    store: EventStore, registry: EventRegistry, *, upto: int, batch: int = 5000, engine: Engine = CURRENT
+    store: EventStore,
+    registry: EventRegistry,
+    *,
+    upto: int,
+    batch: int = 5000,
+    engine: Engine = CURRENT,
+    rejected: frozenset[int] = frozenset(),
+    on_rejected: Rejecting | None = None,
 ) -> PlannerState:
-    """The state after folding every input up to position `upto` (outputs discarded)."""
-    state = PlannerState()
-    async for events in read_batches(store, upto=upto, categories=INPUT_CATEGORIES, batch=batch):
-        for recorded in events:
-            item = to_input(registry, recorded)
-            if item is not None:
-                engine.plan(state, item)
-    state.position = upto
-    return state
+    """The state after folding every input up to position `upto` (outputs discarded),
+    skipping the `rejected` positions. An input `plan` raises on is skipped too — the
+    fold starts again without it, and `on_rejected` is told (to record it)."""
+    skip = set(rejected)
+    while True:
+        state = PlannerState()
+        try:
+            async for events in read_batches(store, upto=upto, categories=INPUT_CATEGORIES, batch=batch):
+                for recorded in events:
+                    if recorded.position in skip:
+                        continue
+                    item = to_input(registry, recorded)
+                    if item is None:
+                        continue
+                    try:
+                        engine.plan(state, item)
+                    except Exception as error:  # noqa: BLE001 - a rejected input: refold without it
+                        raise InputRejected(recorded, item, error) from error
+        except InputRejected as failed:
+            log.error("an input fails to plan during the rebuild; refolding without it", error=str(failed))
+            skip.add(failed.recorded.position)
+            if on_rejected is not None:
+                await on_rejected(failed)
+            continue
+        state.position = upto
+        return state
 
 
 class Planner:
@@ -175,6 +257,8 @@ class Planner:
         """Set once the state is rebuilt and the planner follows the log."""
         self._timers_changed = asyncio.Event()
         self._fired: set[str] = set()
+        self.rejections: list[events_pb2.PlannerInputRejected] = []
+        """Inputs rejected so far (from the record, then as they happen), oldest first."""
         self._task: asyncio.Task[None] | None = None
         self._timer_task: asyncio.Task[None] | None = None
 
@@ -203,6 +287,10 @@ class Planner:
                 await self._run()
             except asyncio.CancelledError:
                 raise
+            except InputRejected as failed:
+                # Recorded; the state plan left behind is refolded without that input.
+                self.ready.clear()
+                log.info("refolding without the rejected input", position=failed.recorded.position)
             except DuplicateEventId as error:
                 # Another planner committed part of these inputs' outputs (the same events:
                 # ids derive from inputs): refold from the checkpoint and go on.
@@ -219,8 +307,11 @@ class Planner:
     async def _run(self) -> None:
         checkpoint = await self.store.checkpoint(self.settings.name)
         await record_start(self.store, self.registry, self.settings.name, self.engine.version, checkpoint)
+        known = await rejections(self.store, self.registry, self.settings.name)
+        self.rejections = [known[p] for p in sorted(known)]
         self.state = await rebuild(
-            self.store, self.registry, upto=checkpoint, batch=self.settings.read_batch, engine=self.engine
+            self.store, self.registry, upto=checkpoint, batch=self.settings.read_batch, engine=self.engine,
+            rejected=frozenset(known), on_rejected=self._record_rejection,
         )
         self._timers_changed.set()
         self.ready.set()
@@ -253,12 +344,17 @@ class Planner:
             else:
                 try:
                     _, outputs = self.engine.plan(self.state, item)
-                except Exception:
+                except Exception as error:  # noqa: BLE001 - rejected: recorded, then refolded without it
                     # plan() logs nothing, so the input's correlation id is bound only
                     # where a line is about it (binding per input costs ~3.5 µs).
                     with structlog.contextvars.bound_contextvars(correlation_id=str(recorded.correlation_id or recorded.event_id)):
-                        log.error("planning an input failed", position=recorded.position, type=recorded.type)
-                    raise
+                        log.error("planning an input failed; rejecting it", position=recorded.position,
+                                  type=recorded.type, error=describe(error))
+                    if last:
+                        await self._commit(pending, last, converged)  # the inputs decided before it
+                    failed = InputRejected(recorded, item, error)
+                    await self._record_rejection(failed, checkpoint=True)
+                    raise failed from error
                 pending += output_events(self.registry, item, outputs, recorded.correlation_id)
                 if self.on_converged is not None:
                     converged += convergences(self.state, item, outputs)
@@ -271,6 +367,19 @@ class Planner:
         if last:
             await self._commit(pending, last, converged)
         self._timers_changed.set()
+
+    async def _record_rejection(self, failed: InputRejected, *, checkpoint: bool = False) -> None:
+        """Record a rejected input — with the checkpoint at it when met while following the
+        log (exactly once with the rest of the record), without when met in a rebuild
+        (the checkpoint is past it already)."""
+        message, event = rejection(self.registry, failed, version=self.engine.version)
+        mark = Checkpoint(self.settings.name, failed.recorded.position) if checkpoint else None
+        try:
+            await self.store.commit([AppendRequest(version_stream(self.settings.name), (event,))], checkpoint=mark)
+        except (AlreadyProcessed, DuplicateEventId):
+            pass  # another planner recorded it (the same event: its id derives from the input)
+        self.stats.rejected += 1
+        self.rejections.append(message)
 
     async def _commit(
         self, events: list[tuple[str, NewEvent]], position: int, converged: Sequence[tuple[str, str, str, float]] = ()

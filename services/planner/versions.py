@@ -88,6 +88,18 @@ async def history(store: EventStore, registry: EventRegistry, checkpoint_name: s
     return VersionHistory(first or LEGACY_VERSION, tuple(starts), tuple(versions)), len(recorded)
 
 
+async def rejections(
+    store: EventStore, registry: EventRegistry, checkpoint_name: str
+) -> dict[int, events_pb2.PlannerInputRejected]:
+    """The inputs recorded as rejected (`plan` raised on them), by position."""
+    found: dict[int, events_pb2.PlannerInputRejected] = {}
+    for event in await store.read_stream(version_stream(checkpoint_name)):
+        message = registry.decode(event).message
+        if isinstance(message, events_pb2.PlannerInputRejected):
+            found[message.position] = message
+    return found
+
+
 async def record_start(
     store: EventStore, registry: EventRegistry, checkpoint_name: str, version: int, checkpoint: int
 ) -> bool:

@@ -11,14 +11,19 @@ import json
 import random
 import string
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from eventstore.codec import convoy_registry
 from schemas.convoy.v1 import api_pb2, options_pb2
 from services.api.methods import METHODS
+from services.planner.clock import FakeClock
+from services.planner.runner import Planner
+from tests.conftest import eventually
 from tests.integration.test_api_support import (
     ROLES,
     Running,
@@ -29,6 +34,7 @@ from tests.integration.test_api_support import (
     running_api,
     seed,
 )
+from tests.unit.planner.world import faulty_engine
 
 RUNTIME = {"runtime": {"name": "eu-1", "kind": "RUNTIME_KIND_KUBERNETES", "labels": {"region": "eu"}}}
 APPLICATION = {
@@ -321,6 +327,26 @@ async def test_a_value_no_process_can_take_is_refused_at_deploy_and_nothing_reco
         assert status == 400, answer
         assert 'parameters["docroot"]' in answer["error"]["message"] and "NUL" in answer["error"]["message"]
         assert await api.store.head() == head
+
+
+async def test_why_names_an_input_the_planner_rejected(api: Running) -> None:
+    """A deploy the planner could not plan (a bug, here injected through the Engine seam)
+    is not silently ignored: `why` names it, with the event that records the rejection."""
+    async with http_session() as s:
+        await rest_seed(s, api)
+        async with Planner(store=api.store, registry=convoy_registry(), clock=FakeClock(datetime.now(UTC)),
+                           engine=faulty_engine()) as planner:
+            status, answer = await call(s, api, "POST", "/v1/applications/shop/services/api:deploy", secret=api.admin,
+                                        body={"version": "boom"})
+            assert status == 200, answer
+            await eventually(lambda: planner.stats.rejected == 1, message="the planner rejected the deploy")
+            status, explained = await call(s, api, "GET", "/v1/applications/shop/services/api/why", secret=api.admin,
+                                           params={"min_position": str(planner.rejections[0].position)})
+    assert status == 200, explained
+    staging = explained["channels"][0]
+    [line] = [d for d in staging["details"] if "could not plan" in d]
+    assert "ReleaseCreated" in line and "KeyError: 'boom'" in line and "decided nothing" in line
+    assert any(e["type"] == "convoy.v1.PlannerInputRejected" for e in staging["evidence"])
 
 
 async def test_rest_errors_map_to_statuses(api: Running) -> None:

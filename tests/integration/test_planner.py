@@ -29,9 +29,9 @@ from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Input, Outp
 from services.planner.model import PlannerState, status_name
 from services.planner.replay import replay_check
 from services.planner.runner import Planner, group, output_events, to_input
-from services.planner.versions import Engine, history
+from services.planner.versions import CURRENT, Engine, history
 from tests.conftest import eventually
-from tests.unit.planner.world import channel, seconds
+from tests.unit.planner.world import channel, faulty_engine, seconds
 
 REGISTRY = convoy_registry()
 ROOT = Path(__file__).resolve().parents[2]
@@ -426,3 +426,72 @@ async def test_two_planners_racing_on_one_log_write_every_decision_once(pg_store
     assert len(intents) == 8 * 6  # one per service and runtime, none twice
     assert len({(i.target.runtime, i.spec.service, i.generation) for i in intents}) == len(intents)
     assert (await replay_check(pg_store, REGISTRY)).ok
+
+
+async def test_an_input_plan_raises_on_is_rejected_recorded_and_the_planner_goes_on(pg_store: PostgresEventStore) -> None:
+    """One bad input used to halt every application: the runner re-raised, rebuilt and
+    replayed the same input forever. Now it is recorded as rejected (with its position,
+    the planner version and the error), nothing it half-planned survives, the next release
+    converges, and a restarted planner and the replay check skip it the same way."""
+    for message in declarations({"staging": ["s1"]}, ["web", "api"]):
+        await record(pg_store, message)
+    engine = faulty_engine()
+    agents = asyncio.create_task(simulated_agents(pg_store))
+    try:
+        async with Planner(store=pg_store, registry=REGISTRY, clock=FakeClock(datetime.now(UTC)), engine=engine) as planner:
+            await record(pg_store, E.ReleaseCreated(release=R.Release(id="rel-boom", application="fleet", service="web",
+                                                                      version="boom", config=service("web"))))
+            await record(pg_store, E.ReleaseCreated(release=R.Release(id="rel-api", application="fleet", service="api",
+                                                                      version="v1", config=service("api"))))
+            await eventually(lambda: _is(pg_store, {("api", "staging"): "CONVERGED"}), message="api converged after the bad input")
+            await eventually(lambda: _checkpoint_at_head(pg_store), message="checkpoint caught up")
+            assert planner.stats.rejected == 1
+            assert ("fleet", "web", "staging") not in planner.state.convergences  # the half-plan was refolded away
+            [rejected] = planner.rejections
+        # A restarted planner skips it without recording it again.
+        async with Planner(store=pg_store, registry=REGISTRY, clock=FakeClock(datetime.now(UTC)), engine=engine) as again:
+            await eventually(again.ready.is_set, message="restarted planner ready")
+            assert again.stats.rejected == 0 and [r.position for r in again.rejections] == [rejected.position]
+            assert ("fleet", "web", "staging") not in again.state.convergences
+    finally:
+        await stop(agents)
+
+    boom = next(e for e in await pg_store.read_all(limit=100_000) if e.type == "convoy.v1.ReleaseCreated"
+                and REGISTRY.decode(e).message.release.version == "boom")
+    assert (rejected.position, rejected.event_id, rejected.event_type) == (boom.position, str(boom.event_id), boom.type)
+    assert (rejected.planner_version, rejected.error, rejected.application, rejected.service, rejected.actor) == (
+        CURRENT.version, "KeyError: 'boom'", "fleet", "web", "alice")
+    stored = [e for e in await pg_store.read_all(limit=100_000, categories=["planner"]) if e.type == "convoy.v1.PlannerInputRejected"]
+    assert len(stored) == 1 and stored[0].causation_id == boom.event_id
+    caused = [e for e in await pg_store.read_all(limit=100_000, categories=["intent", "convergence"]) if e.causation_id == boom.event_id]
+    assert caused == []  # nothing of the half-plan was recorded
+    assert (await statuses(pg_store)).get(("web", "staging")) is None
+
+    assert (await replay_check(pg_store, REGISTRY, engine=engine)).ok  # the replay rejects it again
+    fixed = await replay_check(pg_store, REGISTRY)  # today's plan (the bug fixed) plans it: a difference, named
+    assert [d.position for d in fixed.differences] == [boom.position]
+    assert "the record rejected this input" in fixed.differences[0].what
+
+
+async def test_an_upgraded_planner_that_fails_on_an_old_input_records_it_and_becomes_ready(pg_store: PostgresEventStore) -> None:
+    """The rebuild meets the bad input (a new version's bug on an input decided long ago):
+    it is recorded as rejected by that version and skipped, and the planner follows the log."""
+    for message in declarations({"staging": ["s1"]}, ["web"]):
+        await record(pg_store, message)
+    agents = asyncio.create_task(simulated_agents(pg_store))
+    try:
+        async with Planner(store=pg_store, registry=REGISTRY, clock=FakeClock(datetime.now(UTC))):
+            await record(pg_store, E.ReleaseCreated(release=R.Release(id="rel-v1", application="fleet", service="web",
+                                                                      version="boom", config=service("web"))))
+            await eventually(lambda: _is(pg_store, {("web", "staging"): "CONVERGED"}), message="converged (no bug yet)")
+            await eventually(lambda: _checkpoint_at_head(pg_store), message="checkpoint caught up")
+        upgraded = Engine(CURRENT.version + 1, faulty_engine().plan)
+        async with Planner(store=pg_store, registry=REGISTRY, clock=FakeClock(datetime.now(UTC)), engine=upgraded) as planner:
+            await eventually(planner.ready.is_set, message="the upgraded planner follows the log")
+            [rejected] = planner.rejections
+            assert (rejected.planner_version, rejected.event_type) == (CURRENT.version + 1, "convoy.v1.ReleaseCreated")
+    finally:
+        await stop(agents)
+    report = await replay_check(pg_store, REGISTRY, engine=upgraded)
+    assert report.ok  # rejected again on replay; what the older version decided differently is set apart
+    assert any(d.position == rejected.position for d in report.upgraded)

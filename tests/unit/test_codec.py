@@ -414,6 +414,7 @@ def test_convoy_registry_is_a_new_object_each_call() -> None:
         "convoy.v1.TimerFired": 1,
         "convoy.v1.ObservationRecorded": 1,
         "convoy.v1.PlannerVersionStarted": 1,
+        "convoy.v1.PlannerInputRejected": 1,
     }
     assert first.versions() == second.versions()
 

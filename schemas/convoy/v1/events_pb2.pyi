@@ -993,3 +993,52 @@ class PlannerVersionStarted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlannerVersionStarted: _TypeAlias = PlannerVersionStarted  # noqa: Y015
+
+@_typing.final
+class PlannerInputRejected(_message.Message):
+    """The planner could not plan the input at `position`: `plan` raised. It decided nothing
+    for that input and went on (one bug must not halt every application); the rebuild and
+    the replay check skip the input the same way, and `why` shows it for its service.
+    Recorded with the checkpoint at `position`, so exactly once. Its event id derives from
+    the input's. Stream `planner/<checkpoint name>`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    PLANNER_VERSION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    event_id: _builtins.str
+    event_type: _builtins.str
+    planner_version: _builtins.int
+    error: _builtins.str
+    """The exception, type and message (truncated)."""
+    application: _builtins.str
+    """The application and service the input is about, when it names them."""
+    service: _builtins.str
+    actor: _builtins.str
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        planner_version: _builtins.int = ...,
+        error: _builtins.str = ...,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "application", b"application", "error", b"error", "event_id", b"event_id", "event_type", b"event_type", "planner_version", b"planner_version", "position", b"position", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlannerInputRejected: _TypeAlias = PlannerInputRejected  # noqa: Y015

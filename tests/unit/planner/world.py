@@ -15,6 +15,7 @@ from schemas.convoy.v1 import events_pb2 as E
 from schemas.convoy.v1 import resources_pb2 as R
 from services.planner.engine import Input, Output, plan
 from services.planner.model import PlannerState, status_name
+from services.planner.versions import CURRENT, Engine
 
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -162,3 +163,16 @@ def changes(out: Iterable[Output], *, targets: bool = False) -> list[tuple[str, 
 
 def of(out: Iterable[Output], cls: type) -> list:
     return [o.message for o in out if isinstance(o.message, cls)]
+
+
+def faulty_engine() -> Engine:
+    """Today's planner with a bug: a release of version "boom" makes plan raise half way
+    (after the real plan already changed the state and emitted events)."""
+
+    def faulty(state: PlannerState, event: Input) -> tuple[PlannerState, list[Output]]:
+        state, outputs = plan(state, event)
+        if isinstance(event.message, E.ReleaseCreated) and event.message.release.version == "boom":
+            raise KeyError("boom")
+        return state, outputs
+
+    return Engine(CURRENT.version, faulty)

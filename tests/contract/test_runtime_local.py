@@ -493,9 +493,11 @@ class TestLocalRuntime(RuntimeContract):
             found = parse_endpoints(status.message)
             assert found["web-1"] == endpoints["web-1"]  # the adopted replica keeps its port
             assert [await get(port) for port in found.values()] == ["v1", "v1"]
+            await runtime.delete(key)  # the adopted process goes with its workload
+            assert all(gone(pid) for pid in now)
+            assert (await runtime.status(key)).phase is Phase.ABSENT
         finally:
             await runtime.close()
-        assert all(gone(pid) for pid in now)
 
     async def test_a_reused_pid_is_neither_adopted_nor_killed(
         self, tmp_path: Path, key: WorkloadKey, host: CrashHost

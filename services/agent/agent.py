@@ -153,7 +153,7 @@ class Agent:
         self._applied, self._config = self._file.load()
         self._reporter = observations.Reporter(nc, instance=settings.instance, runtime=settings.runtime)
         self._protections = protections.ProtectionRunner(
-            report=self._report_check, spec_of=self._spec_of, extra_values=self._probe_values
+            report=self._report_check, spec_of=self._spec_of, extra_values=self._probe_values, status_of=self._status_of
         )
         self.liveness = BusLiveness(connected=lambda: nc.is_connected, threshold=settings.bus_loss_threshold)
         self._health = (
@@ -207,6 +207,15 @@ class Agent:
         except ConvoyError:
             return {}
         return result
+
+    async def _status_of(self, key: WorkloadKey) -> WorkloadStatus | None:
+        """The runtime's status of a target for protection checks (None: no runtime yet, or it cannot tell)."""
+        if self.runtime is None:
+            return None
+        try:
+            return await self.runtime.status(key)
+        except ConvoyError:
+            return None
 
     async def start(self) -> None:
         if self._health is not None:

@@ -1,15 +1,22 @@
 """The local process runtime passes the runtime contract, plus what only it does:
 ports and endpoints, a failed rollout leaving the old replicas serving, restarts from the
-state folder, orphans of a crashed agent, and process groups stopped for good."""
+state folder, orphans of a crashed agent, and process groups stopped for good.
+
+A crashed agent is a real one: `CrashHost` runs a LocalRuntime in a subprocess (the
+`HOST` script) and the test kills it with SIGKILL once it reported what the test waits
+for; the next LocalRuntime opens the same state folder in the test's process and must
+adopt what still runs (same pids, same ports, HEALTHY, no restart) and nothing else."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,9 +25,10 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from schemas.convoy.v1 import convergence_pb2, resources_pb2
-from services.agent.runtimes.base import FailureReason, Phase, Runtime, StaleGeneration, WorkloadKey
+from services.agent.runtimes import documents, processes
+from services.agent.runtimes.base import FailureReason, Phase, Runtime, StaleGeneration, Workload, WorkloadKey
 from services.agent.runtimes.local import LocalRuntime, LocalSettings, parse_endpoints, probe_values
-from services.agent.runtimes.localstate import process_start_time
+from services.agent.runtimes.localstate import STATE_ENV, process_start_time
 from services.agent.runtimes.supervisor import SupervisorSettings
 from tests.conftest import eventually
 from tests.contract.runtime_suite import (
@@ -33,6 +41,7 @@ from tests.contract.runtime_suite import (
 )
 
 SCRIPTS = Path(__file__).parent / "exec_scripts"
+ROOT = Path(__file__).resolve().parents[2]
 FAST = SupervisorSettings(
     restart_backoff=0.05,
     restart_backoff_cap=0.2,
@@ -103,7 +112,111 @@ def local_settings(tmp_path: Path, **overrides: object) -> LocalSettings:
 
 
 def gone(pid: int) -> bool:
-    return process_start_time(pid) is None
+    """Not running any more (a zombie nobody reaped yet counts as gone: orphans of a killed
+    agent belong to init, which may be slow to reap them)."""
+    info = processes.inspect(pid)
+    return info is None or info.state == "Z"
+
+
+HOST = r'''
+"""A LocalRuntime in a process of its own, to be killed like a crashing agent.
+argv: ROOT WORKLOAD-FILE...: applies each workload once the one before is HEALTHY, and
+prints a line `STATUS <json>` whenever the status or the pids change, until killed (its
+log lines go to stdout too)."""
+import asyncio, json, sys
+from pathlib import Path
+from services.agent.runtimes import documents
+from services.agent.runtimes.base import Phase
+from services.agent.runtimes.local import LocalRuntime
+from tests.contract.test_runtime_local import local_settings
+
+
+async def main():
+    runtime = await LocalRuntime.open(settings=local_settings(Path(sys.argv[1])))
+    workloads = [documents.loads(Path(path).read_bytes()) for path in sys.argv[2:]]
+    last = None
+    for n, workload in enumerate(workloads):
+        await runtime.apply(workload)
+        while True:  # polled: a new pid alone changes no status
+            status = await runtime.status(workload.key)
+            seen = {"generation": status.generation, "phase": status.phase.value,
+                    "pids": runtime.pids(workload.key), "message": status.message}
+            if seen != last:
+                print("STATUS", json.dumps(seen), flush=True)
+                last = seen
+            if n < len(workloads) - 1 and status.phase is Phase.HEALTHY and status.generation == workload.generation:
+                break
+            await asyncio.sleep(0.01)
+
+
+asyncio.run(main())
+'''
+
+
+class CrashHost:
+    """A LocalRuntime in a subprocess, killed with SIGKILL by the test: an agent crash."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.seen: list[dict[str, object]] = []
+
+    async def run(self, *workloads: Workload) -> None:
+        paths = []
+        for n, workload in enumerate(workloads):
+            path = self.tmp_path / f"workload-{n}.json"
+            path.write_text(documents.dumps(workload))
+            paths.append(str(path))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HOST, str(self.tmp_path), *paths, stdout=asyncio.subprocess.PIPE, env=env, cwd=ROOT
+        )
+
+    async def until(self, predicate: Callable[[dict[str, object]], bool], *, what: str) -> dict[str, object]:
+        """Read its status lines until one satisfies `predicate`."""
+        assert self.proc is not None and self.proc.stdout is not None
+        async with asyncio.timeout(30):
+            while line := await self.proc.stdout.readline():
+                if not line.startswith(b"STATUS "):
+                    continue
+                self.seen.append(json.loads(line.removeprefix(b"STATUS ")))
+                if predicate(self.seen[-1]):
+                    return self.seen[-1]
+        raise AssertionError(f"the runtime host exited before {what}; it said: {self.seen[-3:]}")
+
+    async def crash(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        assert await self.proc.wait() == -signal.SIGKILL
+
+
+@pytest.fixture
+async def host(tmp_path: Path) -> AsyncIterator[CrashHost]:
+    made = CrashHost(tmp_path)
+    try:
+        yield made
+    finally:
+        if made.proc is not None and made.proc.returncode is None:
+            made.proc.kill()
+            await made.proc.wait()
+        # Whatever a failing test left of the host's processes goes with it.
+        for pid in running_in(tmp_path):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def running_in(folder: Path) -> list[int]:
+    """Processes whose working directory is inside `folder`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")).is_relative_to(folder.resolve()):
+                found.append(int(entry.name))
+    return found
+
+
+def healthy_at(generation: int, replicas: int) -> Callable[[dict[str, object]], bool]:
+    return lambda s: s["phase"] == "healthy" and s["generation"] == generation and len(s["pids"]) == replicas  # type: ignore[arg-type]
 
 
 async def get(port: int) -> str:
@@ -311,3 +424,152 @@ class TestLocalRuntime(RuntimeContract):
             await self.wait_healthy(second, workload)
         finally:
             await second.close()
+
+    # ---- a crashed agent's processes are adopted -----------------------------------------
+
+    def chatty_spec(self, key: WorkloadKey, *, replicas: int) -> convergence_pb2.WorkloadSpec:
+        """Python's http.server: it writes a log line for every request (so a pipe to a
+        dead agent would break it)."""
+        command = [sys.executable, "-m", "http.server", "{{.Port}}", "--bind", "127.0.0.1", "--directory", str(SCRIPTS)]
+        return spec(key, command, replicas=replicas, check=http_check())
+
+    async def test_a_crashed_agents_processes_are_adopted_not_restarted(
+        self, tmp_path: Path, key: WorkloadKey, host: CrashHost
+    ) -> None:
+        workload = make_workload(key, self.chatty_spec(key, replicas=2), generation=3)
+        await host.run(workload)
+        healthy = await host.until(healthy_at(3, 2), what="HEALTHY")
+        pids, endpoints = list(healthy["pids"]), parse_endpoints(str(healthy["message"]))  # type: ignore[call-overload]
+        await host.crash()
+        # The processes outlive their agent and keep serving (and logging) without it.
+        assert [gone(pid) for pid in pids] == [False, False]
+        for port in endpoints.values():
+            await get(port)
+        assert [gone(pid) for pid in pids] == [False, False]
+
+        runtime = await LocalRuntime.open(settings=local_settings(tmp_path))
+        try:
+            status = await runtime.status(key)  # right away: adopted, checked once, not restarted
+            assert (status.phase, status.generation, status.spec_hash) == (Phase.HEALTHY, 3, workload.spec_hash), status
+            assert runtime.pids(key) == pids
+            assert parse_endpoints(status.message) == endpoints
+            for port in endpoints.values():
+                await get(port)
+            await runtime.apply(workload)  # the intent again: nothing changes
+            assert runtime.pids(key) == pids
+
+            # Supervised as its own: a crash of an adopted process is seen and restarted ...
+            os.kill(pids[0], signal.SIGABRT)
+            await eventually(lambda: len(runtime.pids(key)) == 2 and pids[0] not in runtime.pids(key), message="restarted")
+            await self.wait_healthy(runtime, workload)
+            assert pids[1] in runtime.pids(key)
+            # ... and a new generation replaces the adopted replica.
+            second = make_workload(key, self.chatty_spec(key, replicas=1), generation=4)
+            await runtime.apply(second)
+            await self.wait_healthy(runtime, second)
+            await eventually(lambda: gone(pids[1]), message="the adopted replica stopped")
+            last = runtime.pids(key)
+        finally:
+            await runtime.close()
+        assert all(gone(pid) for pid in last)
+
+    async def test_a_replica_that_died_while_no_agent_ran_is_started_again(
+        self, tmp_path: Path, key: WorkloadKey, host: CrashHost
+    ) -> None:
+        workload = make_workload(key, server_spec(key, replicas=2), generation=1)
+        await host.run(workload)
+        healthy = await host.until(healthy_at(1, 2), what="HEALTHY")
+        pids, endpoints = list(healthy["pids"]), parse_endpoints(str(healthy["message"]))  # type: ignore[call-overload]
+        await host.crash()
+        died, kept = pids
+        os.kill(died, signal.SIGKILL)
+        await eventually(lambda: gone(died), message="replica 0 dead")
+
+        runtime = await LocalRuntime.open(settings=local_settings(tmp_path))
+        try:
+            status = await self.wait_healthy(runtime, workload)
+            now = runtime.pids(key)
+            assert kept in now and died not in now and len(now) == 2
+            found = parse_endpoints(status.message)
+            assert found["web-1"] == endpoints["web-1"]  # the adopted replica keeps its port
+            assert [await get(port) for port in found.values()] == ["v1", "v1"]
+            await runtime.delete(key)  # the adopted process goes with its workload
+            assert all(gone(pid) for pid in now)
+            assert (await runtime.status(key)).phase is Phase.ABSENT
+        finally:
+            await runtime.close()
+
+    async def test_a_reused_pid_is_neither_adopted_nor_killed(
+        self, tmp_path: Path, key: WorkloadKey, host: CrashHost
+    ) -> None:
+        workload = make_workload(key, server_spec(key, replicas=1), generation=1)
+        await host.run(workload)
+        [pid] = (await host.until(healthy_at(1, 1), what="HEALTHY"))["pids"]  # type: ignore[misc]
+        await host.crash()
+        os.kill(pid, signal.SIGKILL)
+        await eventually(lambda: gone(pid), message="the replica dead")
+        # Its pid is taken by an unrelated process: the record names a stranger, once with
+        # the stranger's own start time (reused within the same clock tick: only the token
+        # tells them apart), once with the recorded one.
+        stranger = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"], start_new_session=True)
+        try:
+            pids_file = tmp_path / "local-state" / "workloads" / key.namespace / key.application / f"{key.service}.pids"
+            [record] = json.loads(pids_file.read_text())
+            assert record["pid"] == pid
+            same_tick = {**record, "pid": stranger.pid, "start": process_start_time(stranger.pid)}
+            pids_file.write_text(json.dumps([same_tick, {**record, "pid": stranger.pid}]))
+
+            runtime = await LocalRuntime.open(settings=local_settings(tmp_path))
+            try:
+                await self.wait_healthy(runtime, workload)
+                assert stranger.pid not in runtime.pids(key) and len(runtime.pids(key)) == 1
+                assert stranger.poll() is None, "an unrelated process was killed"
+            finally:
+                await runtime.close()
+            assert stranger.poll() is None, "close() stopped an unrelated process"
+        finally:
+            stranger.kill()
+            stranger.wait()
+
+    async def test_a_crash_mid_rollout_keeps_the_new_generation_and_kills_the_old(
+        self, tmp_path: Path, key: WorkloadKey, host: CrashHost
+    ) -> None:
+        first = make_workload(key, server_spec(key, replicas=1), generation=1)
+        # Runs, never ready: the rollout is still under way when the agent dies.
+        never = resources_pb2.HealthCheck(tcp=resources_pb2.TcpSocket(port=8080), period=duration(0.1))
+        waiting = spec(key, [sys.executable, "-c", "import signal; signal.pause()"], replicas=1, check=never)
+        second = make_workload(key, waiting, generation=2)
+        await host.run(first, second)
+        both = await host.until(lambda s: s["generation"] == 2 and len(s["pids"]) == 2, what="both generations running")  # type: ignore[arg-type]
+        await host.crash()
+        old = next(s["pids"] for s in host.seen if s["phase"] == "healthy" and s["generation"] == 1)
+        new = [p for p in both["pids"] if p not in old]  # type: ignore[union-attr, operator]
+        assert len(old) == len(new) == 1, host.seen  # type: ignore[arg-type]
+
+        runtime = await LocalRuntime.open(settings=local_settings(tmp_path))
+        try:
+            assert gone(old[0]), "the stale generation's process was left running"
+            assert runtime.pids(key) == new
+            status = await runtime.status(key)
+            assert (status.phase, status.generation) == (Phase.PROGRESSING, 2)
+        finally:
+            await runtime.close()
+        assert gone(new[0])
+
+    async def test_an_unrecorded_process_of_this_state_folder_is_killed(self, tmp_path: Path) -> None:
+        """Spawned by an agent that died before it could record it: found by its marker."""
+        state = tmp_path / "local-state"
+        state.mkdir()
+        pause = [sys.executable, "-c", "import signal; signal.pause()"]
+        ours = subprocess.Popen(pause, start_new_session=True, env={**os.environ, STATE_ENV: str(state.resolve())})
+        other = subprocess.Popen(pause, start_new_session=True, env={**os.environ, STATE_ENV: str(tmp_path / "elsewhere")})
+        try:
+            await eventually(lambda: processes.environment(ours.pid).get(STATE_ENV) == str(state.resolve()))
+            runtime = await LocalRuntime.open(settings=local_settings(tmp_path))
+            await runtime.close()
+            assert ours.wait(timeout=5) == -signal.SIGKILL
+            assert other.poll() is None
+        finally:
+            for proc in (ours, other):
+                proc.kill()
+                proc.wait()

@@ -11,9 +11,20 @@ so probes can reach them. Rollouts start new replicas next to the old and stop a
 once its replacement is ready (replicaset.py).
 
 State: what is applied (spec, generation, hash, intent) is kept in `state_dir`
-(localstate.py). The processes are the agent's children: close() stops them, and a
-restarted agent starts them again from the recorded specs (after killing the orphans of an
-agent that crashed), so generations, `live()` and stale-intent refusal survive restarts.
+(localstate.py), so generations, `live()` and stale-intent refusal survive restarts.
+
+Restarts: a clean stop (close(): `convoy down`, Ctrl-C, SIGTERM) stops the processes, and
+the next start runs the recorded specs again. A crash of the agent (kill -9, OOM, a
+crashed `convoy up`) must not cost the workloads anything — a fault of Convoy's own is
+never charged to a release — so the processes outlive it (processes.spawn: own session,
+no death signal, output to log files rather than pipes) and the next agent adopts them
+(`open`): a process recorded as running the applied generation, proven to be that very
+process (its start time in /proc and the token in its environment, so a reused pid is
+never taken for it), keeps running on its ports and is supervised as before — its exit
+seen through a pidfd, a crash restarted, stopped on delete or rollout — and reports
+HEALTHY after one passing health check, without a restart. What does not match (an older
+generation, a workload whose state is gone, a process never recorded) is killed as an
+orphan; a replica whose process died meanwhile is started again.
 
 Drift, for processes: a replica someone stopped by hand (SIGTERM/SIGKILL/SIGINT the
 supervisor did not send) is not restarted behind their back — the workload is reported
@@ -31,7 +42,7 @@ from pathlib import Path
 import structlog
 
 from schemas.convoy.v1 import resources_pb2
-from services.agent.runtimes import replicaset
+from services.agent.runtimes import processes, replicaset
 from services.agent.runtimes.base import (
     ApplyRejected,
     FailureReason,
@@ -42,7 +53,7 @@ from services.agent.runtimes.base import (
     WorkloadKey,
     WorkloadStatus,
 )
-from services.agent.runtimes.localstate import StateStore
+from services.agent.runtimes.localstate import STATE_ENV, ProcessRecord, StateStore
 from services.agent.runtimes.replicaset import LocalWorkload, parse_endpoints
 from services.agent.runtimes.supervisor import SupervisorSettings
 
@@ -99,28 +110,49 @@ class LocalRuntime:
         self._state = StateStore(settings.state_dir)
         self._workloads: dict[WorkloadKey, LocalWorkload] = {}
         self._errors: dict[WorkloadKey, str] = {}
-        self._saved_pids: dict[WorkloadKey, list[int]] = {}
+        self._saved_pids: dict[WorkloadKey, list[ProcessRecord]] = {}
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._closed = False
 
     @classmethod
     async def open(cls, *, settings: LocalSettings) -> LocalRuntime:
-        """A runtime running again every workload recorded in `settings.state_dir`."""
+        """A runtime running every workload recorded in `settings.state_dir`: adopting the
+        processes a crashed agent left running, starting the rest. It returns once each
+        adopted process had its first health check, so a workload that kept running
+        reports HEALTHY from the start."""
         runtime = cls(settings=settings)
         await runtime._restore()
         return runtime
 
     async def _restore(self) -> None:
-        self._state.kill_orphans()
-        for workload in self._state.load():
+        workloads = self._state.load()
+        recorded = self._state.load_pids()
+        adopted: dict[WorkloadKey, dict[str, tuple[ProcessRecord, processes.Adopted]]] = {}
+        for workload in workloads:
+            for record in recorded.get(workload.key, []):
+                if not record.serves(workload) or record.start is None:
+                    continue
+                handle = processes.adopt(record.pid, start=record.start, token=record.token)
+                if handle is not None:
+                    adopted.setdefault(workload.key, {})[record.name] = (record, handle)
+        self._state.kill_orphans(recorded, keep={h.pid for found in adopted.values() for _, h in found.values()})
+        for workload in workloads:
+            mine = adopted.get(workload.key, {})
             try:
-                await self._start(workload, existing=None)
+                await self._start(workload, existing=None, adopted=mine)
             except ApplyRejected as rejected:
                 # Recorded, but cannot run any more (an executable went away): report it.
+                for _, handle in mine.values():
+                    await processes.stop(handle, grace=self.settings.supervisor.stop_grace)
+                    handle.close()
                 self._workloads[workload.key] = self._new_workload(workload)
                 self._errors[workload.key] = str(rejected)
-            log.info("restored workload", workload=str(workload.key), generation=workload.generation)
+            log.info(
+                "restored workload", workload=str(workload.key), generation=workload.generation,
+                adopted=sorted(h.pid for _, h in mine.values()),
+            )
+        await asyncio.gather(*(self._workloads[key].adopted_checked() for key in adopted if key in self._workloads))
 
     # ---- Runtime -------------------------------------------------------------------------
 
@@ -209,11 +241,20 @@ class LocalRuntime:
 
     # ---- inside --------------------------------------------------------------------------
 
-    async def _start(self, workload: Workload, *, existing: LocalWorkload | None) -> None:
+    async def _start(
+        self,
+        workload: Workload,
+        *,
+        existing: LocalWorkload | None,
+        adopted: Mapping[str, tuple[ProcessRecord, processes.Adopted]] | None = None,
+    ) -> None:
         """Render every replica (raising ApplyRejected before touching anything), record
-        the spec, then roll to it."""
+        the spec, then roll to it. An adopted process (by its name) keeps the ports it was
+        recorded with; every other port is a free one."""
         settings = self.settings
+        adopted = adopted or {}
         workdir = self._state.workdir(workload.key)
+        kept = {f"{name}/{port}": value for name, (record, _) in adopted.items() for port, value in record.ports.items()}
         replicas = [
             replicaset.render_replica(
                 workload,
@@ -221,8 +262,10 @@ class LocalRuntime:
                 host=settings.host,
                 base_env=settings.base_env,
                 cwd=workdir,
+                logs=self._state.logdir(workload.key),
                 check_timeout=settings.check_timeout,
-                ports=lambda _name: replicaset.free_port(settings.host),
+                ports=lambda label: kept.get(label) or replicaset.free_port(settings.host),
+                extra_env={STATE_ENV: self._state.marker},
             )
             for index in range(workload.spec.replicas)
         ]
@@ -232,7 +275,9 @@ class LocalRuntime:
         self._errors.pop(workload.key, None)
         deadline = workload.spec.progress_deadline
         seconds = deadline.seconds + deadline.nanos / 1e9 or settings.default_progress_deadline
-        await local.roll_to(workload, replicas, progress_deadline=seconds)
+        await local.roll_to(
+            workload, replicas, progress_deadline=seconds, adopted={name: handle for name, (_, handle) in adopted.items()}
+        )
         log.info("applying", workload=str(workload.key), generation=workload.generation, replicas=len(replicas))
 
     def _new_workload(self, workload: Workload) -> LocalWorkload:
@@ -267,10 +312,10 @@ class LocalRuntime:
         local = self._workloads.get(key)
         if local is None:
             return
-        pids = local.pids()
-        if self._saved_pids.get(key) != pids:
-            self._saved_pids[key] = pids
-            self._state.save_pids(key, pids)
+        records = local.records()
+        if self._saved_pids.get(key) != records:
+            self._saved_pids[key] = records
+            self._state.save_pids(key, records)
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()

@@ -21,7 +21,7 @@ from pathlib import Path
 import structlog
 
 from services.agent import checks
-from services.agent.runtimes import templates
+from services.agent.runtimes import processes, templates
 from services.agent.runtimes.base import (
     ApplyRejected,
     FailureReason,
@@ -30,6 +30,7 @@ from services.agent.runtimes.base import (
     WorkloadStatus,
     truncate,
 )
+from services.agent.runtimes.localstate import ProcessRecord
 from services.agent.runtimes.supervisor import (
     ProcessSpec,
     ReplicaSnapshot,
@@ -55,10 +56,15 @@ def render_replica(
     host: str,
     base_env: Mapping[str, str] | None,
     cwd: Path,
+    logs: Path,
     check_timeout: float,
     ports: Callable[[str], int],
+    extra_env: Mapping[str, str] | None = None,
 ) -> list[ProcessSpec]:
-    """The processes of replica `index`: commands, env and checks with placeholders filled.
+    """The processes of replica `index`: commands, env and checks with placeholders filled;
+    each logs to `logs/g<generation>-<name>.log`; `extra_env` goes on top of the env
+    Convoy sets. `ports("<name>/<port name or number>")` gives each declared port its
+    local port.
 
     Raises ApplyRejected when a program cannot run here (no command, unknown placeholder,
     missing executable) — before anything starts, so the live generation keeps serving."""
@@ -87,6 +93,7 @@ def render_replica(
             CONVOY_GENERATION=str(workload.generation),
             CONVOY_REPLICA=str(index),
         )
+        env.update(extra_env or {})
         if "Port" in values:
             env.setdefault("PORT", values["Port"])
         if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
@@ -102,6 +109,7 @@ def render_replica(
                 argv=tuple(argv),
                 env=env,
                 cwd=cwd,
+                log=logs / f"g{workload.generation}-{name}.log",
                 ports=allocated,
                 health_check=program.health_check if has_check else None,
                 check_context=context,
@@ -113,9 +121,28 @@ def render_replica(
 class Replica:
     """One replica: a supervisor per program."""
 
-    def __init__(self, generation: int, supervisors: list[Supervisor]) -> None:
-        self.generation = generation
+    def __init__(self, workload: Workload, index: int, supervisors: list[Supervisor]) -> None:
+        self.generation = workload.generation
+        self.spec_hash = workload.spec_hash
+        self.index = index
         self.supervisors = supervisors
+
+    def records(self) -> list[ProcessRecord]:
+        """Its running processes, as the state folder records them."""
+        return [
+            ProcessRecord(
+                pid=s.pid,
+                start=s.start,
+                token=s.token,
+                generation=self.generation,
+                spec_hash=self.spec_hash,
+                replica=self.index,
+                name=s.name,
+                ports=dict(s.ports),
+            )
+            for s in self.snapshots()
+            if s.pid is not None and s.start is not None
+        ]
 
     def start(self) -> None:
         for supervisor in self.supervisors:
@@ -248,9 +275,30 @@ class LocalWorkload:
         replicas = [*self.current.values(), *self.old.values()]
         return sorted(s.pid for r in replicas for s in r.snapshots() if s.pid is not None)
 
-    async def roll_to(self, workload: Workload, replicas: list[list[ProcessSpec]], *, progress_deadline: float) -> None:
+    def records(self) -> list[ProcessRecord]:
+        """Every running process (current and old replicas), for the state folder."""
+        found = [record for r in (*self.current.values(), *self.old.values()) for record in r.records()]
+        return sorted(found, key=lambda r: r.pid)
+
+    async def adopted_checked(self) -> None:
+        """Wait until each adopted process had its first health check (each check has
+        its timeout, so this ends), and complete a rollout that this made ready."""
+        supervisors = [s for r in self.current.values() for s in r.supervisors if s.adopting]
+        await asyncio.gather(*(s.checked.wait() for s in supervisors))
+        self._complete_if_ready()
+
+    async def roll_to(
+        self,
+        workload: Workload,
+        replicas: list[list[ProcessSpec]],
+        *,
+        progress_deadline: float,
+        adopted: Mapping[str, processes.Adopted] | None = None,
+    ) -> None:
         """Start `workload`'s replicas next to what serves now; stop each old one when its
-        replacement is ready (the rollout task)."""
+        replacement is ready (the rollout task). A process named in `adopted` (by its
+        ProcessSpec name) is supervised as it runs instead of being started."""
+        adopted = adopted or {}
         await self._stop_rollout()
         serving: dict[int, Replica] = {}
         discarded: list[Replica] = []
@@ -268,10 +316,14 @@ class LocalWorkload:
         self._timer = asyncio.get_running_loop().call_later(progress_deadline, self._changed)
         self.current = {
             i: Replica(
-                workload.generation,
-                [Supervisor(p, settings=self.settings, on_change=self._changed) for p in processes],
+                workload,
+                i,
+                [
+                    Supervisor(p, settings=self.settings, on_change=self._changed, adopted=adopted.get(p.name))
+                    for p in specs
+                ],
             )
-            for i, processes in enumerate(replicas)
+            for i, specs in enumerate(replicas)
         }
         for replica in self.current.values():
             replica.start()
@@ -299,12 +351,17 @@ class LocalWorkload:
             if all(r.ready for r in self.current.values()):
                 await asyncio.gather(*(r.stop() for r in self.old.values()))  # scaled down
                 self.old.clear()
-                self.completed = True
-                self._cancel_timer()
-                self._changed()
-                log.info("rolled out", workload=str(self.workload.key), generation=self.workload.generation)
+                self._complete_if_ready()
                 return
             await self._wake.wait()
+
+    def _complete_if_ready(self) -> None:
+        if self.completed or self.old or not all(r.ready for r in self.current.values()):
+            return
+        self.completed = True
+        self._cancel_timer()
+        self._changed()
+        log.info("rolled out", workload=str(self.workload.key), generation=self.workload.generation)
 
     async def _stop_rollout(self) -> None:
         self._cancel_timer()

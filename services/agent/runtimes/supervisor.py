@@ -1,16 +1,25 @@
 """One supervised local process: started, health-checked, restarted when it crashes.
 
 This is what a container runtime and kubelet do for one container, for the local runtime:
-the process runs in its own process group; its output is kept (the tail only); its
-HealthCheck runs every `period` (faster until it first passes) and `failure_threshold`
-failures in a row make it unready; when it exits it is restarted after an exponential
-backoff, and `crash_loop_after` crashes in a row without ever becoming ready is a crash
-loop (it keeps being restarted, at the capped backoff, like Kubernetes' CrashLoopBackOff).
+the process runs in its own process group; its output goes to a log file (its tail shows
+in the status); its HealthCheck runs every `period` (faster until it first passes) and
+`failure_threshold` failures in a row make it unready; when it exits it is restarted after
+an exponential backoff, and `crash_loop_after` crashes in a row without ever becoming
+ready is a crash loop (it keeps being restarted, at the capped backoff, like Kubernetes'
+CrashLoopBackOff).
 
 A process killed by SIGTERM, SIGKILL or SIGINT that the supervisor did not send was stopped
 by someone on purpose: that is drift (the live workload no longer matches what was
 applied), so it is not restarted behind their back; `revive()` (apply with repair) starts
 it again.
+
+A supervisor may start from a process adopted from a crashed agent
+(`processes.Adopted`, verified by the runtime before) instead of spawning one: it checks
+it at once (a process that was ready is ready again after one passing check, not after a
+restart) and supervises it like its own — except that its exit status cannot be known (it
+is not our child), so any exit of an adopted process counts as a crash and is restarted.
+Each spawned process gets a random token in its environment (`processes.TOKEN_ENV`): with its start
+time, it is how the next agent tells this very process from one that reused its pid.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
+import secrets
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +60,9 @@ class SupervisorSettings:
     ready_without_check_after: float = 1.0
     """A program without a health check is ready once it has run this long."""
     output_limit: int = MAX_MESSAGE
+    log_limit: int = 4 * 1024 * 1024
+    """A process's log file is cut back to its last `output_limit`·4 bytes beyond this size."""
+    log_trim_interval: float = 30.0
 
 
 def restart_delay(crashes: int, *, base: float, cap: float) -> float:
@@ -82,6 +96,8 @@ class ProcessSpec:
     argv: tuple[str, ...]
     env: Mapping[str, str] | None
     cwd: Path
+    log: Path
+    """Where its stdout and stderr go (appended; kept bounded)."""
     ports: Mapping[str, int] = field(default_factory=dict)
     health_check: resources_pb2.HealthCheck | None = None
     check_context: checks.CheckContext = field(default_factory=checks.CheckContext)
@@ -100,6 +116,10 @@ class ReplicaSnapshot:
     last_exit: int | None
     output: str
     check_message: str
+    start: int | None = None
+    """The running process's start time (clock ticks since boot), None when none runs."""
+    token: str = ""
+    """The running process's `processes.TOKEN_ENV` ('' when none runs)."""
 
     @property
     def ready(self) -> bool:
@@ -110,16 +130,28 @@ class Supervisor:
     """Keeps one ProcessSpec running until `stop()`."""
 
     def __init__(
-        self, spec: ProcessSpec, *, settings: SupervisorSettings, on_change: Callable[[], None]
+        self,
+        spec: ProcessSpec,
+        *,
+        settings: SupervisorSettings,
+        on_change: Callable[[], None],
+        adopted: processes.Adopted | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
         self._on_change = on_change
         self._state = ReplicaState.STARTING
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: processes.Service | None = None
+        self._identity: tuple[int, str] | None = None
+        """(start time, token) of the running process."""
+        self._adopted = adopted
+        self.adopting = adopted is not None
+        """It started from an adopted process (not one it spawned)."""
+        self.checked = asyncio.Event()
+        """Set once the current process had its first health check (or exited)."""
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._tail = processes.OutputTail(settings.output_limit)
+        self._output = processes.read_tail(spec.log, settings.output_limit)
         self._crashes = 0
         self._restarts = 0
         self._last_exit: int | None = None
@@ -140,24 +172,35 @@ class Supervisor:
         return True
 
     async def stop(self) -> None:
-        """Stop the process (SIGTERM, SIGKILL after the grace) and the supervision."""
+        """Stop the process (SIGTERM, SIGKILL after the grace) and the supervision; its
+        log goes with it."""
         self._stopping.set()
         if self._task is not None:
             await asyncio.shield(self._task)
+        elif self._adopted is not None:  # adopted but never started: stop it all the same
+            adopted, self._adopted = self._adopted, None
+            await processes.stop(adopted, grace=self.settings.stop_grace)
+            adopted.close()
         self._state = ReplicaState.STOPPED
+        with contextlib.suppress(OSError):
+            self.spec.log.unlink()
 
     def snapshot(self) -> ReplicaSnapshot:
         process = self._process
+        alive = process is not None and processes.running(process)
+        identity = self._identity if alive else None
         return ReplicaSnapshot(
             name=self.spec.name,
             state=self._state,
-            pid=process.pid if process is not None and process.returncode is None else None,
+            pid=process.pid if alive and process is not None else None,
+            start=identity[0] if identity else None,
+            token=identity[1] if identity else "",
             ports=self.spec.ports,
             crashes=self._crashes,
             restarts=self._restarts,
             crash_looping=self._crashes >= self.settings.crash_loop_after,
             last_exit=self._last_exit,
-            output=self._tail.text(),
+            output=self._output,
             check_message=self._check_message,
         )
 
@@ -165,22 +208,14 @@ class Supervisor:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    *self.spec.argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env=dict(self.spec.env) if self.spec.env is not None else None,
-                    cwd=self.spec.cwd,
-                    start_new_session=True,
-                )
-            except OSError as error:
-                self._tail.add(f"cannot start {self.spec.argv[0]}: {error.strerror or error}\n".encode())
-                self._crashed(exit_code=None, was_ready=False)
+            adopted, self._adopted = self._adopted, None
+            if adopted is not None:
+                process: processes.Service | None = adopted
+                self._identity = (adopted.start, adopted.token)
             else:
-                if await self._supervise(process):
-                    return  # stopped out of band: wait for revive()
+                process = await self._spawn()
+            if process is not None and await self._supervise(process):
+                return  # stopped out of band: wait for revive()
             if self._stopping.is_set():
                 break
             delay = restart_delay(
@@ -192,10 +227,29 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), delay)
         self._state = ReplicaState.STOPPED
 
-    async def _supervise(self, process: asyncio.subprocess.Process) -> bool:
+    async def _spawn(self) -> asyncio.subprocess.Process | None:
+        """Start the program with a fresh token; None (a crash) if it cannot start."""
+        spec = self.spec
+        token = secrets.token_hex(16)
+        env = {**(spec.env if spec.env is not None else os.environ), processes.TOKEN_ENV: token}
+        processes.trim_log(spec.log, limit=self.settings.log_limit, keep=self.settings.output_limit * 4)
+        try:
+            process = await processes.spawn(spec.argv, env=env, cwd=spec.cwd, log=spec.log)
+        except OSError as error:
+            self._note(f"cannot start {spec.argv[0]}: {error.strerror or error}")
+            self.checked.set()
+            self._crashed(exit_code=None, was_ready=False)
+            return None
+        start = processes.process_start_time(process.pid)
+        self._identity = (start, token) if start is not None else None
+        return process
+
+    async def _supervise(self, process: processes.Service) -> bool:
         """Run one process until it exits or the supervisor stops; True if stopped out of band."""
+        adopted = isinstance(process, processes.Adopted)
         self._process = process
         self._state = ReplicaState.STARTING
+        self.checked.clear()
         self._changed()
         was_ready = False
 
@@ -203,28 +257,33 @@ class Supervisor:
             nonlocal was_ready
             was_ready = True
 
-        reader = asyncio.create_task(processes.drain(process.stdout, self._tail), name=f"output {self.spec.name}")
-        checker = asyncio.create_task(self._check(became_ready), name=f"check {self.spec.name}")
+        checker = asyncio.create_task(self._check(became_ready, adopted=adopted), name=f"check {self.spec.name}")
+        trimmer = asyncio.create_task(self._trim_log(), name=f"log {self.spec.name}")
         exited = asyncio.create_task(processes.exited(process), name=f"wait {self.spec.name}")
         stopping = asyncio.create_task(self._stopping.wait(), name=f"stop {self.spec.name}")
         try:
             await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (checker, exited, stopping):
+            for task in (checker, trimmer, exited, stopping):
                 task.cancel()
             await processes.stop(process, grace=self.settings.stop_grace)
-            await asyncio.gather(checker, exited, stopping, return_exceptions=True)
-            await processes.finish_output(process, [reader], grace=1.0)
+            await asyncio.gather(checker, trimmer, exited, stopping, return_exceptions=True)
+            if isinstance(process, processes.Adopted):
+                process.close()
+            self.checked.set()
         if self._stopping.is_set():
             return False
         code = process.returncode
         if code is not None and code < 0 and -code in OUT_OF_BAND_SIGNALS:
             self._last_exit = code
             self._state = ReplicaState.STOPPED_OUT_OF_BAND
-            self._tail.add(f"[convoy] stopped out of band by signal {-code}\n".encode())
+            self._note(f"[convoy] stopped out of band by signal {-code}")
             self._changed()
             return True
-        self._tail.add(f"[convoy] exited with code {code}\n".encode())
+        if adopted:
+            self._note("[convoy] exited (an adopted process: its exit code is known only to its parent)")
+        else:
+            self._note(f"[convoy] exited with code {code}")
         self._crashed(exit_code=code, was_ready=was_ready)
         return False
 
@@ -234,14 +293,18 @@ class Supervisor:
         self._restarts += 1
         self._changed()
 
-    async def _check(self, became_ready: Callable[[], None]) -> None:
+    async def _check(self, became_ready: Callable[[], None], *, adopted: bool) -> None:
+        """Health-check the running process until cancelled. An adopted process is
+        checked at once; one without a check has run long enough already."""
         check = self.spec.health_check
         settings = self.settings
         if check is None:
-            await asyncio.sleep(settings.ready_without_check_after)
+            if not adopted:
+                await asyncio.sleep(settings.ready_without_check_after)
             self._set_state(ReplicaState.READY)
             self._crashes = 0
             became_ready()
+            self.checked.set()
             return
         period = _seconds(check.period) or settings.default_check_period
         threshold = check.failure_threshold or settings.default_failure_threshold
@@ -263,8 +326,20 @@ class Supervisor:
                     self._set_state(ReplicaState.UNREADY)
                 elif message_changed and self._state is not ReplicaState.READY:
                     self._changed()
+            self.checked.set()
             ready = self._state is ReplicaState.READY
             await asyncio.sleep(period if ready else min(period, settings.startup_check_period))
+
+    async def _trim_log(self) -> None:
+        settings = self.settings
+        while True:
+            await asyncio.sleep(settings.log_trim_interval)
+            processes.trim_log(self.spec.log, limit=settings.log_limit, keep=settings.output_limit * 4)
+
+    def _note(self, line: str) -> None:
+        """Add a line to the process's log and refresh the tail the status shows."""
+        processes.append_line(self.spec.log, line)
+        self._output = processes.read_tail(self.spec.log, self.settings.output_limit)
 
     def _set_state(self, state: ReplicaState) -> None:
         if state is not self._state:

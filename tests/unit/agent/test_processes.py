@@ -1,10 +1,12 @@
-"""Running a command to completion: output, exit codes, timeouts, daemons it leaves."""
+"""Running a command to completion: output, exit codes, timeouts, daemons it leaves; and
+the log files of services."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +56,18 @@ def _is_zombie_elsewhere(pid: int) -> bool:
     except OSError:
         return True
     return text[text.rindex(")") + 2] == "Z"
+
+
+def test_a_log_is_cut_to_its_tail_and_the_writer_keeps_appending_at_the_end(tmp_path: Path) -> None:
+    """A service holds its log open with O_APPEND (processes.spawn): after a trim its next
+    write lands at the new end, not at its old offset."""
+    log = tmp_path / "web-0.log"
+    with log.open("ab", buffering=0) as writer:
+        writer.write(b"x" * 10_000 + b"tail-kept\n")
+        processes.trim_log(log, limit=1000, keep=10)
+        assert log.read_bytes() == b"tail-kept\n"
+        writer.write(b"next line\n")
+    assert log.read_bytes() == b"tail-kept\nnext line\n"
+    assert processes.read_tail(log, 12) == "…\nnext line\n"
+    processes.trim_log(log, limit=1000, keep=10)  # within the limit: left alone
+    assert log.read_bytes() == b"tail-kept\nnext line\n"

@@ -26,10 +26,18 @@ from google.protobuf.duration_pb2 import Duration
 
 from schemas.convoy.v1 import convergence_pb2, resources_pb2
 from services.agent.runtimes import documents, processes
-from services.agent.runtimes.base import FailureReason, Phase, Runtime, StaleGeneration, Workload, WorkloadKey
+from services.agent.runtimes.base import (
+    ApplyRejected,
+    FailureReason,
+    Phase,
+    Runtime,
+    StaleGeneration,
+    Workload,
+    WorkloadKey,
+)
 from services.agent.runtimes.local import LocalRuntime, LocalSettings, parse_endpoints, probe_values
 from services.agent.runtimes.localstate import STATE_ENV, process_start_time
-from services.agent.runtimes.supervisor import SupervisorSettings
+from services.agent.runtimes.supervisor import ProcessSpec, ReplicaState, Supervisor, SupervisorSettings
 from tests.conftest import eventually
 from tests.contract.runtime_suite import (
     FailureMode,
@@ -315,6 +323,42 @@ class TestLocalRuntime(RuntimeContract):
         assert [await get(port) for port in parse_endpoints(healthy.message).values()] == ["v3"]
         await eventually(lambda: all(gone(pid) for pid in old_pids), message="old replicas stopped")
         assert len(local.pids(key)) == 1
+
+    async def test_a_nul_byte_is_refused_before_anything_starts_and_later_generations_apply(
+        self, local: LocalRuntime, key: WorkloadKey
+    ) -> None:
+        """The issue's `docroot: "\u0000"` reaching the runtime (an old release, a client
+        that bypassed the API): it used to start a supervision that died on spawn and
+        whose stop re-raised `ValueError: embedded null byte` on every later rollout."""
+        first = make_workload(key, server_spec(key, version="v1"), generation=1)
+        await local.apply(first)
+        await self.wait_healthy(local, first)
+        bad = spec(key, [sys.executable, str(SCRIPTS / "version_server.py"), "{{.Port}}", "/srv\x00"], version="v9")
+        with pytest.raises(ApplyRejected, match="NUL byte"):
+            await local.apply(make_workload(key, bad, generation=2))
+        env = server_spec(key, version="v9")
+        env.programs[0].env["DOCROOT"] = "\x00"
+        with pytest.raises(ApplyRejected, match="environment variable DOCROOT holds a NUL byte"):
+            await local.apply(make_workload(key, env, generation=2))
+        assert (await local.status(key)).generation == 1  # v1 kept serving
+        third = make_workload(key, server_spec(key, version="v10"), generation=3)
+        await local.apply(third)
+        await self.wait_healthy(local, third)
+
+    async def test_a_replica_whose_spawn_raises_crashes_and_stops_cleanly(self, tmp_path: Path) -> None:
+        """Below the render's check: an argument the OS refuses is a replica that cannot
+        start (a crash, with the reason), and stopping it raises nothing."""
+        settings = FAST
+        changed = asyncio.Event()
+        replica = Supervisor(
+            ProcessSpec(name="web-0", argv=(sys.executable, "bad\x00arg"), env=None, cwd=tmp_path, log=tmp_path / "web-0.log"),
+            settings=settings, on_change=changed.set,
+        )
+        replica.start()
+        await eventually(lambda: replica.snapshot().crashes >= 1, message="the spawn failure counted as a crash")
+        assert "embedded null byte" in replica.snapshot().output
+        await replica.stop()
+        assert replica.snapshot().state is ReplicaState.STOPPED
 
     async def test_a_restarted_agent_runs_what_was_applied(self, tmp_path: Path, key: WorkloadKey) -> None:
         first = await LocalRuntime.open(settings=local_settings(tmp_path))

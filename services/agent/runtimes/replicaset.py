@@ -49,6 +49,13 @@ def free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
+def _texts(argv: list[str], env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Every string a process is started with, named for an error message."""
+    return [(f"argument {i}", a) for i, a in enumerate(argv)] + [
+        item for k, v in env.items() for item in ((f"environment variable name {k!r}", k), (f"environment variable {k}", v))
+    ]
+
+
 def render_replica(
     workload: Workload,
     index: int,
@@ -67,7 +74,8 @@ def render_replica(
     local port.
 
     Raises ApplyRejected when a program cannot run here (no command, unknown placeholder,
-    missing executable) — before anything starts, so the live generation keeps serving."""
+    missing executable, a NUL byte in an argument or the environment) — before anything
+    starts, so the live generation keeps serving."""
     spec, key = workload.spec, workload.key
     inherited = dict(os.environ) if base_env is None else dict(base_env)  # what children inherit anyway
     result = []
@@ -96,6 +104,9 @@ def render_replica(
         env.update(extra_env or {})
         if "Port" in values:
             env.setdefault("PORT", values["Port"])
+        nul = next((what for what, text in _texts(argv, env) if "\0" in text), None)
+        if nul is not None:
+            raise ApplyRejected(f"{key}: program {program.name!r}: {nul} holds a NUL byte, which no process can take")
         if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
             raise ApplyRejected(f"{key}: program {program.name!r}: {argv[0]!r} is not an executable found on PATH")
         declared = {port.port: local for port, local in zip(program.ports, allocated.values(), strict=True)}

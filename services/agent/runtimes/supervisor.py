@@ -34,10 +34,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
+from eventstore.tasks import describe
 from schemas.convoy.v1 import resources_pb2
 from services.agent import checks
 from services.agent.runtimes import processes
 from services.agent.runtimes.base import MAX_MESSAGE
+
+log = structlog.get_logger("convoy.agent.supervisor")
 
 OUT_OF_BAND_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL, signal.SIGINT})
 """Exit by one of these, not sent by the supervisor: someone stopped the process on purpose."""
@@ -176,7 +181,14 @@ class Supervisor:
         log goes with it."""
         self._stopping.set()
         if self._task is not None:
-            await asyncio.shield(self._task)
+            try:
+                await asyncio.shield(self._task)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a broken supervision must not wedge every later rollout
+                log.error("the supervision of a replica had failed", replica=self.spec.name, error=describe(error))
+                if self._process is not None:
+                    await processes.stop(self._process, grace=self.settings.stop_grace)
         elif self._adopted is not None:  # adopted but never started: stop it all the same
             adopted, self._adopted = self._adopted, None
             await processes.stop(adopted, grace=self.settings.stop_grace)
@@ -235,8 +247,9 @@ class Supervisor:
         processes.trim_log(spec.log, limit=self.settings.log_limit, keep=self.settings.output_limit * 4)
         try:
             process = await processes.spawn(spec.argv, env=env, cwd=spec.cwd, log=spec.log)
-        except OSError as error:
-            self._note(f"cannot start {spec.argv[0]}: {error.strerror or error}")
+        except (OSError, ValueError, TypeError) as error:  # ValueError: an argument the OS cannot take
+            detail = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            self._note(f"cannot start {spec.argv[0]}: {detail}")
             self.checked.set()
             self._crashed(exit_code=None, was_ready=False)
             return None

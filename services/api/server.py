@@ -35,7 +35,7 @@ from services.api.handlers import Api
 from services.api.history import History
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
-from services.api.rest import GrpcMetrics, RequestMetrics, RestApp
+from services.api.rest import GrpcMetrics, RequestMetrics, RestApp, ServerLog
 from services.api.writes import Writer
 
 log = structlog.get_logger("convoy.api.server")
@@ -194,7 +194,7 @@ class ApiServer:
             registry=self.metrics,
             requests=self._requests,
         )
-        runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=self._grace)
+        runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=self._grace, logger=ServerLog())
         await runner.setup()
         self._runner = runner
         site = web.TCPSite(runner, host, port)

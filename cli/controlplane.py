@@ -18,7 +18,7 @@ them all by an ops server (`cli.ops`, 127.0.0.1:`ops_port`): /metrics, /healthz,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from services.agent.agent import Agent, AgentSettings
 from services.agent.runtimes.base import Runtime
 from services.agent.selection import build_runtime
 from services.api.desired import DesiredState
-from services.api.ingest import ObservationIngest
+from services.api.ingest import HeartbeatSeen, ObservationIngest
 from services.api.natsauth_sync import NatsAuthSync
 from services.api.planning import NatsPlannerClient
 from services.api.server import ApiServer
@@ -120,6 +120,7 @@ async def control_plane(
                 listen,
                 planner=NatsPlannerClient(nc=nc, instance=instance),
                 metrics=metrics,
+                heartbeats=ingest.last_heartbeat,
             )
         )
         planner = await stack.enter_async_context(
@@ -214,6 +215,7 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         stack.push_async_callback(store.close)
         planner = None
         checks = []
+        heartbeats: Callable[[str], HeartbeatSeen | None] | None = None
         if settings.nats_url:
             nc = await connect(settings, settings.nats_url, name=f"convoy-api:{settings.instance}")
             stack.push_async_callback(nc.close)
@@ -222,10 +224,13 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
             relay, ingest = await bus_services(stack, settings, store, nc, registry, metrics, appended, None)
             planner = NatsPlannerClient(nc=nc, instance=settings.instance)
             checks = [ops.relay_check(relay), ops.ingest_check(ingest), ops.nats_check(nc)]
+            heartbeats = ingest.last_heartbeat
         else:
             typer.echo("no CONVOY_NATS_URL: serving the API only (no relay, observation ingest or dry runs)")
         counted = ops.counted(store, appended, "api")
-        api = await stack.enter_async_context(api_server(counted, settings.state_dir, listen, planner=planner, metrics=metrics))
+        api = await stack.enter_async_context(
+            api_server(counted, settings.state_dir, listen, planner=planner, metrics=metrics, heartbeats=heartbeats)
+        )
         if listen.ops_port is not None and checks:
             server = await stack.enter_async_context(
                 OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=[*api.checks(), *checks])
@@ -242,6 +247,7 @@ async def api_server(
     *,
     planner: NatsPlannerClient | None = None,
     metrics: Registry | None = None,
+    heartbeats: Callable[[str], HeartbeatSeen | None] | None = None,
 ) -> AsyncIterator[ApiServer]:
     """Start the API, print where it answers and record that in `<state_dir>/endpoint.json`
     (how the CLI finds a local instance); the file is removed again on stop."""
@@ -252,6 +258,7 @@ async def api_server(
         http_address=f"{listen.host}:{listen.http_port}",
         planner=planner,
         metrics=metrics,
+        heartbeats=heartbeats,
     )
     ports = await server.start()
     endpoint = localstate.Endpoint(grpc=f"{listen.host}:{ports.grpc}", rest=f"http://{listen.host}:{ports.http}")

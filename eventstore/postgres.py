@@ -421,7 +421,11 @@ class PostgresEventStore:
 
     async def _connect_listener(self, callback: Callable[..., None]) -> asyncpg.Connection:
         conn = await asyncpg.connect(self.settings.dsn, timeout=10, server_settings={"search_path": self.schema})
-        await conn.add_listener(self.channel, callback)
+        try:
+            await conn.add_listener(self.channel, callback)
+        except BaseException:  # cancelled (the tail is stopping) or failed: the caller never gets it
+            conn.terminate()
+            raise
         return conn
 
 

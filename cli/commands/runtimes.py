@@ -1,6 +1,10 @@
 """`convoy runtimes`: where services run — list and show them, pause and resume them, set
 their labels, issue their agent's credential, deregister them.
 
+`get` and `list` also say what the API last heard from each runtime's agent (its
+heartbeats): whether it is connected, and whether its runtime answers it — an agent
+whose cluster is unreachable keeps retrying, and this is where that shows.
+
 An agent credential's secret exists only in IssueAgentCredential's answer (Convoy keeps its
 hash), so `credential` shows it exactly once: printed to stdout, or written to a file only
 its owner can read — and then never printed. The file is claimed before the credential is
@@ -32,7 +36,7 @@ from cli.commands.common import (
     written,
 )
 from cli.output import Column, Format, as_dict, emit_many, emit_one
-from schemas.convoy.v1 import api_pb2, resources_pb2
+from schemas.convoy.v1 import api_pb2, convergence_pb2, resources_pb2
 
 runtimes = typer.Typer(name="runtimes", help="Runtimes (where services run).", no_args_is_help=True)
 
@@ -44,10 +48,68 @@ def _runtime_kind(state: api_pb2.RuntimeState) -> str:
     return desc.name.removeprefix("RUNTIME_KIND_").lower() if desc else str(state.runtime.kind)
 
 
+_BEAT = convergence_pb2.Heartbeat
+
+
+def _ago(seconds: float) -> str:
+    """Seconds, coarsely and rounded down: 2s, 5m, 3h, 2d."""
+    whole = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole >= size:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
+def _agent_cell(state: api_pb2.RuntimeState) -> str:
+    if not state.HasField("agent"):
+        return "-"
+    agent = state.agent
+    ago = _ago(agent.last_seen_ago.ToTimedelta().total_seconds())
+    return f"connected ({ago} ago)" if agent.connected else f"LOST ({ago} ago)"
+
+
+def _runtime_cell(state: api_pb2.RuntimeState) -> str:
+    if not state.HasField("agent"):
+        return "-"
+    availability = state.agent.runtime_availability
+    if availability == _BEAT.RUNTIME_AVAILABILITY_AVAILABLE:
+        return "available"
+    if availability == _BEAT.RUNTIME_AVAILABILITY_UNAVAILABLE:
+        return "UNAVAILABLE"
+    return "-"
+
+
+def agent_lines(state: api_pb2.RuntimeState) -> list[str]:
+    """What the API heard from the runtime's agent, as `runtimes get` prints it."""
+    if not state.HasField("agent"):
+        return ["# agent: no heartbeat heard by this API (no agent running, or this API does not listen to the bus)"]
+    agent = state.agent
+    ago = _ago(agent.last_seen_ago.ToTimedelta().total_seconds())
+    workloads = f"{agent.workloads} workload{'' if agent.workloads == 1 else 's'}"
+    if agent.connected:
+        lines = [f"# agent: connected (last heartbeat {ago} ago; {agent.agent_id}, {workloads})"]
+        stale = ""
+    else:
+        lines = [f"# agent: NOT CONNECTED (last heartbeat {ago} ago; {agent.agent_id}, {workloads})"]
+        stale = " (as of its last heartbeat)"
+    availability = agent.runtime_availability
+    if availability == _BEAT.RUNTIME_AVAILABILITY_UNAVAILABLE:
+        since = ""
+        if agent.HasField("runtime_unavailable_since"):
+            since = agent.runtime_unavailable_since.ToDatetime().strftime(" since %Y-%m-%d %H:%M:%S UTC")
+        error = " ".join(agent.runtime_error.split())
+        lines.append(f"# runtime: UNAVAILABLE{since}{stale}" + (f" — {error}" if error else ""))
+    elif availability == _BEAT.RUNTIME_AVAILABILITY_AVAILABLE:
+        lines.append(f"# runtime: available{stale}")
+    else:
+        lines.append("# runtime: not reported by the agent yet")
+    return lines
+
+
 @runtimes.command("list")
 @reports_errors
 def runtimes_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
-    """List runtimes."""
+    """List runtimes, with whether each agent is connected and its runtime available."""
     with connect(endpoint, token) as client:
         found = client.pages(client.runtimes.ListRuntimes, api_pb2.ListRuntimesRequest(), "runtimes")
     emit_many(
@@ -58,6 +120,8 @@ def runtimes_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output: 
             Column("kind", _runtime_kind),
             Column("labels", lambda r: dict(r.runtime.labels)),
             Column("paused", lambda r: r.paused),
+            Column("agent", _agent_cell),
+            Column("runtime", _runtime_cell),
         ],
     )
 
@@ -65,12 +129,18 @@ def runtimes_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output: 
 @runtimes.command("get")
 @reports_errors
 def runtimes_get(name: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
-    """Show one runtime and its state."""
+    """Show one runtime and its state: paused, agent connected, runtime available."""
     with connect(endpoint, token) as client:
         found: api_pb2.RuntimeState = client.call(client.runtimes.GetRuntime, api_pb2.GetRuntimeRequest(name=name))
     if output is Format.table:
         state = f"# paused: {found.pause_reason or 'yes'}" if found.paused else "# not paused"
-        show_resource(found.runtime, output, state, f"# agent credential generation: {found.credential_generation}")
+        show_resource(
+            found.runtime,
+            output,
+            state,
+            f"# agent credential generation: {found.credential_generation}",
+            *agent_lines(found),
+        )
     else:
         emit_one(found, output)
 

@@ -14,7 +14,9 @@ What runs, each as a named, supervised, stoppable task:
 - convergence from a snapshot: at start (and until it gets one) the agent asks the
   control plane for its runtime's desired state, so a fresh agent converges without
   replaying history (`snapshot`);
-- heartbeats on core NATS `convoy.<i>.hb.<runtime>` every `heartbeat_interval` (not stored);
+- heartbeats on core NATS `convoy.<i>.hb.<runtime>` every `heartbeat_interval` (not stored),
+  carrying whether the runtime answers (`availability`: every runtime call counts), and
+  sent at once when that changes;
 - reconcile every `reconcile_interval`: drift is reported (DRIFTED) and repaired when the
   intent says `repair_drift`;
 - `/healthz` (optional), failing once the bus is lost longer than `bus_loss_threshold`;
@@ -30,7 +32,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -45,6 +47,7 @@ from eventstore.subscriptions import Delivery, DurableSubscription, Subscription
 from eventstore.tasks import Backoff, describe, stop_task
 from schemas.convoy.v1 import convergence_pb2, resources_pb2
 from services.agent import intents, observations, protections, reconcile, snapshot
+from services.agent.availability import Availability, ObservedRuntime
 from services.agent.health import BusLiveness, bus_check
 from services.agent.intents import Action
 from services.agent.observations import Kind, Subject
@@ -144,7 +147,8 @@ class Agent:
         self._nc = nc
         self.settings = settings
         self.name = settings.runtime
-        self.runtime = runtime
+        self.availability = Availability(runtime=settings.runtime)
+        self.runtime: Runtime | None = ObservedRuntime(runtime, self.availability) if runtime is not None else None
         self._owns_runtime = runtime is None
         self._factory = runtime_factory
         self._registry = registry or convoy_registry()
@@ -265,7 +269,7 @@ class Agent:
             first = await self._try_snapshot()
         if self.runtime is None:
             assert self._factory is not None and self._config is not None
-            self.runtime = await self._factory(self._config)
+            self.runtime = ObservedRuntime(await self._factory(self._config), self.availability)
         live = await self._retry_runtime(self.runtime.live, "listing live workloads")
         forget = reconcile.settle(self._applied.applied(), live)
         if forget:
@@ -627,11 +631,13 @@ class Agent:
                 runtime=self.name, agent_id=self.settings.agent_id, workloads=len(self._applied.applied())
             )
             beat.sent_at.FromDatetime(datetime.now(UTC))
+            beat.interval.FromTimedelta(timedelta(seconds=self.settings.heartbeat_interval))
+            self.availability.stamp(beat)
             try:
                 await bus.guarded("heartbeat", lambda: self._nc.publish(subject, beat.SerializeToString()))
             except ConvoyError as error:
                 log.debug("heartbeat not sent", error=str(error))
-            await asyncio.sleep(self.settings.heartbeat_interval)
+            await self.availability.changed(self.settings.heartbeat_interval)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -661,6 +667,7 @@ class Agent:
             "ready": self.ready.is_set(),
             "workloads": len(self._applied.applied()),
             "consuming": self._subscription.running,
+            "runtime_available": self.availability.available,
         }
 
 

@@ -6,11 +6,19 @@ disagree about what a failure means. Anything unexpected becomes INTERNAL/500 wi
 request's correlation id, so an operator can find the traceback in the logs without the
 client ever seeing it. Bad input must never land there: the transports turn every
 parse problem into `InvalidArgument` before a handler runs.
+
+Every answer is bounded here, whatever the error carried: the message is clipped to
+`MESSAGE_LIMIT` bytes and the violations to `VIOLATIONS_BUDGET` bytes of JSON (the rest
+counted in a last one). On gRPC both travel in trailing metadata, which clients refuse
+past 8 KiB by default (16 KiB hard): a longer status becomes RESOURCE_EXHAUSTED and the
+real answer is lost.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Final
 
 import grpc
 
@@ -24,6 +32,12 @@ from services.api.domain import (
     PermissionDenied,
     Violation,
 )
+from services.api.domain.errors import MESSAGE_LIMIT, clip
+
+VIOLATIONS_BUDGET: Final = 2048
+"""Bytes of JSON the violations of one answer take at most (`convoy-violations-bin`)."""
+FIELD_LIMIT: Final = 256
+DESCRIPTION_LIMIT: Final = 512
 
 
 class Unauthenticated(ConvoyError):
@@ -81,9 +95,25 @@ def classify(error: BaseException) -> Failure:
         return Failure(grpc.StatusCode.INTERNAL, 500, "internal error", expected=False)
     for kind, code, status in _TABLE:
         if isinstance(error, kind):
-            violations = error.violations if isinstance(error, InvalidArgument) else ()
-            return Failure(code, status, str(error) or code.name, violations)
+            violations = bounded(error.violations) if isinstance(error, InvalidArgument) else ()
+            return Failure(code, status, clip(str(error) or code.name, limit=MESSAGE_LIMIT), violations)
     return Failure(grpc.StatusCode.INTERNAL, 500, "internal error", expected=False)
+
+
+def bounded(violations: tuple[Violation, ...]) -> tuple[Violation, ...]:
+    """The violations that fit `VIOLATIONS_BUDGET` bytes of JSON (each clipped), and a
+    last one counting those left out."""
+    kept: list[Violation] = []
+    used = 2
+    for index, violation in enumerate(violations):
+        short = Violation(clip(violation.field, limit=FIELD_LIMIT), clip(violation.description, limit=DESCRIPTION_LIMIT))
+        size = len(json.dumps({"field": short.field, "description": short.description})) + 2
+        if kept and used + size > VIOLATIONS_BUDGET - 100:
+            kept.append(Violation("", f"… and {len(violations) - index} more problems; fix these first"))
+            break
+        kept.append(short)
+        used += size
+    return tuple(kept)
 
 
 def invalid(field: str, description: str) -> InvalidArgument:

@@ -79,6 +79,7 @@ class Api:
         convergence: ConvergenceView | None = None,
         planner: PlannerClient | None = None,
         history: History | None = None,
+        agents: queries.AgentLookup | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -88,6 +89,7 @@ class Api:
         self._convergence = convergence or ConvergenceView()
         self._planner = planner
         self._history = history or History(store=store, registry=registry)
+        self._queries = queries.with_agents(agents) if agents is not None else queries.QUERIES
         self._streams_open = True
         missing = [
             m.name
@@ -180,7 +182,7 @@ class Api:
         state = self._projection.state
         if "as_of" in _fields(request) and request.HasField("as_of"):
             state = (await self._history.at(request.as_of)).state  # type: ignore[attr-defined]
-        return queries.QUERIES[method.name](state, request)
+        return self._queries[method.name](state, request)
 
     async def _see(self, position: int, field_name: str) -> None:
         """Read-your-writes: wait (bounded) until the projection folded `position`.

@@ -14,8 +14,11 @@ Rejected and malformed messages go to the dead-letter subject at once with the r
 (retrying cannot fix them) and nothing is written. An unavailable store is waited out in
 place: the batch is committed again, with backoff, until the store takes it, and nothing
 else is pulled meanwhile — a nak'd observation would come back after later reports of the
-same workload had been recorded, out of order. Heartbeats (core NATS `convoy.<instance>.hb.<runtime>`) are kept in memory only —
-the last one per runtime — for liveness queries.
+same workload had been recorded, out of order. Heartbeats (core NATS
+`convoy.<instance>.hb.<runtime>`) are kept in memory only — the last one per runtime — for
+liveness queries and GetRuntime's `agent` (whether the agent's runtime answers it); a
+malformed one is ignored with a warning, an oversized error text in one is cut to
+`HEARTBEAT_ERROR_LIMIT` bytes.
 
 Throughput and order: one durable subscription in batch mode. Everything a pull has
 brought (up to `settings.batch` messages, 500 by default) is checked, then recorded in one store commit —
@@ -42,7 +45,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final, TypeVar
 
 import structlog
@@ -69,6 +72,7 @@ from eventstore.subscriptions import (
 from eventstore.tasks import Backoff, describe
 from eventstore.types import AppendRequest, EventStore, NewEvent, validate_stream_id
 from schemas.convoy.v1 import convergence_pb2, events_pb2
+from services.api.domain.errors import clip, quote
 
 log = structlog.get_logger("convoy.api.ingest")
 
@@ -88,6 +92,13 @@ UNEXPLAINED_RETRIES: Final = 3
 batch is handed back to the subscription's nak / dead-letter path."""
 
 _T = TypeVar("_T")
+HEARTBEAT_ERROR_LIMIT: Final = 1024
+"""UTF-8 bytes of a heartbeat's runtime error kept (an agent cuts it there too)."""
+DEFAULT_HEARTBEAT_INTERVAL: Final = 5.0
+"""The interval assumed for a heartbeat that does not say (an older agent): the agent's default."""
+MAX_HEARTBEAT_INTERVAL: Final = 3600.0
+MISSED_BEATS: Final = 3
+"""An agent counts as connected while its last heartbeat is at most this many intervals old."""
 
 
 class Rejected(InvalidInput):
@@ -103,6 +114,21 @@ class HeartbeatSeen:
     workloads: int
     received: float
     """`time.monotonic()` when it arrived."""
+    received_at: datetime = datetime.min.replace(tzinfo=UTC)
+    """The wall clock when it arrived (UTC)."""
+    interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    """Seconds between the agent's heartbeats."""
+    runtime_availability: int = convergence_pb2.Heartbeat.RUNTIME_AVAILABILITY_UNSPECIFIED
+    runtime_unavailable_since: datetime | None = None
+    runtime_error: str = ""
+
+    def age(self, now: float) -> float:
+        """Seconds since it arrived, `now` being `time.monotonic()`."""
+        return max(0.0, now - self.received)
+
+    def connected(self, now: float) -> bool:
+        """At most `MISSED_BEATS` intervals old."""
+        return self.age(now) <= MISSED_BEATS * self.interval
 
 
 @dataclass(slots=True)
@@ -388,15 +414,7 @@ class ObservationIngest:
             beat = convergence_pb2.Heartbeat.FromString(data)
         except DecodeError as error:
             raise Rejected(f"payload is not a Heartbeat: {error}") from error
-        if beat.runtime != runtime:
-            raise Rejected(f"heartbeat claims runtime {beat.runtime!r} on the subject of runtime {runtime!r}")
-        self._heartbeats[runtime] = HeartbeatSeen(
-            runtime=runtime,
-            agent_id=beat.agent_id,
-            sent_at=beat.sent_at.ToDatetime(),
-            workloads=beat.workloads,
-            received=time.monotonic(),
-        )
+        self._heartbeats[runtime] = heartbeat_seen(runtime, beat, received=time.monotonic(), received_at=datetime.now(UTC))
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Dead-letter at once (like the subscription's last attempt) and let it ack."""
@@ -422,3 +440,43 @@ class ObservationIngest:
         )
         self.rejected += 1
         log.warning("observation rejected", subject=delivery.subject, reason=headers[H_DLQ_ERROR])
+
+
+def heartbeat_seen(
+    runtime: str, beat: convergence_pb2.Heartbeat, *, received: float, received_at: datetime
+) -> HeartbeatSeen:
+    """A heartbeat published on `runtime`'s subject, checked: `Rejected` when it speaks
+    for another runtime or holds what no agent sends; its error text is cut to
+    `HEARTBEAT_ERROR_LIMIT` bytes."""
+    if beat.runtime != runtime:
+        raise Rejected(f"heartbeat claims runtime {quote(beat.runtime)} on the subject of runtime {quote(runtime)}")
+    if len(beat.agent_id) > 200:
+        raise Rejected(f"heartbeat agent id {quote(beat.agent_id)} is longer than 200 characters")
+    if beat.workloads < 0:
+        raise Rejected(f"heartbeat counts {beat.workloads} workloads")
+    availability = beat.runtime_availability
+    if availability not in convergence_pb2.Heartbeat.RuntimeAvailability.values():
+        raise Rejected(f"heartbeat has no known runtime availability ({availability})")
+    interval = DEFAULT_HEARTBEAT_INTERVAL
+    if beat.HasField("interval"):
+        interval = beat.interval.seconds + beat.interval.nanos / 1e9
+        if not 0 < interval <= MAX_HEARTBEAT_INTERVAL:
+            raise Rejected(f"heartbeat interval {interval}s is not between 0 and {MAX_HEARTBEAT_INTERVAL:.0f}s")
+    try:
+        sent_at = beat.sent_at.ToDatetime(tzinfo=UTC)
+        since = beat.runtime_unavailable_since.ToDatetime(tzinfo=UTC) if beat.HasField("runtime_unavailable_since") else None
+    except (ValueError, OverflowError) as error:
+        raise Rejected(f"heartbeat has an invalid timestamp: {error}") from error
+    unavailable = availability == convergence_pb2.Heartbeat.RUNTIME_AVAILABILITY_UNAVAILABLE
+    return HeartbeatSeen(
+        runtime=runtime,
+        agent_id=beat.agent_id,
+        sent_at=sent_at,
+        workloads=beat.workloads,
+        received=received,
+        received_at=received_at,
+        interval=interval,
+        runtime_availability=availability,
+        runtime_unavailable_since=since if unavailable else None,
+        runtime_error=clip(beat.runtime_error, limit=HEARTBEAT_ERROR_LIMIT) if unavailable else "",
+    )

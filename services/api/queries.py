@@ -5,12 +5,19 @@ Each query is a plain function of (State, request) so it reads one consistent sn
 for `min_position` when the request carries one. Lists are sorted by their natural key
 and paginated with `services.api.paging`; releases list in creation order, which is
 also their key. Secrets and their hashes never leave through a query.
+
+The runtime reads also tell what the answering process last heard from each runtime's
+agent (`RuntimeState.agent`, from the heartbeats ingest keeps in memory): an
+`AgentLookup` passed in where the server is composed (`with_agents`). Reads `as_of` a
+past position leave it out — a heartbeat is now, not then.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, Final
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final
 
 from google.protobuf.message import Message
 
@@ -21,6 +28,12 @@ from services.api.domain.state import RuntimeRecord
 from services.api.domain.tokens import ROLES_BY_NAME
 from services.api.domain.validation import check_name, q
 from services.api.paging import paginate
+
+if TYPE_CHECKING:
+    from services.api.ingest import HeartbeatSeen
+
+AgentLookup = Callable[[str], "api_pb2.RuntimeState.Agent | None"]
+"""What this process last heard from a runtime's agent (None: no heartbeat)."""
 
 _INFRA = resources_pb2.RESOURCE_SCOPE_INFRASTRUCTURE
 _APP = resources_pb2.RESOURCE_SCOPE_APPLICATION
@@ -73,26 +86,58 @@ def list_services(state: State, request: api_pb2.ListServicesRequest) -> api_pb2
     return api_pb2.ListServicesResponse(services=page, next_page_token=token)
 
 
-def _runtime_state(record: RuntimeRecord) -> api_pb2.RuntimeState:
-    return api_pb2.RuntimeState(
+def no_agents(_runtime: str) -> None:
+    """The AgentLookup of a process that hears no heartbeats."""
+    return None
+
+
+def agent_state(seen: HeartbeatSeen | None, *, now: float) -> api_pb2.RuntimeState.Agent | None:
+    """A heartbeat as the API tells it, `now` being `time.monotonic()`."""
+    if seen is None:
+        return None
+    agent = api_pb2.RuntimeState.Agent(
+        connected=seen.connected(now),
+        agent_id=seen.agent_id,
+        workloads=seen.workloads,
+        runtime_availability=seen.runtime_availability,  # type: ignore[arg-type]
+        runtime_error=seen.runtime_error,
+    )
+    agent.last_seen.FromDatetime(seen.received_at)
+    agent.last_seen_ago.FromTimedelta(timedelta(seconds=round(seen.age(now), 3)))
+    if seen.runtime_unavailable_since is not None:
+        agent.runtime_unavailable_since.FromDatetime(seen.runtime_unavailable_since)
+    return agent
+
+
+def _runtime_state(record: RuntimeRecord, agents: AgentLookup) -> api_pb2.RuntimeState:
+    answer = api_pb2.RuntimeState(
         runtime=record.runtime,
         paused=record.paused,
         pause_reason=record.pause_reason,
         credential_generation=record.credential_generation,
     )
+    agent = agents(record.runtime.name)
+    if agent is not None:
+        answer.agent.CopyFrom(agent)
+    return answer
 
 
-def get_runtime(state: State, request: api_pb2.GetRuntimeRequest) -> api_pb2.RuntimeState:
+def get_runtime(
+    state: State, request: api_pb2.GetRuntimeRequest, agents: AgentLookup = no_agents
+) -> api_pb2.RuntimeState:
     _names(name=request.name)
     found = state.runtimes.get(request.name)
     if found is None:
         raise NotFound(f"runtime {q(request.name)} does not exist")
-    return _runtime_state(found)
+    return _runtime_state(found, no_agents if request.HasField("as_of") else agents)
 
 
-def list_runtimes(state: State, request: api_pb2.ListRuntimesRequest) -> api_pb2.ListRuntimesResponse:
+def list_runtimes(
+    state: State, request: api_pb2.ListRuntimesRequest, agents: AgentLookup = no_agents
+) -> api_pb2.ListRuntimesResponse:
     page, token = paginate(list(state.runtimes.values()), lambda r: (r.runtime.name,), request.page, "runtimes")
-    return api_pb2.ListRuntimesResponse(runtimes=[_runtime_state(r) for r in page], next_page_token=token)
+    heard = no_agents if request.HasField("as_of") else agents
+    return api_pb2.ListRuntimesResponse(runtimes=[_runtime_state(r, heard) for r in page], next_page_token=token)
 
 
 def list_protections(state: State, request: api_pb2.ListProtectionsRequest) -> api_pb2.ListProtectionsResponse:
@@ -153,6 +198,15 @@ QUERIES: Final[dict[str, Callable[[State, Any], Message]]] = {
     "ListTokens": list_tokens,
 }
 """Read methods answered from the catalog, by method name (events are in `events`)."""
+
+
+def with_agents(agents: AgentLookup) -> dict[str, Callable[[State, Any], Message]]:
+    """QUERIES, with the runtime reads telling what `agents` heard from each agent."""
+    return {
+        **QUERIES,
+        "GetRuntime": functools.partial(get_runtime, agents=agents),
+        "ListRuntimes": functools.partial(list_runtimes, agents=agents),
+    }
 
 
 def min_position(request: Message) -> int:

@@ -8,7 +8,14 @@ takes the JSON body as the request. Everything the client sends is checked befor
 handler runs — malformed JSON, wrong types, unknown fields or parameters, undecodable
 path segments and bodies over 4 MiB are 4xx answers with a message that names the
 problem, never a 5xx. Errors answer `{"error": {code, status, message, violations,
-correlationId}}`.
+correlationId}}`, each bounded (`errors.classify`): no answer echoes a huge value whole.
+
+A request aiohttp cannot even parse — a request line (the URL) or a header longer than
+8190 bytes, malformed HTTP — is answered by aiohttp itself, 400 with a short plain-text
+reason, before any route runs; aiohttp offers no public hook to change that answer.
+What it would log (an error with a traceback and the start of the offending line, which
+may be a bearer token) goes through `ServerLog` instead: one warning line naming the
+kind of problem, nothing of the request.
 
 Operations endpoints sit beside the API, unauthenticated and read-only, and are not in
 the OpenAPI document: `/healthz` (the process lives), `/readyz` (it can serve: each
@@ -20,6 +27,7 @@ and status and timed.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,16 +35,21 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
 
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from multidict import MultiMapping
 
 from eventstore import metrics
+from services.api.domain.errors import quote
 from services.api.errors import Failure, invalid
 from services.api.handlers import Api, CallContext, correlation_from
 from services.api.methods import METHODS, Method
+
+log = structlog.get_logger("convoy.api.rest")
 
 MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 SCALAR_MESSAGES: Final = frozenset({"google.protobuf.Timestamp", "google.protobuf.Duration"})
@@ -161,7 +174,7 @@ def build_request(
         field = descriptor.fields_by_name[name]
         for spelling in {field.name, field.json_name}:
             if spelling in data and data.pop(spelling) not in (value, "", None):
-                raise invalid(name, f"the body says otherwise than the path ({value!r})")
+                raise invalid(name, f"the body says otherwise than the path ({quote(value)})")
         data[field.json_name] = value
     message = route.method.input()
     try:
@@ -201,6 +214,31 @@ def error_response(failure: Failure, correlation_id: str) -> web.Response:
 def _plain_error(status: int, name: str, message: str, correlation_id: str, **headers: str) -> web.Response:
     body = {"error": {"code": status, "status": name, "message": message, "correlationId": correlation_id}}
     return web.json_response(body, status=status, headers={"X-Correlation-Id": correlation_id, **headers})
+
+
+class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server `logger` (`AppRunner(logger=…)`): a request aiohttp refused
+    before routing is the client's mistake, logged as one warning line that names the
+    kind of problem and nothing of the request (no traceback, no URL, no header value);
+    everything else reaches aiohttp's own logger unchanged."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        super().__init__(logger or logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: object) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            client = args[0] if args and isinstance(args[0], str) else None
+            log.warning("http request refused before routing", status=400, problem=refusal(exc_info), client=client)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
+
+
+def refusal(error: HttpProcessingError) -> str:
+    """What was wrong with a request aiohttp could not parse, without its content."""
+    if isinstance(error, LineTooLong):
+        limit = error.args[1] if len(error.args) > 1 else "its limit"
+        return f"the request line (the URL) or a header is longer than {limit} bytes; send long values in a JSON body"
+    return f"malformed HTTP request ({type(error).__name__})"
 
 
 class RequestMetrics:
@@ -311,7 +349,7 @@ class RestApp:
         # are allowed (so `…/api:deploy` is never read as a GET of "api:deploy").
         template = next((r.template for r in self._routes if r.pattern.match(path)), None)
         if template is None:
-            return _plain_error(404, "NOT_FOUND", f"no API route {request.method} {request.rel_url.path}", cid)
+            return _plain_error(404, "NOT_FOUND", f"no API route {request.method} {quote(request.rel_url.path)}", cid)
         candidates = [r for r in self._routes if r.template == template]
         for route in candidates:
             if route.verb == request.method:

@@ -10,15 +10,20 @@ bound, which is how tests run many servers side by side.
 Operations: the REST listener also answers /healthz, /readyz (the projection runs and is
 within `ready_max_lag` positions of the log's head) and /metrics (the `metrics` registry
 it is given — in `convoy up`, the whole process's — or its own).
+
+Agents: `heartbeats` is where this process hears them (the observation ingest's
+`last_heartbeat`, when it runs one); GetRuntime/ListRuntimes then say whether each
+runtime's agent is connected and whether its runtime answers it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc.aio
 import structlog
@@ -28,15 +33,18 @@ from eventstore import metrics as ops
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.errors import InvalidInput
 from eventstore.types import EventStore
-from services.api import auth, openapi
+from services.api import auth, openapi, queries
 from services.api.convergence import ConvergenceView
 from services.api.grpc_transport import build_server
 from services.api.handlers import Api
 from services.api.history import History
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
-from services.api.rest import GrpcMetrics, RequestMetrics, RestApp
+from services.api.rest import GrpcMetrics, RequestMetrics, RestApp, ServerLog
 from services.api.writes import Writer
+
+if TYPE_CHECKING:
+    from services.api.ingest import HeartbeatSeen
 
 log = structlog.get_logger("convoy.api.server")
 
@@ -55,6 +63,11 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise InvalidInput(f"malformed address {address!r}: expected host:port")
     return host.strip("[]"), int(port)
+
+
+def _agents(heartbeats: Callable[[str], HeartbeatSeen | None]) -> queries.AgentLookup:
+    """The runtime reads' view of the heartbeats, aged by this process's clock."""
+    return lambda runtime: queries.agent_state(heartbeats(runtime), now=time.monotonic())
 
 
 class ApiServer:
@@ -80,6 +93,7 @@ class ApiServer:
         planner: PlannerClient | None = None,
         metrics: ops.Registry | None = None,
         ready_max_lag: int = 1000,
+        heartbeats: Callable[[str], HeartbeatSeen | None] | None = None,
     ) -> None:
         self._store = store
         self._state_dir = Path(state_dir)
@@ -113,6 +127,7 @@ class ApiServer:
             convergence=self.convergence,
             planner=planner,
             history=History(store=store, registry=self._registry),
+            agents=_agents(heartbeats) if heartbeats is not None else None,
         )
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
@@ -194,7 +209,7 @@ class ApiServer:
             registry=self.metrics,
             requests=self._requests,
         )
-        runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=self._grace)
+        runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=self._grace, logger=ServerLog())
         await runner.setup()
         self._runner = runner
         site = web.TCPSite(runner, host, port)

@@ -12,19 +12,21 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from eventstore import bus, natsauth
 from eventstore.embedded import NatsServer
 from eventstore.errors import Unavailable
 from eventstore.postgres import PostgresEventStore
 from eventstore.subscriptions import H_DLQ_ERROR
-from schemas.convoy.v1 import convergence_pb2
+from schemas.convoy.v1 import api_pb2, convergence_pb2
 from services.agent.agent import Agent, AgentSettings
 from services.agent.runtimes.base import Phase, WorkloadKey
 from services.agent.runtimes.memory import FAIL_PARAMETER, MemoryRuntime
 from services.api.ingest import ObservationIngest
 from tests.conftest import eventually
 from tests.integration.test_agent_support import FAST, Plane, control_plane
+from tests.integration.test_api_support import grpc_stubs, running_api
 
 WEB = WorkloadKey("prod", "shop", "web")
 
@@ -465,3 +467,113 @@ async def test_healthz_fails_when_the_bus_is_lost_longer_than_the_threshold(
 
 async def _is(status: object, expected: int) -> bool:
     return await status() == expected  # type: ignore[operator]
+
+
+# -- the agent's runtime, as the API tells it ------------------------------------------------
+
+AVAILABLE = convergence_pb2.Heartbeat.RUNTIME_AVAILABILITY_AVAILABLE
+UNAVAILABLE = convergence_pb2.Heartbeat.RUNTIME_AVAILABILITY_UNAVAILABLE
+
+
+async def test_get_runtime_says_when_the_agents_runtime_is_unavailable_and_when_it_is_back(
+    plane: Plane, embedded_nats: NatsServer, tmp_path: Path
+) -> None:
+    await plane.register("rt-a")
+    head = await plane.store.head()
+    runtime = MemoryRuntime(name="rt-a")
+    async with (
+        running_api(plane.store, tmp_path / "state", heartbeats=plane.ingest.last_heartbeat) as api,
+        grpc_stubs(api.grpc_target) as stubs,
+        running_agent(embedded_nats.url, settings(plane, "rt-a"), runtime) as agent,
+    ):
+
+        async def agent_state() -> api_pb2.RuntimeState.Agent:
+            request = api_pb2.GetRuntimeRequest(name="rt-a", min_position=head)
+            state = await stubs.runtimes.GetRuntime(request, metadata=api.admin_metadata)
+            return state.agent
+
+        async def is_(availability: int) -> bool:
+            seen = await agent_state()
+            return seen.connected and seen.runtime_availability == availability
+
+        await eventually(lambda: is_(AVAILABLE), message="GetRuntime: agent connected, runtime available")
+        seen = await agent_state()
+        assert seen.agent_id == agent.settings.agent_id and not seen.runtime_error
+        assert not seen.HasField("runtime_unavailable_since")
+
+        runtime.outage(True)  # every runtime call fails from now: reconcile notices first
+        await eventually(lambda: is_(UNAVAILABLE), message="GetRuntime: runtime unavailable")
+        seen = await agent_state()
+        assert "unavailable (simulated outage)" in seen.runtime_error
+        assert seen.HasField("runtime_unavailable_since") and seen.connected
+        async with aiohttp.ClientSession() as http:
+            url = f"{api.base_url}/v1/runtimes/rt-a"
+            async with http.get(url, headers={"Authorization": f"Bearer {api.admin}"}) as response:
+                assert response.status == 200
+                rest = (await response.json())["agent"]
+        assert rest["runtimeAvailability"] == "RUNTIME_AVAILABILITY_UNAVAILABLE" and rest["connected"] is True
+        assert "simulated outage" in rest["runtimeError"] and rest["runtimeUnavailableSince"]
+
+        runtime.outage(False)
+        await eventually(lambda: is_(AVAILABLE), message="GetRuntime: runtime available again")
+        seen = await agent_state()
+        assert not seen.runtime_error and not seen.HasField("runtime_unavailable_since")
+        listed = await stubs.runtimes.ListRuntimes(api_pb2.ListRuntimesRequest(), metadata=api.admin_metadata)
+        assert [(r.runtime.name, r.agent.connected, r.agent.runtime_availability) for r in listed.runtimes] == [
+            ("rt-a", True, AVAILABLE)
+        ]
+
+
+async def test_ingest_ignores_malformed_heartbeats_and_keeps_going(plane: Plane) -> None:
+    subject = natsauth.heartbeat_subject(plane.instance, "rt-a")
+
+    def beat(agent_id: str, **fields: Any) -> bytes:
+        message = convergence_pb2.Heartbeat(runtime="rt-a", agent_id=agent_id, **fields)
+        message.sent_at.GetCurrentTime()
+        return message.SerializeToString()
+
+    huge = "connection refused to https://k8s.example:6443 " + "x" * 100_000
+    bad_time = convergence_pb2.Heartbeat(runtime="rt-a", agent_id="bad-time")
+    bad_time.sent_at.seconds = 10**12
+    with capture_logs() as logs:
+        for data in (
+            beat("oversized", runtime_availability=UNAVAILABLE, runtime_error=huge),
+            beat("bad-kind", runtime_availability=7),
+            bad_time.SerializeToString(),
+            beat("x" * 100_000),
+            b"\xff\xff not protobuf",
+            convergence_pb2.Heartbeat(runtime="rt-b" * 10_000, agent_id="speaking-for-another").SerializeToString(),
+        ):
+            await plane.nc.publish(subject, data)
+        await plane.nc.flush()
+
+        def oversized_seen() -> bool:
+            seen = plane.ingest.last_heartbeat("rt-a")
+            return seen is not None and seen.agent_id == "oversized"
+
+        await eventually(oversized_seen, message="the oversized heartbeat kept, cut")
+        kept = plane.ingest.last_heartbeat("rt-a")
+        assert kept is not None and kept.runtime_error.startswith("connection refused to https://k8s.example:6443 ")
+        assert len(kept.runtime_error.encode()) <= 1024
+        await eventually(lambda: sum(e["event"] == "heartbeat ignored" for e in logs) == 5, message="5 ignored")
+        await plane.nc.publish(subject, beat("last", runtime_availability=AVAILABLE))
+        await eventually(lambda: getattr(plane.ingest.last_heartbeat("rt-a"), "agent_id", "") == "last", message="last")
+    assert plane.ingest.running
+    ignored = [e for e in logs if e["event"] == "heartbeat ignored"]
+    assert max(len(str(e)) for e in logs) < 2048
+    reasons = " | ".join(e["reason"] for e in ignored)
+    for words in ("no known runtime availability (7)", "invalid timestamp", "longer than 200", "not a Heartbeat", "claims runtime"):
+        assert words in reasons, reasons
+
+
+async def test_an_oversized_heartbeat_error_is_cut_to_its_limit(plane: Plane) -> None:
+    subject = natsauth.heartbeat_subject(plane.instance, "rt-a")
+    message = convergence_pb2.Heartbeat(
+        runtime="rt-a", agent_id="agent-1", runtime_availability=UNAVAILABLE, runtime_error="é" * 50_000
+    )
+    message.runtime_unavailable_since.GetCurrentTime()
+    await plane.nc.publish(subject, message.SerializeToString())
+    await eventually(lambda: plane.ingest.last_heartbeat("rt-a") is not None, message="heartbeat seen")
+    seen = plane.ingest.last_heartbeat("rt-a")
+    assert seen is not None and seen.runtime_unavailable_since is not None
+    assert len(seen.runtime_error.encode()) <= 1024 and seen.runtime_error.endswith("(100000 bytes)")

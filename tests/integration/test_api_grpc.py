@@ -528,3 +528,36 @@ async def test_a_set_retried_with_its_idempotency_key_gets_the_first_answer(api:
             await sets.ApplyDeclarations(declarations(runtime("us-1")), metadata=keyed)
         assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
         assert "already used" in (caught.value.details() or "")
+
+
+async def test_a_huge_value_comes_back_as_a_short_invalid_argument(api: Running) -> None:
+    """A 3 MB version is INVALID_ARGUMENT with a short message, not RESOURCE_EXHAUSTED
+    (the status travels in trailing metadata, which clients cap at 8 KiB by default);
+    so are thousands of violations at once."""
+    huge = "v" * (3 * 1024 * 1024)
+    async with grpc_stubs(api.grpc_target) as stubs:
+        await seed(stubs, api.admin)
+        with capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stubs.releases.Deploy(
+                api_pb2.DeployRequest(application="shop", service="api", version=huge), metadata=bearer(api.admin)
+            )
+        error = caught.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()[:300]
+        details = error.details()
+        assert details.startswith('version: "vvvv') and '…" (3145728 bytes) is not a valid version' in details
+        assert len(details.encode()) <= 1024
+        trailers = dict(error.trailing_metadata())
+        assert [v["field"] for v in json.loads(trailers["convoy-violations-bin"])] == ["version"]
+        assert max(len(repr(entry)) for entry in logs) < 4096
+
+        labels = {f"bad key {n:04}": "v" for n in range(5000)}
+        bad = resources_pb2.Runtime(name="eu-2", kind=resources_pb2.RUNTIME_KIND_KUBERNETES, labels=labels)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stubs.runtimes.ApplyRuntime(api_pb2.ApplyRuntimeRequest(runtime=bad), metadata=bearer(api.admin))
+        error = caught.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith('runtime.labels["bad key 0000"]: label key "bad key 0000" is invalid')
+        assert error.details().endswith(" more") and len(error.details().encode()) <= 1024
+        violations = json.loads(dict(error.trailing_metadata())["convoy-violations-bin"])
+        assert 1 < len(violations) < 5000 and violations[-1]["description"].startswith("… and ")
+        assert sum(len(k) + len(v) for k, v in error.trailing_metadata()) < 4096

@@ -539,15 +539,71 @@ Global___ListRuntimesRequest: _TypeAlias = ListRuntimesRequest  # noqa: Y015
 class RuntimeState(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class Agent(_message.Message):
+        """What the answering API process last heard from the runtime's agent (its heartbeats,
+        kept in memory, never stored). Unset when it heard none since it started (no agent
+        running, an API without a bus), and on reads `as_of` a past position.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        CONNECTED_FIELD_NUMBER: _builtins.int
+        LAST_SEEN_FIELD_NUMBER: _builtins.int
+        LAST_SEEN_AGO_FIELD_NUMBER: _builtins.int
+        AGENT_ID_FIELD_NUMBER: _builtins.int
+        WORKLOADS_FIELD_NUMBER: _builtins.int
+        RUNTIME_AVAILABILITY_FIELD_NUMBER: _builtins.int
+        RUNTIME_UNAVAILABLE_SINCE_FIELD_NUMBER: _builtins.int
+        RUNTIME_ERROR_FIELD_NUMBER: _builtins.int
+        connected: _builtins.bool
+        """A heartbeat arrived within a few of the agent's heartbeat intervals."""
+        agent_id: _builtins.str
+        workloads: _builtins.int
+        """Workloads the agent manages."""
+        runtime_availability: _convergence_pb2.Heartbeat.RuntimeAvailability.ValueType
+        """The runtime as the agent last found it; the two fields below are set while
+        UNAVAILABLE.
+        """
+        runtime_error: _builtins.str
+        @_builtins.property
+        def last_seen(self) -> _timestamp_pb2.Timestamp:
+            """When the last heartbeat arrived (the API's clock) and how long ago that was."""
+
+        @_builtins.property
+        def last_seen_ago(self) -> _duration_pb2.Duration: ...
+        @_builtins.property
+        def runtime_unavailable_since(self) -> _timestamp_pb2.Timestamp: ...
+        def __init__(
+            self,
+            *,
+            connected: _builtins.bool = ...,
+            last_seen: _timestamp_pb2.Timestamp | None = ...,
+            last_seen_ago: _duration_pb2.Duration | None = ...,
+            agent_id: _builtins.str = ...,
+            workloads: _builtins.int = ...,
+            runtime_availability: _convergence_pb2.Heartbeat.RuntimeAvailability.ValueType = ...,
+            runtime_unavailable_since: _timestamp_pb2.Timestamp | None = ...,
+            runtime_error: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen", "last_seen_ago", b"last_seen_ago", "runtime_unavailable_since", b"runtime_unavailable_since"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "connected", b"connected", "last_seen", b"last_seen", "last_seen_ago", b"last_seen_ago", "runtime_availability", b"runtime_availability", "runtime_error", b"runtime_error", "runtime_unavailable_since", b"runtime_unavailable_since", "workloads", b"workloads"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RUNTIME_FIELD_NUMBER: _builtins.int
     PAUSED_FIELD_NUMBER: _builtins.int
     PAUSE_REASON_FIELD_NUMBER: _builtins.int
     CREDENTIAL_GENERATION_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
     paused: _builtins.bool
     pause_reason: _builtins.str
     credential_generation: _builtins.int
     @_builtins.property
     def runtime(self) -> _resources_pb2.Runtime: ...
+    @_builtins.property
+    def agent(self) -> Global___RuntimeState.Agent: ...
     def __init__(
         self,
         *,
@@ -555,10 +611,11 @@ class RuntimeState(_message.Message):
         paused: _builtins.bool = ...,
         pause_reason: _builtins.str = ...,
         credential_generation: _builtins.int = ...,
+        agent: Global___RuntimeState.Agent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["runtime", b"runtime"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "runtime", b"runtime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_generation", b"credential_generation", "pause_reason", b"pause_reason", "paused", b"paused", "runtime", b"runtime"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "credential_generation", b"credential_generation", "pause_reason", b"pause_reason", "paused", b"paused", "runtime", b"runtime"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

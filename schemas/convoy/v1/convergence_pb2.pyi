@@ -377,19 +377,61 @@ Global___Observation: _TypeAlias = Observation  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
-    """An agent's liveness report (bus only, not stored: it would flood the log)."""
+    """An agent's liveness report (bus only, not stored: it would flood the log). Sent every
+    `interval`, and at once when the runtime's availability changes.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    class _RuntimeAvailability:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _RuntimeAvailabilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Heartbeat._RuntimeAvailability.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        RUNTIME_AVAILABILITY_UNSPECIFIED: Heartbeat._RuntimeAvailability.ValueType  # 0
+        """Not reported (an older agent), or the agent has not called its runtime yet."""
+        RUNTIME_AVAILABILITY_AVAILABLE: Heartbeat._RuntimeAvailability.ValueType  # 1
+        RUNTIME_AVAILABILITY_UNAVAILABLE: Heartbeat._RuntimeAvailability.ValueType  # 2
+        """The runtime answered RuntimeUnavailable (unreachable cluster, failing command …):
+        the agent retries; intents wait for it.
+        """
+
+    class RuntimeAvailability(_RuntimeAvailability, metaclass=_RuntimeAvailabilityEnumTypeWrapper):
+        """Whether the agent's last call to its runtime was answered."""
+
+    RUNTIME_AVAILABILITY_UNSPECIFIED: Heartbeat.RuntimeAvailability.ValueType  # 0
+    """Not reported (an older agent), or the agent has not called its runtime yet."""
+    RUNTIME_AVAILABILITY_AVAILABLE: Heartbeat.RuntimeAvailability.ValueType  # 1
+    RUNTIME_AVAILABILITY_UNAVAILABLE: Heartbeat.RuntimeAvailability.ValueType  # 2
+    """The runtime answered RuntimeUnavailable (unreachable cluster, failing command …):
+    the agent retries; intents wait for it.
+    """
 
     RUNTIME_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
     WORKLOADS_FIELD_NUMBER: _builtins.int
+    RUNTIME_AVAILABILITY_FIELD_NUMBER: _builtins.int
+    RUNTIME_UNAVAILABLE_SINCE_FIELD_NUMBER: _builtins.int
+    RUNTIME_ERROR_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
     runtime: _builtins.str
     agent_id: _builtins.str
     workloads: _builtins.int
+    runtime_availability: Global___Heartbeat.RuntimeAvailability.ValueType
+    runtime_error: _builtins.str
+    """Set while UNAVAILABLE: the last error, truncated by the agent to 1 KiB."""
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def runtime_unavailable_since(self) -> _timestamp_pb2.Timestamp:
+        """Set while UNAVAILABLE: since when (the agent's clock)."""
+
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
+        """How often this agent beats: a listener counts it gone after a few missed beats."""
+
     def __init__(
         self,
         *,
@@ -397,10 +439,14 @@ class Heartbeat(_message.Message):
         agent_id: _builtins.str = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
         workloads: _builtins.int = ...,
+        runtime_availability: Global___Heartbeat.RuntimeAvailability.ValueType = ...,
+        runtime_unavailable_since: _timestamp_pb2.Timestamp | None = ...,
+        runtime_error: _builtins.str = ...,
+        interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sent_at", b"sent_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "runtime_unavailable_since", b"runtime_unavailable_since", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "runtime", b"runtime", "sent_at", b"sent_at", "workloads", b"workloads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "interval", b"interval", "runtime", b"runtime", "runtime_availability", b"runtime_availability", "runtime_error", b"runtime_error", "runtime_unavailable_since", b"runtime_unavailable_since", "sent_at", b"sent_at", "workloads", b"workloads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,14 +14,49 @@ command again gets the same answer until the request or the catalog changes.
 | FailedPrecondition   | FAILED_PRECONDITION | 400/409 |
 | PermissionDenied     | PERMISSION_DENIED   | 403  |
 | BadCommandContext    | INTERNAL            | 500  |
+
+Messages stay short whatever the request held: a value quoted in one goes through
+`quote` (its first `QUOTE_LIMIT` characters and its size), and a whole message through
+`clip` (at most `MESSAGE_LIMIT` bytes). A 3 MB version must come back as a one-line
+INVALID_ARGUMENT, not as a 3 MB status that no gRPC trailer (8 KiB by default) can carry.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from eventstore.errors import ConvoyError, InvalidInput
+
+QUOTE_LIMIT: Final = 128
+"""Characters of a value an error message quotes whole (twice a DNS label, so a name a
+little too long shows in full); longer values are cut and their size said."""
+MESSAGE_LIMIT: Final = 1024
+"""UTF-8 bytes of one error message at most."""
+
+
+def quote(value: object, *, limit: int = QUOTE_LIMIT) -> str:
+    """A value quoted for an error message: JSON-quoted (control characters escaped) and,
+    past `limit` characters, cut with its size — `"vvvv…" (3145728 bytes)`."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return json.dumps(value, ensure_ascii=False)
+        size = len(value.encode("utf-8", "surrogatepass"))
+        return f"{json.dumps(value[:limit], ensure_ascii=False)[:-1]}…\" ({size} bytes)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def clip(text: str, *, limit: int = MESSAGE_LIMIT) -> str:
+    """`text` in at most `limit` UTF-8 bytes; a longer one is cut and says how long it was."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    tail = f"… ({len(data)} bytes)"
+    keep = max(0, limit - len(tail.encode()))
+    return data[:keep].decode("utf-8", "ignore") + tail
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,21 +70,40 @@ class Violation:
         return f"{self.field}: {self.description}" if self.field else self.description
 
 
+MAX_SHOWN: Final = 20
+"""Violations an InvalidArgument's message names (all are kept in `violations`)."""
+
+
 class InvalidArgument(InvalidInput):
     """The request is malformed or contradicts itself, whatever the catalog holds.
     `violations` lists every problem found (the API can return them as field
-    violations); the message joins them."""
+    violations); the message joins as many as fit `MESSAGE_LIMIT` and counts the rest."""
 
     def __init__(self, violations: Iterable[Violation]) -> None:
         self.violations: tuple[Violation, ...] = tuple(violations)
         if not self.violations:
             raise ValueError("InvalidArgument needs at least one violation")
-        super().__init__("; ".join(str(v) for v in self.violations))
+        super().__init__(_joined(self.violations))
 
     @classmethod
     def at(cls, field: str, description: str) -> InvalidArgument:
         """A single violation, the common case."""
         return cls([Violation(field, description)])
+
+
+def _joined(violations: tuple[Violation, ...]) -> str:
+    """The violations as one message: as many as fit `MESSAGE_LIMIT` (at most
+    `MAX_SHOWN`), then how many more there are."""
+    parts: list[str] = []
+    used = 0
+    for index, violation in enumerate(violations):
+        text = str(violation)
+        size = len(text.encode("utf-8", "surrogatepass")) + 2
+        if parts and (index == MAX_SHOWN or used + size > MESSAGE_LIMIT - 40):
+            return "; ".join(parts) + f"; and {len(violations) - index} more"
+        parts.append(text)
+        used += size
+    return clip("; ".join(parts))
 
 
 class NotFound(ConvoyError):

@@ -17,7 +17,6 @@ already in the log still folds.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
@@ -25,7 +24,7 @@ from typing import Final
 from google.protobuf import descriptor, duration_pb2
 from google.protobuf.message import Message
 
-from services.api.domain.errors import Problems
+from services.api.domain.errors import Problems, quote
 
 DNS_LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
@@ -55,8 +54,9 @@ SERVICE_NAME_RULE: Final = (
 
 
 def q(value: object) -> str:
-    """A value quoted for an error message, with control characters escaped."""
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+    """A value quoted for an error message: control characters escaped, a long one cut
+    (`errors.quote`), so no message echoes a huge value whole."""
+    return quote(value)
 
 
 def is_dns_label(value: str) -> bool:

@@ -81,6 +81,40 @@ def desired_subjects(instance: str) -> str:
     return f"convoy.{bus.validate_instance(instance)}.req.*.desired"
 
 
+def runtime_of_desired(instance: str, subject: str) -> str | None:
+    """The runtime whose desired state `subject` asks for, or None unless it is exactly
+    `desired_subject(instance, runtime)` (one canonical token, nothing after `.desired`),
+    so no spelling of one runtime's subject names another."""
+    tokens = subject.split(".")
+    if len(tokens) != 5 or tokens[:3] != ["convoy", bus.validate_instance(instance), "req"] or tokens[4] != "desired":
+        return None
+    try:
+        runtime = bus.decode_token(tokens[3])
+    except (InvalidInput, ValueError, UnicodeDecodeError):
+        return None
+    return runtime if runtime and bus.encode_token(runtime) == tokens[3] else None
+
+
+def _is_literal(subject: str) -> bool:
+    tokens = subject.split(".")
+    return all(t and t not in ("*", ">") and not any(c.isspace() for c in t) for t in tokens)
+
+
+def reply_belongs_to(instance: str, runtime: str, reply: str) -> bool:
+    """May the control plane answer a request of `runtime`'s agent on `reply`?
+
+    The rule (DESIGN.md, security model): the control plane never publishes on a subject
+    an agent chose unless that subject belongs to the asking runtime. A reply subject is
+    chosen by the requester, and the control plane's credential may publish anywhere, so
+    answering on any reply would let one runtime's agent make the control plane write
+    on another runtime's subjects (its intents, its inbox, the events stream, the
+    JetStream API). The one reply that belongs to the runtime is one inside its own
+    inbox prefix (`agent_inbox_prefix`), which only that runtime's NATS user may
+    subscribe to."""
+    prefix = agent_inbox_prefix(instance, runtime) + "."
+    return reply.startswith(prefix) and len(reply) > len(prefix) and _is_literal(reply)
+
+
 H_DESIRED_COUNT: Final = "Convoy-Desired-Count"
 """On the last reply to a desired-state request: how many event messages came before it.
 Its payload is the runtime's configuration (`resources_pb2.Runtime`), empty when the

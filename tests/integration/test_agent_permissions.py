@@ -18,6 +18,7 @@ from eventstore.embedded import NatsServer
 from eventstore.errors import ConvoyError
 from eventstore.postgres import PostgresEventStore
 from schemas.convoy.v1 import convergence_pb2, events_pb2
+from services.agent import snapshot
 from services.agent.agent import Agent, AgentSettings
 from services.agent.runtimes.memory import MemoryRuntime
 from services.api.auth import nats_password_bcrypt
@@ -158,3 +159,107 @@ async def test_a_rotated_credential_stops_the_old_password(plane: Plane, auth_na
     await plane.sync.wait_synced()
     with pytest.raises(ConvoyError):
         await AgentConnection().connect(auth_nats.url, plane.instance, "rt-a", new)
+
+
+# -- the control plane never publishes where an agent points it ------------------------
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching (`*` one token, `>` the rest)."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+def foreign_replies(instance: str, other: str) -> list[str]:
+    """Reply subjects runtime A's agent might point the control plane at: B's intents
+    (which B's consumer and the events stream capture), B's inbox, any event subject,
+    B's observations and the JetStream API (a purge of the events stream)."""
+    return [
+        f"convoy.{instance}.evt.intent.{other}.injected",
+        f"{natsauth.agent_inbox_prefix(instance, other)}.stolen",
+        f"convoy.{instance}.evt.release.shop.forged",
+        f"convoy.{instance}.obs.{other}.prod.shop.web",
+        f"$JS.API.STREAM.PURGE.{bus.events_stream(instance)}",
+    ]
+
+
+def forbidden_patterns(instance: str, other: str) -> list[str]:
+    return [
+        f"convoy.{instance}.evt.>",
+        f"convoy.{instance}.obs.{other}.>",
+        f"{natsauth.agent_inbox_prefix(instance, other)}.>",
+        "$JS.API.>",
+    ]
+
+
+class Spy:
+    """Every message the control plane's account carries, as (subject, reply); `on`
+    leaves out the control plane's own requests (their replies are its own inboxes:
+    the relay's publishes, the test's stream look-ups)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    async def start(self, nc: Client) -> None:
+        async def on_msg(msg: object) -> None:
+            self.seen.append((msg.subject, msg.reply))  # type: ignore[attr-defined]
+
+        await nc.subscribe(">", cb=on_msg)
+        await nc.flush()
+
+    def on(self, patterns: list[str]) -> list[tuple[str, str]]:
+        return [
+            (s, r)
+            for s, r in self.seen
+            if any(subject_matches(p, s) for p in patterns) and not (r or "").startswith("_INBOX.")
+        ]
+
+
+async def stream_state(plane: Plane) -> dict[str, object]:
+    js = plane.nc.jetstream()
+    inst = plane.instance
+    out: dict[str, object] = {}
+    for stream in (bus.events_stream(inst), bus.observations_stream(inst), bus.dlq_stream(inst)):
+        info = await js.stream_info(stream)
+        out[stream] = (info.state.messages, info.state.last_seq)
+    out["agent-rt-b pending"] = (await js.consumer_info(bus.events_stream(inst), natsauth.agent_consumer("rt-b"))).num_pending
+    return out
+
+
+async def relayed(plane: Plane) -> None:
+    head = await plane.store.head()
+    await eventually(lambda: plane.relay.checkpoint >= head, message="the relay published the log")
+
+
+async def test_a_desired_state_request_is_answered_only_on_the_asking_runtimes_inbox(
+    plane: Plane, auth_nats: NatsServer
+) -> None:
+    secret_a = secrets.token_urlsafe(32)
+    await plane.register("rt-a", bcrypt=nats_password_bcrypt(secret_a))
+    await plane.register("rt-b", bcrypt=nats_password_bcrypt(secrets.token_urlsafe(32)))
+    inst = plane.instance
+    await plane.intent("rt-a")
+    await relayed(plane)
+    spy = Spy()
+    await spy.start(plane.nc)
+    before = await stream_state(plane)
+    answered = plane.desired.answered
+
+    async with agent_of(auth_nats.url, inst, "rt-a", secret_a) as (conn, nc):
+        for reply in foreign_replies(inst, "rt-b"):
+            await nc.publish(natsauth.desired_subject(inst, "rt-a"), b"", reply=reply)
+        # The same request on A's own inbox, through the agent's own code path, is answered
+        # (requests are handled in order, so every one before it has been dealt with).
+        got = await snapshot.fetch(nc, instance=inst, runtime="rt-a", registry=plane.registry)
+        assert [i.intent_id for i in got.intents] != [] and got.config is not None
+        assert not conn.errors
+
+    assert spy.on(forbidden_patterns(inst, "rt-b")) == []
+    await relayed(plane)
+    assert await stream_state(plane) == before
+    assert plane.desired.answered == answered + 1

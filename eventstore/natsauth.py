@@ -115,6 +115,25 @@ def reply_belongs_to(instance: str, runtime: str, reply: str) -> bool:
     return reply.startswith(prefix) and len(reply) > len(prefix) and _is_literal(reply)
 
 
+CONTROL_PLANE_INBOX_PREFIX: Final = "_INBOX"
+"""The control plane's processes connect with NATS's default inbox prefix; an agent's user
+may subscribe only to its own (`agent_inbox_prefix`, which never starts with `_INBOX.`)."""
+
+
+def plan_subject(instance: str) -> str:
+    """Where the API asks the planner for dry runs. Outside `convoy.<i>.req.<runtime>.>`
+    (the agents' request namespace: a runtime could be named `planner`), in the control
+    plane's own `ctl` namespace, which no agent may publish on."""
+    return f"convoy.{bus.validate_instance(instance)}.ctl.planner.plan"
+
+
+def is_control_plane_inbox(reply: str) -> bool:
+    """A reply subject only the control plane can receive: a control-plane service (the
+    planner's dry runs) answers nothing else."""
+    prefix = CONTROL_PLANE_INBOX_PREFIX + "."
+    return reply.startswith(prefix) and len(reply) > len(prefix) and _is_literal(reply)
+
+
 H_DESIRED_COUNT: Final = "Convoy-Desired-Count"
 """On the last reply to a desired-state request: how many event messages came before it.
 Its payload is the runtime's configuration (`resources_pb2.Runtime`), empty when the

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -17,11 +19,15 @@ from eventstore import bus, natsauth
 from eventstore.embedded import NatsServer
 from eventstore.errors import ConvoyError
 from eventstore.postgres import PostgresEventStore
-from schemas.convoy.v1 import convergence_pb2, events_pb2
+from schemas.convoy.v1 import api_pb2, convergence_pb2, events_pb2, resources_pb2
 from services.agent import snapshot
 from services.agent.agent import Agent, AgentSettings
 from services.agent.runtimes.memory import MemoryRuntime
 from services.api.auth import nats_password_bcrypt
+from services.api.planning import NatsPlannerClient
+from services.planner.clock import FakeClock
+from services.planner.responder import PlanResponder
+from services.planner.runner import Planner
 from tests.conftest import eventually
 from tests.integration.test_agent_support import FAST, Plane, control_plane
 
@@ -263,3 +269,39 @@ async def test_a_desired_state_request_is_answered_only_on_the_asking_runtimes_i
     await relayed(plane)
     assert await stream_state(plane) == before
     assert plane.desired.answered == answered + 1
+
+
+async def test_the_planner_answers_dry_runs_only_to_the_control_plane(plane: Plane, auth_nats: NatsServer) -> None:
+    """A runtime may be named `planner`: its agent may publish on `convoy.<i>.req.planner.>`,
+    so dry runs live elsewhere, and the planner answers only on control-plane inboxes."""
+    secret = secrets.token_urlsafe(32)
+    await plane.register("planner", bcrypt=nats_password_bcrypt(secret))
+    await plane.register("rt-b", bcrypt=nats_password_bcrypt(secrets.token_urlsafe(32)))
+    inst = plane.instance
+    query = api_pb2.PlannerQuery(release=resources_pb2.Release(id="rel-x", application="shop", service="web", version="v9"))
+    planner = Planner(store=plane.store, registry=plane.registry, clock=FakeClock(datetime.now(UTC)))
+    async with planner, PlanResponder(nc=plane.nc, planner=planner, instance=inst) as responder:
+        await planner.ready.wait()
+        client = NatsPlannerClient(nc=plane.nc, instance=inst, timeout=10)
+        await client.plan(query)  # the API's own dry run is answered
+        assert responder.answered == 1
+
+        async with agent_of(auth_nats.url, inst, "planner", secret) as (conn, nc):
+            # Its own request namespace holds no planner...
+            with pytest.raises(nats.errors.NoRespondersError):
+                await nc.request(f"convoy.{inst}.req.planner.plan", query.SerializeToString(), timeout=10)
+            # ...and the planner's subject is not its to publish on.
+            await nc.publish(natsauth.plan_subject(inst), query.SerializeToString(), reply=nc.new_inbox())
+            await eventually(lambda: conn.violated(f'Publish to "{natsauth.plan_subject(inst)}"'), message="refused")
+
+        # Even a control-plane caller gets answers only on a control-plane inbox.
+        await relayed(plane)
+        spy = Spy()
+        await spy.start(plane.nc)
+        before = await stream_state(plane)
+        for reply in foreign_replies(inst, "rt-b"):
+            await plane.nc.publish(natsauth.plan_subject(inst), query.SerializeToString(), reply=reply)
+        await client.plan(query)  # handled in order: every query before it has been dealt with
+        assert spy.on(forbidden_patterns(inst, "rt-b")) == []
+        assert await stream_state(plane) == before
+        assert (responder.answered, responder.refused) == (2, len(foreign_replies(inst, "rt-b")))

@@ -76,10 +76,10 @@ class Running:
     ops: OpsServer | None
 
 
-def nats_auth_config(state_dir: Path) -> str:
-    """The embedded NATS server's authorization block (the system user only, until
-    runtimes get credentials — the sync adds their users)."""
-    return natsauth.render([natsauth.system(natsauth.system_password(state_dir))])
+def nats_auth_config(state_dir: Path, instance: str) -> str:
+    """The embedded NATS server's accounts block (the control account with the system
+    user only, until runtimes get credentials — the sync adds their accounts)."""
+    return natsauth.render(instance, [natsauth.system(natsauth.system_password(state_dir))])
 
 
 async def connect(settings: Settings, url: str, *, name: str) -> Client:

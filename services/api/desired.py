@@ -13,12 +13,14 @@ that runtime's agent publish on, so an agent learns only its own desired state.
 
 The reply subject, though, is the requester's choice, and this responder publishes with
 the control plane's credential, which may publish anywhere. So it answers only on a reply
-that belongs to the asking runtime (`natsauth.reply_belongs_to`: inside that runtime's own
-inbox prefix, which only its agent may subscribe to); any other request is logged and
-dropped, unanswered — otherwise runtime A's agent could ask with the reply set to runtime
-B's intent subject and have the control plane put A's intents there, or on the events
-stream, or on the JetStream API. The subject maps to a runtime strictly (one canonical
-token, nothing after `.desired`).
+that belongs to the asking runtime (`natsauth.reply_belongs_to`): inside that runtime's
+own inbox prefix, which only its agent may subscribe to, or — with the accounts
+eventstore.natsauth renders, where the request crosses the runtime's own account's
+import — the `_R_.…` reply NATS made for it, which carries the answer back into that
+account only. Any other request is logged and dropped, unanswered: otherwise runtime A's
+agent could ask with the reply set to runtime B's intent subject and have the control
+plane put A's intents there, or on the events stream, or on the JetStream API. The
+subject maps to a runtime strictly (one canonical token, nothing after `.desired`).
 
 Requests share the queue group `convoy-desired`, so several API processes can answer.
 Each answer waits (briefly) until the fold has reached the store's head, so an intent

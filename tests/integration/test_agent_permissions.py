@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -35,8 +36,10 @@ SYSTEM_PASSWORD = secrets.token_urlsafe(24)
 
 
 @pytest.fixture
-def auth_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(data_dir=tmp_path / "nats", config_extra=natsauth.render([natsauth.system(SYSTEM_PASSWORD)]))
+def auth_nats(tmp_path: Path, subject_prefix: str) -> Iterator[NatsServer]:
+    server = NatsServer(
+        data_dir=tmp_path / "nats", config_extra=natsauth.render(subject_prefix, [natsauth.system(SYSTEM_PASSWORD)])
+    )
     server.start()
     yield server
     server.stop()
@@ -226,6 +229,20 @@ class Spy:
         ]
 
 
+@contextlib.asynccontextmanager
+async def listening_as(url: str, instance: str, runtime: str, secret: str) -> AsyncIterator[list[str]]:
+    """Runtime `runtime`'s agent, listening on its whole inbox: the subjects it heard."""
+    heard: list[str] = []
+
+    async def on_msg(msg: object) -> None:
+        heard.append(msg.subject)  # type: ignore[attr-defined]
+
+    async with agent_of(url, instance, runtime, secret) as (_, nc):
+        await nc.subscribe(f"{natsauth.agent_inbox_prefix(instance, runtime)}.>", cb=on_msg)
+        await nc.flush()
+        yield heard
+
+
 async def stream_state(plane: Plane) -> dict[str, object]:
     js = plane.nc.jetstream()
     inst = plane.instance
@@ -242,21 +259,23 @@ async def relayed(plane: Plane) -> None:
     await eventually(lambda: plane.relay.checkpoint >= head, message="the relay published the log")
 
 
-async def test_a_desired_state_request_is_answered_only_on_the_asking_runtimes_inbox(
+async def test_a_desired_state_answer_never_lands_on_another_runtimes_subjects(
     plane: Plane, auth_nats: NatsServer
 ) -> None:
-    secret_a = secrets.token_urlsafe(32)
-    await plane.register("rt-a", bcrypt=nats_password_bcrypt(secret_a))
-    await plane.register("rt-b", bcrypt=nats_password_bcrypt(secrets.token_urlsafe(32)))
+    secrets_by_runtime = {rt: secrets.token_urlsafe(32) for rt in ("rt-a", "rt-b")}
+    for rt, secret in secrets_by_runtime.items():
+        await plane.register(rt, bcrypt=nats_password_bcrypt(secret))
     inst = plane.instance
     await plane.intent("rt-a")
     await relayed(plane)
     spy = Spy()
     await spy.start(plane.nc)
     before = await stream_state(plane)
-    answered = plane.desired.answered
 
-    async with agent_of(auth_nats.url, inst, "rt-a", secret_a) as (conn, nc):
+    async with (
+        listening_as(auth_nats.url, inst, "rt-b", secrets_by_runtime["rt-b"]) as heard_by_b,
+        agent_of(auth_nats.url, inst, "rt-a", secrets_by_runtime["rt-a"]) as (conn, nc),
+    ):
         for reply in foreign_replies(inst, "rt-b"):
             await nc.publish(natsauth.desired_subject(inst, "rt-a"), b"", reply=reply)
         # The same request on A's own inbox, through the agent's own code path, is answered
@@ -266,9 +285,39 @@ async def test_a_desired_state_request_is_answered_only_on_the_asking_runtimes_i
         assert not conn.errors
 
     assert spy.on(forbidden_patterns(inst, "rt-b")) == []
+    assert heard_by_b == []
     await relayed(plane)
     assert await stream_state(plane) == before
-    assert plane.desired.answered == answered + 1
+
+
+async def test_the_desired_state_responder_itself_answers_only_the_asking_runtimes_inbox(
+    pg_store: PostgresEventStore, embedded_nats: NatsServer, subject_prefix: str
+) -> None:
+    """Without accounts (one NATS account where anyone may publish anything: what a
+    server configured by hand may be), the responder's own rule still holds."""
+    async with control_plane(pg_store, embedded_nats.url, subject_prefix) as plane:
+        await plane.register("rt-a")
+        await plane.register("rt-b")
+        inst = plane.instance
+        await plane.intent("rt-a")
+        await relayed(plane)
+        spy = Spy()
+        await spy.start(plane.nc)
+        before = await stream_state(plane)
+        nc = await bus.connect(
+            embedded_nats.url, name="rogue", inbox_prefix=natsauth.agent_inbox_prefix(inst, "rt-a")
+        )
+        try:
+            for reply in foreign_replies(inst, "rt-b"):
+                await nc.publish(natsauth.desired_subject(inst, "rt-a"), b"", reply=reply)
+            got = await snapshot.fetch(nc, instance=inst, runtime="rt-a", registry=plane.registry)
+            assert len(got.intents) == 1
+        finally:
+            await nc.close()
+        assert spy.on(forbidden_patterns(inst, "rt-b")) == []
+        await relayed(plane)
+        assert await stream_state(plane) == before
+        assert plane.desired.refused == len(foreign_replies(inst, "rt-b"))
 
 
 async def test_the_planner_answers_dry_runs_only_to_the_control_plane(plane: Plane, auth_nats: NatsServer) -> None:
@@ -305,3 +354,55 @@ async def test_the_planner_answers_dry_runs_only_to_the_control_plane(plane: Pla
         assert spy.on(forbidden_patterns(inst, "rt-b")) == []
         assert await stream_state(plane) == before
         assert (responder.answered, responder.refused) == (2, len(foreign_replies(inst, "rt-b")))
+
+
+async def test_jetstream_cannot_be_made_to_write_where_an_agent_points_it(plane: Plane, auth_nats: NatsServer) -> None:
+    """JetStream answers an agent's API calls, pulls, acks and publishes on the reply
+    subject the agent chose, with the server's own authority: in one NATS account that
+    reply could be another runtime's intent subject (the events stream would store the
+    answer and B's agent would get it), B's inbox, or the JetStream API itself. Each
+    agent lives in its own account, so every such answer lands in the agent's own."""
+    secrets_by_runtime = {rt: secrets.token_urlsafe(32) for rt in ("rt-a", "rt-b")}
+    for rt, secret in secrets_by_runtime.items():
+        await plane.register(rt, bcrypt=nats_password_bcrypt(secret))
+    inst = plane.instance
+    stream = bus.events_stream(inst)
+    consumer = natsauth.agent_consumer("rt-a")
+    replies = foreign_replies(inst, "rt-b")
+    for n in range(len(replies) + 1):
+        await plane.intent("rt-a", service=f"web{n}")
+    await relayed(plane)
+    before = await stream_state(plane)
+
+    async with (
+        listening_as(auth_nats.url, inst, "rt-b", secrets_by_runtime["rt-b"]) as heard_by_b,
+        agent_of(auth_nats.url, inst, "rt-a", secrets_by_runtime["rt-a"]) as (conn, nc),
+    ):
+        js = nc.jetstream()
+        pull = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        observation = bus.observation_subject(inst, "rt-a", "prod", "shop", "web0")
+        for reply in replies:
+            await nc.publish(pull, b'{"batch": 1, "no_wait": true}', reply=reply)
+            await nc.publish(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", b"", reply=reply)
+            await nc.publish(observation, b"", reply=reply)
+            await nc.publish(bus.dlq_subject(inst, consumer), b"", reply=reply)
+        # The same calls on A's own inbox are answered: its consumer, a message, its ack.
+        info = await js.consumer_info(stream, consumer, timeout=10)
+        assert info.name == consumer
+        inbox = nc.new_inbox()
+        own = await nc.subscribe(inbox)
+        await nc.publish(pull, b'{"batch": 1, "expires": 10000000000}', reply=inbox)
+        delivered = await own.next_msg(timeout=10)
+        assert delivered.subject.startswith(f"convoy.{inst}.evt.intent.rt-a.")
+        for reply in replies:  # an ack's confirmation, too, is an answer on a reply
+            await nc.publish(delivered.reply, b"+WPI", reply=reply)
+        await delivered.ack_sync(timeout=10)
+        assert (await js.publish(observation, b"", timeout=10)).stream == bus.observations_stream(inst)
+        assert not conn.errors
+
+    await relayed(plane)
+    after = await stream_state(plane)
+    assert after[stream] == before[stream] and after["agent-rt-b pending"] == 0
+    assert heard_by_b == []
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await plane.nc.jetstream().get_last_msg(bus.observations_stream(inst), bus.observation_filter(inst, "rt-b"))

@@ -46,3 +46,22 @@ def test_a_desired_subject_names_one_runtime_exactly(subject: str, runtime: str 
 )
 def test_only_the_asking_runtimes_inbox_is_its_reply(reply: str, allowed: bool) -> None:
     assert natsauth.reply_belongs_to("inst", "rt-a", reply) is allowed
+
+
+def test_each_agent_has_an_account_that_imports_only_its_own_subjects() -> None:
+    users = [natsauth.system("pw"), natsauth.agent("inst", "rt-a", "$2b$08$a"), natsauth.agent("inst", "rt.b", "$2b$08$b")]
+    text = natsauth.render("inst", users)
+    control, a, b = "CONVOY_INST", natsauth.agent_account("inst", "rt-a"), natsauth.agent_account("inst", "rt.b")
+    assert (a, b) == ("CONVOY_INST/agent/rt-a", "CONVOY_INST/agent/rt~2Eb")
+    assert natsauth.agent_account("inst-agent", "x") != natsauth.agent_account("inst", "agent-x")
+    blocks = text.split("\n  \"")
+    control_block = next(b_ for b_ in blocks if b_.startswith(f'{control}"') or f'"{control}": {{' in b_)
+    assert "jetstream: enabled" in control_block and '"convoy"' in control_block
+    a_block = next(b_ for b_ in blocks if b_.startswith(f'{a}"'))
+    assert '"inst-agent-rt-a"' in a_block and "rt~2Eb" not in a_block and "inst-agent-rt.b" not in a_block
+    for subject, _ in natsauth.agent_imports("inst", "rt-a"):
+        assert f'subject: "{subject}"' in a_block
+        # exported to A's account alone (the JetStream info import only shadows a JetStream of its own)
+        if subject != natsauth.JS_API_INFO:
+            assert f'{{service: "{subject}", accounts: ["{a}"]' in control_block
+    assert natsauth.JS_API_INFO not in natsauth.agent_permissions("inst", "rt-a").publish

@@ -426,3 +426,29 @@ async def test_schemathesis_finds_no_contract_violations(api: Running, tmp_path:
     output, _ = await asyncio.wait_for(process.communicate(), timeout=240)
     text = output.decode(errors="replace").replace(api.admin, "<admin>")
     assert process.returncode == 0, f"schemathesis {schemathesis.__version__}:\n{text[-6000:]}"
+
+
+async def test_secret_hashes_in_the_log_are_redacted_over_rest_below_admin(api: Running) -> None:
+    async with http_session() as s:
+        status, _ = await call(s, api, "PUT", "/v1/runtimes", secret=api.admin, body=RUNTIME)
+        assert status == 200
+        status, _ = await call(s, api, "POST", "/v1/runtimes/eu-1/credentials", secret=api.admin, body={})
+        assert status == 200
+        secrets_by_role = {}
+        for role in ROLES:
+            body = {"name": f"rest-{role}", "role": f"ROLE_{role.upper()}"}
+            status, token = await call(s, api, "POST", "/v1/tokens", secret=api.admin, body=body)
+            assert status == 200, token
+            secrets_by_role[role] = token["secret"]
+        params = [("types", "TokenCreated"), ("types", "AgentCredentialIssued")]
+        for role, secret in secrets_by_role.items():
+            status, listed = await call(s, api, "GET", "/v1/events", secret=secret, params=params)
+            assert status == 200, listed
+            payloads = [json.loads(e["json"]) for e in listed["events"]]
+            assert len(payloads) == len(ROLES) + 2  # the bootstrap token, the four, the credential
+            hashes = [p[k] for p in payloads for k in ("secretSha256", "natsPasswordBcrypt") if k in p]
+            assert {p.get("name") for p in payloads} >= {f"rest-{r}" for r in ROLES}
+            if role == "admin":
+                assert "[redacted]" not in hashes and any(h.startswith("$2") for h in hashes)
+            else:
+                assert set(hashes) == {"[redacted]"}, (role, hashes)

@@ -56,11 +56,13 @@ DEADLINE_GRACE = timedelta(seconds=15)
 
 PLANNER_ACTOR = "planner"
 
-PLANNER_VERSION: Final = 1
+PLANNER_VERSION: Final = 3
 """The version of the decisions `plan` makes. Bump it with any change that makes `plan`
 decide differently, or word a reason differently, for the same inputs: the runner records
 the version it starts with, so `convoy replay --check` can tell what an upgrade changed
-from a real difference."""
+from a real difference. 3: approvals count once per principal as services.principals
+compares them (`bob`, `bob ` and `bоb` are one), and never the deployer's own when the
+approval excludes the deployer (2 is taken by another change made alongside)."""
 
 INPUT_CATEGORIES = ("app", "service", "runtime", "protection", "release", "observation", "timer")
 """Stream categories the planner reads: declarations, human decisions, agents'

@@ -7,9 +7,10 @@ agent credentials); the API (gRPC + REST, asking the planner for dry runs); the 
 and its dry-run responder; one agent for the local process runtime; and, when a webhook is
 configured, the notifier.
 
-The local agent runs inside this process and shares its NATS connection (the system
-user): it is part of the embedded default on one machine. Agents of other runtimes run
-as `convoy agent` with their own least-privilege credentials.
+The local agent runs inside this process with the system user (it is part of the
+embedded default on one machine), on a connection of its own whose inbox prefix is its
+runtime's: the desired-state responder answers only there (eventstore.natsauth). Agents
+of other runtimes run as `convoy agent` with their own least-privilege credentials.
 
 Operations: every component's metrics go to one `Registry`, served with the readiness of
 them all by an ops server (`cli.ops`, 127.0.0.1:`ops_port`): /metrics, /healthz, /readyz.
@@ -76,17 +77,17 @@ class Running:
     ops: OpsServer | None
 
 
-def nats_auth_config(state_dir: Path) -> str:
-    """The embedded NATS server's authorization block (the system user only, until
-    runtimes get credentials — the sync adds their users)."""
-    return natsauth.render([natsauth.system(natsauth.system_password(state_dir))])
+def nats_auth_config(state_dir: Path, instance: str) -> str:
+    """The embedded NATS server's accounts block (the control account with the system
+    user only, until runtimes get credentials — the sync adds their accounts)."""
+    return natsauth.render(instance, [natsauth.system(natsauth.system_password(state_dir))])
 
 
-async def connect(settings: Settings, url: str, *, name: str) -> Client:
+async def connect(settings: Settings, url: str, *, name: str, **options: object) -> Client:
     if settings.nats_url:  # an external NATS: its operator manages users
-        return await bus.connect(url, name=name)
+        return await bus.connect(url, name=name, **options)
     password = natsauth.system_password(settings.state_dir)
-    return await bus.connect(url, name=name, user=natsauth.SYSTEM_USER, password=password)
+    return await bus.connect(url, name=name, user=natsauth.SYSTEM_USER, password=password, **options)
 
 
 @contextlib.asynccontextmanager
@@ -140,9 +141,14 @@ async def control_plane(
             async def open_runtime(config: resources_pb2.Runtime) -> Runtime:
                 return await build_runtime(config, state_dir=agents_dir / config.name)
 
+            agent_nc = await connect(
+                settings, servers.nats_url, name=f"convoy-up:{instance}:agent-{local_runtime}",
+                inbox_prefix=natsauth.agent_inbox_prefix(instance, local_runtime),
+            )
+            stack.push_async_callback(agent_nc.close)
             agent = await stack.enter_async_context(
                 Agent(
-                    nc=nc,
+                    nc=agent_nc,
                     settings=AgentSettings(instance=instance, runtime=local_runtime, state_dir=agents_dir),
                     runtime_factory=open_runtime,
                     registry=registry,

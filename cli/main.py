@@ -100,7 +100,7 @@ def up(
     except InvalidInput as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    extra = "" if settings.nats_url else controlplane.nats_auth_config(settings.state_dir)
+    extra = "" if settings.nats_url else controlplane.nats_auth_config(settings.state_dir, settings.instance)
     with EmbeddedServers(
         state_dir=settings.state_dir, database_url=settings.database_url, nats_url=settings.nats_url,
         nats_config_extra=extra,

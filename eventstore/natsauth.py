@@ -1,4 +1,4 @@
-"""Who may do what on the bus: NATS users and least-privilege permissions, rendered.
+"""Who may do what on the bus: NATS accounts, users and least-privilege permissions, rendered.
 
 DESIGN.md: an agent's credential can read only its runtime's intents and publish only its
 runtime's observations. NATS enforces that with per-user subject permissions, so this
@@ -13,10 +13,33 @@ module names every subject an agent needs and nothing more:
 - receive only on its own inbox prefix (`_INBOX_<i>_<runtime>.>`), so it cannot listen to
   anybody else's replies — which is why the agent connects with that `inbox_prefix`.
 
-The `convoy` system user (API, planner, relay) may do everything. Passwords are given as
-bcrypt hashes (NATS compares them itself), so neither the config file nor the event log
-ever holds a usable secret. Pure: the sync task in services/api writes the rendered block
-into the embedded server's config and reloads it.
+Permissions say where a client may publish, not where the answers to its publishes go: a
+reply subject is the requester's choice, and whoever answers — a Convoy service, or
+JetStream itself answering an API call, delivering a pull, confirming an ack or a
+publish — publishes there with its own authority. In one account, runtime A's agent
+could point those answers at runtime B's intent subject (the events stream stores them
+and B's agent receives them), at B's inbox, or at `$JS.API.STREAM.PURGE.…` (tested:
+tests/integration/test_agent_permissions.py). So the rule, DESIGN.md's "the control plane
+never publishes on a subject an agent chose unless that subject belongs to the asking
+runtime", is kept twice:
+
+- by accounts: the control plane (the `convoy` system user, JetStream, the streams) lives
+  in the account `CONVOY_<INSTANCE>`; each runtime's agent in an account of its own,
+  `CONVOY_<INSTANCE>/agent/<runtime>`, which imports exactly its subjects above as
+  services from the control account. Across an import NATS replaces the requester's
+  reply with one of its own (`_R_.…`) and carries the answer back into the requester's
+  account, so whatever reply an agent chooses, every answer lands in its own account,
+  where nothing leads to another runtime's subjects;
+- by the services that answer requests: the desired-state responder answers only on a
+  reply that belongs to the asking runtime (`reply_belongs_to`), the planner only on the
+  control plane's own inboxes (`is_control_plane_inbox`), so a server configured with
+  plain users in one account (an operator's own configuration) does not turn them into
+  a relay either — though JetStream's answers there remain a hole only accounts close.
+
+The `convoy` system user (API, planner, relay) may do everything in its account.
+Passwords are given as bcrypt hashes (NATS compares them itself), so neither the config
+file nor the event log ever holds a usable secret. Pure: the sync task in services/api
+writes the rendered block into the embedded server's config and reloads it.
 """
 
 from __future__ import annotations
@@ -54,6 +77,19 @@ class User:
     password: str
     """A bcrypt hash (`$2a$…`/`$2b$…`), or a plain password for the system user."""
     permissions: Permissions = field(default_factory=Permissions)
+    runtime: str = ""
+    """The runtime whose agent this is ("" for the control plane): its own account."""
+
+
+def control_account(instance: str) -> str:
+    """The NATS account of an instance's control plane, JetStream and streams."""
+    return f"CONVOY_{bus.validate_instance(instance).upper()}"
+
+
+def agent_account(instance: str, runtime: str) -> str:
+    """The NATS account of one runtime's agent (`/` appears in neither an instance name
+    nor an encoded runtime, so no two (instance, runtime) pairs share one)."""
+    return f"{control_account(instance)}/agent/{bus.encode_token(runtime)}"
 
 
 def agent_consumer(runtime: str) -> str:
@@ -79,6 +115,68 @@ def desired_subject(instance: str, runtime: str) -> str:
 def desired_subjects(instance: str) -> str:
     """Every runtime's desired-state requests (what the control plane answers)."""
     return f"convoy.{bus.validate_instance(instance)}.req.*.desired"
+
+
+def runtime_of_desired(instance: str, subject: str) -> str | None:
+    """The runtime whose desired state `subject` asks for, or None unless it is exactly
+    `desired_subject(instance, runtime)` (one canonical token, nothing after `.desired`),
+    so no spelling of one runtime's subject names another."""
+    tokens = subject.split(".")
+    if len(tokens) != 5 or tokens[:3] != ["convoy", bus.validate_instance(instance), "req"] or tokens[4] != "desired":
+        return None
+    try:
+        runtime = bus.decode_token(tokens[3])
+    except (InvalidInput, ValueError, UnicodeDecodeError):
+        return None
+    return runtime if runtime and bus.encode_token(runtime) == tokens[3] else None
+
+
+def _is_literal(subject: str) -> bool:
+    tokens = subject.split(".")
+    return all(t and t not in ("*", ">") and not any(c.isspace() for c in t) for t in tokens)
+
+
+def reply_belongs_to(instance: str, runtime: str, reply: str) -> bool:
+    """May the control plane answer a request of `runtime`'s agent on `reply`?
+
+    The rule (DESIGN.md, security model): the control plane never publishes on a subject
+    an agent chose unless that subject belongs to the asking runtime. A reply subject is
+    chosen by the requester, and the control plane's credential may publish anywhere, so
+    answering on any reply would let one runtime's agent make the control plane write
+    on another runtime's subjects (its intents, its inbox, the events stream, the
+    JetStream API). The one reply that belongs to the runtime is one inside its own
+    inbox prefix (`agent_inbox_prefix`), which only that runtime's NATS user may
+    subscribe to — or, when the request came through the runtime's own account's import,
+    the reply NATS made for it (`_R_.…`: clients may not use that prefix themselves, and
+    the server carries the answer back into the requesting account only, which for
+    `convoy.<i>.req.<runtime>.>` is that runtime's alone)."""
+    if reply.startswith(SERVICE_REPLY_PREFIX) and len(reply) > len(SERVICE_REPLY_PREFIX) and _is_literal(reply):
+        return True
+    prefix = agent_inbox_prefix(instance, runtime) + "."
+    return reply.startswith(prefix) and len(reply) > len(prefix) and _is_literal(reply)
+
+
+SERVICE_REPLY_PREFIX: Final = "_R_."
+"""The replies nats-server makes for requests that crossed an account import."""
+
+
+CONTROL_PLANE_INBOX_PREFIX: Final = "_INBOX"
+"""The control plane's processes connect with NATS's default inbox prefix; an agent's user
+may subscribe only to its own (`agent_inbox_prefix`, which never starts with `_INBOX.`)."""
+
+
+def plan_subject(instance: str) -> str:
+    """Where the API asks the planner for dry runs. Outside `convoy.<i>.req.<runtime>.>`
+    (the agents' request namespace: a runtime could be named `planner`), in the control
+    plane's own `ctl` namespace, which no agent may publish on."""
+    return f"convoy.{bus.validate_instance(instance)}.ctl.planner.plan"
+
+
+def is_control_plane_inbox(reply: str) -> bool:
+    """A reply subject only the control plane can receive: a control-plane service (the
+    planner's dry runs) answers nothing else."""
+    prefix = CONTROL_PLANE_INBOX_PREFIX + "."
+    return reply.startswith(prefix) and len(reply) > len(prefix) and _is_literal(reply)
 
 
 H_DESIRED_COUNT: Final = "Convoy-Desired-Count"
@@ -125,27 +223,77 @@ def agent_permissions(instance: str, runtime: str) -> Permissions:
     )
 
 
+def agent_imports(instance: str, runtime: str) -> list[tuple[str, bool]]:
+    """What a runtime's account imports from the control account, as (subject, whether
+    the answer may be several messages): exactly the subjects it may publish on, plus
+    `$JS.API.INFO`, which its user may not publish on — importing it only keeps NATS from
+    giving the agent's account a JetStream of its own (which would answer `$JS.API.…`
+    before the imports do)."""
+    streamed = {f"convoy.{instance}.req.{bus.encode_token(runtime)}.>", _pull_subject(instance, runtime)}
+    return [(subject, subject in streamed) for subject in agent_permissions(instance, runtime).publish] + [
+        (JS_API_INFO, False)
+    ]
+
+
+JS_API_INFO: Final = "$JS.API.INFO"
+
+
+def _pull_subject(instance: str, runtime: str) -> str:
+    return f"$JS.API.CONSUMER.MSG.NEXT.{bus.events_stream(instance)}.{agent_consumer(runtime)}"
+
+
 def agent(instance: str, runtime: str, password_bcrypt: str) -> User:
     if not password_bcrypt.startswith("$2"):
         raise InvalidInput(f"the agent password of runtime {runtime!r} must be a bcrypt hash")
-    return User(agent_user(instance, runtime), password_bcrypt, agent_permissions(instance, runtime))
+    return User(agent_user(instance, runtime), password_bcrypt, agent_permissions(instance, runtime), runtime=runtime)
 
 
 def system(password: str) -> User:
     return User(SYSTEM_USER, password)
 
 
-def render(users: Iterable[User]) -> str:
-    """The `authorization { users = [...] }` block of a nats-server config."""
-    lines = ["authorization {", "  users = ["]
-    for user in sorted(users, key=lambda u: u.name):
-        pub = ", ".join(json.dumps(s) for s in user.permissions.publish)
-        sub = ", ".join(json.dumps(s) for s in user.permissions.subscribe)
-        lines.append(
-            f"    {{user: {json.dumps(user.name)}, password: {json.dumps(user.password)}, "
-            f"permissions: {{publish: {{allow: [{pub}]}}, subscribe: {{allow: [{sub}]}}}}}}"
-        )
-    lines += ["  ]", "}"]
+def _user_line(user: User) -> str:
+    pub = ", ".join(json.dumps(s) for s in user.permissions.publish)
+    sub = ", ".join(json.dumps(s) for s in user.permissions.subscribe)
+    return (
+        f"        {{user: {json.dumps(user.name)}, password: {json.dumps(user.password)}, "
+        f"permissions: {{publish: {{allow: [{pub}]}}, subscribe: {{allow: [{sub}]}}}}}}"
+    )
+
+
+def render(instance: str, users: Iterable[User]) -> str:
+    """The `accounts { ... }` block of a nats-server config: the control account (its
+    users, JetStream, and one export per subject a runtime imports, to that runtime's
+    account alone) and one account per runtime's agent (see the module docstring)."""
+    control = control_account(instance)
+    ordered = sorted(users, key=lambda u: (u.runtime, u.name))
+    agents = [u for u in ordered if u.runtime]
+    exports: list[str] = []
+    info_importers: list[str] = []
+    for user in agents:
+        account = agent_account(instance, user.runtime)
+        for subject, streamed in agent_imports(instance, user.runtime):
+            if subject == JS_API_INFO:
+                info_importers.append(account)
+                continue
+            kind = ", response_type: stream" if streamed else ""
+            exports.append(f"{{service: {json.dumps(subject)}, accounts: [{json.dumps(account)}]{kind}}}")
+    if info_importers:
+        exports.append(f"{{service: {json.dumps(JS_API_INFO)}, accounts: [{', '.join(map(json.dumps, info_importers))}]}}")
+    lines = ["accounts {", f"  {json.dumps(control)}: {{", "    jetstream: enabled", "    users: ["]
+    lines += [_user_line(u) for u in ordered if not u.runtime]
+    lines += ["    ]", "    exports: ["]
+    lines += [f"      {e}" for e in exports]
+    lines += ["    ]", "  }"]
+    for user in agents:
+        lines += [f"  {json.dumps(agent_account(instance, user.runtime))}: {{", "    users: [", _user_line(user), "    ]"]
+        lines.append("    imports: [")
+        lines += [
+            f"      {{service: {{account: {json.dumps(control)}, subject: {json.dumps(subject)}}}}}"
+            for subject, _ in agent_imports(instance, user.runtime)
+        ]
+        lines += ["    ]", "  }"]
+    lines.append("}")
     return "\n".join(lines) + "\n"
 
 

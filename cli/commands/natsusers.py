@@ -2,8 +2,9 @@
 
 With the embedded NATS, Convoy writes its agents' users into the server's configuration
 and reloads it. An external NATS (a cluster the platform team runs) is configured by its
-operator, so this renders the same `authorization` block — the control plane's user and
-one least-privilege user per runtime with its current credential — from the log, for the
+operator, so this renders the same `accounts` block — the control account with the
+control plane's user, and one account per runtime with its agent's least-privilege user
+and current credential (eventstore.natsauth says why accounts) — from the log, for the
 operator to include in that server's configuration and reload (`nats-server --signal
 reload`). Run it again after registering a runtime or issuing/rotating a credential.
 
@@ -61,7 +62,7 @@ def nats_users(
     known = asyncio.run(_credentials(database_url(settings), settings.instance))
     hashed = bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(SYSTEM_BCRYPT_ROUNDS)).decode("ascii")
     users = known.users(settings.instance, natsauth.User(system_user, hashed))
-    text = natsauth.render(users)
+    text = natsauth.render(settings.instance, users)
     if output is None:
         typer.echo(text, nl=False)
         return

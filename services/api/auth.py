@@ -23,6 +23,7 @@ from typing import Final
 import bcrypt
 
 from schemas.convoy.v1 import options_pb2
+from services import principals
 from services.api.domain import Minted, PermissionDenied, State
 from services.api.domain.commands import sha256_hex
 from services.api.domain.tokens import role_of
@@ -37,7 +38,8 @@ BOOTSTRAP_ACTOR: Final = "bootstrap"
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated caller. `name` is recorded as the actor of its events."""
+    """An authenticated caller. `name` (its token's name, normalised: services.principals)
+    is recorded as the actor of its events."""
 
     token_id: str
     name: str
@@ -94,7 +96,8 @@ def authenticate(state: State, authorization: str | None) -> Principal:
     expected = token.secret_sha256 if token is not None else "0" * len(digest)
     if not hmac.compare_digest(expected, digest) or token is None or token.revoked:
         raise refused
-    return Principal(token_id=token.token_id, name=token.name, role=role_of(token))
+    # Tokens named before names were normalised act under their normal form.
+    return Principal(token_id=token.token_id, name=principals.normalise(token.name), role=role_of(token))
 
 
 def authorize(principal: Principal, min_role: int, method: str) -> None:

@@ -11,6 +11,17 @@ in the relay's envelope, then an end message with the count and the runtime's co
 (`natsauth.H_DESIRED_COUNT`). The runtime comes from the subject, which NATS only lets
 that runtime's agent publish on, so an agent learns only its own desired state.
 
+The reply subject, though, is the requester's choice, and this responder publishes with
+the control plane's credential, which may publish anywhere. So it answers only on a reply
+that belongs to the asking runtime (`natsauth.reply_belongs_to`): inside that runtime's
+own inbox prefix, which only its agent may subscribe to, or — with the accounts
+eventstore.natsauth renders, where the request crosses the runtime's own account's
+import — the `_R_.…` reply NATS made for it, which carries the answer back into that
+account only. Any other request is logged and dropped, unanswered: otherwise runtime A's
+agent could ask with the reply set to runtime B's intent subject and have the control
+plane put A's intents there, or on the events stream, or on the JetStream API. The
+subject maps to a runtime strictly (one canonical token, nothing after `.desired`).
+
 Requests share the queue group `convoy-desired`, so several API processes can answer.
 Each answer waits (briefly) until the fold has reached the store's head, so an intent
 committed before the request is in the answer.
@@ -70,8 +81,9 @@ class DesiredState:
         self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sub: Subscription | None = None
-        self._prefix = f"convoy.{self.instance}.req."
         self.answered = 0
+        self.refused = 0
+        """Requests dropped because their reply subject was not the asking runtime's."""
 
     # -- reading -------------------------------------------------------------------------
 
@@ -205,6 +217,13 @@ class DesiredState:
             return
         try:
             runtime = self._runtime_of(msg.subject)
+            if not natsauth.reply_belongs_to(self.instance, runtime, msg.reply):
+                self.refused += 1
+                log.warning(
+                    "desired-state request dropped: its reply subject does not belong to the asking runtime",
+                    subject=msg.subject, runtime=runtime, reply=msg.reply[:200],
+                )
+                return
             await self._head_seen()
             await self._answer(msg.reply, runtime)
         except ConvoyError as error:
@@ -213,9 +232,10 @@ class DesiredState:
             log.error("desired-state answer failed", subject=msg.subject, error=describe(error))
 
     def _runtime_of(self, subject: str) -> str:
-        if not subject.startswith(self._prefix):
-            raise InvalidInput(f"{subject!r} is not a request subject of instance {self.instance}")
-        return bus.decode_token(subject[len(self._prefix) :].split(".")[0])
+        runtime = natsauth.runtime_of_desired(self.instance, subject)
+        if runtime is None:
+            raise InvalidInput(f"{subject!r} is not a desired-state request subject of instance {self.instance}")
+        return runtime
 
     async def _answer(self, reply: str, runtime: str) -> None:
         held = self._runtimes.get(runtime, _Runtime())

@@ -7,6 +7,10 @@ cannot turn one request into a full-log read: ListEvents answers with what it fo
 projection's progress signal (which NOTIFY wakes) instead of holding its own
 database listener, so a thousand watchers cost no connections while idle.
 
+Stored events are rendered in one place, `to_api`, which replaces secret-derived values
+(fields marked `secret` in the schema: token and credential hashes) unless the caller is
+an admin — the handler layer says which (services.api.redaction); the default is redacted.
+
 An application's events are the ones on its streams: `app/<a>`, `service/<a>/…`,
 `release/<a>/…` and `resource/app/<a>/…` (see services.api.domain.streams).
 """
@@ -23,6 +27,7 @@ from eventstore.codec import EventRegistry
 from eventstore.errors import ConvoyError
 from eventstore.types import EventStore, RecordedEvent
 from schemas.convoy.v1 import api_pb2
+from services.api import redaction
 from services.api.errors import invalid
 from services.api.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from services.api.projection import Projection
@@ -79,11 +84,14 @@ class EventFilter:
         return self.until is None or event.recorded_at <= self.until
 
 
-def to_api(registry: EventRegistry, recorded: RecordedEvent) -> api_pb2.Event:
+def to_api(registry: EventRegistry, recorded: RecordedEvent, *, reveal_secrets: bool = False) -> api_pb2.Event:
     """The API's view of a stored event, with the payload upcast and as proto3 JSON
-    (empty when this build cannot read it)."""
+    (empty when this build cannot read it); secret-derived values are redacted unless
+    `reveal_secrets` (admins, see services.api.redaction)."""
     try:
         message = registry.decode(recorded).message
+        if not reveal_secrets:
+            message = redaction.redact(message)
         payload = json_format.MessageToJson(message, indent=None, sort_keys=True)
     except ConvoyError:
         payload = ""
@@ -113,7 +121,7 @@ def _time(field: str, value: timestamp_pb2.Timestamp, present: bool) -> datetime
 
 
 async def list_events(
-    store: EventStore, registry: EventRegistry, request: api_pb2.ListEventsRequest
+    store: EventStore, registry: EventRegistry, request: api_pb2.ListEventsRequest, *, reveal_secrets: bool = False
 ) -> api_pb2.ListEventsResponse:
     if request.after_position < 0:
         raise invalid("after_position", "must not be negative")
@@ -136,7 +144,7 @@ async def list_events(
             scanned += 1
             position = recorded.position
             if selection.matches(recorded):
-                found.append(to_api(registry, recorded))
+                found.append(to_api(registry, recorded, reveal_secrets=reveal_secrets))
                 if len(found) >= limit:
                     break
         if len(batch) < BATCH:
@@ -151,6 +159,7 @@ async def watch(
     request: api_pb2.WatchRequest,
     *,
     open: Callable[[], bool] = lambda: True,
+    reveal_secrets: bool = False,
 ) -> AsyncIterator[api_pb2.Event]:
     """An application's events after `after_position`, then each new one as it commits,
     until the client goes away or the server stops."""
@@ -168,7 +177,7 @@ async def watch(
         for recorded in batch:
             position = recorded.position
             if selection.matches(recorded):
-                yield to_api(registry, recorded)
+                yield to_api(registry, recorded, reveal_secrets=reveal_secrets)
         if len(batch) < BATCH:
             await projection.wait_beyond(max(seen, position), timeout=WATCH_IDLE)
 

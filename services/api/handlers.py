@@ -6,7 +6,8 @@ tokens, checked against its method's `min_role` (and a set of declarations again
 each declaration's own method's: one the caller could not apply alone refuses the
 set), then routed: commands to the
 `Writer` (decide + append), catalog reads to `queries` (after waiting for
-`min_position`), the log to `events`. Failures are classified here too (`fail`), so
+`min_position`), the log to `events` (secret-derived values redacted below the admin
+role, `redaction.may_see_secrets`). Failures are classified here too (`fail`), so
 both transports log them the same way — with the request's correlation id, a traceback
 only for the unexpected, and never a token or secret.
 """
@@ -27,7 +28,7 @@ from eventstore.errors import Unavailable
 from eventstore.tasks import describe
 from eventstore.types import EventStore
 from schemas.convoy.v1 import api_pb2
-from services.api import auth, events, planning, queries, why
+from services.api import auth, events, planning, queries, redaction, why
 from services.api.convergence import ConvergenceView
 from services.api.errors import Failure, classify, invalid
 from services.api.history import History, Snapshot
@@ -136,7 +137,10 @@ class Api:
             self.authenticate(method, ctx)
             return self._streams_open
 
-        async for event in events.watch(self._store, self._registry, self._projection, request, open=still_open):
+        reveal = redaction.may_see_secrets(principal.role)
+        async for event in events.watch(
+            self._store, self._registry, self._projection, request, open=still_open, reveal_secrets=reveal
+        ):
             yield event
 
     def close_streams(self) -> None:
@@ -157,7 +161,9 @@ class Api:
             )
         if method.name == "ListEvents":
             assert isinstance(request, api_pb2.ListEventsRequest)
-            return await events.list_events(self._store, self._registry, request)
+            return await events.list_events(
+                self._store, self._registry, request, reveal_secrets=redaction.may_see_secrets(principal.role)
+            )
         if method.name == "PlanDeploy":
             assert isinstance(request, api_pb2.PlanDeployRequest)
             return await planning.plan_deploy(self._planner, self._projection.state, request, principal)

@@ -3,7 +3,8 @@
 The API owns the command's rules (`decide` turns PlanDeploy's fields into the release a
 Deploy would create, with every validation a real deploy gets); the planner owns the
 convergence rules and the state they run on. So the API asks the planner over NATS
-request/reply (`convoy.<instance>.req.planner.plan`) to fold that release onto a copy
+request/reply (`natsauth.plan_subject`: `convoy.<instance>.ctl.planner.plan`, which no
+agent may publish on; the planner answers only on the control plane's own inboxes) to fold that release onto a copy
 of its state and answer the plan. Nothing is recorded on either side. Services talk
 only through the bus and the API — this is the bus.
 """
@@ -16,7 +17,7 @@ from typing import Protocol
 import nats.errors
 from nats.aio.client import Client
 
-from eventstore import bus
+from eventstore import natsauth
 from eventstore.errors import Unavailable
 from schemas.convoy.v1 import api_pb2, events_pb2
 from services.api.auth import Principal
@@ -24,7 +25,7 @@ from services.api.domain import Command, Minted, State, decide
 
 
 def plan_subject(instance: str) -> str:
-    return f"convoy.{bus.validate_instance(instance)}.req.planner.plan"
+    return natsauth.plan_subject(instance)
 
 
 class PlannerClient(Protocol):

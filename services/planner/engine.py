@@ -63,7 +63,9 @@ the version it starts with, so `convoy replay --check` can tell what an upgrade 
 from a real difference.
 
 2: a target with no verdict past its progress deadline waits, named in the reason, instead
-of failing; its deadline runs from its agent's RECEIVED."""
+of failing; its deadline runs from its agent's RECEIVED. Approvals count once per
+principal as services.principals compares them (`bob`, `bob ` and `bоb` are one), and
+never the deployer's own when the approval excludes the deployer."""
 
 INPUT_CATEGORIES = ("app", "service", "runtime", "protection", "release", "observation", "timer")
 """Stream categories the planner reads: declarations, human decisions, agents'

@@ -5,6 +5,10 @@ the status the convergence should be in and a reason a person can act on ("waiti
 2 approvals of prod-signoff (1 given: alice at 14:02)"). Bypasses (audited in the log)
 count as met: `precondition:<approval>`, `precondition:channel_stable:<channel>`,
 `precondition:deploy_window`.
+
+Approvers are counted as principals (`services.principals.key`): `bob`, `bob ` and `bоb`
+(Cyrillic о) are one approval, and with `exclude_deployer` none of them counts when `bob`
+deployed the release — whatever names the log recorded before names were normalised.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from schemas.convoy.v1 import resources_pb2
+from services import principals
 from services.planner import windows
-from services.planner.catalog import ReleaseRecord
+from services.planner.catalog import Approval, ReleaseRecord
 from services.planner.model import (
     CONVERGED,
     DEPLOYING,
@@ -85,7 +90,7 @@ def evaluate(
         if rejected is not None:
             approver, why = rejected
             return Gate(FAILED, f"rejected by {approver} ({approval.name})" + (f": {why}" if why else ""))
-        given = record.approvals.get((conv.channel, approval.name), [])
+        given = counted_approvals(record, conv.channel, approval)
         needed = max(approval.min_approvers, 1)
         if len(given) < needed:
             who = ", ".join(f"{a.approver} at {hhmm(a.at)}" for a in given)
@@ -99,6 +104,21 @@ def evaluate(
     if waiting:
         return Gate(WAITING_APPROVAL, "; ".join(waiting))
     return Gate(DEPLOYING, "preconditions met")
+
+
+def counted_approvals(record: ReleaseRecord, channel: str, approval: resources_pb2.ManualApproval) -> list[Approval]:
+    """The approvals that count: one per principal, in order, and none by the deployer
+    when the approval excludes them."""
+    deployer = principals.key(record.created_by) if approval.exclude_deployer and record.created_by else None
+    seen: set[str] = set()
+    counted = []
+    for given in record.approvals.get((channel, approval.name), []):
+        who = principals.key(given.approver)
+        if who in seen or who == deployer:
+            continue
+        seen.add(who)
+        counted.append(given)
+    return counted
 
 
 def _stable_reason(state: PlannerState, conv: Convergence, other: str, version: str) -> str:

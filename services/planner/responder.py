@@ -1,11 +1,18 @@
 """The planner's answer to dry runs: NATS request/reply on
-`convoy.<instance>.req.planner.plan`.
+`convoy.<instance>.ctl.planner.plan` (`natsauth.plan_subject`).
 
 The API validates a Deploy and sends the release it would create (`PlannerQuery`); this
 responder simulates it on a copy of the running planner's state (`dryrun.simulate`) with
 the planner's clock and replies with the `DeployPlan`. A malformed query gets no answer
 (the caller times out and reports the planner unavailable) and is logged; it never
 touches the planner's own state.
+
+Only the control plane asks: the subject is in its own `ctl` namespace, outside the
+agents' `convoy.<i>.req.<runtime>.>` (a runtime named `planner` must not reach it), and
+a query whose reply subject is not a control-plane inbox (`natsauth.is_control_plane_inbox`)
+is dropped unanswered — this process publishes with the control plane's credential, so
+answering on any reply would write wherever the asker pointed it (DESIGN.md: the control
+plane never publishes on a subject an agent chose).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from eventstore import bus
+from eventstore import natsauth
 from eventstore.tasks import describe
 from schemas.convoy.v1 import api_pb2, events_pb2
 from services.planner.dryrun import simulate
@@ -29,8 +36,11 @@ class PlanResponder:
     def __init__(self, *, nc: Client, planner: Planner, instance: str) -> None:
         self._nc = nc
         self._planner = planner
-        self._subject = f"convoy.{bus.validate_instance(instance)}.req.planner.plan"
+        self._subject = natsauth.plan_subject(instance)
         self._subscription: Subscription | None = None
+        self.answered = 0
+        self.refused = 0
+        """Queries dropped because their reply was not a control-plane inbox."""
 
     async def start(self) -> None:
         self._subscription = await self._nc.subscribe(self._subject, queue="planner", cb=self._answer)
@@ -48,6 +58,10 @@ class PlanResponder:
         await self.stop()
 
     async def _answer(self, msg: Msg) -> None:
+        if not natsauth.is_control_plane_inbox(msg.reply or ""):
+            self.refused += 1
+            log.warning("dry-run query dropped: its reply is not a control-plane inbox", reply=(msg.reply or "")[:200])
+            return
         query = api_pb2.PlannerQuery()
         try:
             query.ParseFromString(msg.data)
@@ -72,3 +86,4 @@ class PlanResponder:
             out = plan.steps.add(channel=step.channel, action=step.action, runtime=step.runtime, detail=step.detail)
             out.after.FromTimedelta(step.after)
         await msg.respond(plan.SerializeToString())
+        self.answered += 1

@@ -98,3 +98,20 @@ def test_installed_cli_smoke_and_completion_is_enabled(tmp_path: Path) -> None:
         [sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True, env=env, timeout=60, check=False
     )
     assert "--install-completion" in helped.stdout
+
+
+async def test_convoy_events_shows_secret_hashes_to_admins_only(cli: Cli) -> None:
+    created = await cli.run("tokens", "create", "auditor", "--role", "viewer", "--output", "json")
+    viewer = json.loads(created.stdout)["secret"]
+
+    def hashes(stdout: str) -> list[str]:
+        events = [json.loads(line) for line in stdout.splitlines()]
+        payloads = [json.loads(e["json"]) for e in events if e["type"] == "convoy.v1.TokenCreated"]
+        assert {p["name"] for p in payloads} >= {"auditor"} and len(payloads) == 2
+        return [p["secretSha256"] for p in payloads]
+
+    as_viewer = await cli.run("events", "--type", "TokenCreated", "-o", "json", token=viewer)
+    assert as_viewer.exit_code == 0, as_viewer.output
+    assert hashes(as_viewer.stdout) == ["[redacted]", "[redacted]"]
+    as_admin = await cli.run("events", "--type", "TokenCreated", "-o", "json")
+    assert all(len(h) == 64 for h in hashes(as_admin.stdout)), as_admin.stdout

@@ -1,4 +1,4 @@
-"""`convoy nats-users` renders, from the log, an `authorization` block that a real external
+"""`convoy nats-users` renders, from the log, an `accounts` block that a real external
 nats-server accepts: the control plane connects with its password, each agent with its
 current secret and nothing else, a rotated secret is out, a runtime without a credential
 has no user."""
@@ -66,4 +66,4 @@ async def test_nats_users_says_what_is_wrong(cli: Cli, pg_store: PostgresEventSt
     assert empty.exit_code == 2 and "is empty" in empty.output
     (tmp_path / "pw").write_text("secret")
     to_stdout = await cli.raw("nats-users", "--system-password-file", str(tmp_path / "pw"), **env)
-    assert to_stdout.exit_code == 0 and to_stdout.stdout.startswith("authorization {"), to_stdout.output
+    assert to_stdout.exit_code == 0 and to_stdout.stdout.startswith("accounts {"), to_stdout.output

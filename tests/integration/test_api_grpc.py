@@ -561,3 +561,26 @@ async def test_a_huge_value_comes_back_as_a_short_invalid_argument(api: Running)
         violations = json.loads(dict(error.trailing_metadata())["convoy-violations-bin"])
         assert 1 < len(violations) < 5000 and violations[-1]["description"].startswith("… and ")
         assert sum(len(k) + len(v) for k, v in error.trailing_metadata()) < 4096
+
+
+async def test_secret_hashes_in_the_log_are_shown_to_admins_only(api: Running) -> None:
+    """TokenCreated.secretSha256 and AgentCredentialIssued's hashes are admin material
+    (like ListTokens): every role below admin reads the events with them redacted."""
+    admin = bearer(api.admin)
+    async with grpc_stubs(api.grpc_target) as stubs:
+        await stubs.runtimes.ApplyRuntime(api_pb2.ApplyRuntimeRequest(runtime=runtime()), metadata=admin)
+        await stubs.runtimes.IssueAgentCredential(api_pb2.IssueAgentCredentialRequest(runtime="eu-1"), metadata=admin)
+        tokens = {role: await create_token(stubs, api.admin, level, f"reader-{role}") for role, level in ROLES.items()}
+        types = ["TokenCreated", "AgentCredentialIssued"]
+        for role, token in tokens.items():
+            listed = await stubs.events.ListEvents(api_pb2.ListEventsRequest(types=types), metadata=bearer(token.secret))
+            payloads = {(e.type, e.stream_id): json.loads(e.json) for e in listed.events}
+            issued = next(p for (t, _), p in payloads.items() if t.endswith("AgentCredentialIssued"))
+            created = [p for (t, _), p in payloads.items() if t.endswith("TokenCreated")]
+            assert len(created) == len(tokens) + 1 and issued["runtime"] == "eu-1" and issued["generation"] == "1"
+            assert {p["name"] for p in created} >= {f"reader-{r}" for r in ROLES}  # the rest of the event is intact
+            hashes = [issued["secretSha256"], issued["natsPasswordBcrypt"], *(p["secretSha256"] for p in created)]
+            if role == "admin":
+                assert issued["natsPasswordBcrypt"].startswith("$2") and all(len(p["secretSha256"]) == 64 for p in created)
+            else:
+                assert set(hashes) == {"[redacted]"}, (role, hashes)

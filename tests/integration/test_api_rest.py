@@ -593,3 +593,80 @@ async def test_oversized_urls_headers_and_bodies_get_a_4xx_and_one_log_line(api:
     assert not [r for r in records if "exception" in r or r.get("level") == "error"], text[:2000]
     assert "a" * 200 not in text and "b" * 200 not in text
     assert max(len(line) for line in text.splitlines()) < 4096
+
+
+async def test_secret_hashes_in_the_log_are_redacted_over_rest_below_admin(api: Running) -> None:
+    async with http_session() as s:
+        status, _ = await call(s, api, "PUT", "/v1/runtimes", secret=api.admin, body=RUNTIME)
+        assert status == 200
+        status, _ = await call(s, api, "POST", "/v1/runtimes/eu-1/credentials", secret=api.admin, body={})
+        assert status == 200
+        secrets_by_role = {}
+        for role in ROLES:
+            body = {"name": f"rest-{role}", "role": f"ROLE_{role.upper()}"}
+            status, token = await call(s, api, "POST", "/v1/tokens", secret=api.admin, body=body)
+            assert status == 200, token
+            secrets_by_role[role] = token["secret"]
+        params = [("types", "TokenCreated"), ("types", "AgentCredentialIssued")]
+        for role, secret in secrets_by_role.items():
+            status, listed = await call(s, api, "GET", "/v1/events", secret=secret, params=params)
+            assert status == 200, listed
+            payloads = [json.loads(e["json"]) for e in listed["events"]]
+            assert len(payloads) == len(ROLES) + 2  # the bootstrap token, the four, the credential
+            hashes = [p[k] for p in payloads for k in ("secretSha256", "natsPasswordBcrypt") if k in p]
+            assert {p.get("name") for p in payloads} >= {f"rest-{r}" for r in ROLES}
+            if role == "admin":
+                assert "[redacted]" not in hashes and any(h.startswith("$2") for h in hashes)
+            else:
+                assert set(hashes) == {"[redacted]"}, (role, hashes)
+
+
+async def test_four_eyes_counts_principals_not_spellings_over_rest(api: Running) -> None:
+    """The issue's scenario: two approvals, deployer excluded, deployed by `bob`. A second
+    `bob ` or `bоb` (Cyrillic о) token cannot be created any more; and tokens named so
+    before the rules (put into the log as an older Convoy recorded them) approve as bob —
+    refused, since bob deployed it — while one real other approver counts once."""
+    import hashlib
+    import secrets as secrets_module
+
+    from eventstore.codec import convoy_registry
+    from schemas.convoy.v1 import events_pb2
+
+    four_eyes = json.loads(json.dumps(APPLICATION))
+    approval = four_eyes["application"]["releaseChannels"][1]["preconditions"][1]["manualApproval"]
+    approval.update(excludeDeployer=True, minApprovers=2)
+    async with http_session() as s:
+        for path, body in (("/v1/runtimes", RUNTIME), ("/v1/applications", four_eyes), ("/v1/services", SERVICE)):
+            status, answer = await call(s, api, "PUT", path, secret=api.admin, body=body)
+            assert status == 200, answer
+        status, bob = await call(s, api, "POST", "/v1/tokens", secret=api.admin, body={"name": "Bob", "role": "ROLE_APPROVER"})
+        assert status == 200 and bob["name"] == "bob", bob
+        status, twin = await call(s, api, "POST", "/v1/tokens", secret=api.admin, body={"name": "bob ", "role": "ROLE_APPROVER"})
+        assert status == 409 and 'already named "bob"' in twin["error"]["message"], twin
+        status, cyrillic = await call(s, api, "POST", "/v1/tokens", secret=api.admin,
+                                      body={"name": "b\u043eb", "role": "ROLE_APPROVER"})
+        assert status == 400 and "CYRILLIC SMALL LETTER O" in cyrillic["error"]["message"], cyrillic
+
+        registry = convoy_registry()
+        legacy = {}
+        for token_id, name in (("legacy-space", "bob "), ("legacy-cyrillic", "b\u043eb")):
+            secret = f"cvy_{token_id}_{secrets_module.token_urlsafe(24)}"
+            created = events_pb2.TokenCreated(
+                token_id=token_id, name=name, role="approver", secret_sha256=hashlib.sha256(secret.encode()).hexdigest()
+            )
+            await api.store.append(f"token/{token_id}", [registry.encode(created, actor="bootstrap")])
+            legacy[name] = secret
+
+        status, deployed = await call(
+            s, api, "POST", "/v1/applications/shop/services/api:deploy", secret=bob["secret"], body={"version": "v1"}
+        )
+        assert status == 200 and deployed["release"]["createdBy"] == "bob"
+        path = "/v1/applications/shop/services/api:approve"
+        for name, secret in legacy.items():
+            status, refused = await call(s, api, "POST", path, secret=secret, body={"channel": "prod"})
+            assert status == 403 and "four eyes" in refused["error"]["message"], (name, refused)
+        status, carol = await call(s, api, "POST", "/v1/tokens", secret=api.admin, body={"name": "carol", "role": "ROLE_APPROVER"})
+        status, first = await call(s, api, "POST", path, secret=carol["secret"], body={"channel": "prod"})
+        assert status == 200 and first["changed"], first
+        status, listed = await call(s, api, "GET", "/v1/events", secret=api.admin, params={"types": "ApprovalGranted"})
+        assert [json.loads(e["json"])["approver"] for e in listed["events"]] == ["carol"]

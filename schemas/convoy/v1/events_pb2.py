@@ -28,7 +28,7 @@ from schemas.convoy.v1 import options_pb2 as schemas_dot_convoy_dot_v1_dot_optio
 from schemas.convoy.v1 import resources_pb2 as schemas_dot_convoy_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eschemas/convoy/v1/events.proto\x12\tconvoy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#schemas/convoy/v1/convergence.proto\x1a\x1fschemas/convoy/v1/options.proto\x1a!schemas/convoy/v1/resources.proto\"\x8e\x01\n\x12\x41pplicationCreated\x12+\n\x0b\x61pplication\x18\x05 \x01(\x0b\x32\x16.convoy.v1.Application:\x04\xc8\xf3\x18\x03J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x04nameR\x0b\x64\x65scriptionR\x08\x63hannelsR\x10release_channels\"G\n\x12\x41pplicationUpdated\x12+\n\x0b\x61pplication\x18\x01 \x01(\x0b\x32\x16.convoy.v1.Application:\x04\xc8\xf3\x18\x01\"(\n\x12\x41pplicationDeleted\x12\x0c\n\x04name\x18\x01 \x01(\t:\x04\xc8\xf3\x18\x01\"O\n\x11ServiceConfigured\x12#\n\x07service\x18\x01 \x01(\x0b\x32\x12.convoy.v1.Service\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08:\x04\xc8\xf3\x18\x01\"9\n\x0eServiceDeleted\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\"d\n\x11RuntimeRegistered\x12#\n\x07runtime\x18\x04 \x01(\x0b\x32\x12.convoy.v1.Runtime:\x04\xc8\xf3\x18\x02J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\x04nameR\x04kindR\x06labels\";\n\x0eRuntimeUpdated\x12#\n\x07runtime\x18\x01 \x01(\x0b\x32\x12.convoy.v1.Runtime:\x04\xc8\xf3\x18\x01\"\x8c\x01\n\x0fRuntimeLabelled\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06labels\x18\x02 \x03(\x0b\x32&.convoy.v1.RuntimeLabelled.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:\x04\xc8\xf3\x18\x01\"3\n\rRuntimePaused\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\"4\n\x0eRuntimeResumed\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\")\n\x13RuntimeDeregistered\x12\x0c\n\x04name\x18\x01 \x01(\t:\x04\xc8\xf3\x18\x01\"\x8e\x01\n\x15\x41gentCredentialIssued\x12\x0f\n\x07runtime\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\x12\x15\n\rsecret_sha256\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x1c\n\x14nats_password_bcrypt\x18\x05 \x01(\t:\x04\xc8\xf3\x18\x01\"G\n\x14ProtectionConfigured\x12)\n\nprotection\x18\x01 \x01(\x0b\x32\x15.convoy.v1.Protection:\x04\xc8\xf3\x18\x01\"\'\n\x11ProtectionDeleted\x12\x0c\n\x04name\x18\x01 \x01(\t:\x04\xc8\xf3\x18\x01\"=\n\x0eResourceLinked\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.convoy.v1.Resource:\x04\xc8\xf3\x18\x01\"d\n\x10ResourceUnlinked\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05scope\x18\x02 \x01(\x0e\x32\x18.convoy.v1.ResourceScope\x12\x13\n\x0b\x61pplication\x18\x03 \x01(\t:\x04\xc8\xf3\x18\x01\";\n\x0eReleaseCreated\x12#\n\x07release\x18\x01 \x01(\x0b\x32\x12.convoy.v1.Release:\x04\xc8\xf3\x18\x01\"\x97\x01\n\x0f\x41pprovalGranted\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x10\n\x08\x61pproval\x18\x05 \x01(\t\x12\x10\n\x08\x61pprover\x18\x06 \x01(\t\x12\x0f\n\x07\x63omment\x18\x07 \x01(\t:\x04\xc8\xf3\x18\x01\"\x97\x01\n\x10\x41pprovalRejected\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x10\n\x08\x61pproval\x18\x05 \x01(\t\x12\x10\n\x08\x61pprover\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t:\x04\xc8\xf3\x18\x01\"\x80\x01\n\rBypassGranted\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t:\x04\xc8\xf3\x18\x01\"`\n\x11\x43onvergencePaused\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t:\x04\xc8\xf3\x18\x01\"a\n\x12\x43onvergenceResumed\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t:\x04\xc8\xf3\x18\x01\"|\n\x11RollbackRequested\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x10\n\x08\x63hannels\x18\x03 \x03(\t\x12\x19\n\x11target_release_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t:\x04\xc8\xf3\x18\x01\"Y\n\x0cTokenCreated\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x15\n\rsecret_sha256\x18\x04 \x01(\t:\x04\xc8\xf3\x18\x01\"6\n\x0cTokenRevoked\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\"\xe9\x01\n\x0cIntentIssued\x12\x11\n\tintent_id\x18\x01 \x01(\t\x12!\n\x06target\x18\x02 \x01(\x0b\x32\x11.convoy.v1.Target\x12\'\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x17.convoy.v1.IntentAction\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.convoy.v1.WorkloadSpec\x12\x11\n\tspec_hash\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x03\x12\x10\n\x08rollback\x18\x07 \x01(\x08\x12\x14\n\x0crepair_drift\x18\x08 \x01(\x08:\x04\xc8\xf3\x18\x01\"\xae\x01\n\x0f\x43hecksRequested\x12!\n\x06target\x18\x01 \x01(\x0b\x32\x11.convoy.v1.Target\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x12\n\nrelease_id\x18\x05 \x01(\t\x12\'\n\x06\x63hecks\x18\x06 \x03(\x0b\x32\x17.convoy.v1.CheckRequest:\x04\xc8\xf3\x18\x01\"\xa7\x02\n\x15InstanceStatusChanged\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12!\n\x06target\x18\x04 \x01(\x0b\x32\x11.convoy.v1.Target\x12\x12\n\nrelease_id\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12-\n\nold_status\x18\x07 \x01(\x0e\x32\x19.convoy.v1.InstanceStatus\x12-\n\nnew_status\x18\x08 \x01(\x0e\x32\x19.convoy.v1.InstanceStatus\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x1b\n\x13rollback_release_id\x18\n \x01(\t:\x04\xc8\xf3\x18\x01\"\xd4\x01\n\x0eTimerScheduled\x12\x10\n\x08timer_id\x18\x01 \x01(\t\x12+\n\x07\x66ire_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x06 \x01(\t\x12\x12\n\nrelease_id\x18\x07 \x01(\t\x12!\n\x06target\x18\x08 \x01(\x0b\x32\x11.convoy.v1.Target:\x04\xc8\xf3\x18\x01\"\x7f\n\nTimerFired\x12\x10\n\x08timer_id\x18\x01 \x01(\t\x12+\n\x07\x66ire_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x66ired_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x04\xc8\xf3\x18\x01\"H\n\x13ObservationRecorded\x12+\n\x0bobservation\x18\x01 \x01(\x0b\x32\x16.convoy.v1.Observation:\x04\xc8\xf3\x18\x01\"`\n\x15PlannerVersionStarted\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x18\n\x10previous_version\x18\x02 \x01(\x05\x12\x16\n\x0e\x61\x66ter_position\x18\x03 \x01(\x03:\x04\xc8\xf3\x18\x01\"\xb1\x01\n\x14PlannerInputRejected\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x17\n\x0fplanner_version\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x06 \x01(\t\x12\x0f\n\x07service\x18\x07 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t:\x04\xc8\xf3\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eschemas/convoy/v1/events.proto\x12\tconvoy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#schemas/convoy/v1/convergence.proto\x1a\x1fschemas/convoy/v1/options.proto\x1a!schemas/convoy/v1/resources.proto\"\x8e\x01\n\x12\x41pplicationCreated\x12+\n\x0b\x61pplication\x18\x05 \x01(\x0b\x32\x16.convoy.v1.Application:\x04\xc8\xf3\x18\x03J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x04nameR\x0b\x64\x65scriptionR\x08\x63hannelsR\x10release_channels\"G\n\x12\x41pplicationUpdated\x12+\n\x0b\x61pplication\x18\x01 \x01(\x0b\x32\x16.convoy.v1.Application:\x04\xc8\xf3\x18\x01\"(\n\x12\x41pplicationDeleted\x12\x0c\n\x04name\x18\x01 \x01(\t:\x04\xc8\xf3\x18\x01\"O\n\x11ServiceConfigured\x12#\n\x07service\x18\x01 \x01(\x0b\x32\x12.convoy.v1.Service\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08:\x04\xc8\xf3\x18\x01\"9\n\x0eServiceDeleted\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\"d\n\x11RuntimeRegistered\x12#\n\x07runtime\x18\x04 \x01(\x0b\x32\x12.convoy.v1.Runtime:\x04\xc8\xf3\x18\x02J\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\x04nameR\x04kindR\x06labels\";\n\x0eRuntimeUpdated\x12#\n\x07runtime\x18\x01 \x01(\x0b\x32\x12.convoy.v1.Runtime:\x04\xc8\xf3\x18\x01\"\x8c\x01\n\x0fRuntimeLabelled\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06labels\x18\x02 \x03(\x0b\x32&.convoy.v1.RuntimeLabelled.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:\x04\xc8\xf3\x18\x01\"3\n\rRuntimePaused\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\"4\n\x0eRuntimeResumed\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\")\n\x13RuntimeDeregistered\x12\x0c\n\x04name\x18\x01 \x01(\t:\x04\xc8\xf3\x18\x01\"\x9a\x01\n\x15\x41gentCredentialIssued\x12\x0f\n\x07runtime\x18\x01 \x01(\t\x12\x15\n\rcredential_id\x18\x02 \x01(\t\x12\x1b\n\rsecret_sha256\x18\x03 \x01(\tB\x04\x88\x80\x19\x01\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\"\n\x14nats_password_bcrypt\x18\x05 \x01(\tB\x04\x88\x80\x19\x01:\x04\xc8\xf3\x18\x01\"G\n\x14ProtectionConfigured\x12)\n\nprotection\x18\x01 \x01(\x0b\x32\x15.convoy.v1.Protection:\x04\xc8\xf3\x18\x01\"\'\n\x11ProtectionDeleted\x12\x0c\n\x04name\x18\x01 \x01(\t:\x04\xc8\xf3\x18\x01\"=\n\x0eResourceLinked\x12%\n\x08resource\x18\x01 \x01(\x0b\x32\x13.convoy.v1.Resource:\x04\xc8\xf3\x18\x01\"d\n\x10ResourceUnlinked\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05scope\x18\x02 \x01(\x0e\x32\x18.convoy.v1.ResourceScope\x12\x13\n\x0b\x61pplication\x18\x03 \x01(\t:\x04\xc8\xf3\x18\x01\";\n\x0eReleaseCreated\x12#\n\x07release\x18\x01 \x01(\x0b\x32\x12.convoy.v1.Release:\x04\xc8\xf3\x18\x01\"\x97\x01\n\x0f\x41pprovalGranted\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x10\n\x08\x61pproval\x18\x05 \x01(\t\x12\x10\n\x08\x61pprover\x18\x06 \x01(\t\x12\x0f\n\x07\x63omment\x18\x07 \x01(\t:\x04\xc8\xf3\x18\x01\"\x97\x01\n\x10\x41pprovalRejected\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x10\n\x08\x61pproval\x18\x05 \x01(\t\x12\x10\n\x08\x61pprover\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t:\x04\xc8\xf3\x18\x01\"\x80\x01\n\rBypassGranted\x12\x12\n\nrelease_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t:\x04\xc8\xf3\x18\x01\"`\n\x11\x43onvergencePaused\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t:\x04\xc8\xf3\x18\x01\"a\n\x12\x43onvergenceResumed\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t:\x04\xc8\xf3\x18\x01\"|\n\x11RollbackRequested\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x10\n\x08\x63hannels\x18\x03 \x03(\t\x12\x19\n\x11target_release_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t:\x04\xc8\xf3\x18\x01\"_\n\x0cTokenCreated\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x1b\n\rsecret_sha256\x18\x04 \x01(\tB\x04\x88\x80\x19\x01:\x04\xc8\xf3\x18\x01\"6\n\x0cTokenRevoked\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t:\x04\xc8\xf3\x18\x01\"\xe9\x01\n\x0cIntentIssued\x12\x11\n\tintent_id\x18\x01 \x01(\t\x12!\n\x06target\x18\x02 \x01(\x0b\x32\x11.convoy.v1.Target\x12\'\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x17.convoy.v1.IntentAction\x12%\n\x04spec\x18\x04 \x01(\x0b\x32\x17.convoy.v1.WorkloadSpec\x12\x11\n\tspec_hash\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x03\x12\x10\n\x08rollback\x18\x07 \x01(\x08\x12\x14\n\x0crepair_drift\x18\x08 \x01(\x08:\x04\xc8\xf3\x18\x01\"\xae\x01\n\x0f\x43hecksRequested\x12!\n\x06target\x18\x01 \x01(\x0b\x32\x11.convoy.v1.Target\x12\x13\n\x0b\x61pplication\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x12\n\nrelease_id\x18\x05 \x01(\t\x12\'\n\x06\x63hecks\x18\x06 \x03(\x0b\x32\x17.convoy.v1.CheckRequest:\x04\xc8\xf3\x18\x01\"\xa7\x02\n\x15InstanceStatusChanged\x12\x13\n\x0b\x61pplication\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12!\n\x06target\x18\x04 \x01(\x0b\x32\x11.convoy.v1.Target\x12\x12\n\nrelease_id\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12-\n\nold_status\x18\x07 \x01(\x0e\x32\x19.convoy.v1.InstanceStatus\x12-\n\nnew_status\x18\x08 \x01(\x0e\x32\x19.convoy.v1.InstanceStatus\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x1b\n\x13rollback_release_id\x18\n \x01(\t:\x04\xc8\xf3\x18\x01\"\xd4\x01\n\x0eTimerScheduled\x12\x10\n\x08timer_id\x18\x01 \x01(\t\x12+\n\x07\x66ire_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x06 \x01(\t\x12\x12\n\nrelease_id\x18\x07 \x01(\t\x12!\n\x06target\x18\x08 \x01(\x0b\x32\x11.convoy.v1.Target:\x04\xc8\xf3\x18\x01\"\x7f\n\nTimerFired\x12\x10\n\x08timer_id\x18\x01 \x01(\t\x12+\n\x07\x66ire_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x66ired_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x04\xc8\xf3\x18\x01\"H\n\x13ObservationRecorded\x12+\n\x0bobservation\x18\x01 \x01(\x0b\x32\x16.convoy.v1.Observation:\x04\xc8\xf3\x18\x01\"`\n\x15PlannerVersionStarted\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x18\n\x10previous_version\x18\x02 \x01(\x05\x12\x16\n\x0e\x61\x66ter_position\x18\x03 \x01(\x03:\x04\xc8\xf3\x18\x01\"\xb1\x01\n\x14PlannerInputRejected\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x17\n\x0fplanner_version\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x13\n\x0b\x61pplication\x18\x06 \x01(\t\x12\x0f\n\x07service\x18\x07 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t:\x04\xc8\xf3\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,6 +59,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNTIMERESUMED']._serialized_options = b'\310\363\030\001'
   _globals['_RUNTIMEDEREGISTERED']._loaded_options = None
   _globals['_RUNTIMEDEREGISTERED']._serialized_options = b'\310\363\030\001'
+  _globals['_AGENTCREDENTIALISSUED'].fields_by_name['secret_sha256']._loaded_options = None
+  _globals['_AGENTCREDENTIALISSUED'].fields_by_name['secret_sha256']._serialized_options = b'\210\200\031\001'
+  _globals['_AGENTCREDENTIALISSUED'].fields_by_name['nats_password_bcrypt']._loaded_options = None
+  _globals['_AGENTCREDENTIALISSUED'].fields_by_name['nats_password_bcrypt']._serialized_options = b'\210\200\031\001'
   _globals['_AGENTCREDENTIALISSUED']._loaded_options = None
   _globals['_AGENTCREDENTIALISSUED']._serialized_options = b'\310\363\030\001'
   _globals['_PROTECTIONCONFIGURED']._loaded_options = None
@@ -83,6 +87,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERGENCERESUMED']._serialized_options = b'\310\363\030\001'
   _globals['_ROLLBACKREQUESTED']._loaded_options = None
   _globals['_ROLLBACKREQUESTED']._serialized_options = b'\310\363\030\001'
+  _globals['_TOKENCREATED'].fields_by_name['secret_sha256']._loaded_options = None
+  _globals['_TOKENCREATED'].fields_by_name['secret_sha256']._serialized_options = b'\210\200\031\001'
   _globals['_TOKENCREATED']._loaded_options = None
   _globals['_TOKENCREATED']._serialized_options = b'\310\363\030\001'
   _globals['_TOKENREVOKED']._loaded_options = None
@@ -128,47 +134,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNTIMEDEREGISTERED']._serialized_start=996
   _globals['_RUNTIMEDEREGISTERED']._serialized_end=1037
   _globals['_AGENTCREDENTIALISSUED']._serialized_start=1040
-  _globals['_AGENTCREDENTIALISSUED']._serialized_end=1182
-  _globals['_PROTECTIONCONFIGURED']._serialized_start=1184
-  _globals['_PROTECTIONCONFIGURED']._serialized_end=1255
-  _globals['_PROTECTIONDELETED']._serialized_start=1257
-  _globals['_PROTECTIONDELETED']._serialized_end=1296
-  _globals['_RESOURCELINKED']._serialized_start=1298
-  _globals['_RESOURCELINKED']._serialized_end=1359
-  _globals['_RESOURCEUNLINKED']._serialized_start=1361
-  _globals['_RESOURCEUNLINKED']._serialized_end=1461
-  _globals['_RELEASECREATED']._serialized_start=1463
-  _globals['_RELEASECREATED']._serialized_end=1522
-  _globals['_APPROVALGRANTED']._serialized_start=1525
-  _globals['_APPROVALGRANTED']._serialized_end=1676
-  _globals['_APPROVALREJECTED']._serialized_start=1679
-  _globals['_APPROVALREJECTED']._serialized_end=1830
-  _globals['_BYPASSGRANTED']._serialized_start=1833
-  _globals['_BYPASSGRANTED']._serialized_end=1961
-  _globals['_CONVERGENCEPAUSED']._serialized_start=1963
-  _globals['_CONVERGENCEPAUSED']._serialized_end=2059
-  _globals['_CONVERGENCERESUMED']._serialized_start=2061
-  _globals['_CONVERGENCERESUMED']._serialized_end=2158
-  _globals['_ROLLBACKREQUESTED']._serialized_start=2160
-  _globals['_ROLLBACKREQUESTED']._serialized_end=2284
-  _globals['_TOKENCREATED']._serialized_start=2286
-  _globals['_TOKENCREATED']._serialized_end=2375
-  _globals['_TOKENREVOKED']._serialized_start=2377
-  _globals['_TOKENREVOKED']._serialized_end=2431
-  _globals['_INTENTISSUED']._serialized_start=2434
-  _globals['_INTENTISSUED']._serialized_end=2667
-  _globals['_CHECKSREQUESTED']._serialized_start=2670
-  _globals['_CHECKSREQUESTED']._serialized_end=2844
-  _globals['_INSTANCESTATUSCHANGED']._serialized_start=2847
-  _globals['_INSTANCESTATUSCHANGED']._serialized_end=3142
-  _globals['_TIMERSCHEDULED']._serialized_start=3145
-  _globals['_TIMERSCHEDULED']._serialized_end=3357
-  _globals['_TIMERFIRED']._serialized_start=3359
-  _globals['_TIMERFIRED']._serialized_end=3486
-  _globals['_OBSERVATIONRECORDED']._serialized_start=3488
-  _globals['_OBSERVATIONRECORDED']._serialized_end=3560
-  _globals['_PLANNERVERSIONSTARTED']._serialized_start=3562
-  _globals['_PLANNERVERSIONSTARTED']._serialized_end=3658
-  _globals['_PLANNERINPUTREJECTED']._serialized_start=3661
-  _globals['_PLANNERINPUTREJECTED']._serialized_end=3838
+  _globals['_AGENTCREDENTIALISSUED']._serialized_end=1194
+  _globals['_PROTECTIONCONFIGURED']._serialized_start=1196
+  _globals['_PROTECTIONCONFIGURED']._serialized_end=1267
+  _globals['_PROTECTIONDELETED']._serialized_start=1269
+  _globals['_PROTECTIONDELETED']._serialized_end=1308
+  _globals['_RESOURCELINKED']._serialized_start=1310
+  _globals['_RESOURCELINKED']._serialized_end=1371
+  _globals['_RESOURCEUNLINKED']._serialized_start=1373
+  _globals['_RESOURCEUNLINKED']._serialized_end=1473
+  _globals['_RELEASECREATED']._serialized_start=1475
+  _globals['_RELEASECREATED']._serialized_end=1534
+  _globals['_APPROVALGRANTED']._serialized_start=1537
+  _globals['_APPROVALGRANTED']._serialized_end=1688
+  _globals['_APPROVALREJECTED']._serialized_start=1691
+  _globals['_APPROVALREJECTED']._serialized_end=1842
+  _globals['_BYPASSGRANTED']._serialized_start=1845
+  _globals['_BYPASSGRANTED']._serialized_end=1973
+  _globals['_CONVERGENCEPAUSED']._serialized_start=1975
+  _globals['_CONVERGENCEPAUSED']._serialized_end=2071
+  _globals['_CONVERGENCERESUMED']._serialized_start=2073
+  _globals['_CONVERGENCERESUMED']._serialized_end=2170
+  _globals['_ROLLBACKREQUESTED']._serialized_start=2172
+  _globals['_ROLLBACKREQUESTED']._serialized_end=2296
+  _globals['_TOKENCREATED']._serialized_start=2298
+  _globals['_TOKENCREATED']._serialized_end=2393
+  _globals['_TOKENREVOKED']._serialized_start=2395
+  _globals['_TOKENREVOKED']._serialized_end=2449
+  _globals['_INTENTISSUED']._serialized_start=2452
+  _globals['_INTENTISSUED']._serialized_end=2685
+  _globals['_CHECKSREQUESTED']._serialized_start=2688
+  _globals['_CHECKSREQUESTED']._serialized_end=2862
+  _globals['_INSTANCESTATUSCHANGED']._serialized_start=2865
+  _globals['_INSTANCESTATUSCHANGED']._serialized_end=3160
+  _globals['_TIMERSCHEDULED']._serialized_start=3163
+  _globals['_TIMERSCHEDULED']._serialized_end=3375
+  _globals['_TIMERFIRED']._serialized_start=3377
+  _globals['_TIMERFIRED']._serialized_end=3504
+  _globals['_OBSERVATIONRECORDED']._serialized_start=3506
+  _globals['_OBSERVATIONRECORDED']._serialized_end=3578
+  _globals['_PLANNERVERSIONSTARTED']._serialized_start=3580
+  _globals['_PLANNERVERSIONSTARTED']._serialized_end=3676
+  _globals['_PLANNERINPUTREJECTED']._serialized_start=3679
+  _globals['_PLANNERINPUTREJECTED']._serialized_end=3856
 # @@protoc_insertion_point(module_scope)

@@ -82,6 +82,7 @@ Global___HttpRule: _TypeAlias = HttpRule  # noqa: Y015
 
 EVENT_SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
 EVENT_TYPE_FIELD_NUMBER: _builtins.int
+SECRET_FIELD_NUMBER: _builtins.int
 HTTP_FIELD_NUMBER: _builtins.int
 MIN_ROLE_FIELD_NUMBER: _builtins.int
 event_schema_version: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, _builtins.int]
@@ -93,6 +94,12 @@ event_type: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOpt
 """Only for old layouts kept in legacy.proto: the full name of the event type this
 message is an earlier version of (e.g. "convoy.v1.ApplicationCreated").
 Current events leave it unset; their type is their own full name.
+"""
+secret: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
+"""A value derived from a secret (the hash of a token's secret, an agent's NATS
+password hash). Every read of the log below the admin role (ListEvents, Watch over
+gRPC and REST, why's evidence) shows it replaced (services/api/redaction.py), so a
+new event's secret-derived field is redacted by marking it here.
 """
 http: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___HttpRule]
 min_role: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Role.ValueType]

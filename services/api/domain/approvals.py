@@ -12,6 +12,10 @@ An approval can demand four eyes (`exclude_deployer`): the person who deployed t
 release is refused as its approver — separation of duties is a rule about who may
 record a decision, so it is enforced here, where the decision is recorded. Releases
 recorded before `Release.created_by` existed have no known deployer and are not held.
+
+Who is who is compared as principals (`services.principals.key`), never as raw strings:
+`bob`, `bob ` and `bоb` (Cyrillic о), whether on tokens or in events recorded before names
+were normalised, are one person — one approval, and the deployer all the same.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.convoy.v1 import api_pb2, events_pb2, resources_pb2
+import services.principals as principals
 from services.api.domain import streams
 from services.api.domain.channels import manual_approvals
 from services.api.domain.commands import Command, Decision
@@ -43,10 +48,18 @@ class ApprovalTarget:
 
 
 def approvals_given(state: State, release_id: str, channel: str, approval: str) -> list[str]:
-    """Distinct approvers of `release_id` for `approval` in `channel`, in the order they
-    approved (empty for an unknown release)."""
+    """Distinct approvers (as principals compare) of `release_id` for `approval` in
+    `channel`, in the order they approved (empty for an unknown release)."""
     record = state.find_release(release_id)
-    return [] if record is None else list(record.approvals.get((channel, approval), ()))
+    if record is None:
+        return []
+    seen: set[str] = set()
+    out = []
+    for approver in record.approvals.get((channel, approval), ()):
+        if principals.key(approver) not in seen:
+            seen.add(principals.key(approver))
+            out.append(approver)
+    return out
 
 
 def rejections_given(state: State, release_id: str, channel: str, approval: str) -> list[Rejection]:
@@ -101,10 +114,11 @@ def approve(state: State, request: api_pb2.ApproveRequest, command: Command) -> 
             f"{_describe(target.record.release)} was rejected for {q(target.approval)} in channel "
             f"{q(target.channel)} by {first.approver} ({q(first.reason)}); a rejection is final — deploy a new release"
         )
-    if command.actor in target.record.approvals.get(target.key, ()):
+    me = principals.key(command.actor)
+    if any(principals.key(a) == me for a in target.record.approvals.get(target.key, ())):
         return Decision.unchanged()
     release = target.record.release
-    if target.exclude_deployer and release.created_by == command.actor:
+    if target.exclude_deployer and release.created_by and principals.key(release.created_by) == me:
         raise PermissionDenied(
             f"{_describe(release)} was deployed by {command.actor}; approval {q(target.approval)} in channel "
             f"{q(target.channel)} needs someone else (four eyes) — ask another approver, or reject it yourself"
@@ -128,7 +142,8 @@ def reject(state: State, request: api_pb2.RejectRequest, command: Command) -> De
     target = resolve_approval(
         state, request.application, request.service, request.channel, request.release_id, request.approval
     )
-    if any(r.approver == command.actor for r in target.record.rejections.get(target.key, ())):
+    me = principals.key(command.actor)
+    if any(principals.key(r.approver) == me for r in target.record.rejections.get(target.key, ())):
         return Decision.unchanged()
     release = target.record.release
     event = events_pb2.ApprovalRejected(

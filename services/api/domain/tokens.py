@@ -4,6 +4,12 @@ The shell mints the token id and secret; the secret is answered once and only it
 SHA-256 is recorded, so the log (and every copy of it on the bus) never holds a usable
 credential. Roles are the API's `Role` enum (viewer < deployer < approver < admin),
 recorded by name. Revoking is idempotent: revoking a revoked token records nothing.
+
+A token's name is who it is for — the principal its events record, deployers and
+approvers included — so names are normalised and restricted (services.principals: NFKC,
+case-folded, trimmed, ASCII letters, digits, `.`, `-`, `_`, `@`) and unique among live
+tokens as principals compare them: `bob `, `Bob` or `bоb` (Cyrillic о) cannot be a second
+`bob` next to the first.
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ from collections.abc import Mapping
 from typing import Final
 
 from schemas.convoy.v1 import api_pb2, events_pb2, options_pb2
+import services.principals as principals
 from services.api.domain import streams
 from services.api.domain.commands import MIN_SECRET_LENGTH, Command, Decision, sha256_hex
-from services.api.domain.errors import BadCommandContext, NotFound, Problems
+from services.api.domain.errors import AlreadyExists, BadCommandContext, NotFound, Problems
 from services.api.domain.state import State, TokenRecord
 from services.api.domain.validation import MAX_REASON, check_enum, check_text, q
 
@@ -29,12 +36,17 @@ ROLE_NAMES: Final = {
 ROLES_BY_NAME: Final = {name: role for role, name in ROLE_NAMES.items()}
 _ROLE_ENUM_NAMES: Final[Mapping[int, str]] = {role: options_pb2.Role.Name(role) for role in ROLE_NAMES}
 _TOKEN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:@-]{0,199}")
-MAX_TOKEN_NAME: Final = 100
 
 
 def role_of(token: TokenRecord) -> int:
     """The token's role as the `Role` enum (ROLE_UNSPECIFIED for an unknown name)."""
     return ROLES_BY_NAME.get(token.role, options_pb2.ROLE_UNSPECIFIED)
+
+
+def live_token_named(state: State, name: str) -> TokenRecord | None:
+    """The live token whose name is the same principal as `name`, if any."""
+    wanted = principals.key(name)
+    return next((t for t in state.tokens.values() if not t.revoked and principals.key(t.name) == wanted), None)
 
 
 def token_for_secret(state: State, secret: str) -> TokenRecord | None:
@@ -49,13 +61,18 @@ def token_for_secret(state: State, secret: str) -> TokenRecord | None:
 
 def create_token(state: State, request: api_pb2.CreateTokenRequest, command: Command) -> Decision:
     problems = Problems()
-    name = request.name
-    if not name.strip():
-        problems.add("name", "required: what the token is for, e.g. \"ci-deployer\"")
-    elif len(name) > MAX_TOKEN_NAME or not name.isprintable():
-        problems.add("name", f"must be printable text of at most {MAX_TOKEN_NAME} characters")
+    name = principals.normalise(request.name)
+    wrong = principals.problem(request.name)
+    if wrong is not None:
+        problems.add("name", wrong)
     check_enum(problems, "role", request.role, _ROLE_ENUM_NAMES, required=True, what="role")
     problems.raise_if_any()
+    taken = live_token_named(state, name)
+    if taken is not None:
+        raise AlreadyExists(
+            f"name: a live token is already named {q(taken.name)} (id {taken.token_id}; names compare without case, "
+            "accents or look-alike letters); revoke that one first, or choose another name"
+        )
     minted = command.minted
     if (
         _TOKEN_ID.fullmatch(minted.token_id) is None

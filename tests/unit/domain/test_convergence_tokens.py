@@ -70,13 +70,13 @@ def test_convergence_refused(request_: Message, error: type[ConvoyError], messag
 
 
 def test_create_and_revoke_token() -> None:
-    request = api_pb2.CreateTokenRequest(name="ci deployer", role=options_pb2.ROLE_DEPLOYER)
+    request = api_pb2.CreateTokenRequest(name="ci-deployer", role=options_pb2.ROLE_DEPLOYER)
     decision, state = run(shop(), request)
     digest = hashlib.sha256(MINTED.token_secret.encode()).hexdigest()
     assert decision.events == (("token/tok-1", events_pb2.TokenCreated(
-        token_id="tok-1", name="ci deployer", role="deployer", secret_sha256=digest)),)
+        token_id="tok-1", name="ci-deployer", role="deployer", secret_sha256=digest)),)
     assert decision.response == api_pb2.CreatedToken(
-        token_id="tok-1", name="ci deployer", role=options_pb2.ROLE_DEPLOYER, secret=MINTED.token_secret)
+        token_id="tok-1", name="ci-deployer", role=options_pb2.ROLE_DEPLOYER, secret=MINTED.token_secret)
     token = token_for_secret(state, MINTED.token_secret)
     assert token is not None and role_of(token) == options_pb2.ROLE_DEPLOYER
     assert token_for_secret(state, "wrong") is None
@@ -90,9 +90,10 @@ def test_create_and_revoke_token() -> None:
 
 TOKEN_REFUSED: list[tuple[str, object, type[ConvoyError], str]] = [
     ("no name", api_pb2.CreateTokenRequest(role=options_pb2.ROLE_ADMIN), InvalidArgument,
-     'name: required: what the token is for, e.g. "ci-deployer"'),
+     'name: required: who the token is for, e.g. "ci-deployer" or "alice@example.com"'),
     ("control characters", api_pb2.CreateTokenRequest(name="a\nb", role=options_pb2.ROLE_ADMIN), InvalidArgument,
-     "name: must be printable text of at most 100 characters"),
+     "name: use ASCII letters, digits, '.', '-', '_' and '@', starting with a letter or digit (names are compared "
+     "case-insensitively); '\\n' (U+000A) is not one of them"),
     ("no role", api_pb2.CreateTokenRequest(name="ci"), InvalidArgument,
      "role: a role is required: one of ROLE_VIEWER, ROLE_DEPLOYER, ROLE_APPROVER, ROLE_ADMIN"),
     ("unknown role", api_pb2.CreateTokenRequest(name="ci", role=9), InvalidArgument,  # type: ignore[arg-type]

@@ -403,8 +403,12 @@ class PostgresEventStore:
                     batch = await self.read_all(after=position, limit=batch_size, categories=categories)
                     backoff.reset()
                 except Unavailable as error:
+                    if self._closed:
+                        return  # the store was closed under the tail: nothing more will come
                     delay = backoff.next()
                     log.warning("tail: store unavailable, retrying", error=str(error), retry_in=round(delay, 3))
+                    if listener is not None:
+                        listener.terminate()  # it may be alive still; a new one is made on retry
                     listener = None
                     await asyncio.sleep(delay)
                     continue
@@ -412,8 +416,11 @@ class PostgresEventStore:
                     position = event.position
                     yield event
                 if len(batch) < batch_size:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(notified.wait(), idle_poll)
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                    # that arrives with the notification, and the tail's task would not stop.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(idle_poll):
+                            await notified.wait()
         finally:
             if listener is not None and not listener.is_closed():
                 with contextlib.suppress(*UNAVAILABLE_ERRORS):

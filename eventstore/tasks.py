@@ -45,6 +45,7 @@ async def stop_task(task: asyncio.Task[Any] | None, *, grace: float = 0.0) -> No
     if grace > 0:
         await asyncio.wait({task}, timeout=grace)
     attempts = 0
+    interrupted = False
     while not task.done():
         # Cancel again if a library swallowed the first one (Python 3.11's wait_for can,
         # when the awaited result arrives together with the cancellation).
@@ -52,9 +53,16 @@ async def stop_task(task: asyncio.Task[Any] | None, *, grace: float = 0.0) -> No
             log.warning("task ignored a cancellation; cancelling again", task=task.get_name(), attempts=attempts)
         task.cancel()
         attempts += 1
-        await asyncio.wait({task}, timeout=1.0)
+        try:
+            await asyncio.wait({task}, timeout=1.0)
+        except asyncio.CancelledError:
+            # Our own caller is being stopped: still see this task end first, or it would
+            # outlive everything it uses (a tail on a closed store, retrying forever).
+            interrupted = True
     if not task.cancelled():
         task.exception()  # mark retrieved
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 def describe(error: BaseException) -> str:

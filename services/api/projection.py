@@ -10,8 +10,15 @@ moment, and a rebuilt fold cannot drift from the record the way a stored copy co
 One supervised task tails the store (woken by NOTIFY) and folds events in global order;
 `wait_for(position)` lets a caller wait — with a deadline — until a write is visible
 (read-your-writes) and `wait_beyond` lets a Watch stream sleep until something new
-commits. Events that the catalog does not fold (newer or non-catalog types) still move
-the position and stream versions forward; they are logged once per type and skipped.
+commits. Events of other categories (observations, intents, the planner's) that this build
+cannot read are logged once per type and skipped: commands never depend on them.
+
+An event of the catalog's own streams that cannot be folded — undecodable, a type a newer
+build wrote, or one `evolve` raises on — is never skipped: every later command would be
+decided on a state that lacks it. The projection stops at the position before it
+(`broken`): writes are refused with a retryable error that names the event, readiness
+says so, reads keep answering as of that position, and `fold_failures` counts it. A
+restart with a build that folds it goes on from there.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
 import structlog
 from google.protobuf.message import Message
 
 from eventstore.codec import EventRegistry
-from eventstore.errors import ConvoyError, Unavailable, UnknownEventType
+from eventstore.errors import Unavailable, UnknownEventType
 from eventstore.tasks import Backoff, describe, stop_task
 from eventstore.types import EventStore, RecordedEvent
 from services.api.domain import State, evolve
@@ -35,26 +43,46 @@ log = structlog.get_logger("convoy.api.projection")
 Observer = Callable[[RecordedEvent, Message], None]
 
 
+CATALOG_CATEGORIES: Final = frozenset({"app", "service", "runtime", "protection", "resource", "release", "token"})
+"""The stream categories of the catalog's own events (services.api.domain.streams)."""
+
+
+class FoldFailed(Unavailable):
+    """The read model cannot fold a catalog event; it stays at the position before it."""
+
+    def __init__(self, recorded: RecordedEvent, error: BaseException) -> None:
+        self.position = recorded.position
+        self.event_type = recorded.type
+        super().__init__(
+            f"the API's read model cannot fold the event at position {recorded.position} ({recorded.type} on "
+            f"{recorded.stream_id}: {type(error).__name__}: {error}); commands are refused until it can (usually: "
+            f"run a Convoy version that knows this event); reads answer as of position {recorded.position - 1}"
+        )
+
+
 def fold_recorded(
     registry: EventRegistry, state: State, recorded: RecordedEvent, observers: Sequence[Observer], skipped: set[str]
 ) -> State:
     """Fold one recorded event into the catalog and hand it to `observers` (other read
-    models folded in the same order). An event that cannot be folded is logged (a type the
-    catalog does not fold once per type, in `skipped`) and skipped: one bad event must not
-    freeze every read and write."""
+    models folded in the same order). A catalog event that cannot be folded raises
+    FoldFailed; any other event this build cannot read is logged (once per type, in
+    `skipped`) and skipped."""
+    catalog = recorded.category in CATALOG_CATEGORIES
     try:
         message = registry.decode(recorded).message
         state = evolve(state, message)
         for observe in observers:
             observe(recorded, message)
-    except UnknownEventType:
+    except UnknownEventType as error:
+        if catalog:
+            raise FoldFailed(recorded, error) from error
         if recorded.type not in skipped:
             skipped.add(recorded.type)
             log.info("projection skips events of a type", type=recorded.type, why="not a catalog event")
-    except ConvoyError as error:
-        log.error("projection skipped an undecodable event", position=recorded.position, error=str(error))
-    except Exception as error:  # a bug in evolve must not freeze every read and write
-        log.error("projection failed to fold an event", position=recorded.position, error=describe(error))
+    except Exception as error:  # noqa: BLE001 - decided below: stop at a catalog event, else skip
+        if catalog:
+            raise FoldFailed(recorded, error) from error
+        log.error("projection skipped an event it cannot read", position=recorded.position, error=describe(error))
     return state
 
 
@@ -77,9 +105,13 @@ class Projection:
         self._position = 0
         self._versions: dict[str, int] = {}
         self._advanced = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._skipped_types: set[str] = set()
+        self.broken: FoldFailed | None = None
+        """Set when a catalog event could not be folded: the fold stopped before it."""
+        self.fold_failures = 0
 
     # -- reading -------------------------------------------------------------------
 
@@ -106,6 +138,8 @@ class Projection:
         while self._position < position:
             if self._closed:
                 raise Unavailable("the API is shutting down")
+            if self.broken is not None:
+                raise self.broken
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Unavailable(
@@ -134,11 +168,15 @@ class Projection:
         """Start tailing and return once the fold reached the head the log had now."""
         head = await self._store.head()
         self._task = asyncio.create_task(self._run(), name="convoy.api.projection")
-        await self.wait_for(head, timeout=self._start_timeout)
+        try:
+            await self.wait_for(head, timeout=self._start_timeout)
+        except FoldFailed:
+            return  # serve reads as of the event before it; writes and readiness say why
         log.info("projection caught up", position=self._position)
 
     async def stop(self) -> None:
         self._closed = True
+        self._stopped.set()
         self._signal()
         await stop_task(self._task)
         self._task = None
@@ -154,6 +192,15 @@ class Projection:
                     backoff.reset()
             except asyncio.CancelledError:
                 raise
+            except FoldFailed as failed:
+                self.broken = failed
+                self.fold_failures += 1
+                log.error("the read model stopped: a catalog event cannot be folded", position=failed.position,
+                          type=failed.event_type, error=str(failed))
+                self._signal()
+                await tail.aclose()  # type: ignore[attr-defined]
+                await self._stopped.wait()  # reads go on as of the position before it; stop() ends this
+                return
             except Exception as error:  # keep the read model alive; the tail restarts
                 log.error("projection tail failed; restarting", error=describe(error))
                 await asyncio.sleep(backoff.next())

@@ -109,6 +109,10 @@ class ApiServer:
         self._projection_lag = self.metrics.gauge(
             "convoy_api_projection_lag_positions", "Log head position minus the API read model's position."
         )
+        self._fold_failures = self.metrics.counter(
+            "convoy_api_projection_fold_failures_total",
+            "Catalog events the API's read model could not fold (it stops before one; writes are refused).",
+        )
         self.metrics.collector("api_projection", self._measure_projection)
         self.convergence = ConvergenceView()
         self.projection = Projection(store=store, registry=self._registry, observers=[self.convergence.fold])
@@ -229,8 +233,11 @@ class ApiServer:
 
     async def _measure_projection(self) -> None:
         self._projection_lag.set(max(0, await self._store.head() - self.projection.position))
+        self._fold_failures.set_total(self.projection.fold_failures)
 
     async def _projection_ready(self) -> tuple[bool, str]:
+        if self.projection.broken is not None:
+            return False, str(self.projection.broken)
         if not self.projection.running:
             return False, "the read model is not running"
         head, position = await self._store.head(), self.projection.position

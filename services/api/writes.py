@@ -94,6 +94,8 @@ class Writer:
         correlation_id: uuid.UUID,
         idempotency_key: str | None = None,
     ) -> Message:
+        if self._projection.broken is not None:
+            raise self._projection.broken  # deciding on a state that lacks an event would be wrong
         key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
         if key is None:
             response, _ = await self._execute(

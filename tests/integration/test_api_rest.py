@@ -23,6 +23,7 @@ import structlog
 
 from cli import logging as convoy_logging
 from eventstore.codec import convoy_registry
+from eventstore.types import AppendRequest, NewEvent
 from schemas.convoy.v1 import api_pb2, options_pb2
 from services.api.methods import METHODS
 from services.planner.clock import FakeClock
@@ -670,3 +671,36 @@ async def test_four_eyes_counts_principals_not_spellings_over_rest(api: Running)
         assert status == 200 and first["changed"], first
         status, listed = await call(s, api, "GET", "/v1/events", secret=api.admin, params={"types": "ApprovalGranted"})
         assert [json.loads(e["json"])["approver"] for e in listed["events"]] == ["carol"]
+
+
+async def test_a_catalog_event_the_read_model_cannot_fold_stops_writes_not_reads(api: Running, tmp_path: Path) -> None:
+    """It used to be skipped, and later commands decided on a state that lacked it. Now
+    the read model stops before it: writes answer 503 naming the event, readiness says
+    so, reads answer as of the position before it, the failure is counted — and an event
+    of another category this build cannot read is still skipped."""
+    async with http_session() as s:
+        await rest_seed(s, api)
+        await api.store.append("observation/eu-1/ns/shop/api", [NewEvent("convoy.v2.SomethingNew", b"\x01")])
+        newer = NewEvent("convoy.v2.ApplicationFrobnicated", b"\x08\x01")  # a type a newer build wrote
+        [result] = await api.store.commit([AppendRequest("app/shop", (newer,))])
+        await eventually(lambda: api.server.projection.broken is not None, message="the read model stopped")
+        head = await api.store.head()
+        status, refused = await call(s, api, "PUT", "/v1/runtimes", secret=api.admin,
+                                     body={"runtime": {"name": "us-1", "kind": "RUNTIME_KIND_KUBERNETES"}})
+        assert status == 503, refused
+        message = refused["error"]["message"]
+        assert f"position {result.last_position}" in message and "convoy.v2.ApplicationFrobnicated" in message
+        assert await api.store.head() == head  # nothing recorded
+        status, app = await call(s, api, "GET", "/v1/applications/shop", secret=api.admin)
+        assert status == 200 and app["name"] == "shop"
+        ready, details = await api.server.readiness()
+        assert not ready and "cannot fold the event" in json.dumps(details)
+        assert api.server.projection.position == result.last_position - 1
+        metrics = await api.server.metrics.exposition()
+        assert "convoy_api_projection_fold_failures_total 1" in metrics
+
+    # An API started on that log serves reads at once, degraded, instead of failing to start.
+    async with running_api(api.store, tmp_path / "second") as second, http_session() as s:
+        assert second.server.projection.broken is not None
+        status, app = await call(s, second, "GET", "/v1/applications/shop", secret=api.admin)
+        assert status == 200

@@ -335,6 +335,7 @@ _HANDLERS: dict[type[Message], Callable[[State, Any], State]] = {
     events_pb2.TimerFired: _not_catalog,
     events_pb2.ObservationRecorded: _not_catalog,
     events_pb2.PlannerVersionStarted: _not_catalog,
+    events_pb2.PlannerInputRejected: _not_catalog,
 }
 
 HANDLED_EVENT_TYPES: frozenset[str] = frozenset(cls.DESCRIPTOR.full_name for cls in _HANDLERS)

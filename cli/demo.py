@@ -1,7 +1,8 @@
 """`convoy up --demo`: apply the example application and deploy its first release.
 
 Runs once the control plane is ready, as an ordinary API client (the same calls `convoy
-apply` and `convoy deploy` make, with the local admin token), so the demo shows the real
+apply` and `convoy deploy` make — one ApplyDeclarations for the whole folder, all or
+nothing — with the local admin token), so the demo shows the real
 path: declarations become events, the planner rolls v1 through staging, and prod waits
 for the approval the README asks for. A service that already has a release is left
 alone, so restarting with `--demo` deploys nothing twice.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from cli import config, localstate
 from cli.client import Client, CliError, Target
-from cli.commands.configs import load, send
+from cli.commands.configs import load
 from schemas.convoy.v1 import api_pb2
 
 DEMO_VERSION = "v1"
@@ -33,8 +34,8 @@ def run(state_dir: Path, directory: Path, *, echo: Callable[[str], object]) -> l
         raise CliError(f"the demo needs the local API's endpoint and admin token in {state_dir}")
     target = Target(grpc=endpoint.grpc, token=token, source=str(state_dir / localstate.ENDPOINT_FILE))
     with Client(target) as client:
-        for _, request in config.to_requests(documents):
-            send(client, request)
+        declarations = [d for _, d in config.to_declarations(documents)]
+        client.write(client.declarations.ApplyDeclarations, api_pb2.ApplyDeclarationsRequest(declarations=declarations))
         echo(f"demo: applied {len(documents)} documents from {directory}")
         services = [d.message for d in documents if d.kind == "service"]
         for service in services:

@@ -1,7 +1,7 @@
 """The embedded servers: real, ready when they say so, data kept across restarts, and
 supervised the way `convoy up` runs them (EmbeddedServers): a killed server comes back on
-its port and its clients find it again; a second runner on the same state folder is
-refused."""
+its port and its clients find it again; a stopped one is left alone; a second runner on
+the same state folder is refused."""
 
 from __future__ import annotations
 
@@ -165,6 +165,50 @@ async def test_a_killed_postgres_is_restarted_on_its_port_and_the_store_works_ag
             assert [e.stream_id for e in await store.read_all(after=0)] == ["app/before", "app/after"]
         finally:
             await store.close()
+
+
+async def test_a_stopped_server_is_not_mistaken_for_a_dead_one(tmp_path: Path, database_url: str) -> None:
+    """SIGSTOP is not an exit: a second nats-server on the same store would fight over it.
+    Supervision leaves it alone; the connection notices it (its pings go unanswered),
+    gives up on it, and finds it again once it continues."""
+    with EmbeddedServers(state_dir=tmp_path, database_url=database_url, nats_url=None) as servers:
+        server = servers.nats
+        assert server is not None and server.pid is not None
+        pid = server.pid
+        nc = await bus.connect(servers.nats_url, name="patient")
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                # nats-py's default pings (120 s, 2 outstanding) would take 4-6 minutes.
+                await eventually(lambda: not nc.is_connected, timeout=90, message="the client gave up the frozen server")
+                assert server.pid == pid and server.status().restarts == 0, "a stopped server was restarted"
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await eventually(lambda: nc.is_connected, message="the client found the server again")
+            await nc.jetstream().account_info()
+            assert server.pid == pid
+        finally:
+            await nc.close()
+
+
+async def test_a_client_backs_off_while_its_server_is_down(own_nats: NatsServer) -> None:
+    refused: list[float] = []
+
+    async def on_error(error: Exception) -> None:
+        if isinstance(error, ConnectionRefusedError):
+            refused.append(time.monotonic())
+
+    nc = await bus.connect(own_nats.url, name="backing-off", error_cb=on_error)
+    try:
+        own_nats.kill()
+        await eventually(lambda: len(refused) >= 7, timeout=60, message="seven refused reconnect attempts")
+        gaps = [b - a for a, b in zip(refused, refused[1:])]
+        # Waits only ever get longer than asked for, so these bounds hold on any machine:
+        # after five refusals the client waits more than a second (nats-py alone: 0.25 s).
+        assert gaps[5] >= 1.2, gaps
+        assert gaps[5] > 4 * gaps[1], gaps
+    finally:
+        await nc.close()
 
 
 def test_a_second_runner_on_the_same_state_folder_is_refused(tmp_path: Path, database_url: str) -> None:

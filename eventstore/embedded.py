@@ -442,6 +442,8 @@ class _Server:
         return self._supervisor is not None and self._supervisor.is_alive()
 
     def start(self, timeout: float = 60.0) -> None:
+        """Start it (clearing leftovers of an earlier run first) and remember its port;
+        nothing if it runs."""
         with self._lock:
             if self._proc is not None and self._proc.alive():
                 return
@@ -515,8 +517,10 @@ class _Server:
                 if self._stopping.is_set():
                     return
                 with self._lock:
-                    if self._proc is not proc:  # someone restarted it meanwhile
+                    if self._proc is not proc:  # someone restarted (or stopped) it meanwhile
                         proc = self._proc
+                        if proc is None:
+                            return
                         continue
                     self._proc = None
                 _reap(proc)
@@ -544,9 +548,10 @@ class _Server:
                         return
                     self._start_locked(60.0)
                     proc = self._proc
-            except EmbeddedServerError as error:
+            except Exception as error:  # noqa: BLE001 - supervised: counts as an exit, retried by the policy
                 proc = None
                 what = f"restart failed at {_clock_text(time.time())}: {error}"
+                log.warning(f"{self.name} did not restart", error=str(error))
                 continue
             self.restarts += 1
             log.info(f"{self.name} restarted", pid=proc.popen.pid if proc else None, port=self.port)

@@ -206,7 +206,6 @@ async def test_a_client_backs_off_while_its_server_is_down(own_nats: NatsServer)
         # Waits only ever get longer than asked for, so these bounds hold on any machine:
         # after five refusals the client waits more than a second (nats-py alone: 0.25 s).
         assert gaps[5] >= 1.2, gaps
-        assert gaps[5] > 4 * gaps[1], gaps
     finally:
         await nc.close()
 

@@ -14,6 +14,10 @@ of other runtimes run as `convoy agent` with their own least-privilege credentia
 
 Operations: every component's metrics go to one `Registry`, served with the readiness of
 them all by an ops server (`cli.ops`, 127.0.0.1:`ops_port`): /metrics, /healthz, /readyz.
+Readiness probes the bus and the store (eventstore.probes), asks the relay how it is
+doing, and, on the embedded default, whether both servers run (`EmbeddedServers`
+supervises them; /healthz fails once it gave up on one). The API's REST /readyz answers
+the API's share: its projection, the bus, the store, the relay and ingest.
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import typer
 from nats.aio.client import Client
 
 from cli import localstate, ops
-from eventstore import bus, natsauth
+from eventstore import bus, natsauth, probes
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.embedded import EmbeddedServers, NatsServer
-from eventstore.metrics import Counter, Registry
+from eventstore.metrics import Check, Counter, Registry
 from eventstore.opsserver import OpsServer
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.relay import Relay, RelaySettings
@@ -112,6 +116,8 @@ async def control_plane(
         await bus.ensure_streams(nc.jetstream(), instance, replicas=settings.nats_replicas)
         ops.instrument_nats(metrics, nc)
         ops.instrument_consumers(metrics, nc, streams=[bus.events_stream(instance), bus.observations_stream(instance)])
+        ops.instrument_embedded(metrics, servers)
+        probe_checks = await server_probes(stack, store, nc, metrics)
         embedded_nats: NatsServer | None = None if settings.nats_url else servers.nats
         relay, ingest = await bus_services(stack, settings, store, nc, registry, metrics, appended, embedded_nats)
         api = await stack.enter_async_context(
@@ -122,6 +128,7 @@ async def control_plane(
                 planner=NatsPlannerClient(nc=nc, instance=instance),
                 metrics=metrics,
                 heartbeats=ingest.last_heartbeat,
+                checks=[*probe_checks, ops.relay_check(relay), ops.ingest_check(ingest)],
             )
         )
         planner = await stack.enter_async_context(
@@ -162,15 +169,29 @@ async def control_plane(
             typer.echo(f"notifying:    {webhook.host} ({webhook.format}) of status changes")
         # The local agent is not a condition: it waits, unready, until its runtime is
         # registered, which a fresh control plane has not done (`convoy_agent_ready` tells).
-        checks = [*api.checks(), ops.planner_check(planner), ops.relay_check(relay), ops.ingest_check(ingest)]
-        checks.append(ops.nats_check(nc))
+        checks = [*api.checks(), ops.planner_check(planner)]
+        liveness = []
+        if servers.servers():
+            checks.append(ops.embedded_check(servers))
+            liveness.append(ops.embedded_liveness(servers))
         server = None
         if listen.ops_port is not None:
             server = await stack.enter_async_context(
-                OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=checks)
+                OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=checks, liveness=liveness)
             )
             typer.echo(f"operations:   http://{listen.host}:{server.port} (/metrics /healthz /readyz)")
         yield Running(store=store, api=api, planner=planner, agent=agent, metrics=metrics, ops=server)
+
+
+async def server_probes(
+    stack: contextlib.AsyncExitStack, store: PostgresEventStore, nc: Client | None, metrics: Registry
+) -> list[Check]:
+    """Probe the store (and the bus) every second; their readiness checks."""
+    running = [await stack.enter_async_context(probes.store_probe(store))]
+    if nc is not None:
+        running.insert(0, await stack.enter_async_context(probes.bus_probe(nc)))
+    ops.instrument_probes(metrics, running)
+    return [probe.check() for probe in running]
 
 
 async def bus_services(
@@ -220,26 +241,30 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         store = await PostgresEventStore.open(PostgresSettings(dsn=database_url, schema=settings.instance, pool_max=API_POOL))
         stack.push_async_callback(store.close)
         planner = None
-        checks = []
         heartbeats: Callable[[str], HeartbeatSeen | None] | None = None
+        nc = None
         if settings.nats_url:
             nc = await connect(settings, settings.nats_url, name=f"convoy-api:{settings.instance}")
             stack.push_async_callback(nc.close)
             await bus.ensure_streams(nc.jetstream(), settings.instance, replicas=settings.nats_replicas)
             ops.instrument_nats(metrics, nc)
+        checks = await server_probes(stack, store, nc, metrics)
+        if nc is not None:
             relay, ingest = await bus_services(stack, settings, store, nc, registry, metrics, appended, None)
             planner = NatsPlannerClient(nc=nc, instance=settings.instance)
-            checks = [ops.relay_check(relay), ops.ingest_check(ingest), ops.nats_check(nc)]
+            checks += [ops.relay_check(relay), ops.ingest_check(ingest)]
             heartbeats = ingest.last_heartbeat
         else:
             typer.echo("no CONVOY_NATS_URL: serving the API only (no relay, observation ingest or dry runs)")
         counted = ops.counted(store, appended, "api")
         api = await stack.enter_async_context(
-            api_server(counted, settings.state_dir, listen, planner=planner, metrics=metrics, heartbeats=heartbeats)
+            api_server(
+                counted, settings.state_dir, listen, planner=planner, metrics=metrics, heartbeats=heartbeats, checks=checks
+            )
         )
-        if listen.ops_port is not None and checks:
+        if listen.ops_port is not None:
             server = await stack.enter_async_context(
-                OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=[*api.checks(), *checks])
+                OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=api.checks())
             )
             typer.echo(f"operations:   http://{listen.host}:{server.port} (/metrics /healthz /readyz)")
         yield api
@@ -254,9 +279,11 @@ async def api_server(
     planner: NatsPlannerClient | None = None,
     metrics: Registry | None = None,
     heartbeats: Callable[[str], HeartbeatSeen | None] | None = None,
+    checks: list[Check] | None = None,
 ) -> AsyncIterator[ApiServer]:
     """Start the API, print where it answers and record that in `<state_dir>/endpoint.json`
-    (how the CLI finds a local instance); the file is removed again on stop."""
+    (how the CLI finds a local instance); the file is removed again on stop. `checks` join
+    the API's own readiness check on its /readyz."""
     server = ApiServer(
         store=store,
         state_dir=state_dir,
@@ -265,6 +292,7 @@ async def api_server(
         planner=planner,
         metrics=metrics,
         heartbeats=heartbeats,
+        checks=checks or (),
     )
     ports = await server.start()
     endpoint = localstate.Endpoint(grpc=f"{listen.host}:{ports.grpc}", rest=f"http://{listen.host}:{ports.http}")

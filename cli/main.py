@@ -36,7 +36,7 @@ from cli.commands import (
 )
 from cli.commands import planner as planner_command
 from eventstore.embedded import EmbeddedServers
-from eventstore.errors import InvalidInput
+from eventstore.errors import EmbeddedServerError, InvalidInput
 from eventstore.settings import Settings, environ
 from services.notifier.webhook import Webhook
 
@@ -101,10 +101,16 @@ def up(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     extra = "" if settings.nats_url else controlplane.nats_auth_config(settings.state_dir, settings.instance)
-    with EmbeddedServers(
+    embedded = EmbeddedServers(
         state_dir=settings.state_dir, database_url=settings.database_url, nats_url=settings.nats_url,
         nats_config_extra=extra,
-    ) as servers:
+    )
+    try:
+        embedded.start()
+    except EmbeddedServerError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    with embedded as servers:
         typer.echo(f"state folder: {settings.state_dir}")
         typer.echo(f"PostgreSQL:   {_redact(servers.database_url)}")
         typer.echo(f"NATS:         {servers.nats_url}")

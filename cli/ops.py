@@ -12,7 +12,15 @@ that copy each component's own counters at scrape time, and sample what needs I/
   the same ids not counted);
 - `convoy_relay_published_total`, `convoy_relay_duplicates_total`,
   `convoy_relay_failures_total`, `convoy_relay_leader`, `convoy_relay_checkpoint_position`,
-  `convoy_relay_lag_events` (committed, not yet known to be on the bus);
+  `convoy_relay_lag_events` (committed, not yet known to be on the bus, from PostgreSQL),
+  `convoy_relay_backlog_events` (the same as the leader knows it, with no query),
+  `convoy_relay_last_publish_timestamp_seconds`, `convoy_relay_failing_since_timestamp_seconds`
+  (0 while its attempts work);
+- `convoy_probe_ok{probe}`, `convoy_probe_duration_seconds{probe}`,
+  `convoy_probe_failing_since_timestamp_seconds{probe}` (the readiness probes of the bus
+  and the store, eventstore.probes);
+- `convoy_embedded_server_up{server}`, `convoy_embedded_server_restarts_total{server}`
+  (`convoy up`'s own nats-server and PostgreSQL);
 - `convoy_consumer_pending_messages{stream,consumer}`,
   `convoy_consumer_ack_pending_messages{stream,consumer}` (JetStream consumer info);
 - `convoy_ingest_observations_total{outcome}`;
@@ -24,22 +32,31 @@ that copy each component's own counters at scrape time, and sample what needs I/
   `convoy_agent_drifts_total{runtime}`, `convoy_agent_drifts_repaired_total{runtime}`,
   `convoy_agent_ready{runtime}`;
 - `convoy_notifications_total{outcome}` (sent, failed attempts, skipped events);
-- `convoy_nats_connected`, `convoy_nats_reconnects_total`;
+- `convoy_nats_connected` (what the client believes; `convoy_probe_ok{probe="nats"}` is
+  what the server answers), `convoy_nats_reconnects_total`;
 - and from the API itself: `convoy_api_http_requests_total{method,code}`,
   `convoy_api_http_request_duration_seconds{method}`, `convoy_api_projection_lag_positions`.
+
+Readiness: the bus and the store are probed actively and periodically (eventstore.probes:
+"nats", "store"); the relay reports its own health ("relay": leading/standby, backlog,
+since when publishing fails); `convoy up` adds its embedded servers ("embedded", which is
+also its liveness once supervision gave up on one).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from nats.aio.client import Client
 
 from eventstore import bus
+from eventstore.embedded import EmbeddedServers
 from eventstore.errors import ConvoyError
-from eventstore.metrics import Check, Counter, CounterChild, Registry
-from eventstore.relay import Relay
+from eventstore.metrics import Check, CheckAnswer, Counter, CounterChild, Registry
+from eventstore.probes import Probe, clock_text
+from eventstore.relay import Relay, RelayHealth
 from eventstore.types import EventStore
 from services.agent.agent import Agent
 from services.api.ingest import ObservationIngest
@@ -97,6 +114,15 @@ def instrument_relay(registry: Registry, relay: Relay) -> None:
     leader = registry.gauge("convoy_relay_leader", "1 while this relay holds the lock and publishes, 0 on standby.")
     checkpoint = registry.gauge("convoy_relay_checkpoint_position", "Last position known to be on the bus.")
     lag = registry.gauge("convoy_relay_lag_events", "Events committed to the store and not yet known to be on the bus.")
+    backlog = registry.gauge(
+        "convoy_relay_backlog_events", "Events the leading relay knows are committed and not yet on the bus (0 on standby)."
+    )
+    last_publish = registry.gauge(
+        "convoy_relay_last_publish_timestamp_seconds", "When the relay last stored a window on the bus (0: not yet)."
+    )
+    failing = registry.gauge(
+        "convoy_relay_failing_since_timestamp_seconds", "Since when the relay's attempts fail (0 while they work)."
+    )
 
     async def collect() -> None:
         published.set_total(relay.published)
@@ -104,6 +130,10 @@ def instrument_relay(registry: Registry, relay: Relay) -> None:
         failures.set_total(relay.failures)
         leader.set(1 if relay.leader else 0)
         checkpoint.set(relay.checkpoint)
+        health = relay.health()
+        backlog.set(health.backlog)
+        last_publish.set(health.last_published_at or 0)
+        failing.set(health.failing_since or 0)
         lag.set(await relay.measure_lag())
 
     registry.collector("relay", collect)
@@ -249,11 +279,38 @@ def instrument_nats(registry: Registry, nc: Client) -> None:
     registry.collector("nats", collect)
 
 
+def instrument_probes(registry: Registry, probes: Sequence[Probe]) -> None:
+    ok = registry.gauge("convoy_probe_ok", "1 while the probed server answers (eventstore.probes).", ["probe"])
+    duration = registry.gauge("convoy_probe_duration_seconds", "How long the last probe took.", ["probe"])
+    failing = registry.gauge(
+        "convoy_probe_failing_since_timestamp_seconds", "Since when the probe fails (0 while it answers).", ["probe"]
+    )
+
+    def collect() -> None:
+        for probe in probes:
+            good, _detail, since = probe.state()
+            ok.labels(probe=probe.name).set(1 if good else 0)
+            duration.labels(probe=probe.name).set(probe.answer.duration)
+            failing.labels(probe=probe.name).set(0 if good else since)
+
+    registry.collector("probes", collect)
+
+
+def instrument_embedded(registry: Registry, servers: EmbeddedServers) -> None:
+    up = registry.gauge("convoy_embedded_server_up", "1 while the embedded server runs.", ["server"])
+    restarts = registry.counter(
+        "convoy_embedded_server_restarts_total", "Times supervision restarted the embedded server.", ["server"]
+    )
+
+    def collect() -> None:
+        for status in servers.status():
+            up.labels(server=status.name).set(1 if status.running else 0)
+            restarts.labels(server=status.name).set_total(status.restarts)
+
+    registry.collector("embedded", collect)
+
+
 # -- readiness ------------------------------------------------------------------------------
-
-
-def nats_check(nc: Client) -> Check:
-    return Check("nats", lambda: (nc.is_connected, "connected" if nc.is_connected else "not connected"))
 
 
 def planner_check(planner: Planner) -> Check:
@@ -263,21 +320,52 @@ def planner_check(planner: Planner) -> Check:
     )
 
 
-def relay_check(relay: Relay) -> Check:
-    def probe() -> tuple[bool, str]:
-        if not relay.running:
-            return False, "not running"
-        return True, "leading" if relay.leader else "standby"
+RELAY_STALL = 30.0
+"""Seconds a leading relay may hold a backlog without storing a window before it counts
+as stuck (its publish attempts time out long before: see RelaySettings.ack_timeout)."""
 
-    return Check("relay", probe)
+
+def relay_readiness(health: RelayHealth, now: float, *, stall_after: float = RELAY_STALL) -> CheckAnswer:
+    """Whether the relay does its job, and how it is doing, in words: pure."""
+    if not health.running:
+        return False, "not running"
+    role = f"leading, {health.backlog} events behind" if health.leader else "standby"
+    if health.failing_since is not None:
+        doing = "publishing fails" if health.leader else "failing"
+        return False, f"{role}, {doing} since {clock_text(health.failing_since)}: {health.last_error}", health.failing_since
+    if health.leader and health.backlog > 0 and now - health.progress_at > stall_after:
+        return False, f"{role}, nothing stored on the bus for {now - health.progress_at:.0f}s", health.progress_at
+    if health.last_published_at is not None:
+        role += f", last published {clock_text(health.last_published_at)}"
+    return True, role
+
+
+def relay_check(relay: Relay, *, stall_after: float = RELAY_STALL) -> Check:
+    return Check("relay", lambda: relay_readiness(relay.health(), time.time(), stall_after=stall_after))
 
 
 def ingest_check(ingest: ObservationIngest) -> Check:
     return Check("ingest", lambda: (ingest.running, "consuming" if ingest.running else "not consuming"))
 
 
-def store_check(store: EventStore) -> Check:
-    async def probe() -> tuple[bool, str]:
-        return True, f"head at position {await store.head()}"
+def embedded_check(servers: EmbeddedServers) -> Check:
+    """Readiness: every embedded server runs (one being restarted is not ready)."""
 
-    return Check("store", probe)
+    def probe() -> CheckAnswer:
+        statuses = servers.status()
+        return all(s.running for s in statuses), "; ".join(f"{s.name} {s.describe()}" for s in statuses)
+
+    return Check("embedded", probe)
+
+
+def embedded_liveness(servers: EmbeddedServers) -> Check:
+    """Liveness: supervision has not given up on an embedded server (restarting `convoy
+    up` is what helps then: it also clears whatever the crashes left behind)."""
+
+    def probe() -> CheckAnswer:
+        given_up = [s for s in servers.status() if s.gave_up]
+        if given_up:
+            return False, "; ".join(f"{s.name} {s.describe()}" for s in given_up)
+        return True, "supervised"
+
+    return Check("embedded", probe)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import random
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -31,7 +32,7 @@ import nats
 import nats.errors
 import nats.js.errors
 import structlog
-from nats.aio.client import Client
+from nats.aio.client import Client, Server
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
@@ -286,10 +287,43 @@ async def guarded(what: str, op: Callable[[], Awaitable[_T]]) -> _T:
         raise translate(error, what) from error
 
 
+PING_INTERVAL: Final = 10
+"""Seconds between the client's PINGs. nats-py's default (120 s, 2 outstanding) keeps a
+connection to a frozen server (SIGSTOP, a hung VM, a half-open TCP connection after a
+network partition) "connected" for 4-6 minutes, with every request timing out; with 10 s
+and 2 outstanding it is declared stale, and reconnecting starts, 20-30 s after the server
+stopped answering (tests/integration/test_embedded.py measures it). A PING costs the
+server next to nothing, and readiness does not wait for this: it probes the bus itself
+(eventstore.probes)."""
+MAX_OUTSTANDING_PINGS: Final = 2
+RECONNECT_BASE_DELAY: Final = 0.1
+RECONNECT_MAX_DELAY: Final = 2.0
+"""Reconnect attempts back off 0, 0.1, 0.2, 0.4 … 2 s (with jitter): a restarted server is
+found within a second, and a dead one is not hammered (nats-py's own loop retries every
+`reconnect_time_wait`, forever at the same pace)."""
+
+
+def reconnect_delay(failed_attempts: int, *, jitter: float = 1.0) -> float:
+    """Seconds to wait before the next reconnect attempt to a server that failed
+    `failed_attempts` times in a row (0: the connection just dropped, try at once).
+    `jitter` (0.8-1.0 in use) spreads many clients apart."""
+    if failed_attempts <= 0:
+        return 0.0
+    return min(RECONNECT_MAX_DELAY, RECONNECT_BASE_DELAY * 2.0 ** (failed_attempts - 1)) * jitter
+
+
+def _next_server(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
+    """nats-py's reconnect hook: the server tried least since it last answered, after
+    the backoff its failures earned."""
+    server = min(servers, key=lambda s: s.reconnects)
+    return server, reconnect_delay(server.reconnects, jitter=random.uniform(0.8, 1.0))
+
+
 async def connect(servers: str | Sequence[str], *, name: str, connect_attempts: int = 3, **options: Any) -> Client:
     """A NATS connection that logs (without secrets) through structlog and, once
-    connected, reconnects forever. The first connection fails fast, with `Unavailable`,
-    after `connect_attempts` tries. `options` go to `nats.connect` (credentials, TLS …)."""
+    connected, reconnects forever, backing off (`reconnect_delay`). The first connection
+    fails fast, with `Unavailable`, after `connect_attempts` tries. `options` go to
+    `nats.connect` (credentials, TLS …)."""
 
     async def on_error(error: Exception) -> None:
         log.warning("nats error", connection=name, error=f"{type(error).__name__}: {error}")
@@ -301,8 +335,11 @@ async def connect(servers: str | Sequence[str], *, name: str, connect_attempts: 
         log.info("nats reconnected", connection=name)
 
     settings: dict[str, Any] = {
-        "reconnect_time_wait": 0.25,
+        "reconnect_time_wait": 0.25,  # between the first connection's attempts only
+        "reconnect_to_server_handler": _next_server,
         "connect_timeout": 2,
+        "ping_interval": PING_INTERVAL,
+        "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
         "error_cb": on_error,
         "disconnected_cb": on_disconnected,
         "reconnected_cb": on_reconnected,

@@ -24,6 +24,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 import structlog
@@ -308,26 +309,34 @@ class Registry:
 # -- readiness ------------------------------------------------------------------------------
 
 
+CheckAnswer = tuple[bool, str] | tuple[bool, str, float]
+"""(ok, detail) or (ok, detail, since): the wall-clock time since which it holds."""
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One condition of readiness: `probe` answers (ok, detail)."""
+    """One condition of readiness: `probe` answers (ok, detail[, since])."""
 
     name: str
-    probe: Callable[[], Awaitable[tuple[bool, str]] | tuple[bool, str]]
+    probe: Callable[[], Awaitable[CheckAnswer] | CheckAnswer]
 
 
 async def readiness(checks: Sequence[Check], *, timeout: float = 2.0) -> tuple[bool, dict[str, object]]:
     """Run every check (each bounded by `timeout`; a failure or timeout is "not ready")
-    and answer (ready, a JSON-able body naming each check's outcome)."""
+    and answer (ready, a JSON-able body naming each check's outcome, and since when it
+    holds where the check knows)."""
     results: dict[str, object] = {}
     ready = True
     for check in checks:
+        since: float | None = None
         try:
             answer = check.probe()
             if not isinstance(answer, tuple):
                 async with asyncio.timeout(timeout):
                     answer = await answer
-            ok, detail = answer
+            ok, detail = answer[0], answer[1]
+            if len(answer) > 2:
+                since = answer[2]  # type: ignore[misc]
         except asyncio.CancelledError:
             raise
         except TimeoutError:
@@ -335,5 +344,8 @@ async def readiness(checks: Sequence[Check], *, timeout: float = 2.0) -> tuple[b
         except Exception as error:  # noqa: BLE001 - a failing probe means "not ready", not a 500
             ok, detail = False, f"{type(error).__name__}: {error}"
         ready = ready and ok
-        results[check.name] = {"ok": ok, "detail": detail}
+        result: dict[str, object] = {"ok": ok, "detail": detail}
+        if since is not None:
+            result["since"] = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        results[check.name] = result
     return ready, {"ready": ready, "checks": results}

@@ -23,6 +23,10 @@ up after any outage. How:
   else that permission.
 - It sleeps on the store's NOTIFY (LISTEN on the lock session), polling every `idle_poll`
   seconds in case a notification is lost.
+- It says how it is doing (`health()`, for /readyz and /metrics): leader or standby, how
+  many events it knows are not on the bus yet, when it last stored a window, and since
+  when its attempts fail and with what error. A leader whose publishing fails is not
+  ready, though it is still "leading".
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +85,25 @@ class RelayStats:
         return max(0, self.head - self.checkpoint)
 
 
+@dataclass(frozen=True, slots=True)
+class RelayHealth:
+    """How the relay is doing (wall-clock times, for people and probes)."""
+
+    running: bool
+    leader: bool
+    backlog: int
+    """Events committed and not yet known to be on the bus, as the leader knows them
+    (head − checkpoint; 0 on a standby, which does not follow the log)."""
+    last_published_at: float | None
+    """When it last stored a window on the bus (None: not since it started)."""
+    failing_since: float | None
+    """Since when its attempts (to reach the store, to lead, to publish) fail; None while
+    they work."""
+    last_error: str | None
+    progress_at: float
+    """When it last had nothing left to publish, or stored a window."""
+
+
 def lock_key(schema: str, instance: str) -> int:
     digest = hashlib.blake2b(f"convoy:{schema}:relay:{instance}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
@@ -108,6 +132,10 @@ class Relay:
         self.failures = 0
         self.session_pid: int | None = None
         """The PostgreSQL backend holding (or waiting for) the lock: for operators and tests."""
+        self.last_published_at: float | None = None
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self.progress_at = time.time()
 
     @property
     def lag(self) -> int:
@@ -127,6 +155,30 @@ class Relay:
 
     def stats(self) -> RelayStats:
         return RelayStats(self.leader, self.published, self.duplicates, self.checkpoint, self.head, self.failures)
+
+    def health(self) -> RelayHealth:
+        return RelayHealth(
+            running=self.running,
+            leader=self.leader,
+            backlog=self.lag if self.leader else 0,
+            last_published_at=self.last_published_at,
+            failing_since=self.failing_since,
+            last_error=self.last_error,
+            progress_at=self.progress_at,
+        )
+
+    def _failed(self, error: str) -> None:
+        self.failures += 1
+        self.last_error = error
+        if self.failing_since is None:
+            self.failing_since = time.time()
+
+    def _worked(self, *, published: bool) -> None:
+        now = time.time()
+        self.failing_since = None
+        self.progress_at = now
+        if published:
+            self.last_published_at = now
 
     @property
     def running(self) -> bool:
@@ -161,10 +213,10 @@ class Relay:
                 backoff.reset()
                 await self._lead(conn)
             except ConvoyError as error:
-                self.failures += 1
+                self._failed(str(error))
                 log.warning("relay lost its session or the store; starting over", relay=self.name, error=str(error))
             except Exception as error:  # noqa: BLE001 - supervised: log, back off, start over
-                self.failures += 1
+                self._failed(f"{type(error).__name__}: {error}")
                 log.error("relay failed; starting over", relay=self.name, error=describe(error))
             finally:
                 if self.leader:
@@ -176,6 +228,7 @@ class Relay:
 
     async def _acquire(self, conn: asyncpg.Connection) -> None:
         while not await guarded("relay lock", lambda: conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key)):
+            self._worked(published=False)  # a standby that reaches the store has nothing else to do
             await asyncio.sleep(self.settings.lock_poll)
         self.leader = True
         log.info("relay leads", relay=self.name, session=self.session_pid)
@@ -204,7 +257,7 @@ class Relay:
                         publisher.last_sequence = await self._reconcile(conn)
                         bus_ready = True
                     except ConvoyError as error:
-                        self.failures += 1
+                        self._failed(str(error))
                         log.warning("relay waits for the bus", relay=self.name, error=str(error))
                         await self._pause(backoff.next())
                         continue
@@ -214,6 +267,7 @@ class Relay:
                 events, outgoing = await prefetch
                 prefetch = None
                 if not events:
+                    self._worked(published=False)
                     await self._idle(conn)
                     continue
                 self.head = max(self.head, events[-1].position)
@@ -229,7 +283,7 @@ class Relay:
                     self.duplicates += result.duplicates
                     await self._advance(conn, events[result.acked - 1].position)
                 if result.error is not None:
-                    self.failures += 1
+                    self._failed(str(result.error))
                     bus_ready = False
                     log.warning(
                         "relay publish failed; retrying from the checkpoint",
@@ -239,6 +293,7 @@ class Relay:
                     )
                     await self._pause(backoff.next())
                 else:
+                    self._worked(published=True)
                     backoff.reset()
         finally:
             await stop_task(prefetch)

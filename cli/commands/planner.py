@@ -19,7 +19,7 @@ import typer
 
 from cli import localstate, ops
 from cli import logging as convoy_logging
-from eventstore import bus
+from eventstore import bus, probes
 from eventstore.codec import convoy_registry
 from eventstore.metrics import Registry
 from eventstore.opsserver import OpsServer
@@ -77,13 +77,17 @@ async def _run_planner(url: str, instance: str, ops_port: int, nats_url: str | N
             on_converged=ops.convergence_histogram(metrics),
         ) as running:
             ops.instrument_planner(metrics, running)
-            checks = [ops.planner_check(running), ops.store_check(store)]
             async with contextlib.AsyncExitStack() as stack:
+                store_probe = await stack.enter_async_context(probes.store_probe(store))
+                checks = [ops.planner_check(running), store_probe.check()]
+                watched = [store_probe]
                 if nc is not None:
                     await stack.enter_async_context(PlanResponder(nc=nc, planner=running, instance=instance))
-                    checks.append(ops.nats_check(nc))
+                    watched.append(await stack.enter_async_context(probes.bus_probe(nc)))
+                    checks.append(watched[-1].check())
                 else:
                     typer.echo("no CONVOY_NATS_URL: dry runs (`deploy --dry-run`) will not be answered")
+                ops.instrument_probes(metrics, watched)
                 server = await stack.enter_async_context(
                     OpsServer(address=f"127.0.0.1:{ops_port}", registry=metrics, checks=checks)
                 )

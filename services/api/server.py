@@ -76,7 +76,8 @@ class ApiServer:
     `state_dir` receives the bootstrap `admin-token` file. Set `grpc_address` or
     `http_address` to None to serve only the other. `read_wait` bounds a read's wait for
     `min_position`; `write_wait` bounds a command's wait for the projection; `grace` is
-    how long in-flight gRPC calls get on stop."""
+    how long in-flight gRPC calls get on stop. `checks` are the process's other readiness
+    checks (the bus, the store, the relay), answered by /readyz with the projection's."""
 
     def __init__(
         self,
@@ -94,6 +95,7 @@ class ApiServer:
         metrics: ops.Registry | None = None,
         ready_max_lag: int = 1000,
         heartbeats: Callable[[str], HeartbeatSeen | None] | None = None,
+        checks: Sequence[ops.Check] = (),
     ) -> None:
         self._store = store
         self._state_dir = Path(state_dir)
@@ -106,6 +108,7 @@ class ApiServer:
         self._requests = RequestMetrics(self.metrics)
         self._grpc_requests = GrpcMetrics(self.metrics)
         self._ready_max_lag = ready_max_lag
+        self._checks = list(checks)
         self._projection_lag = self.metrics.gauge(
             "convoy_api_projection_lag_positions", "Log head position minus the API read model's position."
         )
@@ -245,8 +248,9 @@ class ApiServer:
         return lag <= self._ready_max_lag, f"position {position} of {head} (lag {lag}, at most {self._ready_max_lag})"
 
     def checks(self) -> list[ops.Check]:
-        """What this API needs to serve: a read model that runs and keeps up."""
-        return [ops.Check("api_projection", self._projection_ready)]
+        """What this API needs to serve: a read model that runs and keeps up (and the
+        process's other checks)."""
+        return [ops.Check("api_projection", self._projection_ready), *self._checks]
 
     async def readiness(self) -> tuple[bool, dict[str, object]]:
         return await ops.readiness(self.checks())

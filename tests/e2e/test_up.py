@@ -1,8 +1,11 @@
-"""`convoy up` — the README's main command — starts, serves and stops cleanly."""
+"""`convoy up` — the README's main command — starts, serves and stops cleanly, and starts
+again cleanly on the state folder of a `convoy up` that was killed with -9, whether its
+servers were left running or died with it (leaving stale pid files behind)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -13,9 +16,12 @@ import aiohttp
 import asyncpg
 import grpc.aio
 
+from eventstore.embedded import pid_alive
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 from eventstore.types import NewEvent
 from schemas.convoy.v1 import api_pb2, api_pb2_grpc
+from tests.conftest import eventually
+from tests.e2e.processes import convoy_process
 
 
 async def read_until(stream: asyncio.StreamReader, marker: str, *, timeout: float = 60.0) -> list[str]:
@@ -142,3 +148,86 @@ async def test_convoy_api_serves_an_existing_database_and_the_cli_finds_it(
             await conn.execute(f"DROP SCHEMA IF EXISTS {schema_name} CASCADE")
         finally:
             await conn.close()
+
+
+def up_args(state: Path) -> tuple[str, ...]:
+    return ("up", "--state-dir", str(state), "--grpc-port", "0", "--http-port", "0", "--ops-port", "0",
+            "--local-runtime", "")
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
+
+
+def server_ports(lines: list[str]) -> tuple[int, int]:
+    """The embedded (NATS, PostgreSQL) ports a `convoy up` printed."""
+    nats_url = printed(lines, "NATS:")
+    dsn = printed(lines, "PostgreSQL:")
+    return int(nats_url.rsplit(":", 1)[1]), int(dsn.rsplit(":", 1)[1].split("/")[0])
+
+
+def server_pids(state: Path) -> tuple[int, int]:
+    """(nats-server, postmaster) of a running `convoy up`, from their pid files."""
+    nats_pid = int((state / "nats" / "nats-server.pid").read_text().split()[0])
+    postmaster = int((state / "postgres" / "pgdata" / "postmaster.pid").read_text().split()[0])
+    return nats_pid, postmaster
+
+
+def kill_if_ours(pid: int, state: Path) -> None:
+    """Test cleanup: kill a leftover server only if it still is one of this state folder's."""
+    with contextlib.suppress(OSError):
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        if str(state) in cmdline or cwd.startswith(str(state)):
+            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGCONT)
+
+
+async def test_convoy_up_starts_again_after_a_kill_9_that_left_its_servers_running(tmp_path: Path) -> None:
+    """Stopped servers outlive their killed `convoy up` (the parent-death signal waits until
+    they continue); the next `convoy up` stops them and takes their ports back."""
+    state = tmp_path / "state"
+    async with convoy_process(clean_env(), *up_args(state)) as first:
+        ports = server_ports(first.lines)
+        pids = server_pids(state)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+    try:
+        assert all(pid_alive(pid) for pid in pids), "the servers did not outlive their convoy up"
+        async with convoy_process(clean_env(), *up_args(state), timeout=60) as second:
+            assert server_ports(second.lines) == ports
+            assert not any(pid_alive(pid) for pid in pids), "the leftover servers still run"
+            assert "left running by an earlier run" in second.output
+            await check_api_answers(state, second.lines)
+            assert await second.stop() == 0, second.output
+    finally:
+        for pid in pids:
+            kill_if_ours(pid, state)
+
+
+async def test_convoy_up_starts_again_after_a_kill_9_took_its_servers_down(tmp_path: Path) -> None:
+    """The servers died with their `convoy up`, leaving pid files behind whose pids now name
+    somebody else's process: the next `convoy up` leaves that process alone, starts at
+    once and on the same ports."""
+    state = tmp_path / "state"
+    pgdata = state / "postgres" / "pgdata"
+    async with convoy_process(clean_env(), *up_args(state)) as first:
+        ports = server_ports(first.lines)
+        pids = server_pids(state)
+        postmaster_pid_file = (pgdata / "postmaster.pid").read_text()
+        assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+    await eventually(lambda: not any(pid_alive(pid) for pid in pids), message="the servers died with their convoy up")
+    bystander = await asyncio.create_subprocess_exec("cat", stdin=asyncio.subprocess.PIPE)  # idles until stdin closes
+    try:
+        (state / "nats" / "nats-server.pid").write_text(f"{bystander.pid}")
+        (pgdata / "postmaster.pid").write_text("\n".join([str(bystander.pid), *postmaster_pid_file.split("\n")[1:]]))
+        async with convoy_process(clean_env(), *up_args(state), timeout=60) as second:
+            assert server_ports(second.lines) == ports
+            assert bystander.returncode is None and pid_alive(bystander.pid), "convoy up killed a stranger"
+            await check_api_answers(state, second.lines)
+            assert await second.stop() == 0, second.output
+    finally:
+        assert bystander.stdin is not None
+        bystander.stdin.close()
+        await bystander.wait()

@@ -1,14 +1,22 @@
 """Operations against real servers: /metrics, /healthz and /readyz on the API (real
 PostgreSQL), readiness that flips when the read model stops, planner metrics that move
 with a release (convergence durations included), the agent's health server, the ops
-server of `convoy up` as a whole, and JSON logs carrying an API call's correlation id."""
+server of `convoy up` as a whole, and JSON logs carrying an API call's correlation id.
+
+And readiness that tells the truth under faults of `convoy up`'s own servers: a frozen
+(SIGSTOP) nats-server makes /readyz fail naming the bus and then the relay, a killed one
+or a killed PostgreSQL is restarted on its port and the control plane serves and relays
+commands again — each fault triggered from observed state, each outcome waited for."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -18,13 +26,14 @@ import aiohttp
 import pytest
 import structlog
 
-from cli import controlplane, ops
+from cli import controlplane, localstate, ops
 from cli import logging as convoy_logging
-from eventstore import bus
+from eventstore import bus, natsauth, probes
 from eventstore.embedded import EmbeddedServers, NatsServer
 from eventstore.metrics import Check, Registry
 from eventstore.opsserver import OpsServer
 from eventstore.postgres import PostgresEventStore
+from eventstore.types import NewEvent
 from eventstore.settings import Settings
 from schemas.convoy.v1 import events_pb2 as E
 from schemas.convoy.v1 import resources_pb2 as R
@@ -130,8 +139,9 @@ async def test_planner_metrics_move_after_a_release(pg_store: PostgresEventStore
             on_converged=ops.convergence_histogram(metrics),
         ) as planner:
             ops.instrument_planner(metrics, planner)
-            checks = [ops.planner_check(planner), ops.store_check(pg_store)]
-            async with OpsServer(address="127.0.0.1:0", registry=metrics, checks=checks) as server:
+            store_probe = probes.store_probe(pg_store)
+            checks = [ops.planner_check(planner), store_probe.check()]
+            async with store_probe, OpsServer(address="127.0.0.1:0", registry=metrics, checks=checks) as server:
                 url = f"http://127.0.0.1:{server.port}"
                 await planner.ready.wait()
                 before = await scrape(session, url)
@@ -228,7 +238,7 @@ async def test_convoy_up_serves_every_components_metrics_and_readiness_on_its_op
 
             await eventually(ready, message="the control plane is ready")
             status, _, text = await get(session, f"{url}/readyz")
-            assert set(json.loads(text)["checks"]) == {"api_projection", "planner", "relay", "ingest", "nats"}
+            assert set(json.loads(text)["checks"]) == {"api_projection", "planner", "relay", "ingest", "nats", "store"}
 
             async def relayed() -> bool:
                 samples = await scrape(session, url)
@@ -277,3 +287,153 @@ async def test_json_logs_carry_the_correlation_id_of_an_api_call(
     assert calls, lines
     assert calls[0]["event"] == "api call" and calls[0]["method"] == "ListApplications" and calls[0]["level"] == "info"
     assert admin not in json_logs.getvalue()
+
+
+# -- faults of convoy up's own servers -------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def embedded_control_plane(
+    tmp_path: Path, instance: str, *, database_url: str | None = None
+) -> AsyncIterator[tuple[EmbeddedServers, controlplane.Running, str]]:
+    """`convoy up`'s composition on its own supervised nats-server (and PostgreSQL, unless
+    `database_url` is given), as `convoy up` runs it; yields its ops URL too."""
+    env = {"CONVOY_INSTANCE": instance} | ({"CONVOY_DATABASE_URL": database_url} if database_url else {})
+    settings = Settings.from_env(env, state_dir=tmp_path / "state")
+    listen = controlplane.Listen(grpc_port=0, http_port=0, ops_port=0)
+    with EmbeddedServers(
+        state_dir=settings.state_dir, database_url=settings.database_url, nats_url=None,
+        nats_config_extra=controlplane.nats_auth_config(settings.state_dir),
+    ) as servers:
+        async with controlplane.control_plane(settings, servers, listen, local_runtime=None) as running:
+            assert running.ops is not None
+            yield servers, running, f"http://127.0.0.1:{running.ops.port}"
+
+
+async def readyz(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, dict[str, object]]]:
+    status, _, text = await get(session, f"{url}/readyz")
+    return status, json.loads(text)["checks"]
+
+
+async def is_ready(session: aiohttp.ClientSession, url: str) -> bool:
+    return (await readyz(session, url))[0] == 200
+
+
+async def put_runtime(
+    session: aiohttp.ClientSession, servers: EmbeddedServers, running: controlplane.Running, name: str
+) -> tuple[int, str]:
+    """A command through the API's REST port, as the bootstrap admin."""
+    token = localstate.read_admin_token(servers.state_dir)
+    body = {"runtime": {"name": name, "kind": "RUNTIME_KIND_KUBERNETES"}}
+    url = f"http://127.0.0.1:{running.api.ports.http}/v1/runtimes"
+    async with session.put(url, json=body, headers={"Authorization": f"Bearer {token}"}) as response:
+        return response.status, await response.text()
+
+
+async def bus_reaches(servers: EmbeddedServers, instance: str, position: int) -> bool:
+    """Whether the events stream on the bus holds the log up to `position`."""
+    password = natsauth.system_password(servers.state_dir)
+    try:
+        nc = await bus.connect(servers.nats_url, name="test-reader", connect_attempts=1,
+                               user=natsauth.SYSTEM_USER, password=password)
+    except Exception:  # noqa: BLE001 - not reachable yet
+        return False
+    try:
+        js = nc.jetstream(timeout=2)
+        stream = bus.events_stream(instance)
+        last = (await js.stream_info(stream)).state.last_seq
+        if not last:
+            return False
+        message = await js.get_msg(stream, seq=last)
+        return int((message.headers or {})[bus.H_POSITION]) >= position
+    except Exception:  # noqa: BLE001 - not there yet
+        return False
+    finally:
+        await nc.close()
+
+
+async def test_convoy_up_is_not_ready_while_its_nats_server_is_stopped(
+    tmp_path: Path, database_url: str, schema_name: str, session: aiohttp.ClientSession
+) -> None:
+    async with embedded_control_plane(tmp_path, schema_name, database_url=database_url) as (servers, running, url):
+        await eventually(lambda: is_ready(session, url), message="the control plane is ready")
+        assert servers.nats is not None and servers.nats.pid is not None
+        pid = servers.nats.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            async def bus_named() -> bool:
+                status, checks = await readyz(session, url)
+                return status == 503 and checks["nats"]["ok"] is False
+
+            await eventually(bus_named, message="/readyz names the frozen bus")
+            checks = (await readyz(session, url))[1]
+            assert "did not answer" in str(checks["nats"]["detail"]) and "since" in checks["nats"], checks["nats"]
+            # A command commits while the bus is frozen; the relay cannot publish it.
+            await running.store.append("app/while-frozen", [NewEvent(type="convoy.v1.ApplicationDeleted", data=b"")])
+
+            async def relay_named() -> bool:
+                status, checks = await readyz(session, url)
+                return status == 503 and checks["relay"]["ok"] is False
+
+            await eventually(relay_named, timeout=60, message="/readyz names the relay")
+            relay = (await readyz(session, url))[1]["relay"]
+            assert str(relay["detail"]).startswith("leading, ") and "publishing fails since" in str(relay["detail"]), relay
+            samples = await scrape(session, url)
+            assert samples[("convoy_probe_ok", labels(probe="nats"))] == 0
+            assert samples[("convoy_relay_failing_since_timestamp_seconds", frozenset())] > 0
+            assert servers.nats.pid == pid, "a stopped (not dead) nats-server was restarted"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await eventually(lambda: is_ready(session, url), timeout=60, message="ready again once the bus answers")
+        head = await running.store.head()
+        await eventually(lambda: bus_reaches(servers, schema_name, head), message="the relay drained the backlog")
+
+
+async def test_convoy_up_restarts_a_killed_nats_server_and_relays_what_came_after(
+    tmp_path: Path, database_url: str, schema_name: str, session: aiohttp.ClientSession
+) -> None:
+    async with embedded_control_plane(tmp_path, schema_name, database_url=database_url) as (servers, running, url):
+        await eventually(lambda: is_ready(session, url), message="the control plane is ready")
+        server = servers.nats
+        assert server is not None and server.pid is not None
+        port, pid = server.port, server.pid
+        os.kill(pid, signal.SIGKILL)
+
+        async def not_ready() -> bool:
+            status, checks = await readyz(session, url)
+            return status == 503 and not (checks.get("embedded", {}).get("ok") and checks["nats"]["ok"])
+
+        await eventually(not_ready, message="/readyz says the bus is gone")
+        await eventually(lambda: is_ready(session, url), timeout=60, message="ready again")
+        assert server.port == port and server.pid not in (None, pid)
+        assert "restarted 1 time" in str((await readyz(session, url))[1]["embedded"]["detail"])
+        status, text = await put_runtime(session, servers, running, "after-the-crash")
+        assert status == 200, text
+        head = await running.store.head()
+        await eventually(lambda: bus_reaches(servers, schema_name, head), message="the command reached JetStream")
+        samples = await scrape(session, url)
+        assert samples[("convoy_embedded_server_restarts_total", labels(server="nats-server"))] == 1
+        assert samples[("convoy_nats_reconnects_total", frozenset())] >= 1
+
+
+async def test_convoy_up_restarts_a_killed_postgres_and_serves_commands_again(
+    tmp_path: Path, schema_name: str, session: aiohttp.ClientSession
+) -> None:
+    async with embedded_control_plane(tmp_path, schema_name) as (servers, running, url):
+        await eventually(lambda: is_ready(session, url), message="the control plane is ready")
+        server = servers.postgres
+        assert server is not None and server.pid is not None
+        port, pid = server.port, server.pid
+        os.kill(pid, signal.SIGKILL)
+
+        async def store_named() -> bool:
+            status, checks = await readyz(session, url)
+            return status == 503 and not (checks.get("embedded", {}).get("ok") and checks.get("store", {}).get("ok"))
+
+        await eventually(store_named, message="/readyz says the store is gone")
+        await eventually(lambda: is_ready(session, url), timeout=60, message="ready again")
+        assert server.port == port and server.pid not in (None, pid)
+        status, text = await put_runtime(session, servers, running, "after-the-crash")
+        assert status == 200, text
+        head = await running.store.head()
+        await eventually(lambda: bus_reaches(servers, schema_name, head), message="the command reached JetStream")

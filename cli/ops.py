@@ -24,7 +24,8 @@ that copy each component's own counters at scrape time, and sample what needs I/
 - `convoy_consumer_pending_messages{stream,consumer}`,
   `convoy_consumer_ack_pending_messages{stream,consumer}` (JetStream consumer info);
 - `convoy_ingest_observations_total{outcome}`;
-- `convoy_planner_{inputs,outputs,commits,restarts,timers_fired,skipped}_total`,
+- `convoy_planner_{inputs,outputs,commits,restarts,timers_fired,skipped,rejected}_total`,
+  `convoy_planner_rejected_inputs`,
   `convoy_planner_ready`, `convoy_planner_checkpoint_position`,
   `convoy_planner_lag_positions` (head − checkpoint, 0 when no input waits),
   `convoy_convergence_duration_seconds{channel}` (ReleaseCreated → channel CONVERGED);
@@ -218,8 +219,12 @@ def instrument_planner(registry: Registry, planner: Planner) -> None:
             ("restarts", "Times the planner failed and rebuilt its state from the log."),
             ("timers_fired", "Timers the planner fired."),
             ("skipped", "Events the planner could not read and skipped."),
+            ("rejected", "Inputs plan raised on, recorded as rejected (PlannerInputRejected) by this process."),
         )
     }
+    rejected = registry.gauge(
+        "convoy_planner_rejected_inputs", "Inputs the record says the planner rejected (plan raised on them)."
+    )
     ready = registry.gauge("convoy_planner_ready", "1 once the planner rebuilt its state and follows the log.")
     checkpoint = registry.gauge("convoy_planner_checkpoint_position", "The planner's committed checkpoint.")
     lag = registry.gauge(
@@ -230,6 +235,7 @@ def instrument_planner(registry: Registry, planner: Planner) -> None:
         for name, counter in counters.items():
             counter.set_total(getattr(planner.stats, name))
         ready.set(1 if planner.ready.is_set() else 0)
+        rejected.set(len(planner.rejections))
         at = await planner.store.checkpoint(planner.settings.name)
         checkpoint.set(at)
         waiting = await planner.store.read_all(after=at, limit=1, categories=INPUT_CATEGORIES)
@@ -314,10 +320,21 @@ def instrument_embedded(registry: Registry, servers: EmbeddedServers) -> None:
 
 
 def planner_check(planner: Planner) -> Check:
-    return Check(
-        "planner",
-        lambda: (planner.ready.is_set(), "following the log" if planner.ready.is_set() else "rebuilding its state"),
-    )
+    """Ready while it follows the log. Rejected inputs do not make it unready (it plans
+    everything else), but the answer names them: each is a decision nobody made."""
+
+    def probe() -> CheckAnswer:
+        if not planner.ready.is_set():
+            return False, "rebuilding its state"
+        if not planner.rejections:
+            return True, "following the log"
+        last = planner.rejections[-1]
+        return True, (
+            f"following the log; {len(planner.rejections)} input(s) rejected, the last at position {last.position} "
+            f"({last.event_type.rsplit('.', 1)[-1]}: {last.error[:200]}) — see `convoy why` for its service"
+        )
+
+    return Check("planner", probe)
 
 
 RELAY_STALL = 30.0

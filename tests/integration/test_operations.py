@@ -41,6 +41,7 @@ from services.agent.health import BusLiveness, bus_check
 from services.planner.clock import FakeClock
 from services.planner.runner import Planner
 from tests.conftest import eventually
+from tests.unit.planner.world import faulty_engine
 from tests.integration.test_api_support import running_api
 from tests.integration.test_planner import REGISTRY, _is, declarations, record, service, simulated_agents, stop
 from tests.unit.test_metrics import parse
@@ -183,6 +184,28 @@ async def test_planner_metrics_move_after_a_release(pg_store: PostgresEventStore
         await stop(agents)
 
 
+async def test_a_rejected_input_shows_in_the_planners_metrics_and_readiness(
+    pg_store: PostgresEventStore, session: aiohttp.ClientSession
+) -> None:
+    for message in declarations({"staging": ["s1"]}, ["web"]):
+        await record(pg_store, message)
+    metrics = Registry()
+    async with Planner(store=pg_store, registry=REGISTRY, clock=FakeClock(datetime.now(UTC)), engine=faulty_engine()) as planner:
+        ops.instrument_planner(metrics, planner)
+        async with OpsServer(address="127.0.0.1:0", registry=metrics, checks=[ops.planner_check(planner)]) as server:
+            url = f"http://127.0.0.1:{server.port}"
+            await record(pg_store, E.ReleaseCreated(release=R.Release(
+                id="rel-boom", application="fleet", service="web", version="boom", config=service("web"))))
+            await eventually(lambda: bool(planner.rejections) and planner.ready.is_set(), message="rejected, following again")
+            samples = await scrape(session, url)
+            assert samples[("convoy_planner_rejected_total", frozenset())] == 1
+            assert samples[("convoy_planner_rejected_inputs", frozenset())] == 1
+            status, _, text = await get(session, f"{url}/readyz")
+    assert status == 200, text  # it plans everything else
+    detail = json.dumps(json.loads(text)["checks"]["planner"])
+    assert "1 input(s) rejected" in detail and "ReleaseCreated: KeyError" in detail
+
+
 async def test_the_agent_health_server_answers_readiness_and_metrics(session: aiohttp.ClientSession) -> None:
     ready = asyncio.Event()
     metrics = Registry()
@@ -303,7 +326,7 @@ async def embedded_control_plane(
     listen = controlplane.Listen(grpc_port=0, http_port=0, ops_port=0)
     with EmbeddedServers(
         state_dir=settings.state_dir, database_url=settings.database_url, nats_url=None,
-        nats_config_extra=controlplane.nats_auth_config(settings.state_dir),
+        nats_config_extra=controlplane.nats_auth_config(settings.state_dir, instance),
     ) as servers:
         async with controlplane.control_plane(settings, servers, listen, local_runtime=None) as running:
             assert running.ops is not None

@@ -41,9 +41,9 @@ from services.agent.health import BusLiveness, bus_check
 from services.planner.clock import FakeClock
 from services.planner.runner import Planner
 from tests.conftest import eventually
-from tests.unit.planner.world import faulty_engine
 from tests.integration.test_api_support import running_api
 from tests.integration.test_planner import REGISTRY, _is, declarations, record, service, simulated_agents, stop
+from tests.unit.planner.world import faulty_engine
 from tests.unit.test_metrics import parse
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -477,6 +477,7 @@ class TestLocalRuntime(RuntimeContract):
         command = [sys.executable, "-m", "http.server", "{{.Port}}", "--bind", "127.0.0.1", "--directory", str(SCRIPTS)]
         return spec(key, command, replicas=replicas, check=http_check())
 
+    @pytest.mark.fault
     async def test_a_crashed_agents_processes_are_adopted_not_restarted(
         self, tmp_path: Path, key: WorkloadKey, host: CrashHost
     ) -> None:
@@ -517,6 +518,7 @@ class TestLocalRuntime(RuntimeContract):
             await runtime.close()
         assert all(gone(pid) for pid in last)
 
+    @pytest.mark.fault
     async def test_a_replica_that_died_while_no_agent_ran_is_started_again(
         self, tmp_path: Path, key: WorkloadKey, host: CrashHost
     ) -> None:
@@ -543,6 +545,7 @@ class TestLocalRuntime(RuntimeContract):
         finally:
             await runtime.close()
 
+    @pytest.mark.fault
     async def test_a_reused_pid_is_neither_adopted_nor_killed(
         self, tmp_path: Path, key: WorkloadKey, host: CrashHost
     ) -> None:
@@ -575,6 +578,7 @@ class TestLocalRuntime(RuntimeContract):
             stranger.kill()
             stranger.wait()
 
+    @pytest.mark.fault
     async def test_a_crash_mid_rollout_keeps_the_new_generation_and_kills_the_old(
         self, tmp_path: Path, key: WorkloadKey, host: CrashHost
     ) -> None:
@@ -600,6 +604,7 @@ class TestLocalRuntime(RuntimeContract):
             await runtime.close()
         assert gone(new[0])
 
+    @pytest.mark.fault
     async def test_an_unrecorded_process_of_this_state_folder_is_killed(self, tmp_path: Path) -> None:
         """Spawned by an agent that died before it could record it: found by its marker."""
         state = tmp_path / "local-state"

@@ -6,6 +6,8 @@ reaching them, and prod converges: no CHECK_FAILED, no FAILED, nothing restarted
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import signal
@@ -53,6 +55,7 @@ async def answers(port: int) -> int:
         return response.status
 
 
+@pytest.mark.fault
 async def test_a_control_plane_killed_while_prod_soaks_adopts_its_services(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}

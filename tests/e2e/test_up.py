@@ -4,6 +4,8 @@ servers were left running or died with it (leaving stale pid files behind)."""
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import contextlib
 import json
@@ -183,6 +185,7 @@ def kill_if_ours(pid: int, state: Path) -> None:
             os.kill(pid, signal.SIGCONT)
 
 
+@pytest.mark.fault
 async def test_convoy_up_starts_again_after_a_kill_9_that_left_its_servers_running(tmp_path: Path) -> None:
     """Stopped servers outlive their killed `convoy up` (the parent-death signal waits until
     they continue); the next `convoy up` stops them and takes their ports back."""
@@ -206,6 +209,7 @@ async def test_convoy_up_starts_again_after_a_kill_9_that_left_its_servers_runni
             kill_if_ours(pid, state)
 
 
+@pytest.mark.fault
 async def test_convoy_up_starts_again_after_a_kill_9_took_its_servers_down(tmp_path: Path) -> None:
     """The servers died with their `convoy up`, leaving pid files behind whose pids now name
     somebody else's process: the next `convoy up` leaves that process alone, starts at

@@ -168,6 +168,7 @@ async def test_an_intent_the_runtime_cannot_carry_out_is_reported_failed_and_lat
     assert await dead_lettered_agent(plane, "rt-a") == 0
 
 
+@pytest.mark.fault
 async def test_an_intent_waits_out_an_unavailable_runtime_longer_than_its_redeliveries(
     plane: Plane, embedded_nats: NatsServer
 ) -> None:

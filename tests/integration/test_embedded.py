@@ -24,6 +24,7 @@ from eventstore.types import NewEvent
 from tests.conftest import eventually
 
 
+@pytest.mark.fault
 async def test_nats_restart_keeps_port_and_jetstream_data(own_nats: NatsServer) -> None:
     first_url = own_nats.url
     nc = await nats.connect(own_nats.url)
@@ -42,6 +43,7 @@ async def test_nats_restart_keeps_port_and_jetstream_data(own_nats: NatsServer) 
         await nc.close()
 
 
+@pytest.mark.fault
 async def test_postgres_restart_keeps_data_and_uses_password_auth(own_postgres: PostgresServer) -> None:
     conn = await asyncpg.connect(own_postgres.dsn)
     await conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
@@ -82,6 +84,7 @@ def test_configured_urls_start_nothing(tmp_path: Path) -> None:
         assert servers.nats_url == "nats://bus:4222"
 
 
+@pytest.mark.fault
 async def test_nats_reload_returns_once_the_new_users_are_in_force(tmp_path: Path) -> None:
     server = NatsServer(data_dir=tmp_path / "nats", config_extra=natsauth.render("convoy", [natsauth.system("first-password")]))
     server.start()
@@ -109,6 +112,7 @@ def zombie(pid: int) -> bool:
         return False
 
 
+@pytest.mark.fault
 async def test_a_killed_nats_server_is_restarted_on_its_port_and_its_clients_reconnect(
     tmp_path: Path, database_url: str
 ) -> None:
@@ -141,6 +145,7 @@ async def test_a_killed_nats_server_is_restarted_on_its_port_and_its_clients_rec
             await nc.close()
 
 
+@pytest.mark.fault
 async def test_a_killed_postgres_is_restarted_on_its_port_and_the_store_works_again(tmp_path: Path) -> None:
     with EmbeddedServers(state_dir=tmp_path, database_url=None, nats_url="nats://127.0.0.1:1") as servers:
         server = servers.postgres
@@ -167,6 +172,7 @@ async def test_a_killed_postgres_is_restarted_on_its_port_and_the_store_works_ag
             await store.close()
 
 
+@pytest.mark.fault
 async def test_a_stopped_server_is_not_mistaken_for_a_dead_one(tmp_path: Path, database_url: str) -> None:
     """SIGSTOP is not an exit: a second nats-server on the same store would fight over it.
     Supervision leaves it alone; the connection notices it (its pings go unanswered),
@@ -191,6 +197,7 @@ async def test_a_stopped_server_is_not_mistaken_for_a_dead_one(tmp_path: Path, d
             await nc.close()
 
 
+@pytest.mark.fault
 async def test_a_client_backs_off_while_its_server_is_down(own_nats: NatsServer) -> None:
     refused: list[float] = []
 
@@ -239,6 +246,7 @@ def test_the_port_is_remembered_for_the_next_run_and_given_up_when_taken(tmp_pat
             assert moved.port not in (None, port)
 
 
+@pytest.mark.fault
 def test_supervision_gives_up_on_a_crash_loop(tmp_path: Path) -> None:
     policy = RestartPolicy(max_restarts=2, window=3600, base_delay=0.01, max_delay=0.01)
     server = NatsServer(data_dir=tmp_path / "nats")

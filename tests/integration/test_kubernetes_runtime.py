@@ -392,6 +392,7 @@ async def test_a_workload_is_applied_whole_or_not_at_all(
     assert service.metadata.annotations["convoy.dev/generation"] == "1"
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("plural", ["services", "deployments"])
 async def test_an_apply_cut_short_is_finished_by_the_retry(
     runtime: KubernetesRuntime, kube: client.ApiClient, k8s_emulator: Emulator, plural: str  # noqa: F811

@@ -108,6 +108,7 @@ async def agents(plane: Plane, embedded_nats: NatsServer, tmp_path: Path) -> Asy
             os.killpg(pid, signal.SIGKILL)
 
 
+@pytest.mark.fault
 async def test_a_restarted_agent_adopts_the_local_workload_and_its_check_keeps_passing(
     plane: Plane, agents: Agents, tmp_path: Path
 ) -> None:

@@ -375,6 +375,7 @@ async def bus_reaches(servers: EmbeddedServers, instance: str, position: int) ->
         await nc.close()
 
 
+@pytest.mark.fault
 async def test_convoy_up_is_not_ready_while_its_nats_server_is_stopped(
     tmp_path: Path, database_url: str, schema_name: str, session: aiohttp.ClientSession
 ) -> None:
@@ -412,6 +413,7 @@ async def test_convoy_up_is_not_ready_while_its_nats_server_is_stopped(
         await eventually(lambda: bus_reaches(servers, schema_name, head), message="the relay drained the backlog")
 
 
+@pytest.mark.fault
 async def test_convoy_up_restarts_a_killed_nats_server_and_relays_what_came_after(
     tmp_path: Path, database_url: str, schema_name: str, session: aiohttp.ClientSession
 ) -> None:
@@ -439,6 +441,7 @@ async def test_convoy_up_restarts_a_killed_nats_server_and_relays_what_came_afte
         assert samples[("convoy_nats_reconnects_total", frozenset())] >= 1
 
 
+@pytest.mark.fault
 async def test_convoy_up_restarts_a_killed_postgres_and_serves_commands_again(
     tmp_path: Path, schema_name: str, session: aiohttp.ClientSession
 ) -> None:

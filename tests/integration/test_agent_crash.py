@@ -46,6 +46,8 @@ from schemas.convoy.v1 import convergence_pb2, resources_pb2
 from tests.conftest import eventually
 from tests.integration.test_agent_support import Plane, control_plane
 
+pytestmark = pytest.mark.fault  # `make stress` runs these again and again
+
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = "rt-crash"
 SERVICES = [f"w{i}" for i in range(6)]
@@ -62,8 +64,6 @@ DELETED_KIND = convergence_pb2.OBSERVATION_KIND_DELETED
 COMMANDS = r'''
 """apply / fetch / delete of the crash test's exec runtime. argv: EFFECTS CRASH_AFTER_APPLY CRASH_BEFORE_DELETE."""
 import fcntl, json, os, signal, sys, time
-
-pytestmark = pytest.mark.fault  # `make stress` runs these again and again
 
 effects, action, service = sys.argv[1], os.environ["CONVOY_ACTION"], os.environ["CONVOY_SERVICE"]
 agent = os.getppid()  # the agent that ran this command (1: it was killed before this line)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import logging
 import os
 import time
 import uuid
@@ -21,7 +23,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 
+from cli import logging as convoy_logging
 from eventstore.embedded import NatsServer, PostgresServer
 from eventstore.postgres import PostgresEventStore, PostgresSettings
 
@@ -133,3 +137,20 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not reached within {timeout}s")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """The process's logging as `convoy` sets it up (JSON, stdlib routed through
+    structlog), written to a buffer the test reads; restored afterwards."""
+    saved, root = structlog.get_config(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    out = io.StringIO()
+    convoy_logging.configure("json", stream=out)
+    try:
+        yield out
+    finally:
+        structlog.configure(**saved)
+        structlog.contextvars.clear_contextvars()
+        root.handlers[:] = handlers
+        root.setLevel(level)

@@ -8,20 +8,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import random
 import string
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import structlog
 
-from cli import logging as convoy_logging
 from eventstore.codec import convoy_registry
 from eventstore.types import AppendRequest, NewEvent
 from schemas.convoy.v1 import api_pb2, options_pb2
@@ -535,23 +531,8 @@ async def test_rest_declaration_set_limits_and_roles(api: Running) -> None:
 # -- bounded errors -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    """The process's logging as `convoy` sets it up (json, stdlib routed through
-    structlog), written to a buffer the test reads."""
-    saved, root = structlog.get_config(), logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    out = io.StringIO()
-    convoy_logging.configure("json", stream=out)
-    try:
-        yield out
-    finally:
-        structlog.configure(**saved)
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
-
-async def test_a_huge_value_comes_back_as_a_short_400(api: Running, json_log: io.StringIO) -> None:
+async def test_a_huge_value_comes_back_as_a_short_400(api: Running, json_logs: io.StringIO) -> None:
     huge = "v" * (3 * 1024 * 1024)
     async with http_session() as s:
         await rest_seed(s, api)
@@ -563,12 +544,12 @@ async def test_a_huge_value_comes_back_as_a_short_400(api: Running, json_log: io
     assert message.startswith('version: "vvvv') and '…" (3145728 bytes) is not a valid version' in message
     assert len(json.dumps(answer)) < 2048
     assert [v["field"] for v in answer["error"]["violations"]] == ["version"]
-    lines = json_log.getvalue().splitlines()
+    lines = json_logs.getvalue().splitlines()
     assert any("api call refused" in line for line in lines)
     assert max(len(line) for line in lines) < 4096
 
 
-async def test_oversized_urls_headers_and_bodies_get_a_4xx_and_one_log_line(api: Running, json_log: io.StringIO) -> None:
+async def test_oversized_urls_headers_and_bodies_get_a_4xx_and_one_log_line(api: Running, json_logs: io.StringIO) -> None:
     """aiohttp answers a request line or header over 8190 bytes itself (400, before any
     route); the log gets one warning line per refusal, no traceback, nothing of the
     request (a header may hold a token)."""
@@ -587,7 +568,7 @@ async def test_oversized_urls_headers_and_bodies_get_a_4xx_and_one_log_line(api:
         assert status == 413 and "larger than" in answer["error"]["message"]
         status, answer = await call(s, api, "GET", "/v1/runtimes/" + "b" * 8000, secret=api.admin)
         assert status == 400 and len(json.dumps(answer)) < 2048, str(answer)[:300]
-    text = json_log.getvalue()
+    text = json_logs.getvalue()
     records = [json.loads(line) for line in text.splitlines()]
     refused = [r for r in records if r["event"] == "http request refused before routing"]
     assert len(refused) == 3 and all(r["level"] == "warning" and "longer than 8190 bytes" in r["problem"] for r in refused)

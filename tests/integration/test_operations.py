@@ -14,20 +14,17 @@ import asyncio
 import contextlib
 import io
 import json
-import logging
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
-import structlog
 
 from cli import controlplane, localstate, ops
-from cli import logging as convoy_logging
 from eventstore import bus, natsauth, probes
 from eventstore.embedded import EmbeddedServers, NatsServer
 from eventstore.metrics import Check, Registry
@@ -280,19 +277,6 @@ async def test_convoy_up_serves_every_components_metrics_and_readiness_on_its_op
             api_port = running.api.ports.http
             assert ("convoy_planner_inputs_total", frozenset()) in await scrape(session, f"http://127.0.0.1:{api_port}")
 
-
-@pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    saved, root = structlog.get_config(), logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    out = io.StringIO()
-    convoy_logging.configure("json", stream=out)
-    try:
-        yield out
-    finally:
-        structlog.configure(**saved)
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 async def test_json_logs_carry_the_correlation_id_of_an_api_call(

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -16,20 +14,6 @@ from cli import logging as convoy_logging
 
 SECRET = "cvy_tok-0123abcd_S3cr3tS3cr3tS3cr3tS3cr3t"
 
-
-@pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    saved, root = structlog.get_config(), logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    out = io.StringIO()
-    convoy_logging.configure("json", stream=out)
-    try:
-        yield out
-    finally:
-        structlog.configure(**saved)
-        structlog.contextvars.clear_contextvars()
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def lines(out: io.StringIO) -> list[dict[str, object]]:

@@ -25,8 +25,10 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Iterable, Mapping, Set
+import time
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import asdict, dataclass, field
+from typing import Final
 from pathlib import Path
 
 import structlog
@@ -217,12 +219,40 @@ class StateStore:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(group, signal.SIGKILL)
                 killed.append(group)
+        _wait_gone(set(killed))
         for path in self.workloads.glob("*/*/*.pids"):
             with contextlib.suppress(OSError):
                 path.unlink()
         if killed:
             log.warning("killed processes left by a previous agent", pids=killed)
         return killed
+
+
+ORPHANS_GONE_WITHIN: Final = 5.0
+"""Seconds to wait for killed orphans to be gone before the runtime starts anything (a
+SIGKILL takes effect in microseconds; the bound only guards against a process stuck in
+the kernel)."""
+
+
+def _wait_gone(groups: Set[int], *, timeout: float = ORPHANS_GONE_WITHIN) -> None:
+    """Until no live (non-zombie) process is left in `groups`: a killed orphan still
+    running would hold its port, or look live to whoever lists the workload's processes."""
+    deadline = time.monotonic() + timeout
+    while groups and time.monotonic() < deadline:
+        if not any(_in_groups(groups)):
+            return
+        time.sleep(0.002)
+    left = list(_in_groups(groups))
+    if left:
+        log.warning("killed orphans still running", pids=left)
+
+
+def _in_groups(groups: Set[int]) -> Iterator[int]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            info = processes.inspect(int(entry.name))
+            if info is not None and info.state != "Z" and info.pgrp in groups:
+                yield int(entry.name)
 
 
 def _marked(root: str) -> dict[int, processes.ProcessInfo]:

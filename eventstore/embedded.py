@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 import structlog
 
@@ -261,6 +261,25 @@ def _wait_for_pid_file(pid_file: Path, what: str, timeout: float = 30.0) -> None
         return
     if _wait_gone([pid], timeout):
         raise EmbeddedServerError(f"an earlier {what} (pid {pid}) may still hold {pid_file.parent}; stop it first")
+
+
+PORT_RELEASE_WAIT: Final = 3.0
+"""Seconds to wait for a port that leftovers of ours held a moment ago: their sockets are
+closed as they exit, but a connection's last packets can hold the port a little longer."""
+
+
+def _remembered_free(data_dir: Path, *, after_leftovers: bool) -> int | None:
+    """The port this data folder's server listened on last, if it is free — after
+    stopping leftovers that held it, once it is released (within PORT_RELEASE_WAIT)."""
+    port = _remembered_port(data_dir)
+    if port is None:
+        return None
+    deadline = time.monotonic() + (PORT_RELEASE_WAIT if after_leftovers else 0.0)
+    while not port_free(port):
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
+    return port
 
 
 def _remembered_port(data_dir: Path) -> int | None:
@@ -609,12 +628,12 @@ class NatsServer(_Server):
         super().start(timeout)
 
     def _start_locked(self, timeout: float) -> None:
-        self._clear_leftovers()
+        stopped = self._clear_leftovers()
         if self.port is not None:  # a restart: its clients know this port
             self._spawn(self.port, timeout)
             return
-        remembered = _remembered_port(self.data_dir)
-        if remembered is not None and port_free(remembered):
+        remembered = _remembered_free(self.data_dir, after_leftovers=stopped)
+        if remembered is not None:
             try:
                 self._spawn(remembered, timeout)
                 return
@@ -624,11 +643,12 @@ class NatsServer(_Server):
                 log.info("nats-server lost its remembered port; taking another", port=remembered)
         self._spawn(-1, timeout)
 
-    def _clear_leftovers(self) -> None:
+    def _clear_leftovers(self) -> bool:
+        """Stop a nats-server of this data folder an earlier run left; True if there was one."""
         pid_file = self.data_dir / "nats-server.pid"
         if not _PROCFS:
             _wait_for_pid_file(pid_file, self.name)
-            return
+            return False
         config = str(self.config_path)
         leftovers = sorted(pid for pid in _pids() if pid != os.getpid() and _is_nats_of(pid, config))
         if leftovers:
@@ -636,6 +656,7 @@ class NatsServer(_Server):
                 self.name, self.data_dir, leftovers, [], main_signal=signal.SIGTERM, others_signal=signal.SIGTERM
             )
         pid_file.unlink(missing_ok=True)  # whatever it names, it is not a server of ours
+        return bool(leftovers)
 
     def _spawn(self, listen: int, timeout: float) -> None:
         config = self._write_config(listen)
@@ -792,12 +813,12 @@ class PostgresServer(_Server):
 
     def _start_locked(self, timeout: float) -> None:
         self._initdb()
-        self._clear_leftovers()
+        stopped = self._clear_leftovers()
         if self.port is not None:  # a restart: its clients know this port
             candidates: list[int | None] = [self.port]
         else:
-            remembered = _remembered_port(self.data_dir)
-            first = [remembered] if remembered is not None and port_free(remembered) else []
+            remembered = _remembered_free(self.data_dir, after_leftovers=stopped)
+            first = [remembered] if remembered is not None else []
             candidates = [*first, *([None] * (5 - len(first)))]
         for candidate in candidates:
             port = candidate if candidate is not None else free_loopback_port()
@@ -809,11 +830,12 @@ class PostgresServer(_Server):
                 break
         raise EmbeddedServerError(f"PostgreSQL did not start; see {self.data_dir / self.log_name}")
 
-    def _clear_leftovers(self) -> None:
+    def _clear_leftovers(self) -> bool:
+        """Stop a PostgreSQL of this data folder an earlier run left; True if there was one."""
         pid_file = self.pgdata / "postmaster.pid"
         if not _PROCFS:
             _wait_for_pid_file(pid_file, self.name)
-            return
+            return False
         # Every PostgreSQL process works in its data folder (the postmaster changes into
         # it; its children inherit that): that names them whatever they call themselves.
         pgdata = os.path.realpath(self.pgdata)
@@ -830,6 +852,7 @@ class PostgresServer(_Server):
         # No PostgreSQL of ours runs: a postmaster.pid left behind is stale, even if its
         # pid now belongs to another process (which PostgreSQL would take for a live server).
         pid_file.unlink(missing_ok=True)
+        return bool(ours)
 
     def _start_on(self, port: int, timeout: float) -> str:
         popen = subprocess.Popen(

@@ -5,7 +5,8 @@ A fault test that passes once proves little: where its fault lands differs from 
 (a kill placed by progress, a batch formed by timing), so a rare failure shows only when it
 runs again and again. Every run goes to the end; the summary names each test that failed
 and in which runs, and the exit code is 1 if any did. Not part of CI: it takes N times
-as long as the fault tests.
+as long as the fault tests. The whole output of a run that failed is kept in
+`.stress/run-<N>.log` (the summary says where).
 
 Usage: scripts/stress.py [N] [-- extra pytest args]   (N defaults to 10)
 """
@@ -20,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+LOGS = ROOT / ".stress"
 FAILED = re.compile(r"^(FAILED|ERROR) (\S+)")
 
 
@@ -41,11 +43,13 @@ def main(argv: list[str]) -> int:
         found = [m.group(2) for line in result.stdout.splitlines() if (m := FAILED.match(line))]
         for test in found:
             failures[test].append(run)
-        if result.returncode != 0 and not found:
-            broken.append(run)
-            print(result.stdout[-3000:], result.stderr[-3000:], sep="\n", flush=True)
-        elif found:
-            print(result.stdout[-6000:], flush=True)
+        if result.returncode != 0:
+            kept = LOGS / f"run-{run}.log"
+            LOGS.mkdir(exist_ok=True)
+            kept.write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
+            print(f"   failed: {', '.join(found) or 'no test failure (collection or crash)'}; output in {kept}", flush=True)
+            if not found:
+                broken.append(run)
     minutes = (time.monotonic() - began) / 60
     print(f"\nstress: {runs} runs in {minutes:.1f} min")
     for test, where in sorted(failures.items()):

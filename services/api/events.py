@@ -135,6 +135,12 @@ async def list_events(
         since=_time("since", request.since, request.HasField("since")),
         until=_time("until", request.until, request.HasField("until")),
     )
+    if request.before_position < 0:
+        raise invalid("before_position", "must not be negative")
+    if request.before_position and request.after_position:
+        raise invalid("before_position", "set after_position or before_position, not both")
+    if request.before_position:
+        return await _newest_first(store, registry, selection, request.before_position, limit, reveal_secrets)
     found: list[api_pb2.Event] = []
     position = request.after_position
     scanned = 0
@@ -152,6 +158,37 @@ async def list_events(
     return api_pb2.ListEventsResponse(events=found, last_position=position)
 
 
+async def _newest_first(
+    store: EventStore,
+    registry: EventRegistry,
+    selection: EventFilter,
+    before: int,
+    limit: int,
+    reveal_secrets: bool,
+) -> api_pb2.ListEventsResponse:
+    """Matching events before `before`, the latest first, scanning back a window of
+    BATCH positions at a time (the store reads forward only; a window of BATCH positions
+    holds at most BATCH events, so a forward read of it misses none)."""
+    found: list[api_pb2.Event] = []
+    upper = min(before - 1, await store.head())
+    position = upper + 1
+    scanned = 0
+    while upper > 0 and len(found) < limit and scanned < SCAN_BUDGET:
+        low = max(0, upper - BATCH)
+        batch = [r for r in await store.read_all(after=low, limit=BATCH, categories=selection.categories) if r.position <= upper]
+        for recorded in reversed(batch):
+            scanned += 1
+            position = recorded.position
+            if selection.matches(recorded):
+                found.append(to_api(registry, recorded, reveal_secrets=reveal_secrets))
+                if len(found) >= limit:
+                    break
+        if len(found) < limit:
+            position = low + 1
+        upper = low
+    return api_pb2.ListEventsResponse(events=found, last_position=position if upper > 0 or len(found) >= limit else 0)
+
+
 async def watch(
     store: EventStore,
     registry: EventRegistry,
@@ -161,10 +198,9 @@ async def watch(
     open: Callable[[], bool] = lambda: True,
     reveal_secrets: bool = False,
 ) -> AsyncIterator[api_pb2.Event]:
-    """An application's events after `after_position`, then each new one as it commits,
-    until the client goes away or the server stops."""
-    if not request.application:
-        raise invalid("application", "required: the application whose events to follow")
+    """An application's events (every event when `application` is empty) after
+    `after_position`, then each new one as it commits, until the client goes away or the
+    server stops."""
     if request.after_position < 0:
         raise invalid("after_position", "must not be negative")
     selection = EventFilter(application=request.application)

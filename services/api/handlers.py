@@ -100,6 +100,11 @@ class Api:
         if missing:
             raise RuntimeError(f"api.proto methods without a handler: {', '.join(missing)}")
 
+    @property
+    def position(self) -> int:
+        """The log position the read model has folded (what "now" means to a read)."""
+        return self._projection.position
+
     def authenticate(self, method: Method, ctx: CallContext) -> auth.Principal:
         if not self._projection.running:
             raise Unavailable("the API is starting or stopping; retry shortly")

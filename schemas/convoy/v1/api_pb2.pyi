@@ -1355,14 +1355,21 @@ class TargetConvergence(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    RUNNING_RELEASE_ID_FIELD_NUMBER: _builtins.int
+    RUNNING_VERSION_FIELD_NUMBER: _builtins.int
+    RUNNING_SINCE_FIELD_NUMBER: _builtins.int
     runtime: _builtins.str
     namespace: _builtins.str
     status: _convergence_pb2.InstanceStatus.ValueType
     release_id: _builtins.str
     version: _builtins.str
     reason: _builtins.str
+    running_release_id: _builtins.str
+    running_version: _builtins.str
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def running_since(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -1373,10 +1380,13 @@ class TargetConvergence(_message.Message):
         version: _builtins.str = ...,
         reason: _builtins.str = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        running_release_id: _builtins.str = ...,
+        running_version: _builtins.str = ...,
+        running_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["running_since", b"running_since", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "reason", b"reason", "release_id", b"release_id", "runtime", b"runtime", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "reason", b"reason", "release_id", b"release_id", "running_release_id", b"running_release_id", "running_since", b"running_since", "running_version", b"running_version", "runtime", b"runtime", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1399,6 +1409,9 @@ class ChannelConvergence(_message.Message):
     TARGETS_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     ROLLBACK_RELEASE_ID_FIELD_NUMBER: _builtins.int
+    RUNNING_RELEASE_ID_FIELD_NUMBER: _builtins.int
+    RUNNING_VERSION_FIELD_NUMBER: _builtins.int
+    RUNNING_SINCE_FIELD_NUMBER: _builtins.int
     application: _builtins.str
     service: _builtins.str
     channel: _builtins.str
@@ -1409,10 +1422,14 @@ class ChannelConvergence(_message.Message):
     position: _builtins.int
     """Position of the latest status change."""
     rollback_release_id: _builtins.str
+    running_release_id: _builtins.str
+    running_version: _builtins.str
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___TargetConvergence]: ...
+    @_builtins.property
+    def running_since(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -1427,10 +1444,13 @@ class ChannelConvergence(_message.Message):
         targets: _abc.Iterable[Global___TargetConvergence] | None = ...,
         position: _builtins.int = ...,
         rollback_release_id: _builtins.str = ...,
+        running_release_id: _builtins.str = ...,
+        running_version: _builtins.str = ...,
+        running_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["running_since", b"running_since", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "position", b"position", "reason", b"reason", "release_id", b"release_id", "rollback_release_id", b"rollback_release_id", "service", b"service", "status", b"status", "targets", b"targets", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "position", b"position", "reason", b"reason", "release_id", b"release_id", "rollback_release_id", b"rollback_release_id", "running_release_id", b"running_release_id", "running_since", b"running_since", "running_version", b"running_version", "service", b"service", "status", b"status", "targets", b"targets", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1978,10 +1998,15 @@ class ListEventsRequest(_message.Message):
     TYPES_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
+    BEFORE_POSITION_FIELD_NUMBER: _builtins.int
     after_position: _builtins.int
     limit: _builtins.int
     application: _builtins.str
     actor: _builtins.str
+    before_position: _builtins.int
+    """Newest first: events before this position, the latest first (set instead of
+    after_position; continue with last_position as the next before_position).
+    """
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -1998,10 +2023,11 @@ class ListEventsRequest(_message.Message):
         types: _abc.Iterable[_builtins.str] | None = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
+        before_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "after_position", b"after_position", "application", b"application", "limit", b"limit", "since", b"since", "types", b"types", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "after_position", b"after_position", "application", b"application", "before_position", b"before_position", "limit", b"limit", "since", b"since", "types", b"types", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2014,7 +2040,9 @@ class ListEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     LAST_POSITION_FIELD_NUMBER: _builtins.int
     last_position: _builtins.int
-    """Pass as after_position to continue."""
+    """Pass as after_position (before_position when paging newest first) to continue;
+    0 after a newest-first page that reached the start of the log.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
     def __init__(
@@ -2038,6 +2066,7 @@ class WatchRequest(_message.Message):
     APPLICATION_FIELD_NUMBER: _builtins.int
     AFTER_POSITION_FIELD_NUMBER: _builtins.int
     application: _builtins.str
+    """Empty = every event of the log (the web UI's live stream)."""
     after_position: _builtins.int
     def __init__(
         self,

@@ -1,0 +1,48 @@
+"""Deploy preview: what a deploy would do, channel by channel, before anything is recorded.
+
+The planner simulates the deploy on a copy of its state (`PlanDeploy`, a dry run); the
+page shows each step with its simulated time, and a deployer confirms with the same
+fields to record the deploy itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from schemas.convoy.v1 import api_pb2
+from services.api.ui import present
+from services.api.ui.client import UiClient
+from services.api.ui.views import common
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStep:
+    after: str
+    channel: str
+    action: str
+    runtime: str
+    detail: str
+
+
+async def load(client: UiClient, query: Mapping[str, str], application: str, service: str) -> common.Page:
+    version = query.get("version", "").strip()
+    image = query.get("image", "").strip()
+    steps: list[PlanStep] = []
+    if version:
+        plan = await client.write(
+            "PlanDeploy", api_pb2.PlanDeployRequest(application=application, service=service, version=version, image=image)
+        )
+        assert isinstance(plan, api_pb2.DeployPlan)
+        steps = [
+            PlanStep(
+                "+" + present.duration(s.after.seconds + s.after.nanos / 1e9), s.channel, s.action, s.runtime, s.detail
+            )
+            for s in plan.steps
+        ]
+    return common.Page(
+        "preview.html",
+        f"Deploy {application}/{service}",
+        {"application": application, "service": service, "version": version, "image": image, "steps": steps},
+        client.api.position,
+    )

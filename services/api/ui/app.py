@@ -149,6 +149,7 @@ class UiApp:
             "past": as_of is not None,
             "head": self._api.position,
             "notice": NOTICES.get(request.rel_url.query.get("notice", ""), ""),
+            "fragment": request.headers.get("X-Convoy-Fragment") == "1",
         }
 
     async def _show(self, request: web.Request, view: View, *args: Any) -> web.StreamResponse:
@@ -166,6 +167,7 @@ class UiApp:
             if bad_at is not None:
                 raise bad_at
             page = await view(client, request.rel_url.query, *args)
+            position = await self._api.position_of(as_of) if as_of is not None else page.position
         except Unauthenticated:
             return self._to_login(request, expired=True)
         except Exception as error:
@@ -182,16 +184,7 @@ class UiApp:
                 position=self._api.position,
             )
         frame = self._frame(request, client, principal, as_of)
-        fragment = request.headers.get("X-Convoy-Fragment") == "1"
-        return self._render(
-            request,
-            page.template,
-            **frame,
-            title=page.title,
-            position=page.position,
-            fragment=fragment,
-            **page.data,
-        )
+        return self._render(request, page.template, **frame, title=page.title, position=position, **page.data)
 
     def _page(self, view: View, *names: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -326,6 +319,7 @@ class UiApp:
                 api_pb2.DeployRequest(
                     application=f.get("application", ""), service=f.get("service", ""),
                     version=f.get("version", ""), image=f.get("image", ""),
+                    parameters=preview.parameters(f.get("params", "")),
                 ),
                 idempotency_key=f.get("idempotency_key") or None,
             )

@@ -11,9 +11,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from schemas.convoy.v1 import api_pb2
+from services.api.errors import invalid
 from services.api.ui import present
 from services.api.ui.client import UiClient
 from services.api.ui.views import common
+
+
+def parameters(text: str) -> dict[str, str]:
+    """`key=value` lines (blank lines ignored) as a deploy's parameters."""
+    out: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise invalid("params", f"line {number}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +42,14 @@ class PlanStep:
 async def load(client: UiClient, query: Mapping[str, str], application: str, service: str) -> common.Page:
     version = query.get("version", "").strip()
     image = query.get("image", "").strip()
+    params = query.get("params", "")
     steps: list[PlanStep] = []
     if version:
         plan = await client.write(
-            "PlanDeploy", api_pb2.PlanDeployRequest(application=application, service=service, version=version, image=image)
+            "PlanDeploy",
+            api_pb2.PlanDeployRequest(
+                application=application, service=service, version=version, image=image, parameters=parameters(params)
+            ),
         )
         assert isinstance(plan, api_pb2.DeployPlan)
         steps = [
@@ -43,6 +61,6 @@ async def load(client: UiClient, query: Mapping[str, str], application: str, ser
     return common.Page(
         "preview.html",
         f"Deploy {application}/{service}",
-        {"application": application, "service": service, "version": version, "image": image, "steps": steps},
+        {"application": application, "service": service, "version": version, "image": image, "params": params, "steps": steps},
         client.api.position,
     )

@@ -1355,14 +1355,24 @@ class TargetConvergence(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    RUNNING_RELEASE_ID_FIELD_NUMBER: _builtins.int
+    RUNNING_VERSION_FIELD_NUMBER: _builtins.int
+    RUNNING_SINCE_FIELD_NUMBER: _builtins.int
     runtime: _builtins.str
     namespace: _builtins.str
     status: _convergence_pb2.InstanceStatus.ValueType
     release_id: _builtins.str
     version: _builtins.str
     reason: _builtins.str
+    running_release_id: _builtins.str
+    """What runs there: the last release that reached CONVERGED on this target (or was
+    restored by a rollback), and since when. Empty when none ever did.
+    """
+    running_version: _builtins.str
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def running_since(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -1373,10 +1383,13 @@ class TargetConvergence(_message.Message):
         version: _builtins.str = ...,
         reason: _builtins.str = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        running_release_id: _builtins.str = ...,
+        running_version: _builtins.str = ...,
+        running_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["running_since", b"running_since", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "reason", b"reason", "release_id", b"release_id", "runtime", b"runtime", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "reason", b"reason", "release_id", b"release_id", "running_release_id", b"running_release_id", "running_since", b"running_since", "running_version", b"running_version", "runtime", b"runtime", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1399,6 +1412,9 @@ class ChannelConvergence(_message.Message):
     TARGETS_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     ROLLBACK_RELEASE_ID_FIELD_NUMBER: _builtins.int
+    RUNNING_RELEASE_ID_FIELD_NUMBER: _builtins.int
+    RUNNING_VERSION_FIELD_NUMBER: _builtins.int
+    RUNNING_SINCE_FIELD_NUMBER: _builtins.int
     application: _builtins.str
     service: _builtins.str
     channel: _builtins.str
@@ -1409,10 +1425,18 @@ class ChannelConvergence(_message.Message):
     position: _builtins.int
     """Position of the latest status change."""
     rollback_release_id: _builtins.str
+    running_release_id: _builtins.str
+    """What runs in the channel: the last release that reached CONVERGED here (or that a
+    rollback restored), and since when — not the latest release, which may have failed
+    or never got here. Empty when none ever did.
+    """
+    running_version: _builtins.str
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___TargetConvergence]: ...
+    @_builtins.property
+    def running_since(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -1427,10 +1451,13 @@ class ChannelConvergence(_message.Message):
         targets: _abc.Iterable[Global___TargetConvergence] | None = ...,
         position: _builtins.int = ...,
         rollback_release_id: _builtins.str = ...,
+        running_release_id: _builtins.str = ...,
+        running_version: _builtins.str = ...,
+        running_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["running_since", b"running_since", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "position", b"position", "reason", b"reason", "release_id", b"release_id", "rollback_release_id", b"rollback_release_id", "service", b"service", "status", b"status", "targets", b"targets", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "position", b"position", "reason", b"reason", "release_id", b"release_id", "rollback_release_id", b"rollback_release_id", "running_release_id", b"running_release_id", "running_since", b"running_since", "running_version", b"running_version", "service", b"service", "status", b"status", "targets", b"targets", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -243,7 +243,8 @@ async def test_status_after_the_readmes_failing_v2_says_what_runs_and_what_becam
         await eventually(prod_runs_v1, message="prod converged at v1")
     finally:
         await stop(agents)
-    agents = asyncio.create_task(simulated_agents(pg_store, after=await pg_store.head(), fail=frozenset({"web"})))
+    before_v2 = await pg_store.head()
+    agents = asyncio.create_task(simulated_agents(pg_store, after=before_v2, fail=frozenset({"web"})))
     try:
         failed = await cli.run("deploy", "shop/web", "--version", "v2", "--wait", "--timeout", "60")
     finally:
@@ -272,6 +273,12 @@ async def test_status_after_the_readmes_failing_v2_says_what_runs_and_what_becam
         assert c["runningReleaseId"] and c["runningSince"], c
         assert [t["runningVersion"] for t in c["targets"]] == ["v1"], c
     assert channels[("web", "prod")]["status"] == "INSTANCE_STATUS_FAILED"  # the record is unchanged
+    # As of before v2 (the as-of fold is the same): v1 ran in both, with the same "since".
+    past = json.loads((await cli.run("status", "shop", "--at", str(before_v2), "-o", "json")).stdout)
+    then = {(c["service"], c["channel"]): c for c in past["channels"]}
+    for channel in ("staging", "prod"):
+        assert (then[("web", channel)]["version"], then[("web", channel)]["runningVersion"]) == ("v1", "v1")
+    assert then[("web", "prod")]["runningSince"] == channels[("web", "prod")]["runningSince"]
 
     # The audit log of the application has the planner's decisions and the agents' reports.
     events = await cli.run("events", "--app", "shop", "-o", "json")

@@ -3,7 +3,14 @@ last recorded it.
 
 The planner owns the decisions; this read model only folds its InstanceStatusChanged
 events (channel-level and per target), so `convoy status`, `deploy --wait` and the web
-UI can answer without the planner process. It is mutable and indexed by (application,
+UI can answer without the planner process.
+
+Besides the latest release and its status it keeps what *runs*: the last release that
+reached CONVERGED in the channel (and on each target), or that a rollback restored
+(ROLLED_BACK names the restored release in `rollback_release_id` at channel level and in
+`release_id` on a target). A later release that fails, waits or never gets there leaves
+it alone — so a prod that never received a bad release still reads as running the good
+one. The restored release's version comes from its ReleaseCreated, folded here too. It is mutable and indexed by (application,
 service, channel): a fleet release records hundreds of thousands of status changes, and
 an immutable copy per event (as the catalog does) would cost quadratic time.
 """
@@ -16,7 +23,14 @@ from datetime import datetime
 from google.protobuf.message import Message
 
 from eventstore.types import RecordedEvent
-from schemas.convoy.v1 import api_pb2, events_pb2
+from schemas.convoy.v1 import api_pb2, convergence_pb2, events_pb2
+
+
+@dataclass(slots=True, frozen=True)
+class _Running:
+    release_id: str
+    version: str
+    since: datetime
 
 
 @dataclass(slots=True)
@@ -28,6 +42,7 @@ class _Target:
     version: str = ""
     reason: str = ""
     updated_at: datetime | None = None
+    running: _Running | None = None
 
 
 @dataclass(slots=True)
@@ -42,15 +57,25 @@ class _Channel:
     rollback_release_id: str = ""
     updated_at: datetime | None = None
     position: int = 0
+    running: _Running | None = None
     targets: dict[tuple[str, str], _Target] = field(default_factory=dict)
+
+
+CONVERGED = convergence_pb2.INSTANCE_STATUS_CONVERGED
+ROLLED_BACK = convergence_pb2.INSTANCE_STATUS_ROLLED_BACK
 
 
 class ConvergenceView:
     def __init__(self) -> None:
         self._channels: dict[tuple[str, str, str], _Channel] = {}
+        self._releases: dict[str, tuple[str, str, str]] = {}
+        """release id -> (application, service, version): the version a rollback restores."""
 
     def fold(self, recorded: RecordedEvent, message: Message) -> None:
-        if isinstance(message, events_pb2.InstanceStatusChanged):
+        if isinstance(message, events_pb2.ReleaseCreated):
+            release = message.release
+            self._releases[release.id] = (release.application, release.service, release.version)
+        elif isinstance(message, events_pb2.InstanceStatusChanged):
             key = (message.application, message.service, message.channel)
             channel = self._channels.get(key)
             if channel is None:
@@ -60,17 +85,29 @@ class ConvergenceView:
                 target = channel.targets.setdefault(tkey, _Target(*tkey))
                 target.status, target.release_id, target.version = message.new_status, message.release_id, message.version
                 target.reason, target.updated_at = message.reason, recorded.recorded_at
+                if message.new_status in (CONVERGED, ROLLED_BACK):  # a target's events name the release it runs
+                    target.running = _Running(message.release_id, message.version, recorded.recorded_at)
             else:
                 channel.release_id, channel.version = message.release_id, message.version
                 channel.status, channel.reason = message.new_status, message.reason
                 channel.rollback_release_id = message.rollback_release_id
                 channel.updated_at, channel.position = recorded.recorded_at, recorded.position
+                if message.new_status == CONVERGED:
+                    channel.running = _Running(message.release_id, message.version, recorded.recorded_at)
+                elif message.new_status == ROLLED_BACK and message.rollback_release_id:
+                    restored = message.rollback_release_id
+                    version = self._releases.get(restored, ("", "", ""))[2]
+                    channel.running = _Running(restored, version, recorded.recorded_at)
         elif isinstance(message, events_pb2.ServiceDeleted):
             for key in [k for k in self._channels if k[:2] == (message.application, message.name)]:
                 del self._channels[key]
+            for rid in [r for r, (a, s, _) in self._releases.items() if (a, s) == (message.application, message.name)]:
+                del self._releases[rid]
         elif isinstance(message, events_pb2.ApplicationDeleted):
             for key in [k for k in self._channels if k[0] == message.name]:
                 del self._channels[key]
+            for rid in [r for r, (a, _, _) in self._releases.items() if a == message.name]:
+                del self._releases[rid]
 
     def channel(self, app: str, service: str, channel: str) -> api_pb2.ChannelConvergence | None:
         found = self._channels.get((app, service, channel))
@@ -98,6 +135,9 @@ def _message(channel: _Channel) -> api_pb2.ChannelConvergence:
     )
     if channel.updated_at is not None:
         out.updated_at.FromDatetime(channel.updated_at)
+    if channel.running is not None:
+        out.running_release_id, out.running_version = channel.running.release_id, channel.running.version
+        out.running_since.FromDatetime(channel.running.since)
     for target in sorted(channel.targets.values(), key=lambda t: (t.runtime, t.namespace)):
         t = out.targets.add(
             runtime=target.runtime,
@@ -109,4 +149,7 @@ def _message(channel: _Channel) -> api_pb2.ChannelConvergence:
         )
         if target.updated_at is not None:
             t.updated_at.FromDatetime(target.updated_at)
+        if target.running is not None:
+            t.running_release_id, t.running_version = target.running.release_id, target.running.version
+            t.running_since.FromDatetime(target.running.since)
     return out

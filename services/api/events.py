@@ -11,8 +11,14 @@ Stored events are rendered in one place, `to_api`, which replaces secret-derived
 (fields marked `secret` in the schema: token and credential hashes) unless the caller is
 an admin — the handler layer says which (services.api.redaction); the default is redacted.
 
-An application's events are the ones on its streams: `app/<a>`, `service/<a>/…`,
-`release/<a>/…` and `resource/app/<a>/…` (see services.api.domain.streams).
+An application's events are every event about it: the commands on its catalog streams
+(`app/<a>`, `service/<a>/…`, `release/<a>/…`, `resource/app/<a>/…`, see
+services.api.domain.streams), the planner's decisions (`convergence/<a>/…`, `timer/<a>/…`,
+`intent/<runtime>/<namespace>/<a>/…`) and the agents' observations
+(`observation/<runtime>/<namespace>/<a>/…`), all told by their stream id; and the
+planner's PlannerInputRejected (on `planner/<checkpoint>`), told by its `application`
+field — the only category whose payload is read to filter, and a rare one. The store
+selects the categories (an index in PostgreSQL); the stream id picks the application.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from google.protobuf import json_format, timestamp_pb2
 from eventstore.codec import EventRegistry
 from eventstore.errors import ConvoyError
 from eventstore.types import EventStore, RecordedEvent
-from schemas.convoy.v1 import api_pb2
+from schemas.convoy.v1 import api_pb2, events_pb2
 from services.api import redaction
 from services.api.errors import invalid
 from services.api.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -35,13 +41,17 @@ from services.api.projection import Projection
 SCAN_BUDGET: Final = 10_000
 """Events one ListEvents call reads at most, matching or not."""
 BATCH: Final = 500
-APP_CATEGORIES: Final = ("app", "service", "release", "resource")
+APP_CATEGORIES: Final = (
+    "app", "service", "release", "resource", "convergence", "timer", "intent", "observation", "planner"
+)
+"""Stream categories that hold events about an application (infrastructure ones do not)."""
 WATCH_IDLE: Final = 15.0
 """Seconds a Watch sleeps before re-checking (for a stopped server or a dead client)."""
 
 
 def application_of(stream_id: str) -> str:
-    """The application a stream belongs to ("" for infrastructure streams)."""
+    """The application a stream belongs to ("" for infrastructure streams and the
+    planner's own, whose events name theirs in the payload: `EventFilter.matches`)."""
     parts = stream_id.split("/")
     if parts[0] in ("app", "service", "release", "convergence", "timer") and len(parts) >= 2:
         return parts[1]
@@ -56,12 +66,14 @@ class EventFilter:
     def __init__(
         self,
         *,
+        registry: EventRegistry,
         application: str = "",
         actor: str = "",
         types: Sequence[str] = (),
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> None:
+        self._registry = registry
         self.application = application
         self.actor = actor
         self.types = frozenset(types)
@@ -73,7 +85,7 @@ class EventFilter:
         return APP_CATEGORIES if self.application else None
 
     def matches(self, event: RecordedEvent) -> bool:
-        if self.application and application_of(event.stream_id) != self.application:
+        if self.application and self._application(event) != self.application:
             return False
         if self.actor and event.actor != self.actor:
             return False
@@ -82,6 +94,15 @@ class EventFilter:
         if self.since is not None and event.recorded_at < self.since:
             return False
         return self.until is None or event.recorded_at <= self.until
+
+    def _application(self, event: RecordedEvent) -> str:
+        if event.category != "planner":
+            return application_of(event.stream_id)
+        try:
+            message = self._registry.decode(event).message
+        except ConvoyError:
+            return ""
+        return message.application if isinstance(message, events_pb2.PlannerInputRejected) else ""
 
 
 def to_api(registry: EventRegistry, recorded: RecordedEvent, *, reveal_secrets: bool = False) -> api_pb2.Event:
@@ -129,6 +150,7 @@ async def list_events(
         raise invalid("limit", "must not be negative (0 = the default, 100)")
     limit = min(request.limit or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     selection = EventFilter(
+        registry=registry,
         application=request.application,
         actor=request.actor,
         types=request.types,
@@ -203,7 +225,7 @@ async def watch(
     server stops."""
     if request.after_position < 0:
         raise invalid("after_position", "must not be negative")
-    selection = EventFilter(application=request.application)
+    selection = EventFilter(registry=registry, application=request.application)
     position = request.after_position
     while projection.running and open():
         # The projection folds every event, so its position passing what it was before

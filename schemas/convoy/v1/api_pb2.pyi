@@ -1365,6 +1365,9 @@ class TargetConvergence(_message.Message):
     version: _builtins.str
     reason: _builtins.str
     running_release_id: _builtins.str
+    """What runs there: the last release that reached CONVERGED on this target (or was
+    restored by a rollback), and since when. Empty when none ever did.
+    """
     running_version: _builtins.str
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -1423,6 +1426,10 @@ class ChannelConvergence(_message.Message):
     """Position of the latest status change."""
     rollback_release_id: _builtins.str
     running_release_id: _builtins.str
+    """What runs in the channel: the last release that reached CONVERGED here (or that a
+    rollback restored), and since when — not the latest release, which may have failed
+    or never got here. Empty when none ever did.
+    """
     running_version: _builtins.str
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from cli import summaries
+from services.api import summaries
 from cli.client import FAILED, Client, CliError
 from cli.commands.common import (
     AtOpt,

@@ -5,6 +5,7 @@ accessibility audit, screenshots."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -16,7 +17,6 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -54,8 +54,12 @@ def wait(driver: WebDriver, condition: Callable[[WebDriver], Any], message: str,
 
 
 def text_of(driver: WebDriver, css: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return " ".join(e.text for e in found)
+    """The visible text at `css`, read in one script (a live page may swap its content
+    between two WebDriver calls)."""
+    text = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText).join(' ')", css
+    )
+    return str(text or "")
 
 
 def shows(css: str, *words: str) -> Callable[[WebDriver], bool]:
@@ -90,9 +94,15 @@ def screenshot(driver: WebDriver, name: str, folder: Path) -> Path:
     refresh docs/ui; otherwise the test's own folder)."""
     target = Path(os.environ.get("CONVOY_UI_SCREENSHOTS") or folder)
     target.mkdir(parents=True, exist_ok=True)
-    height = driver.execute_script("return Math.max(document.body.scrollHeight, 600)")
-    driver.set_window_size(1400, min(int(height) + 40, 3000))
+    metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
+    height = min(int(metrics["cssContentSize"]["height"]), 4000)
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 1400, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    )
+    try:
+        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     path = target / f"{name}.png"
-    driver.save_screenshot(str(path))
-    driver.set_window_size(1400, 1000)
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path

@@ -65,7 +65,7 @@ def test_the_demo_story_in_the_browser(demo: Demo, chrome: WebDriver, tmp_path: 
     chrome.get(demo.url + "/ui/fleet")
     mark_page(chrome)
     wait(chrome, shows(WEB_STAGING, "runs v1", "healthy"), "staging runs v1")
-    wait(chrome, shows(WEB_PROD, "v1 waiting for approval"), "prod waits for approval")
+    wait(chrome, shows(WEB_PROD, "v1 waiting for 1 approval"), "prod waits for approval")
     assert same_page(chrome)  # it got there live, if it was not there at once
     accessible(chrome, "fleet")
     screenshot(chrome, "fleet-waiting", shots)
@@ -79,7 +79,7 @@ def test_the_demo_story_in_the_browser(demo: Demo, chrome: WebDriver, tmp_path: 
 
     # Approve prod on the application's pipeline, with the keyboard alone.
     chrome.get(demo.url + "/ui/apps/shop")
-    wait(chrome, shows("li.step[data-channel=prod] li[data-service=web]", "waiting for approval"), "pipeline")
+    wait(chrome, shows("li.step[data-channel=prod] li[data-service=web]", "waiting for 1 approval"), "pipeline")
     accessible(chrome, "application")
     screenshot(chrome, "application", shots)
     tab_to(chrome, "reason-shop-web-prod")
@@ -94,7 +94,7 @@ def test_the_demo_story_in_the_browser(demo: Demo, chrome: WebDriver, tmp_path: 
     prod_web = "li.step[data-channel=prod] li[data-service=web]"
     wait(chrome, shows(prod_web, "runs v1"), "prod converges at v1")
     assert same_page(chrome), "the page updated itself (no reload, no navigation)"
-    assert "waiting for approval" not in text_of(chrome, prod_web)
+    assert "waiting for" not in text_of(chrome, prod_web)
 
     # The failing v2: previewed (nothing recorded), deployed, rolled back in staging; prod keeps v1.
     chrome.get(demo.url + "/ui/apps/shop/services/web/deploy")
@@ -109,17 +109,19 @@ def test_the_demo_story_in_the_browser(demo: Demo, chrome: WebDriver, tmp_path: 
     chrome.find_element(By.CSS_SELECTOR, "form[aria-label='Deploy'] button").click()
     wait(chrome, shows(".banner.notice", "Deploy recorded"), "the deploy is recorded")
     mark_page(chrome)
-    wait(chrome, shows("section[data-channel=staging]", "Runs v1", "v2", "rolled back"), "staging rolls v2 back")
+    wait(chrome, shows("section[data-channel=staging] .headline", "Runs v1", "v2 failed; rolled back to v1"),
+         "staging rolls v2 back")
     assert same_page(chrome)
-    prod = text_of(chrome, "section[data-channel=prod]")
-    assert "Runs v1" in prod and "failed" not in prod, prod
+    prod = text_of(chrome, "section[data-channel=prod] .headline")
+    assert prod.startswith("Runs v1.") and "v2 not promoted: staging rolled back" in prod, prod
     accessible(chrome, "release")
     screenshot(chrome, "release", shots)
 
     chrome.get(demo.url + "/ui/fleet")
-    wait(chrome, shows(WEB_STAGING, "runs v1", "v2 rolled back"), "the fleet says staging runs v1, v2 rolled back")
+    wait(chrome, shows(WEB_STAGING, "runs v1", "healthy", "v2 failed; rolled back to v1"), "the fleet: staging")
     prod_cell = text_of(chrome, WEB_PROD)
-    assert "runs v1" in prod_cell and "healthy" in prod_cell and "failed" not in prod_cell, prod_cell
+    assert "runs v1" in prod_cell and "healthy" in prod_cell and "v2 not promoted" in prod_cell, prod_cell
+    assert "failed" not in prod_cell, prod_cell
     screenshot(chrome, "fleet", shots)
 
     # The history holds people's commands, the planner's decisions and the agents' observations.
@@ -146,7 +148,7 @@ def test_the_demo_story_in_the_browser(demo: Demo, chrome: WebDriver, tmp_path: 
         before_approval,
     )
     wait(chrome, shows(".banner.past", "looking at the past", f"position {before_approval}"), "the past banner")
-    assert "v1 waiting for approval" in text_of(chrome, WEB_PROD)
+    assert "v1 waiting for 1 approval" in text_of(chrome, WEB_PROD)
     assert "v2" not in text_of(chrome, WEB_STAGING)
     assert not chrome.find_elements(By.CSS_SELECTOR, "form.approve")  # no actions in the past
     accessible(chrome, "fleet in the past")

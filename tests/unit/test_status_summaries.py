@@ -3,7 +3,7 @@ and what runs told apart from what was last released."""
 
 from __future__ import annotations
 
-from cli import summaries
+from services.api import summaries
 from schemas.convoy.v1 import api_pb2
 from schemas.convoy.v1 import convergence_pb2 as C
 

@@ -108,3 +108,11 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m {seconds % 60:02d}s"
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def sentence(text: str) -> str:
+    """A `services.api.summaries` sentence as a page shows it: the CLI's pointer to `convoy
+    why` becomes an ellipsis (the page links to the release, which shows the whole text)."""
+    from services.api.summaries import DETAIL
+
+    return text.replace(f" {DETAIL}", "…")

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from google.protobuf import duration_pb2
 
-from schemas.convoy.v1 import api_pb2, resources_pb2
+from schemas.convoy.v1 import api_pb2, convergence_pb2, resources_pb2
+from services.api import summaries
 from services.api.ui import present
 from services.api.ui.client import UiClient
 from services.api.ui.views import common
@@ -30,6 +31,7 @@ class ServiceAtStep:
     version: str
     status: str
     tone: str
+    latest: str
     summary: str
     details: tuple[str, ...]
     approvals_given: int
@@ -89,6 +91,15 @@ def given(evidence: Sequence[api_pb2.Event], release_id: str, channel: str) -> i
     return len(approvers - {""})
 
 
+def _latest(c: api_pb2.ChannelConvergence | None, siblings: list[api_pb2.ChannelConvergence]) -> str:
+    """What became of the latest release, when it is not simply what runs."""
+    if c is None or not c.release_id:
+        return ""
+    if c.release_id == c.running_release_id and c.status == convergence_pb2.INSTANCE_STATUS_CONVERGED:
+        return ""
+    return present.sentence(summaries.latest(c, siblings))
+
+
 def steps(
     app: resources_pb2.Application,
     converged: Mapping[tuple[str, str], api_pb2.ChannelConvergence],
@@ -114,6 +125,7 @@ def steps(
                     version=c.version if c is not None else "",
                     status=present.status(status) if c is not None else "no release yet",
                     tone=present.tone(status),
+                    latest=_latest(c, [v for (svc, _), v in converged.items() if svc == service]),
                     summary=present.short(why.summary, 160) if why is not None else "",
                     details=tuple(why.details) if why is not None else (),
                     approvals_given=given(why.evidence, c.release_id, channel.name) if why is not None and c is not None else 0,

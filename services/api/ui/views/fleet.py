@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from schemas.convoy.v1 import api_pb2, convergence_pb2, resources_pb2
+from services.api import summaries
 from services.api.errors import invalid
 from services.api.ui import present
 from services.api.ui.client import UiClient
@@ -42,7 +43,7 @@ class Row:
 
     @property
     def in_flight(self) -> bool:
-        return any(c.flight and c.flight_tone not in ("bad",) for c in self.cells)
+        return any(c.flight and c.flight_tone in ("busy", "wait") for c in self.cells)
 
     @property
     def waiting(self) -> bool:
@@ -60,7 +61,11 @@ class Group:
     rows: tuple[Row, ...]
 
 
-def cell(channel: str, found: api_pb2.ChannelConvergence | None) -> Cell:
+def cell(
+    channel: str, found: api_pb2.ChannelConvergence | None, siblings: Sequence[api_pb2.ChannelConvergence] = ()
+) -> Cell:
+    """What runs in the channel, and apart from it what became of the latest release
+    (services.api.summaries: the same sentence `convoy status` prints)."""
     if found is None:
         return Cell(channel, "", "", "none", "", "none", "")
     running = found.running_version
@@ -70,14 +75,12 @@ def cell(channel: str, found: api_pb2.ChannelConvergence | None) -> Cell:
         health, health_tone = ("failing", "bad") if failing else ("healthy", "ok")
     else:
         health, health_tone = "", "none"
-    flight = flight_tone = gate = ""
-    if found.release_id and not latest_is_running and found.status != convergence_pb2.INSTANCE_STATUS_REPLACED:
-        flight = f"{found.version} {present.status(found.status)}"
-        flight_tone = present.tone(found.status)
-        gate = present.short(found.reason)
-    elif latest_is_running and found.status in present.BAD:
-        gate = present.short(found.reason)
-    return Cell(channel, running, health, health_tone, flight, flight_tone, gate)
+    flight = flight_tone = ""
+    if found.release_id and not (latest_is_running and found.status == convergence_pb2.INSTANCE_STATUS_CONVERGED):
+        if found.status != convergence_pb2.INSTANCE_STATUS_REPLACED:
+            flight = present.sentence(summaries.latest(found, siblings))
+            flight_tone = "none" if " not promoted" in flight else present.tone(found.status)
+    return Cell(channel, running, health, health_tone, flight, flight_tone, "")
 
 
 def rows(
@@ -89,9 +92,13 @@ def rows(
     for app in sorted(applications, key=lambda a: a.name):
         channels = [c.name for c in common.pipeline(app)]
         by_key = {(c.service, c.channel): c for c in converged.get(app.name, ())}
+        by_service: dict[str, list[api_pb2.ChannelConvergence]] = {}
+        for c in converged.get(app.name, ()):
+            by_service.setdefault(c.service, []).append(c)
         for service in sorted(services.get(app.name, ()), key=lambda s: s.name):
+            siblings = by_service.get(service.name, [])
             out.append(
-                Row(app.name, service.name, tuple(cell(ch, by_key.get((service.name, ch))) for ch in channels))
+                Row(app.name, service.name, tuple(cell(ch, by_key.get((service.name, ch)), siblings) for ch in channels))
             )
     return out
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from schemas.convoy.v1 import api_pb2
+from services.api import summaries
 from services.api.ui import present
 from services.api.ui.client import UiClient
 from services.api.ui.views import application as application_view
@@ -48,6 +49,7 @@ class ChannelStep:
     running: str
     status: str
     tone: str
+    latest: str
     summary: str
     details: tuple[str, ...]
     targets: tuple[Target, ...]
@@ -105,7 +107,8 @@ def channel_steps(
                 version=c.version if c is not None else "",
                 running=c.running_version if c is not None else "",
                 status=present.status(status) if c is not None else "no release yet",
-                tone=present.tone(status),
+                tone="none" if c is not None and "not promoted" in summaries.latest(c, list(converged.values())) else present.tone(status),
+                latest=present.sentence(summaries.latest(c, list(converged.values()))) if c is not None else "",
                 summary=why.summary if why is not None else "",
                 details=tuple(why.details) if why is not None else (),
                 targets=tuple(

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from typing import Final
 
 from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.message import Message
 
 from eventstore.codec import EventRegistry
 from eventstore.errors import ConvoyError
@@ -62,12 +63,38 @@ def application_of(stream_id: str) -> str:
     return ""
 
 
+def service_of(stream_id: str) -> str:
+    """The service a stream belongs to ("" when it names none)."""
+    parts = stream_id.split("/")
+    if parts[0] in ("service", "release", "convergence", "timer") and len(parts) >= 3:
+        return parts[2]
+    if parts[0] in ("intent", "observation") and len(parts) >= 5:
+        return parts[4]
+    return ""
+
+
+def _channel_field(message: Message) -> str:
+    """An event's `channel`, at its top level or one message down (an observation's, an
+    intent's spec); "" when it has none."""
+    fields = message.DESCRIPTOR.fields_by_name
+    if "channel" in fields and isinstance(getattr(message, "channel"), str):
+        return str(getattr(message, "channel"))
+    for field in message.DESCRIPTOR.fields:
+        if field.message_type is not None and not field.is_repeated:
+            inner = getattr(message, field.name)
+            if "channel" in inner.DESCRIPTOR.fields_by_name and isinstance(getattr(inner, "channel"), str):
+                return str(getattr(inner, "channel"))
+    return ""
+
+
 class EventFilter:
     def __init__(
         self,
         *,
         registry: EventRegistry,
         application: str = "",
+        service: str = "",
+        channel: str = "",
         actor: str = "",
         types: Sequence[str] = (),
         since: datetime | None = None,
@@ -75,6 +102,8 @@ class EventFilter:
     ) -> None:
         self._registry = registry
         self.application = application
+        self.service = service
+        self.channel = channel
         self.actor = actor
         self.types = frozenset(types)
         self.since = since
@@ -87,6 +116,10 @@ class EventFilter:
     def matches(self, event: RecordedEvent) -> bool:
         if self.application and self._application(event) != self.application:
             return False
+        if self.service and service_of(event.stream_id) != self.service:
+            return False
+        if self.channel and self._channel(event) != self.channel:
+            return False
         if self.actor and event.actor != self.actor:
             return False
         if self.types and event.type not in self.types and event.type.rsplit(".", 1)[-1] not in self.types:
@@ -94,6 +127,15 @@ class EventFilter:
         if self.since is not None and event.recorded_at < self.since:
             return False
         return self.until is None or event.recorded_at <= self.until
+
+    def _channel(self, event: RecordedEvent) -> str:
+        parts = event.stream_id.split("/")
+        if parts[0] in ("convergence", "timer") and len(parts) >= 4:
+            return parts[3]
+        try:
+            return _channel_field(self._registry.decode(event).message)
+        except ConvoyError:
+            return ""
 
     def _application(self, event: RecordedEvent) -> str:
         if event.category != "planner":
@@ -149,9 +191,13 @@ async def list_events(
     if request.limit < 0:
         raise invalid("limit", "must not be negative (0 = the default, 100)")
     limit = min(request.limit or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    if (request.service or request.channel) and not request.application:
+        raise invalid("service" if request.service else "channel", "needs application (names are per application)")
     selection = EventFilter(
         registry=registry,
         application=request.application,
+        service=request.service,
+        channel=request.channel,
         actor=request.actor,
         types=request.types,
         since=_time("since", request.since, request.HasField("since")),

@@ -110,3 +110,57 @@ async def test_watch_follows_the_same_rule() -> None:
     await stream.aclose()  # type: ignore[attr-defined]
 
     assert names(found) == EXPECTED
+
+
+async def test_a_service_and_channel_of_the_application_narrow_it_by_stream_and_by_the_events_channel() -> None:
+    store = await recorded_log()
+    await store.append("release/shop/api", [REGISTRY.encode(E.ApprovalGranted(
+        release_id="rel-2", application="shop", service="api", channel="prod", approver="ann"), actor="ann")])
+    await store.append("release/shop/web", [REGISTRY.encode(E.ApprovalGranted(
+        release_id="rel-1", application="shop", service="web", channel="prod", approver="ann"), actor="ann")])
+    await store.append("observation/local/shop-prod/shop/web", [REGISTRY.encode(E.ObservationRecorded(
+        observation=C.Observation(observation_id="o-p", runtime="local", namespace="shop-prod", application="shop",
+                                  service="web", channel="prod", kind=C.OBSERVATION_KIND_HEALTHY)), actor="agent")])
+
+    async def listed(**filters: str) -> list[tuple[str, str]]:
+        answer = await events.list_events(store, REGISTRY, api_pb2.ListEventsRequest(application="shop", **filters))
+        return names(list(answer.events))
+
+    web = await listed(service="web")
+    assert ("release/shop/api", "ApprovalGranted") not in web
+    assert {s for s, _ in web} == {
+        "release/shop/web", "intent/local/shop-staging/shop/web", "convergence/shop/web/staging",
+        "observation/local/shop-staging/shop/web", "timer/shop/web/staging", "observation/local/shop-prod/shop/web",
+    }
+    assert await listed(service="web", channel="prod") == [
+        ("release/shop/web", "ApprovalGranted"), ("observation/local/shop-prod/shop/web", "ObservationRecorded"),
+    ]
+    assert await listed(channel="staging") == [
+        ("convergence/shop/web/staging", "InstanceStatusChanged"), ("timer/shop/web/staging", "TimerFired"),
+    ]
+
+
+async def test_service_or_channel_without_an_application_is_refused() -> None:
+    import pytest
+
+    from services.api.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="needs application"):
+        await events.list_events(MemoryEventStore(), REGISTRY, api_pb2.ListEventsRequest(service="web"))
+
+
+async def test_newest_first_pages_back_to_the_start_without_gaps_or_repeats() -> None:
+    store = await recorded_log()
+    for i in range(1200):  # more than a scan window, so paging crosses windows
+        await store.append(f"app/a{i % 7}", [REGISTRY.encode(E.ApplicationCreated(application=R.Application(name=f"a{i}")), actor="x")])
+    head = await store.head()
+    seen: list[int] = []
+    before = head + 1
+    while before:
+        answer = await events.list_events(store, REGISTRY, api_pb2.ListEventsRequest(before_position=before, limit=333))
+        seen += [e.position for e in answer.events]
+        before = answer.last_position
+    assert seen == list(range(head, 0, -1))
+    only = await events.list_events(store, REGISTRY, api_pb2.ListEventsRequest(before_position=head + 1, application="shop"))
+    assert [e.position for e in only.events] == sorted((e.position for e in only.events), reverse=True)
+    assert len(only.events) == sum(1 for *_, about in LOG if about)

@@ -2006,6 +2006,8 @@ class ListEventsRequest(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
     BEFORE_POSITION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
     after_position: _builtins.int
     limit: _builtins.int
     application: _builtins.str
@@ -2014,6 +2016,11 @@ class ListEventsRequest(_message.Message):
     """Newest first: events before this position, the latest first (set instead of
     after_position; continue with last_position as the next before_position).
     """
+    service: _builtins.str
+    """With application: only events about this service of it, and/or this channel (told
+    by the stream id, or by the event's own `channel` field).
+    """
+    channel: _builtins.str
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -2031,10 +2038,12 @@ class ListEventsRequest(_message.Message):
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
         before_position: _builtins.int = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "after_position", b"after_position", "application", b"application", "before_position", b"before_position", "limit", b"limit", "since", b"since", "types", b"types", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "after_position", b"after_position", "application", b"application", "before_position", b"before_position", "channel", b"channel", "limit", b"limit", "service", b"service", "since", b"since", "types", b"types", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

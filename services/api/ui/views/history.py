@@ -20,7 +20,7 @@ from services.api.ui.views import common
 from services.api.ui.views import release as release_view
 
 DEFAULT_SIZE = 50
-FILTERS = ("app", "actor", "type")
+FILTERS = ("app", "service", "channel", "actor", "type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,8 @@ async def load(client: UiClient, query: Mapping[str, str]) -> common.Page:
         before_position=before,
         limit=DEFAULT_SIZE,
         application=query.get("app", ""),
+        service=query.get("service", ""),
+        channel=query.get("channel", ""),
         actor=query.get("actor", ""),
         types=[t for t in query.get("type", "").replace(",", " ").split() if t],
     )

@@ -1,6 +1,8 @@
 """Runtimes: each runtime, its agent as last heard (heartbeat, workloads, whether the
-runtime answers), whether it is paused, and its agent credential's generation and when
-it was issued or rotated (from the log)."""
+runtime answers), what runs on it (the convergence view's targets) and which of those
+its agent last found drifted (its latest workload observation, from the newest
+`OBSERVATIONS` of the log), whether it is paused, and its agent credential's generation
+and when it was issued or rotated (from the log)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from google.protobuf.message import Message
+
 from schemas.convoy.v1 import api_pb2
 from services.api.ui import present
 from services.api.ui.client import UiClient
 from services.api.ui.views import common
 
 KINDS = {0: "unknown", 1: "kubernetes", 2: "exec"}
+OBSERVATIONS = 1000
+WORKLOAD_KINDS = frozenset(
+    {"OBSERVATION_KIND_RECEIVED", "OBSERVATION_KIND_APPLIED", "OBSERVATION_KIND_PROGRESSING", "OBSERVATION_KIND_HEALTHY",
+     "OBSERVATION_KIND_FAILED", "OBSERVATION_KIND_DRIFTED", "OBSERVATION_KIND_DELETED"}
+)
+"""Observations about the workload itself (not a protection check's)."""
 AVAILABILITY = {0: "unknown", 1: "available", 2: "unavailable"}
 
 
@@ -30,9 +40,18 @@ class RuntimeRow:
     workloads: str
     availability: str
     credential: str
+    runs: tuple[str, ...] = ()
+    drifted: tuple[str, ...] = ()
 
 
-def rows(runtimes: list[api_pb2.RuntimeState], issued: Mapping[str, str], now: datetime) -> list[RuntimeRow]:
+def rows(
+    runtimes: list[api_pb2.RuntimeState],
+    issued: Mapping[str, str],
+    now: datetime,
+    runs: Mapping[str, list[str]] | None = None,
+    drifted: Mapping[str, list[str]] | None = None,
+) -> list[RuntimeRow]:
+    runs, drifted = runs or {}, drifted or {}
     out: list[RuntimeRow] = []
     for r in sorted(runtimes, key=lambda r: r.runtime.name):
         has_agent = r.HasField("agent")
@@ -57,8 +76,28 @@ def rows(runtimes: list[api_pb2.RuntimeState], issued: Mapping[str, str], now: d
                 workloads=str(agent.workloads) if has_agent else "",
                 availability=availability,
                 credential=credential,
+                runs=tuple(sorted(runs.get(r.runtime.name, []))),
+                drifted=tuple(sorted(drifted.get(r.runtime.name, []))),
             )
         )
+    return out
+
+
+def drift(answer: Message) -> dict[str, list[str]]:
+    """Per runtime, the workloads whose latest workload observation (newest first) is DRIFTED."""
+    assert isinstance(answer, api_pb2.ListEventsResponse)
+    latest: dict[tuple[str, str, str, str], str] = {}
+    for e in answer.events:
+        o = common.payload(e).get("observation") or {}
+        kind = str(o.get("kind", ""))
+        if kind not in WORKLOAD_KINDS:
+            continue
+        key = (str(o.get("runtime", "")), str(o.get("namespace", "")), str(o.get("application", "")), str(o.get("service", "")))
+        latest.setdefault(key, kind)
+    out: dict[str, list[str]] = {}
+    for (runtime, namespace, app, service), kind in latest.items():
+        if kind == "OBSERVATION_KIND_DRIFTED":
+            out.setdefault(runtime, []).append(f"{app}/{service} in {namespace}")
     return out
 
 
@@ -74,9 +113,17 @@ async def load(client: UiClient, query: Mapping[str, str]) -> common.Page:
     for e in events.events:  # newest first: the first seen per runtime is the latest
         runtime = str(common.payload(e).get("runtime", ""))
         issued.setdefault(runtime, present.when(e.recorded_at))
+    runs: dict[str, list[str]] = {}
+    for app in await common.applications(client):
+        for c in (await common.convergence(client, app.name)).channels:
+            for t in c.targets:
+                if t.running_version:
+                    runs.setdefault(t.runtime, []).append(f"{c.application}/{c.service} {t.running_version} ({c.channel})")
+    drifted = drift(await client.read("ListEvents", api_pb2.ListEventsRequest(
+        before_position=request.before_position, limit=OBSERVATIONS, types=["ObservationRecorded"])))
     return common.Page(
         "runtimes.html",
         "Runtimes",
-        {"runtimes": rows(list(answer.runtimes), issued, datetime.now(UTC))},
+        {"runtimes": rows(list(answer.runtimes), issued, datetime.now(UTC), runs, drifted)},
         client.api.position,
     )

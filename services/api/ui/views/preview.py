@@ -44,6 +44,8 @@ async def load(client: UiClient, query: Mapping[str, str], application: str, ser
     image = query.get("image", "").strip()
     params = query.get("params", "")
     steps: list[PlanStep] = []
+    if version and client.as_of is not None:
+        raise invalid("at", "a deploy preview plans from now: leave the past (Back to now) to preview one")
     if version:
         plan = await client.write(
             "PlanDeploy",

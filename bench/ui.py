@@ -504,7 +504,7 @@ def main() -> None:
     print(
         f"RESULT services={shapes[0].services} channels={len(CHANNELS)} fleet_view_ms={main_figures['fleet_ms']:.0f} "
         f"p90_ms={main_figures['p90_ms']:.0f} client_ms={main_figures['client_ms']:.0f} rest_ms={main_figures['rest_ms']:.0f} "
-        f"ratio={ratio:.1f} page100_ms={main_figures['page100_ms']:.0f}{extra} cpu_ms={main_figures['cpu_ms']:.0f} "
+        f"ratio={ratio:.2f} page100_ms={main_figures['page100_ms']:.0f}{extra} cpu_ms={main_figures['cpu_ms']:.0f} "
         f"load1={os.getloadavg()[0]:.1f}",
         flush=True,
     )

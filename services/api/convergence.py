@@ -10,9 +10,16 @@ reached CONVERGED in the channel (and on each target), or that a rollback restor
 (ROLLED_BACK names the restored release in `rollback_release_id` at channel level and in
 `release_id` on a target). A later release that fails, waits or never gets there leaves
 it alone — so a prod that never received a bad release still reads as running the good
-one. The restored release's version comes from its ReleaseCreated, folded here too. It is mutable and indexed by (application,
+one. The restored release's version comes from its ReleaseCreated, folded here too. 
+
+It is mutable and indexed by (application,
 service, channel): a fleet release records hundreds of thousands of status changes, and
 an immutable copy per event (as the catalog does) would cost quadratic time.
+
+Reads answer copies of each channel's message as last built, rebuilt only after a fold
+changed that channel: the web UI's fleet page reads every channel of the fleet (1,000
+services × 3 channels, 50,000 targets), and building them all anew in Python on every
+read was most of that page's server time (bench/ui.py).
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ class ConvergenceView:
         self._channels: dict[tuple[str, str, str], _Channel] = {}
         self._releases: dict[str, tuple[str, str, str]] = {}
         """release id -> (application, service, version): the version a rollback restores."""
+        self._built: dict[tuple[str, str, str], api_pb2.ChannelConvergence] = {}
+        """Each channel's answer as last built; a fold that changes a channel drops its entry."""
 
     def fold(self, recorded: RecordedEvent, message: Message) -> None:
         if isinstance(message, events_pb2.ReleaseCreated):
@@ -77,6 +86,7 @@ class ConvergenceView:
             self._releases[release.id] = (release.application, release.service, release.version)
         elif isinstance(message, events_pb2.InstanceStatusChanged):
             key = (message.application, message.service, message.channel)
+            self._built.pop(key, None)
             channel = self._channels.get(key)
             if channel is None:
                 channel = self._channels[key] = _Channel(*key)
@@ -101,24 +111,32 @@ class ConvergenceView:
         elif isinstance(message, events_pb2.ServiceDeleted):
             for key in [k for k in self._channels if k[:2] == (message.application, message.name)]:
                 del self._channels[key]
+                self._built.pop(key, None)
             for rid in [r for r, (a, s, _) in self._releases.items() if (a, s) == (message.application, message.name)]:
                 del self._releases[rid]
         elif isinstance(message, events_pb2.ApplicationDeleted):
             for key in [k for k in self._channels if k[0] == message.name]:
                 del self._channels[key]
+                self._built.pop(key, None)
             for rid in [r for r, (a, _, _) in self._releases.items() if a == message.name]:
                 del self._releases[rid]
 
     def channel(self, app: str, service: str, channel: str) -> api_pb2.ChannelConvergence | None:
-        found = self._channels.get((app, service, channel))
-        return _message(found) if found is not None else None
+        key = (app, service, channel)
+        return self._answer(key, self._channels[key]) if key in self._channels else None
 
     def of(self, app: str, service: str = "") -> list[api_pb2.ChannelConvergence]:
-        return [
-            _message(c)
-            for key, c in sorted(self._channels.items())
-            if key[0] == app and (not service or key[1] == service)
-        ]
+        keys = sorted(k for k in self._channels if k[0] == app and (not service or k[1] == service))
+        return [self._answer(key, self._channels[key]) for key in keys]
+
+    def _answer(self, key: tuple[str, str, str], channel: _Channel) -> api_pb2.ChannelConvergence:
+        """A copy of the channel's message (callers may change theirs), built once per change."""
+        built = self._built.get(key)
+        if built is None:
+            built = self._built[key] = _message(channel)
+        out = api_pb2.ChannelConvergence()
+        out.CopyFrom(built)
+        return out
 
 
 def _message(channel: _Channel) -> api_pb2.ChannelConvergence:

@@ -373,6 +373,11 @@ class Planner:
         log (exactly once with the rest of the record), without when met in a rebuild
         (the checkpoint is past it already)."""
         message, event = rejection(self.registry, failed, version=self.engine.version)
+        if checkpoint:
+            # Met while following: a refold without the input comes next. Not ready from
+            # before the rejection shows until that refold is done, so nobody sees "ready,
+            # with the rejection" while the state plan left half-mutated is still in place.
+            self.ready.clear()
         mark = Checkpoint(self.settings.name, failed.recorded.position) if checkpoint else None
         try:
             await self.store.commit([AppendRequest(version_stream(self.settings.name), (event,))], checkpoint=mark)

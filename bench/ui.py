@@ -34,7 +34,7 @@ Baselines in the same run, same data, same server:
   for every application, server times summed per round (`ratio` = fleet_view_ms / rest_ms);
 - `page100_ms`: the fleet view with size=100 (one page of the default paging).
 
-Last line: RESULT services=1000 channels=3 fleet_view_ms=<median> p90_ms=… client_ms=… rest_ms=… ratio=… page100_ms=… one_app_ms=… cpu_ms=… load1=…
+Last line: RESULT services=1000 channels=3 fleet_view_ms=<median> p90_ms=… client_ms=… rest_ms=… ratio=… page100_ms=… one_app_ms=… cpu_ms=… live_ms=… live_page_ms=… load1=…
 
     .venv/bin/python bench/ui.py                       # both shapes, 20 timed requests each
     .venv/bin/python bench/ui.py --shapes 10x100 --profile /tmp/fleet.prof   # cProfile of the server
@@ -429,10 +429,14 @@ async def measure(port: int, token: str, server_pid: int, shape: Shape, args: ar
         for _ in range(args.warmup):
             await rest_round()
         rest = [await rest_round() for _ in range(args.requests)]
+        first_app, first_service = shape.fleet()[0]
+        live, live_page = await live_latency(http, base, auth, first_app, first_service, page100_url, args.requests)
     rest_server = [r[0] for r in rest]
     print(f"{shape.name}: {summary('fleet size=1000 server', fleet_server)}  {summary('client', fleet_client)}  "
           f"server CPU {cpu_ms:.0f} ms/page", flush=True)
     print(f"{shape.name}: {summary('fleet size=100  server', page100)}", flush=True)
+    print(f"{shape.name}: {summary('live: write sent -> SSE event', live)}  "
+          f"{summary('-> size=100 page refetched', live_page)}", flush=True)
     print(f"{shape.name}: {summary(f'REST convergence x{len(apps)} server', rest_server)}  "
           f"{summary('client', [r[1] for r in rest])}", flush=True)
     return {
@@ -442,7 +446,38 @@ async def measure(port: int, token: str, server_pid: int, shape: Shape, args: ar
         "rest_ms": statistics.median(rest_server),
         "page100_ms": statistics.median(page100),
         "cpu_ms": cpu_ms,
+        "live_ms": statistics.median(live),
+        "live_page_ms": statistics.median(live_page),
     }
+
+
+async def live_latency(
+    http: aiohttp.ClientSession, base: str, auth: dict[str, str], app: str, service: str, page_url: str, count: int
+) -> tuple[list[float], list[float]]:
+    """What an open tab waits for a commit: from sending a write (REST pause/resume of one
+    service) to its event on the page's SSE stream, and to the page's content fetched again
+    as live.js does (X-Convoy-Fragment) — the browser's own swap is not in it."""
+    event_ms: list[float] = []
+    page_ms: list[float] = []
+    async with http.get(f"{base}/ui/stream") as stream:
+        if stream.status != 200:
+            raise RuntimeError(f"the live stream answered {stream.status}")
+        for i in range(count):
+            action = "pause" if i % 2 == 0 else "resume"
+            sent = time.perf_counter()
+            async with http.post(
+                f"{base}/v1/applications/{app}/services/{service}:{action}", json={"reason": "bench"}, headers=auth
+            ) as r:
+                position = int((await r.json())["position"])
+            while True:
+                line = (await stream.content.readline()).decode()
+                if line.startswith("id: ") and int(line[4:]) >= position:
+                    break
+            event_ms.append((time.perf_counter() - sent) * 1000)
+            async with http.get(page_url, headers={"X-Convoy-Fragment": "1"}) as r:
+                await r.read()
+            page_ms.append((time.perf_counter() - sent) * 1000)
+    return event_ms, page_ms
 
 
 def run_shape(pg: PostgresServer, root: Path, shape: Shape, args: argparse.Namespace) -> dict[str, float]:
@@ -505,6 +540,7 @@ def main() -> None:
         f"RESULT services={shapes[0].services} channels={len(CHANNELS)} fleet_view_ms={main_figures['fleet_ms']:.0f} "
         f"p90_ms={main_figures['p90_ms']:.0f} client_ms={main_figures['client_ms']:.0f} rest_ms={main_figures['rest_ms']:.0f} "
         f"ratio={ratio:.2f} page100_ms={main_figures['page100_ms']:.0f}{extra} cpu_ms={main_figures['cpu_ms']:.0f} "
+        f"live_ms={main_figures['live_ms']:.0f} live_page_ms={main_figures['live_page_ms']:.0f} "
         f"load1={os.getloadavg()[0]:.1f}",
         flush=True,
     )

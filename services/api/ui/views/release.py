@@ -118,7 +118,7 @@ def channel_steps(
                         present.tone(t.status),
                         t.version,
                         t.running_version,
-                        t.reason,
+                        present.sentence(summaries.clip(t.reason)),
                     )
                     for t in (c.targets if c is not None else ())
                 ),

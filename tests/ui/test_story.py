@@ -92,6 +92,11 @@ def test_the_demo_story_in_the_browser(demo: Demo, chrome: WebDriver, tmp_path: 
     # Prod deploys, soaks behind its probe and converges, shown live on the open page.
     mark_page(chrome)
     prod_web = "li.step[data-channel=prod] li[data-service=web]"
+    # While it soaks, the soak's countdown shows and ticks (the 30 s soak is the planner's
+    # timer, so it is there to see however fast the machine is).
+    wait(chrome, shows(prod_web, "soak ends in"), "the soak countdown")
+    ticking = text_of(chrome, f"{prod_web} [data-countdown]")
+    wait(chrome, lambda d: text_of(d, f"{prod_web} [data-countdown]") not in ("", ticking), "the countdown ticks")
     wait(chrome, shows(prod_web, "runs v1"), "prod converges at v1")
     assert same_page(chrome), "the page updated itself (no reload, no navigation)"
     assert "waiting for" not in text_of(chrome, prod_web)

@@ -1594,6 +1594,8 @@ class Explanation(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    SOAK_ENDS_AT_FIELD_NUMBER: _builtins.int
+    WINDOW_OPENS_AT_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     release_id: _builtins.str
     version: _builtins.str
@@ -1606,6 +1608,14 @@ class Explanation(_message.Message):
 
     @_builtins.property
     def evidence(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    @_builtins.property
+    def soak_ends_at(self) -> _timestamp_pb2.Timestamp:
+        """Set while the release soaks here: when the soak ends (a UI counts down to it)."""
+
+    @_builtins.property
+    def window_opens_at(self) -> _timestamp_pb2.Timestamp:
+        """Set while it waits for a deploy window: when the window opens."""
+
     def __init__(
         self,
         *,
@@ -1616,10 +1626,12 @@ class Explanation(_message.Message):
         summary: _builtins.str = ...,
         details: _abc.Iterable[_builtins.str] | None = ...,
         evidence: _abc.Iterable[Global___Event] | None = ...,
+        soak_ends_at: _timestamp_pb2.Timestamp | None = ...,
+        window_opens_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["soak_ends_at", b"soak_ends_at", "window_opens_at", b"window_opens_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "details", b"details", "evidence", b"evidence", "release_id", b"release_id", "status", b"status", "summary", b"summary", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "details", b"details", "evidence", b"evidence", "release_id", b"release_id", "soak_ends_at", b"soak_ends_at", "status", b"status", "summary", b"summary", "version", b"version", "window_opens_at", b"window_opens_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

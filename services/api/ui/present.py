@@ -116,3 +116,10 @@ def sentence(text: str) -> str:
     from services.api.summaries import DETAIL
 
     return text.replace(f" {DETAIL}", "…")
+
+
+def seconds_until(ts: timestamp_pb2.Timestamp, now: datetime) -> int | None:
+    """Whole seconds from `now` to a set timestamp (None when unset)."""
+    if ts.seconds == 0 and ts.nanos == 0:
+        return None
+    return max(0, int((ts.ToDatetime(tzinfo=UTC) - now).total_seconds()))

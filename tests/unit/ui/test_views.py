@@ -98,3 +98,16 @@ def test_a_reason_in_a_cell_is_its_first_sentence() -> None:
     assert present.short("deploy window closed. opens Monday") == "deploy window closed."
     assert present.short("HTTP 404: <!DOCTYPE html><html>…") == "HTTP 404:"
     assert len(present.short("x" * 500)) == present.MAX_REASON
+
+
+def test_a_countdown_is_the_seconds_left_and_never_negative() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from google.protobuf import timestamp_pb2
+
+    now = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    ends = timestamp_pb2.Timestamp()
+    ends.FromDatetime(now + timedelta(seconds=25))
+    assert present.seconds_until(ends, now) == 25
+    assert present.seconds_until(ends, now + timedelta(minutes=1)) == 0
+    assert present.seconds_until(timestamp_pb2.Timestamp(), now) is None

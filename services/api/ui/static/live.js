@@ -14,7 +14,24 @@
       input.form.submit();
     });
   }
-  if (!main || main.dataset.live !== "1" || !window.EventSource) return;
+  if (!main || main.dataset.live !== "1") return;
+
+  // Countdowns (soak, deploy window) tick down from the seconds the server rendered, by
+  // this tab's own clock (never the browser's wall clock, which may be off).
+  var rendered = performance.now();
+  function words(s) {
+    if (s >= 3600) return Math.floor(s / 3600) + "h " + Math.floor(s % 3600 / 60) + "m";
+    if (s >= 60) return Math.floor(s / 60) + "m " + ("0" + s % 60).slice(-2) + "s";
+    return s + "s";
+  }
+  setInterval(function () {
+    var elapsed = Math.floor((performance.now() - rendered) / 1000);
+    var items = main.querySelectorAll("[data-countdown]");
+    for (var i = 0; i < items.length; i++) {
+      items[i].textContent = words(Math.max(0, parseInt(items[i].dataset.countdown, 10) - elapsed));
+    }
+  }, 1000);
+  if (!window.EventSource) return;
   var last = main.dataset.position || "";
   var source = null, retry = 0, timer = null, refreshing = false, again = false, ended = false;
 
@@ -34,6 +51,7 @@
         var typing = document.activeElement && /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName) && main.contains(document.activeElement);
         if (typing) { again = true; return; }  // never swap a form out from under the keyboard
         main.innerHTML = html;
+        rendered = performance.now();
         if (focused) { var el = document.getElementById(focused); if (el) el.focus(); }
       })
       .catch(function () {})

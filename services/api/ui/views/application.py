@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from google.protobuf import duration_pb2
 
@@ -37,6 +38,8 @@ class ServiceAtStep:
     approvals_given: int
     awaits_person: bool
     approval: str
+    soak_left: int | None = None
+    window_in: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +108,10 @@ def steps(
     converged: Mapping[tuple[str, str], api_pb2.ChannelConvergence],
     explained: Mapping[tuple[str, str], api_pb2.Explanation],
     service_names: Sequence[str],
+    now: datetime | None = None,
+    live: bool = True,
 ) -> list[Step]:
+    now = now or datetime.now(UTC)
     out: list[Step] = []
     for channel in common.pipeline(app):
         names = approval_names(channel)
@@ -131,6 +137,8 @@ def steps(
                     approvals_given=given(why.evidence, c.release_id, channel.name) if why is not None and c is not None else 0,
                     awaits_person=status in present.WAITING_FOR_A_PERSON,
                     approval=names[0] if len(names) == 1 else "",
+                    soak_left=present.seconds_until(why.soak_ends_at, now) if why is not None and live else None,
+                    window_in=present.seconds_until(why.window_opens_at, now) if why is not None and live else None,
                 )
             )
         out.append(
@@ -164,7 +172,7 @@ async def load(client: UiClient, query: Mapping[str, str], application: str) -> 
         f"Application {application}",
         {
             "app": app,
-            "steps": steps(app, converged, explained, shown),
+            "steps": steps(app, converged, explained, shown, live=client.as_of is None),
             "services": services,
             "more": len(services) - len(shown),
         },

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from schemas.convoy.v1 import api_pb2
 from services.api import summaries
@@ -56,6 +57,8 @@ class ChannelStep:
     evidence: tuple[Evidence, ...]
     awaits_person: bool
     approval: str
+    soak_left: int | None = None
+    window_in: int | None = None
 
 
 def note(event: api_pb2.Event) -> str:
@@ -93,7 +96,10 @@ def channel_steps(
     names: Mapping[str, list[str]],
     converged: Mapping[str, api_pb2.ChannelConvergence],
     explained: Mapping[str, api_pb2.Explanation],
+    now: datetime | None = None,
+    live: bool = True,
 ) -> list[ChannelStep]:
+    now = now or datetime.now(UTC)
     out: list[ChannelStep] = []
     for channel in order:
         c = converged.get(channel)
@@ -125,6 +131,8 @@ def channel_steps(
                 evidence=evidence(why.evidence) if why is not None else (),
                 awaits_person=status in present.WAITING_FOR_A_PERSON,
                 approval=approvals[0] if len(approvals) == 1 else "",
+                soak_left=present.seconds_until(why.soak_ends_at, now) if why is not None and live else None,
+                window_in=present.seconds_until(why.window_opens_at, now) if why is not None and live else None,
             )
         )
     return out
@@ -153,7 +161,8 @@ async def load(client: UiClient, query: Mapping[str, str], application: str, ser
             "releases": list(reversed(releases.releases))[:MAX_RELEASES],
             "release_count": len(releases.releases),
             "channels": channel_steps(
-                order, names, {c.channel: c for c in answer.channels}, {e.channel: e for e in why.channels}
+                order, names, {c.channel: c for c in answer.channels}, {e.channel: e for e in why.channels},
+                live=client.as_of is None,
             ),
         },
         why.position or answer.position,

@@ -50,6 +50,11 @@ NOTICES: Final = {
 """Fixed texts a redirect may ask for (never text from the URL)."""
 
 View = Callable[..., Awaitable[common.Page]]
+DECISIONS: Final[dict[str, tuple[str, Callable[..., Any], str, str]]] = {
+    "approve": ("Approve", api_pb2.ApproveRequest, "comment", "approved"),
+    "reject": ("Reject", api_pb2.RejectRequest, "reason", "rejected"),
+}
+"""The approval dialog's two buttons: method, request, where the reason goes, notice."""
 
 
 def _environment() -> jinja2.Environment:
@@ -288,27 +293,15 @@ class UiApp:
     async def _approve(self, request: web.Request) -> web.StreamResponse:
         async def act(client: UiClient, f: Mapping[str, str]) -> str:
             decision = f.get("decision", "")
-            if decision == "approve":
-                await client.write(
-                    "Approve",
-                    api_pb2.ApproveRequest(
-                        application=f.get("application", ""), service=f.get("service", ""), channel=f.get("channel", ""),
-                        release_id=f.get("release_id", ""), approval=f.get("approval", ""), comment=f.get("reason", ""),
-                    ),
-                    idempotency_key=f.get("idempotency_key") or None,
-                )
-                return "approved"
-            if decision == "reject":
-                await client.write(
-                    "Reject",
-                    api_pb2.RejectRequest(
-                        application=f.get("application", ""), service=f.get("service", ""), channel=f.get("channel", ""),
-                        release_id=f.get("release_id", ""), approval=f.get("approval", ""), reason=f.get("reason", ""),
-                    ),
-                    idempotency_key=f.get("idempotency_key") or None,
-                )
-                return "rejected"
-            raise invalid("decision", "approve or reject")
+            if decision not in DECISIONS:
+                raise invalid("decision", "approve or reject")
+            method, message, reason_field, notice = DECISIONS[decision]
+            where = {k: f.get(k, "") for k in ("application", "service", "channel", "release_id", "approval")}
+            await client.write(
+                method, message(**where, **{reason_field: f.get("reason", "")}),
+                idempotency_key=f.get("idempotency_key") or None,
+            )
+            return notice
 
         return await self._action(request, act)
 

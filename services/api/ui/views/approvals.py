@@ -58,11 +58,6 @@ def waiting(
 
 async def load(client: UiClient, query: Mapping[str, str]) -> common.Page:
     apps = await common.applications(client)
-    converged: dict[str, Sequence[api_pb2.ChannelConvergence]] = {}
-    position = client.api.position
-    for app in apps:
-        answer = await common.convergence(client, app.name)
-        converged[app.name] = answer.channels
-        position = answer.position
+    converged, position = await common.fleet_convergence(client, apps)
     items = waiting(apps, converged)
     return common.Page("approvals.html", "Approvals", {"items": items}, position)

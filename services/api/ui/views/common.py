@@ -60,6 +60,19 @@ async def convergence(client: UiClient, application: str, service: str = "") -> 
     return answer
 
 
+async def fleet_convergence(
+    client: UiClient, apps: list[resources_pb2.Application]
+) -> tuple[dict[str, list[api_pb2.ChannelConvergence]], int]:
+    """Every application's convergence, and the position of the last answer."""
+    converged: dict[str, list[api_pb2.ChannelConvergence]] = {}
+    position = client.api.position
+    for app in apps:
+        answer = await convergence(client, app.name)
+        converged[app.name] = list(answer.channels)
+        position = answer.position
+    return converged, position
+
+
 def payload(event: api_pb2.Event) -> dict[str, Any]:
     """An event's payload as a dict ({} when this build could not read it)."""
     if not event.json:

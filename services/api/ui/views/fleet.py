@@ -138,12 +138,7 @@ async def load(client: UiClient, query: Mapping[str, str]) -> common.Page:
     page = _int(query, "page", 1, 1, 10**9)
     apps = await common.applications(client)
     services = {a.name: await common.services(client, a.name) for a in apps}
-    converged: dict[str, Sequence[api_pb2.ChannelConvergence]] = {}
-    position = client.api.position
-    for app in apps:
-        answer = await common.convergence(client, app.name)
-        converged[app.name] = answer.channels
-        position = answer.position
+    converged, position = await common.fleet_convergence(client, apps)
     chosen = select(rows(apps, services, converged), text=query.get("q", ""), state=state)
     start = (page - 1) * size
     shown = chosen[start : start + size]

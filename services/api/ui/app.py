@@ -158,38 +158,30 @@ class UiApp:
         }
 
     async def _show(self, request: web.Request, view: View, *args: Any) -> web.StreamResponse:
-        try:
-            as_of = at.parse(request.rel_url.query.get("at"))
-        except Exception as error:  # a bad ?at= is the caller's mistake: show it
-            as_of, bad_at = None, error
-        else:
-            bad_at = None
-        client = self._client(request, as_of)
+        client = self._client(request)
         if client is None:
             return self._to_login(request)
         try:
             principal = client.principal()
-            if bad_at is not None:
-                raise bad_at
+            client.as_of = at.parse(request.rel_url.query.get("at"))
             page = await view(client, request.rel_url.query, *args)
-            position = await self._api.position_of(as_of) if as_of is not None else page.position
-        except Unauthenticated:
-            return self._to_login(request, expired=True)
-        except Exception as error:
-            failure = self._api.fail(None, client._ctx(), error)
-            if failure.http_status == 401:
-                return self._to_login(request, expired=True)
-            try:
-                principal = client.principal()
-            except Exception:
-                return self._to_login(request, expired=True)
-            frame = self._frame(request, client, principal, None)
-            return self._render(
-                request, "error.html", failure.http_status, **frame, title="Refused", failure=failure,
-                position=self._api.position,
-            )
-        frame = self._frame(request, client, principal, as_of)
+            position = await self._api.position_of(client.as_of) if client.as_of is not None else page.position
+        except Exception as error:  # refused: the API's own message and status, on the page
+            return self._refused(request, client, error)
+        frame = self._frame(request, client, principal, client.as_of)
         return self._render(request, page.template, **frame, title=page.title, position=position, **page.data)
+
+    def _refused(self, request: web.Request, client: UiClient, error: BaseException, **extra: Any) -> web.Response:
+        failure = self._api.fail(None, client.ctx(), error)
+        try:
+            principal = client.principal()
+        except Exception:  # the session ended (revoked, expired): sign in again
+            return self._to_login(request, expired=True)
+        frame = self._frame(request, client, principal, None)
+        return self._render(
+            request, "error.html", failure.http_status, **frame, title="Refused", failure=failure,
+            position=self._api.position, **extra,
+        )
 
     def _page(self, view: View, *names: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -278,15 +270,7 @@ class UiApp:
             client.principal()
             notice = await act(client, fields)
         except Exception as error:
-            failure = self._api.fail(None, client._ctx(), error)
-            if failure.http_status == 401:
-                return self._to_login(request, expired=True)
-            principal = client.principal()
-            frame = self._frame(request, client, principal, None)
-            return self._render(
-                request, "error.html", failure.http_status, **frame, title="Refused", failure=failure,
-                position=self._api.position, back=back,
-            )
+            return self._refused(request, client, error, back=back)
         separator = "&" if "?" in back else "?"
         raise web.HTTPSeeOther(f"{back}{separator}notice={notice}")
 

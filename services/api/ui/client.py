@@ -31,7 +31,7 @@ class UiClient:
     as_of: api_pb2.AsOf | None = None
     correlation_id: uuid.UUID = field(default_factory=uuid.uuid4)
 
-    def _ctx(self, idempotency_key: str | None = None) -> CallContext:
+    def ctx(self, idempotency_key: str | None = None) -> CallContext:
         return CallContext(
             authorization=f"Bearer {self.secret}",
             idempotency_key=idempotency_key,
@@ -41,16 +41,16 @@ class UiClient:
 
     def principal(self) -> auth.Principal:
         """Who is signed in (Unauthenticated when the token is no longer valid)."""
-        return self.api.authenticate(BY_NAME["ListApplications"], self._ctx())
+        return self.api.authenticate(BY_NAME["ListApplications"], self.ctx())
 
     async def read(self, method: str, request: M) -> Message:
         """A read, `as_of` the page's moment when the request can carry it."""
         if self.as_of is not None and "as_of" in request.DESCRIPTOR.fields_by_name:
             getattr(request, "as_of").CopyFrom(self.as_of)
-        return await self.api.call(BY_NAME[method], self._ctx(), lambda: request)
+        return await self.api.call(BY_NAME[method], self.ctx(), lambda: request)
 
     async def write(self, method: str, request: Message, *, idempotency_key: str | None = None) -> Message:
-        return await self.api.call(BY_NAME[method], self._ctx(idempotency_key), lambda: request)
+        return await self.api.call(BY_NAME[method], self.ctx(idempotency_key), lambda: request)
 
     def watch(self, request: api_pb2.WatchRequest) -> AsyncIterator[Message]:
-        return self.api.stream(BY_NAME["Watch"], self._ctx(), lambda: request)
+        return self.api.stream(BY_NAME["Watch"], self.ctx(), lambda: request)

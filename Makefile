@@ -19,8 +19,10 @@ setup: $(STAMP)
 up: $(STAMP)
 	$(BIN)/convoy up --demo
 
-## Run the whole test suite: generated-code and CLI-reference freshness, layer contracts, then pytest.
+## Run the whole test suite: the UI tests' browser (Debian's chromium, installed when missing and root),
+## generated-code and CLI-reference freshness, layer contracts, then pytest.
 test: $(STAMP)
+	bash scripts/ensure_browser.sh
 	$(BIN)/python scripts/gen_protos.py --check
 	$(BIN)/python scripts/gen_cli_docs.py --check
 	$(BIN)/lint-imports

@@ -300,6 +300,7 @@ async def api_server(
     try:
         typer.echo(f"API (gRPC):   {endpoint.grpc}")
         typer.echo(f"API (REST):   {endpoint.rest}")
+        typer.echo(f"web UI:       {endpoint.rest}/ (sign in with a token)")
         token_file = state_dir / localstate.ADMIN_TOKEN_FILE
         if token_file.exists():
             typer.echo(f"admin token:  {token_file} (keep it secret)")

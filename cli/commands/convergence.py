@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from services.api import summaries
 from cli.client import FAILED, Client, CliError
 from cli.commands.common import (
     AtOpt,
@@ -67,7 +68,12 @@ def status(
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Show where each service of an application is, per channel and runtime (now, or --at then)."""
+    """Show what runs where, and what became of each latest release (now, or --at then).
+
+    RUNNING is the version that last converged there (or that a rollback restored),
+    HEALTHY how many of the channel's runtimes are settled on what they run, and LATEST
+    RELEASE says in one sentence where the newest release stands (`convoy why` has the
+    full reasons and the events behind them)."""
     with connect(endpoint, token) as client:
         answer = client.call(client.convergence.GetConvergence, with_as_of(api_pb2.GetConvergenceRequest(application=app), at))
         # The declarations at the very position the convergence answer is about.
@@ -91,11 +97,13 @@ def status(
         for service in (s.name for s in services):
             c = found.get((service, channel))
             if c is None:
-                rows.append([service, "-", "-", "no release yet", "-"])
+                rows.append([service, "nothing", f"0/{bindings[channel]}", "no release yet"])
                 continue
-            healthy = sum(1 for t in c.targets if t.status == convergence_pb2.INSTANCE_STATUS_CONVERGED and t.release_id == c.release_id)
-            rows.append([service, c.version or "-", status_name(c.status), c.reason or "-", f"{healthy}/{bindings[channel]}"])
-        table(["service", "version", "status", "why", "runtimes"], rows, title=f"channel {channel}")
+            siblings = [found[(service, other)] for other in bindings if (service, other) in found]
+            rows.append(
+                [service, summaries.running(c), f"{summaries.settled(c)}/{bindings[channel]}", summaries.latest(c, siblings)]
+            )
+        table(["service", "running", "healthy", "latest release"], rows, title=f"channel {channel}")
 
 
 @reports_errors

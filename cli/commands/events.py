@@ -52,7 +52,14 @@ def _print(event: api_pb2.Event, output: Format) -> None:
 
 @reports_errors
 def events(
-    app: Annotated[str, typer.Option("--app", help="Only this application's events.", show_default=False)] = "",
+    app: Annotated[
+        str,
+        typer.Option(
+            "--app",
+            help="Only events about this application: its commands, the planner's decisions, its agents' observations.",
+            show_default=False,
+        ),
+    ] = "",
     actor: Annotated[str, typer.Option("--actor", help="Only events by this actor.", show_default=False)] = "",
     type_: Annotated[
         list[str] | None,
@@ -94,10 +101,11 @@ def _list(client: Client, request: api_pb2.ListEventsRequest, output: Format, *,
         page: api_pb2.ListEventsResponse = client.call(client.events.ListEvents, request)
         for event in page.events:
             _print(event, output)
-        if page.last_position > after:
-            after = page.last_position
-        if not page.events:
+        # A page can be empty while the scan moved on (the server reads a bounded number of
+        # events per call, e.g. other applications' observations): continue from there.
+        if page.last_position <= after:
             return after
+        after = page.last_position
 
 
 def _watch(client: Client, app: str, after: int, filters: api_pb2.ListEventsRequest, output: Format) -> None:

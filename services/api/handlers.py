@@ -100,6 +100,16 @@ class Api:
         if missing:
             raise RuntimeError(f"api.proto methods without a handler: {', '.join(missing)}")
 
+    @property
+    def position(self) -> int:
+        """The log position the read model has folded (what "now" means to a read)."""
+        return self._projection.position
+
+    async def position_of(self, as_of: api_pb2.AsOf) -> int:
+        """The log position a past moment names (validated as every `as_of` read is)."""
+        position, _ = await self._history.position(as_of)
+        return position
+
     def authenticate(self, method: Method, ctx: CallContext) -> auth.Principal:
         if not self._projection.running:
             raise Unavailable("the API is starting or stopping; retry shortly")

@@ -32,7 +32,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import unquote
 
 import structlog
@@ -280,6 +280,12 @@ class GrpcMetrics:
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
 
 
+class UiRoutes(Protocol):
+    """Pages served beside the API on its listener (services.api.ui.app.UiApp)."""
+
+    def register(self, router: web.UrlDispatcher) -> None: ...
+
+
 class RestApp:
     """The aiohttp application: API routes plus /healthz, /readyz, /metrics and /openapi.json."""
 
@@ -292,6 +298,7 @@ class RestApp:
         readiness: Readiness,
         registry: metrics.Registry | None = None,
         requests: RequestMetrics | None = None,
+        ui: UiRoutes | None = None,
     ):
         self._api = api
         self._routes = routes()
@@ -300,6 +307,7 @@ class RestApp:
         self._registry = registry
         self._requests = requests
         self._readiness = readiness
+        self._ui = ui
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -307,6 +315,8 @@ class RestApp:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/openapi.json", self._openapi_json)
+        if self._ui is not None:
+            self._ui.register(app.router)
         app.router.add_route("*", r"/{tail:[\s\S]*}", self._dispatch)
         return app
 

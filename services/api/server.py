@@ -40,6 +40,7 @@ from services.api.handlers import Api
 from services.api.history import History
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
+from services.api.ui.app import UiApp
 from services.api.rest import GrpcMetrics, RequestMetrics, RestApp, ServerLog
 from services.api.writes import Writer
 
@@ -138,6 +139,7 @@ class ApiServer:
         )
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
+        self.ui = UiApp(self.api)
         self._openapi: dict[str, Any] | None = None
         self.ports = BoundPorts(0, 0)
         self.admin_token_path: Path | None = None
@@ -161,6 +163,7 @@ class ApiServer:
         """Stop listening, end Watch streams, let in-flight calls finish (up to
         `grace`), then stop the projection."""
         self.api.close_streams()
+        self.ui.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -215,6 +218,7 @@ class ApiServer:
             readiness=self.readiness,
             registry=self.metrics,
             requests=self._requests,
+            ui=self.ui,
         )
         runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=self._grace, logger=ServerLog())
         await runner.setup()

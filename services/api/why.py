@@ -156,10 +156,12 @@ async def _channel(
         if until > now:
             summary += f" ({_left(until, now)} left)"
             out.details.append(f"soak: {_left(until, now)} left (ends {until:%H:%M:%S} UTC)")
+            out.soak_ends_at.FromDatetime(until)
     if current.status == convergence_pb2.INSTANCE_STATUS_WAITING_PRECONDITIONS and "window" in timers:
         _, opens = timers["window"]
         if opens > now:
             out.details.append(f"deploy window opens in {_left(opens, now)} ({opens:%a %H:%M} UTC)")
+            out.window_opens_at.FromDatetime(opens)
     out.summary = summary
     evidence.sort(key=lambda e: e.position)
     for recorded in evidence[-MAX_EVIDENCE:]:

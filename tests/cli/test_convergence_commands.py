@@ -74,8 +74,8 @@ async def test_deploy_wait_status_and_why_follow_a_release(planned: tuple[Cli, P
         status = await cli.run("status", "shop")
         assert status.exit_code == 0, status.output
         staging, prod = status.stdout.split("channel prod")
-        assert "web      v1       CONVERGED" in staging, status.stdout
-        assert "WAITING_APPROVAL" in prod
+        assert "web      v1       1/1      v1 converged" in staging, status.stdout
+        assert "web      nothing  0/1      v1 waiting for 1 approval of prod-signoff (0 given)" in prod, status.stdout
 
         assert (await cli.run("approve", "shop/web", "--channel", "prod")).exit_code == 0
 
@@ -120,7 +120,7 @@ async def test_deploy_wait_fails_with_the_reason_when_the_release_is_rolled_back
     assert past.exit_code == 0, past.output
     assert past.stdout.startswith(f"as of position {before_v2}")
     staging = past.stdout.split("channel prod")[0]
-    assert "api      v1       CONVERGED" in staging, past.stdout
+    assert "api      v1       1/1      v1 converged" in staging, past.stdout
     past_why = await cli.run("why", "shop/api", "--channel", "staging", "--at", then, "--no-evidence")
     assert past_why.exit_code == 0 and "staging v1: CONVERGED" in past_why.stdout, past_why.output
     by_time = await cli.run("status", "shop", "--at", before_v2_at.isoformat(), "-o", "json")
@@ -219,3 +219,74 @@ def test_at_takes_a_position_a_time_or_a_duration_ago() -> None:
     with pytest.raises(CliError) as caught:
         parse_at("last week")
     assert caught.value.exit_code == 2
+
+
+async def test_status_after_the_readmes_failing_v2_says_what_runs_and_what_became_of_v2(
+    planned: tuple[Cli, Planner], pg_store: PostgresEventStore
+) -> None:
+    """The README's story: web v1 through staging and prod, then v2 fails in staging and
+    is rolled back. Prod never got v2: it runs v1, healthy, and status must say so."""
+    cli, _ = planned
+    agents = asyncio.create_task(simulated_agents(pg_store))
+    try:
+        assert (await cli.run("deploy", "shop/web", "--version", "v1", "--wait", "--timeout", "60")).exit_code == 0
+        # These agents run no probes: the soak behind prod's HTTP probe is skipped (audited).
+        skipped = await cli.run("bypass", "shop/web", "--channel", "prod", "--target", "protection:http-ok",
+                                "--reason", "simulated agents run no probes")
+        assert skipped.exit_code == 0, skipped.output
+        assert (await cli.run("approve", "shop/web", "--channel", "prod")).exit_code == 0
+
+        async def prod_runs_v1() -> bool:
+            answer = json.loads((await cli.run("status", "shop", "-o", "json")).stdout)
+            return any(c["channel"] == "prod" and c.get("runningVersion") == "v1" for c in answer["channels"])
+
+        await eventually(prod_runs_v1, message="prod converged at v1")
+    finally:
+        await stop(agents)
+    before_v2 = await pg_store.head()
+    agents = asyncio.create_task(simulated_agents(pg_store, after=before_v2, fail=frozenset({"web"})))
+    try:
+        failed = await cli.run("deploy", "shop/web", "--version", "v2", "--wait", "--timeout", "60")
+    finally:
+        await stop(agents)
+    assert failed.exit_code == 1, failed.output
+
+    status = await cli.run("status", "shop")
+
+    assert status.exit_code == 0, status.output
+    staging, prod = status.stdout.split("channel prod")
+    lines = {line.split()[0]: line for line in prod.splitlines()[2:] if line.strip()}
+    assert lines["web"].split()[:3] == ["web", "v1", "1/1"], status.stdout  # prod runs v1, healthy
+    assert lines["web"].endswith("v2 not promoted: staging rolled back"), status.stdout
+    assert "FAILED" not in prod, status.stdout
+    assert lines["api"].split() == ["api", "nothing", "0/1", "no", "release", "yet"], status.stdout
+    web = next(line for line in staging.splitlines() if line.startswith("web"))
+    assert web.split()[:3] == ["web", "v1", "1/1"], status.stdout  # the rollback restored v1
+    assert "v2 failed; rolled back to v1: crash loop on runtime local" in web, status.stdout
+    assert "\n" not in web and len(web) < 200
+
+    as_json = json.loads((await cli.run("status", "shop", "-o", "json")).stdout)
+    channels = {(c["service"], c["channel"]): c for c in as_json["channels"]}
+    for channel in ("staging", "prod"):
+        c = channels[("web", channel)]
+        assert (c["version"], c["runningVersion"]) == ("v2", "v1"), c
+        assert c["runningReleaseId"] and c["runningSince"], c
+        assert [t["runningVersion"] for t in c["targets"]] == ["v1"], c
+    assert channels[("web", "prod")]["status"] == "INSTANCE_STATUS_FAILED"  # the record is unchanged
+    # As of before v2 (the as-of fold is the same): v1 ran in both, with the same "since".
+    past = json.loads((await cli.run("status", "shop", "--at", str(before_v2), "-o", "json")).stdout)
+    then = {(c["service"], c["channel"]): c for c in past["channels"]}
+    for channel in ("staging", "prod"):
+        assert (then[("web", channel)]["version"], then[("web", channel)]["runningVersion"]) == ("v1", "v1")
+    assert then[("web", "prod")]["runningSince"] == channels[("web", "prod")]["runningSince"]
+
+    # The audit log of the application has the planner's decisions and the agents' reports.
+    events = await cli.run("events", "--app", "shop", "-o", "json")
+    assert events.exit_code == 0, events.output
+    found = [json.loads(line) for line in events.stdout.splitlines()]
+    kinds = {e["type"].rsplit(".", 1)[-1] for e in found}
+    assert {"ReleaseCreated", "ApprovalGranted", "InstanceStatusChanged", "IntentIssued", "ObservationRecorded"} <= kinds
+    assert {e["actor"] for e in found if e["type"].endswith("ObservationRecorded")} == {"agent:local"}
+    assert all(e["streamId"].split("/")[0] != "runtime" for e in found)  # infrastructure is not the shop's
+    rollback = [e for e in found if e["type"].endswith("InstanceStatusChanged") and "ROLLED_BACK" in e["json"]]
+    assert rollback and all("/shop/web/" in e["streamId"] + "/" for e in rollback)

@@ -26,6 +26,6 @@ def test_every_benchmark_runs_and_prints_its_result(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     results = re.findall(r"^RESULT (.+)$", done.stdout, re.M)
-    assert len(results) == 4, done.stdout[-3000:]
+    assert len(results) == 5, done.stdout[-3000:]
     rows = [line for line in doc.read_text().splitlines() if line.endswith("(--quick) |")]
-    assert sorted(row.split("|")[1].strip(" `") for row in rows) == ["agents", "api", "eventstore", "planner"], rows
+    assert sorted(row.split("|")[1].strip(" `") for row in rows) == ["agents", "api", "eventstore", "planner", "ui"], rows

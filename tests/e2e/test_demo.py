@@ -36,6 +36,19 @@ async def channels(env: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]
     return {(c["service"], c["channel"]): c for c in json.loads(out)["channels"]}
 
 
+async def status_rows(env: dict[str, str]) -> dict[tuple[str, str], str]:
+    """`convoy status shop` as a person reads it: (service, channel) -> its table line."""
+    code, out = await convoy(env, "status", "shop")
+    assert code == 0, out
+    rows, channel = {}, ""
+    for line in out.splitlines():
+        if line.startswith("channel "):
+            channel = line.split()[1]
+        elif line.split() and line.split()[0] in ("web", "api"):
+            rows[(line.split()[0], channel)] = line
+    return rows
+
+
 async def reaches(env: dict[str, str], wanted: dict[tuple[str, str], tuple[str, str]], timeout: float = 120) -> None:
     """Wait until each (service, channel) shows (version, status)."""
 
@@ -71,6 +84,10 @@ async def test_the_demo_story(tmp_path: Path, webhook: Receiver) -> None:
         # The README's first command leaves staging converged and prod waiting for approval.
         await reaches(env, {("web", "staging"): ("v1", "CONVERGED"), ("api", "staging"): ("v1", "CONVERGED"),
                             ("web", "prod"): ("v1", "WAITING_APPROVAL"), ("api", "prod"): ("v1", "WAITING_APPROVAL")})
+        rows = await status_rows(env)
+        assert rows[("web", "staging")].split()[:3] == ["web", "v1", "1/1"], rows
+        assert rows[("web", "prod")].split()[:3] == ["web", "nothing", "0/1"], rows
+        assert "v1 waiting for 1 approval of prod-signoff" in rows[("web", "prod")], rows
         # ... and the webhook was told that prod waits for an approval.
         await eventually(lambda: notified(webhook, "shop/web v1 in prod: WAITING_APPROVAL — waiting for 1 approval"),
                          message="approval-needed notification")
@@ -100,6 +117,12 @@ async def test_the_demo_story(tmp_path: Path, webhook: Receiver) -> None:
                          message="rollback notification")
         prod = (await channels(env))[("web", "prod")]
         assert {t["version"] for t in prod["targets"]} == {"v1"}, prod  # prod never ran v2
+        # What status says: both run v1; v2 failed and was rolled back in staging, never reached prod.
+        rows = await status_rows(env)
+        assert rows[("web", "prod")].split()[:3] == ["web", "v1", "1/1"], rows
+        assert rows[("web", "prod")].endswith("v2 not promoted: staging rolled back"), rows
+        assert rows[("web", "staging")].split()[:3] == ["web", "v1", "1/1"], rows
+        assert "v2 failed; rolled back to v1: " in rows[("web", "staging")] and "<" not in rows[("web", "staging")], rows
         # How it stood before v2 (the README asks "2m" ago; a subprocess's clock reading
         # comes a moment later than ours, so the test names the time itself).
         then_at = datetime.fromtimestamp(before_v2, UTC).isoformat()

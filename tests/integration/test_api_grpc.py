@@ -298,13 +298,26 @@ async def test_watch_refuses_bad_requests_and_anonymous_callers(api: Running) ->
     async with grpc_stubs(api.grpc_target) as stubs:
         for request, metadata, expected in (
             (api_pb2.WatchRequest(application="shop"), (), grpc.StatusCode.UNAUTHENTICATED),
-            (api_pb2.WatchRequest(), bearer(api.admin), grpc.StatusCode.INVALID_ARGUMENT),
+            (api_pb2.WatchRequest(after_position=-1), bearer(api.admin), grpc.StatusCode.INVALID_ARGUMENT),
             (api_pb2.WatchRequest(application="shop", after_position=-1), bearer(api.admin), grpc.StatusCode.INVALID_ARGUMENT),
         ):
             watch = stubs.events.Watch(request, metadata=metadata)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await watch.read()
             assert caught.value.code() == expected
+
+
+async def test_watch_without_an_application_follows_the_whole_log(api: Running) -> None:
+    async with grpc_stubs(api.grpc_target) as stubs:
+        await seed(stubs, api.admin)
+        head = (await stubs.events.ListEvents(api_pb2.ListEventsRequest(limit=1000), metadata=bearer(api.admin))).last_position
+        watch = stubs.events.Watch(api_pb2.WatchRequest(after_position=head - 2), metadata=bearer(api.admin))
+        got = [(await watch.read()).position for _ in range(2)]
+        assert got == [head - 1, head]
+        await stubs.runtimes.ApplyRuntime(api_pb2.ApplyRuntimeRequest(runtime=runtime("us-1")), metadata=bearer(api.admin))
+        event = await watch.read()
+        assert (event.position, event.stream_id) == (head + 1, "runtime/us-1")  # an infrastructure event too
+        watch.cancel()
 
 
 async def test_garbage_bytes_are_invalid_argument_not_internal(api: Running) -> None:

@@ -1355,14 +1355,24 @@ class TargetConvergence(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    RUNNING_RELEASE_ID_FIELD_NUMBER: _builtins.int
+    RUNNING_VERSION_FIELD_NUMBER: _builtins.int
+    RUNNING_SINCE_FIELD_NUMBER: _builtins.int
     runtime: _builtins.str
     namespace: _builtins.str
     status: _convergence_pb2.InstanceStatus.ValueType
     release_id: _builtins.str
     version: _builtins.str
     reason: _builtins.str
+    running_release_id: _builtins.str
+    """What runs there: the last release that reached CONVERGED on this target (or was
+    restored by a rollback), and since when. Empty when none ever did.
+    """
+    running_version: _builtins.str
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def running_since(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -1373,10 +1383,13 @@ class TargetConvergence(_message.Message):
         version: _builtins.str = ...,
         reason: _builtins.str = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        running_release_id: _builtins.str = ...,
+        running_version: _builtins.str = ...,
+        running_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["running_since", b"running_since", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "reason", b"reason", "release_id", b"release_id", "runtime", b"runtime", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "reason", b"reason", "release_id", b"release_id", "running_release_id", b"running_release_id", "running_since", b"running_since", "running_version", b"running_version", "runtime", b"runtime", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1399,6 +1412,9 @@ class ChannelConvergence(_message.Message):
     TARGETS_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     ROLLBACK_RELEASE_ID_FIELD_NUMBER: _builtins.int
+    RUNNING_RELEASE_ID_FIELD_NUMBER: _builtins.int
+    RUNNING_VERSION_FIELD_NUMBER: _builtins.int
+    RUNNING_SINCE_FIELD_NUMBER: _builtins.int
     application: _builtins.str
     service: _builtins.str
     channel: _builtins.str
@@ -1409,10 +1425,18 @@ class ChannelConvergence(_message.Message):
     position: _builtins.int
     """Position of the latest status change."""
     rollback_release_id: _builtins.str
+    running_release_id: _builtins.str
+    """What runs in the channel: the last release that reached CONVERGED here (or that a
+    rollback restored), and since when — not the latest release, which may have failed
+    or never got here. Empty when none ever did.
+    """
+    running_version: _builtins.str
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___TargetConvergence]: ...
+    @_builtins.property
+    def running_since(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -1427,10 +1451,13 @@ class ChannelConvergence(_message.Message):
         targets: _abc.Iterable[Global___TargetConvergence] | None = ...,
         position: _builtins.int = ...,
         rollback_release_id: _builtins.str = ...,
+        running_release_id: _builtins.str = ...,
+        running_version: _builtins.str = ...,
+        running_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["running_since", b"running_since", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "position", b"position", "reason", b"reason", "release_id", b"release_id", "rollback_release_id", b"rollback_release_id", "service", b"service", "status", b"status", "targets", b"targets", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "position", b"position", "reason", b"reason", "release_id", b"release_id", "rollback_release_id", b"rollback_release_id", "running_release_id", b"running_release_id", "running_since", b"running_since", "running_version", b"running_version", "service", b"service", "status", b"status", "targets", b"targets", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1567,6 +1594,8 @@ class Explanation(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    SOAK_ENDS_AT_FIELD_NUMBER: _builtins.int
+    WINDOW_OPENS_AT_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     release_id: _builtins.str
     version: _builtins.str
@@ -1579,6 +1608,14 @@ class Explanation(_message.Message):
 
     @_builtins.property
     def evidence(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    @_builtins.property
+    def soak_ends_at(self) -> _timestamp_pb2.Timestamp:
+        """Set while the release soaks here: when the soak ends (a UI counts down to it)."""
+
+    @_builtins.property
+    def window_opens_at(self) -> _timestamp_pb2.Timestamp:
+        """Set while it waits for a deploy window: when the window opens."""
+
     def __init__(
         self,
         *,
@@ -1589,10 +1626,12 @@ class Explanation(_message.Message):
         summary: _builtins.str = ...,
         details: _abc.Iterable[_builtins.str] | None = ...,
         evidence: _abc.Iterable[Global___Event] | None = ...,
+        soak_ends_at: _timestamp_pb2.Timestamp | None = ...,
+        window_opens_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["soak_ends_at", b"soak_ends_at", "window_opens_at", b"window_opens_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "details", b"details", "evidence", b"evidence", "release_id", b"release_id", "status", b"status", "summary", b"summary", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "details", b"details", "evidence", b"evidence", "release_id", b"release_id", "soak_ends_at", b"soak_ends_at", "status", b"status", "summary", b"summary", "version", b"version", "window_opens_at", b"window_opens_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1978,10 +2017,22 @@ class ListEventsRequest(_message.Message):
     TYPES_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
+    BEFORE_POSITION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
     after_position: _builtins.int
     limit: _builtins.int
     application: _builtins.str
     actor: _builtins.str
+    before_position: _builtins.int
+    """Newest first: events before this position, the latest first (set instead of
+    after_position; continue with last_position as the next before_position).
+    """
+    service: _builtins.str
+    """With application: only events about this service of it, and/or this channel (told
+    by the stream id, or by the event's own `channel` field).
+    """
+    channel: _builtins.str
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -1998,10 +2049,13 @@ class ListEventsRequest(_message.Message):
         types: _abc.Iterable[_builtins.str] | None = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
+        before_position: _builtins.int = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "after_position", b"after_position", "application", b"application", "limit", b"limit", "since", b"since", "types", b"types", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "after_position", b"after_position", "application", b"application", "before_position", b"before_position", "channel", b"channel", "limit", b"limit", "service", b"service", "since", b"since", "types", b"types", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2014,7 +2068,9 @@ class ListEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     LAST_POSITION_FIELD_NUMBER: _builtins.int
     last_position: _builtins.int
-    """Pass as after_position to continue."""
+    """Pass as after_position (before_position when paging newest first) to continue;
+    0 after a newest-first page that reached the start of the log.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
     def __init__(
@@ -2038,6 +2094,7 @@ class WatchRequest(_message.Message):
     APPLICATION_FIELD_NUMBER: _builtins.int
     AFTER_POSITION_FIELD_NUMBER: _builtins.int
     application: _builtins.str
+    """Empty = every event of the log (the web UI's live stream)."""
     after_position: _builtins.int
     def __init__(
         self,

@@ -204,3 +204,35 @@ async def test_the_live_stream_resumes_from_last_event_id_and_ends_with_the_sess
             assert f"id: {head + 3}".encode() not in rest
         async with s.get(f"{seeded.base_url}/ui/stream") as r:
             assert r.status == 401
+
+
+async def test_a_stream_from_a_position_that_is_not_one_is_a_400(seeded: Running) -> None:
+    async with aiohttp.ClientSession(cookies={ui_session.SESSION_COOKIE: seeded.admin}) as s:
+        for value in ("9" * 30, "-1", "abc"):
+            async with s.get(f"{seeded.base_url}/ui/stream", headers={"Last-Event-ID": value}) as r:
+                assert r.status == 400, value
+
+
+async def test_bad_addresses_and_values_get_a_clear_4xx_never_a_5xx(seeded: Running) -> None:
+    s = await signed_in(seeded.base_url, seeded.admin)
+    async with s:
+        for path, status in (
+            ("/ui/fleet?page=0", 400), ("/ui/fleet?size=abc", 400), ("/ui/fleet?state=sideways", 400),
+            ("/ui/history?before=-3", 400), ("/ui/history?app=shop&service=%00", 200),
+            ("/ui/apps/nope", 404), ("/ui/apps/shop/services/nope", 404), ("/ui/apps/Shop!", 400),
+            ("/ui/apps/" + "a" * 5000, 400), ("/ui/events/0", 404), ("/ui/events/99999999", 404),
+            ("/ui/apps/shop/services/api/deploy?version=v9&params=novalue", 400),
+            ("/ui/fleet?at=" + "9" * 30, 400), ("/ui/history?before=" + "9" * 30, 400),
+            ("/ui/runtimes?at=" + "9" * 19, 400), ("/ui/fleet?page=" + "9" * 40, 400),
+        ):
+            async with s.get(seeded.base_url + path, allow_redirects=False) as r:
+                assert r.status == status, (path, r.status, (await r.text())[:300])
+        csrf = ui_session.csrf_token(seeded.admin)
+        for next_value in ("/ui/fleet\r\nSet-Cookie: x=1", "https://evil.example/", "//evil.example/", "/\\evil"):
+            data = {"csrf": csrf, "application": "shop", "service": "api", "channel": "prod", "decision": "reject",
+                    "reason": "no", "next": next_value}
+            async with s.post(f"{seeded.base_url}/ui/actions/approve", data=data, allow_redirects=False) as r:
+                assert r.status in (303, 409), (next_value, r.status, (await r.text())[:300])
+                if r.status == 303:
+                    assert r.headers["Location"].startswith("/ui/fleet?notice="), r.headers["Location"]
+                    assert "Set-Cookie" not in r.headers or "x=1" not in r.headers["Set-Cookie"]

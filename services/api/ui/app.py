@@ -73,6 +73,8 @@ def _same_site_path(value: str | None, default: str = "/ui/fleet") -> str:
     """A redirect target only within this site (no scheme, no host, no //evil)."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return default
+    if len(value) > 2048 or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+        return default  # a header cannot carry it (and a URL this page made never has one)
     return value
 
 
@@ -318,7 +320,9 @@ class UiApp:
         if "probe" in request.rel_url.query or request.method == "HEAD":
             return web.Response(status=204)  # the session is good: the browser may reconnect
         raw = request.headers.get("Last-Event-ID") or request.rel_url.query.get("after") or ""
-        after = int(raw) if raw.isdigit() else self._api.position
+        if raw and not (raw.isdigit() and int(raw) < 2**63):
+            return web.json_response({"error": "Last-Event-ID / after: a log position"}, status=400)
+        after = int(raw) if raw else self._api.position
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         )

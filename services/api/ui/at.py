@@ -22,8 +22,8 @@ def parse(value: str | None) -> api_pb2.AsOf | None:
     text = value.strip()
     if text.isdigit():
         position = int(text)
-        if position <= 0:
-            raise invalid("at", "a position is 1 or more")
+        if not 0 < position < 2**63:
+            raise invalid("at", "a position is from 1 to 2^63-1")
         return api_pb2.AsOf(position=position)
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))

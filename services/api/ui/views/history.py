@@ -37,8 +37,8 @@ def _position(query: Mapping[str, str], name: str) -> int:
     raw = query.get(name, "")
     if not raw:
         return 0
-    if not raw.isdigit():
-        raise invalid(name, "a log position (a whole number)")
+    if not raw.isdigit() or not 0 < int(raw) < 2**63:
+        raise invalid(name, "a log position (a whole number from 1 to 2^63-1)")
     return int(raw)
 
 

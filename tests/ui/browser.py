@@ -16,6 +16,7 @@ from typing import Any, Final
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -50,7 +51,11 @@ def start(downloads: Path) -> WebDriver:
 
 
 def wait(driver: WebDriver, condition: Callable[[WebDriver], Any], message: str, timeout: float = WAIT) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message)
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message)
+    except TimeoutException:
+        seen = driver.execute_script("return document.body ? document.body.innerText : ''")
+        raise AssertionError(f"{message}: not seen within {timeout}s at {driver.current_url}; the page shows:\n{seen[:3000]}") from None
 
 
 def text_of(driver: WebDriver, css: str) -> str:
@@ -70,6 +75,27 @@ def shows(css: str, *words: str) -> Callable[[WebDriver], bool]:
         return all(w in text for w in words)
 
     return check
+
+
+def click(driver: WebDriver, css: str) -> None:
+    """Click the element at `css` in one script: a live page may swap its content between
+    finding an element and clicking it, which would leave a WebDriver reference stale."""
+    found = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); if (e) { e.click(); return true; } return false;", css
+    )
+    assert found, f"nothing at {css}"
+
+
+def fresh(action: Callable[[], Any], attempts: int = 20) -> Any:
+    """Run a WebDriver action again when the live page swapped the element out from under
+    it (each attempt finds the element anew; this is not a wait)."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except StaleElementReferenceException:
+            if attempt == attempts - 1:
+                raise
+    return None
 
 
 def axe_violations(driver: WebDriver) -> list[dict[str, Any]]:

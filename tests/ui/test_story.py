@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.ui.browser import axe_violations, screenshot, shows, text_of, wait
+from tests.ui.browser import axe_violations, click, fresh, screenshot, shows, text_of, wait
 from tests.ui.conftest import Demo
 
 WEB_STAGING = "section[data-app=shop] tr[data-service=web] td[data-channel=staging]"
@@ -24,8 +24,8 @@ WEB_PROD = "section[data-app=shop] tr[data-service=web] td[data-channel=prod]"
 def sign_in(driver: WebDriver, demo: Demo, token: str, page: str = "/ui/fleet") -> None:
     driver.get(demo.url + page)
     wait(driver, lambda d: "/ui/login" in d.current_url, "redirected to sign-in")
-    driver.find_element(By.ID, "token").send_keys(token)
-    driver.find_element(By.CSS_SELECTOR, "main.login button[type=submit]").click()
+    driver.find_element(By.ID, "token").send_keys(token)  # the sign-in page is not live
+    click(driver, "main.login button[type=submit]")
     wait(driver, lambda d: page.split("?")[0] in d.current_url and "/ui/login" not in d.current_url, "signed in")
 
 
@@ -44,12 +44,11 @@ def same_page(driver: WebDriver) -> bool:
 
 def tab_to(driver: WebDriver, element_id: str, limit: int = 300) -> None:
     """Press Tab (only) until the element has the focus."""
-    body = driver.find_element(By.TAG_NAME, "body")
-    body.click()
+    driver.execute_script("document.activeElement && document.activeElement.blur()")
     for _ in range(limit):
-        if driver.switch_to.active_element.get_attribute("id") == element_id:
+        if fresh(lambda: driver.switch_to.active_element.get_attribute("id")) == element_id:
             return
-        driver.switch_to.active_element.send_keys(Keys.TAB)
+        fresh(lambda: driver.switch_to.active_element.send_keys(Keys.TAB))
     raise AssertionError(f"#{element_id} is not reachable with the Tab key")
 
 
@@ -83,10 +82,11 @@ def test_the_demo_story_in_the_browser(demo: Demo, chrome: WebDriver, tmp_path: 
     accessible(chrome, "application")
     screenshot(chrome, "application", shots)
     tab_to(chrome, "reason-shop-web-prod")
+    # The focus is in the reason field: the live page does not swap its content under it.
     chrome.switch_to.active_element.send_keys("tested in staging")
     chrome.switch_to.active_element.send_keys(Keys.TAB)
-    assert chrome.switch_to.active_element.text == "Approve prod"
-    chrome.switch_to.active_element.send_keys(Keys.ENTER)
+    assert fresh(lambda: chrome.switch_to.active_element.text) == "Approve prod"
+    fresh(lambda: chrome.switch_to.active_element.send_keys(Keys.ENTER))
     wait(chrome, shows(".banner.notice", "Approval recorded"), "the approval is recorded")
 
     # Prod deploys, soaks behind its probe and converges, shown live on the open page.
@@ -103,15 +103,15 @@ def test_the_demo_story_in_the_browser(demo: Demo, chrome: WebDriver, tmp_path: 
 
     # The failing v2: previewed (nothing recorded), deployed, rolled back in staging; prod keeps v1.
     chrome.get(demo.url + "/ui/apps/shop/services/web/deploy")
-    chrome.find_element(By.ID, "d-version").send_keys("v2")
-    chrome.find_element(By.ID, "d-params").send_keys("docroot=/nonexistent")
+    fresh(lambda: chrome.find_element(By.ID, "d-version").send_keys("v2"))
+    fresh(lambda: chrome.find_element(By.ID, "d-params").send_keys("docroot=/nonexistent"))
     head = position(chrome)
-    chrome.find_element(By.CSS_SELECTOR, "form[aria-label='Preview a deploy'] button").click()
+    click(chrome, "form[aria-label='Preview a deploy'] button")
     wait(chrome, shows("main", "What deploying v2 would do", "staging"), "the plan")
-    assert position(chrome) == head, "a preview records nothing"
+    assert fresh(lambda: position(chrome)) == head, "a preview records nothing"
     accessible(chrome, "deploy preview")
     screenshot(chrome, "deploy-preview", shots)
-    chrome.find_element(By.CSS_SELECTOR, "form[aria-label='Deploy'] button").click()
+    click(chrome, "form[aria-label='Deploy'] button")
     wait(chrome, shows(".banner.notice", "Deploy recorded"), "the deploy is recorded")
     mark_page(chrome)
     wait(chrome, shows("section[data-channel=staging] .headline", "Runs v1", "v2 failed; rolled back to v1"),
@@ -136,7 +136,7 @@ def test_the_demo_story_in_the_browser(demo: Demo, chrome: WebDriver, tmp_path: 
         assert kind in kinds or kind in _older_kinds(chrome, demo), kind
     accessible(chrome, "history")
     screenshot(chrome, "history", shots)
-    chrome.find_element(By.CSS_SELECTOR, "table.history td a").click()
+    click(chrome, "table.history td a")
     wait(chrome, shows("main h1", "Event"), "an event's permalink")
     accessible(chrome, "event")
 
@@ -147,11 +147,12 @@ def test_the_demo_story_in_the_browser(demo: Demo, chrome: WebDriver, tmp_path: 
 
     # Time travel: the slider set to the position before the approval shows prod waiting.
     chrome.get(demo.url + "/ui/fleet")
-    chrome.execute_script(
-        "const s = document.getElementById('at-slider'); s.value = arguments[0];"
-        "s.dispatchEvent(new Event('change'));",
-        before_approval,
-    )
+    slider = chrome.find_element(By.ID, "at-slider")  # in the header: the live swap leaves it alone
+    steps_back = int(slider.get_attribute("value") or 0) - before_approval
+    assert steps_back > 0
+    slider.send_keys(*([Keys.ARROW_LEFT] * steps_back))
+    assert chrome.find_element(By.ID, "at-input").get_attribute("value") == str(before_approval)
+    slider.send_keys(Keys.ENTER)
     wait(chrome, shows(".banner.past", "looking at the past", f"position {before_approval}"), "the past banner")
     assert "v1 waiting for 1 approval" in text_of(chrome, WEB_PROD)
     assert "v2" not in text_of(chrome, WEB_STAGING)
@@ -164,10 +165,9 @@ def _older_kinds(driver: WebDriver, demo: Demo) -> str:
     """The event kinds on the history's next pages (the first page holds the newest 50)."""
     seen = ""
     for _ in range(10):
-        older = driver.find_elements(By.CSS_SELECTOR, "nav.pager a[rel=next]")
-        if not older:
+        if not driver.find_elements(By.CSS_SELECTOR, "nav.pager a[rel=next]"):
             break
-        older[0].click()
+        click(driver, "nav.pager a[rel=next]")
         seen += text_of(driver, "table.history")
     return seen
 
@@ -193,7 +193,7 @@ def test_a_viewer_cannot_approve_and_a_forged_form_is_refused(demo: Demo, chrome
     wait(chrome, shows("main", "Refused", "CSRF"), "the forged form is refused")
     # Signing out ends the session.
     chrome.get(demo.url + "/ui/fleet")
-    chrome.find_element(By.CSS_SELECTOR, "header form button").click()
+    click(chrome, "header form button")
     wait(chrome, lambda d: "/ui/login" in d.current_url, "signed out")
     chrome.get(demo.url + "/ui/fleet")
     wait(chrome, lambda d: "/ui/login" in d.current_url, "pages need a session again")

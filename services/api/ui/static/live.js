@@ -8,10 +8,18 @@
   var status = document.getElementById("live-status");
   var slider = document.querySelector("[data-travel]");
   if (slider) {
+    // Dragging shows the position in the field and goes there on release; with the
+    // keyboard, the arrows choose and Enter goes (the Show button works without script).
+    var input = document.getElementById("at-input");
+    var pointer = false;
+    slider.addEventListener("pointerdown", function () { pointer = true; });
+    slider.addEventListener("input", function () { input.value = slider.value; });
     slider.addEventListener("change", function () {
-      var input = document.getElementById("at-input");
       input.value = slider.value;
-      input.form.submit();
+      if (pointer) { pointer = false; input.form.submit(); }
+    });
+    slider.addEventListener("keydown", function (e) {
+      if (e.key === "Enter") { e.preventDefault(); input.value = slider.value; input.form.submit(); }
     });
   }
   if (!main || main.dataset.live !== "1") return;
@@ -37,7 +45,20 @@
 
   function say(text) { if (status) status.textContent = text; }
 
+  // Never swap a form out from under the keyboard: while the focus is on one of the
+  // page's form controls (a field, or the button about to be pressed), the refresh waits
+  // until the focus leaves the form (one refresh then, no polling meanwhile).
+  var held = false;
+  function inForm() {
+    var active = document.activeElement;
+    return !!(active && main.contains(active) && active.closest && active.closest("form"));
+  }
+  main.addEventListener("focusout", function () {
+    setTimeout(function () { if (held && !inForm()) { held = false; refresh(); } }, 0);
+  });
+
   function refresh() {
+    if (inForm()) { held = true; return; }
     if (refreshing) { again = true; return; }
     refreshing = true;
     fetch(location.href, { headers: { "X-Convoy-Fragment": "1" }, credentials: "same-origin", redirect: "manual" })
@@ -48,10 +69,20 @@
       .then(function (html) {
         if (html === null) return;
         var focused = document.activeElement && document.activeElement.id;
-        var typing = document.activeElement && /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName) && main.contains(document.activeElement);
-        if (typing) { again = true; return; }  // never swap a form out from under the keyboard
+        if (inForm()) { held = true; return; }  // the focus moved into a form meanwhile
+        // What the user typed or chose and has not sent yet survives the swap (by id).
+        var kept = {};
+        var fields = main.querySelectorAll("input[id], textarea[id], select[id]");
+        for (var i = 0; i < fields.length; i++) {
+          var f = fields[i];
+          var changed = f.tagName === "SELECT"
+            ? Array.prototype.some.call(f.options, function (o) { return o.selected !== o.defaultSelected; })
+            : f.value !== f.defaultValue;
+          if (changed) kept[f.id] = f.value;
+        }
         main.innerHTML = html;
         rendered = performance.now();
+        for (var id in kept) { var g = document.getElementById(id); if (g) g.value = kept[id]; }
         if (focused) { var el = document.getElementById(focused); if (el) el.focus(); }
       })
       .catch(function () {})

@@ -11,6 +11,7 @@ library never applies a command twice.
 
 from __future__ import annotations
 
+import signal
 import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
@@ -216,14 +217,22 @@ class Client:
         except grpc.RpcError as e:
             raise describe(e, self.target) from None
 
-    def stream(self, method: Any, request: Message) -> Iterator[Any]:
-        """A server stream with no deadline (Watch); failures become CliError."""
+    def stream(self, method: Any, request: Message, *, until_interrupted: bool = False) -> Iterator[Any]:
+        """A server stream with no deadline (Watch); failures become CliError. With
+        `until_interrupted`, Ctrl-C (SIGINT) cancels the call and the stream just ends: a
+        KeyboardInterrupt raised while the main thread is inside gRPC's C core can be lost,
+        and a follow that ignores Ctrl-C is one the user has to kill."""
+        call = method(request, metadata=self.metadata())
+        previous = signal.signal(signal.SIGINT, lambda *_: call.cancel()) if until_interrupted else None
         try:
-            yield from method(request, metadata=self.metadata())
+            yield from call
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
                 return
             raise describe(e, self.target) from None
+        finally:
+            if until_interrupted:
+                signal.signal(signal.SIGINT, previous)
 
     def pages(self, method: Any, request: Message, items: str) -> list[Any]:
         """Every item of a paged List call."""

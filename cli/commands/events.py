@@ -110,7 +110,8 @@ def _list(client: Client, request: api_pb2.ListEventsRequest, output: Format, *,
 
 def _watch(client: Client, app: str, after: int, filters: api_pb2.ListEventsRequest, output: Format) -> None:
     """Watch sends every event of the application; the other filters apply here."""
-    for event in client.stream(client.events.Watch, api_pb2.WatchRequest(application=app, after_position=after)):
+    request = api_pb2.WatchRequest(application=app, after_position=after)
+    for event in client.stream(client.events.Watch, request, until_interrupted=True):
         if filters.actor and event.actor != filters.actor:
             continue
         if filters.types and event.type not in filters.types:

@@ -128,7 +128,13 @@ async def test_events_follow_uses_watch_and_stops_on_ctrl_c(cli: Cli) -> None:
         more = await read_events_until(proc.stdout, lambda e: e["type"] == "convoy.v1.ReleaseCreated")
         assert json.loads(more[-1]["json"])["release"]["version"] == "v7"
         proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        try:
+            code = await asyncio.wait_for(proc.wait(), 60)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError("Ctrl-C did not stop `convoy events --follow`:\n" + (await proc.stderr.read()).decode())
+        assert code == 0
         errors = (await proc.stderr.read()).decode()
         assert "Traceback" not in errors, errors
     finally:

@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,18 +44,18 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     state, log = folder / "state", folder / "convoy-up.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")}
     env |= {"CONVOY_STATE_DIR": str(state), "CONVOY_CONFIG": str(folder / "no-config.toml")}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "up", "--demo", "--state-dir", str(state),
-             "--grpc-port", "0", "--http-port", "0", "--ops-port", "0"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-        )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up", "--demo", "--state-dir", str(state),
+         "--grpc-port", "0", "--http-port", "0", "--ops-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True,
+    )
+    ready = threading.Event()
+    drain = threading.Thread(target=_drain, args=(proc, log, ready), name="convoy-up-output", daemon=True)
+    drain.start()
     try:
-        deadline = time.monotonic() + 180
-        while READY not in log.read_text():
-            assert proc.poll() is None, "convoy up exited:\n" + log.read_text()[-5000:]
-            assert time.monotonic() < deadline, "convoy up did not get ready:\n" + log.read_text()[-5000:]
-            time.sleep(0.05)  # polling its output for the ready line, with the deadline above
+        if not ready.wait(180):  # set by the line itself, or by the output ending
+            raise AssertionError("convoy up did not get ready:\n" + log.read_text()[-5000:])
+        assert READY in log.read_text(), "convoy up exited:\n" + log.read_text()[-5000:]
         url = re.search(r"web UI:\s+(http://\S+?)/ ", log.read_text())
         assert url is not None, log.read_text()
         yield Demo(url.group(1), (state / "admin-token").read_text().strip(), env, log)
@@ -66,6 +66,22 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        drain.join(30)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def _drain(proc: subprocess.Popen[str], log: Path, ready: threading.Event) -> None:
+    """Copy `convoy up`'s output to its log file as it comes (so it never blocks on a full
+    pipe); `ready` is set on the ready line, or when the output ends (it exited)."""
+    assert proc.stdout is not None
+    with log.open("w") as out:
+        for line in proc.stdout:
+            out.write(line)
+            out.flush()
+            if READY in line:
+                ready.set()
+    ready.set()
 
 
 @pytest.fixture

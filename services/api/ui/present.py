@@ -14,6 +14,7 @@ from typing import Final
 from google.protobuf import timestamp_pb2
 
 from schemas.convoy.v1 import convergence_pb2
+from services.api import summaries
 
 S = convergence_pb2
 
@@ -113,9 +114,7 @@ def duration(seconds: float) -> str:
 def sentence(text: str) -> str:
     """A `services.api.summaries` sentence as a page shows it: the CLI's pointer to `convoy
     why` becomes an ellipsis (the page links to the release, which shows the whole text)."""
-    from services.api.summaries import DETAIL
-
-    return text.replace(f" {DETAIL}", "…")
+    return text.replace(f" {summaries.DETAIL}", "…")
 
 
 def seconds_until(ts: timestamp_pb2.Timestamp, now: datetime) -> int | None:

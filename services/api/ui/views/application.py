@@ -136,9 +136,8 @@ def steps(
                     details=tuple(why.details) if why is not None else (),
                     approvals_given=given(why.evidence, c.release_id, channel.name) if why is not None and c is not None else 0,
                     awaits_person=status in present.WAITING_FOR_A_PERSON,
-                    approval=names[0] if len(names) == 1 else "",
-                    soak_left=present.seconds_until(why.soak_ends_at, now) if why is not None and live else None,
-                    window_in=present.seconds_until(why.window_opens_at, now) if why is not None and live else None,
+                    approval=common.only_approval(names),
+                    **common.countdowns(why, now, live),
                 )
             )
         out.append(

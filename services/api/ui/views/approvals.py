@@ -50,7 +50,7 @@ def waiting(
                     running=c.running_version,
                     since=present.when(c.updated_at),
                     reason=present.short(c.reason, 160),
-                    approval=approvals[0] if len(approvals) == 1 else "",
+                    approval=common.only_approval(approvals),
                 )
             )
     return out

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from schemas.convoy.v1 import api_pb2, resources_pb2
 from services.api.paging import MAX_PAGE_SIZE
+from services.api.ui import present
 from services.api.ui.client import UiClient
 
 
@@ -71,6 +73,22 @@ async def fleet_convergence(
         converged[app.name] = list(answer.channels)
         position = answer.position
     return converged, position
+
+
+def only_approval(names: list[str]) -> str:
+    """The approval the dialog names: the channel's only manual approval, else "" (the API
+    then asks which)."""
+    return names[0] if len(names) == 1 else ""
+
+
+def countdowns(why: api_pb2.Explanation | None, now: datetime, live: bool) -> dict[str, int | None]:
+    """Seconds left of the soak and until the deploy window opens, for a live page."""
+    if why is None or not live:
+        return {"soak_left": None, "window_in": None}
+    return {
+        "soak_left": present.seconds_until(why.soak_ends_at, now),
+        "window_in": present.seconds_until(why.window_opens_at, now),
+    }
 
 
 def payload(event: api_pb2.Event) -> dict[str, Any]:

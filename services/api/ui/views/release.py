@@ -130,9 +130,8 @@ def channel_steps(
                 ),
                 evidence=evidence(why.evidence) if why is not None else (),
                 awaits_person=status in present.WAITING_FOR_A_PERSON,
-                approval=approvals[0] if len(approvals) == 1 else "",
-                soak_left=present.seconds_until(why.soak_ends_at, now) if why is not None and live else None,
-                window_in=present.seconds_until(why.window_opens_at, now) if why is not None and live else None,
+                approval=common.only_approval(approvals),
+                **common.countdowns(why, now, live),
             )
         )
     return out

@@ -1114,3 +1114,66 @@ class Release(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Release: _TypeAlias = Release  # noqa: Y015
+
+@_typing.final
+class SecretRef(_message.Message):
+    """Where a secret value lives. Convoy stores and carries only this reference: the value is
+    resolved where it is used (an agent at apply time, the control plane for its own
+    credentials) and is never written to the log, the bus, state files, logs or API answers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENV_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    KUBERNETES_FIELD_NUMBER: _builtins.int
+    CONVOY_FIELD_NUMBER: _builtins.int
+    env: _builtins.str
+    """An environment variable on the machine that resolves the reference."""
+    file: _builtins.str
+    """A file on the machine that resolves the reference (its content, one trailing newline dropped)."""
+    convoy: _builtins.str
+    """A value Convoy keeps encrypted at rest under a key outside the log."""
+    @_builtins.property
+    def kubernetes(self) -> Global___KubernetesSecretKey:
+        """A key of a Kubernetes Secret in the workload's namespace (Kubernetes runtimes only)."""
+
+    def __init__(
+        self,
+        *,
+        env: _builtins.str = ...,
+        file: _builtins.str = ...,
+        kubernetes: Global___KubernetesSecretKey | None = ...,
+        convoy: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["convoy", b"convoy", "env", b"env", "file", b"file", "kubernetes", b"kubernetes", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["convoy", b"convoy", "env", b"env", "file", b"file", "kubernetes", b"kubernetes", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["env", "file", "kubernetes", "convoy"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___SecretRef: _TypeAlias = SecretRef  # noqa: Y015
+
+@_typing.final
+class KubernetesSecretKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    key: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KubernetesSecretKey: _TypeAlias = KubernetesSecretKey  # noqa: Y015

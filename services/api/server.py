@@ -41,6 +41,7 @@ from services.api.history import History
 from services.api.images import ImageResolver
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
+from services.api.registry_hooks import RegistryHooks
 from services.api.ui.app import UiApp
 from services.api.rest import GrpcMetrics, RequestMetrics, RestApp, ServerLog
 from services.api.writes import Writer
@@ -146,6 +147,8 @@ class ApiServer:
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self.ui = UiApp(self.api)
+        self.registry_hooks = RegistryHooks(self.api)
+        """Push listeners (the follower's `notify`) are added by the composition."""
         self._openapi: dict[str, Any] | None = None
         self.ports = BoundPorts(0, 0)
         self.admin_token_path: Path | None = None
@@ -227,6 +230,7 @@ class ApiServer:
             registry=self.metrics,
             requests=self._requests,
             ui=self.ui,
+            hooks=[self.registry_hooks],
         )
         runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=self._grace, logger=ServerLog())
         await runner.setup()

@@ -1,84 +1,106 @@
-"""Image references: `host[:port]/repository[:tag][@sha256:…]`, parsed the way Docker does.
+"""Image references (`host/repository:tag@digest`), parsed the way Docker does, with no I/O.
 
-A name's first component is a registry host when it contains a `.` or a `:` or is
-`localhost`; otherwise the image is on Docker Hub (`registry-1.docker.io`, with
-`library/` for one-component names). Pure.
+A release pins each image to a digest, so the form agents apply is `pinned()`:
+`host/repo@sha256:…`. Parsing follows distribution's reference grammar closely enough to
+refuse what a registry would refuse, with a message that says which part is wrong. Docker Hub
+short names are normalised (`nginx` → `registry-1.docker.io/library/nginx`), so two spellings
+of one image compare equal.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
 
-DOCKER_HUB: Final = "registry-1.docker.io"
-_COMPONENT: Final = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
-_HOST: Final = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:]+\](?::[0-9]{1,5})?")
+DOCKER_HUB = "registry-1.docker.io"
+_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+MAX_NAME = 255
+
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 def is_digest(text: str) -> bool:
-    return _DIGEST.fullmatch(text) is not None
+    """`sha256:` and 64 lowercase hex digits (the only algorithm Convoy pins with)."""
+    return DIGEST.fullmatch(text) is not None
 
 
-@dataclass(frozen=True, slots=True)
+def check_repository(name: str) -> None:
+    """Raise ValueError unless `name` is a valid repository path (`demo/app`)."""
+    if not name:
+        raise ValueError("the repository name is empty")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"the repository name is longer than {MAX_NAME} characters")
+    for part in name.split("/"):
+        if not _COMPONENT.fullmatch(part):
+            raise ValueError(
+                f"repository {name!r}: component {part!r} must be lowercase letters and digits, "
+                "separated by '.', '_', '__' or '-'"
+            )
+
+
+@dataclass(frozen=True)
 class ImageReference:
     host: str
     repository: str
-    tag: str | None = None
-    digest: str | None = None
+    tag: str | None
+    digest: str | None
 
     @classmethod
     def parse(cls, text: str) -> ImageReference:
-        if not text or len(text) > 512 or any(ch.isspace() for ch in text):
-            raise ValueError(f"{text[:80]!r} is not an image reference (empty, too long or with spaces)")
-        rest, digest = text, None
-        if "@" in rest:
-            rest, digest = rest.split("@", 1)
+        original = text
+        if not text or text != text.strip():
+            raise ValueError(f"image reference {original!r}: empty or surrounded by whitespace")
+        digest: str | None = None
+        if "@" in text:
+            text, digest = text.split("@", 1)
             if not is_digest(digest):
-                raise ValueError(f"{text!r}: the digest must be sha256:<64 lowercase hex>")
-        tag = None
-        slash = rest.rfind("/")
-        colon = rest.rfind(":")
+                raise ValueError(
+                    f"image reference {original!r}: digest {digest!r} is not sha256: followed by 64 lowercase hex digits"
+                )
+        tag: str | None = None
+        slash = text.rfind("/")
+        colon = text.rfind(":")
         if colon > slash:
-            rest, tag = rest[:colon], rest[colon + 1 :]
-            if not _TAG.fullmatch(tag):
-                raise ValueError(f"{text!r}: {tag!r} is not a valid tag")
-        first, sep, remainder = rest.partition("/")
-        if sep and ("." in first or ":" in first or first == "localhost"):
-            if not _HOST.fullmatch(first):
-                raise ValueError(f"{text!r}: {first!r} is not a registry host")
-            host, path = first, remainder
+            text, tag = text[:colon], text[colon + 1 :]
+            if not TAG.fullmatch(tag):
+                raise ValueError(
+                    f"image reference {original!r}: tag {tag!r} must be 1-128 characters of letters, digits, '_', '.', '-' "
+                    "(not starting with '.' or '-')"
+                )
+        first, _, rest = text.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+            host, repository = first, rest
+            if not _HOST.fullmatch(host):
+                raise ValueError(f"image reference {original!r}: {host!r} is not a valid registry host")
         else:
-            host, path = DOCKER_HUB, rest
-            if first in ("docker.io", "index.docker.io"):
-                path = remainder
-            if "/" not in path:
-                path = f"library/{path}"
-        if host in ("docker.io", "index.docker.io"):
+            host, repository = DOCKER_HUB, text
+        if host.lower() in _HUB_ALIASES:
             host = DOCKER_HUB
-        if not path or not all(_COMPONENT.fullmatch(part) for part in path.split("/")):
-            raise ValueError(
-                f"{text!r}: {path!r} is not a repository name (lowercase letters, digits and separators)"
-            )
-        return cls(host=host, repository=path, tag=tag, digest=digest)
+            if "/" not in repository:
+                repository = f"library/{repository}"
+        try:
+            check_repository(repository)
+        except ValueError as e:
+            raise ValueError(f"image reference {original!r}: {e}") from None
+        return cls(host=host, repository=repository, tag=tag, digest=digest)
 
     @property
     def name(self) -> str:
-        """host/repository, without tag or digest."""
+        """`host/repository`, without tag or digest."""
         return f"{self.host}/{self.repository}"
 
     def pinned(self, digest: str) -> str:
-        """What agents apply: `host/repository@sha256:…`."""
         if not is_digest(digest):
-            raise ValueError(f"{digest!r} is not a sha256 digest")
+            raise ValueError(f"{digest!r} is not sha256: followed by 64 lowercase hex digits")
         return f"{self.name}@{digest}"
 
     def __str__(self) -> str:
         text = self.name
-        if self.tag:
+        if self.tag is not None:
             text += f":{self.tag}"
-        if self.digest:
+        if self.digest is not None:
             text += f"@{self.digest}"
         return text

@@ -59,6 +59,8 @@ class _Due:
     next_at: float = 0.0
     failures: int = 0
     notified: bool = False
+    declared: bytes = b""
+    """The subscription and registry as last looked at: a change is looked at at once."""
 
 
 @dataclass(slots=True)
@@ -121,6 +123,11 @@ class Follower:
             del self._due[key]
         for subscription in subscriptions:
             due = self._due.setdefault(subscription.key, _Due())
+            declared = subscription.follow.SerializeToString(deterministic=True) + subscription.registry.SerializeToString(
+                deterministic=True
+            )
+            if declared != due.declared:
+                due.declared, due.next_at, due.failures = declared, 0.0, 0
             if not due.notified and due.next_at > now:
                 continue
             due.notified = False

@@ -154,6 +154,19 @@ def _codes(answer: _Answer) -> set[str]:
     return {item["code"] for item in body["errors"] if isinstance(item, dict) and isinstance(item.get("code"), str)}
 
 
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """At most cap + 1 bytes of the body (one more than allowed tells it was too big)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await response.content.read(cap + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _media_type(headers: CIMultiDictProxy[str]) -> str:
     return headers.get("Content-Type", "").split(";", 1)[0].strip()
 
@@ -475,7 +488,7 @@ class RegistryClient:
                         continue
                     body, oversized = b"", False
                     if method != "HEAD":
-                        body = await response.content.read(cap + 1)
+                        body = await _read_capped(response, cap)
                         oversized = len(body) > cap
                         body = body[:cap]
                     return _Answer(response.status, response.headers, body, oversized, url)

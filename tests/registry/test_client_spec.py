@@ -12,6 +12,7 @@ import hashlib
 import socket
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -393,3 +394,68 @@ async def test_concurrent_callers_queue_behind_each_other(spec: Registry, time_:
         await asyncio.gather(*(registry.resolve("demo/app", "1.0.0") for _ in range(3)))
     # Each reserved its slot before waiting: 0, 0.5 and 1.0 s after the start.
     assert sorted(sleeps) == [0.5, 1.0]
+
+
+async def test_a_used_up_quota_holds_the_next_request(spec: Registry, time_: FakeTime) -> None:
+    spec.push("demo/app", "1.0.0")
+    answers = iter([{"RateLimit-Remaining": "0;w=21600", "RateLimit-Reset": "30"}])
+
+    def quota(request: web.Request) -> web.StreamResponse | None:
+        headers = next(answers, None)
+        if headers is None:
+            return None
+        return web.json_response({"tags": ["1.0.0"]}, headers=headers)
+
+    spec.override = quota
+    async with client(spec, time_) as registry:
+        assert await registry.list_tags("demo/app") == ["1.0.0"]
+        assert time_.sleeps == []
+        await registry.resolve("demo/app", "1.0.0")
+    assert time_.sleeps == [30.0]
+
+
+# --- credentials never travel or leak ------------------------------------------------
+
+
+async def test_credentials_do_not_follow_a_redirect_to_another_origin(spec: Registry, time_: FakeTime) -> None:
+    spec.auth = "basic"
+    digest = spec.push("demo/app", "1.0.0")
+    async with serving(Registry()) as elsewhere:
+        elsewhere.push("demo/app", "1.0.0")
+
+        def redirect(request: web.Request) -> web.StreamResponse | None:
+            if request.headers.get("Authorization") is None:
+                return None  # the challenge first
+            return web.Response(status=307, headers={"Location": f"{elsewhere.url}{request.raw_path}"})
+
+        spec.override = redirect
+        async with client(spec, time_) as registry:
+            assert (await registry.resolve("demo/app", "1.0.0")).digest == digest
+    assert [s.authorization for s in elsewhere.seen] == [None]
+    assert spec.seen[-1].authorization == basic_authorization(spec.username, spec.password)
+
+
+async def test_no_secret_reaches_a_log_or_a_message(spec: Registry, time_: FakeTime, json_logs) -> None:  # type: ignore[no-untyped-def]
+    spec.auth = "bearer"
+    spec.push("demo/app", "1.0.0")
+    spec.override = failing(2, status=503)
+    async with client(spec, time_) as registry:
+        await registry.resolve("demo/app", "1.0.0")
+        token = (spec.seen[-1].authorization or "").removeprefix("Bearer ")
+        assert token
+        spec.override = failing(100, status=503)
+        with pytest.raises(errors.Unavailable) as down:
+            await registry.resolve("demo/app", "1.0.0")
+        assert repr(registry) == f"RegistryClient(name='spec', url='{spec.url}')"
+    logged = json_logs.getvalue()
+    assert "registry retry" in logged  # the retries were logged, without their credentials
+    for secret in (spec.password, token, basic_authorization(spec.username, spec.password).removeprefix("Basic ")):
+        assert secret not in logged and secret not in str(down.value)
+
+
+async def test_a_given_session_is_used_and_left_open(spec: Registry, time_: FakeTime) -> None:
+    spec.push("demo/app", "1.0.0")
+    async with aiohttp.ClientSession() as session:
+        async with client(spec, time_, session=session) as registry:
+            await registry.resolve("demo/app", "1.0.0")
+        assert not session.closed

@@ -21,6 +21,7 @@ MAX_TOKEN_ANSWER = 1024 * 1024
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BARE_VALUE = re.compile(r"[^,\s]+")
+_TOKEN_TEXT = re.compile(r"[\x21-\x7e]+")
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ def parse_token_answer(body: bytes) -> tuple[str, int]:
     token = answer.get("token") or answer.get("access_token")
     if not isinstance(token, str) or not token:
         raise ValueError("the token answer has no `token` or `access_token` string")
+    if not _TOKEN_TEXT.fullmatch(token):
+        raise ValueError("the token answer's token has characters a header cannot carry")
     expires = answer.get("expires_in", DEFAULT_EXPIRES_IN)
     if isinstance(expires, bool) or not isinstance(expires, int | float) or expires <= 0:
         raise ValueError("the token answer's `expires_in` is not a positive number")

@@ -252,9 +252,10 @@ class RegistryClient:
         what = f"{repository}@{reference}" if pinned else f"{repository}:{reference}"
         url = f"{self.url}/v2/{repository}/manifests/{reference}"
         head = await self._call("HEAD", url, repository=repository, what=what, accept=ACCEPT, cap=0)
-        if head.status == 404:
+        if head.status in (404, 405):
             # HEAD answers carry no body, so no error code: ask again to tell a missing
-            # repository from a missing tag (and see it if it was pushed in between).
+            # repository from a missing tag (and see it if it was pushed in between);
+            # a registry without HEAD (405) is asked with GET.
             head = await self._call("GET", url, repository=repository, what=what, accept=ACCEPT, cap=MAX_MANIFEST)
         if head.status != 200:
             raise self._refusal(head, repository=repository, what=what, missing=errors.ManifestUnknown)
@@ -307,8 +308,12 @@ class RegistryClient:
             link = next_link(answer.headers.getall("Link", []))
             if len(tags) >= limit or link is None:
                 return tags
-            target = urljoin(url, link)
-            if _origin(target) != self._origin:
+            try:
+                target = urljoin(url, link)
+                elsewhere = _origin(target) != self._origin
+            except ValueError:
+                raise self._bad(f"{what}: the next-page link {_clip(link)!r} is not a URL", repository) from None
+            if elsewhere:
                 raise self._bad(f"{what}: the next-page link points to another origin ({_clip(target)}); refused", repository)
             if target in fetched:
                 raise self._bad(f"{what}: the next-page link repeats a page already fetched (a pagination loop)", repository)
@@ -473,10 +478,14 @@ class RegistryClient:
             self._session = aiohttp.ClientSession()
         origin = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):
+            try:
+                target = URL(url, encoded=True)
+            except ValueError:
+                raise self._bad(f"{what}: {_clip(url)!r} is not a URL", repository) from None
             await self._spacing.acquire()
             try:
                 async with self._session.request(
-                    method, URL(url, encoded=True), headers=headers, allow_redirects=False, timeout=self._timeout
+                    method, target, headers=headers, allow_redirects=False, timeout=self._timeout
                 ) as response:
                     location = response.headers.get("Location")
                     if response.status in _REDIRECTS and location:
@@ -492,7 +501,9 @@ class RegistryClient:
                         oversized = len(body) > cap
                         body = body[:cap]
                     return _Answer(response.status, response.headers, body, oversized, url)
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
+            except aiohttp.InvalidURL:
+                raise self._bad(f"{what}: {_clip(url)!r} is not a URL this client can request", repository) from None
+            except (aiohttp.ClientError, TimeoutError) as e:
                 raise _Unreachable(_clip(type(e).__name__ + (f": {e}" if str(e) else ""))) from None
         raise self._bad(f"{what}: more than {MAX_REDIRECTS} redirects", repository)
 

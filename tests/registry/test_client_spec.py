@@ -459,3 +459,20 @@ async def test_a_given_session_is_used_and_left_open(spec: Registry, time_: Fake
         async with client(spec, time_, session=session) as registry:
             await registry.resolve("demo/app", "1.0.0")
         assert not session.closed
+
+
+async def test_a_registry_without_head_is_asked_with_get(spec: Registry, time_: FakeTime) -> None:
+    digest = spec.push("demo/app", "1.0.0")
+    spec.override = lambda request: web.Response(status=405) if request.method == "HEAD" else None
+    async with client(spec, time_) as registry:
+        assert (await registry.resolve("demo/app", "1.0.0")).digest == digest
+    assert [s.method for s in spec.seen] == ["HEAD", "GET"]
+
+
+async def test_a_next_link_that_is_not_a_url_is_a_bad_answer(spec: Registry, time_: FakeTime) -> None:
+    for i in range(3):
+        spec.push("demo/app", f"t{i}")
+    spec.link = lambda name, link: "http://[not-an-ip/x"
+    async with client(spec, time_) as registry:
+        with pytest.raises(errors.BadAnswer, match=r"the next-page link 'http://\[not-an-ip/x' is not a URL"):
+            await registry.list_tags("demo/app", page_size=2)

@@ -85,6 +85,7 @@ def test_token_answers() -> None:
         (b"<html>", "not JSON"), (b"[]", "not a JSON object"), (b'{"token": ""}', "no `token` or `access_token`"),
         (b'{"token": "t", "expires_in": -1}', "`expires_in` is not a positive number"),
         (b'{"token": "t", "expires_in": true}', "`expires_in` is not a positive number"),
+        (b'{"token": "t\\r\\nX-Injected: 1"}', "characters a header cannot carry"),
     ):
         with pytest.raises(ValueError, match=message) as refused:
             auth.parse_token_answer(body)

@@ -41,6 +41,11 @@ async def test_tags_resolve_to_the_pushed_digests(real_registry: RealRegistry, p
         assert index not in children
         listed = await registry.resolve(name, "1.2.0")
         assert (listed.digest, listed.media_type) == (manifest_list, images.DOCKER_LIST)
+        # What makes this a test of the Accept header: without the index type, 2.8 answers 404.
+        async with pusher.session.head(
+            f"{real_registry.url}/v2/{name}/manifests/1.1.0", headers={"Accept": images.OCI_MANIFEST}
+        ) as narrow:
+            assert narrow.status == 404
         # A digest resolves to itself (and is checked against the answer).
         assert (await registry.resolve(name, children[1])).digest == children[1]
 

@@ -20,9 +20,10 @@ SecretResolver = Callable[[resources_pb2.SecretRef], str]
 
 
 class RegistryPool:
-    def __init__(self, *, secrets: SecretResolver = references.resolve, timeout: float = 10.0) -> None:
+    def __init__(self, *, secrets: SecretResolver = references.resolve, timeout: float = 10.0, max_attempts: int = 4) -> None:
         self._secrets = secrets
         self._timeout = timeout
+        self._max_attempts = max_attempts
         self._clients: dict[str, tuple[bytes, RegistryClient]] = {}
         self._retired: list[RegistryClient] = []
 
@@ -41,6 +42,7 @@ class RegistryPool:
             password=password,
             requests_per_second=registry.requests_per_second or None,
             timeout=self._timeout,
+            max_attempts=self._max_attempts,
         )
         if held is not None:
             self._retired.append(held[1])

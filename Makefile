@@ -19,10 +19,11 @@ setup: $(STAMP)
 up: $(STAMP)
 	$(BIN)/convoy up --demo
 
-## Run the whole test suite: the UI tests' browser (Debian's chromium, installed when missing and root),
+## Run the whole test suite: the Debian test tools (chromium for the UI tests, docker-registry for the
+## registry tests; installed when missing and root),
 ## generated-code and CLI-reference freshness, layer contracts, then pytest.
 test: $(STAMP)
-	bash scripts/ensure_browser.sh
+	bash scripts/ensure_test_tools.sh
 	$(BIN)/python scripts/gen_protos.py --check
 	$(BIN)/python scripts/gen_cli_docs.py --check
 	$(BIN)/lint-imports

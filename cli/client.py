@@ -179,6 +179,7 @@ class Client:
         self.runtimes = api_pb2_grpc.RuntimeServiceStub(channel)
         self.protections = api_pb2_grpc.ProtectionServiceStub(channel)
         self.resources = api_pb2_grpc.ResourceServiceStub(channel)
+        self.registries = api_pb2_grpc.RegistryServiceStub(channel)
         self.releases = api_pb2_grpc.ReleaseServiceStub(channel)
         self.tokens = api_pb2_grpc.TokenServiceStub(channel)
         self.events = api_pb2_grpc.EventServiceStub(channel)

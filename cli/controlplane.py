@@ -3,7 +3,8 @@
 Listed and started in dependency order, stopped in reverse (an AsyncExitStack):
 the event store; JetStream streams; the relay (log → bus); observation ingest (bus →
 log); the desired-state responder (fresh agents); NATS user/consumer sync (per-runtime
-agent credentials); the API (gRPC + REST, asking the planner for dry runs); the planner
+agent credentials); the API (gRPC + REST, asking the planner for dry runs) with the
+follower beside it (repository discovery, woken by the registry webhook); the planner
 and its dry-run responder; one agent for the local process runtime; and, when a webhook is
 configured, the notifier.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import typer
 from nats.aio.client import Client
 
-from cli import localstate, ops
+from cli import follow, localstate, ops
 from eventstore import bus, natsauth, probes
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.embedded import EmbeddedServers, NatsServer
@@ -131,6 +132,7 @@ async def control_plane(
                 checks=[*probe_checks, ops.relay_check(relay), ops.ingest_check(ingest)],
             )
         )
+        await stack.enter_async_context(follow.follower(api))
         planner = await stack.enter_async_context(
             Planner(
                 store=ops.counted(store, appended, "planner"),
@@ -262,6 +264,7 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
                 counted, settings.state_dir, listen, planner=planner, metrics=metrics, heartbeats=heartbeats, checks=checks
             )
         )
+        await stack.enter_async_context(follow.follower(api))
         if listen.ops_port is not None:
             server = await stack.enter_async_context(
                 OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=api.checks())

@@ -29,6 +29,7 @@ from cli.commands import (
     natsusers,
     notify,
     protections,
+    registries,
     releases,
     resources,
     runtimes,
@@ -217,6 +218,7 @@ for group in (
     runtimes.runtimes,
     protections.protections,
     resources.resources,
+    registries.registries,
     catalog.releases,
     tokens.tokens,
 ):

@@ -79,6 +79,11 @@ def _images(service: resources_pb2.Service) -> str:
     return ",".join(p.image for p in service.programs if p.image)
 
 
+def _digests(release: resources_pb2.Release) -> str:
+    """What the release runs: each pinned image's digest (short), "-" when none is pinned."""
+    return ",".join(pin.digest[:19] for pin in release.images) or "-"
+
+
 @services.command("list")
 @reports_errors
 def services_list(
@@ -173,7 +178,8 @@ def releases_list(
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
-    """List a service's releases, oldest first, with who deployed each (now, or --at then)."""
+    """List a service's releases, oldest first, with who deployed each and the digests they
+    run (now, or --at then); `-o json` shows the full digests and references."""
     app, service = split_target(target)
     request = with_as_of(api_pb2.ListReleasesRequest(application=app, service=service), at)
     with connect(endpoint, token) as client:
@@ -185,6 +191,7 @@ def releases_list(
             Column("version", lambda r: r.version),
             Column("id", lambda r: r.id),
             Column("images", lambda r: _images(r.config)),
+            Column("digests", _digests),
             Column("parameters", lambda r: [f"{k}={v}" for k, v in sorted(r.parameters.items())]),
             Column("deployer", lambda r: r.created_by or "-"),
         ],

@@ -81,6 +81,9 @@ def current(client: Client, document: config.Document) -> Message | None:
             client.protections.ListProtections, api_pb2.ListProtectionsRequest(), "protections"
         )
         return next((p for p in protections if p.name == m.name), None)
+    if isinstance(m, resources_pb2.Registry):
+        registries = client.pages(client.registries.ListRegistries, api_pb2.ListRegistriesRequest(), "registries")
+        return next((r for r in registries if r.name == m.name), None)
     if isinstance(m, resources_pb2.Resource):
         application = m.application if m.scope == resources_pb2.RESOURCE_SCOPE_APPLICATION else ""
         try:
@@ -99,6 +102,8 @@ def current(client: Client, document: config.Document) -> Message | None:
 _METHODS: dict[type[Message], Callable[[Client], Any]] = {
     api_pb2.ApplyRuntimeRequest: lambda c: c.runtimes.ApplyRuntime,
     api_pb2.ApplyProtectionRequest: lambda c: c.protections.ApplyProtection,
+    api_pb2.ApplyRegistryRequest: lambda c: c.registries.ApplyRegistry,
+    api_pb2.DeleteRegistryRequest: lambda c: c.registries.DeleteRegistry,
     api_pb2.LinkResourceRequest: lambda c: c.resources.LinkResource,
     api_pb2.ApplyApplicationRequest: lambda c: c.applications.ApplyApplication,
     api_pb2.ApplyServiceRequest: lambda c: c.services.ApplyService,
@@ -123,6 +128,8 @@ def undo(request: Message) -> tuple[str, Message]:
         return "deregistered", api_pb2.DeregisterRuntimeRequest(name=request.runtime.name)
     if isinstance(request, api_pb2.ApplyProtectionRequest):
         return "deleted", api_pb2.DeleteProtectionRequest(name=request.protection.name)
+    if isinstance(request, api_pb2.ApplyRegistryRequest):
+        return "deleted", api_pb2.DeleteRegistryRequest(name=request.registry.name)
     if isinstance(request, api_pb2.LinkResourceRequest):
         r = request.resource
         return "unlinked", api_pb2.UnlinkResourceRequest(name=r.name, scope=r.scope, application=r.application)

@@ -43,6 +43,8 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "convoy.v1.Service": ("application", "name"),
     "convoy.v1.Runtime": ("name", "kind"),
     "convoy.v1.Resource": ("name",),
+    "convoy.v1.Registry": ("name", "url"),
+    "convoy.v1.FollowRepository": ("repository", "strategy"),
 }
 # Oneofs that must have a member set, by message.
 _REQUIRED_ONEOF = {

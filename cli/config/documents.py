@@ -14,6 +14,7 @@ from schemas.convoy.v1 import resources_pb2
 KINDS: dict[str, type[Message]] = {
     "application": resources_pb2.Application,
     "protection": resources_pb2.Protection,
+    "registry": resources_pb2.Registry,
     "resource": resources_pb2.Resource,
     "runtime": resources_pb2.Runtime,
     "service": resources_pb2.Service,

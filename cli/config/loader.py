@@ -173,7 +173,7 @@ def _rank(document: Document) -> int:
     m = document.message
     if isinstance(m, resources_pb2.Resource):
         return 4 if m.scope == resources_pb2.RESOURCE_SCOPE_APPLICATION else 2
-    return {"runtime": 0, "protection": 1, "application": 3, "service": 5}[document.kind]
+    return {"runtime": 0, "registry": 0, "protection": 1, "application": 3, "service": 5}[document.kind]
 
 
 def to_declarations(documents: Iterable[Document]) -> list[tuple[Document, api_pb2.Declaration]]:
@@ -188,7 +188,7 @@ def to_declarations(documents: Iterable[Document]) -> list[tuple[Document, api_p
 
 
 def to_requests(documents: Iterable[Document]) -> list[tuple[Document, Message]]:
-    """The API requests that apply `documents`, dependencies first: runtimes, protections,
+    """The API requests that apply `documents`, dependencies first: runtimes and registries, protections,
     infrastructure resources, applications, application resources, services. Within a
     group the order of the files is kept."""
     out: list[tuple[Document, Message]] = []
@@ -199,6 +199,8 @@ def to_requests(documents: Iterable[Document]) -> list[tuple[Document, Message]]
             request = api_pb2.ApplyRuntimeRequest(runtime=m)
         elif isinstance(m, resources_pb2.Protection):
             request = api_pb2.ApplyProtectionRequest(protection=m)
+        elif isinstance(m, resources_pb2.Registry):
+            request = api_pb2.ApplyRegistryRequest(registry=m)
         elif isinstance(m, resources_pb2.Resource):
             request = api_pb2.LinkResourceRequest(resource=m)
         elif isinstance(m, resources_pb2.Application):

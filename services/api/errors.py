@@ -32,7 +32,7 @@ from services.api.domain import (
     PermissionDenied,
     Violation,
 )
-from services.api.domain.errors import MESSAGE_LIMIT, clip
+from services.api.domain.errors import MESSAGE_LIMIT, ImagesChanged, clip
 
 VIOLATIONS_BUDGET: Final = 2048
 """Bytes of JSON the violations of one answer take at most (`convoy-violations-bin`)."""
@@ -82,6 +82,7 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, int], ...] = (
     (IdempotencyMismatch, grpc.StatusCode.ALREADY_EXISTS, 409),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION, 409),
     (Conflict, grpc.StatusCode.ABORTED, 409),
+    (ImagesChanged, grpc.StatusCode.ABORTED, 409),
     (WrongExpectedVersion, grpc.StatusCode.ABORTED, 409),
     (Unavailable, grpc.StatusCode.UNAVAILABLE, 503),
     # Store-level bad input (an oversized event, a malformed id that slipped through).

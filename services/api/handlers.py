@@ -32,9 +32,9 @@ from services.api import auth, events, planning, queries, redaction, why
 from services.api.convergence import ConvergenceView
 from services.api.errors import Failure, classify, invalid
 from services.api.history import History, Snapshot
-from services.api.domain import decider
+from services.api.domain import State, decider
 from services.api.domain.validation import q
-from services.api.methods import BY_INPUT, METHODS, Method
+from services.api.methods import BY_INPUT, BY_NAME, METHODS, Method
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
 from services.api.writes import Writer
@@ -104,6 +104,27 @@ class Api:
     def position(self) -> int:
         """The log position the read model has folded (what "now" means to a read)."""
         return self._projection.position
+
+    @property
+    def state(self) -> State:
+        """The catalog as the read model folded it (in-process composition: the follower)."""
+        return self._projection.state
+
+    async def call_as(
+        self, method_name: str, request: Message, *, principal: auth.Principal, idempotency_key: str | None = None
+    ) -> Message:
+        """A call by an in-process system actor that holds no token (the follower deploys
+        as `registry:<name>`): the same role check, dispatch and decision as a transport's
+        call. Not reachable from outside the process."""
+        method = BY_NAME[method_name]
+        if not self._projection.running:
+            raise Unavailable("the API is starting or stopping; retry shortly")
+        auth.authorize(principal, method.min_role, method.name)
+        ctx = CallContext(idempotency_key=idempotency_key, transport="internal")
+        with structlog.contextvars.bound_contextvars(correlation_id=str(ctx.correlation_id), method=method.name):
+            response = await self._dispatch(method, request, principal, ctx)
+            log.info("api call", transport=ctx.transport, actor=principal.name)
+        return response
 
     async def position_of(self, as_of: api_pb2.AsOf) -> int:
         """The log position a past moment names (validated as every `as_of` read is)."""

@@ -145,6 +145,11 @@ def list_protections(state: State, request: api_pb2.ListProtectionsRequest) -> a
     return api_pb2.ListProtectionsResponse(protections=page, next_page_token=token)
 
 
+def list_registries(state: State, request: api_pb2.ListRegistriesRequest) -> api_pb2.ListRegistriesResponse:
+    page, token = paginate(list(state.registries.values()), lambda r: (r.name,), request.page, "registries")
+    return api_pb2.ListRegistriesResponse(registries=page, next_page_token=token)
+
+
 def list_resources(state: State, request: api_pb2.ListResourcesRequest) -> api_pb2.ListResourcesResponse:
     """Infrastructure resources, or what one application sees: its own resources plus
     the infrastructure ones it does not shadow with its own of the same name."""
@@ -193,6 +198,7 @@ QUERIES: Final[dict[str, Callable[[State, Any], Message]]] = {
     "GetRuntime": get_runtime,
     "ListRuntimes": list_runtimes,
     "ListProtections": list_protections,
+    "ListRegistries": list_registries,
     "ListResources": list_resources,
     "ListReleases": list_releases,
     "ListTokens": list_tokens,

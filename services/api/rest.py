@@ -30,7 +30,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import unquote
@@ -299,6 +299,7 @@ class RestApp:
         registry: metrics.Registry | None = None,
         requests: RequestMetrics | None = None,
         ui: UiRoutes | None = None,
+        hooks: Sequence[UiRoutes] = (),
     ):
         self._api = api
         self._routes = routes()
@@ -308,6 +309,7 @@ class RestApp:
         self._requests = requests
         self._readiness = readiness
         self._ui = ui
+        self._hooks = list(hooks)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -317,6 +319,8 @@ class RestApp:
         app.router.add_get("/openapi.json", self._openapi_json)
         if self._ui is not None:
             self._ui.register(app.router)
+        for hook in self._hooks:
+            hook.register(app.router)
         app.router.add_route("*", r"/{tail:[\s\S]*}", self._dispatch)
         return app
 

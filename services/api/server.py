@@ -38,11 +38,14 @@ from services.api.convergence import ConvergenceView
 from services.api.grpc_transport import build_server
 from services.api.handlers import Api
 from services.api.history import History
+from services.api.images import ImageResolver
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
+from services.api.registry_hooks import RegistryHooks
 from services.api.ui.app import UiApp
 from services.api.rest import GrpcMetrics, RequestMetrics, RestApp, ServerLog
 from services.api.writes import Writer
+from services.registry.pool import RegistryPool
 
 if TYPE_CHECKING:
     from services.api.ingest import HeartbeatSeen
@@ -97,6 +100,7 @@ class ApiServer:
         ready_max_lag: int = 1000,
         heartbeats: Callable[[str], HeartbeatSeen | None] | None = None,
         checks: Sequence[ops.Check] = (),
+        registries: RegistryPool | None = None,
     ) -> None:
         self._store = store
         self._state_dir = Path(state_dir)
@@ -120,11 +124,14 @@ class ApiServer:
         self.metrics.collector("api_projection", self._measure_projection)
         self.convergence = ConvergenceView()
         self.projection = Projection(store=store, registry=self._registry, observers=[self.convergence.fold])
+        self._owns_registries = registries is None
+        self.registries = registries or RegistryPool()
         self._writer = Writer(
             store=store,
             registry=self._registry,
             projection=self.projection,
             timeout=write_wait,
+            images=ImageResolver(pool=self.registries),
         )
         self.api = Api(
             store=store,
@@ -140,6 +147,8 @@ class ApiServer:
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self.ui = UiApp(self.api)
+        self.registry_hooks = RegistryHooks(self.api)
+        """Push listeners (the follower's `notify`) are added by the composition."""
         self._openapi: dict[str, Any] | None = None
         self.ports = BoundPorts(0, 0)
         self.admin_token_path: Path | None = None
@@ -171,6 +180,8 @@ class ApiServer:
             server, self._grpc = self._grpc, None
             await server.stop(self._grace)
         await self.projection.stop()
+        if self._owns_registries:
+            await self.registries.close()
         log.info("api stopped")
 
     async def _bootstrap(self) -> None:
@@ -219,6 +230,7 @@ class ApiServer:
             registry=self.metrics,
             requests=self._requests,
             ui=self.ui,
+            hooks=[self.registry_hooks],
         )
         runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=self._grace, logger=ServerLog())
         await runner.setup()

@@ -4,7 +4,8 @@ Every mutating request runs the same way. First it learns the log's head — wit
 that started after the request arrived, so a write made through another API process is
 seen — and whether its idempotency key was answered already; then it waits until the
 projection has folded that head. Then, with no await in between (so no lock is needed),
-it calls the pure `decide` on the projected state *plus this process's own writes that
+it calls the pure `decide` (a Deploy's registry images resolved to digests just before:
+services.api.images) on the projected state *plus this process's own writes that
 are committed or in flight but not yet folded*, encodes the events (actor = the token's
 name, one correlation id per request) and enqueues one write whose appends expect
 stream versions that account for those writes too, and which carries the answer as a
@@ -41,6 +42,7 @@ from eventstore.errors import Unavailable, WrongExpectedVersion
 from eventstore.types import AppendRequest, AppendResult, EventStore, NewEvent, Receipt, ReceiptTaken
 from schemas.convoy.v1 import api_pb2, options_pb2, resources_pb2
 from services.api import auth, idempotency
+from services.api.images import ImageResolver
 from services.api.domain import (
     BadCommandContext,
     Command,
@@ -70,8 +72,10 @@ class Writer:
         registry: EventRegistry,
         projection: Projection,
         timeout: float = 5.0,
+        images: ImageResolver | None = None,
     ) -> None:
         self._store = store
+        self._images = images
         self._registry = registry
         self._projection = projection
         self._timeout = timeout
@@ -183,7 +187,12 @@ class Writer:
     ) -> tuple[Message, int]:
         if minted is None:
             minted = auth.mint(agent_credential=method.name == "IssueAgentCredential") if method.name in MINTING else Minted()
-        command = Command(request, actor, role, minted, method.name)
+        digests: dict[str, str] = {}
+        if self._images is not None and isinstance(request, api_pb2.DeployRequest):
+            # The registry is asked before deciding (decide is pure); a service changed
+            # in between makes the decision refuse (ImagesChanged), never pin a guess.
+            digests = await self._images.resolve(self._projection.state, request)
+        command = Command(request, actor, role, minted, method.name, images=digests)
         for attempt in (1, 2):
             await self._caught_up(receipt)
             # No await from reading the state to enqueuing the write: the store decides

@@ -5,7 +5,9 @@ environment and parameters. The rendered spec is everything a runtime needs and 
 it must look up, and its hash — SHA-256 of the deterministic protobuf serialization — is
 what agents compare live workloads against to detect drift. Parameter values fill
 `{{.Parameters.NAME}}` placeholders in images, commands, arguments and environment
-values; runtime-owned placeholders (`{{.Port}}`) are left for the runtime.
+values; runtime-owned placeholders (`{{.Port}}`) are left for the runtime. An image
+the release pinned (`Release.images`, resolved by the API at deploy time) is rendered as
+its `host/repository@sha256:…` reference.
 """
 
 from __future__ import annotations
@@ -49,10 +51,13 @@ def render(release: resources_pb2.Release, channel: str) -> convergence_pb2.Work
     )
     if config.HasField("progress_deadline"):
         spec.progress_deadline.CopyFrom(config.progress_deadline)
+    pinned = {pin.program: pin.reference for pin in release.images}
     for program in config.programs:
         rendered = spec.programs.add()
         rendered.CopyFrom(program)
-        rendered.image = substitute(program.image, parameters)
+        # A pinned image runs by digest (the release recorded it): a tag moved since
+        # changes nothing here.
+        rendered.image = pinned.get(program.name) or substitute(program.image, parameters)
         rendered.command[:] = [substitute(c, parameters) for c in program.command]
         rendered.args[:] = [substitute(a, parameters) for a in program.args]
         env = {k: substitute(v, parameters) for k, v in program.env.items()}

@@ -879,6 +879,92 @@ class ListResourcesResponse(_message.Message):
 Global___ListResourcesResponse: _TypeAlias = ListResourcesResponse  # noqa: Y015
 
 @_typing.final
+class ApplyRegistryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def registry(self) -> _resources_pb2.Registry: ...
+    def __init__(
+        self,
+        *,
+        registry: _resources_pb2.Registry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registry", b"registry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["registry", b"registry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyRegistryRequest: _TypeAlias = ApplyRegistryRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRegistryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRegistryRequest: _TypeAlias = DeleteRegistryRequest  # noqa: Y015
+
+@_typing.final
+class ListRegistriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def page(self) -> Global___PageRequest: ...
+    @_builtins.property
+    def as_of(self) -> Global___AsOf: ...
+    def __init__(
+        self,
+        *,
+        page: Global___PageRequest | None = ...,
+        as_of: Global___AsOf | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegistriesRequest: _TypeAlias = ListRegistriesRequest  # noqa: Y015
+
+@_typing.final
+class ListRegistriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def registries(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Registry]: ...
+    def __init__(
+        self,
+        *,
+        registries: _abc.Iterable[_resources_pb2.Registry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "registries", b"registries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegistriesResponse: _TypeAlias = ListRegistriesResponse  # noqa: Y015
+
+@_typing.final
 class Declaration(_message.Message):
     """---------------------------------------------------------------------------
     Declarations: a whole config set (what `convoy apply -f DIR` sends), all or nothing
@@ -893,6 +979,7 @@ class Declaration(_message.Message):
     RUNTIME_FIELD_NUMBER: _builtins.int
     PROTECTION_FIELD_NUMBER: _builtins.int
     RESOURCE_FIELD_NUMBER: _builtins.int
+    REGISTRY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def application(self) -> _resources_pb2.Application: ...
     @_builtins.property
@@ -905,6 +992,8 @@ class Declaration(_message.Message):
     def resource(self) -> _resources_pb2.Resource:
         """Linked as LinkResource links it."""
 
+    @_builtins.property
+    def registry(self) -> _resources_pb2.Registry: ...
     def __init__(
         self,
         *,
@@ -913,12 +1002,13 @@ class Declaration(_message.Message):
         runtime: _resources_pb2.Runtime | None = ...,
         protection: _resources_pb2.Protection | None = ...,
         resource: _resources_pb2.Resource | None = ...,
+        registry: _resources_pb2.Registry | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "kind", b"kind", "protection", b"protection", "resource", b"resource", "runtime", b"runtime", "service", b"service"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "kind", b"kind", "protection", b"protection", "registry", b"registry", "resource", b"resource", "runtime", b"runtime", "service", b"service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "kind", b"kind", "protection", b"protection", "resource", b"resource", "runtime", b"runtime", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "kind", b"kind", "protection", b"protection", "registry", b"registry", "resource", b"resource", "runtime", b"runtime", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["application", "service", "runtime", "protection", "resource"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["application", "service", "runtime", "protection", "resource", "registry"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

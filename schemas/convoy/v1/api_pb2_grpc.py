@@ -1119,6 +1119,164 @@ class ResourceService:
             _registered_method=True)
 
 
+class RegistryServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ApplyRegistry = channel.unary_unary(
+                '/convoy.v1.RegistryService/ApplyRegistry',
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ApplyRegistryRequest.SerializeToString,
+                response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
+                _registered_method=True)
+        self.DeleteRegistry = channel.unary_unary(
+                '/convoy.v1.RegistryService/DeleteRegistry',
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.DeleteRegistryRequest.SerializeToString,
+                response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
+                _registered_method=True)
+        self.ListRegistries = channel.unary_unary(
+                '/convoy.v1.RegistryService/ListRegistries',
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ListRegistriesRequest.SerializeToString,
+                response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ListRegistriesResponse.FromString,
+                _registered_method=True)
+
+
+class RegistryServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def ApplyRegistry(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRegistry(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRegistries(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RegistryServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ApplyRegistry': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyRegistry,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ApplyRegistryRequest.FromString,
+                    response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.SerializeToString,
+            ),
+            'DeleteRegistry': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRegistry,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.DeleteRegistryRequest.FromString,
+                    response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.SerializeToString,
+            ),
+            'ListRegistries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegistries,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ListRegistriesRequest.FromString,
+                    response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ListRegistriesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'convoy.v1.RegistryService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('convoy.v1.RegistryService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RegistryService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ApplyRegistry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convoy.v1.RegistryService/ApplyRegistry',
+            schemas_dot_convoy_dot_v1_dot_api__pb2.ApplyRegistryRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRegistry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convoy.v1.RegistryService/DeleteRegistry',
+            schemas_dot_convoy_dot_v1_dot_api__pb2.DeleteRegistryRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegistries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convoy.v1.RegistryService/ListRegistries',
+            schemas_dot_convoy_dot_v1_dot_api__pb2.ListRegistriesRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.ListRegistriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class DeclarationServiceStub:
     """Missing associated documentation comment in .proto file."""
 

@@ -303,6 +303,46 @@ class ResourceServiceServicer(metaclass=_abc_1.ABCMeta):
 
 def add_ResourceServiceServicer_to_server(servicer: ResourceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
+class RegistryServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RegistryServiceAsyncStub: ...
+    ApplyRegistry: _grpc.UnaryUnaryMultiCallable[_api_pb2.ApplyRegistryRequest, _api_pb2.WriteResult]
+    DeleteRegistry: _grpc.UnaryUnaryMultiCallable[_api_pb2.DeleteRegistryRequest, _api_pb2.WriteResult]
+    ListRegistries: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListRegistriesRequest, _api_pb2.ListRegistriesResponse]
+
+@_typing.type_check_only
+class RegistryServiceAsyncStub(RegistryServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ApplyRegistry: _aio.UnaryUnaryMultiCallable[_api_pb2.ApplyRegistryRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
+    DeleteRegistry: _aio.UnaryUnaryMultiCallable[_api_pb2.DeleteRegistryRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
+    ListRegistries: _aio.UnaryUnaryMultiCallable[_api_pb2.ListRegistriesRequest, _api_pb2.ListRegistriesResponse]  # type: ignore[assignment]
+
+class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def ApplyRegistry(
+        self,
+        request: _api_pb2.ApplyRegistryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.WriteResult, _abc.Awaitable[_api_pb2.WriteResult]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteRegistry(
+        self,
+        request: _api_pb2.DeleteRegistryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.WriteResult, _abc.Awaitable[_api_pb2.WriteResult]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRegistries(
+        self,
+        request: _api_pb2.ListRegistriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ListRegistriesResponse, _abc.Awaitable[_api_pb2.ListRegistriesResponse]]: ...
+
+def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
 class DeclarationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...

@@ -1042,3 +1042,47 @@ class PlannerInputRejected(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlannerInputRejected: _TypeAlias = PlannerInputRejected  # noqa: Y015
+
+@_typing.final
+class RegistryConfigured(_message.Message):
+    """--- registries (issue 12) ---
+
+    A container registry was declared or changed (infrastructure-level).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def registry(self) -> _resources_pb2.Registry: ...
+    def __init__(
+        self,
+        *,
+        registry: _resources_pb2.Registry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registry", b"registry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["registry", b"registry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistryConfigured: _TypeAlias = RegistryConfigured  # noqa: Y015
+
+@_typing.final
+class RegistryDeleted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistryDeleted: _TypeAlias = RegistryDeleted  # noqa: Y015

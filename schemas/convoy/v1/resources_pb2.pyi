@@ -105,6 +105,31 @@ RESOURCE_SCOPE_APPLICATION: ResourceScope.ValueType  # 2
 """Linked to one application: only that application sees it."""
 Global___ResourceScope: _TypeAlias = ResourceScope  # noqa: Y015
 
+class _FollowStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FollowStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FollowStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FOLLOW_STRATEGY_UNSPECIFIED: _FollowStrategy.ValueType  # 0
+    FOLLOW_STRATEGY_SEMVER: _FollowStrategy.ValueType  # 1
+    """The highest semantic version satisfying `constraint` (tags are assumed immutable)."""
+    FOLLOW_STRATEGY_LEXICAL: _FollowStrategy.ValueType  # 2
+    """The greatest tag in lexical order (e.g. date-stamped builds)."""
+    FOLLOW_STRATEGY_DIGEST: _FollowStrategy.ValueType  # 3
+    """The tag named by `constraint` (a mutable tag such as "latest"): a new digest is a new image."""
+
+class FollowStrategy(_FollowStrategy, metaclass=_FollowStrategyEnumTypeWrapper): ...
+
+FOLLOW_STRATEGY_UNSPECIFIED: FollowStrategy.ValueType  # 0
+FOLLOW_STRATEGY_SEMVER: FollowStrategy.ValueType  # 1
+"""The highest semantic version satisfying `constraint` (tags are assumed immutable)."""
+FOLLOW_STRATEGY_LEXICAL: FollowStrategy.ValueType  # 2
+"""The greatest tag in lexical order (e.g. date-stamped builds)."""
+FOLLOW_STRATEGY_DIGEST: FollowStrategy.ValueType  # 3
+"""The tag named by `constraint` (a mutable tag such as "latest"): a new digest is a new image."""
+Global___FollowStrategy: _TypeAlias = FollowStrategy  # noqa: Y015
+
 @_typing.final
 class Application(_message.Message):
     """An application: services deployed together through ordered release channels."""
@@ -863,6 +888,7 @@ class Service(_message.Message):
     PROGRESS_DEADLINE_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     SELF_HEAL_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
     application: _builtins.str
     name: _builtins.str
     replicas: _builtins.int
@@ -883,6 +909,10 @@ class Service(_message.Message):
     def resources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of resources this service uses (infrastructure-wide or its application's)."""
 
+    @_builtins.property
+    def follow(self) -> Global___FollowRepository:
+        """Watch a repository and deploy each newly selected image (discovery: services/follower)."""
+
     def __init__(
         self,
         *,
@@ -896,10 +926,11 @@ class Service(_message.Message):
         progress_deadline: _duration_pb2.Duration | None = ...,
         resources: _abc.Iterable[_builtins.str] | None = ...,
         self_heal: _builtins.bool = ...,
+        follow: Global___FollowRepository | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["progress_deadline", b"progress_deadline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "progress_deadline", b"progress_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "auto_rollback_disabled", b"auto_rollback_disabled", "name", b"name", "overrides", b"overrides", "parameters", b"parameters", "programs", b"programs", "progress_deadline", b"progress_deadline", "replicas", b"replicas", "resources", b"resources", "self_heal", b"self_heal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "auto_rollback_disabled", b"auto_rollback_disabled", "follow", b"follow", "name", b"name", "overrides", b"overrides", "parameters", b"parameters", "programs", b"programs", "progress_deadline", b"progress_deadline", "replicas", b"replicas", "resources", b"resources", "self_heal", b"self_heal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1084,6 +1115,7 @@ class Release(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     application: _builtins.str
     service: _builtins.str
@@ -1096,6 +1128,13 @@ class Release(_message.Message):
     def config(self) -> Global___Service: ...
     @_builtins.property
     def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___PinnedImage]:
+        """Per program whose image comes from a declared registry: the tag asked for and the
+        digest it resolved to when the release was created. Agents apply `reference`
+        (`host/repository@sha256:…`), so a tag moved later never changes what this release runs.
+        """
+
     def __init__(
         self,
         *,
@@ -1106,14 +1145,169 @@ class Release(_message.Message):
         config: Global___Service | None = ...,
         parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_by: _builtins.str = ...,
+        images: _abc.Iterable[Global___PinnedImage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "config", b"config", "created_by", b"created_by", "id", b"id", "parameters", b"parameters", "service", b"service", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "config", b"config", "created_by", b"created_by", "id", b"id", "images", b"images", "parameters", b"parameters", "service", b"service", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Release: _TypeAlias = Release  # noqa: Y015
+
+@_typing.final
+class PinnedImage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    REGISTRY_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    program: _builtins.str
+    image: _builtins.str
+    """The image as asked for, e.g. "registry.example.com/shop/api:1.4.2"."""
+    digest: _builtins.str
+    """"sha256:<64 hex>", from the registry at deploy time."""
+    registry: _builtins.str
+    """The declared registry that answered."""
+    reference: _builtins.str
+    """What agents run: "registry.example.com/shop/api@sha256:…"."""
+    def __init__(
+        self,
+        *,
+        program: _builtins.str = ...,
+        image: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        registry: _builtins.str = ...,
+        reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "image", b"image", "program", b"program", "reference", b"reference", "registry", b"registry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinnedImage: _TypeAlias = PinnedImage  # noqa: Y015
+
+@_typing.final
+class Registry(_message.Message):
+    """A container registry (Docker Registry HTTP API V2 / OCI distribution); infrastructure-level,
+    visible to every application. Images whose host is this registry's are resolved to digests
+    at deploy time, and repositories on it can be followed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    MIN_POLL_INTERVAL_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    url: _builtins.str
+    """"https://registry.example.com" or "http://127.0.0.1:5000"; images name it by host[:port]."""
+    username: _builtins.str
+    """Basic credentials (also sent to the registry's token service)."""
+    requests_per_second: _builtins.float
+    """Convoy's own request budget against this registry (0 = unlimited)."""
+    @_builtins.property
+    def password(self) -> Global___SecretRef: ...
+    @_builtins.property
+    def min_poll_interval(self) -> _duration_pb2.Duration:
+        """Repositories on it are polled at most this often (default 1m; followers may ask for slower)."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        url: _builtins.str = ...,
+        username: _builtins.str = ...,
+        password: Global___SecretRef | None = ...,
+        requests_per_second: _builtins.float = ...,
+        min_poll_interval: _duration_pb2.Duration | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["min_poll_interval", b"min_poll_interval", "password", b"password"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "min_poll_interval", b"min_poll_interval", "name", b"name", "password", b"password", "requests_per_second", b"requests_per_second", "url", b"url", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Registry: _TypeAlias = Registry  # noqa: Y015
+
+@_typing.final
+class FollowRepository(_message.Message):
+    """Prodvana's "follow repository", Kargo's Warehouse, Flux's ImagePolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    CONSTRAINT_FIELD_NUMBER: _builtins.int
+    ALLOW_TAGS_FIELD_NUMBER: _builtins.int
+    IGNORE_TAGS_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    PROGRAM_FIELD_NUMBER: _builtins.int
+    repository: _builtins.str
+    """"host[:port]/repository" without tag; its host must be a declared registry."""
+    strategy: Global___FollowStrategy.ValueType
+    constraint: _builtins.str
+    """semver: a range (">=1.2.0 <2", "^1.4"); digest: the tag to track; lexical: unused."""
+    allow_tags: _builtins.str
+    """A regular expression a tag must fully match to be considered."""
+    program: _builtins.str
+    """Which program's image follows (default: the service's only program)."""
+    @_builtins.property
+    def ignore_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Regular expressions of tags never considered."""
+
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
+        """How often to look (never faster than the registry's min_poll_interval)."""
+
+    def __init__(
+        self,
+        *,
+        repository: _builtins.str = ...,
+        strategy: Global___FollowStrategy.ValueType = ...,
+        constraint: _builtins.str = ...,
+        allow_tags: _builtins.str = ...,
+        ignore_tags: _abc.Iterable[_builtins.str] | None = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        program: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_tags", b"allow_tags", "constraint", b"constraint", "ignore_tags", b"ignore_tags", "interval", b"interval", "program", b"program", "repository", b"repository", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowRepository: _TypeAlias = FollowRepository  # noqa: Y015
 
 @_typing.final
 class SecretRef(_message.Message):

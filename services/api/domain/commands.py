@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, TypeVar
 
@@ -79,6 +80,10 @@ class Command:
     role: int = options_pb2.ROLE_UNSPECIFIED
     minted: Minted = field(default_factory=Minted)
     method: str = ""
+    images: Mapping[str, str] = field(default_factory=dict)
+    """Deploy: the digest each registry image resolved to, by image as asked for
+    (`host/repository:tag`), looked up by the shell just before deciding
+    (services.api.images). `decide` never asks a registry."""
 
 
 class StreamEvent(NamedTuple):

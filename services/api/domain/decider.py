@@ -37,6 +37,7 @@ from services.api.domain import (
     bypass,
     convergence,
     protections,
+    registries,
     releases,
     resources,
     runtimes,
@@ -74,6 +75,7 @@ DECLARED: Final[dict[str, type[Message]]] = {
     "runtime": api_pb2.ApplyRuntimeRequest,
     "protection": api_pb2.ApplyProtectionRequest,
     "resource": api_pb2.LinkResourceRequest,
+    "registry": api_pb2.ApplyRegistryRequest,
 }
 """Each `Declaration` kind and the single-document command it stands for; the request
 holds the declaration in its field of the kind's name."""
@@ -123,6 +125,8 @@ def _recorded(state: State, kind: str, m: Any) -> bool:
         return m.name in state.runtimes
     if kind == "protection":
         return m.name in state.protections
+    if kind == "registry":
+        return m.name in state.registries
     return (m.scope, m.application, m.name) in state.resources
 
 
@@ -219,6 +223,8 @@ HANDLERS: Final[dict[type[Message], Handler]] = {
     api_pb2.DeleteProtectionRequest: protections.delete_protection,
     api_pb2.LinkResourceRequest: resources.link_resource,
     api_pb2.UnlinkResourceRequest: resources.unlink_resource,
+    api_pb2.ApplyRegistryRequest: registries.apply_registry,
+    api_pb2.DeleteRegistryRequest: registries.delete_registry,
     api_pb2.DeployRequest: releases.deploy,
     api_pb2.RollbackRequest: releases.rollback,
     api_pb2.ApproveRequest: approvals.approve,

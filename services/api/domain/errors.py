@@ -128,6 +128,14 @@ class PermissionDenied(ConvoyError):
     depend on the catalog."""
 
 
+class ImagesChanged(ConvoyError):
+    """A Deploy's images changed (the service was reconfigured) between the shell
+    resolving them and the decision: nothing was recorded; sending it again resolves the
+    new ones."""
+
+    retryable = True
+
+
 class BadCommandContext(ConvoyError):
     """The shell built the `Command` wrongly: an empty actor, missing minted ids or
     secrets, a request type that is not a command. A programming error in the API
@@ -161,6 +169,7 @@ DOMAIN_ERRORS: tuple[type[ConvoyError], ...] = (
     AlreadyExists,
     FailedPrecondition,
     PermissionDenied,
+    ImagesChanged,
     BadCommandContext,
 )
 """Everything `decide` may raise."""

@@ -196,6 +196,15 @@ def _resource_unlinked(state: State, event: events_pb2.ResourceUnlinked) -> Stat
     return dataclasses.replace(state, resources=without(state.resources, key))
 
 
+def _registry_configured(state: State, event: events_pb2.RegistryConfigured) -> State:
+    registry = clean(event.registry)
+    return dataclasses.replace(state, registries=with_item(state.registries, registry.name, registry))
+
+
+def _registry_deleted(state: State, event: events_pb2.RegistryDeleted) -> State:
+    return dataclasses.replace(state, registries=without(state.registries, event.name))
+
+
 # -- releases -------------------------------------------------------------------------------
 
 
@@ -319,6 +328,8 @@ _HANDLERS: dict[type[Message], Callable[[State, Any], State]] = {
     events_pb2.ProtectionDeleted: _protection_deleted,
     events_pb2.ResourceLinked: _resource_linked,
     events_pb2.ResourceUnlinked: _resource_unlinked,
+    events_pb2.RegistryConfigured: _registry_configured,
+    events_pb2.RegistryDeleted: _registry_deleted,
     events_pb2.ReleaseCreated: _release_created,
     events_pb2.ApprovalGranted: _approval_granted,
     events_pb2.ApprovalRejected: _approval_rejected,

@@ -14,9 +14,9 @@ import re
 from typing import Final
 
 from schemas.convoy.v1 import api_pb2, events_pb2, resources_pb2
-from services.api.domain import streams
+from services.api.domain import images, streams
 from services.api.domain.commands import Command, Decision, clean
-from services.api.domain.errors import AlreadyExists, BadCommandContext, Problems
+from services.api.domain.errors import AlreadyExists, BadCommandContext, InvalidArgument, Problems
 from services.api.domain.programs import check_image
 from services.api.domain.state import State
 from services.api.domain.targets import existing_channel, existing_service, resolve_release
@@ -59,9 +59,8 @@ def deploy(state: State, request: api_pb2.DeployRequest, command: Command) -> De
     if not release_id or len(release_id) > 200 or release_id in history.by_id:
         raise BadCommandContext("Deploy needs a fresh Minted.release_id (use Minted.fresh())")
 
-    config = clean(service)
-    if request.image:
-        config.programs[0].image = request.image
+    config = release_config(service, request)
+    pins = images.pin(state, config, parameters, command.images)
     release = resources_pb2.Release(
         id=release_id,
         application=request.application,
@@ -70,9 +69,31 @@ def deploy(state: State, request: api_pb2.DeployRequest, command: Command) -> De
         config=config,
         parameters=parameters,
         created_by=command.actor,
+        images=pins,
     )
     stream = streams.releases(request.application, request.service)
     return Decision.of(stream, events_pb2.ReleaseCreated(release=release), clean(release))
+
+
+def release_config(service: resources_pb2.Service, request: api_pb2.DeployRequest) -> resources_pb2.Service:
+    """The configuration a Deploy freezes: the service's, with the requested image."""
+    config = clean(service)
+    if request.image and len(config.programs) == 1:
+        config.programs[0].image = request.image
+    return config
+
+
+def deploy_images(state: State, request: api_pb2.DeployRequest) -> list[images.Wanted]:
+    """The registry images a Deploy would pin (what the shell resolves before deciding);
+    empty when the request is refused anyway (decide says why)."""
+    service = state.services.get((request.application, request.service))
+    if service is None:
+        return []
+    parameters = {p.name: request.parameters.get(p.name) or p.default for p in service.parameters}
+    try:
+        return [w for w in images.wanted(state, release_config(service, request), parameters) if w.reference.digest is None]
+    except InvalidArgument:
+        return []
 
 
 def _parameter_values(problems: Problems, service: resources_pb2.Service, given: dict[str, str]) -> dict[str, str]:

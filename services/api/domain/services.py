@@ -13,7 +13,7 @@ services already in the log keep theirs, and still apply.
 from __future__ import annotations
 
 from schemas.convoy.v1 import api_pb2, events_pb2, resources_pb2
-from services.api.domain import streams
+from services.api.domain import follow, streams
 from services.api.domain.commands import Command, Decision, clean
 from services.api.domain.errors import InvalidArgument, NotFound, Problems
 from services.api.domain.programs import check_program
@@ -43,6 +43,7 @@ def apply_service(state: State, request: api_pb2.ApplyServiceRequest, command: C
         if (service.application, service.name) not in state.services:
             check_new_service_name(problems, "service.name", service.name)
     _check_shape(problems, service)
+    follow.check_shape(problems, service)
     problems.raise_if_any()
 
     application = state.applications.get(service.application)
@@ -51,6 +52,7 @@ def apply_service(state: State, request: api_pb2.ApplyServiceRequest, command: C
             f"service.application: application {q(service.application)} does not exist; apply it first"
         )
     _check_references(problems, service, application, state)
+    follow.check_references(problems, service, state)
     problems.raise_if_any()
 
     existing = state.services.get((service.application, service.name))

@@ -128,6 +128,7 @@ class State:
     paused_convergences: Mapping[ConvergenceKey, str] = field(default_factory=frozen)
     """Reason per paused (application, service, channel); channel "" = every channel."""
     tokens: Mapping[str, TokenRecord] = field(default_factory=frozen)
+    registries: Mapping[str, resources_pb2.Registry] = field(default_factory=frozen)
 
     # -- queries used by several commands (and by the planner's tests) --------------
 

@@ -181,6 +181,8 @@ def _scalar(field: Any) -> st.SearchStrategy[Any]:
         return INT32
     if field.type == FieldDescriptor.TYPE_INT64:
         return INT64
+    if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return st.one_of(st.sampled_from([0.0, 1.5, -1.0, 1e9]), st.floats(allow_nan=True, allow_infinity=True, width=32))
     raise AssertionError(f"no strategy for {field.full_name} (type {field.type})")
 
 

@@ -111,3 +111,21 @@ def test_a_countdown_is_the_seconds_left_and_never_negative() -> None:
     assert present.seconds_until(ends, now) == 25
     assert present.seconds_until(ends, now + timedelta(minutes=1)) == 0
     assert present.seconds_until(timestamp_pb2.Timestamp(), now) is None
+
+
+def test_a_release_row_shows_the_tag_asked_for_and_the_digest_it_runs() -> None:
+    from schemas.convoy.v1 import resources_pb2 as R
+    from services.api.ui.views.release import ImageCell, release_row
+
+    digest = "sha256:" + "ab" * 32
+    release = R.Release(
+        id="rel-1", version="1.2.0", created_by="registry:hub",
+        config=R.Service(programs=[R.Program(name="web", image="reg.example.com/shop/web:1.2.0"),
+                                   R.Program(name="side", image="busybox:1")]),
+        images=[R.PinnedImage(program="web", image="reg.example.com/shop/web:1.2.0", digest=digest,
+                              registry="hub", reference=f"reg.example.com/shop/web@{digest}")],
+    )
+    row = release_row(release)
+    assert row.images == (ImageCell("reg.example.com/shop/web:1.2.0", digest), ImageCell("busybox:1", ""))
+    assert row.images[0].short == digest[:19]
+    assert (row.version, row.created_by) == ("1.2.0", "registry:hub")

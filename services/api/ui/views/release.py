@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from schemas.convoy.v1 import api_pb2
+from schemas.convoy.v1 import api_pb2, resources_pb2
 from services.api import summaries
 from services.api.ui import present
 from services.api.ui.client import UiClient
@@ -137,6 +137,39 @@ def channel_steps(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class ImageCell:
+    image: str
+    """As asked for (`host/repository:tag`), or the configured image when none was pinned."""
+    digest: str
+    """The digest the release runs ("" when the image is on no declared registry)."""
+
+    @property
+    def short(self) -> str:
+        return self.digest[:19]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRow:
+    version: str
+    id: str
+    created_by: str
+    images: tuple[ImageCell, ...]
+
+
+def release_row(release: resources_pb2.Release) -> ReleaseRow:
+    """A release as the table shows it: per program, the tag asked for and the digest run."""
+    pinned = {pin.program: pin for pin in release.images}
+    cells = []
+    for program in release.config.programs:
+        pin = pinned.get(program.name)
+        if pin is not None:
+            cells.append(ImageCell(pin.image, pin.digest))
+        elif program.image:
+            cells.append(ImageCell(program.image, ""))
+    return ReleaseRow(release.version, release.id, release.created_by, tuple(cells))
+
+
 async def load(client: UiClient, query: Mapping[str, str], application: str, service: str) -> common.Page:
     app = await client.read("GetApplication", api_pb2.GetApplicationRequest(name=application))
     config = await client.read("GetService", api_pb2.GetServiceRequest(application=application, name=service))
@@ -157,7 +190,7 @@ async def load(client: UiClient, query: Mapping[str, str], application: str, ser
             "application": application,
             "service": service,
             "config": config,
-            "releases": list(reversed(releases.releases))[:MAX_RELEASES],
+            "releases": [release_row(r) for r in list(reversed(releases.releases))[:MAX_RELEASES]],
             "release_count": len(releases.releases),
             "channels": channel_steps(
                 order, names, {c.channel: c for c in answer.channels}, {e.channel: e for e in why.channels},

@@ -1,0 +1,1 @@
+"""Follow repository: discovery of new images, turned into ordinary deploys."""

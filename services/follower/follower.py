@@ -70,6 +70,8 @@ class FollowerStats:
     failures: int = 0
     last_error: str = ""
     deployed: list[str] = field(default_factory=list)
+    seen: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    """Per subscription, the (tag, digest) its last look selected."""
 
 
 class Follower:
@@ -161,6 +163,7 @@ class Follower:
             log.debug("follow: no eligible tag", application=subscription.application, service=subscription.service)
             return None
         manifest = await client.resolve(repository, tag)
+        self.stats.seen[subscription.key] = (tag, manifest.digest)
         deploy = core.decide(subscription, tag, manifest.digest)
         if deploy is None:
             return None
@@ -175,6 +178,9 @@ class Follower:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the round: a notification arriving during it sets the event
+            # again, so it is looked at in the next round instead of waiting for a poll.
+            self._wake.clear()
             try:
                 await self.look_all()
             except asyncio.CancelledError:
@@ -183,7 +189,6 @@ class Follower:
                 self.stats.failures += 1
                 self.stats.last_error = str(e)
                 log.error("follow round failed", error=describe(e))
-            self._wake.clear()
             wait = self._next_wait()
             changed = asyncio.ensure_future(self._port.changed(wait))
             woken = asyncio.ensure_future(self._wake.wait())
@@ -195,5 +200,5 @@ class Follower:
 
     def _next_wait(self) -> float:
         now = self._clock()
-        upcoming = [d.next_at - now for d in self._due.values()]
+        upcoming = [0.0 if d.notified else d.next_at - now for d in self._due.values()]
         return max(0.05, min(upcoming, default=self._default_interval))

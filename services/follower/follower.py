@@ -38,6 +38,8 @@ log = structlog.get_logger("convoy.follower")
 
 DEFAULT_INTERVAL = 300.0
 MAX_FAILURE_DELAY = 3600.0
+SETTLE_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+"""Re-looks after a notification whose push a look did not see yet; then the poll takes over."""
 
 
 class Port(Protocol):
@@ -61,6 +63,10 @@ class _Due:
     notified: bool = False
     declared: bytes = b""
     """The subscription and registry as last looked at: a change is looked at at once."""
+    expected: set[tuple[str, str]] = field(default_factory=set)
+    """(tag, digest) pushes notified but not yet seen by a look (the registry notifies
+    before it moves the tag): looked at again after SETTLE_DELAYS."""
+    settling: int = 0
 
 
 @dataclass(slots=True)
@@ -106,11 +112,16 @@ class Follower:
     def notify(self, registry: str, pushed: Iterable[Pushed]) -> int:
         """A registry says these were pushed: look at once at every subscription on
         that registry following one of their repositories. Answers how many."""
-        repositories = {p.repository for p in pushed}
+        pushes = list(pushed)
+        repositories = {p.repository for p in pushes}
         marked = 0
         for subscription in self._port.subscriptions():
-            if subscription.registry.name == registry and subscription.repository.repository in repositories:
-                self._due.setdefault(subscription.key, _Due()).notified = True
+            repository = subscription.repository.repository
+            if subscription.registry.name == registry and repository in repositories:
+                due = self._due.setdefault(subscription.key, _Due())
+                due.notified = True
+                due.expected.update((p.tag, p.digest) for p in pushes if p.repository == repository and p.tag)
+                due.settling = 0
                 marked += 1
         if marked:
             self._wake.set()
@@ -134,7 +145,7 @@ class Follower:
                 continue
             due.notified = False
             try:
-                await self.look(subscription)
+                await self.look(subscription, due)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # this subscription's look failed; the others go on
@@ -152,19 +163,27 @@ class Follower:
                 continue
             due.failures = 0
             due.next_at = self._clock() + subscription.interval_seconds(self._default_interval)
+            if due.expected:
+                if due.settling < len(SETTLE_DELAYS):
+                    due.next_at = self._clock() + SETTLE_DELAYS[due.settling]
+                    due.settling += 1
+                else:  # the registry never showed it: the regular poll will
+                    due.expected.clear()
 
-    async def look(self, subscription: core.Subscription) -> core.Deploy | None:
+    async def look(self, subscription: core.Subscription, due: _Due | None = None) -> core.Deploy | None:
         self.stats.looks += 1
         client = self._pool.client(subscription.registry)
         repository = subscription.repository.repository
         tags = await client.list_tags(repository)
         tag = core.choose(subscription, tags)
-        if tag is None:
+        digest = (await client.resolve(repository, tag)).digest if tag is not None else None
+        if due is not None:
+            due.expected = {e for e in due.expected if not core.reflected(*e, tags, tag, digest)}
+        if tag is None or digest is None:
             log.debug("follow: no eligible tag", application=subscription.application, service=subscription.service)
             return None
-        manifest = await client.resolve(repository, tag)
-        self.stats.seen[subscription.key] = (tag, manifest.digest)
-        deploy = core.decide(subscription, tag, manifest.digest)
+        self.stats.seen[subscription.key] = (tag, digest)
+        deploy = core.decide(subscription, tag, digest)
         if deploy is None:
             return None
         release_id = await self._port.deploy(deploy, registry=subscription.registry.name)

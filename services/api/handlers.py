@@ -32,6 +32,7 @@ from services.api import auth, events, planning, queries, redaction, why
 from services.api.convergence import ConvergenceView
 from services.api.errors import Failure, classify, invalid
 from services.api.history import History, Snapshot
+from services.api.images import ImageResolver
 from services.api.domain import State, decider
 from services.api.domain.validation import q
 from services.api.methods import BY_INPUT, BY_NAME, METHODS, Method
@@ -81,7 +82,9 @@ class Api:
         planner: PlannerClient | None = None,
         history: History | None = None,
         agents: queries.AgentLookup | None = None,
+        images: ImageResolver | None = None,
     ) -> None:
+        self._images = images
         self._store = store
         self._registry = registry
         self._projection = projection
@@ -197,7 +200,9 @@ class Api:
             )
         if method.name == "PlanDeploy":
             assert isinstance(request, api_pb2.PlanDeployRequest)
-            return await planning.plan_deploy(self._planner, self._projection.state, request, principal)
+            return await planning.plan_deploy(
+                self._planner, self._projection.state, request, principal, images=self._images
+            )
         await self._see(queries.min_position(request), "page.min_position" if "page" in _fields(request) else "min_position")
         if method.name in ("GetConvergence", "Why"):
             assert isinstance(request, api_pb2.GetConvergenceRequest | api_pb2.WhyRequest)

@@ -22,6 +22,7 @@ from eventstore.errors import Unavailable
 from schemas.convoy.v1 import api_pb2, events_pb2
 from services.api.auth import Principal
 from services.api.domain import Command, Minted, State, decide
+from services.api.images import ImageResolver
 
 
 def plan_subject(instance: str) -> str:
@@ -52,17 +53,32 @@ class NatsPlannerClient:
         return plan
 
 
-async def plan_deploy(
-    planner: PlannerClient | None, state: State, request: api_pb2.PlanDeployRequest, principal: Principal
-) -> api_pb2.DeployPlan:
-    deploy = api_pb2.DeployRequest(
+def deploy_request(request: api_pb2.PlanDeployRequest) -> api_pb2.DeployRequest:
+    return api_pb2.DeployRequest(
         application=request.application,
         service=request.service,
         version=request.version,
         image=request.image,
         parameters=dict(request.parameters),
     )
-    command = Command(deploy, principal.name, principal.role, Minted(release_id=f"dry-run-{uuid.uuid4().hex[:12]}"), "Deploy")
+
+
+async def plan_deploy(
+    planner: PlannerClient | None,
+    state: State,
+    request: api_pb2.PlanDeployRequest,
+    principal: Principal,
+    *,
+    images: ImageResolver | None = None,
+) -> api_pb2.DeployPlan:
+    """The dry run of a Deploy; its registry images are resolved as a real deploy's are
+    (a tag that does not exist fails the dry run the same way)."""
+    deploy = deploy_request(request)
+    digests = await images.resolve(state, deploy) if images is not None else {}
+    command = Command(
+        deploy, principal.name, principal.role, Minted(release_id=f"dry-run-{uuid.uuid4().hex[:12]}"), "Deploy",
+        images=digests,
+    )
     decision = decide(state, command)
     release = next(e.event.release for e in decision.events if isinstance(e.event, events_pb2.ReleaseCreated))
     if planner is None:

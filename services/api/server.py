@@ -126,12 +126,13 @@ class ApiServer:
         self.projection = Projection(store=store, registry=self._registry, observers=[self.convergence.fold])
         self._owns_registries = registries is None
         self.registries = registries or RegistryPool()
+        images = ImageResolver(pool=self.registries)
         self._writer = Writer(
             store=store,
             registry=self._registry,
             projection=self.projection,
             timeout=write_wait,
-            images=ImageResolver(pool=self.registries),
+            images=images,
         )
         self.api = Api(
             store=store,
@@ -143,6 +144,7 @@ class ApiServer:
             planner=planner,
             history=History(store=store, registry=self._registry),
             agents=_agents(heartbeats) if heartbeats is not None else None,
+            images=images,
         )
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None

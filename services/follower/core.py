@@ -147,3 +147,14 @@ def _versioned(text: str) -> str:
         cleaned = f"v{cleaned}"[:128]
     assert _VERSION.fullmatch(cleaned), cleaned
     return cleaned
+
+
+def reflected(pushed_tag: str, pushed_digest: str, tags: Sequence[str], selected: str | None, digest: str | None) -> bool:
+    """Whether a look already saw what a push notification announced. Distribution
+    notifies a manifest push before it moves the tag, so a look woken by the notification
+    can see the repository as it was: the pushed tag not listed yet, or — when it is the
+    tag the strategy selected — still at its old digest. Such a look is repeated shortly."""
+    if pushed_tag not in tags:
+        return False
+    return pushed_tag != selected or digest == pushed_digest
+

@@ -38,6 +38,8 @@ log = structlog.get_logger("convoy.follower")
 
 DEFAULT_INTERVAL = 300.0
 MAX_FAILURE_DELAY = 3600.0
+SETTLE_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+"""Re-looks after a notification whose push a look did not see yet; then the poll takes over."""
 
 
 class Port(Protocol):
@@ -61,6 +63,10 @@ class _Due:
     notified: bool = False
     declared: bytes = b""
     """The subscription and registry as last looked at: a change is looked at at once."""
+    expected: set[tuple[str, str]] = field(default_factory=set)
+    """(tag, digest) pushes notified but not yet seen by a look (the registry notifies
+    before it moves the tag): looked at again after SETTLE_DELAYS."""
+    settling: int = 0
 
 
 @dataclass(slots=True)
@@ -70,6 +76,8 @@ class FollowerStats:
     failures: int = 0
     last_error: str = ""
     deployed: list[str] = field(default_factory=list)
+    seen: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    """Per subscription, the (tag, digest) its last look selected."""
 
 
 class Follower:
@@ -104,11 +112,16 @@ class Follower:
     def notify(self, registry: str, pushed: Iterable[Pushed]) -> int:
         """A registry says these were pushed: look at once at every subscription on
         that registry following one of their repositories. Answers how many."""
-        repositories = {p.repository for p in pushed}
+        pushes = list(pushed)
+        repositories = {p.repository for p in pushes}
         marked = 0
         for subscription in self._port.subscriptions():
-            if subscription.registry.name == registry and subscription.repository.repository in repositories:
-                self._due.setdefault(subscription.key, _Due()).notified = True
+            repository = subscription.repository.repository
+            if subscription.registry.name == registry and repository in repositories:
+                due = self._due.setdefault(subscription.key, _Due())
+                due.notified = True
+                due.expected.update((p.tag, p.digest) for p in pushes if p.repository == repository and p.tag)
+                due.settling = 0
                 marked += 1
         if marked:
             self._wake.set()
@@ -132,7 +145,7 @@ class Follower:
                 continue
             due.notified = False
             try:
-                await self.look(subscription)
+                await self.look(subscription, due)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # this subscription's look failed; the others go on
@@ -150,18 +163,27 @@ class Follower:
                 continue
             due.failures = 0
             due.next_at = self._clock() + subscription.interval_seconds(self._default_interval)
+            if due.expected:
+                if due.settling < len(SETTLE_DELAYS):
+                    due.next_at = self._clock() + SETTLE_DELAYS[due.settling]
+                    due.settling += 1
+                else:  # the registry never showed it: the regular poll will
+                    due.expected.clear()
 
-    async def look(self, subscription: core.Subscription) -> core.Deploy | None:
+    async def look(self, subscription: core.Subscription, due: _Due | None = None) -> core.Deploy | None:
         self.stats.looks += 1
         client = self._pool.client(subscription.registry)
         repository = subscription.repository.repository
         tags = await client.list_tags(repository)
         tag = core.choose(subscription, tags)
-        if tag is None:
+        digest = (await client.resolve(repository, tag)).digest if tag is not None else None
+        if due is not None:
+            due.expected = {e for e in due.expected if not core.reflected(*e, tags, tag, digest)}
+        if tag is None or digest is None:
             log.debug("follow: no eligible tag", application=subscription.application, service=subscription.service)
             return None
-        manifest = await client.resolve(repository, tag)
-        deploy = core.decide(subscription, tag, manifest.digest)
+        self.stats.seen[subscription.key] = (tag, digest)
+        deploy = core.decide(subscription, tag, digest)
         if deploy is None:
             return None
         release_id = await self._port.deploy(deploy, registry=subscription.registry.name)
@@ -175,6 +197,9 @@ class Follower:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the round: a notification arriving during it sets the event
+            # again, so it is looked at in the next round instead of waiting for a poll.
+            self._wake.clear()
             try:
                 await self.look_all()
             except asyncio.CancelledError:
@@ -183,7 +208,6 @@ class Follower:
                 self.stats.failures += 1
                 self.stats.last_error = str(e)
                 log.error("follow round failed", error=describe(e))
-            self._wake.clear()
             wait = self._next_wait()
             changed = asyncio.ensure_future(self._port.changed(wait))
             woken = asyncio.ensure_future(self._wake.wait())
@@ -195,5 +219,5 @@ class Follower:
 
     def _next_wait(self) -> float:
         now = self._clock()
-        upcoming = [d.next_at - now for d in self._due.values()]
+        upcoming = [0.0 if d.notified else d.next_at - now for d in self._due.values()]
         return max(0.05, min(upcoming, default=self._default_interval))

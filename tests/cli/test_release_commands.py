@@ -38,8 +38,9 @@ async def test_deploy_approve_events_and_status(cli: Cli) -> None:
     listed = await cli.run("releases", "list", "shop/api")
     assert listed.exit_code == 0, listed.output
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["VERSION", "ID", "IMAGES", "PARAMETERS", "DEPLOYER"]
-    assert row.split()[:3] == ["v2", release["id"], "registry.example/api:2"] and row.split()[-1] == release["createdBy"]
+    assert header.split() == ["VERSION", "ID", "IMAGES", "DIGESTS", "PARAMETERS", "DEPLOYER"]
+    # registry.example is no declared registry: nothing pinned.
+    assert row.split()[:4] == ["v2", release["id"], "registry.example/api:2", "-"] and row.split()[-1] == release["createdBy"]
 
     events = await cli.run("events", "--app", "shop", "--output", "json")
     assert events.exit_code == 0, events.output

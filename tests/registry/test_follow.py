@@ -52,6 +52,7 @@ class Plane:
         self.applications = api_pb2_grpc.ApplicationServiceStub(channel)
         self.runtimes = api_pb2_grpc.RuntimeServiceStub(channel)
         self.tokens = api_pb2_grpc.TokenServiceStub(channel)
+        self.convergence = api_pb2_grpc.ConvergenceServiceStub(channel)
         self.followers = followers
 
     async def releases_of(self, service: str) -> list[R.Release]:
@@ -67,9 +68,6 @@ class Plane:
             if isinstance(message, events_pb2.IntentIssued) and message.spec.release_id == release_id:
                 found.append(message)
         return found
-
-    def looks(self) -> int:
-        return sum(f.stats.looks for f in self.followers)
 
 
 def service(registry: real.RealRegistry, follow: R.FollowRepository | None, *, name: str = "api") -> R.Service:
@@ -158,10 +156,12 @@ async def test_a_pushed_tag_becomes_one_release_pinned_to_its_digest_and_a_moved
             assert [program.image for program in issued.spec.programs] == [f"{registry.host}/shop/api@{first}"]
 
             # Move the tag: the registry notifies, the followers look, and nothing changes.
-            looks = p.looks()
             moved = await push.image("shop/api", "1.0.0", seed="two")
             assert moved != first
-            await eventually(lambda: p.looks() > looks, message="a follower looked after the tag moved")
+            await eventually(
+                lambda: all(f.stats.seen.get(("shop", "api")) == ("1.0.0", moved) for f in p.followers),
+                message="both followers looked at the moved tag (woken by its notification)",
+            )
             async with RegistryClient(
                 name="hub", url=registry.url, username=registry.username, password=registry.password
             ) as client:
@@ -180,9 +180,12 @@ async def test_a_pushed_tag_becomes_one_release_pinned_to_its_digest_and_a_moved
             await p.services.ApplyService(api_pb2.ApplyServiceRequest(service=service(registry, digest)), metadata=p.meta)
             await eventually(lambda: released(2), message="the digest subscription deployed the moved tag")
             # Both followers look again (a retag notifies); still exactly two releases.
-            looks = p.looks()
+            looks = [f.stats.looks for f in p.followers]
             await push.retag("shop/api", "1.0.0", "1.0.0-again")
-            await eventually(lambda: p.looks() >= looks + 2, message="both followers looked again")
+            await eventually(
+                lambda: all(f.stats.looks > n for f, n in zip(p.followers, looks, strict=True)),
+                message="both followers looked again",
+            )
             first_release, second = await p.releases_of("api")
             assert first_release == release
             assert second.version == f"1.0.0-{moved.removeprefix('sha256:')[:12]}"
@@ -211,6 +214,13 @@ async def test_deploy_pins_the_digest_and_refuses_a_tag_the_registry_does_not_ha
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
         assert "shop/web:9.9.9" in refused.value.details() and "hub" in refused.value.details()
         assert await p.api.store.head() == head, "a refused deploy records nothing"
+        with pytest.raises(grpc.aio.AioRpcError) as dry:
+            await p.convergence.PlanDeploy(
+                api_pb2.PlanDeployRequest(application="shop", service="web", version="v1",
+                                          image=f"{real_registry.host}/shop/web:9.9.9"),
+                metadata=p.meta,
+            )
+        assert dry.value.code() == grpc.StatusCode.NOT_FOUND, "a dry run resolves images as a deploy does"
 
         answer = await p.releases.Deploy(
             api_pb2.DeployRequest(application="shop", service="web", version="v1",

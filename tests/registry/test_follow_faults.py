@@ -10,6 +10,7 @@ is a clock the test moves, not a wait. The outage is a spec-following registry a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from schemas.convoy.v1 import api_pb2, options_pb2
 from schemas.convoy.v1 import resources_pb2 as R
 from services.api import auth
 from services.follower.follower import Follower
+from services.registry.notifications import Pushed
 from services.registry.pool import RegistryPool
 from tests.integration.test_api_support import Running, running_api
 from tests.registry import spec_server
@@ -127,5 +129,32 @@ async def test_a_fresh_follower_continues_from_the_log_and_deploys_nothing_twice
             decided = [await f.look(subscription) for f in racing]
             assert decided[0] == decided[1] and decided[0] is not None
             assert [r.version for r in releases(api, "one")] == ["1.0.0", "1.1.0"]
+        finally:
+            await pool.close()
+
+
+async def test_a_notification_ahead_of_the_registry_is_looked_at_again_until_the_push_shows(
+    pg_store: PostgresEventStore, tmp_path: Path
+) -> None:
+    """Distribution notifies a manifest push before it moves the tag: the look it wakes can
+    see the old repository. The follower looks again shortly (not at the next poll)."""
+    clock = Clock()
+    pool = RegistryPool(max_attempts=1)
+    async with two_registries() as (one, _), running_api(pg_store, tmp_path / "state") as api:
+        await declare(api, {"one": one})
+        one.push("shop/one", "1.0.0")
+        try:
+            follower = Follower(port=ApiPort(api.server), pool=pool, clock=clock)
+            await follower.look_all()
+            assert [r.version for r in releases(api, "one")] == ["1.0.0"]
+            body = b'{"schemaVersion": 2, "tag": "1.1.0"}'
+            announced = "sha256:" + hashlib.sha256(body).hexdigest()
+            assert follower.notify("one", [Pushed(repository="shop/one", tag="1.1.0", digest=announced, host=None)]) == 1
+            await follower.look_all()  # the registry does not show 1.1.0 yet
+            assert [r.version for r in releases(api, "one")] == ["1.0.0"]
+            one.push("shop/one", "1.1.0", body)
+            clock.now += 0.1  # the first settle delay, far below the poll interval
+            await follower.look_all()
+            assert [(r.version, r.images[0].digest) for r in releases(api, "one")][-1] == ("1.1.0", announced)
         finally:
             await pool.close()

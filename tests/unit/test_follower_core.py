@@ -68,3 +68,10 @@ def test_polling_is_never_faster_than_the_registry_allows() -> None:
     assert subscription(R.FOLLOW_STRATEGY_SEMVER, interval=10, floor=60).interval_seconds(300) == 60
     assert subscription(R.FOLLOW_STRATEGY_SEMVER, interval=600, floor=60).interval_seconds(300) == 600
     assert subscription(R.FOLLOW_STRATEGY_SEMVER, floor=60).interval_seconds(300) == 300
+
+
+def test_a_push_is_reflected_once_its_tag_is_listed_and_if_selected_at_its_digest() -> None:
+    assert not core.reflected("1.1.0", D2, ["1.0.0"], "1.0.0", D1), "not listed yet"
+    assert not core.reflected("1.0.0", D2, ["1.0.0"], "1.0.0", D1), "selected, still at the old digest"
+    assert core.reflected("1.0.0", D2, ["1.0.0"], "1.0.0", D2)
+    assert core.reflected("latest", D3, ["1.0.0", "latest"], "1.0.0", D1), "listed, not the selected tag"

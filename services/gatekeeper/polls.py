@@ -43,6 +43,10 @@ _NAMESPACE = uuid.UUID("6b8f7f39-4f0e-4f57-9a53-5d3c43f3a1c2")
 _PLACEHOLDER = re.compile(r"\{\{\s*\.([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\s*\}\}")
 
 
+def outcome_name(outcome: int) -> str:
+    return resources_pb2.ExternalApprovalOutcome.Name(outcome).removeprefix("EXTERNAL_APPROVAL_OUTCOME_").lower()
+
+
 def gate_stream(application: str, service: str, channel: str) -> str:
     return f"gate/{application}/{service}/{channel}"
 
@@ -229,8 +233,10 @@ def _ticket(approval: resources_pb2.ExternalApproval, answer: Answer, body: Any)
 def redact(text: str, secrets: Iterable[str]) -> str:
     """Truncate, and remove every secret value (an endpoint may echo a header back)."""
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+        # The whole value, and its credential part alone ("Bearer <token>", "Basic <…>").
+        for part in sorted({secret, secret.split()[-1] if secret.split() else ""}, key=len, reverse=True):
+            if len(part) >= 4:
+                text = text.replace(part, "***")
     text = " ".join(text.split())
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
 

@@ -144,7 +144,7 @@ ERROR_CASES = {
     ),
     "two members of a oneof": (
         {"a.yaml": "protection: {name: p, command: {command: [t]}, httpProbe: {url: 'http://x'}}\n"},
-        [("a.yaml", 0, "protection", "set only one of httpProbe, command, agentHealth (got httpProbe, command)")],
+        [("a.yaml", 0, "protection", "set only one of httpProbe, command, agentHealth, externalApproval (got httpProbe, command)")],
     ),
     "no member of a required oneof": (
         {"a.yaml": "protection: {name: p}\n"},

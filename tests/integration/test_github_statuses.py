@@ -169,6 +169,14 @@ async def test_one_deployment_per_release_and_channel_with_statuses_in_order_and
                 await deploy(pg_store)
                 await eventually(lambda: converged(pg_store), message="converged in both channels")
                 await eventually(lambda: server.by_environment() == EXPECTED, message="every status posted")
+
+                async def all_recorded() -> bool:
+                    posted = [m for m in await recorded_github(pg_store) if isinstance(m, E.GitHubDeploymentStatusPosted)]
+                    return len(posted) == 5
+
+                # Stopped only once the log has every call: one stopped between GitHub's answer
+                # and the append would post that status again (at least once, by design).
+                await eventually(all_recorded, message="every status recorded")
                 assert reporter.stats.retried >= 1
         finally:
             await stop(agents)

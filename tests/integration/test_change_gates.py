@@ -25,6 +25,7 @@ from eventstore.codec import convoy_registry
 from eventstore.postgres import PostgresEventStore
 from schemas.convoy.v1 import events_pb2 as E
 from schemas.convoy.v1 import resources_pb2 as R
+from services.api import why
 from services.gatekeeper.worker import Gatekeeper
 from services.planner.clock import FakeClock
 from services.planner.runner import Planner
@@ -229,6 +230,12 @@ async def test_a_rejected_change_fails_the_convergence_naming_the_ticket(pg_stor
     assert [p.outcome for p in await polled(pg_store)] == [
         R.EXTERNAL_APPROVAL_OUTCOME_PENDING, R.EXTERNAL_APPROVAL_OUTCOME_FAILED]
     await assert_no_secret_in_the_log(pg_store)
+
+    # `convoy why` names the ticket and the last poll, with the poll as evidence.
+    [(line, evidence)] = await why._gates(pg_store, REGISTRY, "fleet", "web", "prod", "rel-1", None)
+    assert line.startswith("change gate change: ticket CHG0030001; poll 2 at ")
+    assert line.endswith(': failed (200: {"result": [{"number": "CHG0030001", "approval": "rejected"}]})')
+    assert [e.type for e in evidence] == ["convoy.v1.ExternalApprovalRequested", "convoy.v1.ExternalApprovalPolled"]
 
 
 async def test_a_change_never_decided_fails_at_the_timeout(pg_store: PostgresEventStore) -> None:

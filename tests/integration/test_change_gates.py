@@ -28,6 +28,7 @@ from schemas.convoy.v1 import resources_pb2 as R
 from services.api import why
 from services.gatekeeper.worker import Gatekeeper
 from services.planner.clock import FakeClock
+from services.planner.replay import replay_check
 from services.planner.runner import Planner
 from tests.conftest import eventually
 from tests.integration.test_planner import declarations, record, service, simulated_agents, statuses, stop
@@ -209,6 +210,8 @@ async def test_pending_then_a_5xx_then_approved_passes_the_gate_and_the_release_
     assert '"echo": "token ***"' in polls[0].detail  # the endpoint echoed the token: redacted
     assert len(server.requests) == 4
     await assert_no_secret_in_the_log(pg_store)
+    report = await replay_check(pg_store, REGISTRY)  # the polls are inputs: replaying decides the same
+    assert report.ok, report.differences
 
 
 async def polled_count(store: PostgresEventStore, n: int) -> bool:

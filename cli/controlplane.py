@@ -6,7 +6,7 @@ log); the desired-state responder (fresh agents); NATS user/consumer sync (per-r
 agent credentials); the API (gRPC + REST, asking the planner for dry runs) with the
 follower beside it (repository discovery, woken by the registry webhook); the planner
 and its dry-run responder; one agent for the local process runtime; and, when a webhook is
-configured, the notifier.
+configured, the notifier; the gatekeeper (change-ticket gates, GitHub deployment statuses).
 
 The local agent runs inside this process with the system user (it is part of the
 embedded default on one machine), on a connection of its own whose inbox prefix is its
@@ -50,6 +50,8 @@ from services.api.ingest import HeartbeatSeen, ObservationIngest
 from services.api.natsauth_sync import NatsAuthSync
 from services.api.planning import NatsPlannerClient
 from services.api.server import ApiServer
+from services.gatekeeper.github import GitHubReporter
+from services.gatekeeper.worker import Gatekeeper
 from services.notifier.webhook import Notifier, Webhook
 from services.planner.clock import SystemClock
 from services.planner.responder import PlanResponder
@@ -169,6 +171,9 @@ async def control_plane(
             notifier = await stack.enter_async_context(Notifier(nc, instance=instance, webhook=webhook))
             ops.instrument_notifier(metrics, notifier)
             typer.echo(f"notifying:    {webhook.host} ({webhook.format}) of status changes")
+        # Change-ticket gates and GitHub statuses: systems outside the clusters, reached from here.
+        await stack.enter_async_context(Gatekeeper(store=store, registry=registry, clock=SystemClock()))
+        await stack.enter_async_context(GitHubReporter(store=store, registry=registry))
         # The local agent is not a condition: it waits, unready, until its runtime is
         # registered, which a fresh control plane has not done (`convoy_agent_ready` tells).
         checks = [*api.checks(), ops.planner_check(planner)]

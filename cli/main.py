@@ -35,6 +35,7 @@ from cli.commands import (
     runtimes,
     tokens,
 )
+from cli.commands import gatekeeper as gatekeeper_command
 from cli.commands import planner as planner_command
 from eventstore.embedded import EmbeddedServers
 from eventstore.errors import EmbeddedServerError, InvalidInput
@@ -240,6 +241,7 @@ for command in (
     app.command()(command)
 app.command("nats-users")(natsusers.nats_users)
 app.command()(notify.notify)
+app.command()(gatekeeper_command.gatekeeper)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 from schemas.convoy.v1 import resources_pb2
 from cli.config.documents import Document, Problem, Report
 from cli.config.formats import unknown_choice
+from services.expressions import check as check_expression
 
 # ---------------------------------------------------------------------------------------
 # Checks across fields of one document, and across documents
@@ -26,6 +27,16 @@ _CLOCK = re.compile(r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$")
 def check_semantics(message: Message, report: Report) -> None:
     if isinstance(message, resources_pb2.Application):
         _check_application(message, report)
+    elif isinstance(message, resources_pb2.Protection) and message.HasField("external_approval"):
+        # The gatekeeper judges answers with these unattended: a typo is reported now.
+        approval = message.external_approval
+        for name, json_name in (("success", "success"), ("failure", "failure"), ("ticket", "ticket")):
+            source = getattr(approval, name)
+            error = check_expression(source) if source else ""
+            if error:
+                report(f"protection.externalApproval.{json_name}", error)
+        if not approval.success:
+            report("protection.externalApproval.success", "required: when the change counts as approved")
     elif isinstance(message, resources_pb2.Service):
         _check_dns_label(message.name, "service.name", report)
         for i, program in enumerate(message.programs):

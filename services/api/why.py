@@ -5,7 +5,8 @@ prod-signoff (1 given: alice at 14:02)", "rolled back to v1: crash loop on runti
 at 14:07 (back-off restarting failed container)"). This query reads them back with the
 recorded events that prove them — the release, the approvals, rejections, bypasses and
 rollback requests for it, the planner's status changes and timers, and the agents'
-latest reports — and makes times relative to now ("soak: 3m40s left"). Everything comes
+latest reports, each change-ticket gate's ticket and last poll — and makes times relative
+to now ("soak: 3m40s left"). Everything comes
 from streams of the log; nothing is recomputed, so the answer is what was decided.
 
 An input of the service that the planner rejected (PlannerInputRejected: planning it
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 
 from eventstore.codec import EventRegistry
 from eventstore.types import EventStore, RecordedEvent
-from schemas.convoy.v1 import api_pb2, convergence_pb2, events_pb2
+from schemas.convoy.v1 import api_pb2, convergence_pb2, events_pb2, resources_pb2
 from services.api.convergence import ConvergenceView
 from services.api.domain import State
 from services.api.domain.errors import NotFound
@@ -104,6 +105,45 @@ async def _rejected(
         after = batch[-1].position
 
 
+async def _gates(
+    store: EventStore, registry: EventRegistry, app: str, service: str, channel: str, release_id: str, upto: int | None
+) -> list[tuple[str, list[RecordedEvent]]]:
+    """Per change-ticket gate of the release here: its ticket and last poll, with the
+    request and that poll as evidence."""
+    requested: dict[str, tuple[RecordedEvent, events_pb2.ExternalApprovalRequested]] = {}
+    last: dict[str, tuple[RecordedEvent, events_pb2.ExternalApprovalPolled]] = {}
+    tickets: dict[str, str] = {}
+    closed: dict[str, str] = {}
+    for recorded in await store.read_stream(f"gate/{app}/{service}/{channel}", as_of_position=upto):
+        message = registry.decode(recorded).message
+        if getattr(message, "release_id", "") != release_id:
+            continue
+        if isinstance(message, events_pb2.ExternalApprovalRequested):
+            requested[message.check_id] = (recorded, message)
+        elif isinstance(message, events_pb2.ExternalApprovalPolled):
+            last[message.check_id] = (recorded, message)
+            tickets[message.check_id] = message.ticket or tickets.get(message.check_id, "")
+        elif isinstance(message, events_pb2.ExternalApprovalClosed):
+            closed[message.check_id] = message.reason
+    found = []
+    for check_id, (recorded, request) in requested.items():
+        ticket = f"ticket {tickets[check_id]}" if tickets.get(check_id) else "ticket not known yet"
+        line = f"change gate {request.protection}: {ticket}"
+        evidence = [recorded]
+        if check_id in last:
+            polled, poll = last[check_id]
+            outcome = resources_pb2.ExternalApprovalOutcome.Name(poll.outcome).removeprefix("EXTERNAL_APPROVAL_OUTCOME_")
+            line += f"; poll {poll.attempt} at {poll.polled_at.ToDatetime(tzinfo=UTC):%H:%M:%S} UTC: {outcome.lower()}"
+            line += f" ({poll.detail})" if poll.detail else ""
+            evidence.append(polled)
+        else:
+            line += "; not polled yet"
+        if check_id in closed:
+            line += f"; closed: {closed[check_id]}"
+        found.append((line, evidence))
+    return found
+
+
 async def _channel(
     store: EventStore,
     registry: EventRegistry,
@@ -139,6 +179,9 @@ async def _channel(
             evidence.append(recorded)
         elif isinstance(message, events_pb2.TimerScheduled) and message.release_id == release_id:
             timers[message.purpose] = (message.timer_id, message.fire_at.ToDatetime(tzinfo=UTC))
+    for line, recorded_gate in await _gates(store, registry, app, service, channel, release_id, upto):
+        out.details.append(line)
+        evidence += recorded_gate
     for target in current.targets:
         stream = f"observation/{target.runtime}/{target.namespace}/{app}/{service}"
         version = versions.get(stream, 0)

@@ -4,7 +4,9 @@ A channel attaches protections at stages (pre-approval, post-approval, deploymen
 post-deployment). Entering a stage starts one `CheckState` per attachment; HTTP-probe and
 command checks are run by the agents of the channel's targets (the planner asks with
 ChecksRequested and reads CHECK_PASSED / CHECK_FAILED observations back), agent-health
-checks are judged from the agents' health reports. A check waits `delay`, then must pass
+checks are judged from the agents' health reports, and external approvals (change-ticket
+gates) from the gatekeeper's recorded polls (services/planner/tickets.py: passed, failed
+terminally, or timed out). A check waits `delay`, then must pass
 on every target for `duration` (the soak). A failure either fails the convergence
 (FAILURE_BEHAVIOR_FAIL) or restarts the wait (BLOCK). Bypassed protections
 (`protection:<name>`) pass at once. Pure: time is the recorded moment passed in.
@@ -16,7 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from schemas.convoy.v1 import convergence_pb2, resources_pb2
+from schemas.convoy.v1 import convergence_pb2, events_pb2, resources_pb2
+from services.planner import tickets
 from services.planner.catalog import Catalog, ReleaseRecord
 from services.planner.model import CheckState, Convergence, TargetState
 
@@ -53,6 +56,20 @@ def start_stage(
             agent_health=kind in (None, "agent_health"),
             started_at=now,
         )
+        if protection is not None and kind == "external_approval":
+            state.gate = tickets.progress_for(
+                events_pb2.ExternalApprovalRequested(
+                    check_id=state.check_id,
+                    protection=attachment.protection,
+                    application=conv.application,
+                    service=conv.service,
+                    channel=conv.channel,
+                    release_id=conv.release_id,
+                    version=conv.version,
+                    approval=protection.external_approval,
+                    parameters=dict(attachment.parameters),
+                )
+            )
         conv.checks[state.check_id] = state
         if protection is not None and kind in ("http_probe", "command"):
             request = convergence_pb2.CheckRequest(
@@ -69,6 +86,20 @@ def start_stage(
                 request.interval.CopyFrom(protection.interval)
             requests.append(request)
     return requests
+
+
+def record_poll(conv: Convergence, poll: events_pb2.ExternalApprovalPolled, at: datetime) -> bool:
+    """Note one of the gatekeeper's polls; False when its gate is not active here (stale,
+    another release's) or the poll was folded before."""
+    state = conv.checks.get(poll.check_id)
+    if state is None or state.gate is None or state.done or poll.release_id != conv.release_id:
+        return False
+    return tickets.record_poll(state.gate, poll, at)
+
+
+def open_gates(conv: Convergence) -> list[CheckState]:
+    """Gates whose answer the planner still waits for (the gatekeeper polls them)."""
+    return [s for s in conv.checks.values() if s.gate is not None and not s.gate.decided]
 
 
 def record_result(
@@ -93,6 +124,8 @@ class StageResult:
     """When a check's delay is over (its results start to count)."""
     soak_until: datetime | None = None
     """When a passing check's soak is over."""
+    gate_until: datetime | None = None
+    """When a change-ticket gate times out (if no poll decides it first)."""
 
 
 def evaluate(
@@ -102,11 +135,23 @@ def evaluate(
     waiting: list[str] = []
     delays: list[datetime] = []
     soaks: list[datetime] = []
+    gates: list[datetime] = []
     for state in conv.checks.values():
         if state.done:
             continue
         if (conv.channel, f"protection:{state.protection}") in record.bypasses:
             state.done = True
+            continue
+        if state.gate is not None:
+            verdict = tickets.evaluate(state.protection, state.gate, now)
+            if verdict.failure:
+                return StageResult(False, failure=verdict.failure)
+            if verdict.passed:
+                state.done = True
+                continue
+            waiting.append(verdict.waiting)
+            if verdict.wake_at is not None:
+                gates.append(verdict.wake_at)
             continue
         ready_at = state.started_at + timedelta(seconds=state.delay)
         if now < ready_at:
@@ -135,7 +180,11 @@ def evaluate(
         soaks.append(soak_end)
     if waiting:
         return StageResult(
-            False, waiting="; ".join(waiting), delay_until=min(delays, default=None), soak_until=min(soaks, default=None)
+            False,
+            waiting="; ".join(waiting),
+            delay_until=min(delays, default=None),
+            soak_until=min(soaks, default=None),
+            gate_until=min(gates, default=None),
         )
     return StageResult(True)
 

@@ -67,9 +67,10 @@ of failing; its deadline runs from its agent's RECEIVED. Approvals count once pe
 principal as services.principals compares them (`bob`, `bob ` and `bоb` are one), and
 never the deployer's own when the approval excludes the deployer."""
 
-INPUT_CATEGORIES = ("app", "service", "runtime", "protection", "release", "observation", "timer")
+INPUT_CATEGORIES = ("app", "service", "runtime", "protection", "release", "observation", "timer", "gate")
 """Stream categories the planner reads: declarations, human decisions, agents'
-observations and fired timers — not its own outputs, tokens or resources."""
+observations, fired timers and the gatekeeper's polls — not its own outputs, tokens or
+resources."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,10 @@ def timer_stream(app: str, service: str, channel: str) -> str:
     return f"timer/{app}/{service}/{channel}"
 
 
+def gate_stream(app: str, service: str, channel: str) -> str:
+    return f"gate/{app}/{service}/{channel}"
+
+
 def plan(state: PlannerState, event: Input) -> tuple[PlannerState, list[Output]]:
     """Fold one input into the state; return it with the events the planner decides."""
     run = _Run(state, event)
@@ -129,6 +134,8 @@ class _Run:
         message = self.event.message
         if isinstance(message, events_pb2.TimerFired) and message.HasField("fired_at"):
             self.now = message.fired_at.ToDatetime(tzinfo=self.event.recorded_at.tzinfo)
+        elif isinstance(message, events_pb2.ExternalApprovalPolled) and message.HasField("polled_at"):
+            self.now = message.polled_at.ToDatetime(tzinfo=self.event.recorded_at.tzinfo)
         else:
             self.now = self.event.recorded_at
 
@@ -344,17 +351,38 @@ def _enter_stage(run: _Run, conv: Convergence, channel: resources_pb2.ReleaseCha
     if conv.stage == stage:
         return
     conv.stage = stage
+    _close_gates(run, conv, f"{checks.stage_name(stage)} started")
     requests = checks.start_stage(conv, channel, stage, run.state.catalog, run.now)
     if requests or conv.checks_requested:
         _request_checks(run, conv, requests)
+    for state in checks.open_gates(conv):
+        assert state.gate is not None
+        run.emit(gate_stream(*conv.key), state.gate.request)
 
 
-def _stop_checks(run: _Run, conv: Convergence) -> None:
+def _stop_checks(run: _Run, conv: Convergence, reason: str = "") -> None:
+    _close_gates(run, conv, reason or "checks stopped")
     conv.checks.clear()
     conv.stage = 0
     if conv.checks_requested:
         _request_checks(run, conv, [])
-    _cancel_timers(run, conv, "soak", "check_delay")
+    _cancel_timers(run, conv, "soak", "check_delay", "gate")
+
+
+def _close_gates(run: _Run, conv: Convergence, reason: str) -> None:
+    """Tell the gatekeeper to stop polling the gates nobody waits for any more."""
+    for state in checks.open_gates(conv):
+        run.emit(
+            gate_stream(*conv.key),
+            events_pb2.ExternalApprovalClosed(
+                check_id=state.check_id,
+                application=conv.application,
+                service=conv.service,
+                channel=conv.channel,
+                release_id=conv.release_id,
+                reason=reason,
+            ),
+        )
 
 
 def _request_checks(run: _Run, conv: Convergence, requests: list[convergence_pb2.CheckRequest]) -> None:
@@ -379,6 +407,8 @@ def _stage(run: _Run, conv: Convergence, record: ReleaseRecord) -> checks.StageR
         _schedule(run, conv, "check_delay", result.delay_until)
     if result.soak_until is not None:
         _schedule(run, conv, "soak", result.soak_until)
+    if result.gate_until is not None:
+        _schedule(run, conv, "gate", result.gate_until)
     return result
 
 
@@ -537,7 +567,7 @@ def _step_verifying(run: _Run, conv: Convergence, record: ReleaseRecord) -> None
     if not result.passed:
         _set_status(run, conv, VERIFYING, result.waiting)
         return
-    _stop_checks(run, conv)
+    _stop_checks(run, conv, "converged")
     _cancel_timers(run, conv)
     conv.converged_release_id = conv.release_id
     conv.history.append(conv.release_id)
@@ -557,7 +587,7 @@ def _cover_new_targets(run: _Run, conv: Convergence) -> None:
 
 
 def _fail(run: _Run, conv: Convergence, reason: str) -> None:
-    _stop_checks(run, conv)
+    _stop_checks(run, conv, reason)
     _cancel_timers(run, conv)
     _set_status(run, conv, FAILED, reason)
     deployed = any(_on_release(t, conv.release_id) for t in conv.targets.values())
@@ -571,7 +601,7 @@ def _fail(run: _Run, conv: Convergence, reason: str) -> None:
 
 
 def _start_rollback(run: _Run, conv: Convergence, release_id: str, reason: str) -> None:
-    _stop_checks(run, conv)
+    _stop_checks(run, conv, reason)
     _cancel_timers(run, conv)
     conv.rollback_to = release_id
     _set_status(run, conv, ROLLING_BACK, reason)
@@ -661,7 +691,7 @@ def _release_created(run: _Run, release: resources_pb2.Release) -> None:
         if conv is None:
             conv = run.state.add_convergence(Convergence(*key))
         elif conv.release_id and conv.status not in TERMINAL:
-            _stop_checks(run, conv)
+            _stop_checks(run, conv, f"replaced by {release.version}")
             _cancel_timers(run, conv)
             _set_status(run, conv, REPLACED, f"replaced by {release.version}")
         else:
@@ -728,6 +758,14 @@ def _observation(run: _Run, message: events_pb2.ObservationRecorded) -> None:
     _advance_service(run, conv.application, conv.service)
 
 
+def _gate_polled(run: _Run, message: events_pb2.ExternalApprovalPolled) -> None:
+    conv = run.state.convergences.get((message.application, message.service, message.channel))
+    if conv is None or conv.status in TERMINAL:
+        return
+    if checks.record_poll(conv, message, run.now):
+        _advance_service(run, conv.application, conv.service)
+
+
 def _timer_fired(run: _Run, message: events_pb2.TimerFired) -> None:
     pending = run.state.timers.pop(message.timer_id, None)
     if pending is None:
@@ -743,4 +781,5 @@ _HANDLERS: dict[type[Message], Callable[[_Run, Any], None]] = {
     events_pb2.RollbackRequested: _rollback_requested,
     events_pb2.ObservationRecorded: _observation,
     events_pb2.TimerFired: _timer_fired,
+    events_pb2.ExternalApprovalPolled: _gate_polled,
 }

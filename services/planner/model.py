@@ -15,6 +15,7 @@ from typing import Final
 
 from schemas.convoy.v1 import convergence_pb2
 from services.planner.catalog import Catalog
+from services.planner.tickets import GateProgress
 
 S = convergence_pb2
 PENDING: Final = S.INSTANCE_STATUS_PENDING
@@ -105,6 +106,8 @@ class CheckState:
     results: dict[TargetKey, tuple[bool, str]] = field(default_factory=dict)
     passing_since: datetime | None = None
     done: bool = False
+    gate: GateProgress | None = None
+    """Set for an external approval (a change-ticket gate the gatekeeper polls)."""
 
 
 @dataclass(slots=True)

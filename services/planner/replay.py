@@ -32,7 +32,7 @@ from services.planner.model import PlannerState, status_name
 from services.planner.runner import output_events, to_input
 from services.planner.versions import CURRENT, Engine, VersionHistory, history, rejections
 
-OUTPUT_CATEGORIES = ("intent", "convergence")
+OUTPUT_CATEGORIES = ("intent", "convergence", "gate")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+from eventstore.codec import convoy_registry
 from tests.cli.conftest import Cli
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "shop"
@@ -173,3 +174,40 @@ async def test_files_without_documents_are_refused_by_apply_validate_diff_and_de
             assert f"no documents in {path}" in result.stderr, (args, result.stderr)
             assert "0 documents OK" not in result.stdout
     assert await cli.api.store.head() == head
+
+
+GATE_YAML = """\
+protection:
+  name: change-approved
+  externalApproval:
+    url: "https://snow.example/api/now/table/change_request?sysparm_query=number%3D{{.Params.ticket}}"
+    secretHeaders:
+      Authorization:
+        env: SNOW_AUTHORIZATION
+    success: 'status == 200 and body.result[0].approval == "approved"'
+    failure: 'body.result[0].approval == "rejected"'
+    ticket: body.result[0].number
+    pollInterval: 30s
+    timeout: 2h
+"""
+
+
+async def test_a_yaml_external_approval_applies_and_a_bad_expression_is_named(cli: Cli, tmp_path: Path) -> None:
+    good = tmp_path / "good" / "gate.yaml"
+    good.parent.mkdir()
+    good.write_text(GATE_YAML)
+    applied = await cli.run("apply", "-f", str(good.parent), "--output", "json")
+    assert applied.exit_code == 0, applied.output
+    assert [(r["kind"], r["name"], r["result"]) for r in json.loads(applied.stdout)] == [
+        ("protection", "change-approved", "created")]
+    [event] = await cli.api.store.read_stream("protection/change-approved")
+    recorded = convoy_registry().decode(event).message.protection.external_approval
+    assert recorded.secret_headers["Authorization"].env == "SNOW_AUTHORIZATION"
+    assert recorded.poll_interval.seconds == 30 and recorded.timeout.seconds == 7200
+
+    bad = tmp_path / "bad" / "gate.yaml"
+    bad.parent.mkdir()
+    bad.write_text(GATE_YAML.replace('approval == "rejected"', 'approval = "rejected"'))
+    result = await cli.raw("validate", "-f", str(bad.parent))
+    assert result.exit_code == 2, result.output
+    assert "protection.externalApproval.failure: at column 25: unexpected character '='" in result.stderr, result.stderr

@@ -415,6 +415,13 @@ def test_convoy_registry_is_a_new_object_each_call() -> None:
         "convoy.v1.ObservationRecorded": 1,
         "convoy.v1.PlannerVersionStarted": 1,
         "convoy.v1.PlannerInputRejected": 1,
+        "convoy.v1.ExternalApprovalRequested": 1,
+        "convoy.v1.ExternalApprovalPolled": 1,
+        "convoy.v1.ExternalApprovalClosed": 1,
+        "convoy.v1.RegistryConfigured": 1,
+        "convoy.v1.RegistryDeleted": 1,
+        "convoy.v1.GitHubDeploymentCreated": 1,
+        "convoy.v1.GitHubDeploymentStatusPosted": 1,
     }
     assert first.versions() == second.versions()
 

@@ -66,7 +66,7 @@ ERROR_CASES = {
     ),
     "unknown kind, with a suggestion and the kinds that exist": (
         {"a.yaml": "---\n---\naplication: {name: shop}\n"},  # the first --- opens document 0
-        [("a.yaml", 1, "aplication", "unknown kind 'aplication'; did you mean 'application'? (kinds are: application, protection, resource, runtime, service)")],
+        [("a.yaml", 1, "aplication", "unknown kind 'aplication'; did you mean 'application'? (kinds are: application, protection, registry, resource, runtime, service)")],
     ),
     "unknown field with the closest valid one": (
         {"a.yaml": "application: {name: shop, relaseChannels: []}\n"},
@@ -144,7 +144,7 @@ ERROR_CASES = {
     ),
     "two members of a oneof": (
         {"a.yaml": "protection: {name: p, command: {command: [t]}, httpProbe: {url: 'http://x'}}\n"},
-        [("a.yaml", 0, "protection", "set only one of httpProbe, command, agentHealth (got httpProbe, command)")],
+        [("a.yaml", 0, "protection", "set only one of httpProbe, command, agentHealth, externalApproval (got httpProbe, command)")],
     ),
     "no member of a required oneof": (
         {"a.yaml": "protection: {name: p}\n"},

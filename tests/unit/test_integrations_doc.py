@@ -29,3 +29,27 @@ def test_the_documented_categories_are_the_ones_the_log_uses() -> None:
     assert documented is not None
     names = set(re.findall(r"`([a-z]+)`", documented.group(1)))
     assert set(INPUT_CATEGORIES) <= names and {"intent", "convergence", "token", "planner"} <= names
+
+
+def test_the_gate_and_github_recipes_are_valid_config() -> None:
+    """The recipes (ServiceNow, Jira, the attachment, GitHub) load, and convoy's checks
+    find nothing wrong in them: the expressions parse."""
+    from cli.config import loader
+    from cli.config.checks import check_semantics
+    from services.api.domain.integrations import check_external_approval
+    from services.api.domain.errors import Problems
+
+    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S)
+    assert len(blocks) >= 4
+    kinds = []
+    for index, text in enumerate(blocks):
+        for document in loader.loads(text, file=f"docs/integrations.md example {index}"):
+            kinds.append(document.kind)
+            problems: list[str] = []
+            check_semantics(document.message, lambda path, message: problems.append(f"{path}: {message}"))
+            assert problems == []
+            if document.kind == "protection":
+                found = Problems()
+                check_external_approval(found, "protection.external_approval", document.message.external_approval)
+                found.raise_if_any()
+    assert kinds.count("protection") == 2 and kinds.count("application") == 2

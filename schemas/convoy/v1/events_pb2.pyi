@@ -1086,3 +1086,256 @@ class RegistryDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegistryDeleted: _TypeAlias = RegistryDeleted  # noqa: Y015
+
+@_typing.final
+class ExternalApprovalRequested(_message.Message):
+    """---- Change-ticket gates and GitHub deployments (issue 12, part 5). Stream
+    `gate/<application>/<service>/<channel>` for the gate events, `github/<application>/
+    <service>/<channel>` for the deployment events.
+
+    The planner asks the gatekeeper to poll an external approval for one check (entering
+    the stage that attaches it). Everything the gatekeeper needs is here: it reads no
+    other state.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CHECK_ID_FIELD_NUMBER: _builtins.int
+    PROTECTION_FIELD_NUMBER: _builtins.int
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    RELEASE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    check_id: _builtins.str
+    protection: _builtins.str
+    application: _builtins.str
+    service: _builtins.str
+    channel: _builtins.str
+    release_id: _builtins.str
+    version: _builtins.str
+    @_builtins.property
+    def approval(self) -> _resources_pb2.ExternalApproval: ...
+    @_builtins.property
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The attachment's parameters ({{.Params.<name>}})."""
+
+    def __init__(
+        self,
+        *,
+        check_id: _builtins.str = ...,
+        protection: _builtins.str = ...,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        release_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        approval: _resources_pb2.ExternalApproval | None = ...,
+        parameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "approval", b"approval", "channel", b"channel", "check_id", b"check_id", "parameters", b"parameters", "protection", b"protection", "release_id", b"release_id", "service", b"service", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExternalApprovalRequested: _TypeAlias = ExternalApprovalRequested  # noqa: Y015
+
+@_typing.final
+class ExternalApprovalPolled(_message.Message):
+    """One poll of an external approval, written by the gatekeeper. Its event id derives
+    from (check_id, attempt): a poll recorded once stays recorded once after a crash.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    POLLED_AT_FIELD_NUMBER: _builtins.int
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    RELEASE_ID_FIELD_NUMBER: _builtins.int
+    check_id: _builtins.str
+    attempt: _builtins.int
+    """1, 2, … per check."""
+    outcome: _resources_pb2.ExternalApprovalOutcome.ValueType
+    http_status: _builtins.int
+    """0 when no answer came (refused, timed out)."""
+    ticket: _builtins.str
+    detail: _builtins.str
+    """What the answer said, truncated, secret header values removed."""
+    application: _builtins.str
+    service: _builtins.str
+    channel: _builtins.str
+    release_id: _builtins.str
+    @_builtins.property
+    def polled_at(self) -> _timestamp_pb2.Timestamp:
+        """The gatekeeper's clock; the planner's "now" for this input."""
+
+    def __init__(
+        self,
+        *,
+        check_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        outcome: _resources_pb2.ExternalApprovalOutcome.ValueType = ...,
+        http_status: _builtins.int = ...,
+        ticket: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        polled_at: _timestamp_pb2.Timestamp | None = ...,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        release_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["polled_at", b"polled_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "attempt", b"attempt", "channel", b"channel", "check_id", b"check_id", "detail", b"detail", "http_status", b"http_status", "outcome", b"outcome", "polled_at", b"polled_at", "release_id", b"release_id", "service", b"service", "ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExternalApprovalPolled: _TypeAlias = ExternalApprovalPolled  # noqa: Y015
+
+@_typing.final
+class ExternalApprovalClosed(_message.Message):
+    """The planner no longer needs a gate's answer (its stage ended, it was bypassed or timed
+    out, the release was replaced): the gatekeeper stops polling it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECK_ID_FIELD_NUMBER: _builtins.int
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    RELEASE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    check_id: _builtins.str
+    application: _builtins.str
+    service: _builtins.str
+    channel: _builtins.str
+    release_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        check_id: _builtins.str = ...,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        release_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "check_id", b"check_id", "reason", b"reason", "release_id", b"release_id", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExternalApprovalClosed: _TypeAlias = ExternalApprovalClosed  # noqa: Y015
+
+@_typing.final
+class GitHubDeploymentCreated(_message.Message):
+    """A GitHub deployment was created for one release in one channel; later statuses go to it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    RELEASE_ID_FIELD_NUMBER: _builtins.int
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    application: _builtins.str
+    service: _builtins.str
+    channel: _builtins.str
+    release_id: _builtins.str
+    repository: _builtins.str
+    """"owner/repo"."""
+    deployment_id: _builtins.int
+    environment: _builtins.str
+    def __init__(
+        self,
+        *,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        release_id: _builtins.str = ...,
+        repository: _builtins.str = ...,
+        deployment_id: _builtins.int = ...,
+        environment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "deployment_id", b"deployment_id", "environment", b"environment", "release_id", b"release_id", "repository", b"repository", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GitHubDeploymentCreated: _TypeAlias = GitHubDeploymentCreated  # noqa: Y015
+
+@_typing.final
+class GitHubDeploymentStatusPosted(_message.Message):
+    """A deployment status was posted to GitHub (once per deployment and state)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    RELEASE_ID_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    application: _builtins.str
+    service: _builtins.str
+    channel: _builtins.str
+    release_id: _builtins.str
+    deployment_id: _builtins.int
+    state: _builtins.str
+    """queued, in_progress, success, failure, inactive."""
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        application: _builtins.str = ...,
+        service: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        release_id: _builtins.str = ...,
+        deployment_id: _builtins.int = ...,
+        state: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "channel", b"channel", "deployment_id", b"deployment_id", "description", b"description", "release_id", b"release_id", "service", b"service", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GitHubDeploymentStatusPosted: _TypeAlias = GitHubDeploymentStatusPosted  # noqa: Y015

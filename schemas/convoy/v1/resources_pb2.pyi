@@ -130,6 +130,27 @@ FOLLOW_STRATEGY_DIGEST: FollowStrategy.ValueType  # 3
 """The tag named by `constraint` (a mutable tag such as "latest"): a new digest is a new image."""
 Global___FollowStrategy: _TypeAlias = FollowStrategy  # noqa: Y015
 
+class _ExternalApprovalOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExternalApprovalOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExternalApprovalOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXTERNAL_APPROVAL_OUTCOME_UNSPECIFIED: _ExternalApprovalOutcome.ValueType  # 0
+    EXTERNAL_APPROVAL_OUTCOME_PENDING: _ExternalApprovalOutcome.ValueType  # 1
+    """Neither condition held, the endpoint was unreachable or answered 5xx: poll again."""
+    EXTERNAL_APPROVAL_OUTCOME_PASSED: _ExternalApprovalOutcome.ValueType  # 2
+    EXTERNAL_APPROVAL_OUTCOME_FAILED: _ExternalApprovalOutcome.ValueType  # 3
+
+class ExternalApprovalOutcome(_ExternalApprovalOutcome, metaclass=_ExternalApprovalOutcomeEnumTypeWrapper): ...
+
+EXTERNAL_APPROVAL_OUTCOME_UNSPECIFIED: ExternalApprovalOutcome.ValueType  # 0
+EXTERNAL_APPROVAL_OUTCOME_PENDING: ExternalApprovalOutcome.ValueType  # 1
+"""Neither condition held, the endpoint was unreachable or answered 5xx: poll again."""
+EXTERNAL_APPROVAL_OUTCOME_PASSED: ExternalApprovalOutcome.ValueType  # 2
+EXTERNAL_APPROVAL_OUTCOME_FAILED: ExternalApprovalOutcome.ValueType  # 3
+Global___ExternalApprovalOutcome: _TypeAlias = ExternalApprovalOutcome  # noqa: Y015
+
 @_typing.final
 class Application(_message.Message):
     """An application: services deployed together through ordered release channels."""
@@ -160,6 +181,7 @@ class Application(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     RELEASE_CHANNELS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    GITHUB_DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """DNS label: lower-case letters, digits and '-', at most 63 characters."""
     description: _builtins.str
@@ -171,6 +193,10 @@ class Application(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def github_deployments(self) -> Global___GitHubDeployments:
+        """Report this application's convergences to GitHub as deployments and statuses."""
+
     def __init__(
         self,
         *,
@@ -178,10 +204,11 @@ class Application(_message.Message):
         description: _builtins.str = ...,
         release_channels: _abc.Iterable[Global___ReleaseChannel] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        github_deployments: Global___GitHubDeployments | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["github_deployments", b"github_deployments"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "labels", b"labels", "name", b"name", "release_channels", b"release_channels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "github_deployments", b"github_deployments", "labels", b"labels", "name", b"name", "release_channels", b"release_channels"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -465,6 +492,7 @@ class Protection(_message.Message):
     HTTP_PROBE_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     AGENT_HEALTH_FIELD_NUMBER: _builtins.int
+    EXTERNAL_APPROVAL_FIELD_NUMBER: _builtins.int
     INTERVAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
@@ -475,6 +503,12 @@ class Protection(_message.Message):
     @_builtins.property
     def agent_health(self) -> Global___HealthCheck:
         """Healthy as reported by the agent for the attachment's duration."""
+
+    @_builtins.property
+    def external_approval(self) -> Global___ExternalApproval:
+        """Poll a ticketing system (ServiceNow, Jira, …) from the control plane until the
+        change is approved, rejected or the timeout passes.
+        """
 
     @_builtins.property
     def interval(self) -> _duration_pb2.Duration:
@@ -488,13 +522,14 @@ class Protection(_message.Message):
         http_probe: Global___HttpProbe | None = ...,
         command: Global___CommandCheck | None = ...,
         agent_health: Global___HealthCheck | None = ...,
+        external_approval: Global___ExternalApproval | None = ...,
         interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_health", b"agent_health", "check", b"check", "command", b"command", "http_probe", b"http_probe", "interval", b"interval"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_health", b"agent_health", "check", b"check", "command", b"command", "external_approval", b"external_approval", "http_probe", b"http_probe", "interval", b"interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_health", b"agent_health", "check", b"check", "command", b"command", "description", b"description", "http_probe", b"http_probe", "interval", b"interval", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_health", b"agent_health", "check", b"check", "command", b"command", "description", b"description", "external_approval", b"external_approval", "http_probe", b"http_probe", "interval", b"interval", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_check: _TypeAlias = _typing.Literal["http_probe", "command", "agent_health"]  # noqa: Y015
+    _WhichOneofReturnType_check: _TypeAlias = _typing.Literal["http_probe", "command", "agent_health", "external_approval"]  # noqa: Y015
     _WhichOneofArgType_check: _TypeAlias = _typing.Literal["check", b"check"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_check) -> _WhichOneofReturnType_check | None: ...
 
@@ -1371,3 +1406,211 @@ class KubernetesSecretKey(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KubernetesSecretKey: _TypeAlias = KubernetesSecretKey  # noqa: Y015
+
+@_typing.final
+class ExternalApproval(_message.Message):
+    """---- Change-ticket gates and GitHub deployments (issue 12, part 5).
+
+    A change-ticket gate: the control plane's gatekeeper polls an HTTP endpoint (a
+    ServiceNow change request, a Jira issue) and judges each answer with two expressions
+    (services/expressions.py): `failure` true = the check fails (terminal), `success`
+    true = it passes, otherwise it polls again until `timeout`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class HeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class SecretHeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___SecretRef: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___SecretRef | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    SECRET_HEADERS_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
+    POLL_INTERVAL_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    REQUEST_TIMEOUT_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """GET (default), POST, PUT or PATCH."""
+    url: _builtins.str
+    """May use {{.Application}}, {{.Service}}, {{.Channel}}, {{.Version}}, {{.ReleaseId}}
+    and {{.Params.<name>}} (the attachment's parameters); values are URL-encoded.
+    """
+    body: _builtins.str
+    """Request body, same placeholders (not encoded)."""
+    success: _builtins.str
+    """e.g. `status == 200 and body.result[0].approval == "approved"`."""
+    failure: _builtins.str
+    """e.g. `body.result[0].approval == "rejected"`. Empty = only the timeout fails."""
+    ticket: _builtins.str
+    """An expression for the ticket id shown in reasons, e.g. `body.result[0].number`."""
+    @_builtins.property
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def secret_headers(self) -> _containers.MessageMap[_builtins.str, Global___SecretRef]:
+        """Headers whose values are secrets (an API token), resolved by the gatekeeper."""
+
+    @_builtins.property
+    def poll_interval(self) -> _duration_pb2.Duration:
+        """Between polls (default 1m)."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Counted from the first recorded poll (default 1h); time no poll was recorded for
+        (the gatekeeper or the bus was down) does not count.
+        """
+
+    @_builtins.property
+    def request_timeout(self) -> _duration_pb2.Duration:
+        """Per request (default 10s)."""
+
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        url: _builtins.str = ...,
+        body: _builtins.str = ...,
+        headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        secret_headers: _abc.Mapping[_builtins.str, Global___SecretRef] | None = ...,
+        success: _builtins.str = ...,
+        failure: _builtins.str = ...,
+        ticket: _builtins.str = ...,
+        poll_interval: _duration_pb2.Duration | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        request_timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["poll_interval", b"poll_interval", "request_timeout", b"request_timeout", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "failure", b"failure", "headers", b"headers", "method", b"method", "poll_interval", b"poll_interval", "request_timeout", b"request_timeout", "secret_headers", b"secret_headers", "success", b"success", "ticket", b"ticket", "timeout", b"timeout", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExternalApproval: _TypeAlias = ExternalApproval  # noqa: Y015
+
+@_typing.final
+class GitHubDeployments(_message.Message):
+    """Report an application's convergences as GitHub deployments (one per release and
+    channel) with statuses queued → in_progress → success | failure (inactive when replaced).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvironmentsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    API_URL_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    REPO_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    REF_FIELD_NUMBER: _builtins.int
+    PRODUCTION_CHANNELS_FIELD_NUMBER: _builtins.int
+    TRANSIENT_CHANNELS_FIELD_NUMBER: _builtins.int
+    LOG_URL_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_URL_FIELD_NUMBER: _builtins.int
+    api_url: _builtins.str
+    """Default https://api.github.com (GitHub Enterprise: https://HOST/api/v3)."""
+    owner: _builtins.str
+    repo: _builtins.str
+    ref: _builtins.str
+    """The deployment's ref (default {{.Version}}); may use {{.Version}}, {{.ReleaseId}},
+    {{.Service}}, {{.Channel}}, {{.Application}}.
+    """
+    log_url: _builtins.str
+    """log_url / environment_url of the statuses, same placeholders (empty = not sent)."""
+    environment_url: _builtins.str
+    @_builtins.property
+    def token(self) -> Global___SecretRef:
+        """A token allowed to write deployments (fine-grained: "Deployments: write")."""
+
+    @_builtins.property
+    def environments(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Channel name -> GitHub environment name (default: the channel's name)."""
+
+    @_builtins.property
+    def production_channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Channels whose environments are production_environment=true."""
+
+    @_builtins.property
+    def transient_channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Channels whose environments are transient_environment=true."""
+
+    def __init__(
+        self,
+        *,
+        api_url: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        repo: _builtins.str = ...,
+        token: Global___SecretRef | None = ...,
+        environments: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        ref: _builtins.str = ...,
+        production_channels: _abc.Iterable[_builtins.str] | None = ...,
+        transient_channels: _abc.Iterable[_builtins.str] | None = ...,
+        log_url: _builtins.str = ...,
+        environment_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_url", b"api_url", "environment_url", b"environment_url", "environments", b"environments", "log_url", b"log_url", "owner", b"owner", "production_channels", b"production_channels", "ref", b"ref", "repo", b"repo", "token", b"token", "transient_channels", b"transient_channels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GitHubDeployments: _TypeAlias = GitHubDeployments  # noqa: Y015

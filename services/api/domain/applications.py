@@ -15,6 +15,7 @@ from services.api.domain import streams
 from services.api.domain.channels import check_channels
 from services.api.domain.commands import Command, Decision, clean
 from services.api.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Problems
+from services.api.domain.integrations import check_github_deployments
 from services.api.domain.state import State
 from services.api.domain.validation import MAX_DESCRIPTION, check_labels, check_name, check_text, listing, q
 
@@ -30,6 +31,9 @@ def apply_application(state: State, request: api_pb2.ApplyApplicationRequest, co
     check_text(problems, "application.description", app.description, limit=MAX_DESCRIPTION)
     check_labels(problems, "application.labels", app.labels)
     check_channels(problems, "application.release_channels", app, state)
+    if app.HasField("github_deployments"):
+        channels = {c.name for c in app.release_channels}
+        check_github_deployments(problems, "application.github_deployments", app.github_deployments, channels)
     problems.raise_if_any()
 
     existing = state.applications.get(app.name)

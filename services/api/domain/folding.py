@@ -347,6 +347,11 @@ _HANDLERS: dict[type[Message], Callable[[State, Any], State]] = {
     events_pb2.ObservationRecorded: _not_catalog,
     events_pb2.PlannerVersionStarted: _not_catalog,
     events_pb2.PlannerInputRejected: _not_catalog,
+    events_pb2.ExternalApprovalRequested: _not_catalog,
+    events_pb2.ExternalApprovalPolled: _not_catalog,
+    events_pb2.ExternalApprovalClosed: _not_catalog,
+    events_pb2.GitHubDeploymentCreated: _not_catalog,
+    events_pb2.GitHubDeploymentStatusPosted: _not_catalog,
 }
 
 HANDLED_EVENT_TYPES: frozenset[str] = frozenset(cls.DESCRIPTOR.full_name for cls in _HANDLERS)

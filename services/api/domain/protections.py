@@ -12,6 +12,7 @@ from schemas.convoy.v1 import api_pb2, events_pb2
 from services.api.domain import streams
 from services.api.domain.commands import Command, Decision, clean
 from services.api.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Problems
+from services.api.domain.integrations import check_external_approval
 from services.api.domain.programs import check_command_check, check_health
 from services.api.domain.state import State
 from services.api.domain.validation import MAX_DESCRIPTION, MAX_VALUE, check_duration, check_name, check_text, q
@@ -26,7 +27,7 @@ def apply_protection(state: State, request: api_pb2.ApplyProtectionRequest, comm
     check_text(problems, "protection.description", protection.description, limit=MAX_DESCRIPTION)
     check = protection.WhichOneof("check")
     if check is None:
-        problems.add("protection", "set what to check: one of http_probe, command, agent_health")
+        problems.add("protection", "set what to check: one of http_probe, command, agent_health, external_approval")
     elif check == "http_probe":
         probe = protection.http_probe
         if not probe.url:
@@ -44,6 +45,8 @@ def apply_protection(state: State, request: api_pb2.ApplyProtectionRequest, comm
         check_duration(problems, "protection.http_probe", probe, "timeout")
     elif check == "command":
         check_command_check(problems, "protection.command", protection.command)
+    elif check == "external_approval":
+        check_external_approval(problems, "protection.external_approval", protection.external_approval)
     else:
         check_health(problems, "protection.agent_health", protection.agent_health)
     check_duration(problems, "protection", protection, "interval")

@@ -55,7 +55,7 @@ def resource(**fields: object) -> api_pb2.LinkResourceRequest:
 INVALID: list[tuple[str, object, str]] = [
     ("protection missing", api_pb2.ApplyProtectionRequest(), "protection: required: the complete protection declaration"),
     ("no check", api_pb2.ApplyProtectionRequest(protection=R.Protection(name="p")),
-     "protection: set what to check: one of http_probe, command, agent_health"),
+     "protection: set what to check: one of http_probe, command, agent_health, external_approval"),
     ("probe without url", probe(), 'protection.http_probe.url: required: the URL to probe (may use {{.Service}}, {{.Channel}}, {{.Namespace}})'),
     ("probe bad status", probe(url="http://x/healthz", expect_status=42),
      "protection.http_probe.expect_status: 42 is not an HTTP status (100-599; 0 = any 2xx)"),

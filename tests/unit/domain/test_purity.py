@@ -15,6 +15,7 @@ ALLOWED_FIRST_PARTY = (
     "services.api.domain", "schemas.convoy.v1", "eventstore.errors", "eventstore.types",
     "services.principals",  # pure: principal names, shared with the planner's gates
     "services.registry.reference", "services.registry.selection",  # pure: image references and tag selection
+    "services.expressions",  # pure: the gate expression language, shared with the gatekeeper
 )
 
 

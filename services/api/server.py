@@ -42,7 +42,9 @@ from services.api.planning import PlannerClient
 from services.api.projection import Projection
 from services.api.ui.app import UiApp
 from services.api.rest import GrpcMetrics, RequestMetrics, RestApp, ServerLog
+from services.api.secrets import SecretSealer
 from services.api.writes import Writer
+from services.secrets.keyring import FileKeyring, Keyring
 
 if TYPE_CHECKING:
     from services.api.ingest import HeartbeatSeen
@@ -97,6 +99,7 @@ class ApiServer:
         ready_max_lag: int = 1000,
         heartbeats: Callable[[str], HeartbeatSeen | None] | None = None,
         checks: Sequence[ops.Check] = (),
+        keyring: Keyring | None = None,
     ) -> None:
         self._store = store
         self._state_dir = Path(state_dir)
@@ -120,11 +123,15 @@ class ApiServer:
         self.metrics.collector("api_projection", self._measure_projection)
         self.convergence = ConvergenceView()
         self.projection = Projection(store=store, registry=self._registry, observers=[self.convergence.fold])
+        # Convoy-kept secrets: encrypted under keys outside the log (the state directory's
+        # secrets.keys unless the composition gives another keyring).
+        self.secrets = SecretSealer(keyring=keyring or FileKeyring(path=self._state_dir / "secrets.keys"))
         self._writer = Writer(
             store=store,
             registry=self._registry,
             projection=self.projection,
             timeout=write_wait,
+            secrets=self.secrets,
         )
         self.api = Api(
             store=store,

@@ -415,6 +415,9 @@ def test_convoy_registry_is_a_new_object_each_call() -> None:
         "convoy.v1.ObservationRecorded": 1,
         "convoy.v1.PlannerVersionStarted": 1,
         "convoy.v1.PlannerInputRejected": 1,
+        "convoy.v1.SecretSet": 1,
+        "convoy.v1.SecretDeleted": 1,
+        "convoy.v1.SecretKeyRotated": 1,
     }
     assert first.versions() == second.versions()
 

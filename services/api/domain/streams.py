@@ -19,6 +19,8 @@ the same name never share a history.
 | `resource/app/<app>/<name>`     | ResourceLinked/Unlinked (application scope)          |
 | `release/<app>/<service>`       | ReleaseCreated, ApprovalGranted/Rejected, BypassGranted, RollbackRequested |
 | `token/<id>`                    | TokenCreated/Revoked                                 |
+| `secret/<name>`                 | SecretSet/Deleted (Convoy-kept secrets, ciphertext)  |
+| `keyring`                       | SecretKeyRotated                                     |
 
 Every id is checked with `eventstore.types.validate_stream_id`; names that reach here
 were validated as DNS labels, so a failure is a programming error.
@@ -58,3 +60,11 @@ def releases(app: str, service_name: str) -> str:
 
 def token(token_id: str) -> str:
     return validate_stream_id(f"token/{token_id}")
+
+
+def secret(name: str) -> str:
+    return validate_stream_id(f"secret/{name}")
+
+
+def keyring() -> str:
+    return validate_stream_id("keyring")

@@ -14,6 +14,7 @@ DOMAIN = Path(__file__).resolve().parents[3] / "services" / "api" / "domain"
 ALLOWED_FIRST_PARTY = (
     "services.api.domain", "schemas.convoy.v1", "eventstore.errors", "eventstore.types",
     "services.principals",  # pure: principal names, shared with the planner's gates
+    "services.resourceenv",  # pure: resource attributes as environment, shared with the planner's render
 )
 
 

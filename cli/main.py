@@ -32,6 +32,7 @@ from cli.commands import (
     releases,
     resources,
     runtimes,
+    secrets,
     tokens,
 )
 from cli.commands import planner as planner_command
@@ -219,6 +220,7 @@ for group in (
     resources.resources,
     catalog.releases,
     tokens.tokens,
+    secrets.secrets,
 ):
     app.add_typer(group)
 for command in (

@@ -17,6 +17,7 @@ secret streams — never a value, never a ciphertext.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Final
 
 from google.protobuf.message import Message
@@ -37,7 +38,7 @@ SEALING: Final = frozenset({"SetSecret", "RotateSecretKey"})
 
 
 class NoKeyring(FailedPrecondition):
-    pass
+    """This API process was composed without a keyring."""
 
 
 class SecretSealer:
@@ -71,7 +72,7 @@ class SecretSealer:
             if not request.value:
                 return minted  # decide refuses it, naming the field
             s = ring.seal(request.name, request.value)
-            return _with(minted, sealed=(SealedSecret(request.name, s.key_id, s.nonce, s.ciphertext),))
+            return replace(minted, sealed=(SealedSecret(request.name, s.key_id, s.nonce, s.ciphertext),))
         assert isinstance(request, api_pb2.RotateSecretKeyRequest)
         current = ring.current_key_id
         try:
@@ -79,7 +80,7 @@ class SecretSealer:
         except KeyringError as e:
             raise FailedPrecondition(f"cannot re-encrypt: {e}") from None
         retired = tuple(k for k in ring.key_ids() if k != current) if request.retire_old_keys else ()
-        return _with(
+        return replace(
             minted, sealed=resealed, secret_key_id=current, previous_key_id=state.secret_key_id, retired_key_ids=retired
         )
 
@@ -106,12 +107,6 @@ def _reseal(ring: Keyring, record: SecretRecord) -> SealedSecret:
     value = ring.open(record.name, Sealed(record.key_id, record.nonce, record.ciphertext))
     s = ring.seal(record.name, value)
     return SealedSecret(record.name, s.key_id, s.nonce, s.ciphertext)
-
-
-def _with(minted: Minted, **changes: object) -> Minted:
-    from dataclasses import replace
-
-    return replace(minted, **changes)  # type: ignore[arg-type]
 
 
 async def list_secrets(store: EventStore, state: State, request: api_pb2.ListSecretsRequest) -> api_pb2.ListSecretsResponse:

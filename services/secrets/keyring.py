@@ -12,7 +12,10 @@ Rotation adds a key and makes it current; the API then re-encrypts every secret 
 one is an explicit step, refused for a key the caller says is still needed.
 
 `Keyring` is the Protocol the API uses; `FileKeyring` is the file implementation. A
-KMS-backed keyring would implement the same four operations.
+KMS-backed keyring would implement the same operations. Several API processes of one
+instance may share the file (a shared volume): it is created exclusively (the first one
+wins, the others read it) and re-read whenever it changed, so a rotation by one process is
+used by the others from their next operation.
 """
 
 from __future__ import annotations
@@ -78,10 +81,22 @@ class FileKeyring:
         self.path = path
         self._keys: dict[str, bytes] = {}
         self._current = ""
+        self._seen: tuple[int, int] | None = None
 
     def _ensure(self) -> None:
-        if not self._current:
-            self._load()
+        """Load on first use, and again when the file changed (another API process of the
+        instance sharing it rotated or retired a key)."""
+        seen = self._stat()
+        if self._current and (seen is None or seen == self._seen):
+            return  # unchanged (or removed under us: the keys in memory are all there is)
+        self._load()
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
 
     @property
     def current_key_id(self) -> str:
@@ -147,9 +162,10 @@ class FileKeyring:
         except FileNotFoundError:
             key_id = self._new_id()
             keys = {key_id: secrets.token_bytes(KEY_BYTES)}
-            self._write(keys, key_id)
+            if not self._write(keys, key_id, exclusive=True):
+                return self._load()  # another process created it first: use that one
             self._keys, self._current = keys, key_id
-            return
+            return None
         except OSError as e:
             raise KeyringError(f"cannot read the keyring {self.path}: {e.strerror}", retryable=True) from None
         try:
@@ -167,10 +183,13 @@ class FileKeyring:
                 retryable=False,
             )
         self._keys, self._current = keys, current
+        self._seen = self._stat()
 
-    def _write(self, keys: dict[str, bytes], current: str) -> None:
+    def _write(self, keys: dict[str, bytes], current: str, *, exclusive: bool = False) -> bool:
+        """Write the file atomically; with `exclusive`, only if there is none yet (False
+        when there was)."""
         document = {"current": current, "keys": {k: base64.b64encode(v).decode() for k, v in sorted(keys.items())}}
-        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
@@ -179,6 +198,16 @@ class FileKeyring:
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(temporary, FILE_MODE)
-            os.replace(temporary, self.path)
+            if exclusive:
+                try:
+                    os.link(temporary, self.path)
+                except FileExistsError:
+                    return False
+                finally:
+                    os.unlink(temporary)
+            else:
+                os.replace(temporary, self.path)
+            self._seen = self._stat()
+            return True
         except OSError as e:
             raise KeyringError(f"cannot write the keyring {self.path}: {e.strerror}", retryable=True) from None

@@ -74,3 +74,13 @@ def test_a_damaged_keyring_file_is_a_clear_error(tmp_path: Path, content: str, e
     with pytest.raises(KeyringError, match=error) as refused:
         FileKeyring(path=path).seal("db", "v")
     assert refused.value.retryable is False
+
+
+def test_a_rotation_by_another_process_sharing_the_file_is_seen(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    mine, theirs = FileKeyring(path=path), FileKeyring(path=path)
+    first = mine.current_key_id
+    assert theirs.current_key_id == first  # the second one found the file the first created
+    second = theirs.rotate()
+    assert mine.current_key_id == second and mine.seal("db", "v").key_id == second
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]  # no temporary file left behind

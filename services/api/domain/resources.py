@@ -115,7 +115,7 @@ def _check_users(after: State, resource: resources_pb2.Resource) -> None:
         if resource.name not in service.resources or after.visible_resource(app, resource.name) is not resource:
             continue
         env = resourceenv.environment(service, lookup)
-        found = env.invisible + env.problems + resourceenv.clashes_with_programs(service, env.names, env.sources)
+        found = env.problems + resourceenv.clashes_with_programs(service, env.names, env.sources)
         for _, message in found:
             problems.add("resource", f"service {app}/{name}: {message}")
     problems.raise_if_any()

@@ -185,6 +185,7 @@ class Client:
         self.events = api_pb2_grpc.EventServiceStub(channel)
         self.convergence = api_pb2_grpc.ConvergenceServiceStub(channel)
         self.declarations = api_pb2_grpc.DeclarationServiceStub(channel)
+        self.secrets = api_pb2_grpc.SecretServiceStub(channel)
 
     def close(self) -> None:
         if self._channel is not None:

@@ -33,6 +33,7 @@ from cli.commands import (
     releases,
     resources,
     runtimes,
+    secrets,
     tokens,
 )
 from cli.commands import gatekeeper as gatekeeper_command
@@ -222,6 +223,7 @@ for group in (
     registries.registries,
     catalog.releases,
     tokens.tokens,
+    secrets.secrets,
 ):
     app.add_typer(group)
 for command in (

@@ -28,7 +28,7 @@ from eventstore.errors import Unavailable
 from eventstore.tasks import describe
 from eventstore.types import EventStore
 from schemas.convoy.v1 import api_pb2
-from services.api import auth, events, planning, queries, redaction, why
+from services.api import auth, events, planning, queries, redaction, secrets, why
 from services.api.convergence import ConvergenceView
 from services.api.errors import Failure, classify, invalid
 from services.api.history import History, Snapshot
@@ -42,7 +42,7 @@ from services.api.writes import Writer
 
 log = structlog.get_logger("convoy.api")
 
-OWN_HANDLERS: Final = frozenset({"ListEvents", "Watch", "GetConvergence", "Why", "PlanDeploy"})
+OWN_HANDLERS: Final = frozenset({"ListEvents", "Watch", "GetConvergence", "Why", "PlanDeploy", "ListSecrets"})
 """Read methods with their own handler here (not a pure catalog query)."""
 
 READ_WAIT: Final = 5.0
@@ -198,6 +198,9 @@ class Api:
             return await events.list_events(
                 self._store, self._registry, request, reveal_secrets=redaction.may_see_secrets(principal.role)
             )
+        if method.name == "ListSecrets":
+            assert isinstance(request, api_pb2.ListSecretsRequest)
+            return await secrets.list_secrets(self._store, self._projection.state, request)
         if method.name == "PlanDeploy":
             assert isinstance(request, api_pb2.PlanDeployRequest)
             return await planning.plan_deploy(

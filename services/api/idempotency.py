@@ -28,6 +28,7 @@ from google.protobuf.message import Message
 from eventstore.types import Receipt
 from schemas.convoy.v1 import api_pb2
 from services.api.domain import FailedPrecondition
+from services.api import redaction
 from services.api.errors import IdempotencyMismatch, invalid
 
 MAX_KEY_LENGTH: Final = 200
@@ -41,10 +42,13 @@ def check_key(key: str) -> str:
 
 
 def request_hash(method: str, request: Message) -> bytes:
-    """Same method and same request content (map order does not matter) = same hash."""
+    """Same method and same request content (map order does not matter) = same hash.
+    Secret-marked fields (SetSecret's value) are left out: the receipt is stored, and a
+    hash of a guessable secret is one offline guess away from it. So a retry under the
+    same key with another value replays the first answer instead of being refused."""
     digest = hashlib.sha256(method.encode())
     digest.update(b"\0")
-    digest.update(request.SerializeToString(deterministic=True))
+    digest.update(redaction.redact(request).SerializeToString(deterministic=True))
     return digest.digest()
 
 

@@ -43,7 +43,7 @@ log = structlog.get_logger("convoy.api.projection")
 Observer = Callable[[RecordedEvent, Message], None]
 
 
-CATALOG_CATEGORIES: Final = frozenset({"app", "service", "runtime", "protection", "resource", "release", "token"})
+CATALOG_CATEGORIES: Final = frozenset({"app", "service", "runtime", "protection", "resource", "release", "token", "secret", "keyring"})
 """The stream categories of the catalog's own events (services.api.domain.streams)."""
 
 

@@ -156,6 +156,12 @@ def _json_body(body: bytes) -> dict[str, Any]:
         raise invalid("", "the body is not valid JSON (UTF-8)") from None
     if not isinstance(data, dict):
         raise invalid("", "the body must be a JSON object")
+    for key, value in data.items():
+        # proto3 JSON reads null as "unset", but the OpenAPI document (and so every client
+        # generated from it) says each field has a type: a null is a mistake, not a default
+        # (a body of only optional fields, such as RotateSecretKey's, would take it silently).
+        if value is None:
+            raise invalid(str(key), "is null; give a value or leave the field out")
     return data
 
 

@@ -44,8 +44,11 @@ from services.api.projection import Projection
 from services.api.registry_hooks import RegistryHooks
 from services.api.ui.app import UiApp
 from services.api.rest import GrpcMetrics, RequestMetrics, RestApp, ServerLog
+from services.api.secrets import SecretSealer
 from services.api.writes import Writer
 from services.registry.pool import RegistryPool
+from services.secrets import references
+from services.secrets.keyring import FileKeyring, Keyring
 
 if TYPE_CHECKING:
     from services.api.ingest import HeartbeatSeen
@@ -101,6 +104,7 @@ class ApiServer:
         heartbeats: Callable[[str], HeartbeatSeen | None] | None = None,
         checks: Sequence[ops.Check] = (),
         registries: RegistryPool | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self._store = store
         self._state_dir = Path(state_dir)
@@ -124,8 +128,11 @@ class ApiServer:
         self.metrics.collector("api_projection", self._measure_projection)
         self.convergence = ConvergenceView()
         self.projection = Projection(store=store, registry=self._registry, observers=[self.convergence.fold])
+        # Convoy-kept secrets: encrypted under keys outside the log (the state directory's
+        # secrets.keys unless the composition gives another keyring).
+        self.secrets = SecretSealer(keyring=keyring or FileKeyring(path=self._state_dir / "secrets.keys"))
         self._owns_registries = registries is None
-        self.registries = registries or RegistryPool()
+        self.registries = registries or RegistryPool(secrets=self.secret_resolver())
         images = ImageResolver(pool=self.registries)
         self._writer = Writer(
             store=store,
@@ -133,6 +140,7 @@ class ApiServer:
             projection=self.projection,
             timeout=write_wait,
             images=images,
+            secrets=self.secrets,
         )
         self.api = Api(
             store=store,
@@ -155,6 +163,12 @@ class ApiServer:
         self.ports = BoundPorts(0, 0)
         self.admin_token_path: Path | None = None
         """Where the bootstrap admin secret was written (None: an admin token existed)."""
+
+    def secret_resolver(self) -> Callable[[resources_pb2.SecretRef], str]:
+        """Resolving a credential reference in this process: env and file here, Convoy-kept
+        values with this API's keyring (registry passwords, ticketing headers)."""
+        convoy = self.secrets.resolver(lambda: self.projection.state)
+        return lambda ref: references.resolve(ref, convoy=convoy)
 
     async def start(self) -> BoundPorts:
         try:

@@ -56,6 +56,7 @@ from services.api.domain import (
 from services.api.errors import Conflict
 from services.api.methods import BY_NAME, Method
 from services.api.projection import Projection
+from services.api.secrets import SEALING, SecretSealer
 
 log = structlog.get_logger("convoy.api.writes")
 
@@ -73,7 +74,9 @@ class Writer:
         projection: Projection,
         timeout: float = 5.0,
         images: ImageResolver | None = None,
+        secrets: SecretSealer | None = None,
     ) -> None:
+        self._secrets = secrets or SecretSealer(keyring=None)
         self._store = store
         self._images = images
         self._registry = registry
@@ -193,11 +196,16 @@ class Writer:
             # in between makes the decision refuse (ImagesChanged), never pin a guess.
             digests = await self._images.resolve(self._projection.state, request)
         command = Command(request, actor, role, minted, method.name, images=digests)
+        sealing = method.name in SEALING
+        if sealing:
+            self._secrets.before(method.name, request)
         for attempt in (1, 2):
             await self._caught_up(receipt)
             # No await from reading the state to enqueuing the write: the store decides
             # queued writes in order, so the next decision may build on this one.
             state, versions = self._speculative()
+            if sealing:  # the keyring encrypts here, on this state (a rotation re-encrypts all of it)
+                command = replace(command, minted=self._secrets.mint(method.name, request, state, minted))
             decision = decide(state, command)
             if not decision.changed and receipt is None:
                 return _response(method, decision, api_pb2.WriteResult(changed=False)), 0
@@ -224,6 +232,8 @@ class Writer:
                     self._failed(pending)
                     raise
                 position = self._committed(pending, results)
+                if sealing:
+                    self._secrets.after_commit(method.name, command.minted)
                 if position:
                     try:
                         await self._folded.wait(position, timeout=self._timeout)

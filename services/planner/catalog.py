@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import services.resourceenv as resourceenv
 from schemas.convoy.v1 import events_pb2, resources_pb2
 
 ServiceKey = tuple[str, str]
@@ -57,6 +58,12 @@ class Catalog:
     """By release id (ids are unique across services)."""
     paused: dict[tuple[str, str, str], str] = field(default_factory=dict)
     """Reason per paused (application, service, channel); channel "" = every channel."""
+    resources: dict[tuple[int, str, str], resources_pb2.Resource] = field(default_factory=dict)
+    """By (scope, application, name), as the API keeps them (services.resourceenv.visible)."""
+
+    def resource(self, app: str, name: str) -> resources_pb2.Resource | None:
+        """The resource `name` as application `app` sees it (render's lookup)."""
+        return resourceenv.visible(self.resources, app, name)
 
     def channel(self, app: str, name: str) -> resources_pb2.ReleaseChannel | None:
         application = self.applications.get(app)
@@ -97,6 +104,8 @@ def fold_catalog(catalog: Catalog, message: object, *, actor: str, at: datetime)
         catalog.applications.pop(message.name, None)
         for key in [k for k in catalog.services if k[0] == message.name]:
             del catalog.services[key]
+        for rkey in [k for k in catalog.resources if k[0] == resources_pb2.RESOURCE_SCOPE_APPLICATION and k[1] == message.name]:
+            del catalog.resources[rkey]
     elif isinstance(message, events_pb2.ServiceConfigured):
         service = message.service
         catalog.services[(service.application, service.name)] = service
@@ -145,6 +154,12 @@ def fold_catalog(catalog: Catalog, message: object, *, actor: str, at: datetime)
         record = catalog.releases.get(message.release_id)
         if record is not None:
             record.bypasses[(message.channel, message.target)] = (actor, message.reason)
+    elif isinstance(message, events_pb2.ResourceLinked):
+        resource = message.resource
+        if resource.scope != resources_pb2.RESOURCE_SCOPE_APPLICATION or resource.application in catalog.applications:
+            catalog.resources[(resource.scope, resource.application, resource.name)] = resource
+    elif isinstance(message, events_pb2.ResourceUnlinked):
+        catalog.resources.pop((message.scope, message.application, message.name), None)
     elif isinstance(message, events_pb2.ConvergencePaused):
         catalog.paused[(message.application, message.service, message.channel)] = message.reason
     elif isinstance(message, events_pb2.ConvergenceResumed):

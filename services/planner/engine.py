@@ -45,7 +45,7 @@ from services.planner.model import (
     PlannerState,
     TargetState,
 )
-from services.planner.render import default_namespace, render, spec_hash
+from services.planner.render import RenderError, default_namespace, render, spec_hash
 
 O = convergence_pb2
 DEFAULT_PROGRESS_DEADLINE = timedelta(minutes=10)
@@ -56,7 +56,7 @@ DEADLINE_GRACE = timedelta(seconds=15)
 
 PLANNER_ACTOR = "planner"
 
-PLANNER_VERSION: Final = 2
+PLANNER_VERSION: Final = 3
 """The version of the decisions `plan` makes. Bump it with any change that makes `plan`
 decide differently, or word a reason differently, for the same inputs: the runner records
 the version it starts with, so `convoy replay --check` can tell what an upgrade changed
@@ -65,12 +65,16 @@ from a real difference.
 2: a target with no verdict past its progress deadline waits, named in the reason, instead
 of failing; its deadline runs from its agent's RECEIVED. Approvals count once per
 principal as services.principals compares them (`bob`, `bob ` and `bоb` are one), and
-never the deployer's own when the approval excludes the deployer."""
+never the deployer's own when the approval excludes the deployer.
 
-INPUT_CATEGORIES = ("app", "service", "runtime", "protection", "release", "observation", "timer", "gate")
-"""Stream categories the planner reads: declarations, human decisions, agents'
-observations, fired timers and the gatekeeper's polls — not its own outputs, tokens or
-resources."""
+3: the planner reads resources; a rendered spec carries the attributes of the service's
+resources as environment (secret ones as references), and a release whose resources
+cannot be rendered fails its channel with the reason instead of deploying."""
+
+INPUT_CATEGORIES = ("app", "service", "runtime", "protection", "resource", "release", "observation", "timer", "gate")
+"""Stream categories the planner reads: declarations (resources included: render reads
+their attributes), human decisions, agents' observations, fired timers and the gatekeeper's
+polls — not its own outputs, tokens or secrets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,12 +263,26 @@ def _delete_target(run: _Run, conv: Convergence, target: TargetState) -> None:
     )
 
 
-def _issue(run: _Run, conv: Convergence, target: TargetState, record: ReleaseRecord, *, rollback: bool) -> None:
-    cache_key = (record.release.id, conv.channel)
+def _spec(run: _Run, record: ReleaseRecord, channel: str) -> tuple[convergence_pb2.WorkloadSpec, str]:
+    """The release rendered for the channel with the catalog as it is now (once per input).
+    Raises RenderError."""
+    cache_key = (record.release.id, channel)
     if cache_key not in run.specs:
-        spec = render(record.release, conv.channel)
+        spec = render(record.release, channel, run.state.catalog.resource)
         run.specs[cache_key] = (spec, spec_hash(spec))
-    spec, digest = run.specs[cache_key]
+    return run.specs[cache_key]
+
+
+def _render_problem(run: _Run, record: ReleaseRecord, channel: str) -> str | None:
+    try:
+        _spec(run, record, channel)
+    except RenderError as e:
+        return str(e)
+    return None
+
+
+def _issue(run: _Run, conv: Convergence, target: TargetState, record: ReleaseRecord, *, rollback: bool) -> None:
+    spec, digest = _spec(run, record, conv.channel)
     key = (target.runtime, target.namespace, conv.application, conv.service)
     generation = run.state.generations.get(key, 0) + 1
     run.state.generations[key] = generation
@@ -518,6 +536,10 @@ def _step_deploying(run: _Run, conv: Convergence, record: ReleaseRecord, channel
     deadline = _deadline(run, record)
     free = (channel.max_concurrent_runtimes or len(conv.targets)) - len(in_flight)
     waiting_on_pause = []
+    problem = _render_problem(run, record, conv.channel) if todo and free > 0 else None
+    if problem is not None:
+        _fail(run, conv, problem)
+        return
     for target in todo:
         if run.state.catalog.runtime_paused(target.runtime):
             waiting_on_pause.append(target.runtime)
@@ -583,6 +605,10 @@ def _cover_new_targets(run: _Run, conv: Convergence) -> None:
         return
     for target in conv.targets.values():
         if target.generation == 0 and not run.state.catalog.runtime_paused(target.runtime):
+            problem = _render_problem(run, record, conv.channel)
+            if problem is not None:
+                _set_target_status(run, conv, target, FAILED, problem)
+                continue
             _issue(run, conv, target, record, rollback=False)
 
 
@@ -620,9 +646,14 @@ def _step_rollback(run: _Run, conv: Convergence) -> None:
             conv.rollback_to = ""
             _set_status(run, conv, FAILED, f"rollback failed: {_failure_text(target)}")
             return
-    for target in targets:
-        if target.release_id != conv.rollback_to and not run.state.catalog.runtime_paused(target.runtime):
-            _issue(run, conv, target, record, rollback=True)
+    pending = [t for t in targets if t.release_id != conv.rollback_to and not run.state.catalog.runtime_paused(t.runtime)]
+    problem = _render_problem(run, record, conv.channel) if pending else None
+    if problem is not None:
+        conv.rollback_to = ""
+        _set_status(run, conv, FAILED, f"rollback failed: {problem}")
+        return
+    for target in pending:
+        _issue(run, conv, target, record, rollback=True)
     if all(t.release_id == conv.rollback_to and t.healthy for t in targets):
         for target in targets:
             _set_target_status(run, conv, target, ROLLED_BACK, f"restored {record.release.version}")

@@ -8,6 +8,26 @@ what agents compare live workloads against to detect drift. Parameter values fil
 values; runtime-owned placeholders (`{{.Port}}`) are left for the runtime. An image
 the release pinned (`Release.images`, resolved by the API at deploy time) is rendered as
 its `host/repository@sha256:…` reference.
+values; runtime-owned placeholders (`{{.Port}}`) are left for the runtime.
+
+Resources. A service that names resources gets their attributes in every program's
+environment by the rule of `services.resourceenv` (`CONVOY_RESOURCE_<NAME>_<ATTRIBUTE>`,
+plus the service's explicit `resource_env` names): plain attributes as plain `env`,
+secret attributes as references in `secret_env` — the spec goes on the bus and into agent
+state, so it never carries a secret value; the runtime resolves references where the
+workload runs. Names resolve against the planner's own catalog with the API's visibility
+rule: the release's application's resource shadows an infrastructure one of the same
+name, another application's resource is never visible. A name that is not visible, an
+attribute an explicit mapping names that the resource lacks, or two values for one
+variable make `render` raise `RenderError`; the engine fails that channel's deployment
+with the reason instead of deploying without the resource.
+
+Attributes are read at render time from the current catalog, not frozen into the
+release: a rollback to an old release gets today's database endpoint. The spec hash
+covers the rendered environment, so a re-linked resource changes the hash of the *next*
+render only — workloads already running are compared by their agents against the hash of
+the intent they applied, and do not drift because a resource changed. Rendering stays a
+pure function of the log (the catalog is folded from it), so replay renders the same.
 """
 
 from __future__ import annotations
@@ -15,9 +35,19 @@ from __future__ import annotations
 import hashlib
 import re
 
+import services.resourceenv as resourceenv
 from schemas.convoy.v1 import convergence_pb2, resources_pb2
 
 _PARAMETER = re.compile(r"\{\{\s*\.Parameters\.([A-Za-z0-9_-]+)\s*\}\}")
+
+
+class RenderError(Exception):
+    """The release cannot be rendered for this channel with the catalog as it is; the
+    message says what to fix (link the resource, rename an attribute …)."""
+
+
+def _no_resources(application: str, name: str) -> resources_pb2.Resource | None:
+    return None
 
 
 def default_namespace(application: str, channel: str) -> str:
@@ -29,7 +59,12 @@ def substitute(text: str, parameters: dict[str, str]) -> str:
     return _PARAMETER.sub(lambda m: parameters.get(m.group(1), m.group(0)), text)
 
 
-def render(release: resources_pb2.Release, channel: str) -> convergence_pb2.WorkloadSpec:
+def render(
+    release: resources_pb2.Release, channel: str, resources: resourceenv.Lookup = _no_resources
+) -> convergence_pb2.WorkloadSpec:
+    """`resources(application, name)` is the resource that application sees (the
+    planner's catalog); raises `RenderError` when the service's resources cannot be
+    rendered."""
     config = release.config
     override = next((o for o in config.overrides if o.channel == channel), None)
     parameters = dict(release.parameters)
@@ -39,6 +74,13 @@ def render(release: resources_pb2.Release, channel: str) -> convergence_pb2.Work
         parameters.update(override.parameters)
         replicas = override.replicas or replicas
         extra_env = dict(override.env)
+    linked = resourceenv.environment(config, resources)
+    found = linked.invisible + linked.problems + resourceenv.clashes_with_programs(config, linked.names, linked.sources)
+    if found:
+        raise RenderError(
+            f"cannot render {release.service} {release.version} for channel {channel}: "
+            + "; ".join(message for _, message in found)
+        )
     spec = convergence_pb2.WorkloadSpec(
         application=release.application,
         service=release.service,
@@ -62,8 +104,11 @@ def render(release: resources_pb2.Release, channel: str) -> convergence_pb2.Work
         rendered.args[:] = [substitute(a, parameters) for a in program.args]
         env = {k: substitute(v, parameters) for k, v in program.env.items()}
         env.update(extra_env)
+        env.update(linked.plain)
         rendered.env.clear()
         rendered.env.update(env)
+        for name, ref in linked.secret.items():
+            rendered.secret_env[name].CopyFrom(ref)
     return spec
 
 

@@ -450,3 +450,65 @@ async def test_an_apply_the_schema_refuses_is_no_reason_to_retry(kube: client.Ap
         with kubernetes._edge("apply Deployment"):
             await apps.patch_namespaced_deployment("web", KEY.namespace, body, field_manager="convoy", _content_type="application/apply-patch+yaml")
     assert rejected.value.retryable is False
+
+
+def _with_secrets(made: convergence_pb2.WorkloadSpec, **refs: resources_pb2.SecretRef) -> convergence_pb2.WorkloadSpec:
+    made.programs[0].env["CONVOY_RESOURCE_DB_HOST"] = "db.internal"
+    for name, ref in refs.items():
+        made.programs[0].secret_env[name].CopyFrom(ref)
+    return made
+
+
+async def test_resource_attributes_are_env_values_and_secret_ones_secret_key_refs(
+    runtime: KubernetesRuntime, kube: client.ApiClient, k8s_emulator: Emulator  # noqa: F811
+) -> None:
+    ref = resources_pb2.SecretRef(kubernetes=resources_pb2.KubernetesSecretKey(name="orders-db", key="password"))
+    workload = make_workload(KEY, _with_secrets(spec(), CONVOY_RESOURCE_DB_PASSWORD=ref), generation=1)
+
+    await runtime.apply(workload)
+
+    deployment = await client.AppsV1Api(kube).read_namespaced_deployment("web", KEY.namespace)
+    env = {e.name: e for e in deployment.spec.template.spec.containers[0].env}
+    assert env["CONVOY_RESOURCE_DB_HOST"].value == "db.internal"
+    secret = env["CONVOY_RESOURCE_DB_PASSWORD"]
+    assert secret.value is None
+    assert (secret.value_from.secret_key_ref.name, secret.value_from.secret_key_ref.key) == ("orders-db", "password")
+    # The live object digests as rendered: no drift from the secretKeyRef's shape.
+    assert not (await healthy(runtime, k8s_emulator, workload)).drifted
+
+
+async def test_an_env_or_file_secret_reference_is_refused_on_kubernetes_before_anything_is_written(
+    runtime: KubernetesRuntime, kube: client.ApiClient  # noqa: F811
+) -> None:
+    workload = make_workload(KEY, _with_secrets(spec(), DB_PASSWORD=resources_pb2.SecretRef(env="DB_PASSWORD")), generation=1)
+
+    with pytest.raises(ApplyRejected, match="DB_PASSWORD references env:DB_PASSWORD; on a Kubernetes runtime") as refused:
+        await runtime.apply(workload)
+
+    assert refused.value.retryable is False
+    assert [d.metadata.name for d in (await client.AppsV1Api(kube).list_deployment_for_all_namespaces()).items] == []
+
+
+@pytest.mark.parametrize(
+    ("value_from", "error"),
+    [
+        ({"secretKeyRef": {"name": "db", "key": "a/b"}}, "valueFrom.secretKeyRef.key: Invalid value"),
+        ({"secretKeyRef": {"key": "password"}}, "valueFrom.secretKeyRef.name: Required value"),
+        ({"secretKeyRef": {"name": "Not_A_Name", "key": "k"}}, "valueFrom.secretKeyRef.name: Invalid value"),
+        ({}, "must specify one of"),
+    ],
+)
+async def test_the_emulator_is_as_strict_as_the_apiserver_about_secret_key_refs(
+    kube: client.ApiClient, value_from: dict[str, object], error: str
+) -> None:
+    await client.CoreV1Api(kube).create_namespace({"metadata": {"name": KEY.namespace}})
+    container = {"name": "web", "image": "shop/web:1", "env": [{"name": "X", "valueFrom": value_from}]}
+    body = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}},
+                 "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [container]}}},
+    }
+    with pytest.raises(client.exceptions.ApiException) as refused:
+        await client.AppsV1Api(kube).create_namespaced_deployment(KEY.namespace, body)
+    assert refused.value.status == 422
+    assert error in refused.value.body

@@ -221,3 +221,26 @@ def too_long(path: str, limit: int) -> Cause:
 def each(path: str, value: Any, messages: list[str]) -> list[Cause]:
     """One FieldValueInvalid cause per message of a check (how the Go validators loop)."""
     return [invalid(path, value, m) for m in messages]
+
+
+_CONFIG_KEY_FMT = r"[-._a-zA-Z0-9]+"
+_CONFIG_KEY = re.compile(f"^{_CONFIG_KEY_FMT}$")
+
+
+def config_key(value: str) -> list[str]:
+    """IsConfigMapKey (a Secret's or ConfigMap's data key, and secretKeyRef.key)."""
+    errs: list[str] = []
+    if len(value) > 253:
+        errs.append(max_len_error(253))
+    if not _CONFIG_KEY.match(value):
+        errs.append(regex_error(
+            "a valid config key must consist of alphanumeric characters, '-', '_' or '.'", _CONFIG_KEY_FMT,
+            "key.name", "KEY_NAME", "key-name",
+        ))
+    if value == ".":
+        errs.append("must not be '.'")
+    elif value == "..":
+        errs.append("must not be '..'")
+    elif value.startswith(".."):
+        errs.append("must not start with '..'")
+    return errs

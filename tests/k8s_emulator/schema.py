@@ -202,6 +202,7 @@ def _container_causes(container: JSON, here: str) -> Causes:
             causes.append(rules.required(f"{here}.env[{j}].name"))
         else:
             causes += rules.each(f"{here}.env[{j}].name", name, rules.env_var_name(name))
+        causes += _value_from_causes(env, f"{here}.env[{j}].valueFrom")
     causes += _resource_causes(container.get("resources") or {}, f"{here}.resources")
     for probe_name in ("readinessProbe", "livenessProbe", "startupProbe"):
         probe = container.get(probe_name)
@@ -210,6 +211,40 @@ def _container_causes(container: JSON, here: str) -> Causes:
         for handler in ("httpGet", "tcpSocket"):
             if isinstance(probe.get(handler), dict):
                 causes += _port_ref_causes(probe[handler].get("port"), f"{here}.{probe_name}.{handler}.port")
+    return causes
+
+
+_VALUE_SOURCES = ("fieldRef", "resourceFieldRef", "configMapKeyRef", "secretKeyRef")
+
+
+def _value_from_causes(env: JSON, path: str) -> Causes:
+    """validateEnvVarValueFrom / validateSecretKeySelector (core validation): exactly one
+    source, no `value` next to it; a secretKeyRef names a Secret (DNS-1123 subdomain) and a
+    key (IsConfigMapKey)."""
+    value_from = env.get("valueFrom")
+    if value_from is None:
+        return []
+    causes: Causes = []
+    if not isinstance(value_from, dict):
+        return [rules.invalid(path, value_from, "must be an object")]
+    sources = [s for s in _VALUE_SOURCES if value_from.get(s) is not None]
+    if not sources:
+        causes.append(rules.invalid(path, "", "must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`"))
+    elif env.get("value"):
+        causes.append(rules.invalid(path, "", "may not be specified when `value` is not empty"))
+    elif len(sources) > 1:
+        causes.append(rules.invalid(path, "", "may not have more than one field specified at a time"))
+    ref = value_from.get("secretKeyRef")
+    if isinstance(ref, dict):
+        name, key = ref.get("name") or "", ref.get("key") or ""
+        if not name:
+            causes.append(rules.required(f"{path}.secretKeyRef.name"))
+        else:
+            causes += [rules.invalid(f"{path}.secretKeyRef.name", name, m) for m in rules.dns1123_subdomain(name)]
+        if not key:
+            causes.append(rules.required(f"{path}.secretKeyRef.key"))
+        else:
+            causes += [rules.invalid(f"{path}.secretKeyRef.key", key, m) for m in rules.config_key(key)]
     return causes
 
 

@@ -422,6 +422,9 @@ def test_convoy_registry_is_a_new_object_each_call() -> None:
         "convoy.v1.RegistryDeleted": 1,
         "convoy.v1.GitHubDeploymentCreated": 1,
         "convoy.v1.GitHubDeploymentStatusPosted": 1,
+        "convoy.v1.SecretSet": 1,
+        "convoy.v1.SecretDeleted": 1,
+        "convoy.v1.SecretKeyRotated": 1,
     }
     assert first.versions() == second.versions()
 

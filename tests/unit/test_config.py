@@ -639,3 +639,30 @@ def mutated_examples(draw: st.DrawFn) -> object:
 @given(mutated_examples())
 def test_fuzz_mutated_examples(tree: object) -> None:
     assert_documents_or_config_error(yaml.safe_dump(tree))
+
+
+def test_secret_attributes_take_every_kind_of_reference_and_services_map_attributes() -> None:
+    resource, service = config.loads(textwrap.dedent(
+        """
+        resource:
+          name: orders-db
+          secretAttributes:
+            password: {env: DB_PASSWORD}
+            tls: {file: /run/secrets/db}
+            k8s: {kubernetes: {name: db, key: password}}
+            kept: {convoy: db-password}
+        ---
+        service:
+          application: shop
+          name: web
+          resources: [orders-db]
+          resource_env: [{env: PGPASSWORD, resource: orders-db, attribute: password}]
+          programs: [{name: web, command: [web], secretEnv: {TOKEN: {env: WEB_TOKEN}}}]
+        """
+    ))
+    R = resources_pb2
+    refs = resource.message.secret_attributes
+    assert (refs["password"].env, refs["tls"].file, refs["kept"].convoy) == ("DB_PASSWORD", "/run/secrets/db", "db-password")
+    assert refs["k8s"].kubernetes == R.KubernetesSecretKey(name="db", key="password")
+    assert list(service.message.resource_env) == [R.ResourceEnv(env="PGPASSWORD", resource="orders-db", attribute="password")]
+    assert service.message.programs[0].secret_env["TOKEN"].env == "WEB_TOKEN"

@@ -37,6 +37,8 @@ def test_every_field_that_looks_secret_derived_is_marked() -> None:
         "convoy.v1.TokenCreated.secret_sha256",
         "convoy.v1.AgentCredentialIssued.secret_sha256",
         "convoy.v1.AgentCredentialIssued.nats_password_bcrypt",
+        "convoy.v1.SecretSet.nonce",
+        "convoy.v1.SecretSet.ciphertext",
     }
 
 

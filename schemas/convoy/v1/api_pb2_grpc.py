@@ -2156,3 +2156,204 @@ class EventService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SecretServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SetSecret = channel.unary_unary(
+                '/convoy.v1.SecretService/SetSecret',
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.SetSecretRequest.SerializeToString,
+                response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
+                _registered_method=True)
+        self.DeleteSecret = channel.unary_unary(
+                '/convoy.v1.SecretService/DeleteSecret',
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.DeleteSecretRequest.SerializeToString,
+                response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/convoy.v1.SecretService/ListSecrets',
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
+        self.RotateSecretKey = channel.unary_unary(
+                '/convoy.v1.SecretService/RotateSecretKey',
+                request_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.RotateSecretKeyRequest.SerializeToString,
+                response_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
+                _registered_method=True)
+
+
+class SecretServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def SetSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateSecretKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SecretServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SetSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSecret,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.SetSecretRequest.FromString,
+                    response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.SerializeToString,
+            ),
+            'DeleteSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSecret,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.DeleteSecretRequest.FromString,
+                    response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ListSecretsRequest.FromString,
+                    response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'RotateSecretKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSecretKey,
+                    request_deserializer=schemas_dot_convoy_dot_v1_dot_api__pb2.RotateSecretKeyRequest.FromString,
+                    response_serializer=schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'convoy.v1.SecretService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('convoy.v1.SecretService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SecretService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def SetSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convoy.v1.SecretService/SetSecret',
+            schemas_dot_convoy_dot_v1_dot_api__pb2.SetSecretRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convoy.v1.SecretService/DeleteSecret',
+            schemas_dot_convoy_dot_v1_dot_api__pb2.DeleteSecretRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convoy.v1.SecretService/ListSecrets',
+            schemas_dot_convoy_dot_v1_dot_api__pb2.ListSecretsRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSecretKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convoy.v1.SecretService/RotateSecretKey',
+            schemas_dot_convoy_dot_v1_dot_api__pb2.RotateSecretKeyRequest.SerializeToString,
+            schemas_dot_convoy_dot_v1_dot_api__pb2.WriteResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

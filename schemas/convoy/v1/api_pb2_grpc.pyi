@@ -578,3 +578,52 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         """Follow an application's events as they are recorded (gRPC server streaming)."""
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SecretServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SecretServiceAsyncStub: ...
+    SetSecret: _grpc.UnaryUnaryMultiCallable[_api_pb2.SetSecretRequest, _api_pb2.WriteResult]
+    DeleteSecret: _grpc.UnaryUnaryMultiCallable[_api_pb2.DeleteSecretRequest, _api_pb2.WriteResult]
+    ListSecrets: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListSecretsRequest, _api_pb2.ListSecretsResponse]
+    RotateSecretKey: _grpc.UnaryUnaryMultiCallable[_api_pb2.RotateSecretKeyRequest, _api_pb2.WriteResult]
+
+@_typing.type_check_only
+class SecretServiceAsyncStub(SecretServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    SetSecret: _aio.UnaryUnaryMultiCallable[_api_pb2.SetSecretRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
+    DeleteSecret: _aio.UnaryUnaryMultiCallable[_api_pb2.DeleteSecretRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
+    ListSecrets: _aio.UnaryUnaryMultiCallable[_api_pb2.ListSecretsRequest, _api_pb2.ListSecretsResponse]  # type: ignore[assignment]
+    RotateSecretKey: _aio.UnaryUnaryMultiCallable[_api_pb2.RotateSecretKeyRequest, _api_pb2.WriteResult]  # type: ignore[assignment]
+
+class SecretServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def SetSecret(
+        self,
+        request: _api_pb2.SetSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.WriteResult, _abc.Awaitable[_api_pb2.WriteResult]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteSecret(
+        self,
+        request: _api_pb2.DeleteSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.WriteResult, _abc.Awaitable[_api_pb2.WriteResult]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSecrets(
+        self,
+        request: _api_pb2.ListSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ListSecretsResponse, _abc.Awaitable[_api_pb2.ListSecretsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateSecretKey(
+        self,
+        request: _api_pb2.RotateSecretKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.WriteResult, _abc.Awaitable[_api_pb2.WriteResult]]: ...
+
+def add_SecretServiceServicer_to_server(servicer: SecretServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1339,3 +1339,96 @@ class GitHubDeploymentStatusPosted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GitHubDeploymentStatusPosted: _TypeAlias = GitHubDeploymentStatusPosted  # noqa: Y015
+
+@_typing.final
+class SecretSet(_message.Message):
+    """-- Convoy-kept secrets (issue 12, part 4) -------------------------------------------
+    A secret value Convoy keeps, encrypted at rest under a keyring key that lives outside
+    the log (AES-256-GCM; the secret's name is the associated data). The event holds only
+    the ciphertext: the value is never in the log or on the bus. A later SecretSet for the
+    same name replaces it (RotateSecretKey re-encrypts every secret as new SecretSets).
+    Stream `secret/<name>`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    key_id: _builtins.str
+    nonce: _builtins.bytes
+    ciphertext: _builtins.bytes
+    cause: _builtins.str
+    """Why this was recorded: "set" (SetSecret) or "rotated" (RotateSecretKey)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        nonce: _builtins.bytes = ...,
+        ciphertext: _builtins.bytes = ...,
+        cause: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "ciphertext", b"ciphertext", "key_id", b"key_id", "name", b"name", "nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretSet: _TypeAlias = SecretSet  # noqa: Y015
+
+@_typing.final
+class SecretDeleted(_message.Message):
+    """Stream `secret/<name>`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretDeleted: _TypeAlias = SecretDeleted  # noqa: Y015
+
+@_typing.final
+class SecretKeyRotated(_message.Message):
+    """The keyring's current key became `key_id`; every secret was re-encrypted under it by
+    the SecretSet events recorded with this one. `retired_key_ids`: keys no current secret
+    needs any more, removed from the keyring after this was recorded (older SecretSet
+    events under them can no longer be decrypted). Stream `keyring`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_KEY_ID_FIELD_NUMBER: _builtins.int
+    RETIRED_KEY_IDS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    previous_key_id: _builtins.str
+    @_builtins.property
+    def retired_key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        previous_key_id: _builtins.str = ...,
+        retired_key_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "previous_key_id", b"previous_key_id", "retired_key_ids", b"retired_key_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretKeyRotated: _TypeAlias = SecretKeyRotated  # noqa: Y015

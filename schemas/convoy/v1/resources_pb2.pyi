@@ -765,6 +765,27 @@ class Program(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SecretEnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___SecretRef: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___SecretRef | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
@@ -773,6 +794,7 @@ class Program(_message.Message):
     PORTS_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     HEALTH_CHECK_FIELD_NUMBER: _builtins.int
+    SECRET_ENV_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     image: _builtins.str
     @_builtins.property
@@ -787,6 +809,13 @@ class Program(_message.Message):
     def resources(self) -> Global___Resources: ...
     @_builtins.property
     def health_check(self) -> Global___HealthCheck: ...
+    @_builtins.property
+    def secret_env(self) -> _containers.MessageMap[_builtins.str, Global___SecretRef]:
+        """Environment whose values are secrets: only references travel (the rendered spec goes
+        on the bus and into agent state); the runtime resolves them where the workload runs.
+        Filled by the planner from the service's resources' secret attributes.
+        """
+
     def __init__(
         self,
         *,
@@ -798,10 +827,11 @@ class Program(_message.Message):
         ports: _abc.Iterable[Global___Port] | None = ...,
         resources: Global___Resources | None = ...,
         health_check: Global___HealthCheck | None = ...,
+        secret_env: _abc.Mapping[_builtins.str, Global___SecretRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health_check", b"health_check", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "env", b"env", "health_check", b"health_check", "image", b"image", "name", b"name", "ports", b"ports", "resources", b"resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "env", b"env", "health_check", b"health_check", "image", b"image", "name", b"name", "ports", b"ports", "resources", b"resources", "secret_env", b"secret_env"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -924,6 +954,7 @@ class Service(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     SELF_HEAL_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    RESOURCE_ENV_FIELD_NUMBER: _builtins.int
     application: _builtins.str
     name: _builtins.str
     replicas: _builtins.int
@@ -948,6 +979,12 @@ class Service(_message.Message):
     def follow(self) -> Global___FollowRepository:
         """Watch a repository and deploy each newly selected image (discovery: services/follower)."""
 
+    @_builtins.property
+    def resource_env(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResourceEnv]:
+        """Explicit environment names for resource attributes, in addition to the automatic
+        CONVOY_RESOURCE_<NAME>_<ATTRIBUTE> variables.
+        """
+
     def __init__(
         self,
         *,
@@ -962,14 +999,44 @@ class Service(_message.Message):
         resources: _abc.Iterable[_builtins.str] | None = ...,
         self_heal: _builtins.bool = ...,
         follow: Global___FollowRepository | None = ...,
+        resource_env: _abc.Iterable[Global___ResourceEnv] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "progress_deadline", b"progress_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "auto_rollback_disabled", b"auto_rollback_disabled", "follow", b"follow", "name", b"name", "overrides", b"overrides", "parameters", b"parameters", "programs", b"programs", "progress_deadline", b"progress_deadline", "replicas", b"replicas", "resources", b"resources", "self_heal", b"self_heal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "auto_rollback_disabled", b"auto_rollback_disabled", "follow", b"follow", "name", b"name", "overrides", b"overrides", "parameters", b"parameters", "programs", b"programs", "progress_deadline", b"progress_deadline", "replicas", b"replicas", "resource_env", b"resource_env", "resources", b"resources", "self_heal", b"self_heal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Service: _TypeAlias = Service  # noqa: Y015
+
+@_typing.final
+class ResourceEnv(_message.Message):
+    """"Set environment variable `env` to attribute `attribute` of resource `resource`" (a
+    plain attribute becomes a plain value, a secret one a reference).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENV_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    ATTRIBUTE_FIELD_NUMBER: _builtins.int
+    env: _builtins.str
+    resource: _builtins.str
+    attribute: _builtins.str
+    def __init__(
+        self,
+        *,
+        env: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        attribute: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute", b"attribute", "env", b"env", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResourceEnv: _TypeAlias = ResourceEnv  # noqa: Y015
 
 @_typing.final
 class ExecRuntimeConfig(_message.Message):
@@ -1087,11 +1154,33 @@ class Resource(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SecretAttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___SecretRef: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___SecretRef | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
     APPLICATION_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    SECRET_ATTRIBUTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     scope: Global___ResourceScope.ValueType
     application: _builtins.str
@@ -1100,6 +1189,12 @@ class Resource(_message.Message):
     """"database", "queue", "registry", "ticketing", …"""
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def secret_attributes(self) -> _containers.MessageMap[_builtins.str, Global___SecretRef]:
+        """Attributes whose values are secrets, as references (never the value). An attribute
+        is either plain or secret, not both.
+        """
+
     def __init__(
         self,
         *,
@@ -1108,10 +1203,11 @@ class Resource(_message.Message):
         application: _builtins.str = ...,
         kind: _builtins.str = ...,
         attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        secret_attributes: _abc.Mapping[_builtins.str, Global___SecretRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "attributes", b"attributes", "kind", b"kind", "name", b"name", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "attributes", b"attributes", "kind", b"kind", "name", b"name", "scope", b"scope", "secret_attributes", b"secret_attributes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

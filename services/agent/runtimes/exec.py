@@ -9,6 +9,12 @@ CONVOY_APPLICATION, CONVOY_SERVICE, CONVOY_CHANNEL, CONVOY_VERSION, CONVOY_GENER
 CONVOY_SPEC_HASH, CONVOY_INTENT_ID, CONVOY_REPAIR (1 for a repair). What fetch answers is
 described in execstatus.py (exit 0 in sync, 2 drifted, or a JSON status; 75 = try later).
 
+Secrets: the stdin document carries a program's `secretEnv` as references only (where the
+value lives, never the value). The apply command gets each secret variable NAME, resolved
+on the agent's machine, as the environment variable CONVOY_SECRET_NAME (secretenv.py);
+fetch and delete get none. A reference that cannot be resolved fails the apply before the
+command runs, naming the reference.
+
 Every command runs in its own process group and is killed (SIGTERM, then SIGKILL) at the
 configured timeout; timeouts and exit 75 are retried `retries` times with backoff.
 
@@ -49,7 +55,7 @@ import structlog
 
 from eventstore.tasks import Backoff
 from schemas.convoy.v1 import resources_pb2
-from services.agent.runtimes import documents, execstatus, processes
+from services.agent.runtimes import documents, execstatus, processes, secretenv
 from services.agent.runtimes.base import (
     ApplyRejected,
     FailureReason,
@@ -315,6 +321,9 @@ class ExecRuntime:
         key = workload.key if workload is not None else key
         assert key is not None
         env = self._environment(action, key, workload, repair=repair)
+        if workload is not None and action == "apply":
+            # Secret values reach the apply command only as its environment, never in the document.
+            env.update(secretenv.for_command(workload, environ=self.settings.base_env))
         stdin = (json.dumps(documents.to_document(workload)) if workload is not None else "{}").encode()
         backoff = Backoff(base=self.settings.retry_backoff, cap=self.settings.retry_backoff_cap)
         attempts = max(0, self.settings.config.retries) + 1

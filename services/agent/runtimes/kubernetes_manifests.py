@@ -36,6 +36,7 @@ from typing import Any
 
 from schemas.convoy.v1 import resources_pb2
 from services.agent.runtimes import templates
+from services.secrets.references import describe
 from services.agent.runtimes.base import (
     FailureReason,
     Phase,
@@ -215,6 +216,20 @@ def _probe(program: resources_pb2.Program, ports: list[JSON], values: dict[str, 
     return probe
 
 
+def _secret_env(program: resources_pb2.Program, name: str, ref: resources_pb2.SecretRef) -> JSON:
+    """A secret variable as the cluster resolves it: `valueFrom.secretKeyRef` to a Secret in
+    the workload's namespace. Only Kubernetes Secret references can be: env and file
+    references name a machine the cluster is not, and Convoy-kept secrets are not delivered
+    to agents by this version — the runtime refuses those before applying anything."""
+    if ref.WhichOneof("source") != "kubernetes":
+        raise ManifestError(
+            f"program {program.name!r}: {name} references {describe(ref)}; on a Kubernetes runtime a secret must "
+            "be a Kubernetes Secret reference ({kubernetes: {name, key}}) in the workload's namespace "
+            "(retrying will not help)"
+        )
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.kubernetes.name, "key": ref.kubernetes.key}}}
+
+
 def _container(index: int, program: resources_pb2.Program, key: WorkloadKey, values: dict[str, str]) -> JSON:
     name = dns_label(program.name or (key.service if index == 0 else f"{key.service}-{index}"))
     if not program.image:
@@ -225,8 +240,10 @@ def _container(index: int, program: resources_pb2.Program, key: WorkloadKey, val
         container["command"] = templates.render_all(list(program.command), values)
     if program.args:
         container["args"] = templates.render_all(list(program.args), values)
-    if program.env:
-        container["env"] = [{"name": k, "value": templates.render(v, values)} for k, v in sorted(program.env.items())]
+    env = [{"name": k, "value": templates.render(v, values)} for k, v in program.env.items()]
+    env += [_secret_env(program, name, ref) for name, ref in program.secret_env.items()]
+    if env:
+        container["env"] = sorted(env, key=lambda e: e["name"])
     if ports:
         container["ports"] = ports
     requests = {k: v for k, v in (("cpu", program.resources.cpu), ("memory", program.resources.memory)) if v}
@@ -400,6 +417,16 @@ def _project_probe(probe: JSON | None) -> JSON | None:
     }
 
 
+def _project_env(env: JSON) -> tuple[str, ...]:
+    """(name, value) — the shape digests had before secret references, so a Deployment
+    applied by an older agent does not look drifted — plus the Secret and key of a
+    `secretKeyRef`."""
+    ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+    if ref is None:
+        return (env.get("name"), env.get("value", ""))
+    return (env.get("name"), env.get("value", ""), ref.get("name", ""), ref.get("key", ""))
+
+
 def _project_container(container: JSON) -> JSON:
     resources = container.get("resources") or {}
     return {
@@ -407,7 +434,7 @@ def _project_container(container: JSON) -> JSON:
         "image": container.get("image"),
         "command": container.get("command") or [],
         "args": container.get("args") or [],
-        "env": sorted((e.get("name"), e.get("value", "")) for e in container.get("env") or []),
+        "env": sorted(_project_env(e) for e in container.get("env") or []),
         "ports": sorted((p.get("containerPort"), p.get("protocol") or "TCP", p.get("name") or "") for p in container.get("ports") or []),
         "resources": {
             kind: {k: quantity(v) for k, v in sorted((resources.get(kind) or {}).items())} for kind in ("requests", "limits")

@@ -42,7 +42,7 @@ from pathlib import Path
 import structlog
 
 from schemas.convoy.v1 import resources_pb2
-from services.agent.runtimes import processes, replicaset
+from services.agent.runtimes import processes, replicaset, secretenv
 from services.agent.runtimes.base import (
     ApplyRejected,
     FailureReason,
@@ -255,6 +255,7 @@ class LocalRuntime:
         adopted = adopted or {}
         workdir = self._state.workdir(workload.key)
         kept = {f"{name}/{port}": value for name, (record, _) in adopted.items() for port, value in record.ports.items()}
+        secrets = secretenv.resolve_all(workload, environ=settings.base_env)
         replicas = [
             replicaset.render_replica(
                 workload,
@@ -266,6 +267,7 @@ class LocalRuntime:
                 check_timeout=settings.check_timeout,
                 ports=lambda label: kept.get(label) or replicaset.free_port(settings.host),
                 extra_env={STATE_ENV: self._state.marker},
+                secret_env=secrets,
             )
             for index in range(workload.spec.replicas)
         ]

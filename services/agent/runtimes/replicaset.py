@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,10 +67,12 @@ def render_replica(
     check_timeout: float,
     ports: Callable[[str], int],
     extra_env: Mapping[str, str] | None = None,
+    secret_env: Sequence[Mapping[str, str]] = (),
 ) -> list[ProcessSpec]:
     """The processes of replica `index`: commands, env and checks with placeholders filled;
     each logs to `logs/g<generation>-<name>.log`; `extra_env` goes on top of the env
-    Convoy sets. `ports("<name>/<port name or number>")` gives each declared port its
+    Convoy sets; `secret_env[i]` holds program i's resolved secret variables (secretenv.py),
+    which go only into the process environment. `ports("<name>/<port name or number>")` gives each declared port its
     local port.
 
     Raises ApplyRejected when a program cannot run here (no command, unknown placeholder,
@@ -79,7 +81,7 @@ def render_replica(
     spec, key = workload.spec, workload.key
     inherited = dict(os.environ) if base_env is None else dict(base_env)  # what children inherit anyway
     result = []
-    for program in spec.programs:
+    for position, program in enumerate(spec.programs):
         name = f"{program.name or spec.service}-{index}"
         argv_template = [*program.command, *program.args]
         if not program.command:
@@ -92,6 +94,8 @@ def render_replica(
             env = {**inherited, **{k: templates.render(v, values) for k, v in program.env.items()}}
         except templates.TemplateError as error:
             raise ApplyRejected(f"{key}: program {program.name!r}: {error}") from None
+        if position < len(secret_env):
+            env.update(secret_env[position])
         env.update(
             CONVOY_NAMESPACE=key.namespace,
             CONVOY_APPLICATION=key.application,

@@ -36,6 +36,16 @@ def sha256_hex(secret: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class SealedSecret:
+    """A secret value as the keyring encrypted it (AES-256-GCM, the name as associated data)."""
+
+    name: str
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Minted:
     """Fresh ids and secrets for the commands that create something.
 
@@ -52,6 +62,12 @@ class Minted:
     credential_bcrypt: str = ""
     """bcrypt of `credential_secret` (the agent's NATS password hash): slow to compute, so
     the shell fills it only for IssueAgentCredential (`auth.mint(agent_credential=True)`)."""
+    sealed: tuple[SealedSecret, ...] = ()
+    """SetSecret: the value encrypted by the keyring; RotateSecretKey: every secret
+    re-encrypted under `secret_key_id`. The shell seals; `decide` never sees a key."""
+    secret_key_id: str = ""
+    previous_key_id: str = ""
+    retired_key_ids: tuple[str, ...] = ()
 
     @classmethod
     def fresh(cls) -> Minted:

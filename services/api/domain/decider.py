@@ -41,6 +41,7 @@ from services.api.domain import (
     releases,
     resources,
     runtimes,
+    secrets,
     services,
     tokens,
 )
@@ -235,6 +236,9 @@ HANDLERS: Final[dict[type[Message], Handler]] = {
     api_pb2.PauseConvergenceRequest: convergence.pause_convergence,
     api_pb2.ResumeConvergenceRequest: convergence.resume_convergence,
     api_pb2.ApplyDeclarationsRequest: apply_declarations,
+    api_pb2.SetSecretRequest: secrets.set_secret,
+    api_pb2.DeleteSecretRequest: secrets.delete_secret,
+    api_pb2.RotateSecretKeyRequest: secrets.rotate_secret_key,
 }
 
 

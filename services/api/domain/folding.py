@@ -28,6 +28,7 @@ from services.api.domain.state import (
     Rejection,
     ReleaseRecord,
     RuntimeRecord,
+    SecretRecord,
     ServiceReleases,
     State,
     TokenRecord,
@@ -304,6 +305,19 @@ def _token_revoked(state: State, event: events_pb2.TokenRevoked) -> State:
     return dataclasses.replace(state, tokens=with_item(state.tokens, event.token_id, token))
 
 
+def _secret_set(state: State, event: events_pb2.SecretSet) -> State:
+    record = SecretRecord(event.name, event.key_id, event.nonce, event.ciphertext, event.cause or "set")
+    return dataclasses.replace(state, secrets=with_item(state.secrets, event.name, record))
+
+
+def _secret_deleted(state: State, event: events_pb2.SecretDeleted) -> State:
+    return dataclasses.replace(state, secrets=without(state.secrets, event.name))
+
+
+def _secret_key_rotated(state: State, event: events_pb2.SecretKeyRotated) -> State:
+    return dataclasses.replace(state, secret_key_id=event.key_id)
+
+
 def _not_catalog(state: State, _event: Message) -> State:
     """Convergence facts (the planner's intents, statuses and timers, agents'
     observations) are not declarations: the catalog does not change. The API reads
@@ -339,6 +353,9 @@ _HANDLERS: dict[type[Message], Callable[[State, Any], State]] = {
     events_pb2.ConvergenceResumed: _convergence_resumed,
     events_pb2.TokenCreated: _token_created,
     events_pb2.TokenRevoked: _token_revoked,
+    events_pb2.SecretSet: _secret_set,
+    events_pb2.SecretDeleted: _secret_deleted,
+    events_pb2.SecretKeyRotated: _secret_key_rotated,
     events_pb2.IntentIssued: _not_catalog,
     events_pb2.ChecksRequested: _not_catalog,
     events_pb2.InstanceStatusChanged: _not_catalog,

@@ -14,6 +14,7 @@ from typing import Final
 
 from schemas.convoy.v1 import resources_pb2
 from services.api.domain.errors import Problems
+from services.api.domain.secretrefs import check_refs
 from services.api.domain.validation import (
     MAX_VALUE,
     check_argv,
@@ -56,6 +57,10 @@ def check_program(problems: Problems, field: str, program: resources_pb2.Program
     if any(len(arg) > MAX_VALUE for arg in program.args):
         problems.add(f"{field}.args", f"an argument is longer than {MAX_VALUE} characters")
     check_env(problems, f"{field}.env", program.env)
+    check_env(problems, f"{field}.secret_env", {k: "" for k in program.secret_env})
+    check_refs(problems, f"{field}.secret_env", program.secret_env)
+    for key in sorted(set(program.env) & set(program.secret_env)):
+        problems.add(f"{field}.secret_env[{q(key)}]", f"{key} is also set in env; a variable is plain or secret")
     for i, port in enumerate(program.ports):
         at = f"{field}.ports[{i}]"
         check_port_name(problems, f"{at}.name", port.name)

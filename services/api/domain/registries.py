@@ -21,7 +21,7 @@ from schemas.convoy.v1 import api_pb2, events_pb2, resources_pb2
 from services.api.domain import streams
 from services.api.domain.commands import Command, Decision, clean
 from services.api.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Problems
-from services.api.domain.secretrefs import check_secret_ref
+from services.api.domain.secretrefs import check_ref
 from services.api.domain.state import State
 from services.api.domain.validation import check_duration, check_labels, check_name, listing, q
 
@@ -90,7 +90,13 @@ def apply_registry(state: State, request: api_pb2.ApplyRegistryRequest, command:
     if len(registry.username) > 256 or any(ch.isspace() or ch == ":" for ch in registry.username):
         problems.add("registry.username", "at most 256 characters, no spaces or ':'")
     if registry.HasField("password"):
-        check_secret_ref(problems, "registry.password", registry.password, kubernetes=False)
+        if registry.password.WhichOneof("source") == "kubernetes":
+            problems.add(
+                "registry.password.kubernetes",
+                "a Kubernetes Secret is only readable inside a cluster, and the API asks the registry: use env, file or convoy",
+            )
+        else:
+            check_ref(problems, "registry.password", registry.password)
         if not registry.username:
             problems.add("registry.username", "required with a password (Basic credentials)")
     rps = registry.requests_per_second

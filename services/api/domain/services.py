@@ -13,6 +13,7 @@ services already in the log keep theirs, and still apply.
 from __future__ import annotations
 
 from schemas.convoy.v1 import api_pb2, events_pb2, resources_pb2
+import services.resourceenv as resourceenv
 from services.api.domain import follow, streams
 from services.api.domain.commands import Command, Decision, clean
 from services.api.domain.errors import InvalidArgument, NotFound, Problems
@@ -104,6 +105,12 @@ def _check_shape(problems: Problems, service: resources_pb2.Service) -> None:
         check_name(problems, f"service.resources[{i}]", name, what="resource name")
     for name in duplicates(service.resources):
         problems.add("service.resources", f"resource {q(name)} is listed twice")
+    for i, mapping in enumerate(service.resource_env):
+        at = f"service.resource_env[{i}]"
+        check_env(problems, f"{at}.env", {mapping.env: ""})
+        check_name(problems, f"{at}.resource", mapping.resource, what="resource name")
+        if not mapping.attribute or len(mapping.attribute) > 253:
+            problems.add(f"{at}.attribute", "required: the attribute's name (at most 253 characters)")
 
 
 def _check_shared_ports(problems: Problems, service: resources_pb2.Service) -> None:
@@ -168,3 +175,8 @@ def _check_references(
                 f"resource {q(name)} is not linked; link it (LinkResource) to application "
                 f"{q(service.application)} or at infrastructure level",
             )
+    env = resourceenv.environment(service, lambda app, name: resourceenv.visible(state.resources, app, name))
+    for at, message in env.problems:  # (visibility is reported above, with how to fix it)
+        problems.add(at, message)
+    for at, message in resourceenv.clashes_with_programs(service, env.names, env.sources):
+        problems.add(at, message)

@@ -116,6 +116,17 @@ class TokenRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretRecord:
+    """A Convoy-kept secret as the log holds it: ciphertext only."""
+
+    name: str
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+    cause: str = "set"
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     """The catalog. `State()` is the empty one, before the first event."""
 
@@ -129,6 +140,9 @@ class State:
     """Reason per paused (application, service, channel); channel "" = every channel."""
     tokens: Mapping[str, TokenRecord] = field(default_factory=frozen)
     registries: Mapping[str, resources_pb2.Registry] = field(default_factory=frozen)
+    secrets: Mapping[str, SecretRecord] = field(default_factory=frozen)
+    secret_key_id: str = ""
+    """The keyring key the last rotation made current ("" before any rotation)."""
 
     # -- queries used by several commands (and by the planner's tests) --------------
 

@@ -20,6 +20,8 @@ the same name never share a history.
 | `release/<app>/<service>`       | ReleaseCreated, ApprovalGranted/Rejected, BypassGranted, RollbackRequested |
 | `token/<id>`                    | TokenCreated/Revoked                                 |
 | `registry/<name>`               | RegistryConfigured/Deleted                           |
+| `secret/<name>`                 | SecretSet/Deleted (Convoy-kept secrets, ciphertext)  |
+| `keyring`                       | SecretKeyRotated                                     |
 
 Every id is checked with `eventstore.types.validate_stream_id`; names that reach here
 were validated as DNS labels, so a failure is a programming error.
@@ -63,3 +65,11 @@ def token(token_id: str) -> str:
 
 def registry(name: str) -> str:
     return validate_stream_id(f"registry/{name}")
+
+
+def secret(name: str) -> str:
+    return validate_stream_id(f"secret/{name}")
+
+
+def keyring() -> str:
+    return validate_stream_id("keyring")

@@ -190,12 +190,12 @@ def _field_strategy(field: Any, depth: int) -> st.SearchStrategy[Any] | None:
     """What to put in one field (None: leave it unset at this depth)."""
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         value_field = field.message_type.fields_by_name["value"]
-        if value_field.message_type is not None:  # map<string, SecretRef>
-            if depth >= MAX_DEPTH:
-                return None
-            value = any_message(message_factory.GetMessageClass(value_field.message_type), depth + 1)
-            return st.dictionaries(TEXT, value, max_size=2)
-        return st.dictionaries(TEXT, TEXT, max_size=3)
+        if value_field.message_type is None:
+            return st.dictionaries(TEXT, TEXT, max_size=3)
+        if depth >= MAX_DEPTH:
+            return None
+        values = any_message(message_factory.GetMessageClass(value_field.message_type), depth + 1)
+        return st.dictionaries(TEXT, values, max_size=3)
     if field.message_type is not None:
         if depth >= MAX_DEPTH:
             return None
@@ -230,11 +230,11 @@ def _build_any_message(cls: type[Message], depth: int) -> st.SearchStrategy[Any]
             if target is None:
                 setattr(message, field.name, value)
             elif isinstance(value, dict):
-                for key, item in value.items():
-                    if isinstance(item, Message):
-                        target[key].CopyFrom(item)
+                for k, v in value.items():
+                    if isinstance(v, Message):
+                        target[k].CopyFrom(v)
                     else:
-                        target[key] = item
+                        target[k] = v
             elif field.message_type is not None and field.is_repeated:
                 for item in value:
                     target.add().CopyFrom(item)

@@ -16,6 +16,7 @@ ALLOWED_FIRST_PARTY = (
     "services.principals",  # pure: principal names, shared with the planner's gates
     "services.registry.reference", "services.registry.selection",  # pure: image references and tag selection
     "services.expressions",  # pure: the gate expression language, shared with the gatekeeper
+    "services.resourceenv",  # pure: resource attributes as environment, shared with the planner's render
 )
 
 

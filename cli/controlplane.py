@@ -172,8 +172,11 @@ async def control_plane(
             ops.instrument_notifier(metrics, notifier)
             typer.echo(f"notifying:    {webhook.host} ({webhook.format}) of status changes")
         # Change-ticket gates and GitHub statuses: systems outside the clusters, reached from here.
-        await stack.enter_async_context(Gatekeeper(store=store, registry=registry, clock=SystemClock()))
-        await stack.enter_async_context(GitHubReporter(store=store, registry=registry))
+        convoy_secrets = api.secrets.resolver(lambda: api.projection.state)
+        await stack.enter_async_context(
+            Gatekeeper(store=store, registry=registry, clock=SystemClock(), convoy=convoy_secrets)
+        )
+        await stack.enter_async_context(GitHubReporter(store=store, registry=registry, convoy=convoy_secrets))
         # The local agent is not a condition: it waits, unready, until its runtime is
         # registered, which a fresh control plane has not done (`convoy_agent_ready` tells).
         checks = [*api.checks(), ops.planner_check(planner)]

@@ -20,7 +20,7 @@ wedges the others. The token is a SecretRef resolved per call and never logged.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -80,7 +80,11 @@ class GitHubReporter:
         registry: EventRegistry,
         settings: GitHubSettings | None = None,
         environ: Mapping[str, str] | None = None,
+        convoy: Callable[[str], str] | None = None,
     ) -> None:
+        """`convoy` resolves Convoy-kept secrets (`SecretRef.convoy`): the API's keyring,
+        given by the composition; without it such a reference is refused."""
+        self._convoy = convoy
         self.store = store
         self.registry = registry
         self.settings = settings or GitHubSettings()
@@ -227,7 +231,7 @@ class GitHubReporter:
     async def _call(self, config: resources_pb2.GitHubDeployments, method: str, path: str,
                     body: dict[str, Any] | None = None) -> Any:
         try:
-            token = resolve(config.token, environ=self._environ)
+            token = resolve(config.token, environ=self._environ, convoy=self._convoy)
         except SecretUnavailable as error:
             raise CallFailed(str(error), retryable=error.retryable) from None
         base = (config.api_url or deployments.DEFAULT_API).rstrip("/")

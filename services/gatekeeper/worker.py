@@ -19,7 +19,7 @@ and live only in memory: they are removed from the recorded detail and never log
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -78,7 +78,11 @@ class Gatekeeper:
         clock: Clock,
         settings: GatekeeperSettings | None = None,
         environ: Mapping[str, str] | None = None,
+        convoy: Callable[[str], str] | None = None,
     ) -> None:
+        """`convoy` resolves Convoy-kept secrets (`SecretRef.convoy`): the API's keyring,
+        given by the composition; without it such a reference is refused."""
+        self._convoy = convoy
         self.store = store
         self.registry = registry
         self.clock = clock
@@ -220,7 +224,7 @@ class Gatekeeper:
         secrets: dict[str, str] = {}
         try:
             for name, ref in approval.secret_headers.items():
-                secrets[name] = resolve(ref, environ=self._environ)
+                secrets[name] = resolve(ref, environ=self._environ, convoy=self._convoy)
             request = polls.build_request(gate.request, secrets)
         except SecretUnavailable as error:
             if error.retryable:

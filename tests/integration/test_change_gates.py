@@ -95,13 +95,13 @@ def change(state: str, *, echo: str = "") -> tuple[int, dict[str, Any]]:
     return 200, {"result": [record]}
 
 
-def protection(url: str, *, timeout: float = 1800) -> R.Protection:
+def protection(url: str, *, timeout: float = 1800, token: R.SecretRef | None = None) -> R.Protection:
     approval = R.ExternalApproval(
         method="POST",
         url=url + "/api/now/table/change_request?number={{.Params.ticket}}&app={{.Application}}",
         body='{"service": "{{.Service}}", "channel": "{{.Channel}}", "version": "{{.Version}}", "release": "{{.ReleaseId}}"}',
         headers={"Accept": "application/json"},
-        secret_headers={"Authorization": R.SecretRef(env=ENV)},
+        secret_headers={"Authorization": token or R.SecretRef(env=ENV)},
         success='status == 200 and body.result[0].approval == "approved"',
         failure='body.result[0].approval in ["rejected", "cancelled"]',
         ticket="body.result[0].number",
@@ -299,3 +299,23 @@ async def test_a_gatekeeper_killed_mid_poll_resumes_from_the_log_without_duplica
     assert attempts == sorted(set(attempts)) == list(range(1, len(polls) + 1))
     assert polls[-1].outcome == R.EXTERNAL_APPROVAL_OUTCOME_PASSED
     assert [p.outcome for p in polls].count(R.EXTERNAL_APPROVAL_OUTCOME_PASSED) == 1
+
+
+async def test_a_convoy_kept_secret_header_is_resolved_by_the_keyring_the_composition_gives(
+    pg_store: PostgresEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ENV)  # the only way to the token is the Convoy-kept secret
+    kept = {"ticketing-token": f"Bearer {SECRET}"}
+    clock = FakeClock(datetime.now(UTC))
+    async with ticketing([change("approved")]) as server:
+        await declare(pg_store, protection(server.url, token=R.SecretRef(convoy="ticketing-token")))
+        agents = asyncio.create_task(simulated_agents(pg_store))
+        try:
+            async with Planner(store=pg_store, registry=REGISTRY, clock=clock), \
+                    Gatekeeper(store=pg_store, registry=REGISTRY, clock=clock, convoy=kept.__getitem__):
+                await release(pg_store)
+                await drive(pg_store, clock, until="CONVERGED")
+        finally:
+            await stop(agents)
+        assert server.problems == [], "the header carried the Convoy-kept value"
+    await assert_no_secret_in_the_log(pg_store)

@@ -149,7 +149,7 @@ class SecretResponder:
             return self._refuse(runtime, ref, secrets_pb2.SECRET_REFUSAL_INVALID, f"secret {ref}: {error}")
         del value
         self.delivered += 1
-        log.info("secret delivered sealed", runtime=runtime, secret=ref, application=request.application,
+        log.info("secret delivered sealed", runtime=runtime, reference=ref, application=request.application,
                  service=request.service, channel=request.channel)
         return secrets_pb2.SecretAnswer(
             sealed=secrets_pb2.SealedSecret(
@@ -159,6 +159,6 @@ class SecretResponder:
 
     def _refuse(self, runtime: str, ref: str, kind: int, message: str) -> secrets_pb2.SecretAnswer:
         self.refused += 1
-        log.warning("secret request refused", runtime=runtime, secret=ref,
+        log.warning("secret request refused", runtime=runtime, reference=ref,
                     refusal=secrets_pb2.SecretRefusal.Name(kind), reason=message)  # type: ignore[arg-type]
         return secrets_pb2.SecretAnswer(refused=kind, message=message)  # type: ignore[arg-type]

@@ -138,3 +138,25 @@ async def test_convoy_references_go_through_the_callback_and_its_refusals_name_t
         await runtime.close()
     state = everything_under(tmp_path / "state")
     assert b"db-password" in state and (VALUE + "-convoy").encode() not in state
+
+
+async def test_the_exec_apply_command_gets_a_convoy_secret_as_environment_only(tmp_path: Path) -> None:
+    out = tmp_path / "apply.json"
+
+    async def convoy(workload, name: str) -> str:  # type: ignore[no-untyped-def]
+        assert name == "db-password"
+        return VALUE + "-convoy"
+
+    config = resources_pb2.ExecRuntimeConfig(apply=[sys.executable, "-c", APPLY], fetch=["true"], delete=["true"])
+    runtime = ExecRuntime(settings=ExecSettings(name="edge", config=config, state_dir=tmp_path / "state",
+                                                base_env={"PATH": "/usr/bin:/bin", "OUT": str(out)}, convoy_secrets=convoy))
+    try:
+        ref = resources_pb2.SecretRef(convoy="db-password")
+        await runtime.apply(make_workload(KEY, spec(["web"], DB_PASSWORD=ref), generation=1))
+        seen = json.loads(out.read_text())
+        assert seen["env"]["CONVOY_SECRET_DB_PASSWORD"] == VALUE + "-convoy"
+        assert VALUE not in seen["stdin"]
+        assert json.loads(seen["stdin"])["spec"]["programs"][0]["secretEnv"] == {"DB_PASSWORD": {"convoy": "db-password"}}
+    finally:
+        await runtime.close()
+    assert VALUE.encode() not in everything_under(tmp_path / "state")

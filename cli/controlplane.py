@@ -4,7 +4,7 @@ Listed and started in dependency order, stopped in reverse (an AsyncExitStack):
 the event store; JetStream streams; the relay (log → bus); observation ingest (bus →
 log); the desired-state responder (fresh agents); NATS user/consumer sync (per-runtime
 agent credentials); the API (gRPC + REST, asking the planner for dry runs) with the
-follower beside it (repository discovery, woken by the registry webhook); the planner
+follower and the secret responder (Convoy-kept secrets, sealed to the asking agent) beside it (repository discovery, woken by the registry webhook); the planner
 and its dry-run responder; one agent for the local process runtime; and, when a webhook is
 configured, the notifier; the gatekeeper (change-ticket gates, GitHub deployment statuses).
 
@@ -44,11 +44,13 @@ from eventstore.types import EventStore
 from schemas.convoy.v1 import resources_pb2
 from services.agent.agent import Agent, AgentSettings
 from services.agent.runtimes.base import Runtime
+from services.agent.secretclient import SecretClient
 from services.agent.selection import build_runtime
 from services.api.desired import DesiredState
 from services.api.ingest import HeartbeatSeen, ObservationIngest
 from services.api.natsauth_sync import NatsAuthSync
 from services.api.planning import NatsPlannerClient
+from services.api.secretdelivery import SecretResponder
 from services.api.server import ApiServer
 from services.gatekeeper.github import GitHubReporter
 from services.gatekeeper.worker import Gatekeeper
@@ -122,7 +124,7 @@ async def control_plane(
         ops.instrument_embedded(metrics, servers)
         probe_checks = await server_probes(stack, store, nc, metrics)
         embedded_nats: NatsServer | None = None if settings.nats_url else servers.nats
-        relay, ingest = await bus_services(stack, settings, store, nc, registry, metrics, appended, embedded_nats)
+        relay, ingest, desired = await bus_services(stack, settings, store, nc, registry, metrics, appended, embedded_nats)
         api = await stack.enter_async_context(
             api_server(
                 ops.counted(store, appended, "api"),
@@ -135,6 +137,7 @@ async def control_plane(
             )
         )
         await stack.enter_async_context(follow.follower(api))
+        await stack.enter_async_context(secret_responder(nc, instance, desired, api))
         planner = await stack.enter_async_context(
             Planner(
                 store=ops.counted(store, appended, "planner"),
@@ -149,14 +152,17 @@ async def control_plane(
         if local_runtime:
             agents_dir = settings.state_dir / "agents"
 
-            async def open_runtime(config: resources_pb2.Runtime) -> Runtime:
-                return await build_runtime(config, state_dir=agents_dir / config.name)
-
             agent_nc = await connect(
                 settings, servers.nats_url, name=f"convoy-up:{instance}:agent-{local_runtime}",
                 inbox_prefix=natsauth.agent_inbox_prefix(instance, local_runtime),
             )
             stack.push_async_callback(agent_nc.close)
+            # Convoy-kept secrets reach the agent's workloads sealed, asked on its own connection.
+            secret_client = SecretClient(nc=agent_nc, instance=instance, runtime=local_runtime)
+
+            async def open_runtime(config: resources_pb2.Runtime) -> Runtime:
+                return await build_runtime(config, state_dir=agents_dir / config.name, convoy_secrets=secret_client.fetch)
+
             agent = await stack.enter_async_context(
                 Agent(
                     nc=agent_nc,
@@ -213,10 +219,12 @@ async def bus_services(
     metrics: Registry,
     appended: Counter,
     embedded_nats: NatsServer | None,
-) -> tuple[Relay, ObservationIngest]:
+) -> tuple[Relay, ObservationIngest, DesiredState]:
     """What the API side runs on the bus: the relay (log → bus; one leader among
     processes), observation ingest (bus → log), desired-state answers for fresh agents,
-    and the agents' consumers (and, on the embedded NATS, their users)."""
+    and the agents' consumers (and, on the embedded NATS, their users). The secret
+    responder, which needs the API's keyring and catalog, joins once the API runs
+    (`secret_responder`), answering from the same desired state."""
     instance = settings.instance
     relay_settings = RelaySettings(instance=instance, replicas=settings.nats_replicas)
     relay = await stack.enter_async_context(Relay(store=store, nc=nc, settings=relay_settings))
@@ -225,7 +233,7 @@ async def bus_services(
         ObservationIngest(nc=nc, store=ops.counted(store, appended, "ingest"), instance=instance, registry=registry)
     )
     ops.instrument_ingest(metrics, ingest)
-    await stack.enter_async_context(DesiredState(nc=nc, store=store, instance=instance, registry=registry))
+    desired = await stack.enter_async_context(DesiredState(nc=nc, store=store, instance=instance, registry=registry))
     await stack.enter_async_context(
         NatsAuthSync(
             store=store,
@@ -236,7 +244,15 @@ async def bus_services(
             registry=registry,
         )
     )
-    return relay, ingest
+    return relay, ingest, desired
+
+
+def secret_responder(nc: Client, instance: str, desired: DesiredState, api: ApiServer) -> SecretResponder:
+    """Convoy-kept secrets for agents whose desired state names them, sealed to the
+    asking agent's key, read with this API's keyring (explicitly: its SecretSealer)."""
+    return SecretResponder(
+        nc=nc, instance=instance, desired=desired, resolve=api.secrets.resolver(lambda: api.projection.state)
+    )
 
 
 @contextlib.asynccontextmanager
@@ -252,6 +268,7 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         stack.push_async_callback(store.close)
         planner = None
         heartbeats: Callable[[str], HeartbeatSeen | None] | None = None
+        desired: DesiredState | None = None
         nc = None
         if settings.nats_url:
             nc = await connect(settings, settings.nats_url, name=f"convoy-api:{settings.instance}")
@@ -260,7 +277,7 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
             ops.instrument_nats(metrics, nc)
         checks = await server_probes(stack, store, nc, metrics)
         if nc is not None:
-            relay, ingest = await bus_services(stack, settings, store, nc, registry, metrics, appended, None)
+            relay, ingest, desired = await bus_services(stack, settings, store, nc, registry, metrics, appended, None)
             planner = NatsPlannerClient(nc=nc, instance=settings.instance)
             checks += [ops.relay_check(relay), ops.ingest_check(ingest)]
             heartbeats = ingest.last_heartbeat
@@ -273,6 +290,8 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
             )
         )
         await stack.enter_async_context(follow.follower(api))
+        if nc is not None and desired is not None:
+            await stack.enter_async_context(secret_responder(nc, settings.instance, desired, api))
         if listen.ops_port is not None:
             server = await stack.enter_async_context(
                 OpsServer(address=f"{listen.host}:{listen.ops_port}", registry=metrics, checks=api.checks())

@@ -5,7 +5,8 @@ runtime's observations. NATS enforces that with per-user subject permissions, so
 module names every subject an agent needs and nothing more:
 
 - publish its observations (`convoy.<i>.obs.<runtime>.>`) and its requests to the control
-  plane (`convoy.<i>.req.<runtime>.>`);
+  plane (`convoy.<i>.req.<runtime>.>`: its desired state, the Convoy-kept secrets that
+  state names);
 - pull from and acknowledge its own durable consumer `agent-<runtime>`, which the control
   plane creates with the runtime's intent filter (an agent allowed to create consumers
   could pick any filter and read every runtime's intents);
@@ -30,7 +31,7 @@ runtime", is kept twice:
   reply with one of its own (`_R_.…`) and carries the answer back into the requester's
   account, so whatever reply an agent chooses, every answer lands in its own account,
   where nothing leads to another runtime's subjects;
-- by the services that answer requests: the desired-state responder answers only on a
+- by the services that answer requests: the desired-state and secret responders answer only on a
   reply that belongs to the asking runtime (`reply_belongs_to`), the planner only on the
   control plane's own inboxes (`is_control_plane_inbox`), so a server configured with
   plain users in one account (an operator's own configuration) does not turn them into
@@ -121,8 +122,29 @@ def runtime_of_desired(instance: str, subject: str) -> str | None:
     """The runtime whose desired state `subject` asks for, or None unless it is exactly
     `desired_subject(instance, runtime)` (one canonical token, nothing after `.desired`),
     so no spelling of one runtime's subject names another."""
+    return _runtime_of_request(instance, subject, "desired")
+
+
+def secret_subject(instance: str, runtime: str) -> str:
+    """Where an agent asks for a Convoy-kept secret its desired state names (inside its
+    own `convoy.<i>.req.<runtime>.>`, which it may already publish on)."""
+    return f"convoy.{bus.validate_instance(instance)}.req.{bus.encode_token(runtime)}.secret"
+
+
+def secret_subjects(instance: str) -> str:
+    """Every runtime's secret requests (what the control plane answers)."""
+    return f"convoy.{bus.validate_instance(instance)}.req.*.secret"
+
+
+def runtime_of_secret(instance: str, subject: str) -> str | None:
+    """The runtime asking on `subject`, or None unless it is exactly
+    `secret_subject(instance, runtime)` (the same strictness as `runtime_of_desired`)."""
+    return _runtime_of_request(instance, subject, "secret")
+
+
+def _runtime_of_request(instance: str, subject: str, last: str) -> str | None:
     tokens = subject.split(".")
-    if len(tokens) != 5 or tokens[:3] != ["convoy", bus.validate_instance(instance), "req"] or tokens[4] != "desired":
+    if len(tokens) != 5 or tokens[:3] != ["convoy", bus.validate_instance(instance), "req"] or tokens[4] != last:
         return None
     try:
         runtime = bus.decode_token(tokens[3])

@@ -24,6 +24,7 @@ from eventstore import bus, natsauth
 from eventstore.metrics import Registry
 from eventstore.settings import default_state_dir, environ
 from services.agent.agent import Agent, AgentSettings
+from services.agent.secretclient import SecretClient
 from services.agent.selection import build_runtime
 
 
@@ -75,8 +76,12 @@ async def _run(url: str, secret: str | None, settings: AgentSettings, kind: str)
     nc = await bus.connect(url, name=f"convoy-agent:{settings.runtime}", **options)
     state_dir = settings.state_dir or Path(".")
 
+    secrets = SecretClient(nc=nc, instance=settings.instance, runtime=settings.runtime)
+
     async def factory(config):  # type: ignore[no-untyped-def]
-        return await build_runtime(config, state_dir=state_dir / settings.runtime, override_kind=kind)
+        return await build_runtime(
+            config, state_dir=state_dir / settings.runtime, override_kind=kind, convoy_secrets=secrets.fetch
+        )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

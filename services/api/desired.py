@@ -161,6 +161,11 @@ class DesiredState:
             finally:
                 await tail.aclose()  # type: ignore[attr-defined]
 
+    async def caught_up(self) -> None:
+        """Wait (briefly) until every intent/runtime event committed by now is folded: what
+        other answers derived from this state (the secret responder) wait for too."""
+        await self._head_seen()
+
     async def _head_seen(self) -> None:
         """Wait until every intent/runtime event committed by now is folded (the fold's
         position only moves on those categories, so ask the store which is the last)."""

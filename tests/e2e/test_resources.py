@@ -1,19 +1,22 @@
-"""A linked resource reaches the running service, and its secret stays a reference.
+"""A linked resource reaches the running service, and its secrets stay references.
 
 `convoy up`'s composition (cli.controlplane) on real PostgreSQL and NATS with the local
-process runtime: link a resource with a plain attribute and a secret one (an env
-reference on the agent's machine), keep a Convoy secret (SetSecret), apply a service
-that names the resource, deploy it, and the running process sees both values in its
-environment. Then the grep: neither secret value appears in clear anywhere Convoy keeps
-or carries things — every column of every table of the instance's schema, every message
-of every JetStream stream of the bus, every file under the state directory (the agent's
-state and the processes' logs included), the captured logs, and the API's answers. The
-grep can fail: the same search finds the value in the process's environment, and the
-Convoy-kept one through the control plane's own resolver.
+process runtime: link a resource with a plain attribute and two secret ones (an env
+reference on the agent's machine, and a Convoy-kept secret, SetSecret), apply a service
+that names the resource, deploy it, and the running process sees all three values in its
+environment — the Convoy-kept one asked for by the agent and delivered sealed to its key
+(services/api/secretdelivery.py). Then the grep: neither secret value appears in clear
+anywhere Convoy keeps or carries things — every column of every table of the instance's
+schema, every message of every JetStream stream of the bus, every core NATS message while
+it ran (a wiretap: the secret request and its answer among them), every file under the
+state directory (the agent's state and the processes' logs included), the captured logs,
+and the API's answers. The grep can fail: the same search finds both values in the
+process's environment, and the Convoy-kept one through the control plane's own resolver.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -28,7 +31,7 @@ import asyncpg
 import pytest
 
 from cli import controlplane, localstate
-from eventstore import bus
+from eventstore import bus, natsauth
 from eventstore.embedded import EmbeddedServers, NatsServer
 from eventstore.settings import Settings
 from tests.conftest import eventually
@@ -104,6 +107,24 @@ async def bus_messages(nats_url: str, instance: str) -> list[bytes]:
         await nc.close()
 
 
+@contextlib.asynccontextmanager
+async def wiretap(nats_url: str) -> AsyncIterator[list[bytes]]:
+    """Every core NATS message of the server's account while it runs (subject, reply,
+    headers and payload): requests and replies never land in a stream."""
+    heard: list[bytes] = []
+
+    async def on_msg(msg: Any) -> None:
+        heard.append(f"{msg.subject} {msg.reply} ".encode() + json.dumps(msg.headers or {}).encode() + msg.data)
+
+    nc = await bus.connect(nats_url, name="wiretap")
+    try:
+        await nc.subscribe(">", cb=on_msg)
+        await nc.flush()
+        yield heard
+    finally:
+        await nc.close()
+
+
 def files_under(root: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
 
@@ -122,7 +143,8 @@ async def test_a_resource_reaches_the_running_service_and_its_secret_is_nowhere_
     settings = Settings.from_env(env, state_dir=tmp_path / "state")
     listen = controlplane.Listen(grpc_port=0, http_port=0)
     with EmbeddedServers(state_dir=settings.state_dir, database_url=database_url, nats_url=embedded_nats.url) as servers:
-        async with controlplane.control_plane(settings, servers, listen, local_runtime="local") as running:
+        async with wiretap(embedded_nats.url) as tapped, \
+                controlplane.control_plane(settings, servers, listen, local_runtime="local") as running:
             api = Client(session, f"http://127.0.0.1:{running.api.ports.http}", localstate.read_admin_token(servers.state_dir))
             await api.call("PUT", "/v1/runtimes", {"runtime": {
                 "name": "local", "kind": "RUNTIME_KIND_EXEC", "exec": {"apply": ["convoy-local", "apply"]}}})
@@ -130,9 +152,10 @@ async def test_a_resource_reaches_the_running_service_and_its_secret_is_nowhere_
                 {"name": "staging", "runtimes": [{"runtime": "local"}]}]}})
             await api.call("PUT", "/v1/resources", {"resource": {
                 "name": "orders-db", "scope": "RESOURCE_SCOPE_APPLICATION", "application": "shop", "kind": "database",
-                "attributes": {"host": "db.internal"}, "secretAttributes": {"password": {"env": variable}},
+                "attributes": {"host": "db.internal"},
+                "secretAttributes": {"password": {"env": variable}, "token": {"convoy": "orders-token"}},
             }})
-            # A Convoy-kept secret (for the control plane's own credentials; agents do not receive them yet).
+            # A Convoy-kept secret: the agent asks for it, and gets it sealed to a key of its own.
             await api.call("PUT", "/v1/secrets/orders-token", {"value": kept})
             await api.call("PUT", "/v1/services", {"service": {
                 "application": "shop", "name": "web", "resources": ["orders-db"],
@@ -146,6 +169,7 @@ async def test_a_resource_reaches_the_running_service_and_its_secret_is_nowhere_
             assert environment["CONVOY_RESOURCE_ORDERS_DB_HOST"] == "db.internal"
             assert environment["DATABASE_HOST"] == "db.internal"
             assert environment["CONVOY_RESOURCE_ORDERS_DB_PASSWORD"] == secret
+            assert environment["CONVOY_RESOURCE_ORDERS_DB_TOKEN"] == kept
 
             async def converged() -> bool:
                 answer = await api.call("GET", "/v1/applications/shop/convergence")
@@ -168,12 +192,14 @@ async def test_a_resource_reaches_the_running_service_and_its_secret_is_nowhere_
             assert resolve("orders-token") == kept
 
             rows = await database_rows(database_url, schema_name)
+            tapped_messages = list(tapped)
             messages = await bus_messages(embedded_nats.url, schema_name)
             files = files_under(settings.state_dir)
 
     places: dict[str, list[bytes | str]] = {
         "the database": rows,
         "the bus": list(messages),
+        "the bus's core messages (requests and replies)": tapped_messages,
         "the state directory": list(files.values()),
         "the logs": [json_logs.getvalue()],
         "the API's answers": api.answers,
@@ -187,6 +213,11 @@ async def test_a_resource_reaches_the_running_service_and_its_secret_is_nowhere_
     for value in (secret, kept):
         for where, items in places.items():
             assert not any(found_in(value, item) for item in items), f"a secret value is in clear in {where}"
+    # The secret's request and its sealed answer crossed the tapped bus (so the grep saw them).
+    secret_subject = natsauth.secret_subject(schema_name, "local").encode()
+    assert any(m.startswith(secret_subject + b" ") for m in tapped_messages)
+    assert found_in("secret delivered sealed", json_logs.getvalue())  # the responder logged it (the grep covers its lines)
     # Not vacuous: the same search finds the value where it must be.
     assert found_in(secret, seen.read_bytes())
+    assert found_in(kept, seen.read_bytes())
     assert found_in(secret, os.environ[variable])

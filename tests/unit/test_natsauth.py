@@ -28,6 +28,25 @@ def test_a_desired_subject_names_one_runtime_exactly(subject: str, runtime: str 
 
 
 @pytest.mark.parametrize(
+    ("subject", "runtime"),
+    [
+        ("convoy.inst.req.rt-a.secret", "rt-a"),
+        ("convoy.inst.req.rt~2Ea.secret", "rt.a"),
+        ("convoy.inst.req.rt-a.secret.more", None),
+        ("convoy.inst.req.rt~2Da.secret", None),
+        ("convoy.other.req.rt-a.secret", None),
+        ("convoy.inst.req.rt-a.desired", None),  # a desired-state request is not a secret request
+    ],
+)
+def test_a_secret_subject_names_one_runtime_exactly(subject: str, runtime: str | None) -> None:
+    assert natsauth.runtime_of_secret("inst", subject) == runtime
+    if runtime is not None:
+        assert natsauth.secret_subject("inst", runtime) == subject
+        # inside what the runtime's agent may publish on (and nobody else's)
+        assert f"convoy.inst.req.{subject.split('.')[3]}.>" in natsauth.agent_permissions("inst", runtime).publish
+
+
+@pytest.mark.parametrize(
     ("reply", "allowed"),
     [
         ("_INBOX_inst_rt-a.Abc123", True),

@@ -92,6 +92,9 @@ class ExecSettings:
     base_env: Mapping[str, str] | None = None
     """The environment commands start from (None: the agent's own)."""
     cwd: Path | None = None
+    convoy_secrets: secretenv.ConvoySecrets | None = None
+    """How `convoy:` secret references are resolved (the agent's SecretClient.fetch; None:
+    refused). Values reach only the apply command's environment."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +103,15 @@ class _Outcome:
     output: str
 
 
-async def open_runtime(*, config: resources_pb2.Runtime, state_dir: Path) -> ExecRuntime:
+async def open_runtime(
+    *, config: resources_pb2.Runtime, state_dir: Path, convoy_secrets: secretenv.ConvoySecrets | None = None
+) -> ExecRuntime:
     """The exec runtime an agent runs for a registered runtime (services.agent.selection)."""
-    return await ExecRuntime.open(settings=ExecSettings(name=config.name, config=config.exec, state_dir=state_dir / "exec"))
+    return await ExecRuntime.open(
+        settings=ExecSettings(
+            name=config.name, config=config.exec, state_dir=state_dir / "exec", convoy_secrets=convoy_secrets
+        )
+    )
 
 
 class ExecRuntime:
@@ -323,7 +332,9 @@ class ExecRuntime:
         env = self._environment(action, key, workload, repair=repair)
         if workload is not None and action == "apply":
             # Secret values reach the apply command only as its environment, never in the document.
-            env.update(secretenv.for_command(workload, environ=self.settings.base_env))
+            env.update(
+                await secretenv.for_command(workload, environ=self.settings.base_env, convoy=self.settings.convoy_secrets)
+            )
         stdin = (json.dumps(documents.to_document(workload)) if workload is not None else "{}").encode()
         backoff = Backoff(base=self.settings.retry_backoff, cap=self.settings.retry_backoff_cap)
         attempts = max(0, self.settings.config.retries) + 1

@@ -94,6 +94,9 @@ class LocalSettings:
     """Where processes listen and health checks connect."""
     base_env: Mapping[str, str] | None = None
     """The environment processes start from (None: the agent's own); program env goes on top."""
+    convoy_secrets: secretenv.ConvoySecrets | None = None
+    """How `convoy:` secret references are resolved (the agent's SecretClient.fetch; None:
+    refused). Values go only to the processes' environment, never into the state files."""
 
 
 class LocalRuntime:
@@ -255,7 +258,7 @@ class LocalRuntime:
         adopted = adopted or {}
         workdir = self._state.workdir(workload.key)
         kept = {f"{name}/{port}": value for name, (record, _) in adopted.items() for port, value in record.ports.items()}
-        secrets = secretenv.resolve_all(workload, environ=settings.base_env)
+        secrets = await secretenv.resolve_all(workload, environ=settings.base_env, convoy=settings.convoy_secrets)
         replicas = [
             replicaset.render_replica(
                 workload,

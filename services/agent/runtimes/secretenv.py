@@ -9,24 +9,34 @@ runtime's service processes; the exec runtime's apply command, as `CONVOY_SECRET
 A reference that cannot be resolved refuses the apply before anything starts, with a
 message that names the reference (never a value) and says whether trying again can help
 (a variable or file that may appear: set it and deploy again). A Kubernetes Secret
-reference is for the cluster to resolve (kubernetes_manifests.py); a Convoy-kept secret
-is not delivered to agents by this version (see docs/config.md).
+reference is for the cluster to resolve (kubernetes_manifests.py). A Convoy-kept secret
+(`convoy:<name>`) is asked of the control plane through the `convoy` callback the agent's
+composition gives the runtime (services/agent/secretclient.py: sealed to a key made for
+the request, on the runtime's own subject); without one it is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from schemas.convoy.v1 import resources_pb2
 from services.agent.runtimes.base import ApplyRejected, Workload
 from services.secrets.references import SecretUnavailable, describe, resolve
 
+ConvoySecrets = Callable[[Workload, str], Awaitable[str]]
+"""A Convoy-kept secret's value for a workload (SecretClient.fetch); raises
+SecretUnavailable naming the reference and whether a retry can help."""
+
 SECRET_PREFIX = "CONVOY_SECRET_"
 """The exec runtime's apply command gets each secret variable NAME as CONVOY_SECRET_NAME."""
 
 
-def resolve_program(
-    workload: Workload, program: resources_pb2.Program, *, environ: Mapping[str, str] | None = None
+async def resolve_program(
+    workload: Workload,
+    program: resources_pb2.Program,
+    *,
+    environ: Mapping[str, str] | None = None,
+    convoy: ConvoySecrets | None = None,
 ) -> dict[str, str]:
     """The values of `program`'s secret environment, read on this machine."""
     values: dict[str, str] = {}
@@ -39,26 +49,36 @@ def resolve_program(
                 "only a Kubernetes runtime can resolve it (use an env or file reference for this runtime) — "
                 "retrying will not help"
             )
-        if source == "convoy":
+        if source == "convoy" and convoy is None:
             raise ApplyRejected(
                 f"{workload.key}: program {program.name!r}: {name} references {describe(ref)}, a Convoy-kept secret; "
-                "agents cannot receive Convoy-kept secrets yet (use an env or file reference on the agent's machine) "
-                "— retrying will not help"
+                "this runtime was started without a way to ask the control plane for one — retrying will not help"
             )
         try:
-            values[name] = resolve(ref, environ=environ)
+            if source == "convoy":
+                assert convoy is not None
+                values[name] = await convoy(workload, ref.convoy)
+            else:
+                values[name] = resolve(ref, environ=environ)
         except SecretUnavailable as error:
-            hint = "retryable: provide it on the agent's machine and deploy again" if error.retryable else "retrying will not help"
+            if source == "convoy":
+                hint = "retryable: deploy again once the cause is fixed" if error.retryable else "retrying will not help"
+            else:
+                hint = "retryable: provide it on the agent's machine and deploy again" if error.retryable else "retrying will not help"
             raise ApplyRejected(f"{workload.key}: program {program.name!r}: {name}: {error} ({hint})") from None
     return values
 
 
-def resolve_all(workload: Workload, *, environ: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+async def resolve_all(
+    workload: Workload, *, environ: Mapping[str, str] | None = None, convoy: ConvoySecrets | None = None
+) -> list[dict[str, str]]:
     """Per program (in spec order) its secret variables' values."""
-    return [resolve_program(workload, program, environ=environ) for program in workload.spec.programs]
+    return [await resolve_program(workload, program, environ=environ, convoy=convoy) for program in workload.spec.programs]
 
 
-def for_command(workload: Workload, *, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+async def for_command(
+    workload: Workload, *, environ: Mapping[str, str] | None = None, convoy: ConvoySecrets | None = None
+) -> dict[str, str]:
     """The exec contract: every secret variable NAME of any program as CONVOY_SECRET_NAME.
     Two programs giving one name different references cannot be told apart there."""
     out: dict[str, str] = {}
@@ -71,6 +91,6 @@ def for_command(workload: Workload, *, environ: Mapping[str, str] | None = None)
                     f"runtime gets one {SECRET_PREFIX}{name} per name — rename one (retrying will not help)"
                 )
             seen[name] = ref
-    for values in resolve_all(workload, environ=environ):
+    for values in await resolve_all(workload, environ=environ, convoy=convoy):
         out.update({SECRET_PREFIX + name: value for name, value in values.items()})
     return out

@@ -693,19 +693,27 @@ class NatsServer(_Server):
 
         SIGHUP is asynchronous: the server re-reads its file later, on its own goroutine.
         Callers rely on the new users being in force when this returns (a rotated credential
-        must lock the old password out), so wait until the server logs the outcome."""
+        must lock the old password out), so wait until the server logs the outcome.
+
+        Twice: nats-server 2.15 wires the service imports of an account that a reload
+        *adds* to a stale copy of the exporting account, so an agent of a runtime registered
+        after the first reload got "no responders" from the control plane (desired state,
+        secrets). A second reload of the same file updates the now-known account in place
+        and its imports work (tests/integration/test_secret_delivery.py registers runtimes
+        one reload at a time and has every one of them ask)."""
         with self._lock:
             if self._proc is None or not self._proc.alive():
                 raise EmbeddedServerError("nats-server is not running")
             watcher = self._proc.watcher
-            before = {w: watcher.counts[w] for w in (_NATS_RELOADED, _NATS_RELOAD_FAILED)}
             self._write_config()
-            self._proc.popen.send_signal(signal.SIGHUP)
-            outcome = watcher.wait_count(before, timeout=timeout)
-        if outcome == _NATS_RELOAD_FAILED:
-            raise EmbeddedServerError(f"nats-server refused its new configuration: {watcher.lines[outcome]}")
-        if outcome != _NATS_RELOADED:
-            raise EmbeddedServerError("nats-server exited while reloading its configuration")
+            for _ in range(2):
+                before = {w: watcher.counts[w] for w in (_NATS_RELOADED, _NATS_RELOAD_FAILED)}
+                self._proc.popen.send_signal(signal.SIGHUP)
+                outcome = watcher.wait_count(before, timeout=timeout)
+                if outcome == _NATS_RELOAD_FAILED:
+                    raise EmbeddedServerError(f"nats-server refused its new configuration: {watcher.lines[outcome]}")
+                if outcome != _NATS_RELOADED:
+                    raise EmbeddedServerError("nats-server exited while reloading its configuration")
 
     def stop(self, timeout: float = 15.0) -> None:
         super().stop(timeout)

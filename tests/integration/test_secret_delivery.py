@@ -118,9 +118,7 @@ async def responding(plane: Plane, keeper: Keeper) -> AsyncIterator[SecretRespon
 
 
 async def credentials(plane: Plane) -> dict[str, str]:
-    """rt-a first: only it asks the control plane here (a runtime's account added by a
-    later reload of the accounts does not reach the control account's responders — see
-    the report; the desired-state requests show the same)."""
+    """Each runtime registered by a reload of its own (rt-a, then rt-b)."""
     out = {rt: secrets.token_urlsafe(32) for rt in ("rt-a", "rt-b")}
     for rt, secret in out.items():
         await plane.register(rt, bcrypt=nats_password_bcrypt(secret))
@@ -273,3 +271,23 @@ async def embedded_nats_client(url: str, instance: str) -> Client:
     from eventstore import bus
 
     return await bus.connect(url, name="rogue", inbox_prefix=natsauth.agent_inbox_prefix(instance, "rt-a"))
+
+
+async def test_every_runtime_registered_one_reload_at_a_time_is_answered(
+    plane: Plane, auth_nats: NatsServer, tmp_path: Path
+) -> None:
+    """nats-server 2.15 wires a reload-added account's imports to a stale exporter unless
+    it reloads again (eventstore.embedded.NatsServer.reload does): without that, rt-b —
+    registered by the second reload — got "no responders" here."""
+    creds = await credentials(plane)
+    keeper = Keeper(tmp_path)
+    keeper.set("a-password", VALUE)
+    keeper.set("b-password", VALUE + "-b")
+    workloads = {"rt-a": await give(plane, "rt-a", spec_naming("a-password")),
+                 "rt-b": await give(plane, "rt-b", spec_naming("b-password"))}
+    async with responding(plane, keeper):
+        for runtime, name, value in (("rt-b", "b-password", VALUE + "-b"), ("rt-a", "a-password", VALUE)):
+            async with agent_of(auth_nats.url, plane.instance, runtime, creds[runtime]) as (conn, nc):
+                client = SecretClient(nc=nc, instance=plane.instance, runtime=runtime)
+                assert await client.fetch(workloads[runtime], name) == value, runtime
+                assert not conn.errors

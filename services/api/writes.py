@@ -38,7 +38,7 @@ import structlog
 from google.protobuf.message import Message
 
 from eventstore.codec import EventRegistry
-from eventstore.errors import Unavailable, WrongExpectedVersion
+from eventstore.errors import ConvoyError, Unavailable, WrongExpectedVersion
 from eventstore.types import AppendRequest, AppendResult, EventStore, NewEvent, Receipt, ReceiptTaken
 from schemas.convoy.v1 import api_pb2, options_pb2, resources_pb2
 from services.api import auth, idempotency
@@ -206,7 +206,17 @@ class Writer:
             state, versions = self._speculative()
             if sealing:  # the keyring encrypts here, on this state (a rotation re-encrypts all of it)
                 command = replace(command, minted=self._secrets.mint(method.name, request, state, minted))
-            decision = decide(state, command)
+            try:
+                decision = decide(state, command)
+            except ConvoyError:
+                if receipt is not None:
+                    # The state may already hold a racing process's write under this very
+                    # key (folded after our key lookup): its answer is the answer, not the
+                    # refusal its events now cause (ALREADY_EXISTS for its own release).
+                    _, found = await self._sync.observe(receipt.slot)
+                    if found is not None:
+                        raise ReceiptTaken(found) from None
+                raise
             if not decision.changed and receipt is None:
                 return _response(method, decision, api_pb2.WriteResult(changed=False)), 0
             appends, ordered = self._appends(decision.events, versions, actor, correlation_id)

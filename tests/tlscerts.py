@@ -1,9 +1,9 @@
 """Certificates for TLS tests, made by the test itself (no files checked in, nothing expires
 between runs): a CA and server certificates it signs, written as PEM files.
 
-`make_pki(dir)` gives a CA plus a server certificate for 127.0.0.1 and localhost; `other_ca`
-(another CA, same names) is what a client that trusts the wrong CA sees. Keys are P-256,
-unencrypted, written 0600.
+`make_pki(dir)` gives a CA plus a server certificate for 127.0.0.1 and localhost;
+`make_ca(dir, "other")` is a CA a client may wrongly trust, `make_server_cert(..., hosts=…)`
+a certificate for other names. Keys are P-256, unencrypted, written 0600.
 """
 
 from __future__ import annotations

@@ -110,7 +110,10 @@ async def test_rest_refuses_a_client_that_does_not_trust_the_ca_and_plain_http(t
 
 
 async def test_rest_refuses_tls_below_1_2(tls_api: Running, pki: Pki) -> None:
-    context = trusting(pki).ssl_context()
+    async with aiohttp.ClientSession() as s:  # TLS 1.2 or later is served...
+        async with s.get(f"{https(tls_api)}/healthz", ssl=trusting(pki).ssl_context()) as r:
+            assert r.status == 200
+    context = trusting(pki).ssl_context()  # ...and an outdated client is refused
     with warnings.catch_warnings():  # the client is meant to be outdated
         warnings.simplefilter("ignore", DeprecationWarning)
         context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED

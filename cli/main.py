@@ -133,11 +133,17 @@ def api(
     ] = "127.0.0.1",
     tls_cert: Annotated[
         Path | None,
-        typer.Option("--tls-cert", help="Serve gRPC and REST+UI over TLS with this PEM certificate (chain) (else CONVOY_TLS_CERT).", show_default=False),
+        typer.Option(
+            "--tls-cert",
+            help="Serve gRPC and REST+UI over TLS with this PEM certificate (chain) (else CONVOY_TLS_CERT).",
+            show_default=False,
+        ),
     ] = None,
     tls_key: Annotated[
         Path | None,
-        typer.Option("--tls-key", help="The certificate's unencrypted PEM private key (else CONVOY_TLS_KEY).", show_default=False),
+        typer.Option(
+            "--tls-key", help="The certificate's unencrypted PEM private key (else CONVOY_TLS_KEY).", show_default=False
+        ),
     ] = None,
     log_format: convoy_logging.LogFormatOpt = None,
 ) -> None:

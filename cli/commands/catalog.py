@@ -39,7 +39,8 @@ def _channel_names(app: resources_pb2.Application) -> str:
 @apps.command("list")
 @reports_errors
 def apps_list(
-    at: AtOpt = "", endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    at: AtOpt = "", endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """List applications (now, or --at then)."""
     request = with_as_of(api_pb2.ListApplicationsRequest(), at)
@@ -55,7 +56,8 @@ def apps_list(
 @apps.command("get")
 @reports_errors
 def apps_get(
-    name: str, at: AtOpt = "", endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    name: str, at: AtOpt = "", endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """Show one application (as config YAML unless --output json|yaml; --at: as declared then)."""
     request = with_as_of(api_pb2.GetApplicationRequest(name=name), at)
@@ -67,7 +69,8 @@ def apps_get(
 @apps.command("delete")
 @reports_errors
 def apps_delete(
-    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """Delete an application (refused while it still has services or linked resources)."""
     confirm(f"delete application {name}", yes)
@@ -88,7 +91,8 @@ def _digests(release: resources_pb2.Release) -> str:
 @services.command("list")
 @reports_errors
 def services_list(
-    app: str, at: AtOpt = "", endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    app: str, at: AtOpt = "", endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """List an application's services (now, or --at then)."""
     request = with_as_of(api_pb2.ListServicesRequest(application=app), at)
@@ -147,7 +151,8 @@ def services_delete(
 @channels.command("list")
 @reports_errors
 def channels_list(
-    app: str, endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    app: str, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """List an application's release channels, in order."""
     with connect(endpoint, token, ca_file) as client:

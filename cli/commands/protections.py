@@ -49,7 +49,9 @@ def _interval(protection: resources_pb2.Protection) -> str:
 
 @protections.command("list")
 @reports_errors
-def protections_list(endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+def protections_list(
+    endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
     """List protections."""
     with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.protections.ListProtections, api_pb2.ListProtectionsRequest(), "protections")
@@ -68,7 +70,8 @@ def protections_list(endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, to
 @protections.command("get")
 @reports_errors
 def protections_get(
-    name: str, endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    name: str, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """Show one protection (as config YAML unless --output json|yaml)."""
     with connect(endpoint, token, ca_file) as client:
@@ -82,7 +85,8 @@ def protections_get(
 @protections.command("delete")
 @reports_errors
 def protections_delete(
-    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """Delete a protection (refused while release channels still attach it)."""
     confirm(f"delete protection {name}", yes)

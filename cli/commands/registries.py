@@ -47,7 +47,9 @@ def _poll(registry: resources_pb2.Registry) -> str:
 
 @registries.command("list")
 @reports_errors
-def registries_list(endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+def registries_list(
+    endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
     """List registries."""
     with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.registries.ListRegistries, api_pb2.ListRegistriesRequest(), "registries")
@@ -67,7 +69,8 @@ def registries_list(endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, tok
 @registries.command("get")
 @reports_errors
 def registries_get(
-    name: str, endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    name: str, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """Show one registry (as config YAML unless --output json|yaml)."""
     with connect(endpoint, token, ca_file) as client:
@@ -81,7 +84,8 @@ def registries_get(
 @registries.command("delete")
 @reports_errors
 def registries_delete(
-    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """Delete a registry (refused while services run or follow images on it)."""
     confirm(f"delete registry {name}", yes)

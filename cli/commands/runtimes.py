@@ -109,7 +109,9 @@ def agent_lines(state: api_pb2.RuntimeState) -> list[str]:
 
 @runtimes.command("list")
 @reports_errors
-def runtimes_list(endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+def runtimes_list(
+    endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
     """List runtimes, with whether each agent is connected and its runtime available."""
     with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.runtimes.ListRuntimes, api_pb2.ListRuntimesRequest(), "runtimes")
@@ -129,7 +131,10 @@ def runtimes_list(endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token
 
 @runtimes.command("get")
 @reports_errors
-def runtimes_get(name: str, endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+def runtimes_get(
+    name: str, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
     """Show one runtime and its state: paused, agent connected, runtime available."""
     with connect(endpoint, token, ca_file) as client:
         found: api_pb2.RuntimeState = client.call(client.runtimes.GetRuntime, api_pb2.GetRuntimeRequest(name=name))

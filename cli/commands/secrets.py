@@ -82,7 +82,9 @@ def delete(
 
 @secrets.command("list")
 @reports_errors
-def list_(endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+def list_(
+    endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
     """List secrets: names, key ids, who set them when (never values)."""
     with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.secrets.ListSecrets, api_pb2.ListSecretsRequest(), "secrets")

@@ -67,7 +67,9 @@ def revoke(
 
 @tokens.command("list")
 @reports_errors
-def list_(endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+def list_(
+    endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
     """List tokens (never their secrets)."""
     with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.tokens.ListTokens, api_pb2.ListTokensRequest(), "tokens")

@@ -96,7 +96,9 @@ def up(
     ] = "json",
     log_format: convoy_logging.LogFormatOpt = None,
 ) -> None:
-    """Start Convoy's control plane (API, planner, relay, ingest, a local agent) on the embedded NATS and PostgreSQL (Ctrl-C stops it)."""
+    """Start Convoy's control plane (API, planner, relay, ingest, a local agent) on the embedded NATS and PostgreSQL (Ctrl-C stops it).
+
+    Its API is plain HTTP/gRPC on 127.0.0.1 only; `convoy api --tls-cert/--tls-key` serves other machines."""
     convoy_logging.setup(log_format)
     settings = Settings.from_env(environ(), state_dir=state_dir)
     try:

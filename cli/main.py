@@ -41,6 +41,7 @@ from cli.commands import planner as planner_command
 from eventstore.embedded import EmbeddedServers
 from eventstore.errors import EmbeddedServerError, InvalidInput
 from eventstore.settings import Settings, environ
+from services.api.tls import ServerTls
 from services.notifier.webhook import Webhook
 
 app = typer.Typer(
@@ -95,7 +96,9 @@ def up(
     ] = "json",
     log_format: convoy_logging.LogFormatOpt = None,
 ) -> None:
-    """Start Convoy's control plane (API, planner, relay, ingest, a local agent) on the embedded NATS and PostgreSQL (Ctrl-C stops it)."""
+    """Start Convoy's control plane (API, planner, relay, ingest, a local agent) on the embedded NATS and PostgreSQL (Ctrl-C stops it).
+
+    Its API is plain HTTP/gRPC on 127.0.0.1 only; `convoy api --tls-cert/--tls-key` serves other machines."""
     convoy_logging.setup(log_format)
     settings = Settings.from_env(environ(), state_dir=state_dir)
     try:
@@ -130,15 +133,37 @@ def api(
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on (0.0.0.0 in a container; mind the firewall).")
     ] = "127.0.0.1",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            help="Serve gRPC and REST+UI over TLS with this PEM certificate (chain) (else CONVOY_TLS_CERT).",
+            show_default=False,
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key", help="The certificate's unencrypted PEM private key (else CONVOY_TLS_KEY).", show_default=False
+        ),
+    ] = None,
     log_format: convoy_logging.LogFormatOpt = None,
 ) -> None:
     """Run the API (gRPC + REST) on CONVOY_DATABASE_URL; with CONVOY_NATS_URL also its bus side.
 
     With NATS it also runs the relay, observation ingest, desired-state answers for agents
     and their consumers, and sends dry runs to the planner. Its REST port also answers
-    /metrics, /healthz and /readyz."""
+    /metrics, /healthz and /readyz. With --tls-cert/--tls-key both listeners serve TLS only
+    (clients use grpcs://host:port and https://); without them they are plain text, which
+    it warns about on any --host but loopback."""
     convoy_logging.setup(log_format)
-    settings = Settings.from_env(environ(), state_dir=state_dir)
+    env = environ()
+    settings = Settings.from_env(env, state_dir=state_dir)
+    try:
+        tls = server_tls(tls_cert or _path(env.get("CONVOY_TLS_CERT")), tls_key or _path(env.get("CONVOY_TLS_KEY")))
+    except InvalidInput as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     if not settings.database_url:
         typer.echo(
             "error: CONVOY_DATABASE_URL is not set; set it to the PostgreSQL URL Convoy stores its events in "
@@ -147,9 +172,25 @@ def api(
         )
         raise typer.Exit(2)
     typer.echo(f"PostgreSQL:   {_redact(settings.database_url)}")
-    listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, host=host)
+    listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, host=host, tls=tls)
     asyncio.run(_serve_api(settings, settings.database_url, listen))
     typer.echo("stopped")
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text else None
+
+
+def server_tls(cert: Path | None, key: Path | None) -> ServerTls | None:
+    """The API's TLS pair from --tls-cert/--tls-key (or the environment): both or neither."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given, missing = ("--tls-cert", "--tls-key") if cert is not None else ("--tls-key", "--tls-cert")
+        raise InvalidInput(
+            f"{given} needs {missing} too (or CONVOY_TLS_CERT and CONVOY_TLS_KEY): TLS takes a certificate and its key"
+        )
+    return ServerTls.load(cert, key)
 
 
 async def _serve(

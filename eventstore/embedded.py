@@ -68,6 +68,7 @@ from typing import IO, Final
 
 import structlog
 
+from eventstore import securefile
 from eventstore.errors import EmbeddedServerError
 
 log = structlog.get_logger("convoy.embedded")
@@ -618,7 +619,9 @@ class NatsServer(_Server):
             "max_payload: 8MB\n"
             f"{self.config_extra}\n"
         )
-        config.write_text(text)
+        # It names the system user's password (hashed or, in config_extra, plain) and the
+        # agents' bcrypt hashes: owner-only from creation (nats-server runs as us).
+        securefile.write_private(config, text)
         return config
 
     def _stop_signal(self) -> signal.Signals:
@@ -783,13 +786,12 @@ class PostgresServer(_Server):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         password_file = self.data_dir / "password"
         if not password_file.exists():
-            password_file.write_text(secrets.token_urlsafe(24) + "\n")
-            password_file.chmod(0o600)
+            securefile.create_private(password_file, secrets.token_urlsafe(24) + "\n")
         if (self.pgdata / "PG_VERSION").exists():
             return
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
         pwfile = self.data_dir / ".initdb-pw"
-        pwfile.write_text(self.password + "\n")
+        securefile.write_private(pwfile, self.password + "\n")
         try:
             if self._run_as is not None:
                 uid, gid = self._run_as

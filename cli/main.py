@@ -38,6 +38,7 @@ from cli.commands import (
 )
 from cli.commands import gatekeeper as gatekeeper_command
 from cli.commands import planner as planner_command
+from eventstore import redaction
 from eventstore.embedded import EmbeddedServers
 from eventstore.errors import EmbeddedServerError, InvalidInput
 from eventstore.settings import Settings, environ
@@ -118,8 +119,8 @@ def up(
         raise typer.Exit(1) from None
     with embedded as servers:
         typer.echo(f"state folder: {settings.state_dir}")
-        typer.echo(f"PostgreSQL:   {_redact(servers.database_url)}")
-        typer.echo(f"NATS:         {servers.nats_url}")
+        typer.echo(f"PostgreSQL:   {redaction.redact_url(servers.database_url)}")
+        typer.echo(f"NATS:         {redaction.redact_url(servers.nats_url)}")
         listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, ops_port=ops_port)
         asyncio.run(_serve(settings, servers, listen, local_runtime or None, demo_dir if demo else None, webhook))
     typer.echo("stopped")
@@ -171,7 +172,7 @@ def api(
             err=True,
         )
         raise typer.Exit(2)
-    typer.echo(f"PostgreSQL:   {_redact(settings.database_url)}")
+    typer.echo(f"PostgreSQL:   {redaction.redact_url(settings.database_url)}")
     listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, host=host, tls=tls)
     asyncio.run(_serve_api(settings, settings.database_url, listen))
     typer.echo("stopped")
@@ -238,16 +239,6 @@ def _stop_on_signals() -> Iterator[asyncio.Event]:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-
-
-def _redact(url: str) -> str:
-    """Never print a password: postgresql://user:***@host/db."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
 
 
 app.command("agent")(agent_command.agent)

@@ -16,6 +16,8 @@ from eventstore import natsauth, securefile
 from eventstore.errors import InvalidInput
 from schemas.convoy.v1 import resources_pb2
 from services.agent import intents
+from services.agent.runtimes.base import WorkloadKey
+from services.agent.runtimes.localstate import StateStore
 from services.agent.state import StateFile
 from services.api.auth import write_admin_secret
 from services.secrets.keyring import FileKeyring
@@ -124,7 +126,7 @@ def test_a_new_folder_is_owner_only_and_a_world_writable_one_is_refused(tmp_path
 def secret_files(root: Path) -> list[Path]:
     names = {"admin-token", "database-url", natsauth.SYSTEM_PASSWORD_FILE, "secrets.keys", "agent-state.json",
              "nats.conf", "password", "nats-users.conf"}
-    return [p for p in root.rglob("*") if p.name in names]
+    return [p for p in root.rglob("*") if p.name in names or p.suffix in (".pids", ".pending")]
 
 
 def assert_private(root: Path, expected: int) -> None:
@@ -148,7 +150,8 @@ def test_every_writer_of_a_secret_file_in_the_state_folder_writes_it_0600(tmp_pa
         StateFile.in_folder(state / "agents", "prod").save(
             intents.Applied.empty(), resources_pb2.Runtime(name="prod")
         )
+        StateStore(state / "local").save_pids(WorkloadKey("default", "shop", "web"), [])
     finally:
         os.umask(old)
-    assert_private(tmp_path, 5)
-    assert len(created_modes) >= 5 and all(m == 0o600 for _, m in created_modes)
+    assert_private(tmp_path, 6)
+    assert len(created_modes) >= 6 and all(m == 0o600 for _, m in created_modes)

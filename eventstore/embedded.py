@@ -788,6 +788,8 @@ class PostgresServer(_Server):
         password_file = self.data_dir / "password"
         if not password_file.exists():
             securefile.create_private(password_file, secrets.token_urlsafe(24) + "\n")
+        if self._run_as is not None:  # every start: the install may be new (another virtualenv)
+            _grant_server_user(self.pgdata, *self._run_as)
         if (self.pgdata / "PG_VERSION").exists():
             return
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
@@ -796,7 +798,6 @@ class PostgresServer(_Server):
         try:
             if self._run_as is not None:
                 uid, gid = self._run_as
-                _grant_server_user(self.pgdata, uid, gid)
                 os.chown(self.pgdata, uid, gid)
                 os.chown(pwfile, uid, gid)
             result = subprocess.run(

@@ -46,7 +46,6 @@ writes the rendered block into the embedded server's config and reloads it.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field

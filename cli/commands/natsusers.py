@@ -15,7 +15,6 @@ control plane's password is read from a file and hashed here.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Annotated
 

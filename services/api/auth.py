@@ -14,7 +14,6 @@ operator — a file readable only by its owner, never a log line.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path

@@ -37,6 +37,7 @@ from cli.commands import (
     tokens,
 )
 from cli.commands import gatekeeper as gatekeeper_command
+from cli.commands import instances as instances_command
 from cli.commands import planner as planner_command
 from eventstore import redaction
 from eventstore.embedded import EmbeddedServers
@@ -256,6 +257,7 @@ for group in (
     catalog.releases,
     tokens.tokens,
     secrets.secrets,
+    instances_command.instances,
 ):
     app.add_typer(group)
 for command in (

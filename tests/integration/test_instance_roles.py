@@ -1,0 +1,93 @@
+"""A provisioned instance's service role runs everything the services run against the
+store — appends with checkpoints and receipts, tails woken by NOTIFY, the relay with its
+lock and checkpoint — and never migrates: a current schema is left alone, a stale one is
+refused with the command that upgrades it, and `upgrade` brings it current."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from eventstore import bus, instances
+from eventstore.embedded import NatsServer, PostgresServer
+from eventstore.postgres import MigrationsPending, PostgresEventStore, PostgresSettings
+from eventstore.relay import Relay, RelaySettings
+from eventstore.types import Checkpoint, NewEvent, Receipt
+from tests.conftest import eventually
+from tests.isolation.store_env import Instance, provision
+
+
+def ev(n: int) -> NewEvent:
+    return NewEvent(event_id=uuid.uuid4(), type="convoy.v1.Test", data=f"event {n}".encode(), actor="user:ann")
+
+
+@pytest.fixture
+async def instance(embedded_postgres: PostgresServer) -> AsyncIterator[Instance]:
+    created = await provision(embedded_postgres.dsn, f"roles_{uuid.uuid4().hex[:8]}")
+    try:
+        yield created
+    finally:
+        await instances.delete(embedded_postgres.dsn, created.name, force=True)
+
+
+async def test_the_service_role_runs_the_store_and_the_relay(instance: Instance, embedded_nats: NatsServer) -> None:
+    store = await PostgresEventStore.open(PostgresSettings(dsn=instance.dsn, schema=instance.name))
+    try:
+        tail = store.tail(idle_poll=30)  # woken by NOTIFY, not by polling
+        await store.append("app/x", [ev(0)])
+        assert (await anext(tail)).position == 1
+        await store.commit(
+            [],
+            checkpoint=Checkpoint("processor", 1),
+            receipt=Receipt("token-1", "key-1", "Method", b"\0" * 32, b"answer", 0),
+        )
+        second = await store.append("app/x", [ev(1)])
+        await store.commit([], checkpoint=Checkpoint("processor", 2))  # the upsert's UPDATE path
+        assert await store.checkpoint("processor") == 2
+        assert (await anext(tail)).position == second.last_position
+        await tail.aclose()
+
+        nc = await bus.connect(embedded_nats.url, name="relay-test")
+        prefix = f"t{uuid.uuid4().hex[:10]}"
+        try:
+            async with Relay(store=store, nc=nc, settings=RelaySettings(instance=prefix, lock_poll=0.05)) as relay:
+                await eventually(lambda: relay.checkpoint == second.last_position, message="the relay published")
+                third = await store.append("app/x", [ev(2)])  # moves the stored checkpoint: an UPDATE
+                await eventually(lambda: relay.checkpoint == third.last_position, message="the relay published more")
+                await eventually(lambda: relay.failures == 0 and relay.leader)
+                assert await relay.measure_lag() == 0
+        finally:
+            await nc.close()
+    finally:
+        await store.close()
+
+
+async def test_a_stale_schema_is_refused_until_an_operator_upgrades_it(
+    instance: Instance, embedded_postgres: PostgresServer
+) -> None:
+    admin = await asyncpg.connect(embedded_postgres.dsn)
+    try:  # turn the schema back into what migrations 0001-0003 made
+        async with admin.transaction():
+            await admin.execute(f"SET LOCAL ROLE {instance.owner}")
+            await admin.execute(f"DROP TRIGGER events_no_truncate ON {instance.name}.events")
+            await admin.execute(f"DROP TABLE {instance.name}.instance_secret")
+            await admin.execute(f"DELETE FROM {instance.name}.schema_migrations WHERE version = 4")
+    finally:
+        await admin.close()
+
+    with pytest.raises(MigrationsPending) as refused:
+        await PostgresEventStore.open(PostgresSettings(dsn=instance.dsn, schema=instance.name))
+    assert f"convoy instances upgrade {instance.name}" in str(refused.value)
+    assert "CONVOY_ADMIN_DATABASE_URL" in str(refused.value)
+
+    assert await instances.upgrade(embedded_postgres.dsn, instance.name) == [4]
+    assert await instances.upgrade(embedded_postgres.dsn, instance.name) == []
+    store = await PostgresEventStore.open(PostgresSettings(dsn=instance.dsn, schema=instance.name))
+    try:  # the new table was granted, too: the store read its secret
+        await store.append("app/x", [ev(0)])
+        assert len(store.instance_key("tokens")) == 32
+    finally:
+        await store.close()

@@ -47,6 +47,7 @@ TABLE_PRIVILEGES: Mapping[str, tuple[str, ...]] = {
     "api_idempotency": ("SELECT", "INSERT"),  # receipts are written once, never changed
     "schema_migrations": ("SELECT",),  # services check the schema is current
     "instance_secret": ("SELECT",),  # channel, lock and token keys derive from it
+    "append_lock": ("UPDATE",),  # LOCK TABLE ... IN EXCLUSIVE MODE needs it; the table is empty
 }
 """The service role's privileges, table by table: exactly the statements the services run."""
 

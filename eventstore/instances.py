@@ -18,22 +18,21 @@ the bottom are a thin asyncpg shell around them, run with the admin URL.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from eventstore import postgres
-from eventstore.errors import ConvoyError, InvalidInput
-from eventstore.postgres import guarded
+from eventstore.errors import ConvoyError, InvalidInput, Unavailable
 
 REGISTRY_SCHEMA = "convoy_admin"
 
@@ -71,6 +70,11 @@ class UnknownInstance(ConvoyError):
 class InstanceInUse(ConvoyError):
     """The instance's role has open sessions. Stop its services (or pass --force to end
     them) and retry."""
+
+
+class ProvisioningFailed(ConvoyError):
+    """PostgreSQL refused a provisioning statement for another reason; the message is the
+    server's. Nothing was changed (each operation is one transaction)."""
 
 
 class AdminPrivilegeMissing(ConvoyError):
@@ -231,12 +235,41 @@ def render_drop(name: str) -> list[str]:
 # -- the asyncpg shell ----------------------------------------------------------------------
 
 
-async def _connect(admin_dsn: str) -> asyncpg.Connection:
-    return await guarded("connect", lambda: asyncpg.connect(admin_dsn, timeout=10))
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """asyncpg's errors, as Convoy's (whether to retry, what to fix)."""
+    try:
+        yield
+    except asyncpg.InsufficientPrivilegeError as error:
+        raise AdminPrivilegeMissing(
+            f"the admin URL's role may not do this ({error}): provisioning needs a superuser, or a role with "
+            "CREATEROLE and CREATE on the database"
+        ) from None
+    except (asyncpg.DuplicateObjectError, asyncpg.DuplicateSchemaError, asyncpg.UniqueViolationError) as error:
+        raise InstanceExists(f"{what}: {error} (created at the same time by someone else?)") from None
+    except postgres.UNAVAILABLE_ERRORS as error:
+        raise Unavailable(f"PostgreSQL unavailable while {what}: {type(error).__name__}: {error}") from error
+    except asyncpg.PostgresError as error:
+        raise ProvisioningFailed(f"PostgreSQL refused {what}: {error}") from None
+
+
+@contextlib.asynccontextmanager
+async def _admin(admin_dsn: str, what: str) -> AsyncIterator[asyncpg.Connection]:
+    with _translated(what):
+        conn = await asyncpg.connect(admin_dsn, timeout=10)
+        try:
+            yield conn
+        finally:
+            await conn.close()
 
 
 def _record(row: asyncpg.Record) -> InstanceRecord:
     return InstanceRecord(row["name"], row["created_at"], row["nats_system_bcrypt"], dict(json.loads(row["limits"])))
+
+
+async def _run(conn: asyncpg.Connection, statements: Sequence[str]) -> None:
+    for statement in statements:
+        await conn.execute(statement)
 
 
 async def create(
@@ -247,73 +280,53 @@ async def create(
     validate_name(name)
     limits = parse_limits(dict(limits or {}))
     password = secrets.token_urlsafe(32)
-    conn = await _connect(admin_dsn)
-    try:
-        async with conn.transaction():
-            await _run(conn, REGISTRY_DDL)
-            taken = await conn.fetchval(
-                "SELECT EXISTS (SELECT FROM convoy_admin.instances WHERE name = $1) "
-                "OR to_regnamespace($1) IS NOT NULL "
-                "OR EXISTS (SELECT FROM pg_roles WHERE rolname = ANY($2::text[]))",
-                name,
-                [owner_role(name), service_role(name)],
+    async with _admin(admin_dsn, f"creating instance {name!r}") as conn, conn.transaction():
+        await _run(conn, REGISTRY_DDL)
+        taken = await conn.fetchval(
+            f"SELECT EXISTS (SELECT FROM {REGISTRY_SCHEMA}.instances WHERE name = $1) "
+            "OR to_regnamespace($1) IS NOT NULL "
+            "OR EXISTS (SELECT FROM pg_roles WHERE rolname = ANY($2::text[]))",
+            name,
+            [owner_role(name), service_role(name)],
+        )
+        if taken:
+            raise InstanceExists(
+                f"instance {name!r} (or its schema {name!r} or roles {service_role(name)}, {owner_role(name)}) "
+                "already exists; pick another name or `convoy instances delete` it first"
             )
-            if taken:
-                raise InstanceExists(
-                    f"instance {name!r} (or its schema {name!r} or roles {service_role(name)}, {owner_role(name)}) "
-                    "already exists; pick another name or `convoy instances delete` it first"
-                )
-            await _run(conn, render_roles(name, scram_verifier(password)))
-            await postgres.apply_migrations(conn, name, role=owner_role(name))
-            await _run(conn, render_grants(name))
-            row = await conn.fetchrow(
-                "INSERT INTO convoy_admin.instances (name, nats_system_bcrypt, limits) VALUES ($1, $2, $3::jsonb) "
-                "RETURNING name, created_at, nats_system_bcrypt, limits::text",
-                name,
-                nats_system_bcrypt,
-                json.dumps(limits),
-            )
-    finally:
-        await conn.close()
+        await _run(conn, render_roles(name, scram_verifier(password)))
+        await postgres.apply_migrations(conn, name, role=owner_role(name))
+        await _run(conn, render_grants(name))
+        row = await conn.fetchrow(
+            f"INSERT INTO {REGISTRY_SCHEMA}.instances (name, nats_system_bcrypt, limits) VALUES ($1, $2, $3::jsonb) "
+            "RETURNING name, created_at, nats_system_bcrypt, limits::text",
+            name,
+            nats_system_bcrypt,
+            json.dumps(limits),
+        )
     return Created(_record(row), service_url(admin_dsn, name, password))
 
 
 async def list_instances(admin_dsn: str) -> list[InstanceRecord]:
     """Every registered instance, by name (none when nothing was ever provisioned)."""
-    conn = await _connect(admin_dsn)
-    try:
-        if await conn.fetchval("SELECT to_regclass('convoy_admin.instances')") is None:
+    async with _admin(admin_dsn, "listing instances") as conn:
+        if await conn.fetchval(f"SELECT to_regclass('{REGISTRY_SCHEMA}.instances')") is None:
             return []
-        rows = await _admin(
-            conn.fetch("SELECT name, created_at, nats_system_bcrypt, limits::text FROM convoy_admin.instances ORDER BY name")
+        rows = await conn.fetch(
+            f"SELECT name, created_at, nats_system_bcrypt, limits::text FROM {REGISTRY_SCHEMA}.instances ORDER BY name"
         )
-        return [_record(r) for r in rows]
-    finally:
-        await conn.close()
+    return [_record(r) for r in rows]
 
 
 async def upgrade(admin_dsn: str, name: str) -> list[int]:
     """Apply the migrations the instance lacks (as its owner) and renew its grants.
     Returns the versions applied."""
     validate_name(name)
-    conn = await _connect(admin_dsn)
-    try:
-        async with conn.transaction():
-            await _known(conn, name)
-            applied = await postgres.apply_migrations(conn, name, role=owner_role(name))
-            await _run(conn, render_grants(name))
-    finally:
-        await conn.close()
+    async with _admin(admin_dsn, f"upgrading instance {name!r}") as conn, conn.transaction():
+        await _known(conn, name)
+        applied = await postgres.apply_migrations(conn, name, role=owner_role(name))
+        await _run(conn, render_grants(name))
     return applied
-
-
-async def sessions(admin_dsn: str, name: str) -> int:
-    """How many sessions the instance's service role has open now."""
-    conn = await _connect(admin_dsn)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", service_role(name)))
-    finally:
-        await conn.close()
 
 
 async def delete(admin_dsn: str, name: str, *, force: bool = False) -> None:
@@ -321,45 +334,33 @@ async def delete(admin_dsn: str, name: str, *, force: bool = False) -> None:
     Refuses while the service role has sessions, unless `force` ends them."""
     validate_name(name)
     service = service_role(name)
-    conn = await _connect(admin_dsn)
-    try:
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE usename = $1"
+    async with _admin(admin_dsn, f"deleting instance {name!r}") as conn:
         await _known(conn, name)
-        await _admin(conn.execute(f"ALTER ROLE {service} NOLOGIN"))  # no new sessions from here on
-        open_sessions = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", service)
+        await conn.execute(f"ALTER ROLE {service} NOLOGIN")  # no new sessions from here on
+        open_sessions = await conn.fetchval(sessions, service)
         if open_sessions and not force:
             await conn.execute(f"ALTER ROLE {service} LOGIN")
             raise InstanceInUse(
                 f"instance {name!r} has {open_sessions} open database session(s): stop its services first, "
                 "or pass --force to end them"
             )
-        if open_sessions:
-            await conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1", service)
-        async with conn.transaction():
-            await _admin(_run(conn, render_drop(name)))
-    finally:
-        await conn.close()
+        try:
+            if open_sessions:
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1", service
+                )
+            async with conn.transaction():
+                await _run(conn, render_drop(name))
+        except BaseException:
+            with contextlib.suppress(Exception):  # not dropped: the instance's services may log in again
+                await conn.execute(f"ALTER ROLE {service} LOGIN")
+            raise
 
 
 async def _known(conn: asyncpg.Connection, name: str) -> None:
-    registered = await conn.fetchval("SELECT to_regclass('convoy_admin.instances')") is not None and await _admin(
-        conn.fetchval("SELECT EXISTS (SELECT FROM convoy_admin.instances WHERE name = $1)", name)
-    )
-    if not registered:
+    registry = await conn.fetchval(f"SELECT to_regclass('{REGISTRY_SCHEMA}.instances')")
+    if registry is None or not await conn.fetchval(
+        f"SELECT EXISTS (SELECT FROM {REGISTRY_SCHEMA}.instances WHERE name = $1)", name
+    ):
         raise UnknownInstance(f"no instance {name!r} is registered; see `convoy instances list`")
-
-
-async def _run(conn: asyncpg.Connection, statements: Any) -> None:
-    for statement in statements:
-        await _admin(conn.execute(statement))
-
-
-async def _admin(call: Any) -> Any:
-    try:
-        return await call
-    except asyncpg.InsufficientPrivilegeError as error:
-        raise AdminPrivilegeMissing(
-            f"the admin URL's role may not do this ({error}): provisioning needs a superuser, or a role with "
-            "CREATEROLE and CREATE on the database"
-        ) from None
-    except postgres.UNAVAILABLE_ERRORS as error:
-        raise postgres.Unavailable(f"PostgreSQL unavailable while provisioning: {type(error).__name__}: {error}") from error

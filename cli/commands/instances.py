@@ -133,10 +133,24 @@ def create(
     path = settings.state_dir / "instances" / f"{name}.env"
     if path.exists():
         raise CliError(f"{path} exists already: delete the instance (or move the file) first", CONFLICT)
+    try:  # before provisioning: a password nobody can store would be lost
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as error:
+        raise CliError(f"cannot create {path.parent}: {error.strerror or error}", INVALID) from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise CliError(f"cannot write to {path.parent}: choose another --state-dir", INVALID)
     nats_password = secrets.token_urlsafe(32)
     hashed = bcrypt.hashpw(nats_password.encode("utf-8"), bcrypt.gensalt(SYSTEM_BCRYPT_ROUNDS)).decode("ascii")
     created = _run(provisioning.create(url, name, nats_system_bcrypt=hashed, limits=limits))
-    write_private(path, env_file_text(name, created.database_url, nats_password))
+    try:
+        write_private(path, env_file_text(name, created.database_url, nats_password))
+    except OSError as error:
+        raise CliError(
+            f"instance {name} was created but its settings could not be written to {path} "
+            f"({error.strerror or error}); its passwords are lost: `convoy instances delete {name} --yes` "
+            "and create it again",
+            FAILED,
+        ) from None
     typer.echo(f"created instance {name}; its settings (secret) are in {path}")
     typer.echo("next:")
     typer.echo("  1. render the NATS accounts for your nats-server: convoy nats-users --all-instances")

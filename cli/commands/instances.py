@@ -11,8 +11,7 @@ See docs/instances.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
+import errno
 import secrets
 from collections.abc import Awaitable
 from pathlib import Path
@@ -26,6 +25,7 @@ from cli.commands.common import confirm, reports_errors
 from cli.commands.natsusers import SYSTEM_BCRYPT_ROUNDS
 from cli.output import table
 from eventstore import instances as provisioning
+from eventstore import securefile
 from eventstore.errors import ConvoyError, InvalidInput, Unavailable
 from eventstore.settings import Settings, environ
 
@@ -76,22 +76,11 @@ def _run(call: Awaitable[_T]) -> _T:
         raise CliError(str(error), FAILED) from None
 
 
-def write_private(path: Path, text: str) -> None:
-    """Create `path` holding `text`, readable by its owner only, atomically: a temporary
-    file opened 0600 exclusively (O_EXCL), written, fsynced, renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
+def write_env_file(path: Path, name: str, database_url: str, nats_password: str) -> None:
+    """Create the instance's env file, 0600 from its first byte (eventstore.securefile);
+    never replaces one (FileExistsError)."""
+    if not securefile.create_private(path, env_file_text(name, database_url, nats_password)):
+        raise FileExistsError(errno.EEXIST, "exists already", str(path))
 
 
 def env_file_text(name: str, database_url: str, nats_password: str) -> str:
@@ -134,16 +123,14 @@ def create(
     if path.exists():
         raise CliError(f"{path} exists already: delete the instance (or move the file) first", CONFLICT)
     try:  # before provisioning: a password nobody can store would be lost
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as error:
-        raise CliError(f"cannot create {path.parent}: {error.strerror or error}", INVALID) from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise CliError(f"cannot write to {path.parent}: choose another --state-dir", INVALID)
+        securefile.ensure_private_dir(path.parent)
+    except InvalidInput as error:
+        raise CliError(str(error), INVALID) from None
     nats_password = secrets.token_urlsafe(32)
     hashed = bcrypt.hashpw(nats_password.encode("utf-8"), bcrypt.gensalt(SYSTEM_BCRYPT_ROUNDS)).decode("ascii")
     created = _run(provisioning.create(url, name, nats_system_bcrypt=hashed, limits=limits))
     try:
-        write_private(path, env_file_text(name, created.database_url, nats_password))
+        write_env_file(path, name, created.database_url, nats_password)
     except OSError as error:
         raise CliError(
             f"instance {name} was created but its settings could not be written to {path} "

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from cli.commands import instances as command
 from cli.main import app
-from eventstore import instances
+from eventstore import instances, securefile
 from eventstore.embedded import PostgresServer
 
 
@@ -117,25 +117,25 @@ def test_without_an_admin_url_it_says_how_to_give_one(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "CONVOY_ADMIN_DATABASE_URL" in result.output
 
 
-def test_the_env_file_is_private_from_its_first_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Even under umask 0, the file is 0600 before its name appears (checked at the rename)."""
+def test_the_env_file_is_private_from_its_first_byte_and_never_replaced(tmp_path: Path) -> None:
+    """Even under umask 0 the file is 0600 before a byte is written (securefile's hook
+    sees the temporary file at creation); an existing file is left alone."""
     seen: list[int] = []
-    real_replace = os.replace
-
-    def replace(src: str | Path, dst: str | Path) -> None:
-        seen.append(stat.S_IMODE(os.stat(src).st_mode))
-        assert Path(src).read_text() == "SECRET=1\n"
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
+    securefile._created_hook = lambda path: seen.append(stat.S_IMODE(os.stat(path).st_mode))
     old = os.umask(0)
+    path = tmp_path / "instances" / "x.env"
     try:
-        command.write_private(tmp_path / "instances" / "x.env", "SECRET=1\n")
+        command.write_env_file(path, "x", "postgresql://convoy_x:pw@h/db", "nats-pw")
+        with pytest.raises(FileExistsError):
+            command.write_env_file(path, "x", "postgresql://convoy_x:other@h/db", "other")
     finally:
         os.umask(old)
-    assert seen == [0o600]
-    assert stat.S_IMODE((tmp_path / "instances" / "x.env").stat().st_mode) == 0o600
-    assert [p.name for p in (tmp_path / "instances").iterdir()] == ["x.env"]
+        securefile._created_hook = None
+    assert seen and all(m == 0o600 for m in seen)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert "pw@" in path.read_text() and "other" not in path.read_text()
+    assert [p.name for p in path.parent.iterdir()] == ["x.env"]
 
 
 @pytest.mark.parametrize("argv", [("planner", "--ops-port", "0"), ("api", "--grpc-port", "0", "--http-port", "0")])

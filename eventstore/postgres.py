@@ -594,6 +594,15 @@ async def migrate(dsn: str, schema: str) -> list[int]:
             )
         if await guarded("migration check", lambda: pending_migrations(conn, schema)) == []:
             return []
+        owner = await conn.fetchval("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", schema)
+        if owner == f"convoy_{schema}_owner":
+            # A provisioned instance (eventstore.instances): its objects must stay its owner's
+            # and its service role needs grants on new tables; only `upgrade` does both.
+            raise MigrationsPending(
+                f"schema {schema!r} is a provisioned instance that needs migrations; an operator runs "
+                f"`convoy instances upgrade {schema}` with the admin URL (--admin-url or "
+                "CONVOY_ADMIN_DATABASE_URL), then start again"
+            )
         try:
             async with conn.transaction():
                 applied = await guarded("migrate", lambda: apply_migrations(conn, schema))

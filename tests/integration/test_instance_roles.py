@@ -82,6 +82,9 @@ async def test_a_stale_schema_is_refused_until_an_operator_upgrades_it(
         await PostgresEventStore.open(PostgresSettings(dsn=instance.dsn, schema=instance.name))
     assert f"convoy instances upgrade {instance.name}" in str(refused.value)
     assert "CONVOY_ADMIN_DATABASE_URL" in str(refused.value)
+    with pytest.raises(MigrationsPending) as refused:  # even a superuser: only upgrade keeps owner and grants right
+        await PostgresEventStore.open(PostgresSettings(dsn=embedded_postgres.dsn, schema=instance.name))
+    assert f"convoy instances upgrade {instance.name}" in str(refused.value)
 
     assert await instances.upgrade(embedded_postgres.dsn, instance.name) == [4]
     assert await instances.upgrade(embedded_postgres.dsn, instance.name) == []

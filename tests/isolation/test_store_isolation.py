@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import pytest
 
+from eventstore import bus
+from eventstore.embedded import NatsServer
 from eventstore.postgres import PostgresEventStore, PostgresSettings, StoreAccessDenied, _lock_key
+from eventstore.relay import Relay, RelaySettings
 from eventstore.types import NewEvent
 from tests.conftest import eventually
 from tests.isolation.store_env import StoreInstances, store_instances  # noqa: F401
@@ -69,6 +73,10 @@ ROWS = [
         False, "pg.a-stalls-a-appends", "append_lock"),
     Row("pg.b-stalls-a-appends", "b's service role", "a's append lock as keyed before (advisory, from the name)",
         "hold the lock", False, "pg.a-stalls-a-appends", "append_lock"),
+    Row("pg.a-holds-a-relay-lock", "a's service role", "a's relay leader lock", "hold the lock", True,
+        probe="relay_lock"),
+    Row("pg.b-holds-a-relay-lock", "b's service role", "a's relay lock as keyed before (from the names)",
+        "hold the lock", False, "pg.a-holds-a-relay-lock", "relay_lock"),
     Row("pg.a-sees-a-queries", "a's service role", "pg_stat_activity.query of a's listener", "SELECT", True,
         probe="activity"),
     Row("pg.b-sees-a-queries", "b's service role", "pg_stat_activity.query of a's listener", "SELECT", False,
@@ -308,6 +316,36 @@ async def test_append_lock(store_instances: StoreInstances, store_a: PostgresEve
     check(BY_ID["pg.b-stalls-a-appends"], await probe_append_lock(env, store_a, env.b.dsn, advisory))
 
 
+async def probe_relay_lock(store: PostgresEventStore, nats_url: str, holder_dsn: str, key: int) -> bool:
+    """Does a session of `holder_dsn` holding advisory lock `key` keep a's relay from
+    leading? The relay either leads, or is seen failing to take its lock (a standby's
+    poll records progress without leading)."""
+    async with connected(holder_dsn) as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", key)
+        nc = await bus.connect(nats_url, name="isolation-relay")
+        try:
+            relay = Relay(store=store, nc=nc, settings=RelaySettings(instance=RELAY_INSTANCE, lock_poll=0.05))
+            relay.progress_at = 0.0  # set by each failed try of a standby
+            async with relay:
+                await eventually(lambda: relay.leader or relay.progress_at > 0, timeout=20)
+                kept_out = not relay.leader
+        finally:
+            await nc.close()
+    return kept_out
+
+
+RELAY_INSTANCE = f"iso{uuid.uuid4().hex[:8]}"
+
+
+async def test_relay_lock(store_instances: StoreInstances, store_a: PostgresEventStore, embedded_nats: NatsServer) -> None:
+    env = store_instances
+    key = store_a.lock_key(f"relay:{RELAY_INSTANCE}")
+    check(BY_ID["pg.a-holds-a-relay-lock"], await probe_relay_lock(store_a, embedded_nats.url, env.a.dsn, key))
+    digest = hashlib.blake2b(f"convoy:{env.a.name}:relay:{RELAY_INSTANCE}".encode(), digest_size=8).digest()
+    guessed = int.from_bytes(digest, "big", signed=True)  # how the key was derived before: from the names
+    check(BY_ID["pg.b-holds-a-relay-lock"], await probe_relay_lock(store_a, embedded_nats.url, env.b.dsn, guessed))
+
+
 async def test_activity(store_instances: StoreInstances, store_a: PostgresEventStore) -> None:
     """The LISTEN statement names a's channel: its text must be hidden from b."""
     env = store_instances
@@ -348,6 +386,6 @@ async def test_store(store_instances: StoreInstances) -> None:
 def test_every_row_has_a_test() -> None:
     probes: dict[str, Callable[..., object]] = {
         "select": test_select, "search_path": test_search_path, "service_write": test_service_role_writes, "owner_write": test_owner_writes, "create_table": test_create_table,
-        "listen": test_listen, "append_lock": test_append_lock, "activity": test_activity, "store": test_store,
+        "listen": test_listen, "append_lock": test_append_lock, "relay_lock": test_relay_lock, "activity": test_activity, "store": test_store,
     }
     assert {row.probe for row in ROWS} == set(probes)

@@ -193,8 +193,10 @@ class PostgresEventStore:
         return hmac.new(self._secret, purpose.encode("utf-8"), hashlib.sha256).digest()
 
     def lock_key(self, name: str) -> int:
-        """A 64-bit advisory-lock key for `name` ("append", "relay:<instance>") that only
-        this instance's roles can compute (see `instance_key`)."""
+        """A 64-bit advisory-lock key for `name` (the relay's: "relay:<instance>") that only
+        this instance's roles can compute (see `instance_key`). Other roles cannot derive
+        it, but can see it in pg_locks while it is held (docs/instances.md, Known limits):
+        a lock that must hold against them is a table lock instead (the append lock)."""
         return int.from_bytes(self.instance_key(f"lock:{name}")[:8], "big", signed=True)
 
     async def close(self) -> None:

@@ -12,11 +12,12 @@ import asyncpg
 import pytest
 
 from eventstore import bus, instances
+from eventstore.errors import InvalidInput
 from eventstore.embedded import NatsServer, PostgresServer
 from eventstore.postgres import MigrationsPending, PostgresEventStore, PostgresSettings
 from eventstore.relay import Relay, RelaySettings
 from eventstore.types import Checkpoint, NewEvent, Receipt
-from tests.conftest import eventually
+from tests.conftest import eventually, fresh_store
 from tests.isolation.store_env import Instance, provision
 
 
@@ -94,3 +95,21 @@ async def test_a_stale_schema_is_refused_until_an_operator_upgrades_it(
         assert len(store.instance_key("tokens")) == 32
     finally:
         await store.close()
+
+
+async def test_instance_keys_survive_a_restart_and_differ_per_schema_and_purpose(database_url: str) -> None:
+    """The API's token key is `instance_key("tokens")`: a restart must keep it (tokens stay
+    valid), another instance must not share it."""
+    async with fresh_store(database_url) as a, fresh_store(database_url) as b:
+        reopened = await PostgresEventStore.open(PostgresSettings(dsn=database_url, schema=a.schema))
+        try:
+            assert reopened.instance_key("tokens") == a.instance_key("tokens")
+            assert (reopened.channel, reopened.lock_key("relay:x")) == (a.channel, a.lock_key("relay:x"))
+        finally:
+            await reopened.close()
+        assert len(a.instance_key("tokens")) == 32
+        assert a.instance_key("tokens") != b.instance_key("tokens")
+        assert a.instance_key("tokens") != a.instance_key("notify")
+        assert a.channel != b.channel and a.schema not in a.channel
+        with pytest.raises(InvalidInput):
+            a.instance_key("")

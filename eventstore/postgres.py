@@ -5,8 +5,9 @@ slower transaction commits later with a smaller position (the bug Marten, Emmett
 eventsourcing each fixed). Convoy assigns positions under a transaction-scoped lock
 taken just before the inserts (EXCLUSIVE on the schema's empty `append_lock` table: unlike
 an advisory lock, whose key every role sees in pg_locks, only this instance's roles may
-take it), and the lock is released only after the commit is visible. So positions are gapless and in commit order: a snapshot that sees position p
-sees every position below it, and an aborted transaction leaves no gap to wait for.
+take it), and the lock is released only after the commit is visible. So positions are
+gapless and in commit order: a snapshot that sees position p sees every position below
+it, and an aborted transaction leaves no gap to wait for.
 
 Throughput. Serialising commits would cap appends at one fsync per command (~3,000/s on
 our machines). Instead one committer task per process takes every write queued while the

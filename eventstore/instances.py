@@ -3,7 +3,7 @@
 An instance is a schema `<name>` owned by a NOLOGIN role `convoy_<name>_owner`, and a
 LOGIN role `convoy_<name>` the services connect as, holding only what the code does:
 USAGE on its schema, SELECT + INSERT on `events` (never UPDATE, DELETE or TRUNCATE, and
-migration 0004's triggers refuse those even to the owner), and on the other tables the
+the migrations' triggers refuse those even to the owner), and on the other tables the
 statements eventstore/postgres.py and eventstore/relay.py run. Nothing is granted to
 PUBLIC. Migrations run as the admin under `SET ROLE convoy_<name>_owner`, so every object
 is the owner's; services never migrate (eventstore.postgres.migrate only checks).
@@ -201,8 +201,9 @@ def render_roles(name: str, verifier: str) -> list[str]:
         f"ALTER ROLE {service} SET search_path TO {name}",
         f"CREATE SCHEMA {name} AUTHORIZATION {owner}",
         f"REVOKE ALL ON SCHEMA {name} FROM PUBLIC",
-        # Functions get EXECUTE for PUBLIC by default; migrations' functions must not.
-        f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {name} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC",
+        # Functions get EXECUTE for PUBLIC by default; migrations' functions must not. (Not
+        # "IN SCHEMA": per-schema defaults can only add to the global ones, never revoke.)
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC",
     ]
 
 

@@ -113,3 +113,33 @@ async def test_instance_keys_survive_a_restart_and_differ_per_schema_and_purpose
         assert a.channel != b.channel and a.schema not in a.channel
         with pytest.raises(InvalidInput):
             a.instance_key("")
+
+
+async def test_nothing_in_the_schema_is_granted_to_public_or_other_roles(
+    instance: Instance, embedded_postgres: PostgresServer
+) -> None:
+    """Every ACL entry on the schema and its objects names the owner or the service role
+    (aclexplode's grantee 0 is PUBLIC); functions too, which PostgreSQL grants PUBLIC by default."""
+    conn = await asyncpg.connect(embedded_postgres.dsn)
+    try:
+        grantees = await conn.fetch(
+            """
+            SELECT kind, object, CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END AS grantee, g.privilege_type
+              FROM (SELECT 'schema' AS kind, nspname::text AS object, nspacl AS acl FROM pg_namespace WHERE nspname = $1
+                    UNION ALL
+                    SELECT 'relation', relname::text, relacl FROM pg_class WHERE relnamespace = to_regnamespace($1)
+                    UNION ALL
+                    SELECT 'function', proname::text, coalesce(proacl, acldefault('f', proowner))
+                      FROM pg_proc WHERE pronamespace = to_regnamespace($1)) AS o,
+                   aclexplode(o.acl) AS g
+             WHERE g.grantee = 0 OR g.grantee::regrole::text NOT IN ($2, $3)
+            """,
+            instance.name,
+            instance.owner,
+            instance.role,
+        )
+        functions = await conn.fetchval("SELECT count(*) FROM pg_proc WHERE pronamespace = to_regnamespace($1)", instance.name)
+    finally:
+        await conn.close()
+    assert functions > 0  # the append-only trigger's function, at least
+    assert [dict(r) for r in grantees] == []

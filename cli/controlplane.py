@@ -118,14 +118,14 @@ class Running:
 def nats_auth_config(state_dir: Path, instance: str) -> str:
     """The embedded NATS server's accounts block (the control account with the system
     user only, until runtimes get credentials — the sync adds their accounts)."""
-    return natsauth.render(instance, [natsauth.system(natsauth.system_password(state_dir))])
+    return natsauth.render(instance, [natsauth.system(instance, natsauth.system_password(state_dir))])
 
 
 async def connect(settings: Settings, url: str, *, name: str, **options: object) -> Client:
     if settings.nats_url:  # an external NATS: its operator manages users
         return await bus.connect(url, name=name, **options)
     password = natsauth.system_password(settings.state_dir)
-    return await bus.connect(url, name=name, user=natsauth.SYSTEM_USER, password=password, **options)
+    return await bus.connect(url, name=name, user=natsauth.system_user(settings.instance), password=password, **options)
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 
-from eventstore import bus
+from eventstore import bus, natsauth
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.embedded import NatsServer
 from eventstore.postgres import PostgresEventStore
@@ -110,7 +110,7 @@ class Plane:
 async def control_plane(
     store: PostgresEventStore, nats_url: str, instance: str, *, server: NatsServer | None = None, system_password: str | None = None
 ) -> AsyncIterator[Plane]:
-    options = {"user": "convoy", "password": system_password} if system_password else {}
+    options = {"user": natsauth.system_user(instance), "password": system_password} if system_password else {}
     nc = await bus.connect(nats_url, name="test-plane", **options)
     registry = convoy_registry()
     try:

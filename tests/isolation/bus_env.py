@@ -101,6 +101,15 @@ class BusEnv:
             await nc.close()
 
 
+async def settle(nc: Client) -> None:
+    """Return once the server has processed everything `nc` sent so far and `nc` has read
+    every answer to it (a permissions violation included). nats-py writes a flush's PING
+    ahead of what is still pending, so one flush can come back before the server saw the
+    publish; the second PING goes out after it, and the server answers in order."""
+    await nc.flush()
+    await nc.flush()
+
+
 def accounts(passwords: dict[tuple[str, bool], str]) -> str:
     shares = []
     for instance in INSTANCES:

@@ -28,7 +28,7 @@ from nats.js.api import StreamConfig
 
 from eventstore import bus, natsauth
 from tests.conftest import eventually
-from tests.isolation.bus_env import LIMITS, RUNTIME, BusEnv, Principal, bus_env, bus_server  # noqa: F401 - fixtures
+from tests.isolation.bus_env import LIMITS, RUNTIME, BusEnv, Principal, bus_env, bus_server, settle  # noqa: F401 - fixtures
 from tests.isolation.table import Row, check
 
 TIMEOUT = 10.0
@@ -107,7 +107,7 @@ async def pull(env: BusEnv, who: Principal, target: str) -> bool:
         inbox = f"{natsauth.agent_inbox_prefix(who.instance, RUNTIME)}.{secrets.token_hex(8)}"
         sub = await nc.subscribe(inbox)
         await nc.publish(subject, json.dumps({"batch": 1, "expires": int(TIMEOUT * 1e9)}).encode(), reply=inbox)
-        await nc.flush()
+        await settle(nc)
         if who.violated("publish", subject):
             return False
         msg = await sub.next_msg(timeout=TIMEOUT)
@@ -122,14 +122,14 @@ async def subscribe(env: BusEnv, who: Principal, target: str) -> bool:
     subject = intent_subject(target, "watched")
     async with env.connect(who) as nc, env.connect(env.system(target)) as publisher:
         sub = await nc.subscribe(bus.intent_filter(target, RUNTIME)[1])
-        await nc.flush()
+        await settle(nc)
         if who.violated("subscription", bus.intent_filter(target, RUNTIME)[1]):
             return False
         await publisher.publish(subject, b"probe")
-        await publisher.flush()
+        await settle(publisher)
         async with env.connect(env.system(who.instance)) as own:
             await own.publish(subject, b"sentinel")
-            await own.flush()
+            await settle(own)
         first = await sub.next_msg(timeout=TIMEOUT)
         return first.data == b"probe"
 
@@ -149,7 +149,7 @@ async def stored(env: BusEnv, who: Principal, target: str, subject: str, sentine
         before = (await js.stream_info(stream)).state.messages
         async with env.connect(who) as nc:
             await nc.publish(subject, b"probe")
-            await nc.flush()
+            await settle(nc)
             if who.violated("publish", subject):
                 return False
         await js.publish(sentinel, b"sentinel")
@@ -185,14 +185,14 @@ async def desired(env: BusEnv, who: Principal, target: str) -> bool:
                 await msg.respond(f"desired-of-{instance}".encode())
 
             await responder.subscribe(natsauth.desired_subjects(instance), cb=answer)
-            await responder.flush()
+            await settle(responder)
         subject = natsauth.desired_subject(target, RUNTIME)
         async with env.connect(who) as nc:
             prefix = natsauth.agent_inbox_prefix(who.instance, RUNTIME) if who.agent else "_INBOX"
             inbox = f"{prefix}.{secrets.token_hex(8)}"
             sub = await nc.subscribe(inbox)
             await nc.publish(subject, b"", reply=inbox)
-            await nc.flush()
+            await settle(nc)
             if who.violated("publish", subject):
                 return False
             msg = await sub.next_msg(timeout=TIMEOUT)

@@ -28,7 +28,6 @@ from datetime import datetime
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, unquote
 
-import nats
 import nats.errors
 import nats.js.errors
 import structlog

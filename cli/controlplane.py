@@ -33,7 +33,7 @@ import typer
 from nats.aio.client import Client
 
 from cli import follow, localstate, ops
-from eventstore import bus, natsauth, probes
+from eventstore import bus, natsauth, natstls, probes
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.embedded import EmbeddedServers, NatsServer
 from eventstore.metrics import Check, Counter, Registry
@@ -118,14 +118,20 @@ class Running:
 def nats_auth_config(state_dir: Path, instance: str) -> str:
     """The embedded NATS server's accounts block (the control account with the system
     user only, until runtimes get credentials — the sync adds their accounts)."""
-    return natsauth.render(instance, [natsauth.system(natsauth.system_password(state_dir))])
+    return natsauth.render(instance, [natsauth.system(instance, natsauth.system_password(state_dir))])
 
 
 async def connect(settings: Settings, url: str, *, name: str, **options: object) -> Client:
+    """The control plane's connection: as the instance's system user (`natsauth.system_user`)
+    on the embedded NATS, as CONVOY_NATS_URL says on an external one, with TLS whenever
+    the server offers it (verified with CONVOY_NATS_CA or the system store)."""
+    tls = natstls.NatsTls(settings.nats_ca)
     if settings.nats_url:  # an external NATS: its operator manages users
-        return await bus.connect(url, name=name, **options)
+        return await bus.connect(url, name=name, tls=tls, **options)
     password = natsauth.system_password(settings.state_dir)
-    return await bus.connect(url, name=name, user=natsauth.SYSTEM_USER, password=password, **options)
+    return await bus.connect(
+        url, name=name, tls=tls, user=natsauth.system_user(settings.instance), password=password, **options
+    )
 
 
 @contextlib.asynccontextmanager

@@ -28,7 +28,6 @@ from datetime import datetime
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, unquote
 
-import nats
 import nats.errors
 import nats.js.errors
 import structlog
@@ -36,6 +35,7 @@ from nats.aio.client import Client, Server
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from eventstore import natstls
 from eventstore.errors import BusRejected, ConvoyError, InvalidInput, Unavailable
 from eventstore.types import RecordedEvent, validate_stream_id
 
@@ -319,14 +319,32 @@ def _next_server(servers: list[Server], _info: dict[str, Any]) -> tuple[Server |
     return server, reconnect_delay(server.reconnects, jitter=random.uniform(0.8, 1.0))
 
 
-async def connect(servers: str | Sequence[str], *, name: str, connect_attempts: int = 3, **options: Any) -> Client:
+async def connect(
+    servers: str | Sequence[str],
+    *,
+    name: str,
+    connect_attempts: int = 3,
+    tls: natstls.NatsTls | None = None,
+    **options: Any,
+) -> Client:
     """A NATS connection that logs (without secrets) through structlog and, once
     connected, reconnects forever, backing off (`reconnect_delay`). The first connection
-    fails fast, with `Unavailable`, after `connect_attempts` tries. `options` go to
-    `nats.connect` (credentials, TLS …)."""
+    fails fast, with `Unavailable`, after `connect_attempts` tries — or with
+    `natstls.TlsRefused` when TLS could not be made safely. TLS is used whenever the
+    server offers it, verified with `tls` (its CA file, or the system store), and is
+    required for tls:// URLs or a CA file (eventstore.natstls). `options` go to
+    `nats.connect` (credentials …)."""
+    urls = [servers] if isinstance(servers, str) else list(servers)
+    tls = tls or natstls.NatsTls()
+    tls_failures: list[BaseException] = []
+    user_error_cb = options.pop("error_cb", None)
 
     async def on_error(error: Exception) -> None:
+        if natstls.is_tls_failure(error):
+            tls_failures.append(error)
         log.warning("nats error", connection=name, error=f"{type(error).__name__}: {error}")
+        if user_error_cb is not None:
+            await user_error_cb(error)
 
     async def on_disconnected() -> None:
         log.info("nats disconnected", connection=name)
@@ -343,15 +361,21 @@ async def connect(servers: str | Sequence[str], *, name: str, connect_attempts: 
         "error_cb": on_error,
         "disconnected_cb": on_disconnected,
         "reconnected_cb": on_reconnected,
+        "tls": tls.context(),
     }
     settings.update(options)
     reconnects = settings.pop("max_reconnect_attempts", -1)
-    urls = [servers] if isinstance(servers, str) else list(servers)
+    nc = natstls.Client(require_tls=tls.required_for(urls))
     # nats-py applies max_reconnect_attempts to the first connection too: bound it there.
-    nc = await guarded(
-        f"connecting to NATS as {name}",
-        lambda: nats.connect(urls, name=name, max_reconnect_attempts=connect_attempts, **settings),
-    )
+    try:
+        await guarded(
+            f"connecting to NATS as {name}",
+            lambda: nc.connect(urls, name=name, max_reconnect_attempts=connect_attempts, **settings),
+        )
+    except Unavailable as error:
+        if tls_failures:
+            raise natstls.refusal(tls_failures[-1], urls) from error
+        raise
     nc.options["max_reconnect_attempts"] = reconnects
     return nc
 

@@ -24,7 +24,7 @@ tests/integration/test_agent_permissions.py). So the rule, DESIGN.md's "the cont
 never publishes on a subject an agent chose unless that subject belongs to the asking
 runtime", is kept twice:
 
-- by accounts: the control plane (the `convoy` system user, JetStream, the streams) lives
+- by accounts: the control plane (its system user, JetStream, the streams) lives
   in the account `CONVOY_<INSTANCE>`; each runtime's agent in an account of its own,
   `CONVOY_<INSTANCE>/agent/<runtime>`, which imports exactly its subjects above as
   services from the control account. Across an import NATS replaces the requester's
@@ -37,7 +37,9 @@ runtime", is kept twice:
   plain users in one account (an operator's own configuration) does not turn them into
   a relay either — though JetStream's answers there remain a hole only accounts close.
 
-The `convoy` system user (API, planner, relay) may do everything in its account.
+The control plane's system user (`system_user`: `convoy`, or `convoy-<instance>` beside
+other instances) may do everything in its account. Several instances share one server's
+`accounts {}` block (`render_many`), each with its account limits (eventstore.natslimits).
 Passwords are given as bcrypt hashes (NATS compares them itself), so neither the config
 file nor the event log ever holds a usable secret. Pure: the sync task in services/api
 writes the rendered block into the embedded server's config and reloads it.
@@ -46,6 +48,7 @@ writes the rendered block into the embedded server's config and reloads it.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -54,8 +57,11 @@ from typing import Final
 
 from eventstore import bus, securefile
 from eventstore.errors import InvalidInput
+from eventstore.natslimits import AccountLimits
 
+DEFAULT_INSTANCE: Final = "convoy"
 SYSTEM_USER: Final = "convoy"
+"""The control plane's user of the default instance (`system_user`)."""
 SYSTEM_PASSWORD_FILE: Final = "nats-password"
 
 AGENT_MAX_DELIVER: Final = 5
@@ -79,6 +85,31 @@ class User:
     permissions: Permissions = field(default_factory=Permissions)
     runtime: str = ""
     """The runtime whose agent this is ("" for the control plane): its own account."""
+
+
+_SHARED_INSTANCE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+"""Instance names (eventstore.settings): no `-`, which is what keeps user names apart."""
+
+
+def system_user(instance: str) -> str:
+    """The NATS user name of an instance's control plane (API, planner, relay).
+
+    NATS user names are server-wide, so instances sharing one nats-server need distinct
+    ones: `convoy` for the default instance `convoy` (existing set-ups keep their user)
+    and `convoy-<instance>` for any other.
+
+    It never equals an agent's user `<instance'>-agent-<runtime>` (`agent_user`): instance
+    names match `[a-z][a-z0-9_]{0,30}`, so they hold no `-`. `convoy` holds no `-` at all,
+    an agent user at least two. In `convoy-<instance>` the only `-` is the first; in
+    `<instance'>-agent-<runtime>` the first `-` is followed by `agent-`, a second `-`.
+    Nor do two instances share one: `convoy-<x>` determines x, and `convoy` is not of
+    that form (tests/unit/test_natsaccounts.py checks all of this)."""
+    if not isinstance(instance, str) or not _SHARED_INSTANCE.fullmatch(instance):
+        raise InvalidInput(
+            f"invalid Convoy instance name {instance!r}: use 1-31 lower-case letters, digits or '_', "
+            "starting with a letter"
+        )
+    return SYSTEM_USER if instance == DEFAULT_INSTANCE else f"{SYSTEM_USER}-{instance}"
 
 
 def control_account(instance: str) -> str:
@@ -269,8 +300,10 @@ def agent(instance: str, runtime: str, password_bcrypt: str) -> User:
     return User(agent_user(instance, runtime), password_bcrypt, agent_permissions(instance, runtime), runtime=runtime)
 
 
-def system(password: str) -> User:
-    return User(SYSTEM_USER, password)
+def system(instance: str, password: str) -> User:
+    """The control plane's user of `instance` (`system_user`), which may do everything in
+    its account."""
+    return User(system_user(instance), password)
 
 
 def _user_line(user: User) -> str:
@@ -282,12 +315,57 @@ def _user_line(user: User) -> str:
     )
 
 
-def render(instance: str, users: Iterable[User]) -> str:
-    """The `accounts { ... }` block of a nats-server config: the control account (its
-    users, JetStream, and one export per subject a runtime imports, to that runtime's
-    account alone) and one account per runtime's agent (see the module docstring)."""
+@dataclass(frozen=True, slots=True)
+class InstanceAccounts:
+    """What one instance contributes to a shared server's `accounts {}` block."""
+
+    instance: str
+    users: tuple[User, ...]
+    """Its control-plane user(s) (`runtime == ""`) and one user per runtime's agent."""
+    limits: AccountLimits = field(default_factory=AccountLimits)
+
+    def __post_init__(self) -> None:
+        bus.validate_instance(self.instance)
+        object.__setattr__(self, "users", tuple(self.users))
+
+
+def render(instance: str, users: Iterable[User], limits: AccountLimits | None = None) -> str:
+    """The `accounts { ... }` block of a nats-server config for one instance (see
+    `render_many`)."""
+    return render_many([InstanceAccounts(instance, tuple(users), limits or AccountLimits())])
+
+
+def render_many(instances: Iterable[InstanceAccounts]) -> str:
+    """The `accounts { ... }` block of a nats-server config shared by several instances
+    (a server has one such block): per instance, the control account (its users,
+    JetStream with the instance's limits, and one export per subject a runtime imports,
+    to that runtime's account alone) and one account per runtime's agent (see the module
+    docstring). Two instances of one name, or two users of one name anywhere in the
+    block, are refused: NATS user names are server-wide."""
+    listed = sorted(instances, key=lambda i: i.instance)
+    names = [i.instance for i in listed]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"instance(s) listed twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    seen: dict[str, str] = {}
+    for accounts in listed:
+        for user in accounts.users:
+            if user.name in seen:
+                raise InvalidInput(
+                    f"NATS user {user.name!r} of instance {accounts.instance!r} is also a user of "
+                    f"instance {seen[user.name]!r}: user names are server-wide"
+                )
+            seen[user.name] = accounts.instance
+    lines = ["accounts {"]
+    for accounts in listed:
+        lines += _instance_lines(accounts)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _instance_lines(accounts: InstanceAccounts) -> list[str]:
+    instance, limits = accounts.instance, accounts.limits
     control = control_account(instance)
-    ordered = sorted(users, key=lambda u: (u.runtime, u.name))
+    ordered = sorted(accounts.users, key=lambda u: (u.runtime, u.name))
     agents = [u for u in ordered if u.runtime]
     exports: list[str] = []
     info_importers: list[str] = []
@@ -301,21 +379,27 @@ def render(instance: str, users: Iterable[User]) -> str:
             exports.append(f"{{service: {json.dumps(subject)}, accounts: [{json.dumps(account)}]{kind}}}")
     if info_importers:
         exports.append(f"{{service: {json.dumps(JS_API_INFO)}, accounts: [{', '.join(map(json.dumps, info_importers))}]}}")
-    lines = ["accounts {", f"  {json.dumps(control)}: {{", "    jetstream: enabled", "    users: ["]
+    lines = [f"  {json.dumps(control)}: {{", f"    jetstream: {limits.jetstream()}"]
+    if (control_limits := limits.control_limits()) is not None:
+        lines.append(f"    limits: {control_limits}")
+    lines.append("    users: [")
     lines += [_user_line(u) for u in ordered if not u.runtime]
     lines += ["    ]", "    exports: ["]
     lines += [f"      {e}" for e in exports]
     lines += ["    ]", "  }"]
+    agent_limits = limits.agent_limits()
     for user in agents:
-        lines += [f"  {json.dumps(agent_account(instance, user.runtime))}: {{", "    users: [", _user_line(user), "    ]"]
+        lines += [f"  {json.dumps(agent_account(instance, user.runtime))}: {{"]
+        if agent_limits is not None:
+            lines.append(f"    limits: {agent_limits}")
+        lines += ["    users: [", _user_line(user), "    ]"]
         lines.append("    imports: [")
         lines += [
             f"      {{service: {{account: {json.dumps(control)}, subject: {json.dumps(subject)}}}}}"
             for subject, _ in agent_imports(instance, user.runtime)
         ]
         lines += ["    ]", "  }"]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def system_password(state_dir: Path) -> str:

@@ -33,6 +33,9 @@ class Settings:
     database schema and prefixes every NATS subject and stream."""
     nats_replicas: int = 1
     """JetStream replicas of Convoy's streams (3 on a NATS cluster for availability)."""
+    nats_ca: Path | None = None
+    """CONVOY_NATS_CA: the CA file that verifies NATS's TLS certificate (default: the
+    system store; TLS is used whenever the server offers it, eventstore.natstls)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.nats_replicas <= 5:
@@ -51,6 +54,7 @@ class Settings:
             nats_url=environ.get("CONVOY_NATS_URL") or None,
             instance=environ.get("CONVOY_INSTANCE", "convoy"),
             nats_replicas=_replicas(environ.get("CONVOY_NATS_REPLICAS", "1")),
+            nats_ca=Path(environ["CONVOY_NATS_CA"]) if environ.get("CONVOY_NATS_CA") else None,
         )
         present = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **present) if present else settings  # type: ignore[arg-type]

@@ -1,7 +1,9 @@
 """`convoy agent --runtime NAME`: run one runtime's agent (it only dials out, to NATS).
 
 Settings come from flags or the environment (CONVOY_NATS_URL, CONVOY_INSTANCE,
-CONVOY_AGENT_CREDENTIAL_FILE, CONVOY_STATE_DIR) and are passed down explicitly. The
+CONVOY_AGENT_CREDENTIAL_FILE, CONVOY_STATE_DIR, CONVOY_NATS_CA) and are passed down explicitly.
+The agent uses TLS whenever the server offers it (and insists on it for a tls:// URL or
+a CA file), verifying the server with the CA file or the system store (eventstore.natstls). The
 credential file holds the secret that `IssueAgentCredential` returned (the bare secret,
 or the JSON answer with a "secret" field); the agent logs in to NATS as
 `<instance>-agent-<runtime>` with it and receives only on its own inbox prefix.
@@ -20,7 +22,8 @@ import typer
 
 from cli import logging as convoy_logging
 from cli import ops
-from eventstore import bus, natsauth
+from eventstore import bus, natsauth, natstls
+from eventstore.errors import InvalidInput
 from eventstore.metrics import Registry
 from eventstore.settings import default_state_dir, environ
 from services.agent.agent import Agent, AgentSettings
@@ -50,6 +53,10 @@ def agent(
     health: Annotated[
         str, typer.Option("--health", help="host:port of /healthz, /readyz and /metrics ('' = off).")
     ] = "127.0.0.1:9464",
+    nats_ca: Annotated[
+        Path | None,
+        typer.Option("--nats-ca", help="CA file that verifies NATS's TLS certificate (default: $CONVOY_NATS_CA, else the system store)."),
+    ] = None,
     kind: Annotated[str, typer.Option("--kind", help="Override the runtime implementation (memory, local, exec, kubernetes).")] = "",
     log_format: convoy_logging.LogFormatOpt = None,
 ) -> None:
@@ -64,16 +71,21 @@ def agent(
     cred = credential_file or (Path(env["CONVOY_AGENT_CREDENTIAL_FILE"]) if env.get("CONVOY_AGENT_CREDENTIAL_FILE") else None)
     folder = state_dir or (Path(env["CONVOY_STATE_DIR"]) if env.get("CONVOY_STATE_DIR") else default_state_dir(env)) / "agents"
     secret = read_secret(cred) if cred is not None else None
+    ca = nats_ca or (Path(env["CONVOY_NATS_CA"]) if env.get("CONVOY_NATS_CA") else None)
     settings = AgentSettings(instance=inst, runtime=runtime, state_dir=folder, health_address=health or None)
-    asyncio.run(_run(url, secret, settings, kind))
+    try:
+        asyncio.run(_run(url, secret, settings, kind, natstls.NatsTls(ca)))
+    except (natstls.TlsRefused, InvalidInput) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     typer.echo("stopped")
 
 
-async def _run(url: str, secret: str | None, settings: AgentSettings, kind: str) -> None:
+async def _run(url: str, secret: str | None, settings: AgentSettings, kind: str, tls: natstls.NatsTls | None = None) -> None:
     options: dict[str, object] = {"inbox_prefix": natsauth.agent_inbox_prefix(settings.instance, settings.runtime)}
     if secret is not None:
         options.update(user=natsauth.agent_user(settings.instance, settings.runtime), password=secret)
-    nc = await bus.connect(url, name=f"convoy-agent:{settings.runtime}", **options)
+    nc = await bus.connect(url, name=f"convoy-agent:{settings.runtime}", tls=tls, **options)
     state_dir = settings.state_dir or Path(".")
 
     secrets = SecretClient(nc=nc, instance=settings.instance, runtime=settings.runtime)

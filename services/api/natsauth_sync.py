@@ -8,7 +8,7 @@ task tails the `runtime` streams and, whenever that changes:
   events stream with exactly that runtime's intent filter (agents may only bind to it),
   and removes the consumer of a deregistered runtime;
 - when it manages the embedded nats-server, renders the `accounts` block (the control
-  account with the `convoy` system user, plus one account with one least-privilege user
+  account with the system user (`natsauth.system_user`), plus one account with one least-privilege user
   per runtime with a credential, `eventstore.natsauth`) into its config and reloads it, so a rotated credential stops the
   old password at once and a deregistered runtime's agent is locked out. Connections
   already open keep their session; NATS applies new permissions to them on reload.
@@ -192,7 +192,7 @@ class NatsAuthSync:
     async def _apply(self) -> None:
         if self._server is not None:
             assert self._system_password is not None
-            text = natsauth.render(self.instance, self._known.users(self.instance, natsauth.system(self._system_password)))
+            text = natsauth.render(self.instance, self._known.users(self.instance, natsauth.system(self.instance, self._system_password)))
             if text != self._server.config_extra:
                 self._server.config_extra = text
                 await asyncio.to_thread(self._server.reload)

@@ -38,7 +38,7 @@ SYSTEM_PASSWORD = secrets.token_urlsafe(24)
 @pytest.fixture
 def auth_nats(tmp_path: Path, subject_prefix: str) -> Iterator[NatsServer]:
     server = NatsServer(
-        data_dir=tmp_path / "nats", config_extra=natsauth.render(subject_prefix, [natsauth.system(SYSTEM_PASSWORD)])
+        data_dir=tmp_path / "nats", config_extra=natsauth.render(subject_prefix, [natsauth.system(subject_prefix, SYSTEM_PASSWORD)])
     )
     server.start()
     yield server

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 
-from eventstore import bus
+from eventstore import bus, natsauth
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.embedded import NatsServer
+from eventstore.natstls import NatsTls
 from eventstore.postgres import PostgresEventStore
 from eventstore.relay import Relay, RelaySettings
 from eventstore.subscriptions import SubscriptionSettings
@@ -108,10 +109,11 @@ class Plane:
 
 @contextlib.asynccontextmanager
 async def control_plane(
-    store: PostgresEventStore, nats_url: str, instance: str, *, server: NatsServer | None = None, system_password: str | None = None
+    store: PostgresEventStore, nats_url: str, instance: str, *, server: NatsServer | None = None, system_password: str | None = None,
+    tls: NatsTls | None = None,
 ) -> AsyncIterator[Plane]:
-    options = {"user": "convoy", "password": system_password} if system_password else {}
-    nc = await bus.connect(nats_url, name="test-plane", **options)
+    options = {"user": natsauth.system_user(instance), "password": system_password} if system_password else {}
+    nc = await bus.connect(nats_url, name="test-plane", tls=tls, **options)
     registry = convoy_registry()
     try:
         await bus.ensure_streams(nc.jetstream(), instance)

@@ -86,10 +86,10 @@ def test_configured_urls_start_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.fault
 async def test_nats_reload_returns_once_the_new_users_are_in_force(tmp_path: Path) -> None:
-    server = NatsServer(data_dir=tmp_path / "nats", config_extra=natsauth.render("convoy", [natsauth.system("first-password")]))
+    server = NatsServer(data_dir=tmp_path / "nats", config_extra=natsauth.render("convoy", [natsauth.system("convoy", "first-password")]))
     server.start()
     try:
-        server.config_extra = natsauth.render("convoy", [natsauth.system("second-password")])
+        server.config_extra = natsauth.render("convoy", [natsauth.system("convoy", "second-password")])
         server.reload()
         # No wait between the reload and the connection: the old password is refused at once.
         with pytest.raises(Unavailable):

@@ -342,7 +342,7 @@ async def bus_reaches(servers: EmbeddedServers, instance: str, position: int) ->
     password = natsauth.system_password(servers.state_dir)
     try:
         nc = await bus.connect(servers.nats_url, name="test-reader", connect_attempts=1,
-                               user=natsauth.SYSTEM_USER, password=password)
+                               user=natsauth.system_user(instance), password=password)
     except Exception:  # noqa: BLE001 - not reachable yet
         return False
     try:

@@ -115,7 +115,7 @@ def test_agent_permissions_name_only_its_own_subjects() -> None:
         "convoy.inst.dlq.agent-rt-a",
     }
     assert perms.subscribe == ("_INBOX_inst_rt-a.>",)
-    text = natsauth.render("inst", [natsauth.system("pw"), natsauth.agent("inst", "rt-a", "$2b$08$abc")])
+    text = natsauth.render("inst", [natsauth.system("inst", "pw"), natsauth.agent("inst", "rt-a", "$2b$08$abc")])
     assert text.startswith("accounts {") and '"inst-agent-rt-a"' in text and '"$2b$08$abc"' in text
     with pytest.raises(InvalidInput):
         natsauth.agent("inst", "rt-a", "plain-password")

@@ -68,14 +68,14 @@ def test_only_the_asking_runtimes_inbox_is_its_reply(reply: str, allowed: bool) 
 
 
 def test_each_agent_has_an_account_that_imports_only_its_own_subjects() -> None:
-    users = [natsauth.system("pw"), natsauth.agent("inst", "rt-a", "$2b$08$a"), natsauth.agent("inst", "rt.b", "$2b$08$b")]
+    users = [natsauth.system("inst", "pw"), natsauth.agent("inst", "rt-a", "$2b$08$a"), natsauth.agent("inst", "rt.b", "$2b$08$b")]
     text = natsauth.render("inst", users)
     control, a, b = "CONVOY_INST", natsauth.agent_account("inst", "rt-a"), natsauth.agent_account("inst", "rt.b")
     assert (a, b) == ("CONVOY_INST/agent/rt-a", "CONVOY_INST/agent/rt~2Eb")
     assert natsauth.agent_account("inst-agent", "x") != natsauth.agent_account("inst", "agent-x")
     blocks = text.split("\n  \"")
     control_block = next(b_ for b_ in blocks if b_.startswith(f'{control}"') or f'"{control}": {{' in b_)
-    assert "jetstream: enabled" in control_block and '"convoy"' in control_block
+    assert "jetstream: enabled" in control_block and '"convoy-inst"' in control_block
     a_block = next(b_ for b_ in blocks if b_.startswith(f'{a}"'))
     assert '"inst-agent-rt-a"' in a_block and "rt~2Eb" not in a_block and "inst-agent-rt.b" not in a_block
     for subject, _ in natsauth.agent_imports("inst", "rt-a"):

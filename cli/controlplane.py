@@ -123,9 +123,14 @@ def nats_auth_config(state_dir: Path, instance: str) -> str:
 
 async def connect(settings: Settings, url: str, *, name: str, **options: object) -> Client:
     """The control plane's connection: as the instance's system user (`natsauth.system_user`)
-    on the embedded NATS, as CONVOY_NATS_URL says on an external one, with TLS whenever
+    on the embedded NATS or with CONVOY_NATS_PASSWORD, as CONVOY_NATS_URL says otherwise, with TLS whenever
     the server offers it (verified with CONVOY_NATS_CA or the system store)."""
     tls = natstls.NatsTls(settings.nats_ca)
+    if settings.nats_url and settings.nats_password:  # a provisioned instance (convoy instances create)
+        return await bus.connect(
+            url, name=name, tls=tls, user=natsauth.system_user(settings.instance), password=settings.nats_password,
+            **options,
+        )
     if settings.nats_url:  # an external NATS: its operator manages users
         return await bus.connect(url, name=name, tls=tls, **options)
     password = natsauth.system_password(settings.state_dir)

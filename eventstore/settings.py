@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from eventstore.errors import InvalidInput
@@ -34,6 +34,10 @@ class Settings:
     nats_replicas: int = 1
     """JetStream replicas of Convoy's streams (3 on a NATS cluster for availability)."""
     nats_ca: Path | None = None
+    nats_password: str | None = field(default=None, repr=False)
+    """CONVOY_NATS_PASSWORD: the instance's control-plane password on an external NATS
+    (`convoy instances create` writes it to the instance's env file); with it the control
+    plane connects as `natsauth.system_user(instance)`, without it as CONVOY_NATS_URL says."""
     """CONVOY_NATS_CA: the CA file that verifies NATS's TLS certificate (default: the
     system store; TLS is used whenever the server offers it, eventstore.natstls)."""
 
@@ -55,6 +59,7 @@ class Settings:
             instance=environ.get("CONVOY_INSTANCE", "convoy"),
             nats_replicas=_replicas(environ.get("CONVOY_NATS_REPLICAS", "1")),
             nats_ca=Path(environ["CONVOY_NATS_CA"]) if environ.get("CONVOY_NATS_CA") else None,
+            nats_password=environ.get("CONVOY_NATS_PASSWORD") or None,
         )
         present = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **present) if present else settings  # type: ignore[arg-type]

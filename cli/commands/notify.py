@@ -18,7 +18,7 @@ import typer
 
 from cli import logging as convoy_logging
 from cli.commands.common import read_text_file
-from eventstore import bus, natstls
+from eventstore import bus, natsauth, natstls
 from eventstore.errors import InvalidInput
 from eventstore.settings import environ
 from services.notifier.rules import DEFAULT_STATUSES, FORMATS, Rule, parse_statuses, status_name
@@ -81,12 +81,18 @@ def notify(
         typer.echo("error: give --nats-url or set CONVOY_NATS_URL (the control plane's NATS)", err=True)
         raise typer.Exit(2)
     ca = Path(env["CONVOY_NATS_CA"]) if env.get("CONVOY_NATS_CA") else None
-    asyncio.run(_run(url, instance or env.get("CONVOY_INSTANCE", "convoy"), webhook, rule, name, natstls.NatsTls(ca)))
+    instance = instance or env.get("CONVOY_INSTANCE", "convoy")
+    password = env.get("CONVOY_NATS_PASSWORD") or None  # a provisioned instance's system user
+    credentials = {"user": natsauth.system_user(instance), "password": password} if password else {}
+    asyncio.run(_run(url, instance, webhook, rule, name, natstls.NatsTls(ca), credentials))
     typer.echo("stopped")
 
 
-async def _run(url: str, instance: str, webhook: Webhook, rule: Rule, name: str, tls: natstls.NatsTls | None = None) -> None:
-    nc = await bus.connect(url, name=f"convoy-notify:{name}", tls=tls)
+async def _run(
+    url: str, instance: str, webhook: Webhook, rule: Rule, name: str, tls: natstls.NatsTls | None = None,
+    credentials: dict[str, str] | None = None,
+) -> None:
+    nc = await bus.connect(url, name=f"convoy-notify:{name}", tls=tls, **(credentials or {}))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -19,7 +19,7 @@ import typer
 
 from cli import localstate, ops
 from cli import logging as convoy_logging
-from eventstore import bus, natstls, probes
+from eventstore import bus, natsauth, natstls, probes
 from eventstore.codec import convoy_registry
 from eventstore.metrics import Registry
 from eventstore.opsserver import OpsServer
@@ -60,17 +60,29 @@ def planner(
     convoy_logging.setup(log_format)
     settings = Settings.from_env(environ(), state_dir=state_dir)
     try:
-        asyncio.run(_run_planner(database_url(settings), settings.instance, ops_port, settings.nats_url, settings.nats_ca))
+        asyncio.run(_run_planner(
+            database_url(settings), settings.instance, ops_port, settings.nats_url, settings.nats_ca,
+            nats_password=settings.nats_password,
+        ))
     except STARTUP_REFUSALS as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     typer.echo("stopped")
 
 
-async def _run_planner(url: str, instance: str, ops_port: int, nats_url: str | None, nats_ca: Path | None = None) -> None:
-    """The planner alone; with CONVOY_NATS_URL it also answers the API's dry runs."""
+async def _run_planner(
+    url: str, instance: str, ops_port: int, nats_url: str | None, nats_ca: Path | None = None,
+    *, nats_password: str | None = None,
+) -> None:
+    """The planner alone; with CONVOY_NATS_URL it also answers the API's dry runs (as the
+    instance's system user when CONVOY_NATS_PASSWORD is set)."""
     store = await PostgresEventStore.open(PostgresSettings(dsn=url, schema=instance, pool_max=4))
-    nc = await bus.connect(nats_url, name=f"convoy-planner:{instance}", tls=natstls.NatsTls(nats_ca)) if nats_url else None
+    credentials = {"user": natsauth.system_user(instance), "password": nats_password} if nats_password else {}
+    nc = (
+        await bus.connect(nats_url, name=f"convoy-planner:{instance}", tls=natstls.NatsTls(nats_ca), **credentials)
+        if nats_url
+        else None
+    )
     metrics = Registry()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

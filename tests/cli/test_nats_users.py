@@ -13,6 +13,7 @@ import bcrypt
 import pytest
 
 from eventstore import bus, natsaccounts, natsauth
+from eventstore import instances as provisioning
 from eventstore.embedded import NatsServer
 from eventstore.errors import InvalidInput, Unavailable
 from eventstore.postgres import PostgresEventStore
@@ -131,12 +132,11 @@ async def test_nats_users_all_instances_needs_the_registry(cli: Cli, tmp_path: P
 async def test_nats_users_all_instances_renders_what_the_registry_provisioned(
     cli: Cli, database_url: str, tmp_path: Path
 ) -> None:
-    instances = pytest.importorskip("eventstore.instances", reason="the instance registry is another helper's part")
     names = [f"n{uuid.uuid4().hex[:8]}", f"n{uuid.uuid4().hex[:8]}"]
     for name in names:
         created = await cli.raw("instances", "create", name, "--admin-url", database_url)
         assert created.exit_code == 0, created.output
-    records = {r.name: r for r in await instances.list_instances(database_url)}
+    records = {r.name: r for r in await provisioning.list_instances(database_url)}
     assert set(names) <= set(records)
     users_file = tmp_path / "accounts.conf"
 

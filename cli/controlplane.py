@@ -24,6 +24,7 @@ the API's share: its projection, the bus, the store, the relay and ingest.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,9 @@ from services.agent.secretclient import SecretClient
 from services.agent.selection import build_runtime
 from services.api.desired import DesiredState
 from services.api.ingest import HeartbeatSeen, ObservationIngest
+from services.api import oidc_config
 from services.api.natsauth_sync import NatsAuthSync
+from services.api.oidc_config import OidcConfig
 from services.api.planning import NatsPlannerClient
 from services.api.secretdelivery import SecretResponder
 from services.api.server import ApiServer
@@ -133,6 +136,8 @@ async def control_plane(
                 planner=NatsPlannerClient(nc=nc, instance=instance),
                 metrics=metrics,
                 heartbeats=ingest.last_heartbeat,
+                token_key=await token_key_of(store),
+                oidc=oidc_of(settings),
                 checks=[*probe_checks, ops.relay_check(relay), ops.ingest_check(ingest)],
             )
         )
@@ -286,7 +291,8 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         counted = ops.counted(store, appended, "api")
         api = await stack.enter_async_context(
             api_server(
-                counted, settings.state_dir, listen, planner=planner, metrics=metrics, heartbeats=heartbeats, checks=checks
+                counted, settings.state_dir, listen, planner=planner, metrics=metrics, heartbeats=heartbeats, checks=checks,
+                token_key=await token_key_of(store), oidc=oidc_of(settings),
             )
         )
         await stack.enter_async_context(follow.follower(api))
@@ -300,6 +306,23 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         yield api
 
 
+async def token_key_of(store: object) -> bytes | None:
+    """The instance's token key (`PostgresEventStore.instance_key("tokens")`), or None on
+    a store without instance keys (tokens then record SHA-256 digests)."""
+    instance_key = getattr(store, "instance_key", None)
+    if instance_key is None:
+        return None
+    key = instance_key("tokens")
+    if inspect.isawaitable(key):
+        key = await key
+    return bytes(key) if key else None
+
+
+def oidc_of(settings: Settings) -> OidcConfig | None:
+    """The SSO issuers of CONVOY_OIDC_CONFIG / --oidc-config (None: SSO is off)."""
+    return oidc_config.load(settings.oidc_config) if settings.oidc_config is not None else None
+
+
 @contextlib.asynccontextmanager
 async def api_server(
     store: EventStore,
@@ -310,6 +333,8 @@ async def api_server(
     metrics: Registry | None = None,
     heartbeats: Callable[[str], HeartbeatSeen | None] | None = None,
     checks: list[Check] | None = None,
+    token_key: bytes | None = None,
+    oidc: OidcConfig | None = None,
 ) -> AsyncIterator[ApiServer]:
     """Start the API, print where it answers and record that in `<state_dir>/endpoint.json`
     (how the CLI finds a local instance); the file is removed again on stop. `checks` join
@@ -323,6 +348,8 @@ async def api_server(
         metrics=metrics,
         heartbeats=heartbeats,
         checks=checks or (),
+        token_key=token_key,
+        oidc=oidc,
     )
     ports = await server.start()
     endpoint = localstate.Endpoint(grpc=f"{listen.host}:{ports.grpc}", rest=f"http://{listen.host}:{ports.http}")

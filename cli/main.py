@@ -41,6 +41,7 @@ from cli.commands import planner as planner_command
 from eventstore.embedded import EmbeddedServers
 from eventstore.errors import EmbeddedServerError, InvalidInput
 from eventstore.settings import Settings, environ
+from services.api import oidc_config
 from services.notifier.webhook import Webhook
 
 app = typer.Typer(
@@ -71,6 +72,15 @@ GrpcPort = Annotated[int, typer.Option("--grpc-port", help="The API's gRPC port 
 HttpPort = Annotated[int, typer.Option("--http-port", help="The API's REST port on 127.0.0.1 (0 = any free port).")]
 
 
+OidcConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--oidc-config",
+        help="SSO: a YAML file of trusted OIDC issuers and group→role mappings (default: $CONVOY_OIDC_CONFIG; docs/security.md).",
+    ),
+]
+
+
 @app.command()
 def up(
     state_dir: StateDir = None,
@@ -94,10 +104,11 @@ def up(
         ),
     ] = "json",
     log_format: convoy_logging.LogFormatOpt = None,
+    oidc_config: OidcConfigOpt = None,
 ) -> None:
     """Start Convoy's control plane (API, planner, relay, ingest, a local agent) on the embedded NATS and PostgreSQL (Ctrl-C stops it)."""
     convoy_logging.setup(log_format)
-    settings = Settings.from_env(environ(), state_dir=state_dir)
+    settings = _with_oidc(Settings.from_env(environ(), state_dir=state_dir, oidc_config=oidc_config))
     try:
         webhook = notify.webhook_from(fmt=notify_format)
     except InvalidInput as error:
@@ -131,6 +142,7 @@ def api(
         str, typer.Option("--host", help="Address to listen on (0.0.0.0 in a container; mind the firewall).")
     ] = "127.0.0.1",
     log_format: convoy_logging.LogFormatOpt = None,
+    oidc_config: OidcConfigOpt = None,
 ) -> None:
     """Run the API (gRPC + REST) on CONVOY_DATABASE_URL; with CONVOY_NATS_URL also its bus side.
 
@@ -138,7 +150,7 @@ def api(
     and their consumers, and sends dry runs to the planner. Its REST port also answers
     /metrics, /healthz and /readyz."""
     convoy_logging.setup(log_format)
-    settings = Settings.from_env(environ(), state_dir=state_dir)
+    settings = _with_oidc(Settings.from_env(environ(), state_dir=state_dir, oidc_config=oidc_config))
     if not settings.database_url:
         typer.echo(
             "error: CONVOY_DATABASE_URL is not set; set it to the PostgreSQL URL Convoy stores its events in "
@@ -150,6 +162,18 @@ def api(
     listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, host=host)
     asyncio.run(_serve_api(settings, settings.database_url, listen))
     typer.echo("stopped")
+
+
+def _with_oidc(settings: Settings) -> Settings:
+    """Check the SSO configuration before starting anything (a wrong file is exit 2)."""
+    if settings.oidc_config is not None:
+        try:
+            config = oidc_config.load(settings.oidc_config)
+        except oidc_config.OidcConfigError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"SSO:          {len(config.issuers)} OIDC issuer(s) from {settings.oidc_config}")
+    return settings
 
 
 async def _serve(

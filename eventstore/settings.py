@@ -33,6 +33,8 @@ class Settings:
     database schema and prefixes every NATS subject and stream."""
     nats_replicas: int = 1
     """JetStream replicas of Convoy's streams (3 on a NATS cluster for availability)."""
+    oidc_config: Path | None = None
+    """The SSO (OIDC) issuers the API trusts (CONVOY_OIDC_CONFIG; docs/security.md)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.nats_replicas <= 5:
@@ -51,6 +53,7 @@ class Settings:
             nats_url=environ.get("CONVOY_NATS_URL") or None,
             instance=environ.get("CONVOY_INSTANCE", "convoy"),
             nats_replicas=_replicas(environ.get("CONVOY_NATS_REPLICAS", "1")),
+            oidc_config=Path(environ["CONVOY_OIDC_CONFIG"]) if environ.get("CONVOY_OIDC_CONFIG") else None,
         )
         present = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **present) if present else settings  # type: ignore[arg-type]

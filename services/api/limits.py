@@ -46,9 +46,9 @@ class Limit:
     burst: int = 0
 
 
-WATCH: Final = "watch"
-AS_OF: Final = "as-of read"
-PLAN: Final = "PlanDeploy"
+WATCH: Final = "Watch streams"
+AS_OF: Final = "as-of reads"
+PLAN: Final = "PlanDeploy calls"
 
 DEFAULT_LIMITS: Final[dict[str, Limit]] = {
     WATCH: Limit(concurrent=16, rate=2.0, burst=20),
@@ -105,7 +105,7 @@ class Limiter:
         running = self._active.get(key, 0)
         if running >= limit.concurrent:
             raise ResourceExhausted(
-                f"limit reached: at most {limit.concurrent} concurrent {kind}s per principal, and {principal} "
+                f"limit reached: at most {limit.concurrent} {kind} at once per principal, and {principal} "
                 f"has {running} running; retry when one has ended",
                 retry_after=1.0,
             )
@@ -119,7 +119,7 @@ class Limiter:
             if bucket.tokens < 1.0:
                 wait = (1.0 - bucket.tokens) / limit.rate
                 raise ResourceExhausted(
-                    f"limit reached: at most {limit.rate:g} {kind}s per second per principal (bursts of "
+                    f"limit reached: at most {limit.rate:g} {kind} per second per principal (bursts of "
                     f"{int(capacity)}); retry in {math.ceil(wait)}s",
                     retry_after=wait,
                 )

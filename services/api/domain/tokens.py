@@ -116,12 +116,14 @@ def create_token(state: State, request: api_pb2.CreateTokenRequest, command: Com
         role=ROLE_NAMES[request.role],
         secret_sha256="" if minted.token_hmac else sha256_hex(minted.token_secret),
         secret_hmac=minted.token_hmac,
-        scope=scope,
         owner=owner,
     )
     response = api_pb2.CreatedToken(
-        token_id=minted.token_id, name=name, role=request.role, secret=minted.token_secret, scope=scope, owner=owner
+        token_id=minted.token_id, name=name, role=request.role, secret=minted.token_secret, owner=owner
     )
+    if scope.applications or scope.channels:
+        event.scope.CopyFrom(scope)
+        response.scope.CopyFrom(scope)
     if request.HasField("expires_at"):
         event.expires_at.CopyFrom(request.expires_at)
         response.expires_at.CopyFrom(request.expires_at)

@@ -18,7 +18,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from eventstore.postgres import PostgresEventStore
-from schemas.convoy.v1 import api_pb2, options_pb2, resources_pb2
+from schemas.convoy.v1 import api_pb2, api_pb2_grpc, options_pb2, resources_pb2
 from services.api import limits
 from services.api.limits import Limit
 from services.api.oidc_config import load
@@ -124,6 +124,8 @@ async def test_a_scoped_token_acts_only_inside_its_scope(pg_store: PostgresEvent
         assert mint.code() == grpc.StatusCode.PERMISSION_DENIED and "CreateToken acts on no single application" in (mint.details() or "")
         listed = await stubs.applications.ListApplications(api_pb2.ListApplicationsRequest(), metadata=me)
         assert [a.name for a in listed.applications] == ["shop"]
+        watch_all = await _refused(stubs.events.Watch(api_pb2.WatchRequest(), metadata=me).read())
+        assert watch_all.code() == grpc.StatusCode.PERMISSION_DENIED and "Watch: name an application" in (watch_all.details() or "")
         everything = await stubs.applications.ListApplications(api_pb2.ListApplicationsRequest(), metadata=bearer(api.admin))
         assert sorted(a.name for a in everything.applications) == ["blog", "shop"]
 
@@ -414,3 +416,16 @@ async def test_as_of_reads_beyond_the_concurrency_are_refused_while_one_is_held(
         assert api.server.limiter.active("auditor", limits.AS_OF) == 0
         held.hold = False
         assert (await stubs.applications.GetApplication(past, metadata=viewer)).name == "shop"
+
+
+async def test_plan_deploy_is_rate_limited_per_principal(pg_store: PostgresEventStore, tmp_path: Path) -> None:
+    bounded = {**limits.DEFAULT_LIMITS, limits.PLAN: Limit(concurrent=4, rate=0.001, burst=1)}
+    async with running_api(pg_store, tmp_path / "state", limits=bounded) as api, grpc_stubs(api.grpc_target) as stubs:
+        await seed(stubs, api.admin)
+        plan = api_pb2.PlanDeployRequest(application="shop", service="api", version="v2")
+        convergence = api_pb2_grpc.ConvergenceServiceStub(stubs.channel)
+        first = await _refused(convergence.PlanDeploy(plan, metadata=bearer(api.admin)))
+        assert first.code() != grpc.StatusCode.RESOURCE_EXHAUSTED  # no planner here: refused for that
+        second = await _refused(convergence.PlanDeploy(plan, metadata=bearer(api.admin)))
+        assert second.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "at most 0.001 PlanDeploy calls per second per principal (bursts of 1)" in (second.details() or "")

@@ -113,3 +113,18 @@ async def test_the_clock_is_the_apis(issuer: KeyedIssuer, tmp_path: Path) -> Non
 def test_bad_configuration_names_the_field(data: object, message: str) -> None:
     with pytest.raises(OidcConfigError, match=message):
         parse(data)
+
+
+def test_the_documented_configuration_and_limits_are_what_the_code_reads() -> None:
+    import yaml
+
+    from services.api.limits import DEFAULT_LIMITS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    block = doc.split("## SSO", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse(yaml.safe_load(block))
+    assert [i.alias for i in config.issuers] == ["corp"] and config.jwks_cache_seconds == 300
+    grant = config.issuers[0].grant_for(["shop-team"])
+    assert grant is not None and grant[1].applications == {"shop"}
+    for kind, limit in DEFAULT_LIMITS.items():
+        assert f"| {kind} | {limit.concurrent} | {limit.rate:g} ({limit.burst}) |" in doc

@@ -28,7 +28,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import bcrypt
 
@@ -39,10 +39,8 @@ from services.api.domain.commands import sha256_hex
 from services.api.domain.tokens import role_of
 from services.api.errors import Unauthenticated
 from services.api.methods import ROLE_LABELS
+from services.api.oidc import SsoVerifier, looks_like_jwt
 from services.api.scopes import UNSCOPED, Scope
-
-if TYPE_CHECKING:
-    from services.api.oidc import SsoVerifier
 
 PREFIX: Final = "cvy_"
 MAX_SECRET_LENGTH: Final = 512
@@ -122,16 +120,9 @@ def authenticate(
     nothing about which tokens exist; an expired token, whose secret was right, is told so)."""
     secret = bearer_secret(authorization)
     refused = Unauthenticated("invalid or revoked token")
-    if len(secret) > MAX_SECRET_LENGTH and sso is None:
-        raise refused
-    if sso is not None and not secret.startswith(PREFIX):
-        from services.api.oidc import looks_like_jwt
-
-        if looks_like_jwt(secret):
-            identity = sso.verify(secret)
-            return Principal(
-                token_id=identity.principal, name=identity.principal, role=identity.role, scope=identity.scope
-            )
+    if sso is not None and looks_like_jwt(secret):
+        identity = sso.verify(secret)
+        return Principal(token_id=identity.principal, name=identity.principal, role=identity.role, scope=identity.scope)
     if len(secret) > MAX_SECRET_LENGTH or not secret.startswith(PREFIX):
         raise refused
     token_id, sep, rest = secret[len(PREFIX) :].partition("_")

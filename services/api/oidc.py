@@ -11,7 +11,9 @@ HS*: a symmetric algorithm would let anyone holding the issuer's *public* key si
 Keys: a JWKS file is read, a JWKS URL fetched, and kept for `jwksCacheSeconds`; a token
 naming a `kid` the cache lacks makes one refetch (the issuer rotated keys), and a kid
 still unknown after that is refused without fetching again until the cache expires —
-so a stream of forged kids cannot make the API hammer the issuer. Fetching is the only
+so a stream of forged kids cannot make the API hammer the issuer. An issuer that cannot
+be reached is an outage (UNAVAILABLE, retry), not a bad credential; once keys were loaded,
+a failed refresh keeps them in use and retries after 30 seconds. Fetching is the only
 I/O (`prepare`, awaited before a call is authenticated); `verify` is synchronous on the
 cache, so long-lived streams re-check their credential cheaply.
 """
@@ -31,6 +33,7 @@ import jwt
 import structlog
 
 from services import principals
+from eventstore.errors import Unavailable
 from services.api.domain import PermissionDenied
 from services.api.errors import Unauthenticated
 from services.api.oidc_config import Issuer, OidcConfig
@@ -43,6 +46,8 @@ _KTY: Final = {"RS256": "RSA", "ES256": "EC"}
 MAX_JWT_BYTES: Final = 16 * 1024
 MAX_JWKS_BYTES: Final = 1024 * 1024
 FETCH_TIMEOUT: Final = 10.0
+RETRY_AFTER_FAILURE: Final = 30.0
+"""Seconds before the keys are fetched again after a failed refresh (cached keys stay in use)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +76,10 @@ async def _http_get(url: str) -> bytes:
     timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
         if response.status != 200:
-            raise Unauthenticated(f"could not fetch the issuer's keys: HTTP {response.status}; retry later")
+            raise Unavailable(f"the SSO issuer's keys answered HTTP {response.status}; retry later")
         body = await response.content.read(MAX_JWKS_BYTES + 1)
         if len(body) > MAX_JWKS_BYTES:
-            raise Unauthenticated("the issuer's JWKS is larger than 1 MiB")
+            raise Unavailable("the SSO issuer's JWKS is larger than 1 MiB; fix the issuer's configuration")
         return body
 
 
@@ -127,7 +132,15 @@ class SsoVerifier:
             unknown = isinstance(kid, str) and kid not in cache.keys and kid not in cache.refetched_for
             if not (stale or unknown):
                 return
-            keys = await self._load(issuer)
+            try:
+                keys = await self._load(issuer)
+            except Unavailable:
+                if cache.fetched_at is None:
+                    raise
+                # The issuer is down: keep verifying with the keys we have, and try again
+                # shortly rather than on every call.
+                cache.fetched_at = now - self.config.jwks_cache_seconds + min(RETRY_AFTER_FAILURE, self.config.jwks_cache_seconds)
+                return
             fresh = _Keys(keys=keys, fetched_at=now)
             if not stale and isinstance(kid, str):
                 fresh.refetched_for = {*cache.refetched_for, kid}
@@ -141,14 +154,14 @@ class SsoVerifier:
             else:
                 body = await asyncio.to_thread(Path(issuer.jwks).read_bytes)
             document = json.loads(body)
-        except Unauthenticated:
+        except Unavailable:
             raise
         except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as e:
             log.warning("oidc keys unavailable", issuer=issuer.alias, error=type(e).__name__)
-            raise Unauthenticated(f"the keys of SSO issuer {issuer.alias!r} could not be loaded; retry later") from None
+            raise Unavailable(f"the keys of SSO issuer {issuer.alias!r} could not be loaded; retry later") from None
         keys = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(keys, list):
-            raise Unauthenticated(f"the JWKS of SSO issuer {issuer.alias!r} has no `keys` list")
+            raise Unavailable(f"the JWKS of SSO issuer {issuer.alias!r} has no `keys` list; fix the issuer's configuration")
         return {k["kid"]: k for k in keys if isinstance(k, dict) and isinstance(k.get("kid"), str)}
 
     def verify(self, token: str) -> SsoIdentity:

@@ -128,3 +128,38 @@ def test_the_documented_configuration_and_limits_are_what_the_code_reads() -> No
     assert grant is not None and grant[1].applications == {"shop"}
     for kind, limit in DEFAULT_LIMITS.items():
         assert f"| {kind} | {limit.concurrent} | {limit.rate:g} ({limit.burst}) |" in doc
+
+
+async def test_an_unreachable_issuer_is_an_outage_and_cached_keys_outlive_a_failed_refresh(issuer: KeyedIssuer) -> None:
+    import json
+
+    from eventstore.errors import Unavailable
+
+    now = [NOW]
+    up = [True]
+    calls: list[str] = []
+
+    async def fetch(url: str) -> bytes:
+        calls.append(url)
+        if not up[0]:
+            raise Unavailable("issuer down")
+        return json.dumps(issuer.jwks()).encode()
+
+    config = parse({"issuers": [{"alias": "corp", "issuer": ISSUER, "audience": AUDIENCE,
+                                 "jwks": "https://login.example.test/jwks", "groups": [{"group": "approvers", "role": "approver"}]}],
+                    "jwksCacheSeconds": 300})
+    verifier = SsoVerifier(config, clock=lambda: now[0], fetch=fetch)
+    up[0] = False
+    with pytest.raises(Unavailable):
+        await check(verifier, issuer.token(now=now[0]))
+    up[0] = True
+    assert (await check(verifier, issuer.token(now=now[0]))).role == options_pb2.ROLE_APPROVER
+    now[0] += 301  # the cache expired, and the issuer is down: the keys we have still verify
+    up[0] = False
+    assert (await check(verifier, issuer.token(now=now[0]))).role == options_pb2.ROLE_APPROVER
+    tries = len(calls)
+    await check(verifier, issuer.token(now=now[0]))
+    assert len(calls) == tries  # not retried on every call
+    now[0] += 31
+    await check(verifier, issuer.token(now=now[0]))
+    assert len(calls) == tries + 1

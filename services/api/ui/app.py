@@ -238,6 +238,11 @@ class UiApp:
         except Exception:
             log.info("ui sign-in refused")
             return await self._login_form(request, error="That token is not valid (or was revoked, or has expired).", status=401)
+        if len(secret) > session.MAX_COOKIE_SECRET:
+            return await self._login_form(
+                request, error="That SSO token is too large to keep in a session cookie (over 3,800 bytes): "
+                "ask the identity provider for a token with fewer claims.", status=400,
+            )
         log.info("ui signed in", token_id=principal.token_id)
         response = web.HTTPSeeOther(_same_site_path(_text(form.get("next"))))
         response.set_cookie(session.SESSION_COOKIE, secret, **session.cookie_attributes(secure=self._secure))  # type: ignore[arg-type]

@@ -3,7 +3,9 @@
 Where and who are resolved once per invocation, first match wins: flags (`--endpoint`,
 `--token`), the environment (`CONVOY_ENDPOINT`, `CONVOY_TOKEN`), the user's config file
 (`~/.config/convoy/config.toml`, or `CONVOY_CONFIG`), then the local `convoy up` state
-folder (`endpoint.json` and `admin-token`). Every gRPC failure becomes a `CliError` with an
+folder (`endpoint.json` and `admin-token`). A `grpcs://` endpoint is TLS, verified against
+`--ca-file`, `CONVOY_CA_FILE` or `ca_file` in the config file, else the system trust store
+(`cli.transport`); a certificate that does not verify fails the command. Every gRPC failure becomes a `CliError` with an
 exit code a script can branch on and one line that says what to fix. Every mutating call
 carries an `idempotency-key`, fresh per invocation, so a retry by the server's client
 library never applies a command twice.
@@ -22,7 +24,7 @@ from typing import Any, Final
 import grpc
 from google.protobuf.message import Message
 
-from cli import localstate
+from cli import localstate, transport
 from eventstore.settings import default_state_dir
 from schemas.convoy.v1 import api_pb2_grpc
 
@@ -48,9 +50,11 @@ class CliError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    grpc: str
+    grpc: str  # host:port
     token: str | None
     source: str  # where the endpoint came from, for error messages
+    trust: transport.Trust | None = None
+    """TLS verified against these roots (a `grpcs://` endpoint); None: plain text."""
 
 
 def config_path(environ: Mapping[str, str]) -> Path:
@@ -73,23 +77,44 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def normalise_endpoint(endpoint: str, source: str) -> str:
-    """Accept "host:port" or "grpc://host:port"; refuse a REST URL with a hint."""
+    """Accept "host:port", "grpc://host:port" or "grpcs://host:port" (TLS); refuse a REST URL
+    with a hint. The answer keeps "grpcs://" (`transport.split_scheme` takes it off)."""
     text = endpoint.strip()
-    if text.startswith("grpc://"):
-        text = text[len("grpc://") :]
     if text.startswith(("http://", "https://")):
         raise CliError(
             f"endpoint {endpoint!r} (from {source}) is a REST URL; the CLI speaks gRPC: give host:port "
-            "of the gRPC listener (e.g. 127.0.0.1:7070)",
+            "of the gRPC listener (e.g. 127.0.0.1:7070), or grpcs://host:port when it serves TLS",
             INVALID,
         )
-    host, sep, port = text.rpartition(":")
+    address, tls = transport.split_scheme(text)
+    host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise CliError(f"endpoint {endpoint!r} (from {source}) is not host:port (e.g. 127.0.0.1:7070)", INVALID)
-    return text
+        raise CliError(
+            f"endpoint {endpoint!r} (from {source}) is not host:port or grpcs://host:port (e.g. 127.0.0.1:7070)",
+            INVALID,
+        )
+    return transport.TLS_SCHEME + address if tls else address
 
 
-def resolve(*, endpoint: str | None, token: str | None, environ: Mapping[str, str]) -> Target:
+def _trust(ca_file: str | None, environ: Mapping[str, str], config: dict[str, Any], path: Path) -> transport.Trust:
+    """The roots a TLS endpoint is verified against: the first CA file given, else the system's."""
+    candidates = [
+        (ca_file, "--ca-file"),
+        (environ.get("CONVOY_CA_FILE"), "CONVOY_CA_FILE"),
+        (_str(config.get("ca_file"), path), f"ca_file in {path}"),
+    ]
+    chosen = next(((f, s) for f, s in candidates if f), None)
+    try:
+        if chosen is None:
+            return transport.system_trust()
+        return transport.ca_file_trust(Path(chosen[0]).expanduser(), chosen[1])
+    except transport.TrustError as error:
+        raise CliError(str(error), INVALID) from None
+
+
+def resolve(
+    *, endpoint: str | None, token: str | None, environ: Mapping[str, str], ca_file: str | None = None
+) -> Target:
     """Where to connect and which token to send (see the module docstring for the order)."""
     path = config_path(environ)
     config = _read_config(path)
@@ -109,14 +134,16 @@ def resolve(*, endpoint: str | None, token: str | None, environ: Mapping[str, st
             UNAVAILABLE,
         )
     chosen_token = next((t for _, t, _ in candidates if t), None)
-    return Target(grpc=normalise_endpoint(*chosen_endpoint), token=chosen_token, source=chosen_endpoint[1])
+    address, tls = transport.split_scheme(normalise_endpoint(*chosen_endpoint))
+    trust = _trust(ca_file, environ, config, path) if tls else None
+    return Target(grpc=address, token=chosen_token, source=chosen_endpoint[1], trust=trust)
 
 
 def _str(value: Any, path: Path) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise CliError(f"{path}: endpoint and token must be strings", INVALID)
+        raise CliError(f"{path}: endpoint, token and ca_file must be strings", INVALID)
     return value
 
 
@@ -152,10 +179,32 @@ def describe(error: grpc.RpcError, target: Target) -> CliError:
     details: str = error.details() or code.name  # type: ignore[attr-defined]
     exit_code, hint = _CODES.get(code, (FAILED, "see the API server's log"))
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not _from_server(error):
-        return CliError(f"cannot reach the Convoy API at {target.grpc} (from {target.source}): {hint}", exit_code)
+        return _unreachable(details, target, hint, exit_code)
     if code == grpc.StatusCode.UNAUTHENTICATED and not target.token:
         return CliError(f"no token given: {hint}", exit_code)
     return CliError(f"{details} ({code.name.lower()}): {hint}", exit_code)
+
+
+def _unreachable(details: str, target: Target, hint: str, exit_code: int) -> CliError:
+    """A transport failure: nobody there, or a TLS connection that could not be made."""
+    where = f"the Convoy API at {target.grpc} (from {target.source})"
+    kind = transport.failure_kind(details)
+    if target.trust is not None and kind == "verify":
+        return CliError(
+            f"{where} presented a TLS certificate that does not verify against {target.trust.source} "
+            f"(or is not for {target.grpc.rpartition(':')[0]}): pass the CA that signed it with --ca-file or "
+            "CONVOY_CA_FILE, and use a host name the certificate names (nothing was sent)",
+            exit_code,
+        )
+    if target.trust is not None and kind == "handshake":
+        return CliError(
+            f"the TLS handshake with {where} failed; is it serving plain text? "
+            "(then drop grpcs:// from the endpoint, on loopback only)",
+            exit_code,
+        )
+    if target.trust is None:
+        hint += "; if it serves TLS, give the endpoint as grpcs://host:port"
+    return CliError(f"cannot reach {where}: {hint}", exit_code)
 
 
 @dataclass
@@ -172,7 +221,7 @@ class Client:
     _writes: int = 0
 
     def __post_init__(self) -> None:
-        self._channel = grpc.insecure_channel(self.target.grpc)
+        self._channel = transport.channel(self.target.grpc, self.target.trust)
         channel = self._channel
         self.applications = api_pb2_grpc.ApplicationServiceStub(channel)
         self.services = api_pb2_grpc.ServiceServiceStub(channel)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import ipaddress
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ from services.api.oidc_config import OidcConfig
 from services.api.planning import NatsPlannerClient
 from services.api.secretdelivery import SecretResponder
 from services.api.server import ApiServer
+from services.api.tls import ServerTls
 from services.gatekeeper.github import GitHubReporter
 from services.gatekeeper.worker import Gatekeeper
 from services.notifier.webhook import Notifier, Webhook
@@ -70,13 +72,40 @@ connections 245 commands/s, 40 connections 421)."""
 
 @dataclass(frozen=True, slots=True)
 class Listen:
-    """Where the API listens (always on loopback)."""
+    """Where the API listens (`convoy up`: loopback, plain text) and with which certificate."""
 
     grpc_port: int
     http_port: int
     host: str = "127.0.0.1"
     ops_port: int | None = None
     """/metrics, /healthz, /readyz of the whole control plane (None: not served)."""
+    tls: ServerTls | None = None
+    """Serve gRPC and REST+UI over TLS with this pair (None: plain text)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_notice(listen: Listen) -> tuple[str, bool]:
+    """The startup line saying how the API is reached, and whether it is a warning: plain
+    text beyond loopback lets anyone on the path read tokens and session cookies."""
+    if listen.tls is not None:
+        return f"transport:    TLS (gRPC and HTTPS) with the certificate {listen.tls.cert_path}", False
+    if is_loopback(listen.host):
+        return (
+            f"transport:    plain HTTP/gRPC on {listen.host} only; use `convoy api --tls-cert/--tls-key` "
+            "to serve other machines"
+        ), False
+    return (
+        f"warning: serving plain HTTP/gRPC on {listen.host}: tokens, session cookies and secrets cross the "
+        "network unencrypted; pass --tls-cert/--tls-key (or CONVOY_TLS_CERT/CONVOY_TLS_KEY)"
+    ), True
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +365,7 @@ async def api_server(
     token_key: bytes | None = None,
     oidc: OidcConfig | None = None,
 ) -> AsyncIterator[ApiServer]:
-    """Start the API, print where it answers and record that in `<state_dir>/endpoint.json`
+    """Start the API, print where it answers (and whether in plain text) and record that in `<state_dir>/endpoint.json`
     (how the CLI finds a local instance); the file is removed again on stop. `checks` join
     the API's own readiness check on its /readyz."""
     server = ApiServer(
@@ -350,14 +379,20 @@ async def api_server(
         checks=checks or (),
         token_key=token_key,
         oidc=oidc,
+        tls=listen.tls,
     )
     ports = await server.start()
-    endpoint = localstate.Endpoint(grpc=f"{listen.host}:{ports.grpc}", rest=f"http://{listen.host}:{ports.http}")
+    grpc_scheme, http_scheme = ("grpcs://", "https") if listen.tls is not None else ("", "http")
+    endpoint = localstate.Endpoint(
+        grpc=f"{grpc_scheme}{listen.host}:{ports.grpc}", rest=f"{http_scheme}://{listen.host}:{ports.http}"
+    )
     endpoint_file = localstate.write_endpoint(state_dir, endpoint)
     try:
         typer.echo(f"API (gRPC):   {endpoint.grpc}")
         typer.echo(f"API (REST):   {endpoint.rest}")
         typer.echo(f"web UI:       {endpoint.rest}/ (sign in with a token)")
+        notice, warning = transport_notice(listen)
+        typer.echo(notice, err=warning)
         token_file = state_dir / localstate.ADMIN_TOKEN_FILE
         if token_file.exists():
             typer.echo(f"admin token:  {token_file} (keep it secret)")

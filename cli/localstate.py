@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from eventstore import securefile
+
 ENDPOINT_FILE: Final = "endpoint.json"
 ADMIN_TOKEN_FILE: Final = "admin-token"  # written by services.api.auth
 
@@ -54,13 +56,7 @@ DATABASE_URL_FILE: Final = "database-url"
 def write_database_url(state_dir: Path, url: str) -> Path:
     """The embedded PostgreSQL's URL (it holds a password: owner-only, like the token),
     for tools that read the log directly (`convoy planner`, `convoy replay --check`)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / DATABASE_URL_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(url + "\n")
-    os.chmod(path, 0o600)
-    return path
+    return securefile.write_private(state_dir / DATABASE_URL_FILE, url + "\n")
 
 
 def read_database_url(state_dir: Path) -> str | None:

@@ -13,7 +13,8 @@ puts them on every line logged meanwhile.
 Secrets never reach a log: `redact_secrets` replaces the value of any secret-bearing key
 (token, secret, password, authorization, credential …, but not `token_id` and the like,
 which name a secret without revealing it), and scrubs token-, bearer- and URL-password
-shapes out of every string, nested dicts and lists included.
+shapes out of every string (URL credentials of every scheme, `password=` parameters and
+libpq DSNs: eventstore.redaction), nested dicts and lists, and exception text included.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Annotated, Any, Final, TextIO
 import structlog
 import typer
 
+from eventstore import redaction
 from eventstore.settings import environ
 
 FORMATS: Final = ("console", "json")
@@ -38,7 +40,6 @@ NAMING_SUFFIXES: Final = ("_id", "_ids", "_name", "_file", "_path", "_count", "_
 _SCRUB: Final = (
     (re.compile(r"\bcvy_(tok-[0-9a-f]+_)?[A-Za-z0-9_\-]+"), lambda m: f"cvy_{m.group(1) or ''}{REDACTED}"),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"), lambda m: f"{m.group(1)} {REDACTED}"),
-    (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), lambda m: f"{m.group(1)}{REDACTED}@"),
 )
 
 LogFormatOpt = Annotated[
@@ -55,10 +56,12 @@ def is_secret_key(key: str) -> bool:
 
 
 def scrub(text: str) -> str:
-    """Token, bearer and URL-password shapes in free text, replaced."""
+    """Token and bearer shapes, and URL / DSN credentials (eventstore.redaction: every
+    scheme's `user:password@`, `password=` and `token=`-like parameters, libpq
+    key=value strings), in free text, replaced."""
     for pattern, replace in _SCRUB:
         text = pattern.sub(replace, text)
-    return text
+    return redaction.redact_text(text)
 
 
 def _redact(value: Any) -> Any:
@@ -78,6 +81,13 @@ def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, A
             event_dict[key] = REDACTED
         elif isinstance(value, str | Mapping | list | tuple):
             event_dict[key] = _redact(value)
+    return event_dict
+
+
+def redact_exception(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor, after tracebacks became a field: their text scrubbed."""
+    if "exception" in event_dict:
+        event_dict["exception"] = _redact(event_dict["exception"])
     return event_dict
 
 
@@ -120,10 +130,12 @@ def configure(format: str = "console", *, level: str = "info", stream: TextIO | 
     renderer: Any
     if format == "json":
         renderer = structlog.processors.JSONRenderer(default=str)
-        tail: list[Any] = [structlog.processors.dict_tracebacks]
+        # Tracebacks become fields before the last redaction: an exception's message
+        # (a connection error naming its URL) is scrubbed like any other string.
+        tail: list[Any] = [structlog.processors.dict_tracebacks, redact_exception]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
-        tail = [structlog.dev.set_exc_info]
+        tail = [structlog.dev.set_exc_info, structlog.processors.format_exc_info, redact_exception]
     structlog.configure(
         processors=[*shared, structlog.processors.StackInfoRenderer(), *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(number),

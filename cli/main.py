@@ -38,10 +38,13 @@ from cli.commands import (
 )
 from cli.commands import gatekeeper as gatekeeper_command
 from cli.commands import planner as planner_command
+from eventstore import redaction
 from eventstore.embedded import EmbeddedServers
 from eventstore.errors import EmbeddedServerError, InvalidInput
 from eventstore.settings import Settings, environ
-from services.api import oidc_config
+from services.api.oidc_config import OidcConfigError
+from services.api.oidc_config import load as load_oidc_config
+from services.api.tls import ServerTls
 from services.notifier.webhook import Webhook
 
 app = typer.Typer(
@@ -106,7 +109,9 @@ def up(
     log_format: convoy_logging.LogFormatOpt = None,
     oidc_config: OidcConfigOpt = None,
 ) -> None:
-    """Start Convoy's control plane (API, planner, relay, ingest, a local agent) on the embedded NATS and PostgreSQL (Ctrl-C stops it)."""
+    """Start Convoy's control plane (API, planner, relay, ingest, a local agent) on the embedded NATS and PostgreSQL (Ctrl-C stops it).
+
+    Its API is plain HTTP/gRPC on 127.0.0.1 only; `convoy api --tls-cert/--tls-key` serves other machines."""
     convoy_logging.setup(log_format)
     settings = _with_oidc(Settings.from_env(environ(), state_dir=state_dir, oidc_config=oidc_config))
     try:
@@ -126,8 +131,8 @@ def up(
         raise typer.Exit(1) from None
     with embedded as servers:
         typer.echo(f"state folder: {settings.state_dir}")
-        typer.echo(f"PostgreSQL:   {_redact(servers.database_url)}")
-        typer.echo(f"NATS:         {servers.nats_url}")
+        typer.echo(f"PostgreSQL:   {redaction.redact_url(servers.database_url)}")
+        typer.echo(f"NATS:         {redaction.redact_url(servers.nats_url)}")
         listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, ops_port=ops_port)
         asyncio.run(_serve(settings, servers, listen, local_runtime or None, demo_dir if demo else None, webhook))
     typer.echo("stopped")
@@ -141,6 +146,20 @@ def api(
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on (0.0.0.0 in a container; mind the firewall).")
     ] = "127.0.0.1",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            help="Serve gRPC and REST+UI over TLS with this PEM certificate (chain) (else CONVOY_TLS_CERT).",
+            show_default=False,
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key", help="The certificate's unencrypted PEM private key (else CONVOY_TLS_KEY).", show_default=False
+        ),
+    ] = None,
     log_format: convoy_logging.LogFormatOpt = None,
     oidc_config: OidcConfigOpt = None,
 ) -> None:
@@ -148,9 +167,17 @@ def api(
 
     With NATS it also runs the relay, observation ingest, desired-state answers for agents
     and their consumers, and sends dry runs to the planner. Its REST port also answers
-    /metrics, /healthz and /readyz."""
+    /metrics, /healthz and /readyz. With --tls-cert/--tls-key both listeners serve TLS only
+    (clients use grpcs://host:port and https://); without them they are plain text, which
+    it warns about on any --host but loopback."""
     convoy_logging.setup(log_format)
-    settings = _with_oidc(Settings.from_env(environ(), state_dir=state_dir, oidc_config=oidc_config))
+    env = environ()
+    settings = _with_oidc(Settings.from_env(env, state_dir=state_dir, oidc_config=oidc_config))
+    try:
+        tls = server_tls(tls_cert or _path(env.get("CONVOY_TLS_CERT")), tls_key or _path(env.get("CONVOY_TLS_KEY")))
+    except InvalidInput as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     if not settings.database_url:
         typer.echo(
             "error: CONVOY_DATABASE_URL is not set; set it to the PostgreSQL URL Convoy stores its events in "
@@ -158,8 +185,8 @@ def api(
             err=True,
         )
         raise typer.Exit(2)
-    typer.echo(f"PostgreSQL:   {_redact(settings.database_url)}")
-    listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, host=host)
+    typer.echo(f"PostgreSQL:   {redaction.redact_url(settings.database_url)}")
+    listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, host=host, tls=tls)
     asyncio.run(_serve_api(settings, settings.database_url, listen))
     typer.echo("stopped")
 
@@ -168,12 +195,28 @@ def _with_oidc(settings: Settings) -> Settings:
     """Check the SSO configuration before starting anything (a wrong file is exit 2)."""
     if settings.oidc_config is not None:
         try:
-            config = oidc_config.load(settings.oidc_config)
-        except oidc_config.OidcConfigError as error:
+            config = load_oidc_config(settings.oidc_config)
+        except OidcConfigError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"SSO:          {len(config.issuers)} OIDC issuer(s) from {settings.oidc_config}")
     return settings
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text else None
+
+
+def server_tls(cert: Path | None, key: Path | None) -> ServerTls | None:
+    """The API's TLS pair from --tls-cert/--tls-key (or the environment): both or neither."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given, missing = ("--tls-cert", "--tls-key") if cert is not None else ("--tls-key", "--tls-cert")
+        raise InvalidInput(
+            f"{given} needs {missing} too (or CONVOY_TLS_CERT and CONVOY_TLS_KEY): TLS takes a certificate and its key"
+        )
+    return ServerTls.load(cert, key)
 
 
 async def _serve(
@@ -221,16 +264,6 @@ def _stop_on_signals() -> Iterator[asyncio.Event]:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-
-
-def _redact(url: str) -> str:
-    """Never print a password: postgresql://user:***@host/db."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
 
 
 app.command("agent")(agent_command.agent)

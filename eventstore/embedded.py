@@ -33,8 +33,10 @@ folder while it runs, so those leftovers are never the live servers of another
 `convoy up` (which is refused instead).
 
 PostgreSQL refuses to run as root. When we are root, the data folder is owned by an
-unprivileged system user (`convoy-postgres`) and the server runs as that user; the folders
-above the data folder get only the search (`o+x`) bit they need.
+unprivileged system user (`convoy-postgres`) and the server runs as that user. Where that
+user cannot already reach the folders above the data folder or read the install, it gets
+a POSIX ACL entry of its own (eventstore.access) — never the "others" bits, which would
+open the user's home (often /root, 0700) to every local user.
 
 The servers are plain subprocesses with blocking start/stop so that both the CLI and
 pytest session fixtures can use them.
@@ -54,7 +56,6 @@ import secrets
 import select
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import sysconfig
@@ -68,6 +69,7 @@ from typing import IO, Final
 
 import structlog
 
+from eventstore import access, securefile
 from eventstore.errors import EmbeddedServerError
 
 log = structlog.get_logger("convoy.embedded")
@@ -618,7 +620,9 @@ class NatsServer(_Server):
             "max_payload: 8MB\n"
             f"{self.config_extra}\n"
         )
-        config.write_text(text)
+        # It names the system user's password (hashed or, in config_extra, plain) and the
+        # agents' bcrypt hashes: owner-only from creation (nats-server runs as us).
+        securefile.write_private(config, text)
         return config
 
     def _stop_signal(self) -> signal.Signals:
@@ -783,18 +787,17 @@ class PostgresServer(_Server):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         password_file = self.data_dir / "password"
         if not password_file.exists():
-            password_file.write_text(secrets.token_urlsafe(24) + "\n")
-            password_file.chmod(0o600)
+            securefile.create_private(password_file, secrets.token_urlsafe(24) + "\n")
+        if self._run_as is not None:  # every start: the install may be new (another virtualenv)
+            _grant_server_user(self.pgdata, *self._run_as)
         if (self.pgdata / "PG_VERSION").exists():
             return
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
         pwfile = self.data_dir / ".initdb-pw"
-        pwfile.write_text(self.password + "\n")
+        securefile.write_private(pwfile, self.password + "\n")
         try:
             if self._run_as is not None:
                 uid, gid = self._run_as
-                _grant_traversal(self.pgdata)
-                _grant_traversal(postgres_bin_dir())
                 os.chown(self.pgdata, uid, gid)
                 os.chown(pwfile, uid, gid)
             result = subprocess.run(
@@ -923,23 +926,19 @@ def _unprivileged_user() -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def _grant_traversal(path: Path) -> None:
-    """Give `others` the search bit on every ancestor (and read+search inside the
-    PostgreSQL install), so the unprivileged server user can reach its files."""
-    for parent in [path, *path.parents][1:]:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
-    if path.name == "bin":
-        install = path.parent
-        for root, dirs, files in os.walk(install):
-            for name in dirs:
-                p = Path(root) / name
-                p.chmod(p.stat().st_mode | stat.S_IROTH | stat.S_IXOTH)
-            for name in files:
-                p = Path(root) / name
-                p.chmod(p.stat().st_mode | stat.S_IROTH | (stat.S_IXOTH if p.stat().st_mode & stat.S_IXUSR else 0))
-
+def _grant_server_user(pgdata: Path, uid: int, gid: int) -> None:
+    """Let the unprivileged server user reach its data folder and read the install, by
+    ACL entries for that user alone where it lacks access (eventstore.access): the
+    user's home and the install keep their owner, group and other permissions."""
+    gids = frozenset(os.getgrouplist(POSTGRES_SYSTEM_USER, gid))
+    install = postgres_bin_dir().parent
+    changes = [
+        *access.grant_reach(pgdata, uid, gids),
+        *access.grant_reach(install, uid, gids),
+        *access.grant_tree_read(install, uid, gids),
+    ]
+    if changes:
+        log.info("gave the PostgreSQL server user access", user=POSTGRES_SYSTEM_USER, changes=changes)
 
 
 class EmbeddedServers:

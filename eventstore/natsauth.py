@@ -46,14 +46,13 @@ writes the rendered block into the embedded server's config and reloads it.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from eventstore import bus
+from eventstore import bus, securefile
 from eventstore.errors import InvalidInput
 
 SYSTEM_USER: Final = "convoy"
@@ -324,8 +323,5 @@ def system_password(state_dir: Path) -> str:
     (mode 0600)."""
     path = state_dir / SYSTEM_PASSWORD_FILE
     if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(32) + "\n")
+        securefile.create_private(path, secrets.token_urlsafe(32) + "\n")
     return path.read_text().strip()

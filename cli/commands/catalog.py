@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from cli.commands.common import (
+    CaFileOpt,
     AtOpt,
     EndpointOpt,
     OutputOpt,
@@ -38,11 +39,12 @@ def _channel_names(app: resources_pb2.Application) -> str:
 @apps.command("list")
 @reports_errors
 def apps_list(
-    at: AtOpt = "", endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    at: AtOpt = "", endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """List applications (now, or --at then)."""
     request = with_as_of(api_pb2.ListApplicationsRequest(), at)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.applications.ListApplications, request, "applications")
     emit_many(
         found,
@@ -54,11 +56,12 @@ def apps_list(
 @apps.command("get")
 @reports_errors
 def apps_get(
-    name: str, at: AtOpt = "", endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    name: str, at: AtOpt = "", endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """Show one application (as config YAML unless --output json|yaml; --at: as declared then)."""
     request = with_as_of(api_pb2.GetApplicationRequest(name=name), at)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.call(client.applications.GetApplication, request)
     show_resource(found, output)
 
@@ -66,11 +69,12 @@ def apps_get(
 @apps.command("delete")
 @reports_errors
 def apps_delete(
-    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """Delete an application (refused while it still has services or linked resources)."""
     confirm(f"delete application {name}", yes)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.applications.DeleteApplication, api_pb2.DeleteApplicationRequest(name=name))
     written(output, answer, f"deleted application {name} (position {answer.position})")
 
@@ -87,11 +91,12 @@ def _digests(release: resources_pb2.Release) -> str:
 @services.command("list")
 @reports_errors
 def services_list(
-    app: str, at: AtOpt = "", endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    app: str, at: AtOpt = "", endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """List an application's services (now, or --at then)."""
     request = with_as_of(api_pb2.ListServicesRequest(application=app), at)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.services.ListServices, request, "services")
     emit_many(
         found,
@@ -112,12 +117,13 @@ def services_get(
     name: str,
     at: AtOpt = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Show one service: convoy services get APP NAME (--at: as declared then)."""
     request = with_as_of(api_pb2.GetServiceRequest(application=app, name=name), at)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.call(client.services.GetService, request)
     show_resource(found, output)
 
@@ -129,12 +135,13 @@ def services_delete(
     name: str,
     yes: YesOpt = False,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Delete a service: convoy services delete APP NAME (the planner has its workloads removed)."""
     confirm(f"delete service {app}/{name}", yes)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(
             client.services.DeleteService, api_pb2.DeleteServiceRequest(application=app, name=name)
         )
@@ -144,10 +151,11 @@ def services_delete(
 @channels.command("list")
 @reports_errors
 def channels_list(
-    app: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    app: str, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """List an application's release channels, in order."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.call(client.applications.GetApplication, api_pb2.GetApplicationRequest(name=app))
     emit_many(
         found.release_channels,
@@ -175,6 +183,7 @@ def releases_list(
     target: Annotated[str, typer.Argument(metavar="APP/SERVICE", help="The service, e.g. shop/api.")],
     at: AtOpt = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -182,7 +191,7 @@ def releases_list(
     run (now, or --at then); `-o json` shows the full digests and references."""
     app, service = split_target(target)
     request = with_as_of(api_pb2.ListReleasesRequest(application=app, service=service), at)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.releases.ListReleases, request, "releases")
     emit_many(
         found,

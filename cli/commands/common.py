@@ -27,7 +27,17 @@ EndpointOpt = Annotated[
     str | None,
     typer.Option(
         "--endpoint",
-        help="The API's gRPC address, host:port (else CONVOY_ENDPOINT, the config file, or the local `convoy up`).",
+        help="The API's gRPC address, host:port, or grpcs://host:port for TLS (else CONVOY_ENDPOINT, the config "
+        "file, or the local `convoy up`).",
+        show_default=False,
+    ),
+]
+CaFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ca-file",
+        help="PEM CA certificates a grpcs:// endpoint is verified against (else CONVOY_CA_FILE, the config "
+        "file's ca_file, or the system trust store).",
         show_default=False,
     ),
 ]
@@ -118,8 +128,8 @@ def reports_errors(fn: F) -> F:
 
 
 @contextlib.contextmanager
-def connect(endpoint: str | None, token: str | None) -> Iterator[Client]:
-    with Client(resolve(endpoint=endpoint, token=token, environ=environ())) as client:
+def connect(endpoint: str | None, token: str | None, ca_file: str | None = None) -> Iterator[Client]:
+    with Client(resolve(endpoint=endpoint, token=token, environ=environ(), ca_file=ca_file)) as client:
         yield client
 
 

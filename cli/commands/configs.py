@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 
 from cli import config
 from cli.client import INVALID, NOT_FOUND, CliError, Client
-from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, YesOpt, confirm, connect, reports_errors
+from cli.commands.common import CaFileOpt, EndpointOpt, OutputOpt, TokenOpt, YesOpt, confirm, connect, reports_errors
 from cli.output import Format, table
 from schemas.convoy.v1 import api_pb2, resources_pb2
 from services.api.domain.decider import MAX_DECLARATIONS, MAX_DECLARATIONS_BYTES
@@ -153,6 +153,7 @@ _REFUSED_AT = re.compile(r"^declarations\[(\d+)\]")
 def apply(
     filename: FileOpt,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -178,7 +179,7 @@ def apply(
             "nothing was sent",
             INVALID,
         )
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         try:
             answer: api_pb2.ApplyDeclarationsResponse = client.write(
                 client.declarations.ApplyDeclarations, request
@@ -232,6 +233,7 @@ def delete(
     filename: FileOpt,
     yes: YesOpt = False,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -251,7 +253,7 @@ def delete(
     removals = [(document, *undo(request)) for document, request in reversed(config.to_requests(reversed(documents)))]
     confirm(f"delete the {len(documents)} object{'' if len(documents) == 1 else 's'} {filename} declares", yes)
     results: list[dict[str, object]] = []
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         for document, verb, request in removals:
             try:
                 answer = send(client, request)
@@ -306,6 +308,7 @@ def validate(filename: FileOpt, output: OutputOpt = Format.table) -> None:
 def diff(
     filename: FileOpt,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -316,7 +319,7 @@ def diff(
     by `apply`. Exit 2 when the files have a problem or no documents."""
     documents = load(filename)
     changes: list[dict[str, object]] = []
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         for document in documents:
             live = current(client, document)
             before = config.render(live) if live is not None else ""

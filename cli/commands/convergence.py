@@ -26,6 +26,7 @@ from rich.table import Table
 from services.api import summaries
 from cli.client import FAILED, Client, CliError
 from cli.commands.common import (
+    CaFileOpt,
     AtOpt,
     EndpointOpt,
     OutputOpt,
@@ -65,6 +66,7 @@ def status(
     app: Annotated[str, typer.Argument(metavar="APP")],
     at: AtOpt = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -74,7 +76,7 @@ def status(
     HEALTHY how many of the channel's runtimes are settled on what they run, and LATEST
     RELEASE says in one sentence where the newest release stands (`convoy why` has the
     full reasons and the events behind them)."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.call(client.convergence.GetConvergence, with_as_of(api_pb2.GetConvergenceRequest(application=app), at))
         # The declarations at the very position the convergence answer is about.
         then = str(answer.position) if at else ""
@@ -113,13 +115,14 @@ def why(
     evidence: Annotated[bool, typer.Option("--evidence/--no-evidence", help="List the events that prove it.")] = True,
     at: AtOpt = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Explain from the log why a service is where it is in each channel (now, or --at then)."""
     app, service = split_target(target)
     request = with_as_of(api_pb2.WhyRequest(application=app, service=service, channel=channel), at)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.call(client.convergence.Why, request)
     if output is not Format.table:
         emit_one(answer, output)

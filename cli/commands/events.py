@@ -16,7 +16,7 @@ import yaml
 from google.protobuf import timestamp_pb2
 
 from cli.client import INVALID, CliError, Client
-from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, connect, reports_errors
+from cli.commands.common import CaFileOpt, EndpointOpt, OutputOpt, TokenOpt, connect, reports_errors
 from cli.output import Format, as_dict, as_json_line
 from schemas.convoy.v1 import api_pb2
 
@@ -70,6 +70,7 @@ def events(
     ] = "",
     follow: Annotated[bool, typer.Option("--follow", help="Keep printing new events until Ctrl-C.")] = False,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -78,7 +79,7 @@ def events(
     request = api_pb2.ListEventsRequest(application=app, actor=actor, types=types, limit=500)
     if since:
         request.since.CopyFrom(parse_since(since))
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         _header(output)
         after = _list(client, request, output)
         if not follow:

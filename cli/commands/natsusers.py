@@ -15,7 +15,6 @@ control plane's password is read from a file and hashed here.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +23,7 @@ import typer
 
 from cli.commands.common import read_text_file
 from cli.commands.planner import StateDir, database_url
-from eventstore import natsauth
+from eventstore import natsauth, securefile
 from eventstore.codec import convoy_registry
 from eventstore.errors import InvalidInput
 from eventstore.postgres import PostgresEventStore, PostgresSettings
@@ -66,9 +65,11 @@ def nats_users(
     if output is None:
         typer.echo(text, nl=False)
         return
-    partial = output.with_name(output.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, output)
+    try:
+        securefile.write_private(output, text)  # password hashes: owner-only, atomically
+    except (InvalidInput, OSError) as error:
+        typer.echo(f"error: cannot write {output}: {getattr(error, 'strerror', None) or error}", err=True)
+        raise typer.Exit(2) from None
     agents = len(users) - 1
     without = sorted(known.runtimes - set(known.credentials))
     typer.echo(f"wrote {output}: {system_user} and {agents} agent user(s)", err=True)

@@ -62,8 +62,9 @@ def notify(
 ) -> None:
     """Send chosen status changes (approval needed, failed, rolled back, converged …) to a webhook.
 
-    Signed with HMAC-SHA256 when $CONVOY_NOTIFY_SECRET_FILE names a secret (header
-    Convoy-Signature); delivered at least once (receivers dedupe by Convoy-Event-Id)."""
+    Signed with HMAC-SHA256 over timestamp and body when $CONVOY_NOTIFY_SECRET_FILE names a
+    secret (header Convoy-Webhook-Signature: t=<unix>,v1=<hex>; receivers refuse stale ones);
+    delivered at least once (receivers dedupe by Convoy-Event-Id)."""
     convoy_logging.setup(log_format)
     env = dict(environ())
     try:

@@ -11,6 +11,7 @@ import typer
 from cli import config
 from cli.client import NOT_FOUND, CliError
 from cli.commands.common import (
+    CaFileOpt,
     EndpointOpt,
     OutputOpt,
     TokenOpt,
@@ -48,9 +49,11 @@ def _interval(protection: resources_pb2.Protection) -> str:
 
 @protections.command("list")
 @reports_errors
-def protections_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+def protections_list(
+    endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
     """List protections."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.protections.ListProtections, api_pb2.ListProtectionsRequest(), "protections")
     emit_many(
         found,
@@ -67,10 +70,11 @@ def protections_list(endpoint: EndpointOpt = None, token: TokenOpt = None, outpu
 @protections.command("get")
 @reports_errors
 def protections_get(
-    name: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    name: str, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """Show one protection (as config YAML unless --output json|yaml)."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.protections.ListProtections, api_pb2.ListProtectionsRequest(), "protections")
     protection = next((p for p in found if p.name == name), None)
     if protection is None:
@@ -81,10 +85,11 @@ def protections_get(
 @protections.command("delete")
 @reports_errors
 def protections_delete(
-    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """Delete a protection (refused while release channels still attach it)."""
     confirm(f"delete protection {name}", yes)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.protections.DeleteProtection, api_pb2.DeleteProtectionRequest(name=name))
     written(output, answer, f"deleted protection {name} (position {answer.position})")

@@ -11,6 +11,7 @@ import typer
 from cli import config
 from cli.client import NOT_FOUND, CliError
 from cli.commands.common import (
+    CaFileOpt,
     EndpointOpt,
     OutputOpt,
     TokenOpt,
@@ -46,9 +47,11 @@ def _poll(registry: resources_pb2.Registry) -> str:
 
 @registries.command("list")
 @reports_errors
-def registries_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+def registries_list(
+    endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
     """List registries."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.registries.ListRegistries, api_pb2.ListRegistriesRequest(), "registries")
     emit_many(
         found,
@@ -66,10 +69,11 @@ def registries_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output
 @registries.command("get")
 @reports_errors
 def registries_get(
-    name: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    name: str, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """Show one registry (as config YAML unless --output json|yaml)."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.registries.ListRegistries, api_pb2.ListRegistriesRequest(), "registries")
     registry = next((r for r in found if r.name == name), None)
     if registry is None:
@@ -80,10 +84,11 @@ def registries_get(
 @registries.command("delete")
 @reports_errors
 def registries_delete(
-    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+    name: str, yes: YesOpt = False, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
 ) -> None:
     """Delete a registry (refused while services run or follow images on it)."""
     confirm(f"delete registry {name}", yes)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.registries.DeleteRegistry, api_pb2.DeleteRegistryRequest(name=name))
     written(output, answer, f"deleted registry {name} (position {answer.position})")

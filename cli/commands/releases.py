@@ -14,6 +14,7 @@ import typer
 
 from cli.commands import convergence
 from cli.commands.common import (
+    CaFileOpt,
     EndpointOpt,
     OutputOpt,
     TokenOpt,
@@ -54,13 +55,14 @@ def deploy(
     wait: Annotated[bool, typer.Option("--wait", help="Follow the rollout until it settles in every channel.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds --wait waits (exit 7 when exceeded).")] = 900.0,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Create a release of a service version; the planner rolls it through the channels."""
     app, service = split_target(target)
     parameters = parse_params(param)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         if dry_run:
             plan = api_pb2.PlanDeployRequest(application=app, service=service, version=version, image=image, parameters=parameters)
             convergence.show_plan(client, plan, output)
@@ -85,6 +87,7 @@ def approve(
     approval: ApprovalOpt = "",
     comment: Annotated[str, typer.Option("--comment", help="Why (recorded).", show_default=False)] = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -93,7 +96,7 @@ def approve(
     request = api_pb2.ApproveRequest(
         application=app, service=service, channel=channel, release_id=release, approval=approval, comment=comment
     )
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.releases.Approve, request)
     written(output, answer, f"approved {target} in {channel}" + suffix(answer))
 
@@ -106,6 +109,7 @@ def reject(
     approval: ApprovalOpt = "",
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded).", show_default=False)] = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -114,7 +118,7 @@ def reject(
     request = api_pb2.RejectRequest(
         application=app, service=service, channel=channel, release_id=release, approval=approval, reason=reason
     )
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.releases.Reject, request)
     written(output, answer, f"rejected {target} in {channel}" + suffix(answer))
 
@@ -130,6 +134,7 @@ def bypass(
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded; required).", show_default=False)],
     release: ReleaseOpt = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -138,7 +143,7 @@ def bypass(
     request = api_pb2.BypassRequest(
         application=app, service=service, channel=channel, release_id=release, target=bypass_target, reason=reason
     )
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.releases.Bypass, request)
     written(output, answer, f"bypassed {bypass_target} for {target} in {channel}" + suffix(answer))
 
@@ -152,13 +157,14 @@ def pause(
     channel: OptionalChannel = "",
     reason: ReasonOpt = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Pause a service's convergence (in one channel, or all)."""
     app, service = split_target(target)
     request = api_pb2.PauseConvergenceRequest(application=app, service=service, channel=channel, reason=reason)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.releases.PauseConvergence, request)
     written(output, answer, f"paused {target} in {channel or 'every channel'}" + suffix(answer))
 
@@ -169,13 +175,14 @@ def resume(
     channel: OptionalChannel = "",
     reason: ReasonOpt = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Resume a service's convergence (in one channel, or all)."""
     app, service = split_target(target)
     request = api_pb2.ResumeConvergenceRequest(application=app, service=service, channel=channel, reason=reason)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.releases.ResumeConvergence, request)
     written(output, answer, f"resumed {target} in {channel or 'every channel'}" + suffix(answer))
 
@@ -192,6 +199,7 @@ def rollback(
         str, typer.Option("--to", help="Release id (default: the last converged one).", show_default=False)
     ] = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -200,7 +208,7 @@ def rollback(
     request = api_pb2.RollbackRequest(
         application=app, service=service, channels=channel or [], target_release_id=release, reason=reason
     )
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.releases.Rollback, request)
     where = ", ".join(channel) if channel else "every channel"
     written(output, answer, f"rollback of {target} requested in {where}" + suffix(answer))

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from cli.commands.common import (
+    CaFileOpt,
     EndpointOpt,
     OutputOpt,
     TokenOpt,
@@ -52,11 +53,12 @@ def resources_list(
         ),
     ] = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """List resources."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.resources.ListResources, api_pb2.ListResourcesRequest(application=app), "resources")
     emit_many(
         found,
@@ -78,6 +80,7 @@ def resources_unlink(
     app: AppOpt = "",
     yes: YesOpt = False,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -87,6 +90,6 @@ def resources_unlink(
     label = f"{app}/{name}" if app else name
     confirm(f"unlink resource {label}", yes)
     request = api_pb2.UnlinkResourceRequest(name=name, scope=scope, application=app)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.resources.UnlinkResource, request)
     written(output, answer, f"unlinked resource {label} (position {answer.position})")

@@ -24,6 +24,7 @@ import typer
 
 from cli.client import CONFLICT, INVALID, CliError
 from cli.commands.common import (
+    CaFileOpt,
     EndpointOpt,
     OutputOpt,
     TokenOpt,
@@ -108,9 +109,11 @@ def agent_lines(state: api_pb2.RuntimeState) -> list[str]:
 
 @runtimes.command("list")
 @reports_errors
-def runtimes_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+def runtimes_list(
+    endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
     """List runtimes, with whether each agent is connected and its runtime available."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.runtimes.ListRuntimes, api_pb2.ListRuntimesRequest(), "runtimes")
     emit_many(
         found,
@@ -128,9 +131,12 @@ def runtimes_list(endpoint: EndpointOpt = None, token: TokenOpt = None, output: 
 
 @runtimes.command("get")
 @reports_errors
-def runtimes_get(name: str, endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+def runtimes_get(
+    name: str, endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
     """Show one runtime and its state: paused, agent connected, runtime available."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found: api_pb2.RuntimeState = client.call(client.runtimes.GetRuntime, api_pb2.GetRuntimeRequest(name=name))
     if output is Format.table:
         state = f"# paused: {found.pause_reason or 'yes'}" if found.paused else "# not paused"
@@ -206,6 +212,7 @@ def credential(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Let --file replace an existing file.")] = False,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -216,14 +223,14 @@ def credential(
     reads, and the command prints where it went and the credential's generation and id."""
     request = api_pb2.IssueAgentCredentialRequest(runtime=name)
     if file is None:
-        with connect(endpoint, token) as client:
+        with connect(endpoint, token, ca_file) as client:
             answer: api_pb2.AgentCredential = client.write(client.runtimes.IssueAgentCredential, request)
         emit_one(answer, Format.yaml if output is Format.yaml else Format.json)
         typer.echo("the secret is shown this once: store it now (or use --file PATH)", err=True)
         return
     target = _PrivateFile(file, force=force)
     try:
-        with connect(endpoint, token) as client:
+        with connect(endpoint, token, ca_file) as client:
             answer = client.write(client.runtimes.IssueAgentCredential, request)
     except BaseException:
         target.abandon()
@@ -249,11 +256,12 @@ def pause(
     name: NameArg,
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded; required).", show_default=False)],
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Pause a runtime: the planner sends it no new deployments until it is resumed."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.runtimes.PauseRuntime, api_pb2.PauseRuntimeRequest(name=name, reason=reason))
     line = f"paused runtime {name}" if answer.changed else f"runtime {name} was already paused"
     written(output, answer, line + suffix(answer))
@@ -265,11 +273,12 @@ def resume(
     name: NameArg,
     reason: ReasonOpt = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Resume a paused runtime."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.runtimes.ResumeRuntime, api_pb2.ResumeRuntimeRequest(name=name, reason=reason))
     line = f"resumed runtime {name}" if answer.changed else f"runtime {name} was not paused"
     written(output, answer, line + suffix(answer))
@@ -307,6 +316,7 @@ def label(
         list[str] | None, typer.Option("--remove", help="A label to remove (repeatable).", show_default=False)
     ] = None,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -316,7 +326,7 @@ def label(
     with the changes (a label someone changes in between is overwritten)."""
     removals = remove or []
     changes = _parse_labels(labels or [], removals)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         state: api_pb2.RuntimeState = client.call(client.runtimes.GetRuntime, api_pb2.GetRuntimeRequest(name=name))
         current = dict(state.runtime.labels)
         for key in removals:
@@ -333,11 +343,12 @@ def deregister(
     name: NameArg,
     yes: YesOpt = False,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Deregister a runtime (refused while release channels still bind it)."""
     confirm(f"deregister runtime {name}", yes)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.runtimes.DeregisterRuntime, api_pb2.DeregisterRuntimeRequest(name=name))
     written(output, answer, f"deregistered runtime {name} (position {answer.position})")

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cli.client import INVALID, CliError
-from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, YesOpt, confirm, connect, reports_errors
+from cli.commands.common import CaFileOpt, EndpointOpt, OutputOpt, TokenOpt, YesOpt, confirm, connect, reports_errors
 from cli.output import Column, Format, emit_many, emit_one
 from schemas.convoy.v1 import api_pb2
 
@@ -46,12 +46,13 @@ def read_value(name: str) -> str:
 def set_(
     name: str,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Set a secret; the value comes from stdin or a hidden prompt, never an argument."""
     value = read_value(name)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.secrets.SetSecret, api_pb2.SetSecretRequest(name=name, value=value))
     if output is Format.table:
         typer.echo(f"secret {name} set (encrypted; the value is not shown again)")
@@ -65,12 +66,13 @@ def delete(
     name: str,
     yes: YesOpt = False,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Delete a secret."""
     confirm(f"delete secret {name}", yes)
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.secrets.DeleteSecret, api_pb2.DeleteSecretRequest(name=name))
     if output is Format.table:
         typer.echo(f"secret {name} deleted")
@@ -80,9 +82,11 @@ def delete(
 
 @secrets.command("list")
 @reports_errors
-def list_(endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+def list_(
+    endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
     """List secrets: names, key ids, who set them when (never values)."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.secrets.ListSecrets, api_pb2.ListSecretsRequest(), "secrets")
     emit_many(
         found,
@@ -100,11 +104,12 @@ def rotate_key(
         bool, typer.Option("--retire-old-keys", help="Also remove the keys no secret needs any more (older history under them can no longer be read).")
     ] = False,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Make a new keyring key current and re-encrypt every secret under it."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.secrets.RotateSecretKey, api_pb2.RotateSecretKeyRequest(retire_old_keys=retire_old_keys))
     if output is Format.table:
         typer.echo(f"key rotated; {max(0, len(answer.event_ids) - 1)} secret(s) re-encrypted")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cli.client import INVALID, CliError
-from cli.commands.common import EndpointOpt, OutputOpt, TokenOpt, connect, reports_errors
+from cli.commands.common import CaFileOpt, EndpointOpt, OutputOpt, TokenOpt, connect, reports_errors
 from cli.output import Column, Format, emit_many, emit_one
 from schemas.convoy.v1 import api_pb2, options_pb2, resources_pb2
 
@@ -60,6 +60,7 @@ def create(
         typer.Option("--owner", help="The principal it acts as (default: its name), e.g. alice or sso:corp:<sub>.", show_default=False),
     ] = None,
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
@@ -74,7 +75,7 @@ def create(
     )
     if expires_in is not None:
         request.expires_at.FromDatetime(datetime.now(UTC) + parse_duration(expires_in))
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         created = client.write(client.tokens.CreateToken, request)
     emit_one(
         created,
@@ -106,11 +107,12 @@ def revoke(
     token_id: Annotated[str, typer.Argument(metavar="ID")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded).", show_default=False)] = "",
     endpoint: EndpointOpt = None,
+    ca_file: CaFileOpt = None,
     token: TokenOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Revoke a token; it stops working at once."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         answer = client.write(client.tokens.RevokeToken, api_pb2.RevokeTokenRequest(token_id=token_id, reason=reason))
     if output is Format.table:
         typer.echo(f"revoked {token_id}" if answer.changed else f"{token_id} was already revoked")
@@ -120,9 +122,11 @@ def revoke(
 
 @tokens.command("list")
 @reports_errors
-def list_(endpoint: EndpointOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table) -> None:
+def list_(
+    endpoint: EndpointOpt = None, ca_file: CaFileOpt = None, token: TokenOpt = None, output: OutputOpt = Format.table
+) -> None:
     """List tokens (never their secrets)."""
-    with connect(endpoint, token) as client:
+    with connect(endpoint, token, ca_file) as client:
         found = client.pages(client.tokens.ListTokens, api_pb2.ListTokensRequest(), "tokens")
     emit_many(
         found,

@@ -5,17 +5,17 @@ The file lets a restarted agent keep the "never apply an older generation" promi
 intents redelivered after the restart, tell drift from "not applied yet", and start its
 runtime while the control plane is unreachable. It is a cache, not the truth: losing it
 is fine, because a fresh agent asks the control plane for the desired state (see
-`snapshot`). Writes replace the file atomically (write, fsync, rename).
+`snapshot`). Writes replace the file atomically and owner-only (eventstore.securefile).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from eventstore import securefile
 from eventstore.errors import InvalidInput
 from schemas.convoy.v1 import events_pb2, resources_pb2
 from services.agent import intents
@@ -74,10 +74,5 @@ class StateFile:
             "checks": [_b64(m.SerializeToString(deterministic=True)) for m in applied.checks.values()],
             "runtime": _b64(config.SerializeToString(deterministic=True)) if config is not None else "",
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as out:
-            json.dump(document, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
+        # Its runtime configuration may carry environment values: owner-only.
+        securefile.write_private(self.path, json.dumps(document))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +31,7 @@ from typing import Final
 
 import bcrypt
 
+from eventstore import securefile
 from schemas.convoy.v1 import options_pb2
 from services import principals
 from services.api.domain import Minted, PermissionDenied, State
@@ -167,15 +167,4 @@ def has_live_admin(state: State) -> bool:
 def write_admin_secret(state_dir: Path, secret: str) -> Path:
     """Write the bootstrap secret to `<state_dir>/admin-token`, mode 0600 from the start
     (no window where another user could read it)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / ADMIN_TOKEN_FILE
-    tmp = state_dir / f".{ADMIN_TOKEN_FILE}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, (secret + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return path
+    return securefile.write_private(state_dir / ADMIN_TOKEN_FILE, secret + "\n")

@@ -11,6 +11,10 @@ Operations: the REST listener also answers /healthz, /readyz (the projection run
 within `ready_max_lag` positions of the log's head) and /metrics (the `metrics` registry
 it is given — in `convoy up`, the whole process's — or its own).
 
+Transport: with `tls` (a checked `ServerTls`) both listeners serve TLS only — gRPC with
+the pair's credentials, REST+UI with its `ssl.SSLContext` (TLS 1.2 or later) — and the UI's
+cookies are marked Secure; without it both are plain text (loopback: `convoy up`).
+
 Agents: `heartbeats` is where this process hears them (the observation ingest's
 `last_heartbeat`, when it runs one); GetRuntime/ListRuntimes then say whether each
 runtime's agent is connected and whether its runtime answers it.
@@ -49,6 +53,7 @@ from services.api.registry_hooks import RegistryHooks
 from services.api.ui.app import UiApp
 from services.api.rest import GrpcMetrics, RequestMetrics, RestApp, ServerLog
 from services.api.secrets import SecretSealer
+from services.api.tls import ServerTls
 from services.api.writes import Writer
 from services.registry.pool import RegistryPool
 from services.secrets import references
@@ -113,6 +118,7 @@ class ApiServer:
         oidc: OidcConfig | None = None,
         limits: dict[str, Limit] | None = None,
         clock: Callable[[], datetime] | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         """`token_key`: this instance's key for token digests (HMAC-SHA256; None: SHA-256,
         which another instance would accept too). `oidc`: the SSO issuers to trust.
@@ -125,6 +131,8 @@ class ApiServer:
         self._http_address = http_address
         self._registry = registry or convoy_registry()
         self._grace = grace
+        self.tls = tls
+        """The listeners' certificate and key (None: plain text)."""
         self._bootstrap_admin = bootstrap_admin
         self.metrics = metrics or ops.Registry()
         self._requests = RequestMetrics(self.metrics)
@@ -177,7 +185,7 @@ class ApiServer:
         )
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
-        self.ui = UiApp(self.api)
+        self.ui = UiApp(self.api, secure_cookies=tls is not None)
         self.registry_hooks = RegistryHooks(self.api)
         """Push listeners (the follower's `notify`) are added by the composition."""
         self._openapi: dict[str, Any] | None = None
@@ -202,7 +210,10 @@ class ApiServer:
             await self.stop()
             raise
         self.ports = BoundPorts(grpc_port, http_port)
-        log.info("api started", grpc_port=grpc_port, http_port=http_port, position=self.projection.position)
+        log.info(
+            "api started", grpc_port=grpc_port, http_port=http_port, tls=self.tls is not None,
+            position=self.projection.position,
+        )
         return self.ports
 
     async def stop(self) -> None:
@@ -251,7 +262,10 @@ class ApiServer:
     async def _start_grpc(self) -> int:
         assert self._grpc_address is not None
         server = build_server(self.api, self._grpc_requests.observe)
-        port = server.add_insecure_port(self._grpc_address)
+        if self.tls is not None:
+            port = server.add_secure_port(self._grpc_address, self.tls.grpc_credentials())
+        else:
+            port = server.add_insecure_port(self._grpc_address)
         if port == 0:
             raise InvalidInput(f"could not bind the gRPC address {self._grpc_address!r}")
         self._grpc = server
@@ -274,7 +288,7 @@ class ApiServer:
         runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=self._grace, logger=ServerLog())
         await runner.setup()
         self._runner = runner
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=self.tls.context if self.tls is not None else None)
         await site.start()
         addresses: Sequence[Any] = runner.addresses
         return int(addresses[0][1])

@@ -7,7 +7,10 @@ a message is acked only after the webhook answered 2xx, a failure (non-2xx, time
 refused connection) is retried with backoff and dead-lettered after `max_deliver`
 attempts (eventstore.subscriptions), so a receiver that is down for a while loses
 nothing. Receivers deduplicate by the `Convoy-Event-Id` header, and, when a secret is
-set, verify `Convoy-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+set, verify `Convoy-Webhook-Signature: t=<unix>,v1=<hex>` — the HMAC-SHA256 of
+`<timestamp>.<body>`, signed at each attempt, so a receiver can refuse replays
+(services.notifier.signatures). The body-only `Convoy-Signature: sha256=<hex>` is still
+sent for one release, deprecated.
 
 The webhook URL is a secret (chat webhooks carry their token in the path): it is never
 logged; logs name its host.
@@ -15,10 +18,10 @@ logged; logs name its host.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -30,12 +33,16 @@ from eventstore import bus
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.errors import ConvoyError, InvalidInput
 from eventstore.subscriptions import Delivery, DurableSubscription, SubscriptionSettings
+from services.notifier import signatures
 from services.notifier.rules import FORMATS, Rule, decide, payload
 
 log = structlog.get_logger("convoy.notifier")
 
 H_EVENT_ID = "Convoy-Event-Id"
+H_WEBHOOK_SIGNATURE = "Convoy-Webhook-Signature"
+"""`t=<unix>,v1=<hex>`: the signature receivers should check (services.notifier.signatures)."""
 H_SIGNATURE = "Convoy-Signature"
+"""Deprecated (body only, replayable): `sha256=<hex>`; dropped in the release after next."""
 H_ATTEMPT = "Convoy-Delivery-Attempt"
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
@@ -73,7 +80,17 @@ class Webhook:
         return urlsplit(self.url).hostname or "?"
 
     def sign(self, body: bytes) -> str:
-        return "sha256=" + hmac.new(self.secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+        """The deprecated body-only signature (`Convoy-Signature`)."""
+        return signatures.sign_body_only(self.secret, body)
+
+    def signature_headers(self, body: bytes, *, now: float) -> dict[str, str]:
+        """Both signature headers for `body` sent at `now` (none without a secret)."""
+        if not self.secret:
+            return {}
+        return {
+            H_WEBHOOK_SIGNATURE: signatures.sign(self.secret, body, timestamp=int(now)),
+            H_SIGNATURE: self.sign(body),
+        }
 
 
 @dataclass(slots=True)
@@ -98,6 +115,7 @@ class Notifier:
         name: str = "default",
         registry: EventRegistry | None = None,
         settings: SubscriptionSettings = DEFAULT_SUBSCRIPTION,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise InvalidInput(f"invalid notifier name {name!r}: 1-41 lower-case letters, digits or '-'")
@@ -105,6 +123,7 @@ class Notifier:
         self.webhook = webhook
         self.rule = rule
         self.stats = NotifierStats()
+        self._clock = clock
         self._registry = registry or convoy_registry()
         self._session: aiohttp.ClientSession | None = None
         self._subscription = DurableSubscription(
@@ -153,8 +172,7 @@ class Notifier:
             return
         body = json.dumps(payload(notification, self.webhook.format)).encode("utf-8")
         headers = {"Content-Type": "application/json", H_EVENT_ID: notification.event_id, H_ATTEMPT: str(delivery.attempt)}
-        if self.webhook.secret:
-            headers[H_SIGNATURE] = self.webhook.sign(body)
+        headers |= self.webhook.signature_headers(body, now=self._clock())
         await self._post(body, headers, notification.text)
 
     async def _post(self, body: bytes, headers: dict[str, str], text: str) -> None:

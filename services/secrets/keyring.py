@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,11 @@ from typing import Final, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from eventstore import securefile
+from eventstore.errors import InvalidInput
+
 KEY_BYTES: Final = 32
 NONCE_BYTES: Final = 12
-FILE_MODE: Final = 0o600
 
 
 class KeyringError(Exception):
@@ -189,25 +190,16 @@ class FileKeyring:
         """Write the file atomically; with `exclusive`, only if there is none yet (False
         when there was)."""
         document = {"current": current, "keys": {k: base64.b64encode(v).decode() for k, v in sorted(keys.items())}}
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        text = json.dumps(document)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            with os.fdopen(fd, "w") as f:
-                json.dump(document, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(temporary, FILE_MODE)
             if exclusive:
-                try:
-                    os.link(temporary, self.path)
-                except FileExistsError:
+                if not securefile.create_private(self.path, text):
                     return False
-                finally:
-                    os.unlink(temporary)
             else:
-                os.replace(temporary, self.path)
+                securefile.write_private(self.path, text)
             self._seen = self._stat()
             return True
+        except InvalidInput as e:
+            raise KeyringError(f"cannot write the keyring {self.path}: {e}", retryable=False) from None
         except OSError as e:
             raise KeyringError(f"cannot write the keyring {self.path}: {e.strerror}", retryable=True) from None

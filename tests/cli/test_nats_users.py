@@ -36,6 +36,7 @@ async def test_the_rendered_users_work_on_a_real_nats_server(
 
     assert result.exit_code == 0, result.output
     assert "2 agent user(s)" in result.output and "without a credential" in result.output and "us-1" in result.output
+    assert users_file.stat().st_mode & 0o777 == 0o600  # password hashes: owner-only
     text = users_file.read_text()
     assert "the control plane's password" not in text and eu1.secret not in text  # hashes only
     server = NatsServer(data_dir=tmp_path / "nats", config_extra=text)

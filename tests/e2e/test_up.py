@@ -50,6 +50,7 @@ async def check_api_answers(state: Path, lines: list[str]) -> None:
     """The printed API addresses answer; the token file's path is printed, never its secret."""
     grpc_target = printed(lines, "API (gRPC):")
     rest_url = printed(lines, "API (REST):")
+    assert printed(lines, "transport:").startswith("plain HTTP/gRPC on 127.0.0.1 only;")
     token_path = Path(printed(lines, "admin token:").split(" (")[0])
     assert token_path == state / "admin-token"
     secret = token_path.read_text().strip()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -23,7 +24,8 @@ from eventstore.types import NewEvent
 from schemas.convoy.v1 import convergence_pb2 as C
 from schemas.convoy.v1 import events_pb2 as E
 from services.notifier.rules import Rule
-from services.notifier.webhook import H_EVENT_ID, H_SIGNATURE, Notifier, Webhook
+from services.notifier.signatures import verify
+from services.notifier.webhook import H_EVENT_ID, H_SIGNATURE, H_WEBHOOK_SIGNATURE, Notifier, Webhook
 from tests.conftest import eventually
 from tests.webhooks import PATH, Receiver, receiving
 
@@ -81,7 +83,8 @@ async def test_status_changes_reach_the_webhook_signed_and_filtered(
     assert (first["status"], first["old_status"], first["channel"]) == ("WAITING_APPROVAL", "WAITING_PRECONDITIONS", "prod")
     assert second["status"] == "ROLLED_BACK" and second["channel"] == "staging"
     for headers, body in receiver.received:
-        assert headers[H_SIGNATURE] == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        assert headers[H_SIGNATURE] == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()  # deprecated
+        verify(body, headers[H_WEBHOOK_SIGNATURE], "s3cret", now=time.time())  # timestamped: replays refusable
         assert headers[H_EVENT_ID] == json.loads(body)["event_id"]
 
 

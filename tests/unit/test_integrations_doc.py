@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
-from services.notifier.webhook import Webhook
+from services.notifier.webhook import H_WEBHOOK_SIGNATURE, Webhook
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "integrations.md"
 
 
-def test_the_documented_verify_accepts_the_notifiers_signature() -> None:
+def test_the_documented_verify_accepts_the_notifiers_signature_and_refuses_replays() -> None:
     [snippet] = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
     scope: dict[str, object] = {}
     exec(snippet, scope)  # noqa: S102 - our own documentation
     verify = scope["verify"]
     body = b'{"text": "shop/web v2 in prod: FAILED"}'
-    signature = Webhook(url="https://hooks.example/x", secret="s3cret").sign(body)
-    assert verify(body, signature, "s3cret")  # type: ignore[operator]
-    assert not verify(body + b" ", signature, "s3cret")  # type: ignore[operator]
-    assert not verify(body, signature, "other")  # type: ignore[operator]
+    webhook = Webhook(url="https://hooks.example/x", secret="s3cret")
+    fresh = webhook.signature_headers(body, now=time.time())[H_WEBHOOK_SIGNATURE]
+    assert verify(body, fresh, "s3cret")  # type: ignore[operator]
+    assert not verify(body + b" ", fresh, "s3cret")  # type: ignore[operator]
+    assert not verify(body, fresh, "other")  # type: ignore[operator]
+    stale = webhook.signature_headers(body, now=time.time() - 301)[H_WEBHOOK_SIGNATURE]
+    assert not verify(body, stale, "s3cret")  # type: ignore[operator]
+    future = webhook.signature_headers(body, now=time.time() + 301)[H_WEBHOOK_SIGNATURE]
+    assert not verify(body, future, "s3cret")  # type: ignore[operator]
+    assert not verify(body, webhook.sign(body), "s3cret")  # type: ignore[operator]  # the old header is not enough
 
 
 def test_the_documented_categories_are_the_ones_the_log_uses() -> None:

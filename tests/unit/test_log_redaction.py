@@ -77,3 +77,34 @@ def test_the_format_comes_from_the_flag_or_the_environment() -> None:
     assert convoy_logging.resolve_format("console", {"CONVOY_LOG_FORMAT": "json"}) == "console"
     with pytest.raises(Exception, match="not one of"):
         convoy_logging.resolve_format("xml", {})
+
+
+def test_url_credentials_of_every_shape_are_scrubbed_from_fields_and_exceptions(json_logs: io.StringIO) -> None:
+    log = structlog.get_logger("convoy.test")
+    try:
+        raise ConnectionError("cannot reach nats://agent:Ex-C3pt10n-pw@10.0.0.1:4222")
+    except ConnectionError:
+        log.exception(
+            "connect failed",
+            servers="nats://a:Pw-One@h1:4222,nats://a:Pw-Two@h2:4222",
+            dsn="host=db user=convoy password=Pw-Three dbname=convoy",
+            url="postgresql://db/convoy?sslmode=require&password=Pw-Four",
+            nested={"hook": "https://hooks.example/x?token=Pw-Five"},
+        )
+    text = json_logs.getvalue()
+    for secret in ("Ex-C3pt10n-pw", "Pw-One", "Pw-Two", "Pw-Three", "Pw-Four", "Pw-Five"):
+        assert secret not in text, (secret, text)
+    [line] = lines(json_logs)
+    assert line["servers"] == "nats://a:***@h1:4222,nats://a:***@h2:4222"
+    assert line["dsn"] == "host=db user=convoy password=*** dbname=convoy"
+    assert "nats://agent:***@10.0.0.1:4222" in text
+
+
+def test_console_tracebacks_are_scrubbed_too(json_logs: io.StringIO) -> None:  # (restores logging after)
+    out = io.StringIO()
+    convoy_logging.configure("console", stream=out)
+    try:
+        raise ConnectionError("cannot reach postgresql://convoy:C0ns0le-pw@db:5432/convoy")
+    except ConnectionError:
+        structlog.get_logger("convoy.test").exception("connect failed")
+    assert "C0ns0le-pw" not in out.getvalue() and "convoy:***@db" in out.getvalue(), out.getvalue()

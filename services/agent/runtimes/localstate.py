@@ -33,6 +33,7 @@ from pathlib import Path
 
 import structlog
 
+from eventstore import securefile
 from services.agent.runtimes import documents
 from services.agent.runtimes import processes
 from services.agent.runtimes.base import ApplyRejected, Workload, WorkloadKey
@@ -276,7 +277,6 @@ def _digest(data: bytes) -> str:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    """Owner-only: a workload's document holds its environment (resolved secrets
+    included) and a `.pids` file the token in its processes' environment."""
+    securefile.write_private(path, data)

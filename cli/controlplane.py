@@ -24,7 +24,6 @@ the API's share: its projection, the bus, the store, the relay and ingest.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import ipaddress
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -165,7 +164,7 @@ async def control_plane(
                 planner=NatsPlannerClient(nc=nc, instance=instance),
                 metrics=metrics,
                 heartbeats=ingest.last_heartbeat,
-                token_key=await token_key_of(store),
+                token_key=store.instance_key("tokens"),
                 oidc=oidc_of(settings),
                 checks=[*probe_checks, ops.relay_check(relay), ops.ingest_check(ingest)],
             )
@@ -321,7 +320,7 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         api = await stack.enter_async_context(
             api_server(
                 counted, settings.state_dir, listen, planner=planner, metrics=metrics, heartbeats=heartbeats, checks=checks,
-                token_key=await token_key_of(store), oidc=oidc_of(settings),
+                token_key=store.instance_key("tokens"), oidc=oidc_of(settings),
             )
         )
         await stack.enter_async_context(follow.follower(api))
@@ -333,18 +332,6 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
             )
             typer.echo(f"operations:   http://{listen.host}:{server.port} (/metrics /healthz /readyz)")
         yield api
-
-
-async def token_key_of(store: object) -> bytes | None:
-    """The instance's token key (`PostgresEventStore.instance_key("tokens")`), or None on
-    a store without instance keys (tokens then record SHA-256 digests)."""
-    instance_key = getattr(store, "instance_key", None)
-    if instance_key is None:
-        return None
-    key = instance_key("tokens")
-    if inspect.isawaitable(key):
-        key = await key
-    return bytes(key) if key else None
 
 
 def oidc_of(settings: Settings) -> OidcConfig | None:

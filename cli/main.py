@@ -37,6 +37,7 @@ from cli.commands import (
     tokens,
 )
 from cli.commands import gatekeeper as gatekeeper_command
+from cli.commands import instances as instances_command
 from cli.commands import planner as planner_command
 from eventstore import redaction
 from eventstore.embedded import EmbeddedServers
@@ -187,7 +188,11 @@ def api(
         raise typer.Exit(2)
     typer.echo(f"PostgreSQL:   {redaction.redact_url(settings.database_url)}")
     listen = controlplane.Listen(grpc_port=grpc_port, http_port=http_port, host=host, tls=tls)
-    asyncio.run(_serve_api(settings, settings.database_url, listen))
+    try:
+        asyncio.run(_serve_api(settings, settings.database_url, listen))
+    except planner_command.STARTUP_REFUSALS as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
     typer.echo("stopped")
 
 
@@ -281,6 +286,7 @@ for group in (
     catalog.releases,
     tokens.tokens,
     secrets.secrets,
+    instances_command.instances,
 ):
     app.add_typer(group)
 for command in (

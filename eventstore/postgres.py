@@ -2,10 +2,12 @@
 
 Ordering. A reader that tails "position > checkpoint" must never skip an event that a
 slower transaction commits later with a smaller position (the bug Marten, Emmett and
-eventsourcing each fixed). Convoy assigns positions under a transaction-scoped advisory
-lock taken just before the inserts, and the lock is released only after the commit is
-visible. So positions are gapless and in commit order: a snapshot that sees position p
-sees every position below it, and an aborted transaction leaves no gap to wait for.
+eventsourcing each fixed). Convoy assigns positions under a transaction-scoped lock
+taken just before the inserts (EXCLUSIVE on the schema's empty `append_lock` table: unlike
+an advisory lock, whose key every role sees in pg_locks, only this instance's roles may
+take it), and the lock is released only after the commit is visible. So positions are
+gapless and in commit order: a snapshot that sees position p sees every position below
+it, and an aborted transaction leaves no gap to wait for.
 
 Throughput. Serialising commits would cap appends at one fsync per command (~3,000/s on
 our machines). Instead one committer task per process takes every write queued while the
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -36,7 +40,7 @@ import structlog
 from eventstore import grouping
 from eventstore.committer import GroupCommitter, Turn
 from eventstore.tasks import Backoff
-from eventstore.errors import InvalidInput, Unavailable
+from eventstore.errors import ConvoyError, InvalidInput, Unavailable
 from eventstore.types import (
     AppendRequest,
     AppendResult,
@@ -77,8 +81,21 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def _lock_key(schema: str, purpose: str) -> int:
-    """A stable 63-bit advisory-lock key per Convoy instance (schema) and purpose."""
+    """A stable 63-bit advisory-lock key per schema and purpose, from the name alone: only
+    for migrating, which runs before the schema's secret exists (and only as a role that
+    may create in the schema). Everything else uses `PostgresEventStore.lock_key`."""
     return zlib.crc32(f"convoy:{schema}:{purpose}".encode()) | (zlib.crc32(purpose.encode()) << 31)
+
+
+class MigrationsPending(ConvoyError):
+    """The schema lacks migrations this build needs and the connecting role may not apply
+    them (an instance's service role never may). Not retryable: an operator runs
+    `convoy instances upgrade NAME` with the admin URL, then the service starts."""
+
+
+class StoreAccessDenied(ConvoyError):
+    """The database role may not use this schema: the URL and the instance name do not
+    belong together (each instance's URL is in its env file). Not retryable."""
 
 
 async def guarded(what: str, op: Callable[[], Awaitable[_T]]) -> _T:
@@ -109,14 +126,17 @@ class PostgresEventStore:
         *,
         settings: PostgresSettings,
         pool: asyncpg.Pool,
+        secret: bytes,
         fault_hook: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self._fault_hook = fault_hook
         self.schema = settings.schema
         self._pool = pool
-        self._append_lock = _lock_key(settings.schema, "append")
-        self.channel = f"convoy_{settings.schema}_events"
+        self._secret = secret
+        self.channel = "convoy_" + self.instance_key("notify").hex()[:40]
+        """The NOTIFY channel of this schema's commits: derived from the secret, because
+        channels are database-wide and any role may LISTEN on any name it can compute."""
         self._committer = GroupCommitter(
             name=settings.schema,
             run_batch=self._write_batch,
@@ -152,11 +172,33 @@ class PostgresEventStore:
             ),
         )
         assert pool is not None
-        return cls(settings=settings, pool=pool, fault_hook=fault_hook)
+        try:
+            secret = await guarded("reading the instance secret", lambda: pool.fetchval(_SECRET))
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(settings=settings, pool=pool, secret=bytes(secret), fault_hook=fault_hook)
 
     @property
     def pool(self) -> asyncpg.Pool:
         return self._pool
+
+    def instance_key(self, purpose: str) -> bytes:
+        """HMAC-SHA256 of the schema's secret (table `instance_secret`, readable only by
+        this instance's roles) with `purpose`: 32 bytes no other instance can compute.
+        The store derives its NOTIFY channel ("notify") and advisory-lock keys
+        ("lock:<name>") from it; the API uses `instance_key("tokens")` as its token key.
+        Each purpose gets an unrelated key; the secret itself never leaves the store."""
+        if not purpose:
+            raise InvalidInput("instance_key needs a purpose")
+        return hmac.new(self._secret, purpose.encode("utf-8"), hashlib.sha256).digest()
+
+    def lock_key(self, name: str) -> int:
+        """A 64-bit advisory-lock key for `name` (the relay's: "relay:<instance>") that only
+        this instance's roles can compute (see `instance_key`). Other roles cannot derive
+        it, but can see it in pg_locks while it is held (docs/instances.md, Known limits):
+        a lock that must hold against them is a table lock instead (the append lock)."""
+        return int.from_bytes(self.instance_key(f"lock:{name}")[:8], "big", signed=True)
 
     async def close(self) -> None:
         self._closed = True
@@ -227,7 +269,7 @@ class PostgresEventStore:
             await turn.wait_previous()
             # Statement order matters: READ COMMITTED takes a new snapshot per statement,
             # so the state read after the lock sees every commit made before it.
-            await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({self._append_lock})")
+            await conn.execute("BEGIN; LOCK TABLE append_lock IN EXCLUSIVE MODE")
             turn.locked()
             if self._fault_hook is not None:
                 await self._fault_hook("locking")
@@ -503,39 +545,107 @@ def _recorded(row: asyncpg.Record) -> RecordedEvent:
     return tuple.__new__(RecordedEvent, row)
 
 
-async def migrate(dsn: str, schema: str) -> list[int]:
-    """Apply the versioned migrations in eventstore/migrations/ that this schema lacks,
-    each in its own transaction, under a lock so concurrent starts do not race.
-    Returns the versions applied."""
-    if not _SCHEMA_NAME.fullmatch(schema):
-        raise InvalidInput(f"invalid schema name {schema!r}")
-    files = sorted(
+_SECRET = "SELECT secret FROM instance_secret"
+
+
+def migration_files() -> list[tuple[int, Any]]:
+    """(version, file) of every migration this build carries, in order."""
+    return sorted(
         (int(f.name.split("_", 1)[0]), f)
         for f in resources.files("eventstore.migrations").iterdir()
         if f.name.endswith(".sql")
     )
-    conn = await guarded("connect", lambda: asyncpg.connect(dsn, timeout=10))
-    applied: list[int] = []
+
+
+async def pending_migrations(conn: asyncpg.Connection, schema: str) -> list[int] | None:
+    """The versions this schema lacks, read without writing or locking anything (so a role
+    that may only read can ask); None when the schema has no migrations table yet."""
+    table = await conn.fetchval("SELECT to_regclass($1)", f"{schema}.schema_migrations")
+    if table is None:
+        return None
     try:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema, "migrate"))
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            await conn.execute(f"SET LOCAL search_path TO {schema}")
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                "version integer PRIMARY KEY, name text NOT NULL, "
-                "applied_at timestamptz NOT NULL DEFAULT now())"
+        done = {r[0] for r in await conn.fetch(f"SELECT version FROM {schema}.schema_migrations")}
+    except asyncpg.InsufficientPrivilegeError:
+        return None
+    return [version for version, _ in migration_files() if version not in done]
+
+
+async def migrate(dsn: str, schema: str) -> list[int]:
+    """Apply the versioned migrations in eventstore/migrations/ that this schema lacks,
+    in one transaction, under a lock so concurrent starts do not race. Returns the
+    versions applied.
+
+    A schema already current is left alone without taking the lock or writing: an
+    instance's service role (which may not create anything) starts like that. When
+    migrations are pending and the role lacks the privilege to apply them, it says which
+    command applies them (`MigrationsPending`)."""
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise InvalidInput(f"invalid schema name {schema!r}")
+    conn = await guarded("connect", lambda: asyncpg.connect(dsn, timeout=10))
+    try:
+        usable = await guarded(
+            "migration check",
+            lambda: conn.fetchval(
+                "SELECT to_regnamespace($1) IS NULL OR has_schema_privilege(to_regnamespace($1), 'USAGE')", schema
+            ),
+        )
+        if not usable:
+            user = await conn.fetchval("SELECT current_user")
+            raise StoreAccessDenied(
+                f"database role {user!r} may not use schema {schema!r}: CONVOY_DATABASE_URL and CONVOY_INSTANCE "
+                "must name the same instance (each instance's URL is in its env file, see `convoy instances list`)"
             )
-            done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-            for version, file in files:
-                if version in done:
-                    continue
-                await conn.execute(file.read_text())
-                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, file.name)
-                applied.append(version)
+        if await guarded("migration check", lambda: pending_migrations(conn, schema)) == []:
+            return []
+        owner = await conn.fetchval("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", schema)
+        if owner == f"convoy_{schema}_owner":
+            # A provisioned instance (eventstore.instances): its objects must stay its owner's
+            # and its service role needs grants on new tables; only `upgrade` does both.
+            raise MigrationsPending(
+                f"schema {schema!r} is a provisioned instance that needs migrations; an operator runs "
+                f"`convoy instances upgrade {schema}` with the admin URL (--admin-url or "
+                "CONVOY_ADMIN_DATABASE_URL), then start again"
+            )
+        try:
+            async with conn.transaction():
+                applied = await guarded("migrate", lambda: apply_migrations(conn, schema))
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.InvalidSchemaNameError) as error:
+            raise MigrationsPending(
+                f"schema {schema!r} needs migrations that this database role may not apply ({error}); "
+                f"an operator runs `convoy instances upgrade {schema}` with the admin URL "
+                "(--admin-url or CONVOY_ADMIN_DATABASE_URL), then start again"
+            ) from None
     finally:
         await conn.close()
     if applied:
         log.info("migrated", schema=schema, versions=applied)
+    return applied
+
+
+async def apply_migrations(conn: asyncpg.Connection, schema: str, *, role: str | None = None) -> list[int]:
+    """The pending migrations, on `conn`, inside the caller's transaction. With `role`
+    (an instance's owner role, see eventstore.instances), they run under `SET LOCAL ROLE`
+    so every object they create is owned by it; the schema must exist then."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema, "migrate"))
+    if role is not None:
+        await conn.execute(f"SET LOCAL ROLE {role}")
+    if await conn.fetchval("SELECT to_regnamespace($1)", schema) is None:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+    await conn.execute(f"SET LOCAL search_path TO {schema}")
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version integer PRIMARY KEY, name text NOT NULL, "
+        "applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    applied: list[int] = []
+    for version, file in migration_files():
+        if version in done:
+            continue
+        await conn.execute(file.read_text())
+        await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, file.name)
+        applied.append(version)
+    if role is not None:
+        await conn.execute("RESET ROLE")
     return applied
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -104,11 +103,6 @@ class RelayHealth:
     """When it last had nothing left to publish, or stored a window."""
 
 
-def lock_key(schema: str, instance: str) -> int:
-    digest = hashlib.blake2b(f"convoy:{schema}:relay:{instance}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
 class Relay:
     """Publishes the store's events to the instance's events stream. `await start()`,
     `await stop()`; counters: `published`, `duplicates`, `checkpoint`, `head`, `lag`."""
@@ -119,7 +113,7 @@ class Relay:
         self._nc = nc
         self.settings = settings
         self.name = f"convoy-relay:{settings.instance}"
-        self._lock_key = lock_key(store.schema, settings.instance)
+        self._lock_key = store.lock_key(f"relay:{settings.instance}")  # from the schema's secret
         self._table = f"{store.schema}.relay_checkpoints"
         self._stream = bus.events_stream(settings.instance)
         self._task: asyncio.Task[None] | None = None

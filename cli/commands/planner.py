@@ -23,7 +23,7 @@ from eventstore import bus, probes
 from eventstore.codec import convoy_registry
 from eventstore.metrics import Registry
 from eventstore.opsserver import OpsServer
-from eventstore.postgres import PostgresEventStore, PostgresSettings
+from eventstore.postgres import MigrationsPending, PostgresEventStore, PostgresSettings, StoreAccessDenied
 from eventstore.settings import Settings, environ
 from services.planner.clock import SystemClock
 from services.planner.replay import Difference, replay_check
@@ -45,6 +45,10 @@ def database_url(settings: Settings) -> str:
     return url
 
 
+STARTUP_REFUSALS = (MigrationsPending, StoreAccessDenied)
+"""Errors that stop a service at start for an operator to fix: printed, not a traceback."""
+
+
 def planner(
     state_dir: StateDir = None,
     ops_port: Annotated[
@@ -55,7 +59,11 @@ def planner(
     """Run the planner against the event store in CONVOY_DATABASE_URL (Ctrl-C stops it)."""
     convoy_logging.setup(log_format)
     settings = Settings.from_env(environ(), state_dir=state_dir)
-    asyncio.run(_run_planner(database_url(settings), settings.instance, ops_port, settings.nats_url))
+    try:
+        asyncio.run(_run_planner(database_url(settings), settings.instance, ops_port, settings.nats_url))
+    except STARTUP_REFUSALS as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
     typer.echo("stopped")
 
 

@@ -22,11 +22,11 @@ import aiohttp
 import grpc
 import pytest
 
-from eventstore.postgres import PostgresEventStore
+from eventstore.postgres import PostgresEventStore, PostgresSettings
 from schemas.convoy.v1 import api_pb2, resources_pb2
 from services.api.ui import session as ui_session
-from tests.conftest import fresh_store
 from tests.integration.test_api_support import Running, Stubs, bearer, grpc_stubs, running_api
+from tests.isolation.store_env import StoreInstances, store_instances  # noqa: F401
 from tests.isolation.table import Row, check
 
 MARKERS = {"a": "alpha", "b": "beta"}
@@ -57,10 +57,15 @@ async def _apply_app(instance: Instance, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-async def instance_stores(database_url: str) -> AsyncIterator[dict[str, PostgresEventStore]]:
-    # TEMPORARY until the provisioned instances' fixture lands: two schemas, superuser.
-    async with fresh_store(database_url) as a, fresh_store(database_url) as b:
-        yield {"a": a, "b": b}
+async def instance_stores(store_instances: StoreInstances) -> AsyncIterator[dict[str, PostgresEventStore]]:
+    """Each API on its own provisioned instance, connected as that instance's service role."""
+    async with contextlib.AsyncExitStack() as stack:
+        stores = {}
+        for name, provisioned in (("a", store_instances.a), ("b", store_instances.b)):
+            store = await PostgresEventStore.open(PostgresSettings(dsn=provisioned.dsn, schema=provisioned.name))
+            stack.push_async_callback(store.close)
+            stores[name] = store
+        yield stores
 
 
 @pytest.fixture(scope="module")

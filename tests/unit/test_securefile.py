@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli import localstate
+from cli.commands import instances as instances_command
 from eventstore import natsauth, securefile
 from eventstore.errors import InvalidInput
 from schemas.convoy.v1 import resources_pb2
@@ -126,7 +127,7 @@ def test_a_new_folder_is_owner_only_and_a_world_writable_one_is_refused(tmp_path
 def secret_files(root: Path) -> list[Path]:
     names = {"admin-token", "database-url", natsauth.SYSTEM_PASSWORD_FILE, "secrets.keys", "agent-state.json",
              "nats.conf", "password", "nats-users.conf"}
-    return [p for p in root.rglob("*") if p.name in names or p.suffix in (".pids", ".pending")]
+    return [p for p in root.rglob("*") if p.name in names or p.suffix in (".pids", ".pending", ".env")]
 
 
 def assert_private(root: Path, expected: int) -> None:
@@ -151,7 +152,10 @@ def test_every_writer_of_a_secret_file_in_the_state_folder_writes_it_0600(tmp_pa
             intents.Applied.empty(), resources_pb2.Runtime(name="prod")
         )
         StateStore(state / "local").save_pids(WorkloadKey("default", "shop", "web"), [])
+        instances_command.write_env_file(
+            state / "instances" / "shop.env", "shop", f"postgresql://convoy_shop:{SECRET}@db/convoy", SECRET
+        )
     finally:
         os.umask(old)
-    assert_private(tmp_path, 6)
-    assert len(created_modes) >= 6 and all(m == 0o600 for _, m in created_modes)
+    assert_private(tmp_path, 7)
+    assert len(created_modes) >= 7 and all(m == 0o600 for _, m in created_modes)

@@ -34,7 +34,6 @@ from eventstore.tasks import describe
 from eventstore.types import EventStore
 from schemas.convoy.v1 import api_pb2
 from services.api import auth, events, limits, planning, queries, redaction, scopes, secrets, why
-from services.api.oidc import SsoVerifier, looks_like_jwt
 from services.api.convergence import ConvergenceView
 from services.api.errors import Failure, classify, invalid
 from services.api.history import History, Snapshot
@@ -42,6 +41,7 @@ from services.api.images import ImageResolver
 from services.api.domain import State, decider
 from services.api.domain.validation import q
 from services.api.methods import BY_INPUT, BY_NAME, METHODS, Method
+from services.api.oidc import SsoVerifier, looks_like_jwt
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
 from services.api.writes import Writer

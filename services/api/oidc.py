@@ -32,8 +32,8 @@ import aiohttp
 import jwt
 import structlog
 
-from services import principals
 from eventstore.errors import Unavailable
+from services import principals
 from services.api.domain import PermissionDenied
 from services.api.errors import Unauthenticated
 from services.api.oidc_config import Issuer, OidcConfig

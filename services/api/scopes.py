@@ -12,7 +12,9 @@ belongs to no application*.
   Watch, ListReleases … without `application`) is refused: a scoped caller reads one
   application at a time rather than getting a silently filtered view.
 - A call naming channels (Approve, Reject, Bypass, Pause/ResumeConvergence, Rollback, Why
-  with a channel) needs each in scope when the scope lists channels. Deploy and PlanDeploy
+  with a channel) needs each in scope when the scope lists channels; a command leaving
+  them empty (which means every channel) is refused, and so are declarations (an
+  application's, a service's, a resource's), which change every channel. Deploy and PlanDeploy
   name no channel: a release enters the application's pipeline, whose later channels are
   guarded by their own approvals.
 - Commands that belong to no application (runtimes, protections, registries, global
@@ -39,6 +41,11 @@ from services.api.domain import PermissionDenied, decider
 _APP_SCOPE: Final = resources_pb2.RESOURCE_SCOPE_APPLICATION
 
 _GLOBAL_READS_REFUSED: Final = frozenset({"ListTokens", "ListSecrets"})
+_DECLARATIONS: Final = frozenset(
+    {"ApplyApplication", "DeleteApplication", "ApplyService", "DeleteService", "LinkResource", "UnlinkResource",
+     "ApplyDeclarations"}
+)
+"""Commands that change an application's declaration: every channel at once."""
 _SHARED_READS: Final = frozenset(
     {"GetRuntime", "ListRuntimes", "ListProtections", "ListRegistries", "ListApplications"}
 )
@@ -77,6 +84,8 @@ class Targets:
     channels: tuple[str, ...] = ()
     names_application: bool = False
     """The request has a place for an application (even if left empty)."""
+    names_channel: bool = False
+    """The request has a place for channels (empty: every channel, for a command)."""
     global_: bool = False
 
 
@@ -112,14 +121,17 @@ def targets(method: str, request: Message, *, is_command: bool) -> Targets:
         return Targets(applications=(request.name,), names_application=True)
     fields = request.DESCRIPTOR.fields_by_name
     channels: tuple[str, ...] = ()
+    names_channel = "channel" in fields or "channels" in fields
     if "channel" in fields and getattr(request, "channel"):
         channels = (str(getattr(request, "channel")),)
     elif "channels" in fields:
         channels = tuple(getattr(request, "channels"))
     if "application" in fields and isinstance(getattr(request, "application"), str):
         app = str(getattr(request, "application"))
-        return Targets(applications=(app,) if app else (), channels=channels, names_application=True)
-    return Targets(channels=channels, global_=is_command)
+        return Targets(
+            applications=(app,) if app else (), channels=channels, names_application=True, names_channel=names_channel
+        )
+    return Targets(channels=channels, names_channel=names_channel, global_=is_command)
 
 
 def check(scope: Scope, method: str, request: Message, *, is_command: bool, who: str) -> None:
@@ -143,6 +155,15 @@ def check(scope: Scope, method: str, request: Message, *, is_command: bool, who:
                     f"{method} on application {app!r} is outside the scope of {who} ({scope.describe()})"
                 )
     if scope.channels:
+        if method in _DECLARATIONS:
+            raise PermissionDenied(
+                f"{method} changes every channel of the application; {who} is scoped to {scope.describe()}"
+            )
+        if is_command and named.names_channel and not named.channels:
+            # An empty channel means every channel (PauseConvergence, Rollback …).
+            raise PermissionDenied(
+                f"{method}: name a channel (none means every channel); {who} is scoped to {scope.describe()}"
+            )
         for channel in named.channels:
             if channel not in scope.channels:
                 raise PermissionDenied(

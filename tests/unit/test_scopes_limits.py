@@ -29,6 +29,7 @@ ALLOWED: list[tuple[str, Scope, Message]] = [
     ("rollback to staging", STAGING, api_pb2.RollbackRequest(application="shop", service="api", channels=["staging"])),
     ("shared infrastructure read", SHOP, api_pb2.ListRuntimesRequest()),
     ("events of shop", SHOP, api_pb2.ListEventsRequest(application="shop")),
+    ("why, every channel, is a read", STAGING, api_pb2.WhyRequest(application="shop", service="api")),
     ("watch shop", SHOP, api_pb2.WatchRequest(application="shop")),
     ("apply its application", SHOP, api_pb2.ApplyApplicationRequest(application=resources_pb2.Application(name="shop"))),
     ("declare its service", SHOP, api_pb2.ApplyDeclarationsRequest(declarations=[
@@ -43,6 +44,13 @@ REFUSED: list[tuple[str, Scope, Message, str]] = [
      "Approve on channel 'prod' is outside the scope of token 'tok-1' (channels staging)"),
     ("rollback prod too", STAGING, api_pb2.RollbackRequest(application="shop", service="api", channels=["staging", "prod"]),
      "Rollback on channel 'prod' is outside the scope"),
+    ("pause every channel", STAGING, api_pb2.PauseConvergenceRequest(application="shop", service="api"),
+     "PauseConvergence: name a channel (none means every channel); token 'tok-1' is scoped to channels staging"),
+    ("rollback every channel", STAGING, api_pb2.RollbackRequest(application="shop", service="api"),
+     "Rollback: name a channel"),
+    ("declare a service with a channel scope", STAGING, api_pb2.ApplyServiceRequest(
+        service=resources_pb2.Service(application="shop", name="api")),
+     "ApplyService changes every channel of the application; token 'tok-1' is scoped to channels staging"),
     ("all events", SHOP, api_pb2.ListEventsRequest(), "ListEvents: name an application; token 'tok-1' is scoped to applications shop"),
     ("watch everything", SHOP, api_pb2.WatchRequest(), "Watch: name an application"),
     ("mint a token", SHOP, api_pb2.CreateTokenRequest(name="x"), "CreateToken acts on no single application"),

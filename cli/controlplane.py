@@ -49,7 +49,9 @@ from services.agent.secretclient import SecretClient
 from services.agent.selection import build_runtime
 from services.api.desired import DesiredState
 from services.api.ingest import HeartbeatSeen, ObservationIngest
+from services.api import oidc_config
 from services.api.natsauth_sync import NatsAuthSync
+from services.api.oidc_config import OidcConfig
 from services.api.planning import NatsPlannerClient
 from services.api.secretdelivery import SecretResponder
 from services.api.server import ApiServer
@@ -173,6 +175,8 @@ async def control_plane(
                 planner=NatsPlannerClient(nc=nc, instance=instance),
                 metrics=metrics,
                 heartbeats=ingest.last_heartbeat,
+                token_key=store.instance_key("tokens"),
+                oidc=oidc_of(settings),
                 checks=[*probe_checks, ops.relay_check(relay), ops.ingest_check(ingest)],
             )
         )
@@ -326,7 +330,8 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         counted = ops.counted(store, appended, "api")
         api = await stack.enter_async_context(
             api_server(
-                counted, settings.state_dir, listen, planner=planner, metrics=metrics, heartbeats=heartbeats, checks=checks
+                counted, settings.state_dir, listen, planner=planner, metrics=metrics, heartbeats=heartbeats, checks=checks,
+                token_key=store.instance_key("tokens"), oidc=oidc_of(settings),
             )
         )
         await stack.enter_async_context(follow.follower(api))
@@ -340,6 +345,11 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         yield api
 
 
+def oidc_of(settings: Settings) -> OidcConfig | None:
+    """The SSO issuers of CONVOY_OIDC_CONFIG / --oidc-config (None: SSO is off)."""
+    return oidc_config.load(settings.oidc_config) if settings.oidc_config is not None else None
+
+
 @contextlib.asynccontextmanager
 async def api_server(
     store: EventStore,
@@ -350,6 +360,8 @@ async def api_server(
     metrics: Registry | None = None,
     heartbeats: Callable[[str], HeartbeatSeen | None] | None = None,
     checks: list[Check] | None = None,
+    token_key: bytes | None = None,
+    oidc: OidcConfig | None = None,
 ) -> AsyncIterator[ApiServer]:
     """Start the API, print where it answers (and whether in plain text) and record that in `<state_dir>/endpoint.json`
     (how the CLI finds a local instance); the file is removed again on stop. `checks` join
@@ -363,6 +375,8 @@ async def api_server(
         metrics=metrics,
         heartbeats=heartbeats,
         checks=checks or (),
+        token_key=token_key,
+        oidc=oidc,
         tls=listen.tls,
     )
     ports = await server.start()

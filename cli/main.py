@@ -43,6 +43,8 @@ from eventstore import redaction
 from eventstore.embedded import EmbeddedServers
 from eventstore.errors import EmbeddedServerError, InvalidInput
 from eventstore.settings import Settings, environ
+from services.api.oidc_config import OidcConfigError
+from services.api.oidc_config import load as load_oidc_config
 from services.api.tls import ServerTls
 from services.notifier.webhook import Webhook
 
@@ -74,6 +76,15 @@ GrpcPort = Annotated[int, typer.Option("--grpc-port", help="The API's gRPC port 
 HttpPort = Annotated[int, typer.Option("--http-port", help="The API's REST port on 127.0.0.1 (0 = any free port).")]
 
 
+OidcConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--oidc-config",
+        help="SSO: a YAML file of trusted OIDC issuers and group→role mappings (default: $CONVOY_OIDC_CONFIG; docs/security.md).",
+    ),
+]
+
+
 @app.command()
 def up(
     state_dir: StateDir = None,
@@ -97,12 +108,13 @@ def up(
         ),
     ] = "json",
     log_format: convoy_logging.LogFormatOpt = None,
+    oidc_config: OidcConfigOpt = None,
 ) -> None:
     """Start Convoy's control plane (API, planner, relay, ingest, a local agent) on the embedded NATS and PostgreSQL (Ctrl-C stops it).
 
     Its API is plain HTTP/gRPC on 127.0.0.1 only; `convoy api --tls-cert/--tls-key` serves other machines."""
     convoy_logging.setup(log_format)
-    settings = Settings.from_env(environ(), state_dir=state_dir)
+    settings = _with_oidc(Settings.from_env(environ(), state_dir=state_dir, oidc_config=oidc_config))
     try:
         webhook = notify.webhook_from(fmt=notify_format)
     except InvalidInput as error:
@@ -150,6 +162,7 @@ def api(
         ),
     ] = None,
     log_format: convoy_logging.LogFormatOpt = None,
+    oidc_config: OidcConfigOpt = None,
 ) -> None:
     """Run the API (gRPC + REST) on CONVOY_DATABASE_URL; with CONVOY_NATS_URL also its bus side.
 
@@ -160,7 +173,7 @@ def api(
     it warns about on any --host but loopback."""
     convoy_logging.setup(log_format)
     env = environ()
-    settings = Settings.from_env(env, state_dir=state_dir)
+    settings = _with_oidc(Settings.from_env(env, state_dir=state_dir, oidc_config=oidc_config))
     try:
         tls = server_tls(tls_cert or _path(env.get("CONVOY_TLS_CERT")), tls_key or _path(env.get("CONVOY_TLS_KEY")))
     except InvalidInput as error:
@@ -181,6 +194,18 @@ def api(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     typer.echo("stopped")
+
+
+def _with_oidc(settings: Settings) -> Settings:
+    """Check the SSO configuration before starting anything (a wrong file is exit 2)."""
+    if settings.oidc_config is not None:
+        try:
+            config = load_oidc_config(settings.oidc_config)
+        except OidcConfigError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"SSO:          {len(config.issuers)} OIDC issuer(s) from {settings.oidc_config}")
+    return settings
 
 
 def _path(text: str | None) -> Path | None:

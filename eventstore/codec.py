@@ -268,6 +268,14 @@ def _runtime_registered_v1_to_v2(old: legacy_pb2.RuntimeRegisteredV1) -> events_
     )
 
 
+def _token_created_v1_to_v2(old: legacy_pb2.TokenCreatedV1) -> events_pb2.TokenCreated:
+    """v1 tokens never expire, are unscoped, are owned by their name (the fold reads an
+    empty owner so) and are verified by SHA-256 alone."""
+    return events_pb2.TokenCreated(
+        token_id=old.token_id, name=old.name, role=old.role, secret_sha256=old.secret_sha256
+    )
+
+
 def _messages_of(module: ModuleType) -> list[type[Message]]:
     return [getattr(module, name) for name in module.DESCRIPTOR.message_types_by_name]
 
@@ -281,5 +289,6 @@ def convoy_registry() -> EventRegistry:
             Upcaster("convoy.v1.ApplicationCreated", 1, 2, _application_created_v1_to_v2),
             Upcaster("convoy.v1.ApplicationCreated", 2, 3, _application_created_v2_to_v3),
             Upcaster("convoy.v1.RuntimeRegistered", 1, 2, _runtime_registered_v1_to_v2),
+            Upcaster("convoy.v1.TokenCreated", 1, 2, _token_created_v1_to_v2),
         ],
     )

@@ -34,12 +34,14 @@ class Settings:
     nats_replicas: int = 1
     """JetStream replicas of Convoy's streams (3 on a NATS cluster for availability)."""
     nats_ca: Path | None = None
+    """CONVOY_NATS_CA: the CA file that verifies NATS's TLS certificate (default: the
+    system store; TLS is used whenever the server offers it, eventstore.natstls)."""
     nats_password: str | None = field(default=None, repr=False)
     """CONVOY_NATS_PASSWORD: the instance's control-plane password on an external NATS
     (`convoy instances create` writes it to the instance's env file); with it the control
     plane connects as `natsauth.system_user(instance)`, without it as CONVOY_NATS_URL says."""
-    """CONVOY_NATS_CA: the CA file that verifies NATS's TLS certificate (default: the
-    system store; TLS is used whenever the server offers it, eventstore.natstls)."""
+    oidc_config: Path | None = None
+    """The SSO (OIDC) issuers the API trusts (CONVOY_OIDC_CONFIG; docs/security.md)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.nats_replicas <= 5:
@@ -60,6 +62,7 @@ class Settings:
             nats_replicas=_replicas(environ.get("CONVOY_NATS_REPLICAS", "1")),
             nats_ca=Path(environ["CONVOY_NATS_CA"]) if environ.get("CONVOY_NATS_CA") else None,
             nats_password=environ.get("CONVOY_NATS_PASSWORD") or None,
+            oidc_config=Path(environ["CONVOY_OIDC_CONFIG"]) if environ.get("CONVOY_OIDC_CONFIG") else None,
         )
         present = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **present) if present else settings  # type: ignore[arg-type]

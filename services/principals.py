@@ -17,6 +17,12 @@ approvers" compare those names, so names that look alike must be alike: `bob`, `
   ones folded onto them — so stored events and tokens named before these rules existed still compare
   right.
 
+SSO callers are `sso:<issuer alias>:<sub>` (`sso`): the `sso:` prefix has a `:`, which
+no token name may hold, so it cannot be mistaken for a token's owner named by its name,
+and no system actor uses it. The `sub` is the issuer's opaque identifier: an SSO
+principal is kept and compared exactly (no case folding: `sub` values are case
+sensitive), only surrounding whitespace is stripped.
+
 Pure (only `unicodedata`), shared by services.api and services.planner, which may not
 import each other.
 """
@@ -29,6 +35,10 @@ from typing import Final
 
 MAX_NAME: Final = 64
 _SAFE: Final = re.compile(r"[a-z0-9][a-z0-9._@-]*")
+SSO_PREFIX: Final = "sso:"
+MAX_SUB: Final = 255
+_ALIAS: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_SUB: Final = re.compile(r"[\x21-\x7e]{1,255}")
 
 # Letters of other scripts that render like a Latin letter, after case folding (so the
 # capitals that imitate one are here as their lower-case forms): Cyrillic, Greek, and a
@@ -48,13 +58,27 @@ _LOOKALIKES: Final = {
 _FOLD: Final = str.maketrans(_LOOKALIKES)
 
 
+def sso(alias: str, sub: str) -> str:
+    """The principal of an SSO caller: `sso:<issuer alias>:<sub>`."""
+    return f"{SSO_PREFIX}{alias}:{sub}"
+
+
+def is_sso(name: str) -> bool:
+    return name.strip().startswith(SSO_PREFIX)
+
+
 def normalise(name: str) -> str:
-    """NFKC, case-folded (NFKC again, as Unicode's NFKC_Casefold), stripped."""
+    """NFKC, case-folded (NFKC again, as Unicode's NFKC_Casefold), stripped. An SSO
+    principal is only stripped (its `sub` is compared exactly)."""
+    if is_sso(name):
+        return name.strip()
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold()).strip()
 
 
 def key(name: str) -> str:
     """What principals are compared by: equal keys are the same principal."""
+    if is_sso(name):
+        return name.strip()
     decomposed = unicodedata.normalize("NFD", normalise(name))
     visible = "".join(c for c in decomposed if unicodedata.category(c) not in ("Cf", "Mn", "Me"))
     return visible.translate(_FOLD).strip()
@@ -77,5 +101,19 @@ def problem(name: str) -> str | None:
         return (
             "use ASCII letters, digits, '.', '-', '_' and '@', starting with a letter or digit "
             f"(names are compared case-insensitively){detail}"
+        )
+    return None
+
+
+def owner_problem(owner: str) -> str | None:
+    """Why `owner` cannot own a token (None: it can, as `normalise(owner)`): a name as
+    `problem` allows, or an SSO principal `sso:<alias>:<sub>`."""
+    if not is_sso(owner):
+        return problem(owner)
+    alias, sep, sub = owner.strip()[len(SSO_PREFIX) :].partition(":")
+    if not sep or _ALIAS.fullmatch(alias) is None or _SUB.fullmatch(sub) is None:
+        return (
+            "an SSO owner reads sso:<issuer alias>:<sub> (the alias as in the OIDC configuration: "
+            f"lower-case letters, digits, '-'; the sub: 1-{MAX_SUB} printable ASCII characters, no spaces)"
         )
     return None

@@ -17,6 +17,7 @@ real answer is lost.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -33,6 +34,7 @@ from services.api.domain import (
     Violation,
 )
 from services.api.domain.errors import MESSAGE_LIMIT, ImagesChanged, clip
+from services.api.limits import ResourceExhausted
 
 VIOLATIONS_BUDGET: Final = 2048
 """Bytes of JSON the violations of one answer take at most (`convoy-violations-bin`)."""
@@ -67,6 +69,12 @@ class Failure:
     violations: tuple[Violation, ...] = ()
     expected: bool = True
     """False for bugs and unknown exceptions: logged with a traceback."""
+    retry_after: float | None = None
+    """Seconds to wait before retrying (a limit reached): HTTP Retry-After, gRPC `retry-after`."""
+
+    @property
+    def retry_after_header(self) -> str | None:
+        return None if self.retry_after is None else str(max(1, math.ceil(self.retry_after)))
 
     @property
     def status_name(self) -> str:
@@ -85,6 +93,7 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, int], ...] = (
     (ImagesChanged, grpc.StatusCode.ABORTED, 409),
     (WrongExpectedVersion, grpc.StatusCode.ABORTED, 409),
     (Unavailable, grpc.StatusCode.UNAVAILABLE, 503),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     # Store-level bad input (an oversized event, a malformed id that slipped through).
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, 400),
 )
@@ -97,7 +106,10 @@ def classify(error: BaseException) -> Failure:
     for kind, code, status in _TABLE:
         if isinstance(error, kind):
             violations = bounded(error.violations) if isinstance(error, InvalidArgument) else ()
-            return Failure(code, status, clip(str(error) or code.name, limit=MESSAGE_LIMIT), violations)
+            retry_after = error.retry_after if isinstance(error, ResourceExhausted) else None
+            return Failure(
+                code, status, clip(str(error) or code.name, limit=MESSAGE_LIMIT), violations, retry_after=retry_after
+            )
     return Failure(grpc.StatusCode.INTERNAL, 500, "internal error", expected=False)
 
 

@@ -59,6 +59,8 @@ def _parser(method: Method, data: bytes) -> Callable[[], Message]:
 
 async def _abort(context: grpc.aio.ServicerContext, failure: Failure, ctx: CallContext) -> NoReturn:
     trailing: list[tuple[str, str | bytes]] = [("x-correlation-id", str(ctx.correlation_id))]
+    if failure.retry_after_header is not None:
+        trailing.append(("retry-after", failure.retry_after_header))
     if failure.violations:
         violations = [{"field": v.field, "description": v.description} for v in failure.violations]
         trailing.append(("convoy-violations-bin", json.dumps(violations).encode()))

@@ -10,6 +10,10 @@ set), then routed: commands to the
 role, `redaction.may_see_secrets`). Failures are classified here too (`fail`), so
 both transports log them the same way — with the request's correlation id, a traceback
 only for the unexpected, and never a token or secret.
+
+A scoped caller is held to its scope here (services.api.scopes) before anything is
+dispatched, and the expensive reads (as-of folds, PlanDeploy, Watch) each hold a lease of
+the per-principal `limits.Limiter` while they run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
 import structlog
@@ -28,7 +33,7 @@ from eventstore.errors import Unavailable
 from eventstore.tasks import describe
 from eventstore.types import EventStore
 from schemas.convoy.v1 import api_pb2
-from services.api import auth, events, planning, queries, redaction, secrets, why
+from services.api import auth, events, limits, planning, queries, redaction, scopes, secrets, why
 from services.api.convergence import ConvergenceView
 from services.api.errors import Failure, classify, invalid
 from services.api.history import History, Snapshot
@@ -36,6 +41,7 @@ from services.api.images import ImageResolver
 from services.api.domain import State, decider
 from services.api.domain.validation import q
 from services.api.methods import BY_INPUT, BY_NAME, METHODS, Method
+from services.api.oidc import SsoVerifier, looks_like_jwt
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
 from services.api.writes import Writer
@@ -83,8 +89,16 @@ class Api:
         history: History | None = None,
         agents: queries.AgentLookup | None = None,
         images: ImageResolver | None = None,
+        clock: Callable[[], datetime] | None = None,
+        token_key: bytes | None = None,
+        sso: SsoVerifier | None = None,
+        limiter: limits.Limiter | None = None,
     ) -> None:
         self._images = images
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._token_key = token_key
+        self._sso = sso
+        self.limiter = limiter or limits.Limiter()
         self._store = store
         self._registry = registry
         self._projection = projection
@@ -123,6 +137,7 @@ class Api:
         if not self._projection.running:
             raise Unavailable("the API is starting or stopping; retry shortly")
         auth.authorize(principal, method.min_role, method.name)
+        self._check_scope(principal, method, request)
         ctx = CallContext(idempotency_key=idempotency_key, transport="internal")
         with structlog.contextvars.bound_contextvars(correlation_id=str(ctx.correlation_id), method=method.name):
             response = await self._dispatch(method, request, principal, ctx)
@@ -134,20 +149,47 @@ class Api:
         position, _ = await self._history.position(as_of)
         return position
 
+    @property
+    def now(self) -> datetime:
+        """The API's clock (injectable: token expiry is tested without sleeping)."""
+        return self._clock()
+
+    async def prepare(self, ctx: CallContext) -> None:
+        """Load what verifying the call's credential needs (an SSO issuer's keys): the
+        only I/O of authentication, awaited before the synchronous `authenticate`."""
+        if self._sso is None or not ctx.authorization:
+            return
+        try:
+            secret = auth.bearer_secret(ctx.authorization)
+        except Exception:  # noqa: BLE001 - authenticate() refuses it with its message
+            return
+        if looks_like_jwt(secret):
+            await self._sso.prepare(secret)
+
     def authenticate(self, method: Method, ctx: CallContext) -> auth.Principal:
         if not self._projection.running:
             raise Unavailable("the API is starting or stopping; retry shortly")
-        principal = auth.authenticate(self._projection.state, ctx.authorization)
+        principal = auth.authenticate(
+            self._projection.state, ctx.authorization, now=self._clock(), token_key=self._token_key, sso=self._sso
+        )
         auth.authorize(principal, method.min_role, method.name)
         return principal
+
+    def _check_scope(self, principal: auth.Principal, method: Method, request: Message) -> None:
+        scopes.check(principal.scope, method.name, request, is_command=method.is_command, who=principal.describe())
+        if isinstance(request, api_pb2.CreateTokenRequest) and request.HasField("expires_at"):
+            if request.expires_at.ToDatetime(tzinfo=UTC) <= self._clock():
+                raise invalid("expires_at", "must be in the future (by the API's clock)")
 
     async def call(self, method: Method, ctx: CallContext, parse: Callable[[], Message]) -> Message:
         """Run a unary method. `parse` builds the request (raising InvalidArgument for
         bad input); it runs after authentication, so anonymous callers learn nothing
         about the request format."""
         started = time.monotonic()
+        await self.prepare(ctx)
         principal = self.authenticate(method, ctx)
         request = parse()
+        self._check_scope(principal, method, request)
         with structlog.contextvars.bound_contextvars(correlation_id=str(ctx.correlation_id), method=method.name):
             response = await self._dispatch(method, request, principal, ctx)
             log.info(
@@ -160,10 +202,19 @@ class Api:
 
     async def stream(self, method: Method, ctx: CallContext, parse: Callable[[], Message]) -> AsyncIterator[Message]:
         """Run a server-streaming method (Watch)."""
+        await self.prepare(ctx)
         principal = self.authenticate(method, ctx)
         request = parse()
         assert isinstance(request, api_pb2.WatchRequest)
-        log.info("watch opened", token_id=principal.token_id, correlation_id=str(ctx.correlation_id))
+        self._check_scope(principal, method, request)
+        with self.limiter.acquire(principal.name, limits.WATCH):
+            log.info("watch opened", token_id=principal.token_id, correlation_id=str(ctx.correlation_id))
+            async for event in self._watch(method, ctx, principal, request):
+                yield event
+
+    async def _watch(
+        self, method: Method, ctx: CallContext, principal: auth.Principal, request: api_pb2.WatchRequest
+    ) -> AsyncIterator[Message]:
 
         def still_open() -> bool:
             # A long-lived stream re-checks its token at every wake-up: a token revoked
@@ -203,9 +254,16 @@ class Api:
             return await secrets.list_secrets(self._store, self._projection.state, request)
         if method.name == "PlanDeploy":
             assert isinstance(request, api_pb2.PlanDeployRequest)
-            return await planning.plan_deploy(
-                self._planner, self._projection.state, request, principal, images=self._images
-            )
+            with self.limiter.acquire(principal.name, limits.PLAN):
+                return await planning.plan_deploy(
+                    self._planner, self._projection.state, request, principal, images=self._images
+                )
+        if "as_of" in _fields(request) and request.HasField("as_of"):  # type: ignore[attr-defined]
+            with self.limiter.acquire(principal.name, limits.AS_OF):
+                return scopes.filtered(principal.scope, method.name, await self._read(method, request))
+        return scopes.filtered(principal.scope, method.name, await self._read(method, request))
+
+    async def _read(self, method: Method, request: Message) -> Message:
         await self._see(queries.min_position(request), "page.min_position" if "page" in _fields(request) else "min_position")
         if method.name in ("GetConvergence", "Why"):
             assert isinstance(request, api_pb2.GetConvergenceRequest | api_pb2.WhyRequest)

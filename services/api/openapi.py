@@ -171,6 +171,12 @@ def _operation(builder: _Builder, method: Method) -> dict[str, Any]:
     operation["responses"] = {
         "200": {"description": "OK", "content": {"application/json": {"schema": builder.ref(method.output.DESCRIPTOR)}}},
         **{code: {**error} for code in ("400", "401", "403", "404", "405", "409", "413", "503")},
+        # A per-principal limit (services.api.limits): wait Retry-After seconds.
+        "429": {
+            **error,
+            "description": "a per-principal limit was reached",
+            "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+        },
         "default": error,
     }
     return operation

@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from schemas.convoy.v1 import api_pb2, resources_pb2
 from services.api.domain import NotFound, State
 from services.api.domain.errors import Problems
-from services.api.domain.state import RuntimeRecord
+from services.api.domain.state import RuntimeRecord, TokenRecord
 from services.api.domain.tokens import ROLES_BY_NAME
 from services.api.domain.validation import check_name, q
 from services.api.paging import paginate
@@ -179,11 +179,25 @@ def list_releases(state: State, request: api_pb2.ListReleasesRequest) -> api_pb2
     return api_pb2.ListReleasesResponse(releases=[r for _, r in page], next_page_token=token)
 
 
+def _token_info(t: TokenRecord) -> api_pb2.TokenInfo:
+    info = api_pb2.TokenInfo(
+        token_id=t.token_id,
+        name=t.name,
+        role=ROLES_BY_NAME.get(t.role, 0),
+        revoked=t.revoked,
+        scope=resources_pb2.TokenScope(applications=list(t.scope_applications), channels=list(t.scope_channels)),
+        owner=t.principal,
+    )
+    if t.expires_at is not None:
+        info.expires_at.FromDatetime(t.expires_at)
+    return info
+
+
 def list_tokens(state: State, request: api_pb2.ListTokensRequest) -> api_pb2.ListTokensResponse:
     page, token = paginate(list(state.tokens.values()), lambda t: (t.token_id,), request.page, "tokens")
     return api_pb2.ListTokensResponse(
         tokens=[
-            api_pb2.TokenInfo(token_id=t.token_id, name=t.name, role=ROLES_BY_NAME.get(t.role, 0), revoked=t.revoked)
+            _token_info(t)
             for t in page
         ],
         next_page_token=token,

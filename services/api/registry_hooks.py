@@ -51,6 +51,7 @@ class RegistryHooks:
         )
         name = request.match_info["name"]
         try:
+            await self._api.prepare(ctx)
             self._api.authenticate(BY_NAME["Deploy"], ctx)
             if name not in self._api.state.registries:
                 raise NotFound(f"registry {q(name[:64])} is not declared; declare it (kind: Registry) first")

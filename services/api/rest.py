@@ -214,7 +214,10 @@ def error_response(failure: Failure, correlation_id: str) -> web.Response:
     }
     if failure.violations:
         error["violations"] = [{"field": v.field, "description": v.description} for v in failure.violations]
-    return web.json_response({"error": error}, status=failure.http_status, headers={"X-Correlation-Id": correlation_id})
+    headers = {"X-Correlation-Id": correlation_id}
+    if failure.retry_after_header is not None:
+        headers["Retry-After"] = failure.retry_after_header
+    return web.json_response({"error": error}, status=failure.http_status, headers=headers)
 
 
 def _plain_error(status: int, name: str, message: str, correlation_id: str, **headers: str) -> web.Response:

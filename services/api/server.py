@@ -26,6 +26,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,9 @@ from services.api.grpc_transport import build_server
 from services.api.handlers import Api
 from services.api.history import History
 from services.api.images import ImageResolver
+from services.api.limits import DEFAULT_LIMITS, Limit, Limiter
+from services.api.oidc import SsoVerifier
+from services.api.oidc_config import OidcConfig
 from services.api.planning import PlannerClient
 from services.api.projection import Projection
 from services.api.registry_hooks import RegistryHooks
@@ -110,8 +114,17 @@ class ApiServer:
         checks: Sequence[ops.Check] = (),
         registries: RegistryPool | None = None,
         keyring: Keyring | None = None,
+        token_key: bytes | None = None,
+        oidc: OidcConfig | None = None,
+        limits: dict[str, Limit] | None = None,
+        clock: Callable[[], datetime] | None = None,
         tls: ServerTls | None = None,
     ) -> None:
+        """`token_key`: this instance's key for token digests (HMAC-SHA256; None: SHA-256,
+        which another instance would accept too). `oidc`: the SSO issuers to trust.
+        `limits`: per-principal limits by kind (services.api.limits.DEFAULT_LIMITS).
+        `clock`: the API's clock (token and SSO expiry)."""
+        self._token_key = token_key
         self._store = store
         self._state_dir = Path(state_dir)
         self._grpc_address = grpc_address
@@ -149,7 +162,11 @@ class ApiServer:
             timeout=write_wait,
             images=images,
             secrets=self.secrets,
+            token_key=token_key,
         )
+        wall = clock or (lambda: datetime.now(UTC))
+        self.sso = SsoVerifier(oidc, clock=lambda: wall().timestamp()) if oidc is not None else None
+        self.limiter = Limiter(limits=dict(limits) if limits is not None else dict(DEFAULT_LIMITS))
         self.api = Api(
             store=store,
             registry=self._registry,
@@ -161,6 +178,10 @@ class ApiServer:
             history=History(store=store, registry=self._registry),
             agents=_agents(heartbeats) if heartbeats is not None else None,
             images=images,
+            clock=wall,
+            token_key=token_key,
+            sso=self.sso,
+            limiter=self.limiter,
         )
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
@@ -227,7 +248,9 @@ class ApiServer:
             await asyncio.to_thread(auth.write_admin_secret, self._state_dir, secret)
             written = True
 
-        created = await self._writer.bootstrap_token(name="bootstrap-admin", minted=auth.mint(), before_commit=write)
+        created = await self._writer.bootstrap_token(
+            name="bootstrap-admin", minted=auth.mint(token_key=self._token_key), before_commit=write
+        )
         if created is None and written:  # another process bootstrapped first: this secret is void
             path.unlink(missing_ok=True)
         if created is not None:

@@ -75,8 +75,10 @@ class Writer:
         timeout: float = 5.0,
         images: ImageResolver | None = None,
         secrets: SecretSealer | None = None,
+        token_key: bytes | None = None,
     ) -> None:
         self._secrets = secrets or SecretSealer(keyring=None)
+        self._token_key = token_key
         self._store = store
         self._images = images
         self._registry = registry
@@ -189,7 +191,11 @@ class Writer:
         receipt: Receipt | None = None,
     ) -> tuple[Message, int]:
         if minted is None:
-            minted = auth.mint(agent_credential=method.name == "IssueAgentCredential") if method.name in MINTING else Minted()
+            minted = (
+                auth.mint(agent_credential=method.name == "IssueAgentCredential", token_key=self._token_key)
+                if method.name in MINTING
+                else Minted()
+            )
         digests: dict[str, str] = {}
         if self._images is not None and isinstance(request, api_pb2.DeployRequest):
             # The registry is asked before deciding (decide is pure); a service changed

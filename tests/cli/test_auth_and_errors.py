@@ -40,6 +40,25 @@ async def test_tokens_create_list_revoke_and_a_viewer_cannot_deploy(cli: Cli) ->
     assert row.split()[-1] == "yes"
 
 
+async def test_tokens_create_with_expiry_scope_and_owner(cli: Cli) -> None:
+    assert (await cli.run("apply", "-f", str(EXAMPLES))).exit_code == 0
+    created = await cli.run(
+        "tokens", "create", "ci-2", "--role", "deployer", "--expires-in", "30d", "--application", "shop",
+        "--channel", "staging,prod", "--owner", "Alice", "--output", "json",
+    )
+    assert created.exit_code == 0, created.output
+    token = json.loads(created.stdout)
+    assert token["owner"] == "alice" and token["scope"] == {"applications": ["shop"], "channels": ["staging", "prod"]}
+    assert token["expiresAt"].endswith("Z")
+    table = await cli.run("tokens", "list")
+    row = next(line for line in table.stdout.splitlines() if token["tokenId"] in line)
+    assert "alice" in row and "applications shop" in row
+    refused = await cli.run("deploy", "blog/api", "--version", "v1", token=token["secret"])
+    assert refused.exit_code == 5 and "outside the scope" in refused.stderr, refused.output
+    bad = await cli.run("tokens", "create", "x", "--role", "viewer", "--expires-in", "soon")
+    assert bad.exit_code == 2 and "--expires-in 'soon'" in bad.stderr, bad.output
+
+
 async def test_bad_token_exits_5(cli: Cli) -> None:
     result = await cli.run("apps", "list", token="not-a-real-token")
     assert result.exit_code == 5, result.output

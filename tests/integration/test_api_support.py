@@ -59,6 +59,7 @@ class Stubs:
     """Every service's stub on one channel."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
         self.applications = api_pb2_grpc.ApplicationServiceStub(channel)
         self.services = api_pb2_grpc.ServiceServiceStub(channel)
         self.runtimes = api_pb2_grpc.RuntimeServiceStub(channel)

@@ -405,7 +405,7 @@ def test_convoy_registry_is_a_new_object_each_call() -> None:
         "convoy.v1.ConvergencePaused": 1,
         "convoy.v1.ConvergenceResumed": 1,
         "convoy.v1.RollbackRequested": 1,
-        "convoy.v1.TokenCreated": 1,
+        "convoy.v1.TokenCreated": 2,
         "convoy.v1.TokenRevoked": 1,
         "convoy.v1.IntentIssued": 1,
         "convoy.v1.ChecksRequested": 1,

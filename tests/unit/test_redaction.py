@@ -35,6 +35,7 @@ def test_every_field_that_looks_secret_derived_is_marked() -> None:
     }
     assert marked == {
         "convoy.v1.TokenCreated.secret_sha256",
+        "convoy.v1.TokenCreated.secret_hmac",
         "convoy.v1.AgentCredentialIssued.secret_sha256",
         "convoy.v1.AgentCredentialIssued.nats_password_bcrypt",
         "convoy.v1.SecretSet.nonce",

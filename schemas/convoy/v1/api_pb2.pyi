@@ -1903,17 +1903,35 @@ class CreateTokenRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     role: _options_pb2.Role.ValueType
+    owner: _builtins.str
+    """The principal the token acts as (default: its name): several tokens of one owner,
+    or a token and an SSO sign-in ("sso:<issuer>:<sub>"), are one approver.
+    """
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset: never expires. Must be in the future."""
+
+    @_builtins.property
+    def scope(self) -> _resources_pb2.TokenScope:
+        """Unset or empty: every application and channel the role allows."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         role: _options_pb2.Role.ValueType = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        scope: _resources_pb2.TokenScope | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "name", b"name", "owner", b"owner", "role", b"role", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1927,11 +1945,19 @@ class CreatedToken(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
     name: _builtins.str
     role: _options_pb2.Role.ValueType
     secret: _builtins.str
     """Shown once; Convoy keeps only its hash."""
+    owner: _builtins.str
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def scope(self) -> _resources_pb2.TokenScope: ...
     def __init__(
         self,
         *,
@@ -1939,10 +1965,13 @@ class CreatedToken(_message.Message):
         name: _builtins.str = ...,
         role: _options_pb2.Role.ValueType = ...,
         secret: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        scope: _resources_pb2.TokenScope | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role", "secret", b"secret", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "name", b"name", "owner", b"owner", "role", b"role", "scope", b"scope", "secret", b"secret", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1978,10 +2007,18 @@ class TokenInfo(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
     name: _builtins.str
     role: _options_pb2.Role.ValueType
     revoked: _builtins.bool
+    owner: _builtins.str
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def scope(self) -> _resources_pb2.TokenScope: ...
     def __init__(
         self,
         *,
@@ -1989,10 +2026,13 @@ class TokenInfo(_message.Message):
         name: _builtins.str = ...,
         role: _options_pb2.Role.ValueType = ...,
         revoked: _builtins.bool = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        scope: _resources_pb2.TokenScope | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "revoked", b"revoked", "role", b"role", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "name", b"name", "owner", b"owner", "revoked", b"revoked", "role", b"role", "scope", b"scope", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

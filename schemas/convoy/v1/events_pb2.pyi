@@ -655,7 +655,11 @@ Global___RollbackRequested: _TypeAlias = RollbackRequested  # noqa: Y015
 
 @_typing.final
 class TokenCreated(_message.Message):
-    """An API token was created. Only the SHA-256 of its secret is recorded."""
+    """An API token was created. Only the SHA-256 of its secret is recorded.
+    Version 2 added expiry, scope, owner and the keyed digest; a version 1 token (upcast
+    with none of them) never expires, is unscoped, is owned by its name and is verified by
+    its SHA-256 alone.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -663,11 +667,34 @@ class TokenCreated(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     SECRET_SHA256_FIELD_NUMBER: _builtins.int
+    SECRET_HMAC_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
     name: _builtins.str
     role: _builtins.str
     """"viewer", "deployer", "approver" or "admin"."""
     secret_sha256: _builtins.str
+    """SHA-256 of the secret: only for tokens created without an instance token key
+    (empty when `secret_hmac` is set).
+    """
+    secret_hmac: _builtins.str
+    """HMAC-SHA256 of the secret under the instance's token key (hex): a catalog copied to
+    another instance verifies nothing there.
+    """
+    owner: _builtins.str
+    """The principal the token acts as (normalised): its events' actor, the approver it
+    counts as. Set at creation (the token's name unless another owner was named).
+    """
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset: the token never expires."""
+
+    @_builtins.property
+    def scope(self) -> _resources_pb2.TokenScope:
+        """Empty: the token may act on every application and channel its role allows."""
+
     def __init__(
         self,
         *,
@@ -675,10 +702,14 @@ class TokenCreated(_message.Message):
         name: _builtins.str = ...,
         role: _builtins.str = ...,
         secret_sha256: _builtins.str = ...,
+        secret_hmac: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        scope: _resources_pb2.TokenScope | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role", "secret_sha256", b"secret_sha256", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "name", b"name", "owner", b"owner", "role", b"role", "scope", b"scope", "secret_hmac", b"secret_hmac", "secret_sha256", b"secret_sha256", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from schemas.convoy.v1 import options_pb2 as schemas_dot_convoy_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eschemas/convoy/v1/legacy.proto\x12\tconvoy.v1\x1a\x1fschemas/convoy/v1/options.proto\"q\n\x14\x41pplicationCreatedV1\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x63hannels\x18\x03 \x01(\t:$\xc8\xf3\x18\x01\xd2\xf3\x18\x1c\x63onvoy.v1.ApplicationCreated\"\x7f\n\x14\x41pplicationCreatedV2\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x18\n\x10release_channels\x18\x04 \x03(\t:$\xc8\xf3\x18\x02\xd2\xf3\x18\x1c\x63onvoy.v1.ApplicationCreatedJ\x04\x08\x03\x10\x04\"\xc1\x01\n\x13RuntimeRegisteredV1\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12:\n\x06labels\x18\x03 \x03(\x0b\x32*.convoy.v1.RuntimeRegisteredV1.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:#\xc8\xf3\x18\x01\xd2\xf3\x18\x1b\x63onvoy.v1.RuntimeRegisteredb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eschemas/convoy/v1/legacy.proto\x12\tconvoy.v1\x1a\x1fschemas/convoy/v1/options.proto\"q\n\x14\x41pplicationCreatedV1\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x63hannels\x18\x03 \x01(\t:$\xc8\xf3\x18\x01\xd2\xf3\x18\x1c\x63onvoy.v1.ApplicationCreated\"\x7f\n\x14\x41pplicationCreatedV2\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x18\n\x10release_channels\x18\x04 \x03(\t:$\xc8\xf3\x18\x02\xd2\xf3\x18\x1c\x63onvoy.v1.ApplicationCreatedJ\x04\x08\x03\x10\x04\"\xc1\x01\n\x13RuntimeRegisteredV1\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12:\n\x06labels\x18\x03 \x03(\x0b\x32*.convoy.v1.RuntimeRegisteredV1.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:#\xc8\xf3\x18\x01\xd2\xf3\x18\x1b\x63onvoy.v1.RuntimeRegistered\"{\n\x0eTokenCreatedV1\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x1b\n\rsecret_sha256\x18\x04 \x01(\tB\x04\x88\x80\x19\x01:\x1e\xc8\xf3\x18\x01\xd2\xf3\x18\x16\x63onvoy.v1.TokenCreatedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNTIMEREGISTEREDV1_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_RUNTIMEREGISTEREDV1']._loaded_options = None
   _globals['_RUNTIMEREGISTEREDV1']._serialized_options = b'\310\363\030\001\322\363\030\033convoy.v1.RuntimeRegistered'
+  _globals['_TOKENCREATEDV1'].fields_by_name['secret_sha256']._loaded_options = None
+  _globals['_TOKENCREATEDV1'].fields_by_name['secret_sha256']._serialized_options = b'\210\200\031\001'
+  _globals['_TOKENCREATEDV1']._loaded_options = None
+  _globals['_TOKENCREATEDV1']._serialized_options = b'\310\363\030\001\322\363\030\026convoy.v1.TokenCreated'
   _globals['_APPLICATIONCREATEDV1']._serialized_start=78
   _globals['_APPLICATIONCREATEDV1']._serialized_end=191
   _globals['_APPLICATIONCREATEDV2']._serialized_start=193
@@ -48,4 +52,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNTIMEREGISTEREDV1']._serialized_end=516
   _globals['_RUNTIMEREGISTEREDV1_LABELSENTRY']._serialized_start=434
   _globals['_RUNTIMEREGISTEREDV1_LABELSENTRY']._serialized_end=479
+  _globals['_TOKENCREATEDV1']._serialized_start=518
+  _globals['_TOKENCREATEDV1']._serialized_end=641
 # @@protoc_insertion_point(module_scope)

@@ -1710,3 +1710,31 @@ class GitHubDeployments(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GitHubDeployments: _TypeAlias = GitHubDeployments  # noqa: Y015
+
+@_typing.final
+class TokenScope(_message.Message):
+    """What an API token (or an SSO group) may act on. Empty lists do not restrict: a scope
+    with only `applications` limits applications, with only `channels` limits channels.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATIONS_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def applications(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        applications: _abc.Iterable[_builtins.str] | None = ...,
+        channels: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applications", b"applications", "channels", b"channels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenScope: _TypeAlias = TokenScope  # noqa: Y015

@@ -57,6 +57,9 @@ class Minted:
     release_id: str = ""
     token_id: str = ""
     token_secret: str = ""
+    token_hmac: str = ""
+    """CreateToken with an instance token key: HMAC-SHA256(key, token_secret), hex. Empty:
+    the token records the secret's SHA-256 (no key configured)."""
     credential_id: str = ""
     credential_secret: str = ""
     credential_bcrypt: str = ""

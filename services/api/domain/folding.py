@@ -16,6 +16,7 @@ the catalog never holds orphans whatever order the races committed in.
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -293,7 +294,17 @@ def _convergence_resumed(state: State, event: events_pb2.ConvergenceResumed) -> 
 
 
 def _token_created(state: State, event: events_pb2.TokenCreated) -> State:
-    token = TokenRecord(event.token_id, event.name, event.role, event.secret_sha256)
+    token = TokenRecord(
+        event.token_id,
+        event.name,
+        event.role,
+        event.secret_sha256,
+        secret_hmac=event.secret_hmac,
+        expires_at=event.expires_at.ToDatetime(tzinfo=UTC) if event.HasField("expires_at") else None,
+        scope_applications=tuple(event.scope.applications),
+        scope_channels=tuple(event.scope.channels),
+        owner=event.owner,
+    )
     return dataclasses.replace(state, tokens=with_item(state.tokens, event.token_id, token))
 
 

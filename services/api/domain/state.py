@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -113,6 +114,20 @@ class TokenRecord:
     secret_sha256: str
     revoked: bool = False
     revoke_reason: str = ""
+    secret_hmac: str = ""
+    """HMAC-SHA256 of the secret under the instance's token key (empty: a token created
+    without a key, verified by `secret_sha256`)."""
+    expires_at: datetime | None = None
+    """None: never expires."""
+    scope_applications: tuple[str, ...] = ()
+    scope_channels: tuple[str, ...] = ()
+    """Empty: not restricted (services.api.scopes)."""
+    owner: str = ""
+    """The principal the token acts as; empty (tokens before owners): its name."""
+
+    @property
+    def principal(self) -> str:
+        return self.owner or self.name
 
 
 @dataclass(frozen=True, slots=True)

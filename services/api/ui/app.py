@@ -164,19 +164,19 @@ class UiApp:
         if client is None:
             return self._to_login(request)
         try:
-            principal = client.principal()
+            principal = await client.principal()
             client.as_of = at.parse(request.rel_url.query.get("at"))
             page = await view(client, request.rel_url.query, *args)
             position = await self._api.position_of(client.as_of) if client.as_of is not None else page.position
         except Exception as error:  # refused: the API's own message and status, on the page
-            return self._refused(request, client, error)
+            return await self._refused(request, client, error)
         frame = self._frame(request, client, principal, client.as_of)
         return self._render(request, page.template, **frame, title=page.title, position=position, **page.data)
 
-    def _refused(self, request: web.Request, client: UiClient, error: BaseException, **extra: Any) -> web.Response:
+    async def _refused(self, request: web.Request, client: UiClient, error: BaseException, **extra: Any) -> web.Response:
         failure = self._api.fail(None, client.ctx(), error)
         try:
-            principal = client.principal()
+            principal = await client.principal()
         except Exception:  # the session ended (revoked, expired): sign in again
             return self._to_login(request, expired=True)
         frame = self._frame(request, client, principal, None)
@@ -232,12 +232,17 @@ class UiApp:
         secret = (_text(form.get("token")) or "").strip()
         client = UiClient(self._api, secret)
         try:
-            principal = client.principal()
+            principal = await client.principal()
         except Unavailable as error:
             return await self._login_form(request, error=str(error), status=503)
         except Exception:
             log.info("ui sign-in refused")
-            return await self._login_form(request, error="That token is not valid (or was revoked).", status=401)
+            return await self._login_form(request, error="That token is not valid (or was revoked, or has expired).", status=401)
+        if len(secret) > session.MAX_COOKIE_SECRET:
+            return await self._login_form(
+                request, error="That SSO token is too large to keep in a session cookie (over 3,800 bytes): "
+                "ask the identity provider for a token with fewer claims.", status=400,
+            )
         log.info("ui signed in", token_id=principal.token_id)
         response = web.HTTPSeeOther(_same_site_path(_text(form.get("next"))))
         response.set_cookie(session.SESSION_COOKIE, secret, **session.cookie_attributes(secure=self._secure))  # type: ignore[arg-type]
@@ -269,10 +274,10 @@ class UiApp:
             return self._forbidden(request, "this form did not come from a Convoy page signed in as you (CSRF check)")
         back = _same_site_path(fields.get("next"))
         try:
-            client.principal()
+            await client.principal()
             notice = await act(client, fields)
         except Exception as error:
-            return self._refused(request, client, error, back=back)
+            return await self._refused(request, client, error, back=back)
         separator = "&" if "?" in back else "?"
         raise web.HTTPSeeOther(f"{back}{separator}notice={notice}")
 
@@ -313,7 +318,7 @@ class UiApp:
         if client is None:
             return web.json_response({"error": "signed out"}, status=401)
         try:
-            client.principal()
+            await client.principal()
         except Exception as error:
             status = classify(error).http_status
             return web.json_response({"error": "signed out" if status == 401 else str(error)}, status=status)
@@ -339,7 +344,7 @@ class UiApp:
                 if stopping in done:
                     break
                 if pending not in done:
-                    client.principal()  # a revoked session ends its stream
+                    await client.principal()  # a revoked session ends its stream
                     await response.write(b": keep-alive\n\n")
                     continue
                 task, pending = pending, None

@@ -39,9 +39,11 @@ class UiClient:
             transport="ui",
         )
 
-    def principal(self) -> auth.Principal:
-        """Who is signed in (Unauthenticated when the token is no longer valid)."""
-        return self.api.authenticate(BY_NAME["ListApplications"], self.ctx())
+    async def principal(self) -> auth.Principal:
+        """Who is signed in (Unauthenticated when the token, or SSO token, is no longer valid)."""
+        ctx = self.ctx()
+        await self.api.prepare(ctx)
+        return self.api.authenticate(BY_NAME["ListApplications"], ctx)
 
     async def read(self, method: str, request: M) -> Message:
         """A read, `as_of` the page's moment when the request can carry it."""

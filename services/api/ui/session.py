@@ -1,6 +1,6 @@
 """Browser sessions: an API token in an HttpOnly cookie, and the CSRF token derived from it.
 
-The session cookie holds the token secret itself (HttpOnly, SameSite=Strict, Path=/), so
+The session cookie holds the token secret (or the SSO token) itself (HttpOnly, SameSite=Strict, Path=/), so
 every page authenticates exactly as an API call does and a revoked token ends the session
 at the next request — no second credential store, and any API replica can serve any
 session. The CSRF token every form carries is an HMAC of a fixed label keyed by that
@@ -21,6 +21,9 @@ SESSION_COOKIE: Final = "convoy_session"
 LOGIN_COOKIE: Final = "convoy_login"
 CSRF_FIELD: Final = "csrf"
 _LABEL: Final = b"convoy-ui-csrf-v1"
+MAX_COOKIE_SECRET: Final = 3800
+"""Browsers drop cookies over 4 KiB silently; an SSO token (a JWT) larger than this is
+refused at sign-in with a message instead."""
 
 
 def csrf_token(secret: str) -> str:

@@ -8,7 +8,9 @@ import pytest
 from google.protobuf.message import Message
 
 from eventstore.errors import ConvoyError
-from schemas.convoy.v1 import api_pb2, events_pb2, options_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from schemas.convoy.v1 import api_pb2, events_pb2, options_pb2, resources_pb2
 from services.api.domain import BadCommandContext, FailedPrecondition, InvalidArgument, Minted, NotFound, decide
 from services.api.domain.tokens import role_of, token_for_secret
 from tests.unit.domain.builders import MINTED, command, run, shop
@@ -74,9 +76,10 @@ def test_create_and_revoke_token() -> None:
     decision, state = run(shop(), request)
     digest = hashlib.sha256(MINTED.token_secret.encode()).hexdigest()
     assert decision.events == (("token/tok-1", events_pb2.TokenCreated(
-        token_id="tok-1", name="ci-deployer", role="deployer", secret_sha256=digest)),)
+        token_id="tok-1", name="ci-deployer", role="deployer", secret_sha256=digest, owner="ci-deployer")),)
     assert decision.response == api_pb2.CreatedToken(
-        token_id="tok-1", name="ci-deployer", role=options_pb2.ROLE_DEPLOYER, secret=MINTED.token_secret)
+        token_id="tok-1", name="ci-deployer", role=options_pb2.ROLE_DEPLOYER, secret=MINTED.token_secret,
+        owner="ci-deployer")
     token = token_for_secret(state, MINTED.token_secret)
     assert token is not None and role_of(token) == options_pb2.ROLE_DEPLOYER
     assert token_for_secret(state, "wrong") is None
@@ -99,6 +102,19 @@ TOKEN_REFUSED: list[tuple[str, object, type[ConvoyError], str]] = [
     ("unknown role", api_pb2.CreateTokenRequest(name="ci", role=9), InvalidArgument,  # type: ignore[arg-type]
      "role: 9 is not a known role: use one of ROLE_VIEWER, ROLE_DEPLOYER, ROLE_APPROVER, ROLE_ADMIN"),
     ("revoke unknown", api_pb2.RevokeTokenRequest(token_id="tok-9"), NotFound, 'token "tok-9" does not exist'),
+    ("owner with a space", api_pb2.CreateTokenRequest(name="ci", role=options_pb2.ROLE_ADMIN, owner="al ice"),
+     InvalidArgument, "owner: use ASCII letters, digits, '.', '-', '_' and '@', starting with a letter or digit "
+     "(names are compared case-insensitively); ' ' (SPACE) is not one of them"),
+    ("malformed SSO owner", api_pb2.CreateTokenRequest(name="ci", role=options_pb2.ROLE_ADMIN, owner="sso:Corp:"),
+     InvalidArgument, "owner: an SSO owner reads sso:<issuer alias>:<sub> (the alias as in the OIDC configuration: "
+     "lower-case letters, digits, '-'; the sub: 1-255 printable ASCII characters, no spaces)"),
+    ("bad scope name", api_pb2.CreateTokenRequest(name="ci", role=options_pb2.ROLE_ADMIN,
+     scope=resources_pb2.TokenScope(applications=["Shop"])), InvalidArgument,
+     "scope.applications[0]: \"Shop\" is not a valid application: use lower-case letters, digits and '-', start "
+     "and end with a letter or digit, at most 63 characters"),
+    ("expiry before 1970", api_pb2.CreateTokenRequest(name="ci", role=options_pb2.ROLE_ADMIN,
+     expires_at=Timestamp(seconds=-5)), InvalidArgument,
+     "expires_at: must be a moment after 1970 (leave it unset for a token that never expires)"),
     ("revoke without id", api_pb2.RevokeTokenRequest(), InvalidArgument, "token_id: required: the id of the token to revoke"),
 ]
 
@@ -128,3 +144,39 @@ def test_bad_command_context() -> None:
         decide(shop(), command(api_pb2.PauseRuntimeRequest(name="eu-1"), actor=""))
     with pytest.raises(BadCommandContext, match="convoy.v1.GetApplicationRequest is not a command"):
         decide(shop(), command(api_pb2.GetApplicationRequest(name="shop")))
+
+
+def test_token_records_expiry_scope_and_owner() -> None:
+    request = api_pb2.CreateTokenRequest(
+        name="CI-2", role=options_pb2.ROLE_DEPLOYER, owner=" Alice ", expires_at=Timestamp(seconds=1_900_000_000),
+        scope=resources_pb2.TokenScope(applications=["shop", "shop"], channels=["staging"]),
+    )
+    decision, state = run(shop(), request)
+    (_, event), = decision.events
+    assert isinstance(event, events_pb2.TokenCreated)
+    assert (event.name, event.owner, event.expires_at.seconds) == ("ci-2", "alice", 1_900_000_000)
+    assert list(event.scope.applications) == ["shop"] and list(event.scope.channels) == ["staging"]
+    token = state.tokens["tok-1"]
+    assert token.principal == "alice" and token.scope_applications == ("shop",) and token.scope_channels == ("staging",)
+    assert token.expires_at is not None and int(token.expires_at.timestamp()) == 1_900_000_000
+
+
+def test_sso_owner_is_kept_exactly() -> None:
+    request = api_pb2.CreateTokenRequest(name="ci", role=options_pb2.ROLE_APPROVER, owner="sso:corp:AbC-123")
+    decision, state = run(shop(), request)
+    assert state.tokens["tok-1"].principal == "sso:corp:AbC-123"
+
+
+def test_with_a_token_key_only_the_keyed_digest_is_recorded() -> None:
+    minted = Minted(token_id="tok-1", token_secret="cvy_tok-1_" + "s" * 30, token_hmac="ab" * 32)
+    decision, state = run(shop(), api_pb2.CreateTokenRequest(name="ci", role=options_pb2.ROLE_VIEWER), minted=minted)
+    (_, event), = decision.events
+    assert isinstance(event, events_pb2.TokenCreated)
+    assert event.secret_hmac == "ab" * 32 and event.secret_sha256 == ""
+    assert token_for_secret(state, minted.token_secret) is None  # no SHA-256 to match anywhere
+
+
+def test_a_malformed_keyed_digest_is_the_shells_bug() -> None:
+    minted = Minted(token_id="tok-1", token_secret="x" * 20, token_hmac="not-hex")
+    with pytest.raises(BadCommandContext):
+        decide(shop(), command(api_pb2.CreateTokenRequest(name="ci", role=options_pb2.ROLE_VIEWER), minted=minted))

@@ -75,3 +75,14 @@ async def convoy(env: dict[str, str], *args: str, timeout: float = 180) -> tuple
     out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode()
+
+
+@asynccontextmanager
+async def service_process(env: dict[str, str], *args: str, ready: str) -> AsyncIterator[list[str]]:
+    """`convoy ARGS` (a long-running service) until the test is done; then it must stop on
+    SIGTERM, cleanly (exit 0, no traceback)."""
+    async with convoy_process(env, *args, ready=ready, timeout=90) as running:
+        yield running.lines
+        code = await running.stop(signal.SIGTERM)
+        assert code == 0, running.output[-4000:]
+        assert "Traceback" not in running.output, running.output[-4000:]

@@ -12,28 +12,16 @@ deploy makes the planner record intents — every service writing through the gr
 from __future__ import annotations
 
 import os
-import signal
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 
 from eventstore.embedded import NatsServer
 from tests.conftest import eventually
-from tests.e2e.processes import ROOT, convoy, convoy_process
+from tests.e2e.processes import ROOT, convoy, service_process as process
 
 EXAMPLES = ROOT / "examples" / "shop"
-
-
-@asynccontextmanager
-async def process(env: dict[str, str], *args: str, ready: str) -> AsyncIterator[list[str]]:
-    async with convoy_process(env, *args, ready=ready, timeout=90) as running:
-        yield running.lines
-        code = await running.stop(signal.SIGTERM)
-        assert code == 0, running.output[-4000:]
-        assert "Traceback" not in running.output, running.output[-4000:]
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -7,29 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 
 from eventstore.embedded import NatsServer
 from tests.conftest import eventually
-from tests.e2e.processes import ROOT, convoy, convoy_process
+from tests.e2e.processes import ROOT, convoy, service_process as process
 from tests.webhooks import PATH, receiving
 
 EXAMPLES = ROOT / "examples" / "shop"
-
-
-@asynccontextmanager
-async def process(env: dict[str, str], *args: str, ready: str) -> AsyncIterator[list[str]]:
-    """`convoy ARGS` until the test is done; then it must stop on SIGTERM, cleanly."""
-    async with convoy_process(env, *args, ready=ready, timeout=90) as running:
-        yield running.lines
-        code = await running.stop(signal.SIGTERM)
-        assert code == 0, running.output[-4000:]
-        assert "Traceback" not in running.output, running.output[-4000:]
 
 
 async def test_api_planner_and_agent_as_separate_processes(

@@ -764,6 +764,9 @@ class PostgresServer(_Server):
 
     name = "PostgreSQL"
     log_name = "postgres.log"
+    ready_line = _PG_READY
+    """The log line that says it serves; a hot standby (tests/scale/pgreplica.py) says
+    "ready to accept read-only connections" instead."""
 
     def __init__(self, *, data_dir: Path, port: int | None = None) -> None:
         super().__init__(data_dir=data_dir, port=port)
@@ -834,7 +837,7 @@ class PostgresServer(_Server):
         for candidate in candidates:
             port = candidate if candidate is not None else free_loopback_port()
             outcome = self._start_on(port, timeout)
-            if outcome == _PG_READY:
+            if outcome == self.ready_line:
                 self.port = port
                 return
             if outcome != _PG_PORT_TAKEN or self.port is not None:
@@ -888,14 +891,14 @@ class PostgresServer(_Server):
             preexec_fn=die_with_parent(signal.SIGQUIT),
         )
         assert popen.stderr is not None
-        watcher = _LogWatcher(popen.stderr, self.data_dir / self.log_name, (_PG_READY, _PG_PORT_TAKEN))
+        watcher = _LogWatcher(popen.stderr, self.data_dir / self.log_name, (self.ready_line, _PG_PORT_TAKEN))
         proc = _Process(popen, watcher)
         try:
-            outcome = watcher.wait_for((_PG_READY, _PG_PORT_TAKEN), failed=lambda: popen.poll() is not None, timeout=timeout)
+            outcome = watcher.wait_for((self.ready_line, _PG_PORT_TAKEN), failed=lambda: popen.poll() is not None, timeout=timeout)
         except EmbeddedServerError:
             _stop(proc, signal.SIGINT, 10.0)
             raise
-        if outcome == _PG_READY:
+        if outcome == self.ready_line:
             self._proc = proc
         else:
             _stop(proc, signal.SIGINT, 10.0)

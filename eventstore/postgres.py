@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import inspect
 import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -76,8 +77,28 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.LockNotAvailableError,
     asyncpg.exceptions.QueryCanceledError,
+    # A server that is (or became) a standby: a single-endpoint URL can land on one during a
+    # failover; the connection is dropped and the next attempt connects afresh.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
-"""asyncpg failures that mean "the server cannot do it right now", not "the request is wrong"."""
+"""asyncpg failures that mean "the server cannot do it right now", not "the request is wrong".
+(`TargetServerAttributeNotMatched`, no writable host in a multi-host URL yet, is an
+`InternalClientError`.)"""
+
+
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,  # a server that vanished without closing the socket answers nothing
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions._base.InternalClientError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+)
+"""The `UNAVAILABLE_ERRORS` that say "this connection's server is gone or no longer the
+primary" (a crash, a failover): the store then drops its other connections too, so the next
+attempt connects afresh — with a multi-host URL, to whichever host takes writes now."""
 
 
 def _lock_key(schema: str, purpose: str) -> int:
@@ -103,7 +124,10 @@ async def guarded(what: str, op: Callable[[], Awaitable[_T]]) -> _T:
     try:
         return await op()
     except UNAVAILABLE_ERRORS as error:
-        raise Unavailable(f"PostgreSQL unavailable during {what}: {type(error).__name__}: {error}") from error
+        raise Unavailable(
+            f"PostgreSQL unavailable during {what} ({type(error).__name__}: {error}); retry with the same "
+            "idempotency key or event ids: it took effect once or not at all"
+        ) from error
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +188,7 @@ class PostgresEventStore:
             "connect",
             lambda: asyncpg.create_pool(
                 settings.dsn,
-                min_size=settings.pool_min,
+                **_pool_size(settings.pool_min),
                 max_size=settings.pool_max,
                 command_timeout=settings.command_timeout,
                 server_settings={"search_path": settings.schema, "idle_in_transaction_session_timeout": "60000"},
@@ -257,7 +281,31 @@ class PostgresEventStore:
         )
 
     async def _write_batch(self, writes: Sequence[grouping.Write], turn: Turn) -> grouping.BatchPlan:
-        return await guarded("append", lambda: self._write_batch_on_connection(writes, turn))
+        try:
+            return await guarded("append", lambda: self._write_batch_on_connection(writes, turn))
+        except Unavailable as error:
+            if isinstance(error.__cause__, CONNECTION_LOST):
+                await self._forget_connections()
+            raise
+
+    async def _read(self, what: str, op: Callable[[], Awaitable[_T]]) -> _T:
+        """A read on the pool; a lost connection makes the store reconnect everything."""
+        try:
+            return await guarded(what, op)
+        except Unavailable as error:
+            if isinstance(error.__cause__, CONNECTION_LOST):
+                await self._forget_connections()
+            raise
+
+    async def _forget_connections(self) -> None:
+        """After a lost connection the others are likely to the same dead (or demoted)
+        server, and one that vanished without closing its socket would only fail after
+        `command_timeout`: drop the idle writer connections and have the pool replace each
+        of its connections at its next use, so the next attempt connects afresh."""
+        idle, self._writer_conns = self._writer_conns, []
+        for conn in idle:
+            conn.terminate()
+        await self._pool.expire_connections()
 
     async def _write_batch_on_connection(self, writes: Sequence[grouping.Write], turn: Turn) -> grouping.BatchPlan:
         """One transaction in four round trips: lock, read state, write, commit."""
@@ -355,12 +403,12 @@ class PostgresEventStore:
                 args.append(value)
                 clauses.append(clause.format(len(args)))
         sql = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY version"
-        rows = await guarded("read_stream", lambda: self._pool.fetch(sql, *args))
+        rows = await self._read("read_stream", lambda: self._pool.fetch(sql, *args))
         return [_recorded(r) for r in rows]
 
     async def stream_version(self, stream_id: str) -> int:
         validate_stream_id(stream_id)
-        value = await guarded(
+        value = await self._read(
             "stream_version",
             lambda: self._pool.fetchval("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1", stream_id),
         )
@@ -384,28 +432,28 @@ class PostgresEventStore:
             clauses.append(f"position <= ${len(args)}")
         args.append(limit)
         sql = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY position LIMIT ${len(args)}"
-        rows = await guarded("read_all", lambda: self._pool.fetch(sql, *args))
+        rows = await self._read("read_all", lambda: self._pool.fetch(sql, *args))
         return [_recorded(r) for r in rows]
 
     async def head(self) -> int:
-        value = await guarded("head", lambda: self._pool.fetchval("SELECT coalesce(max(position), 0) FROM events"))
+        value = await self._read("head", lambda: self._pool.fetchval("SELECT coalesce(max(position), 0) FROM events"))
         return int(value)
 
     async def position_at(self, when: datetime) -> int:
-        value = await guarded(
+        value = await self._read(
             "position_at",
             lambda: self._pool.fetchval("SELECT coalesce(max(position), 0) FROM events WHERE recorded_at <= $1", when),
         )
         return int(value)
 
     async def checkpoint(self, name: str) -> int:
-        value = await guarded(
+        value = await self._read(
             "checkpoint", lambda: self._pool.fetchval("SELECT position FROM tracking WHERE name = $1", name)
         )
         return int(value or 0)
 
     async def receipts(self, slots: Sequence[tuple[str, str]]) -> tuple[int, dict[tuple[str, str], Receipt]]:
-        rows = await guarded(
+        rows = await self._read(
             "receipt lookup",
             lambda: self._pool.fetch(_RECEIPTS, [s for s, _ in slots], [k for _, k in slots]),
         )
@@ -470,6 +518,9 @@ class PostgresEventStore:
 
     async def _connect_listener(self, callback: Callable[..., None]) -> asyncpg.Connection:
         conn = await asyncpg.connect(self.settings.dsn, timeout=10, server_settings={"search_path": self.schema})
+        # A listener whose server died hears nothing more: wake the tail, which then reads
+        # (through the pool, reconnecting) and listens again on a new connection.
+        conn.add_termination_listener(lambda _conn: callback())
         try:
             await conn.add_listener(self.channel, callback)
         except BaseException:  # cancelled (the tail is stopping) or failed: the caller never gets it
@@ -522,6 +573,17 @@ SELECT pg_notify($13, $14) WHERE $14 <> ''
 """
 """The batch's events, checkpoints, receipts and wake-up notification, in one statement.
 Receipts need no ON CONFLICT: they are checked and written under the append lock."""
+
+
+def _pool_size(initial: int) -> dict[str, int]:
+    """Open `initial` connections at start, and keep no floor afterwards: a connection the
+    server dropped (a restart, a failover) is replaced when it is next acquired, on a fresh
+    connect that follows the URL to whichever host takes writes now. asyncpg 0.32 made
+    `min_size` a floor kept by a background task that logs a traceback for every failed
+    reconnect during an outage Convoy already reports; it has `init_size` for the start."""
+    if "init_size" in inspect.signature(asyncpg.create_pool).parameters:
+        return {"init_size": initial, "min_size": 0}
+    return {"min_size": initial}  # before 0.32 min_size was the start size only
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -37,7 +37,7 @@ from typing import Final
 import structlog
 
 from eventstore.codec import EventRegistry
-from eventstore.errors import ConvoyError, DuplicateEventId, UnknownEventType
+from eventstore.errors import ConvoyError, DuplicateEventId, Unavailable, UnknownEventType
 from eventstore.tasks import Backoff, describe, stop_task
 from eventstore.types import (
     AlreadyProcessed,
@@ -297,6 +297,12 @@ class Planner:
                 self.ready.clear()
                 self.stats.restarts += 1
                 log.info("another planner is ahead; refolding from the checkpoint", detail=str(error))
+            except Unavailable as error:  # the store is down or failing over: expected, no traceback
+                self.ready.clear()
+                self.stats.restarts += 1
+                delay = backoff.next()
+                log.warning("store unavailable; rebuilding from the log", error=str(error), retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
             except Exception as error:  # rebuild and go on: the log is the truth
                 self.ready.clear()
                 self.stats.restarts += 1

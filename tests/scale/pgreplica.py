@@ -37,7 +37,7 @@ from pathlib import Path
 
 import asyncpg
 
-from eventstore.embedded import PostgresServer, pid_alive, postgres_bin_dir
+from eventstore.embedded import POSTGRES_SYSTEM_USER, PostgresServer, pid_alive, postgres_bin_dir
 
 STANDBY_NAME = "convoy_standby"
 REPLICATION_USER = "replicator"
@@ -177,12 +177,12 @@ class ReplicatedPostgres:
                 raise RuntimeError("the primary's processes did not die")
             await _pause()
         self.primary.stop()  # reaps the postmaster; nothing left to stop
-        run_as = self._run_as()
-        result = subprocess.run(
-            [str(postgres_bin_dir() / "pg_ctl"), "promote", "-D", str(self.standby.pgdata.absolute()), "--no-wait"],
-            capture_output=True, text=True, check=False, timeout=DEADLINE,
-            user=run_as[0] if run_as else None, group=run_as[1] if run_as else None,
-        )
+        promote = [str(postgres_bin_dir() / "pg_ctl"), "promote", "-D", str(self.standby.pgdata.absolute()), "--no-wait"]
+        if self._run_as() is not None:
+            # pg_ctl refuses root. runuser rather than subprocess's user=: switching users
+            # in the forked child of a process with gRPC threads can crash the child.
+            promote = ["runuser", "-u", POSTGRES_SYSTEM_USER, "--", *promote]
+        result = subprocess.run(promote, capture_output=True, text=True, check=False, timeout=DEADLINE)
         if result.returncode != 0:
             raise RuntimeError(f"pg_ctl promote failed ({result.returncode}): {result.stderr.strip()}")
         conn = await asyncpg.connect(self.server_dsn(self.standby))

@@ -124,10 +124,7 @@ async def guarded(what: str, op: Callable[[], Awaitable[_T]]) -> _T:
     try:
         return await op()
     except UNAVAILABLE_ERRORS as error:
-        raise Unavailable(
-            f"PostgreSQL unavailable during {what} ({type(error).__name__}: {error}); retry with the same "
-            "idempotency key or event ids: it took effect once or not at all"
-        ) from error
+        raise Unavailable(f"PostgreSQL unavailable during {what}: {type(error).__name__}: {error}") from error
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,10 @@ VIOLATIONS_BUDGET: Final = 2048
 """Bytes of JSON the violations of one answer take at most (`convoy-violations-bin`)."""
 FIELD_LIMIT: Final = 256
 DESCRIPTION_LIMIT: Final = 512
+RETRY_HINT: Final = " (retryable: send it again; a write with the same idempotency key takes effect once)"
+"""Added to every UNAVAILABLE answer. A write cut off by a lost database connection (a
+failover) may or may not have committed; its retry under the same key answers the recorded
+answer if it did, and records it once if it did not."""
 
 
 class Unauthenticated(ConvoyError):
@@ -107,9 +111,10 @@ def classify(error: BaseException) -> Failure:
         if isinstance(error, kind):
             violations = bounded(error.violations) if isinstance(error, InvalidArgument) else ()
             retry_after = error.retry_after if isinstance(error, ResourceExhausted) else None
-            return Failure(
-                code, status, clip(str(error) or code.name, limit=MESSAGE_LIMIT), violations, retry_after=retry_after
-            )
+            message = str(error) or code.name
+            if isinstance(error, Unavailable):
+                message += RETRY_HINT
+            return Failure(code, status, clip(message, limit=MESSAGE_LIMIT), violations, retry_after=retry_after)
     return Failure(grpc.StatusCode.INTERNAL, 500, "internal error", expected=False)
 
 

@@ -14,6 +14,8 @@ unprivileged `convoy-postgres` user):
   `pg_stat_replication` saying `sync` before the harness returns: from then on a commit
   is acknowledged only once the standby has flushed it (synchronous_commit=on), which is
   what makes "acknowledged = survives the failover" true;
+- `pause_replication`: SIGSTOP to the standby's WAL receiver, so that commits wait on the
+  primary for the standby (observable in pg_stat_activity) — a commit caught in flight;
 - `crash_primary`: SIGKILL to every process of the primary (the postmaster and its
   backends, as when its machine dies), then `pg_ctl promote` on the standby and a poll
   of `pg_is_in_recovery()` until it takes writes.
@@ -63,6 +65,7 @@ class ReplicatedPostgres:
         self.standby = StandbyServer(data_dir=root / "standby")
         self._replication_password = secrets.token_urlsafe(18)
         self.promoted = False
+        self._paused: list[int] = []
 
     @property
     def password(self) -> str:
@@ -162,6 +165,27 @@ class ReplicatedPostgres:
 
     # -- the failover ------------------------------------------------------------------
 
+    async def pause_replication(self) -> None:
+        """Stop (SIGSTOP) the standby's WAL receiver: from now on every commit on the primary
+        is written there and waits for the standby's acknowledgement (wait event SyncRep,
+        see `commits_waiting`), holding its locks — a commit in flight, made observable.
+        `crash_primary` lets it continue before the promotion."""
+        conn = await asyncpg.connect(self.server_dsn(self.standby))
+        try:
+            pids = [r[0] for r in await conn.fetch("SELECT pid FROM pg_stat_wal_receiver WHERE pid IS NOT NULL")]
+        finally:
+            await conn.close()
+        if not pids:
+            raise RuntimeError("the standby has no WAL receiver to pause")
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        self._paused.extend(pids)
+
+    @staticmethod
+    async def commits_waiting(primary: asyncpg.Connection) -> int:
+        """Transactions on the primary that committed locally and wait for the standby."""
+        return int(await primary.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"))
+
     async def crash_primary(self) -> float:
         """Kill the primary as a dead machine would (SIGKILL to all its processes), promote
         the standby, and wait until it takes writes. Returns the seconds from the kill to
@@ -177,6 +201,10 @@ class ReplicatedPostgres:
                 raise RuntimeError("the primary's processes did not die")
             await _pause()
         self.primary.stop()  # reaps the postmaster; nothing left to stop
+        paused, self._paused = self._paused, []
+        for pid in paused:  # it reads what reached it, then finds the primary gone
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         promote = [str(postgres_bin_dir() / "pg_ctl"), "promote", "-D", str(self.standby.pgdata.absolute()), "--no-wait"]
         if self._run_as() is not None:
             # pg_ctl refuses root. runuser rather than subprocess's user=: switching users
@@ -206,6 +234,9 @@ class ReplicatedPostgres:
                         yield int(entry)
 
     def stop(self) -> None:
+        for pid in self._paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         self.standby.stop()
         self.primary.stop()
 

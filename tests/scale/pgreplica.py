@@ -16,9 +16,10 @@ unprivileged `convoy-postgres` user):
   what makes "acknowledged = survives the failover" true;
 - `pause_replication`: SIGSTOP to the standby's WAL receiver, so that commits wait on the
   primary for the standby (observable in pg_stat_activity) — a commit caught in flight;
-- `crash_primary`: SIGKILL to every process of the primary (the postmaster and its
-  backends, as when its machine dies), then `pg_ctl promote` on the standby and a poll
-  of `pg_is_in_recovery()` until it takes writes.
+- `kill_primary`: SIGKILL to every process of the primary (the postmaster and its
+  backends, as when its machine dies);
+- `promote_standby`: `pg_ctl promote` on the standby and a poll of `pg_is_in_recovery()`
+  until it takes writes (in production Patroni or the cloud decides when).
 
 `dsn` is the multi-host URL a client gives to ride out the failover:
 `postgresql://convoy:…@127.0.0.1:P1,127.0.0.1:P2/postgres?target_session_attrs=read-write`.
@@ -56,8 +57,8 @@ class StandbyServer(PostgresServer):
 
 
 class ReplicatedPostgres:
-    """A primary and its synchronous standby under `root`. `start()`, `crash_primary()`
-    (async: it waits for the promotion), `stop()`."""
+    """A primary and its synchronous standby under `root`. `start()`, `pause_replication()`,
+    `kill_primary()`, `promote_standby()`, `stop()`."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -169,7 +170,7 @@ class ReplicatedPostgres:
         """Stop (SIGSTOP) the standby's WAL receiver: from now on every commit on the primary
         is written there and waits for the standby's acknowledgement (wait event SyncRep,
         see `commits_waiting`), holding its locks — a commit in flight, made observable.
-        `crash_primary` lets it continue before the promotion."""
+        `kill_primary` lets it continue."""
         conn = await asyncpg.connect(self.server_dsn(self.standby))
         try:
             pids = [r[0] for r in await conn.fetch("SELECT pid FROM pg_stat_wal_receiver WHERE pid IS NOT NULL")]
@@ -186,11 +187,10 @@ class ReplicatedPostgres:
         """Transactions on the primary that committed locally and wait for the standby."""
         return int(await primary.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"))
 
-    async def crash_primary(self) -> float:
-        """Kill the primary as a dead machine would (SIGKILL to all its processes), promote
-        the standby, and wait until it takes writes. Returns the seconds from the kill to
-        the first writable answer."""
-        killed_at = time.monotonic()
+    async def kill_primary(self) -> None:
+        """Kill the primary as a dead machine would: SIGKILL to all its processes (the
+        postmaster and every backend, so no backend outlives it). A paused WAL receiver
+        continues: it reads what reached it, then finds the primary gone."""
         pids = [*self._server_pids(self.primary)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -202,9 +202,15 @@ class ReplicatedPostgres:
             await _pause()
         self.primary.stop()  # reaps the postmaster; nothing left to stop
         paused, self._paused = self._paused, []
-        for pid in paused:  # it reads what reached it, then finds the primary gone
+        for pid in paused:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+    async def promote_standby(self) -> float:
+        """`pg_ctl promote` the standby and poll `pg_is_in_recovery()` until it takes
+        writes. Returns the seconds that took."""
+        started = time.monotonic()
+        deadline = started + DEADLINE
         promote = [str(postgres_bin_dir() / "pg_ctl"), "promote", "-D", str(self.standby.pgdata.absolute()), "--no-wait"]
         if self._run_as() is not None:
             # pg_ctl refuses root. runuser rather than subprocess's user=: switching users
@@ -222,7 +228,7 @@ class ReplicatedPostgres:
         finally:
             await conn.close()
         self.promoted = True
-        return time.monotonic() - killed_at
+        return time.monotonic() - started
 
     def _server_pids(self, server: PostgresServer) -> Iterator[int]:
         """Every process of `server`: PostgreSQL's processes all work in its data folder."""

@@ -39,9 +39,12 @@ import pytest
 
 from cli import localstate
 from eventstore.embedded import NatsServer
+from eventstore.errors import Unavailable
+from eventstore.postgres import PostgresEventStore, PostgresSettings
+from eventstore.types import NewEvent, RecordedEvent
 from schemas.convoy.v1 import api_pb2, api_pb2_grpc, convergence_pb2, events_pb2, resources_pb2
 from services.api.errors import RETRY_HINT
-from tests.conftest import eventually
+from tests.conftest import eventually, fresh_store
 from tests.e2e.processes import convoy, service_process
 from tests.scale.pgreplica import ReplicatedPostgres
 
@@ -340,3 +343,58 @@ async def _assert_nothing_lost_or_doubled(log: asyncpg.Connection, answers: Answ
         intent = events_pb2.IntentIssued.FromString(bytes(row["data"]))
         intents[(intent.spec.service, intent.target.runtime, intent.target.namespace, intent.spec.release_id)] += 1
     assert intents == Counter({("web", RUNTIME, ns, release_id): 1 for ns in [*STAGING, "prod"]}), intents
+
+
+async def test_the_store_refuses_writes_on_a_standby_and_follows_the_failover(tmp_path: Path) -> None:
+    """The store alone, on the same pair: a write on a standby is `Unavailable` (a single
+    endpoint can point at one for a moment), not a bug; after the kill a write is
+    `Unavailable` until the promotion and then succeeds with the same ids; a tail that
+    cannot poll (idle_poll of an hour) listens again on the new primary and hears of it."""
+    pair = ReplicatedPostgres(tmp_path / "pg")
+    await pair.start()
+    try:
+        async with fresh_store(pair.dsn) as store:
+            on_standby = await PostgresEventStore.open(PostgresSettings(dsn=pair.server_dsn(pair.standby), schema=store.schema))
+            try:
+                heard: list[RecordedEvent] = []
+
+                async def follow() -> None:
+                    async for event in store.tail(idle_poll=3600):
+                        heard.append(event)
+
+                tail = asyncio.create_task(follow(), name="tail")
+                try:
+                    first = NewEvent("convoy.v1.Test", b"before")
+                    await store.append("app/a", [first])
+                    await eventually(lambda: len(heard) == 1, timeout=DEADLINE, message="the tail hears the first")
+                    with pytest.raises(Unavailable, match="ReadOnlySQLTransactionError"):
+                        await on_standby.append("app/a", [NewEvent("convoy.v1.Test", b"on the standby")])
+
+                    await pair.kill_primary()
+                    during = [NewEvent("convoy.v1.Test", b"during")]
+                    with pytest.raises(Unavailable):
+                        await store.append("app/a", during)
+                    await pair.promote_standby()
+                    result = await store.append("app/a", during)  # the same ids, once
+                    assert result.positions == (2,)
+                    again = await on_standby.append("app/a", [NewEvent("convoy.v1.Test", b"via the endpoint")])
+                    assert again.positions == (3,)  # its endpoint is the primary now
+
+                    async with log_reader(pair.dsn, store.schema) as new_primary:
+                        async def listening() -> bool:
+                            return bool(await new_primary.fetchval(
+                                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'"
+                            ))
+
+                        await eventually(listening, timeout=DEADLINE, message="the tail listens on the new primary")
+                    await store.append("app/a", [NewEvent("convoy.v1.Test", b"after")])
+                    await eventually(lambda: len(heard) == 4, timeout=DEADLINE, message="the tail hears the rest")
+                    assert [e.data for e in heard] == [b"before", b"during", b"via the endpoint", b"after"]
+                finally:
+                    tail.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await tail
+            finally:
+                await on_standby.close()
+    finally:
+        pair.stop()

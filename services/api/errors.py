@@ -112,8 +112,8 @@ def classify(error: BaseException) -> Failure:
             violations = bounded(error.violations) if isinstance(error, InvalidArgument) else ()
             retry_after = error.retry_after if isinstance(error, ResourceExhausted) else None
             message = str(error) or code.name
-            if isinstance(error, Unavailable):
-                message += RETRY_HINT
+            if isinstance(error, Unavailable):  # the hint survives the clipping
+                message = clip(message, limit=MESSAGE_LIMIT - len(RETRY_HINT.encode())) + RETRY_HINT
             return Failure(code, status, clip(message, limit=MESSAGE_LIMIT), violations, retry_after=retry_after)
     return Failure(grpc.StatusCode.INTERNAL, 500, "internal error", expected=False)
 

@@ -28,7 +28,7 @@ import contextlib
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from cli import localstate
 from eventstore.embedded import NatsServer
@@ -99,12 +100,13 @@ class Answers:
     """time.monotonic() of each answer."""
     sent_at: dict[str, float] = field(default_factory=dict)
     """time.monotonic() of each command's first attempt."""
+    failed: dict[str, list[tuple[grpc.StatusCode, str]]] = field(default_factory=dict)
+    """The retryable failures each command got before its answer."""
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def outstanding(self) -> str | None:
         """The command sent and not answered yet, if there is one."""
         return next((k for k in self.sent_at if k not in self.ok), None)
-    failed: dict[str, list[tuple[grpc.StatusCode, str]]] = field(default_factory=dict)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Api:
@@ -122,12 +124,14 @@ class Api:
     def metadata(self, key: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"), ("idempotency-key", key))
 
-    async def until_answered(self, key: str, call: object, request: object, answers: Answers | None = None) -> object:
+    async def until_answered(
+        self, key: str, call: Callable[..., Awaitable[Message]], request: Message, answers: Answers | None = None
+    ) -> Message:
         """Call until it is answered, retrying a retryable failure under the same key."""
         deadline = time.monotonic() + DEADLINE
         while True:
             try:
-                return await call(request, metadata=self.metadata(key), timeout=20)  # type: ignore[operator]
+                return await call(request, metadata=self.metadata(key), timeout=20)
             except grpc.aio.AioRpcError as error:
                 if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
@@ -220,9 +224,9 @@ async def _failover_mid_release(tmp_path: Path, pair: ReplicatedPostgres, nats: 
                 release_id = deployed.release.id
 
                 # Mid-release, from observed progress: the first staging intent is recorded.
-                # Then a commit is caught in flight: the standby stops acknowledging, so commits
+                # Then a command is caught in flight: the standby stops acknowledging, so commits
                 # wait on the primary (holding the append lock: every later write queues behind
-                # them) — and the primary dies once a command sent after that is outstanding.
+                # them), and the primary dies once a command is outstanding and not committed.
                 async with log_reader(primary_dsn, instance) as primary:
                     async def first_intent() -> bool:
                         return bool(await events_of(primary, "IntentIssued"))

@@ -319,6 +319,17 @@ def _next_server(servers: list[Server], _info: dict[str, Any]) -> tuple[Server |
     return server, reconnect_delay(server.reconnects, jitter=random.uniform(0.8, 1.0))
 
 
+def server_urls(servers: str | Sequence[str]) -> list[str]:
+    """The server URLs of `servers`: a list, or one string of comma-separated URLs (how
+    CONVOY_NATS_URL names every node of a NATS cluster: `nats://a:4222,nats://b:4222`).
+    nats-py would take such a string for one URL and fail to parse it."""
+    parts = servers.split(",") if isinstance(servers, str) else [p for s in servers for p in s.split(",")]
+    urls = [part.strip() for part in parts if part.strip()]
+    if not urls:
+        raise InvalidInput(f"no NATS server URL in {servers!r}")
+    return urls
+
+
 async def connect(
     servers: str | Sequence[str],
     *,
@@ -333,8 +344,9 @@ async def connect(
     `natstls.TlsRefused` when TLS could not be made safely. TLS is used whenever the
     server offers it, verified with `tls` (its CA file, or the system store), and is
     required for tls:// URLs or a CA file (eventstore.natstls). `options` go to
-    `nats.connect` (credentials …)."""
-    urls = [servers] if isinstance(servers, str) else list(servers)
+    `nats.connect` (credentials …). `servers` may name several servers of one cluster
+    (`server_urls`); the client moves to another when its server goes away."""
+    urls = server_urls(servers)
     tls = tls or natstls.NatsTls()
     tls_failures: list[BaseException] = []
     user_error_cb = options.pop("error_cb", None)

@@ -80,3 +80,13 @@ def test_heartbeats_travel_outside_every_stream_and_only_agents_of_their_runtime
     assert natsauth.runtime_of_heartbeat("prod", subject) == "eu-1"
     observations = next(c for c in bus.stream_configs("prod") if c.name == bus.observations_stream("prod"))
     assert observations.max_age == bus.OBSERVATIONS_MAX_AGE
+
+
+def test_a_comma_separated_url_names_every_node_of_a_cluster() -> None:
+    # CONVOY_NATS_URL names a NATS cluster as one string; nats-py would parse it as one URL.
+    three = "nats://n1:4222, nats://n2:4222,nats://n3:4222"
+    assert bus.server_urls(three) == ["nats://n1:4222", "nats://n2:4222", "nats://n3:4222"]
+    assert bus.server_urls(["nats://n1:4222,nats://n2:4222"]) == ["nats://n1:4222", "nats://n2:4222"]
+    assert bus.server_urls("nats://one:4222") == ["nats://one:4222"]
+    with pytest.raises(InvalidInput):
+        bus.server_urls(" , ")

@@ -12,8 +12,8 @@ and a start that loses that race is retried with fresh ports.
 A node can be killed (SIGKILL: no goodbye to its clients or peers) and restarted on the
 same client and route ports, so clients that knew it find it again. Readiness is what the
 servers say, never a sleep: `wait_meta_leader` polls /jsz until every running node names the
-same JetStream meta leader, and `stream_replica` reads a stream's replica on one node
-(/jsz?streams=true) so a test can wait for a restarted node to catch up.
+same JetStream meta leader, and `wait_stream_current` polls /jsz?streams=true on every
+node until each holds the stream at its leader's last sequence (a restarted node caught up).
 """
 
 from __future__ import annotations
@@ -198,6 +198,24 @@ class NatsCluster:
                 body: dict[str, Any] = await response.json()
                 return body
 
+    async def clients_of(self, node: ClusterNode) -> list[str]:
+        """The names of the client connections node `node` serves (/connz)."""
+        async with aiohttp.ClientSession() as session:
+            timeout = aiohttp.ClientTimeout(total=5)
+            async with session.get(f"{node.monitor_url}/connz", params={"limit": "1024"}, timeout=timeout) as response:
+                response.raise_for_status()
+                body: dict[str, Any] = await response.json()
+        return [c.get("name") or "" for c in body.get("connections") or []]
+
+    async def node_serving(self, client: str) -> ClusterNode | None:
+        """The running node a client named `client` is connected to (None: none, yet)."""
+        for node in self.nodes:
+            if node.running:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    if client in await self.clients_of(node):
+                        return node
+        return None
+
     async def meta_leader(self) -> str | None:
         """The JetStream meta leader every running node agrees on, with every running
         node current in the meta group; None while they do not."""
@@ -243,6 +261,30 @@ class NatsCluster:
                     replicas={r["name"]: bool(r.get("current")) for r in cluster.get("replicas") or []},
                 )
         return None
+
+    async def stream_current(self, stream: str) -> bool:
+        """Whether every running node holds a replica of `stream` at the leader's last
+        sequence, and the leader counts every one of them current."""
+        leader = await self.stream_leader(stream)
+        if leader is None:
+            return False
+        theirs = await self.stream_replica(leader, stream)
+        if theirs is None:
+            return False
+        for node in self.nodes:
+            if not node.running or node is leader:
+                continue
+            mine = await self.stream_replica(node, stream)
+            if mine is None or mine.last_seq != theirs.last_seq or not theirs.replicas.get(node.name, False):
+                return False
+        return True
+
+    async def wait_stream_current(self, stream: str, *, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not await self.stream_current(stream):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the replicas of {stream} on the running nodes did not catch up within {timeout}s")
+            await asyncio.sleep(0.05)
 
     async def stream_leader(self, stream: str) -> ClusterNode | None:
         """The running node that leads `stream`'s group, as that node itself says."""

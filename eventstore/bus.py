@@ -312,11 +312,14 @@ def reconnect_delay(failed_attempts: int, *, jitter: float = 1.0) -> float:
     return min(RECONNECT_MAX_DELAY, RECONNECT_BASE_DELAY * 2.0 ** (failed_attempts - 1)) * jitter
 
 
-def _next_server(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
-    """nats-py's reconnect hook: the server tried least since it last answered, after
-    the backoff its failures earned."""
-    server = min(servers, key=lambda s: s.reconnects)
-    return server, reconnect_delay(server.reconnects, jitter=random.uniform(0.8, 1.0))
+def next_server(servers: Sequence[Server], *, lost: str | None, jitter: float = 1.0) -> tuple[Server, float]:
+    """Where to reconnect, and after how long: the server tried least since it last
+    answered, after the backoff its failures earned — among equals, not `lost` (the
+    `host:port` of the server the connection just lost). On a cluster every other node
+    has a clean record too, and the lost one, killed, frozen or cut off, would cost an
+    attempt (up to the connect timeout) before the client moves on."""
+    server = min(servers, key=lambda s: (s.reconnects, s.uri.netloc == lost))
+    return server, reconnect_delay(server.reconnects, jitter=jitter)
 
 
 def server_urls(servers: str | Sequence[str]) -> list[str]:
@@ -358,15 +361,22 @@ async def connect(
         if user_error_cb is not None:
             await user_error_cb(error)
 
+    current: list[str | None] = [None]
+    """The `host:port` the connection is on (or was on, while it reconnects)."""
+
     async def on_disconnected() -> None:
         log.info("nats disconnected", connection=name)
 
     async def on_reconnected() -> None:
-        log.info("nats reconnected", connection=name)
+        current[0] = nc.connected_url.netloc if nc.connected_url else None
+        log.info("nats reconnected", connection=name, server=current[0])
+
+    def reconnect_to(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
+        return next_server(servers, lost=current[0], jitter=random.uniform(0.8, 1.0))
 
     settings: dict[str, Any] = {
         "reconnect_time_wait": 0.25,  # between the first connection's attempts only
-        "reconnect_to_server_handler": _next_server,
+        "reconnect_to_server_handler": reconnect_to,
         "connect_timeout": 2,
         "ping_interval": PING_INTERVAL,
         "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
@@ -389,6 +399,7 @@ async def connect(
             raise natstls.refusal(tls_failures[-1], urls) from error
         raise
     nc.options["max_reconnect_attempts"] = reconnects
+    current[0] = nc.connected_url.netloc if nc.connected_url else None
     return nc
 
 

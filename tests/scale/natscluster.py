@@ -281,7 +281,12 @@ class NatsCluster:
 
     async def wait_stream_current(self, stream: str, *, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        while not await self.stream_current(stream):
+        while True:
+            current = False
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):  # a node still starting
+                current = await self.stream_current(stream)
+            if current:
+                return
             if time.monotonic() > deadline:
                 raise AssertionError(f"the replicas of {stream} on the running nodes did not catch up within {timeout}s")
             await asyncio.sleep(0.05)

@@ -154,8 +154,9 @@ async def move_leader(cluster: NatsCluster, nc: Client, stream: str, index: int)
         if leader is wanted:
             return True
         if leader is not None:
-            await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
-                             b'{"placement":{"preferred":"%s"}}' % wanted.name.encode(), timeout=5)
+            with contextlib.suppress(*bus.NATS_ERRORS):  # asked again on the next round
+                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
+                                 b'{"placement":{"preferred":"%s"}}' % wanted.name.encode(), timeout=5)
         return False
 
     await eventually(leads, timeout=60, interval=0.2, message=f"{wanted.name} leads {stream}")

@@ -312,11 +312,25 @@ def reconnect_delay(failed_attempts: int, *, jitter: float = 1.0) -> float:
     return min(RECONNECT_MAX_DELAY, RECONNECT_BASE_DELAY * 2.0 ** (failed_attempts - 1)) * jitter
 
 
-def _next_server(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
-    """nats-py's reconnect hook: the server tried least since it last answered, after
-    the backoff its failures earned."""
-    server = min(servers, key=lambda s: s.reconnects)
-    return server, reconnect_delay(server.reconnects, jitter=random.uniform(0.8, 1.0))
+def next_server(servers: Sequence[Server], *, lost: str | None, jitter: float = 1.0) -> tuple[Server, float]:
+    """Where to reconnect, and after how long: the server tried least since it last
+    answered, after the backoff its failures earned — among equals, not `lost` (the
+    `host:port` of the server the connection just lost). On a cluster every other node
+    has a clean record too, and the lost one, killed, frozen or cut off, would cost an
+    attempt (up to the connect timeout) before the client moves on."""
+    server = min(servers, key=lambda s: (s.reconnects, s.uri.netloc == lost))
+    return server, reconnect_delay(server.reconnects, jitter=jitter)
+
+
+def server_urls(servers: str | Sequence[str]) -> list[str]:
+    """The server URLs of `servers`: a list, or one string of comma-separated URLs (how
+    CONVOY_NATS_URL names every node of a NATS cluster: `nats://a:4222,nats://b:4222`).
+    nats-py would take such a string for one URL and fail to parse it."""
+    parts = servers.split(",") if isinstance(servers, str) else [p for s in servers for p in s.split(",")]
+    urls = [part.strip() for part in parts if part.strip()]
+    if not urls:
+        raise InvalidInput(f"no NATS server URL in {servers!r}")
+    return urls
 
 
 async def connect(
@@ -333,8 +347,9 @@ async def connect(
     `natstls.TlsRefused` when TLS could not be made safely. TLS is used whenever the
     server offers it, verified with `tls` (its CA file, or the system store), and is
     required for tls:// URLs or a CA file (eventstore.natstls). `options` go to
-    `nats.connect` (credentials …)."""
-    urls = [servers] if isinstance(servers, str) else list(servers)
+    `nats.connect` (credentials …). `servers` may name several servers of one cluster
+    (`server_urls`); the client moves to another when its server goes away."""
+    urls = server_urls(servers)
     tls = tls or natstls.NatsTls()
     tls_failures: list[BaseException] = []
     user_error_cb = options.pop("error_cb", None)
@@ -346,15 +361,22 @@ async def connect(
         if user_error_cb is not None:
             await user_error_cb(error)
 
+    current: list[str | None] = [None]
+    """The `host:port` the connection is on (or was on, while it reconnects)."""
+
     async def on_disconnected() -> None:
         log.info("nats disconnected", connection=name)
 
     async def on_reconnected() -> None:
-        log.info("nats reconnected", connection=name)
+        current[0] = nc.connected_url.netloc if nc.connected_url else None
+        log.info("nats reconnected", connection=name, server=current[0])
+
+    def reconnect_to(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
+        return next_server(servers, lost=current[0], jitter=random.uniform(0.8, 1.0))
 
     settings: dict[str, Any] = {
         "reconnect_time_wait": 0.25,  # between the first connection's attempts only
-        "reconnect_to_server_handler": _next_server,
+        "reconnect_to_server_handler": reconnect_to,
         "connect_timeout": 2,
         "ping_interval": PING_INTERVAL,
         "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
@@ -377,6 +399,7 @@ async def connect(
             raise natstls.refusal(tls_failures[-1], urls) from error
         raise
     nc.options["max_reconnect_attempts"] = reconnects
+    current[0] = nc.connected_url.netloc if nc.connected_url else None
     return nc
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import urlparse
 
 import pytest
+from nats.aio.client import Server
 
 from eventstore import bus
 from eventstore.errors import InvalidInput
@@ -80,3 +82,25 @@ def test_heartbeats_travel_outside_every_stream_and_only_agents_of_their_runtime
     assert natsauth.runtime_of_heartbeat("prod", subject) == "eu-1"
     observations = next(c for c in bus.stream_configs("prod") if c.name == bus.observations_stream("prod"))
     assert observations.max_age == bus.OBSERVATIONS_MAX_AGE
+
+
+def test_a_comma_separated_url_names_every_node_of_a_cluster() -> None:
+    # CONVOY_NATS_URL names a NATS cluster as one string; nats-py would parse it as one URL.
+    three = "nats://n1:4222, nats://n2:4222,nats://n3:4222"
+    assert bus.server_urls(three) == ["nats://n1:4222", "nats://n2:4222", "nats://n3:4222"]
+    assert bus.server_urls(["nats://n1:4222,nats://n2:4222"]) == ["nats://n1:4222", "nats://n2:4222"]
+    assert bus.server_urls("nats://one:4222") == ["nats://one:4222"]
+    with pytest.raises(InvalidInput):
+        bus.server_urls(" , ")
+
+
+def test_a_lost_connection_moves_to_another_node_first() -> None:
+    # After a disconnect every node of a cluster has a clean record; the one just lost
+    # (killed, frozen, cut off) is tried last among equals, then by its failures' backoff.
+    n1, n2, n3 = (Server(uri=urlparse(f"nats://n{i}:4222")) for i in (1, 2, 3))
+    assert bus.next_server([n1, n2, n3], lost="n1:4222")[0] is n2
+    assert bus.next_server([n1, n2, n3], lost=None)[0] is n1
+    n2.reconnects, n3.reconnects = 1, 3
+    assert bus.next_server([n1, n2, n3], lost="n1:4222") == (n1, 0.0)
+    n1.reconnects = 2
+    assert bus.next_server([n1, n2, n3], lost="n1:4222") == (n2, bus.reconnect_delay(1))

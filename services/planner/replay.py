@@ -19,8 +19,9 @@ replay there (the state it left is not to be trusted).
 A log written by N partitioned planners (services.planner.partitions) is checked the same
 way, by one unpartitioned replay: the engine decides each application alone and output
 ids do not depend on the partitioning, so one planner must produce exactly what the N
-recorded. The replay goes up to the lowest of their checkpoints (`names`) and reads their
-version histories and rejections together.
+recorded. The replay goes up to the lowest of their checkpoints (`names`: the current
+layout) and reads the version histories and rejections of every planner that wrote the log
+(an earlier layout's too) together.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from eventstore.types import EventStore, RecordedEvent, read_batches
 from schemas.convoy.v1 import events_pb2
 from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR
 from services.planner.model import PlannerState, status_name
-from services.planner.runner import output_events, to_input
+from services.planner.runner import output_events, planner_names, to_input
 from services.planner.versions import CURRENT, Engine, VersionHistory, history, rejections
 
 OUTPUT_CATEGORIES = ("intent", "convergence", "gate")
@@ -83,9 +84,10 @@ async def replay_check(
     layout's, `partitions.partition_names(N)`); default `checkpoint_name` alone."""
     names = list(names or [checkpoint_name])
     checkpoint = min([await store.checkpoint(name) for name in names])
-    versions = merged([(await history(store, registry, name))[0] for name in names])
+    writers = list(dict.fromkeys([*names, *await planner_names(store, registry)]))
+    versions = merged([(await history(store, registry, name))[0] for name in writers])
     report = ReplayReport(checkpoint=checkpoint, version=engine.version, versions=versions)
-    rejected = {p: r for name in names for p, r in (await rejections(store, registry, name)).items()}
+    rejected = {p: r for name in writers for p, r in (await rejections(store, registry, name)).items()}
     recorded: dict[uuid.UUID, RecordedEvent] = {}
     for event in await _read(store, OUTPUT_CATEGORIES, None):
         if event.actor == PLANNER_ACTOR:

@@ -82,6 +82,10 @@ class PlannerSettings:
     """The checkpoint's name: one per planner of an instance (`partition.name`)."""
     partition: Partition = WHOLE
     """The applications this planner plans (services.planner.partitions)."""
+
+    def __post_init__(self) -> None:
+        if self.name == WHOLE.name and not self.partition.whole:
+            object.__setattr__(self, "name", self.partition.name)  # a partition never shares the whole's checkpoint
     max_inputs_per_commit: int = 1000
     max_outputs_per_commit: int = 4000
     read_batch: int = 5000

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from services.planner.partitions import Partition, bucket, output_application, p
 from services.planner.render import default_namespace
 from services.planner.replay import replay_check
 from services.planner.runner import Planner, PlannerSettings
+from services.planner.versions import history
 from tests.conftest import eventually, fresh_store
 from tests.unit.planner.world import channel, seconds
 
@@ -76,17 +78,17 @@ def script(now: datetime) -> list[tuple[str, Message]]:
     return log
 
 
-def observations(channel_name: str, runtimes: list[str], now: datetime) -> list[tuple[str, Message]]:
+def observations(channel_name: str, runtimes: list[str], now: datetime, generation: int = 1) -> list[tuple[str, Message]]:
     found: list[tuple[str, Message]] = []
     for app in APPS:
         for svc in SERVICES[app]:
             for runtime in runtimes:
                 namespace = default_namespace(app, channel_name)
                 for kind in (C.OBSERVATION_KIND_APPLIED, C.OBSERVATION_KIND_HEALTHY):
-                    intent = f"int-{app}.{svc}.{runtime}.{namespace}.1"
+                    intent = f"int-{app}.{svc}.{runtime}.{namespace}.{generation}"
                     obs = C.Observation(
                         observation_id=f"obs-{intent}-{kind}", runtime=runtime, namespace=namespace, application=app,
-                        service=svc, channel=channel_name, intent_id=intent, generation=1, kind=kind,  # type: ignore[arg-type]
+                        service=svc, channel=channel_name, intent_id=intent, generation=generation, kind=kind,  # type: ignore[arg-type]
                     )
                     obs.observed_at.FromDatetime(now)
                     found.append((f"observation/{runtime}/{namespace}/{app}/{svc}", E.ObservationRecorded(observation=obs)))
@@ -118,14 +120,14 @@ async def decided_by_resume(store: PostgresEventStore) -> set[str]:
     }
 
 
-async def converged(store: PostgresEventStore) -> bool:
-    latest: dict[tuple[str, str, str], str] = {}
+async def converged(store: PostgresEventStore, version: str = "v2") -> bool:
+    latest: dict[tuple[str, str, str], tuple[str, str]] = {}
     for event in await store.read_all(categories=["convergence"], limit=1_000_000):
         message = REGISTRY.decode(event).message
         if isinstance(message, E.InstanceStatusChanged) and not message.target.runtime:
-            latest[(message.application, message.service, message.channel)] = status_name(message.new_status)
+            latest[(message.application, message.service, message.channel)] = (status_name(message.new_status), message.version)
     wanted = {(app, svc, ch) for app in APPS for svc in SERVICES[app] for ch in ("staging", "prod")}
-    return set(latest) == wanted and set(latest.values()) == {"CONVERGED"}
+    return set(latest) == wanted and set(latest.values()) == {("CONVERGED", version)}
 
 
 @asynccontextmanager
@@ -140,7 +142,7 @@ async def copy_of(database_url: str, source: PostgresEventStore) -> AsyncIterato
         yield store
 
 
-async def plan_with(store: PostgresEventStore, count: int, clock: FakeClock, inputs_end: int) -> None:
+async def plan_with(store: PostgresEventStore, count: int, clock: FakeClock, inputs_end: int, version: str = "v2") -> None:
     """Run `count` partitions over the store: the scripted inputs, then the soak timers."""
     async with AsyncExitStack() as stack:
         planners = [
@@ -155,9 +157,12 @@ async def plan_with(store: PostgresEventStore, count: int, clock: FakeClock, inp
             return all([await store.checkpoint(p.settings.name) >= inputs_end for p in planners])
 
         await eventually(caught_up, timeout=60, interval=0.05, message=f"{count} partition(s) planned the script")
-        clock.advance(timedelta(seconds=SOAK + 1))  # the soaks are due; the timer shells fire them
-        await eventually(lambda: converged(store), timeout=60, interval=0.05, message="every channel converged")
-        assert sum(p.stats.inputs for p in planners) - sum(p.stats.elsewhere for p in planners) >= inputs_end
+        soaks = [t.fire_at for p in planners for t in p.state.timers.values() if t.purpose == "soak"]
+        assert soaks, "every prod channel soaks"
+        clock.advance(max(soaks) - clock.now() + timedelta(seconds=1))  # the soaks are due; the timer shells fire them
+        await eventually(lambda: converged(store, version), timeout=60, interval=0.05, message="every channel converged")
+        if count > 1:
+            assert all(p.stats.elsewhere for p in planners), "each partition left some inputs to the others"
         assert all(not p.rejections for p in planners)
 
 
@@ -219,3 +224,36 @@ def test_shared_inputs_reach_every_partition_and_per_application_ones_only_their
         fired = E.TimerFired(timer_id=f"tmr/{app}/1/soak")
         assert [p.takes(release, f"release/{app}/web") for p in two].count(True) == 1
         assert [p.takes(fired, f"timer/{app}/web/prod") for p in two] == [p.owns(app) for p in two]
+
+
+async def test_a_new_partition_layout_starts_where_the_previous_one_stopped(database_url: str) -> None:
+    """One planner planned a release; then 2 partitions take over the log: they start at its
+    checkpoint (not from 0), plan the next release, and the whole record replays clean."""
+    now = datetime.now(UTC)
+    async with fresh_store(database_url) as store:
+        for n, (stream, message) in enumerate(script(now)):
+            await store.append(stream, [REGISTRY.encode(message, actor="alice", event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"script/{n}"))])
+        clock = FakeClock(now)
+        await plan_with(store, 1, clock, await store.head())
+        handed_over = await store.checkpoint("planner")
+        outputs_before = len(await store.read_all(categories=["intent", "convergence"], limit=1_000_000))
+        later: list[tuple[str, Message]] = []
+        for app in APPS:
+            for svc in SERVICES[app]:
+                config = R.Service(application=app, name=svc, replicas=1, programs=[R.Program(name=svc, image=f"example/{svc}:3")])
+                later.append((f"release/{app}/{svc}", E.ReleaseCreated(release=R.Release(
+                    id=f"rel-{app}-{svc}-v3", application=app, service=svc, version="v3", config=config))))
+        later += observations("staging", STAGING, now, generation=2) + observations("prod", PROD, now, generation=2)
+        for n, (stream, message) in enumerate(later):
+            await store.append(stream, [REGISTRY.encode(message, actor="alice", event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"later/{n}"))])
+        await plan_with(store, 2, clock, await store.head(), version="v3")
+        versions = {name: (await history(store, REGISTRY, name))[0] for name in partition_names(2)}
+        assert all(v.starts == (handed_over,) for v in versions.values()), versions  # adopted, not refolded from 0
+        issued = Counter()
+        for event in await store.read_all(categories=["intent"], limit=1_000_000):
+            message = REGISTRY.decode(event).message
+            issued[(message.target.runtime, message.target.namespace, message.spec.service, message.spec.application,
+                    message.generation)] += 1
+        assert max(issued.values()) == 1 and len(await store.read_all(categories=["intent", "convergence"], limit=1_000_000)) > outputs_before
+        report = await replay_check(store, REGISTRY, names=partition_names(2))
+        assert report.ok and not report.upgraded, (report.differences, report.upgraded)

@@ -145,7 +145,7 @@ async def test_a_standby_planner_takes_over_when_the_leader_is_killed_mid_releas
     async with (
         aiohttp.ClientSession() as session,
         convoy_process(env, *args, ready="leads, following the log") as first,
-        convoy_process(env, *args, ready="standing by") as second,
+        convoy_process(env, *args, ready="standing by: another process holds its lock") as second,
     ):
         assert "leading 'planner'" in await readiness(session, first)
         assert "standby" in await readiness(session, second)

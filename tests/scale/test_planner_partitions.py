@@ -21,17 +21,23 @@ import asyncpg
 import pytest
 from google.protobuf.message import Message
 
+from eventstore import bus
 from eventstore.codec import convoy_registry
+from eventstore.embedded import NatsServer
+from eventstore.leases import LockSettings, SessionLock
 from eventstore.postgres import PostgresEventStore
+from schemas.convoy.v1 import api_pb2
 from schemas.convoy.v1 import convergence_pb2 as C
 from schemas.convoy.v1 import events_pb2 as E
 from schemas.convoy.v1 import resources_pb2 as R
+from services.api.planning import NatsPlannerClient
 from services.planner.clock import FakeClock
 from services.planner.engine import PLANNER_ACTOR
 from services.planner.model import status_name
 from services.planner.partitions import Partition, bucket, output_application, partition_names
 from services.planner.render import default_namespace
 from services.planner.replay import replay_check
+from services.planner.responder import PlanResponder
 from services.planner.runner import Planner, PlannerSettings
 from services.planner.versions import history
 from tests.conftest import eventually, fresh_store
@@ -257,3 +263,52 @@ async def test_a_new_partition_layout_starts_where_the_previous_one_stopped(data
         assert max(issued.values()) == 1 and len(await store.read_all(categories=["intent", "convergence"], limit=1_000_000)) > outputs_before
         report = await replay_check(store, REGISTRY, names=partition_names(2))
         assert report.ok and not report.upgraded, (report.differences, report.upgraded)
+
+
+async def test_the_partition_that_owns_the_application_answers_its_dry_run(
+    pg_store: PostgresEventStore, embedded_nats: NatsServer, subject_prefix: str
+) -> None:
+    """Every planner hears every dry-run query; the leader of the owning partition answers,
+    the other partition and a standby stay silent."""
+    now = datetime.now(UTC)
+    for n, (stream, message) in enumerate(script(now)):
+        await pg_store.append(stream, [REGISTRY.encode(message, actor="alice", event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"script/{n}"))])
+    head = await pg_store.head()
+    clock = FakeClock(now)
+
+    def planner(k: int) -> Planner:
+        part = Partition(k, 2)
+        lock = SessionLock(dsn=pg_store.settings.dsn, key=pg_store.lock_key(f"planner:{part.name}"), name=part.name,
+                           settings=LockSettings(poll=0.05))
+        return Planner(store=pg_store, registry=REGISTRY, clock=clock, settings=PlannerSettings(partition=part), lock=lock)
+
+    nc = await bus.connect(embedded_nats.url, name="partitions-test")
+    try:
+        async with AsyncExitStack() as stack:
+            leaders = [await stack.enter_async_context(planner(k)) for k in (0, 1)]
+            for p in leaders:
+                await p.ready.wait()
+            standby = await stack.enter_async_context(planner(0))
+            await standby.standing_by.wait()
+            responders = [await stack.enter_async_context(PlanResponder(nc=nc, planner=p, instance=subject_prefix))
+                          for p in [*leaders, standby]]
+
+            async def caught_up() -> bool:
+                return all([await pg_store.checkpoint(p.settings.name) >= head for p in leaders])
+
+            await eventually(caught_up, timeout=60, message="both partitions planned the script")
+            client = NatsPlannerClient(nc=nc, instance=subject_prefix, timeout=10)
+            for app in APPS:
+                svc = SERVICES[app][0]
+                config = R.Service(application=app, name=svc, replicas=1, programs=[R.Program(name=svc, image=f"example/{svc}:9")])
+                query = api_pb2.PlannerQuery(release=R.Release(id=f"dry-{app}", application=app, service=svc, version="v9",
+                                                               config=config), actor="alice")
+                plan = await client.plan(query)
+                assert {step.channel for step in plan.steps} >= {"staging"}, (app, plan)
+            owned = [sum(1 for app in APPS if bucket(app, 2) == k) for k in (0, 1)]
+            await eventually(lambda: [r.answered for r in responders] == [*owned, 0] and
+                             [r.elsewhere for r in responders] == [len(APPS) - owned[0], len(APPS) - owned[1], len(APPS) - owned[0]],
+                             timeout=60, message="each query answered by its owner only")
+            assert standby.role == "standby"
+    finally:
+        await nc.close()

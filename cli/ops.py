@@ -220,6 +220,7 @@ def instrument_planner(registry: Registry, planner: Planner) -> None:
             ("timers_fired", "Timers the planner fired."),
             ("skipped", "Events the planner could not read and skipped."),
             ("rejected", "Inputs plan raised on, recorded as rejected (PlannerInputRejected) by this process."),
+            ("elsewhere", "Inputs about applications another partition plans (read, not planned)."),
         )
     }
     rejected = registry.gauge(

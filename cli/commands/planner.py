@@ -34,7 +34,7 @@ from services.planner.clock import SystemClock
 from services.planner.partitions import WHOLE, Partition, partition_names
 from services.planner.replay import Difference, replay_check
 from services.planner.responder import PlanResponder
-from services.planner.runner import Planner, PlannerSettings
+from services.planner.runner import Planner, PlannerSettings, planner_names
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="The state folder of a local `convoy up`.")]
 
@@ -191,6 +191,12 @@ def _where(difference: Difference) -> str:
 async def _replay(url: str, instance: str, names: list[str]) -> bool:
     store = await PostgresEventStore.open(PostgresSettings(dsn=url, schema=instance, pool_max=2))
     try:
+        writers = await planner_names(store, convoy_registry())
+        missing = [name for name in names if name not in writers]
+        if missing and writers:
+            typer.echo(f"error: no planner {', '.join(missing)} wrote this log; its planners: {', '.join(writers)} "
+                       "(say `--partitions N` for the layout that runs now)", err=True)
+            return False
         report = await replay_check(store, convoy_registry(), names=names)
     finally:
         await store.close()

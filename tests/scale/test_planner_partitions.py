@@ -11,11 +11,13 @@ planner's "now") into one schema per layout, so each layout plans exactly the sa
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -41,6 +43,7 @@ from services.planner.responder import PlanResponder
 from services.planner.runner import Planner, PlannerSettings
 from services.planner.versions import history
 from tests.conftest import eventually, fresh_store
+from tests.e2e.processes import convoy
 from tests.unit.planner.world import channel, seconds
 
 pytestmark = pytest.mark.scale
@@ -232,7 +235,7 @@ def test_shared_inputs_reach_every_partition_and_per_application_ones_only_their
         assert [p.takes(fired, f"timer/{app}/web/prod") for p in two] == [p.owns(app) for p in two]
 
 
-async def test_a_new_partition_layout_starts_where_the_previous_one_stopped(database_url: str) -> None:
+async def test_a_new_partition_layout_starts_where_the_previous_one_stopped(database_url: str, tmp_path: Path) -> None:
     """One planner planned a release; then 2 partitions take over the log: they start at its
     checkpoint (not from 0), plan the next release, and the whole record replays clean."""
     now = datetime.now(UTC)
@@ -263,6 +266,14 @@ async def test_a_new_partition_layout_starts_where_the_previous_one_stopped(data
         assert max(issued.values()) == 1 and len(await store.read_all(categories=["intent", "convergence"], limit=1_000_000)) > outputs_before
         report = await replay_check(store, REGISTRY, names=partition_names(2))
         assert report.ok and not report.upgraded, (report.differences, report.upgraded)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVOY_")} | {
+            "CONVOY_DATABASE_URL": database_url, "CONVOY_INSTANCE": store.schema,
+            "CONVOY_STATE_DIR": str(tmp_path / "state"), "CONVOY_CONFIG": str(tmp_path / "no-config.toml"),
+        }
+        code, out = await convoy(env, "replay", "--check", "--partitions", "2")
+        assert code == 0 and "0 difference(s)" in out, out
+        code, out = await convoy(env, "replay", "--check", "--partitions", "3")
+        assert code == 1 and "no planner planner-0-of-3" in out, out
 
 
 async def test_the_partition_that_owns_the_application_answers_its_dry_run(

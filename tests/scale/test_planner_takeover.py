@@ -3,7 +3,7 @@ is killed with SIGKILL mid-release (once its prod intents are in the log) and th
 takes over — says so on /readyz and in its output, rebuilds from the checkpoint and
 completes the release — with no decision recorded twice and `convoy replay --check`
 clean. And in-process: a leader whose lock session is terminated by PostgreSQL stops
-planning and stands by, and the other planner leads.
+planning and stands down; then one planner (either) leads again, on a live session.
 
 The test plays the agents (observations for the intents it sees in the log), so every
 step waits for observed progress; the takeover time is printed, bounded only generously.
@@ -197,20 +197,26 @@ async def test_a_leader_that_loses_its_lock_session_stops_planning(pg_store: Pos
         standby = next(p for p in planners if p is not leader)
         await leader.ready.wait()
         assert not standby.ready.is_set()
+        lost_pid = leader.lock.session_pid  # type: ignore[union-attr]
         conn = await asyncpg.connect(dsn)
         try:
             # The leader's lock session ends under it (an operator, a failover, a network cut).
-            assert await conn.fetchval("SELECT pg_terminate_backend($1)", leader.lock.session_pid)  # type: ignore[union-attr]
+            assert await conn.fetchval("SELECT pg_terminate_backend($1)", lost_pid)
         finally:
             await conn.close()
-        await eventually(lambda: standby.role == "leading" and standby.ready.is_set(), timeout=60,
-                         message="the other planner leads")
-        await eventually(lambda: leader.role == "standby", timeout=60, message="the old leader stood down")
-        assert not leader.ready.is_set()
+        await eventually(lambda: leader.stats.restarts >= 1, timeout=60, message="the leader stood down")
+
+        def one_leads_on_a_new_session() -> bool:
+            leading = [p for p in planners if p.role == "leading"]
+            return (len(leading) == 1 and leading[0].ready.is_set()
+                    and leading[0].lock.session_pid != lost_pid)  # type: ignore[union-attr]
+
+        # Either may lead next (the old leader contests the lock again, on a new session).
+        await eventually(one_leads_on_a_new_session, timeout=60, message="one planner leads on a live session")
         await release(pg_store, "v2")
         await eventually(lambda: _count(intents(pg_store, "staging"), len(STAGING) * len(SERVICES)), timeout=60,
                          message="the new leader plans")
-        assert leader.role == "standby" and not leader.ready.is_set()
+        assert sorted(p.role for p in planners) == ["leading", "standby"]
     await assert_nothing_decided_twice(pg_store)
 
 

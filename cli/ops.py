@@ -220,12 +220,16 @@ def instrument_planner(registry: Registry, planner: Planner) -> None:
             ("timers_fired", "Timers the planner fired."),
             ("skipped", "Events the planner could not read and skipped."),
             ("rejected", "Inputs plan raised on, recorded as rejected (PlannerInputRejected) by this process."),
+            ("elsewhere", "Inputs about applications another partition plans (read, not planned)."),
         )
     }
     rejected = registry.gauge(
         "convoy_planner_rejected_inputs", "Inputs the record says the planner rejected (plan raised on them)."
     )
     ready = registry.gauge("convoy_planner_ready", "1 once the planner rebuilt its state and follows the log.")
+    leader = registry.gauge(
+        "convoy_planner_leader", "1 while this planner leads (holds its checkpoint's lock, or runs without one); 0 on standby."
+    )
     checkpoint = registry.gauge("convoy_planner_checkpoint_position", "The planner's committed checkpoint.")
     lag = registry.gauge(
         "convoy_planner_lag_positions", "Store head position minus the planner's checkpoint; 0 when no input waits."
@@ -235,6 +239,7 @@ def instrument_planner(registry: Registry, planner: Planner) -> None:
         for name, counter in counters.items():
             counter.set_total(getattr(planner.stats, name))
         ready.set(1 if planner.ready.is_set() else 0)
+        leader.set(1 if planner.role == "leading" else 0)
         rejected.set(len(planner.rejections))
         at = await planner.store.checkpoint(planner.settings.name)
         checkpoint.set(at)
@@ -323,14 +328,19 @@ def planner_check(planner: Planner) -> Check:
     """Ready while it follows the log. Rejected inputs do not make it unready (it plans
     everything else), but the answer names them: each is a decision nobody made."""
 
+    name = planner.settings.name
+
     def probe() -> CheckAnswer:
+        if planner.role == "standby":
+            return True, f"standby: another planner holds the lock of {name!r}; this one takes over when it goes"
+        lead = f"leading {name!r}; " if planner.lock is not None else ""
         if not planner.ready.is_set():
-            return False, "rebuilding its state"
+            return False, f"{lead}rebuilding its state"
         if not planner.rejections:
-            return True, "following the log"
+            return True, f"{lead}following the log"
         last = planner.rejections[-1]
         return True, (
-            f"following the log; {len(planner.rejections)} input(s) rejected, the last at position {last.position} "
+            f"{lead}following the log; {len(planner.rejections)} input(s) rejected, the last at position {last.position} "
             f"({last.event_type.rsplit('.', 1)[-1]}: {last.error[:200]}) — see `convoy why` for its service"
         )
 

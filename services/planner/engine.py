@@ -16,6 +16,7 @@ them to its state when it emitted them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -56,7 +57,7 @@ DEADLINE_GRACE = timedelta(seconds=15)
 
 PLANNER_ACTOR = "planner"
 
-PLANNER_VERSION: Final = 3
+PLANNER_VERSION: Final = 4
 """The version of the decisions `plan` makes. Bump it with any change that makes `plan`
 decide differently, or word a reason differently, for the same inputs: the runner records
 the version it starts with, so `convoy replay --check` can tell what an upgrade changed
@@ -69,7 +70,13 @@ never the deployer's own when the approval excludes the deployer.
 
 3: the planner reads resources; a rendered spec carries the attributes of the service's
 resources as environment (secret ones as references), and a release whose resources
-cannot be rendered fails its channel with the reason instead of deploying."""
+cannot be rendered fails its channel with the reason instead of deploying.
+
+4: timer ids are counted per application (`tmr/<app>/<n>/<purpose>`), not across the
+instance, so a planner partitioned by application (services.planner.partitions) schedules
+exactly the timers one planner would; a TimerFired of a version-3 timer (`tmr-<n>-<purpose>`)
+still finds its timer (by its stream and firing time), so a log written before the upgrade
+folds the same."""
 
 INPUT_CATEGORIES = ("app", "service", "runtime", "protection", "resource", "release", "observation", "timer", "gate")
 """Stream categories the planner reads: declarations (resources included: render reads
@@ -86,6 +93,8 @@ class Input:
     event_id: UUID
     actor: str
     recorded_at: datetime
+    stream_id: str = ""
+    """Where it was recorded (only a version-3 TimerFired needs it: see `_legacy_timer`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +212,9 @@ def _schedule(run: _Run, conv: Convergence, purpose: str, fire_at: datetime) -> 
         return
     if current is not None:
         del run.state.timers[current.timer_id]
-    run.state.timer_seq += 1
-    timer_id = f"tmr-{run.state.timer_seq}-{purpose}"
+    seq = run.state.timer_seqs.get(conv.application, 0) + 1
+    run.state.timer_seqs[conv.application] = seq
+    timer_id = f"tmr/{conv.application}/{seq}/{purpose}"
     run.state.timers[timer_id] = PendingTimer(timer_id, fire_at, conv.key, purpose)
     conv.timers[purpose] = timer_id
     event = events_pb2.TimerScheduled(
@@ -798,14 +808,34 @@ def _gate_polled(run: _Run, message: events_pb2.ExternalApprovalPolled) -> None:
 
 
 def _timer_fired(run: _Run, message: events_pb2.TimerFired) -> None:
-    pending = run.state.timers.pop(message.timer_id, None)
+    pending = run.state.timers.pop(message.timer_id, None) or _legacy_timer(run, message)
     if pending is None:
         return  # cancelled, or fired before (a duplicate)
     conv = run.state.convergences.get(pending.key)
-    if conv is None or conv.timers.get(pending.purpose) != message.timer_id:
+    if conv is None or conv.timers.get(pending.purpose) != pending.timer_id:
         return
     del conv.timers[pending.purpose]
     _advance_service(run, conv.application, conv.service)
+
+
+_LEGACY_TIMER = re.compile(r"tmr-[0-9]+-(?P<purpose>[a-z_]+)")
+
+
+def _legacy_timer(run: _Run, message: events_pb2.TimerFired) -> PendingTimer | None:
+    """The pending timer a version-3 TimerFired (`tmr-<n>-<purpose>`, numbered across the
+    instance) fired: the one of its stream's convergence with that purpose and firing time.
+    Popped from the state like any fired timer; None when there is none (a duplicate)."""
+    match = _LEGACY_TIMER.fullmatch(message.timer_id)
+    parts = run.event.stream_id.split("/")
+    if match is None or len(parts) != 4 or parts[0] != "timer" or not message.HasField("fire_at"):
+        return None
+    conv = run.state.convergences.get((parts[1], parts[2], parts[3]))
+    timer_id = conv.timers.get(match["purpose"], "") if conv is not None else ""
+    pending = run.state.timers.get(timer_id)
+    if pending is None or pending.fire_at != message.fire_at.ToDatetime(tzinfo=pending.fire_at.tzinfo):
+        return None
+    del run.state.timers[timer_id]
+    return pending
 
 
 _HANDLERS: dict[type[Message], Callable[[_Run, Any], None]] = {

@@ -155,7 +155,9 @@ class PlannerState:
     generations: dict[WorkloadKey, int] = field(default_factory=dict)
     timers: dict[str, PendingTimer] = field(default_factory=dict)
     """Scheduled and not yet fired or cancelled: what the timer shell must fire."""
-    timer_seq: int = 0
+    timer_seqs: dict[str, int] = field(default_factory=dict)
+    """Timers scheduled so far per application (timer ids count per application, so a
+    planner partitioned by application numbers them as one planner does)."""
     position: int = 0
     """Global position of the last input folded."""
 

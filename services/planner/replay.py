@@ -15,13 +15,20 @@ Inputs the record says were rejected (PlannerInputRejected: `plan` raised) are p
 a copy of the state, which must raise again, and then skipped, as the runner skips them;
 an input `plan` raises on that the record did not reject is a difference, and ends the
 replay there (the state it left is not to be trusted).
+
+A log written by N partitioned planners (services.planner.partitions) is checked the same
+way, by one unpartitioned replay: the engine decides each application alone and output
+ids do not depend on the partitioning, so one planner must produce exactly what the N
+recorded. The replay goes up to the lowest of their checkpoints (`names`: the current
+layout) and reads the version histories and rejections of every planner that wrote the log
+(an earlier layout's too) together.
 """
 
 from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from eventstore.codec import EventRegistry
@@ -29,7 +36,7 @@ from eventstore.types import EventStore, RecordedEvent, read_batches
 from schemas.convoy.v1 import events_pb2
 from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR
 from services.planner.model import PlannerState, status_name
-from services.planner.runner import output_events, to_input
+from services.planner.runner import output_events, planner_names, to_input
 from services.planner.versions import CURRENT, Engine, VersionHistory, history, rejections
 
 OUTPUT_CATEGORIES = ("intent", "convergence", "gate")
@@ -69,13 +76,18 @@ async def replay_check(
     registry: EventRegistry,
     *,
     checkpoint_name: str = "planner",
+    names: Sequence[str] | None = None,
     max_differences: int = 200,
     engine: Engine = CURRENT,
 ) -> ReplayReport:
-    checkpoint = await store.checkpoint(checkpoint_name)
-    versions, _ = await history(store, registry, checkpoint_name)
+    """`names`: the checkpoints of the planners that wrote the log (a partitioned
+    layout's, `partitions.partition_names(N)`); default `checkpoint_name` alone."""
+    names = list(names or [checkpoint_name])
+    checkpoint = min([await store.checkpoint(name) for name in names])
+    writers = list(dict.fromkeys([*names, *await planner_names(store, registry)]))
+    versions = merged([(await history(store, registry, name))[0] for name in writers])
     report = ReplayReport(checkpoint=checkpoint, version=engine.version, versions=versions)
-    rejected = await rejections(store, registry, checkpoint_name)
+    rejected = {p: r for name in writers for p, r in (await rejections(store, registry, name)).items()}
     recorded: dict[uuid.UUID, RecordedEvent] = {}
     for event in await _read(store, OUTPUT_CATEGORIES, None):
         if event.actor == PLANNER_ACTOR:
@@ -110,7 +122,8 @@ async def replay_check(
                                                "record did not reject it; the replay stops here")
             report.state = state
             return report
-        for stream_id, expected in output_events(registry, item, outputs, event.correlation_id):
+        decided_by = versions.at(event.position)
+        for stream_id, expected in output_events(registry, item, outputs, event.correlation_id, version=decided_by):
             report.outputs += 1
             explained.add(expected.event_id)
             actual = recorded.get(expected.event_id)
@@ -134,6 +147,19 @@ async def replay_check(
     report.state = state
     _compare_state(registry, state, [recorded[i] for i in explained if i in recorded], inputs, differ)
     return report
+
+
+def merged(histories: Sequence[VersionHistory]) -> VersionHistory:
+    """One history from those of several planners (partitions) over the same log."""
+    if len(histories) == 1:
+        return histories[0]
+    starts: list[tuple[int, int]] = sorted({(s, v) for h in histories for s, v in zip(h.starts, h.versions, strict=True)})
+    kept: list[tuple[int, int]] = []
+    for start, version in starts:
+        if not kept or kept[-1][1] != version:
+            kept.append((start, version))
+    first = min((h.first for h in histories), default=VersionHistory().first)
+    return VersionHistory(first, tuple(s for s, _ in kept), tuple(v for _, v in kept))
 
 
 def _compare_state(

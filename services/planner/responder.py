@@ -7,6 +7,12 @@ the planner's clock and replies with the `DeployPlan`. A malformed query gets no
 (the caller times out and reports the planner unavailable) and is logged; it never
 touches the planner's own state.
 
+Every planner process subscribes (no queue group) and the one that answers is the one
+that plans the application: a standby (not ready: it does not hold the lock) and a
+partition that does not own the release's application stay silent, so exactly one
+answers — or, while a standby takes over, none (the caller reports the planner
+unavailable and may retry).
+
 Only the control plane asks: the subject is in its own `ctl` namespace, outside the
 agents' `convoy.<i>.req.<runtime>.>` (a runtime named `planner` must not reach it), and
 a query whose reply subject is not a control-plane inbox (`natsauth.is_control_plane_inbox`)
@@ -41,9 +47,11 @@ class PlanResponder:
         self.answered = 0
         self.refused = 0
         """Queries dropped because their reply was not a control-plane inbox."""
+        self.elsewhere = 0
+        """Queries about an application another partition plans (left to it)."""
 
     async def start(self) -> None:
-        self._subscription = await self._nc.subscribe(self._subject, queue="planner", cb=self._answer)
+        self._subscription = await self._nc.subscribe(self._subject, cb=self._answer)
 
     async def stop(self) -> None:
         if self._subscription is not None:
@@ -68,7 +76,12 @@ class PlanResponder:
         except DecodeError as error:
             log.warning("malformed dry-run query ignored", error=str(error))
             return
+        if not self._planner.settings.partition.owns(query.release.application):
+            self.elsewhere += 1
+            return
         if not query.release.id or not self._planner.ready.is_set():
+            if self._planner.role == "standby" and query.release.id:
+                return  # the leader answers
             log.warning("dry-run query not answered", reason="no release" if not query.release.id else "planner starting")
             return
         try:

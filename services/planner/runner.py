@@ -7,7 +7,21 @@ Exactly once, by construction:
   transaction (`EventStore.commit`), so a crash leaves either both or neither;
 - output event ids derive from the input's event id (uuid5), and `plan` is
   deterministic, so even two planners racing on the same log write the same events once:
-  the loser gets `AlreadyProcessed` (its state is the same fold) and moves on.
+  the loser gets `AlreadyProcessed` (its state is the same fold) and moves on, or finds
+  some of its outputs recorded already and records the rest (`_commit`).
+
+Leader and standby: with a `SessionLock` (what `convoy planner` runs with), the planner
+plans only while it holds its checkpoint's advisory lock; a standby waits for it and, once
+it has it, rebuilds from the checkpoint and follows. Losing the lock's session stops the
+planning at once (the run is cancelled); idempotent outputs make the moment two processes
+may both plan harmless.
+
+Partitioned (`PlannerSettings.partition`, services.partitions): the planner plans only
+its applications' inputs (and every input about none), emits only its applications'
+outputs and keeps its own checkpoint, lock and version stream. Output ids do not depend
+on the partitioning (`output_events`), so the record per application is the same whether
+one planner or N wrote it, and a new layout's planner starts at the previous layout's
+checkpoints (`adopted_checkpoint`).
 
 On start, and after any failure, the state is rebuilt by folding the inputs up to the
 checkpoint (outputs discarded: they are already recorded) — `plan` mutates its state, so
@@ -38,6 +52,7 @@ import structlog
 
 from eventstore.codec import EventRegistry
 from eventstore.errors import ConvoyError, DuplicateEventId, Unavailable, UnknownEventType
+from eventstore.leases import LockLost, SessionLock
 from eventstore.tasks import Backoff, describe, stop_task
 from eventstore.types import (
     AlreadyProcessed,
@@ -52,6 +67,7 @@ from schemas.convoy.v1 import convergence_pb2, events_pb2
 from services.planner.clock import Clock
 from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Input, Output, timer_stream
 from services.planner.model import PlannerState
+from services.planner.partitions import WHOLE, Partition, application_of, partition_names
 from services.planner.versions import CURRENT, Engine, record_start, rejections, version_stream
 
 log = structlog.get_logger("convoy.planner")
@@ -63,7 +79,13 @@ TIMER_NAMESPACE: Final = uuid.UUID("0e7d8e1c-6a51-4d5e-8c1b-3b6f0d9b2a44")
 @dataclass(frozen=True, slots=True)
 class PlannerSettings:
     name: str = "planner"
-    """The checkpoint's name: one per planner of an instance."""
+    """The checkpoint's name: one per planner of an instance (`partition.name`)."""
+    partition: Partition = WHOLE
+    """The applications this planner plans (services.planner.partitions)."""
+
+    def __post_init__(self) -> None:
+        if self.name == WHOLE.name and not self.partition.whole:
+            object.__setattr__(self, "name", self.partition.name)  # a partition never shares the whole's checkpoint
     max_inputs_per_commit: int = 1000
     max_outputs_per_commit: int = 4000
     read_batch: int = 5000
@@ -80,6 +102,8 @@ class PlannerStats:
     skipped: int = 0
     rejected: int = 0
     """Inputs `plan` raised on, recorded as rejected and skipped."""
+    elsewhere: int = 0
+    """Inputs about applications another partition plans (read, not planned)."""
 
 
 Converged = Callable[[str, str, str, float], None]
@@ -114,27 +138,48 @@ def to_input(registry: EventRegistry, recorded: RecordedEvent) -> Input | None:
         log.warning("planner skips an event it cannot read", position=recorded.position, error=str(error))
         return None
     # asyncpg hands back its own UUID subclass; events take plain uuid.UUID.
-    return Input(decoded.message, recorded.position, _uuid(recorded.event_id), recorded.actor, recorded.recorded_at)
+    return Input(
+        decoded.message, recorded.position, _uuid(recorded.event_id), recorded.actor, recorded.recorded_at,
+        recorded.stream_id,
+    )
 
 
 def _uuid(value: uuid.UUID) -> uuid.UUID:
     return value if type(value) is uuid.UUID else uuid.UUID(bytes=value.bytes)
 
 
-def output_events(registry: EventRegistry, cause: Input, outputs: Sequence[Output], correlation: uuid.UUID | None) -> list[tuple[str, NewEvent]]:
-    return [
-        (
+PER_STREAM_IDS_SINCE: Final = 4
+"""The planner version from which an input every partition reads numbers its outputs
+per stream (the replay check numbers older versions' outputs as they did)."""
+
+
+def output_events(
+    registry: EventRegistry, cause: Input, outputs: Sequence[Output], correlation: uuid.UUID | None,
+    *, version: int = PER_STREAM_IDS_SINCE,
+) -> list[tuple[str, NewEvent]]:
+    """The events of `outputs`, with ids that are the same however the planner is
+    partitioned: an input about one application has all its outputs in the one partition
+    that owns it, numbered in order (`<input id>/<i>`, as ever); an input every partition
+    reads (a runtime paused) has its outputs split among partitions, so they are numbered
+    within their stream (`<input id>/<stream>/<j>`; every output stream names one
+    application), which no other partition writes."""
+    per_stream = version >= PER_STREAM_IDS_SINCE and application_of(cause.message, cause.stream_id) is None
+    seen: dict[str, int] = {}
+    events = []
+    for i, out in enumerate(outputs):
+        j = seen[out.stream_id] = seen.get(out.stream_id, -1) + 1
+        name = f"{cause.event_id}/{out.stream_id}/{j}" if per_stream else f"{cause.event_id}/{i}"
+        events.append((
             out.stream_id,
             registry.encode(
                 out.message,
                 actor=PLANNER_ACTOR,
-                event_id=uuid.uuid5(OUTPUT_NAMESPACE, f"{cause.event_id}/{i}"),
+                event_id=uuid.uuid5(OUTPUT_NAMESPACE, name),
                 causation_id=cause.event_id,
                 correlation_id=_uuid(correlation) if correlation else cause.event_id,
             ),
-        )
-        for i, out in enumerate(outputs)
-    ]
+        ))
+    return events
 
 
 def group(events: Sequence[tuple[str, NewEvent]]) -> list[AppendRequest]:
@@ -157,10 +202,11 @@ class InputRejected(Exception):
 
 
 def rejection(
-    registry: EventRegistry, failed: InputRejected, *, version: int
+    registry: EventRegistry, failed: InputRejected, *, version: int, checkpoint_name: str = "planner"
 ) -> tuple[events_pb2.PlannerInputRejected, NewEvent]:
-    """The PlannerInputRejected of a failed input; its id derives from the input's, so it
-    is recorded once however often it is met."""
+    """The PlannerInputRejected of a failed input; its id derives from the input's (and,
+    partitioned, the checkpoint's: two partitions may reject one shared input), so it is
+    recorded once however often it is met."""
     recorded, item = failed.recorded, failed.item
     application, service = subject_of(item.message)
     message = events_pb2.PlannerInputRejected(
@@ -176,7 +222,10 @@ def rejection(
     return message, registry.encode(
         message,
         actor=PLANNER_ACTOR,
-        event_id=uuid.uuid5(OUTPUT_NAMESPACE, f"{item.event_id}/rejected"),
+        event_id=uuid.uuid5(
+            OUTPUT_NAMESPACE,
+            f"{item.event_id}/rejected" + ("" if checkpoint_name == "planner" else f"/{checkpoint_name}"),
+        ),
         causation_id=item.event_id,
         correlation_id=_uuid(recorded.correlation_id) if recorded.correlation_id else item.event_id,
     )
@@ -203,6 +252,7 @@ async def rebuild(
     engine: Engine = CURRENT,
     rejected: frozenset[int] = frozenset(),
     on_rejected: Rejecting | None = None,
+    partition: Partition = WHOLE,
 ) -> PlannerState:
     """The state after folding every input up to position `upto` (outputs discarded),
     skipping the `rejected` positions. An input `plan` raises on is skipped too — the
@@ -216,7 +266,7 @@ async def rebuild(
                     if recorded.position in skip:
                         continue
                     item = to_input(registry, recorded)
-                    if item is None:
+                    if item is None or not partition.takes(item.message, item.stream_id):
                         continue
                     try:
                         engine.plan(state, item)
@@ -244,8 +294,15 @@ class Planner:
         settings: PlannerSettings | None = None,
         on_converged: Converged | None = None,
         engine: Engine = CURRENT,
+        lock: SessionLock | None = None,
     ) -> None:
         self.store = store
+        self.lock = lock
+        """Held while planning (leader/standby); None: plan without one (tests, `convoy up`)."""
+        self.role = "starting" if lock is not None else "leading"
+        """"standby" (waiting for the lock), "leading" (holds it, or runs without one)."""
+        self.standing_by = asyncio.Event()
+        """Set once this planner found another holding the lock."""
         self.engine = engine
         self.on_converged = on_converged
         self.registry = registry
@@ -284,13 +341,17 @@ class Planner:
         backoff = Backoff(base=0.1, cap=5.0)
         while True:
             try:
-                await self._run()
+                await (self._lead() if self.lock is not None else self._run())
             except asyncio.CancelledError:
                 raise
             except InputRejected as failed:
                 # Recorded; the state plan left behind is refolded without that input.
                 self.ready.clear()
                 log.info("refolding without the rejected input", position=failed.recorded.position)
+            except LockLost as error:
+                self.ready.clear()
+                self.stats.restarts += 1
+                log.warning("planner stands down; waiting for the lock again", detail=str(error))
             except DuplicateEventId as error:
                 # Another planner committed part of these inputs' outputs (the same events:
                 # ids derive from inputs): refold from the checkpoint and go on.
@@ -310,14 +371,40 @@ class Planner:
                 log.error("planner failed; rebuilding from the log", error=describe(error), retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
 
+    async def _lead(self) -> None:
+        """Stand by for the lock; holding it, plan until the lock's session is lost."""
+        assert self.lock is not None
+        self.role = "standby"
+
+        def waiting() -> None:
+            self.standing_by.set()
+
+        async with self.lock.hold(on_waiting=waiting) as lost:
+            self.role = "leading"
+            log.info("planner leads", planner=self.settings.name, session=self.lock.session_pid)
+            run = asyncio.create_task(self._run(), name=f"planner-run:{self.settings.name}")
+            watch = asyncio.create_task(lost.wait(), name=f"planner-lease:{self.settings.name}")
+            try:
+                await asyncio.wait({run, watch}, return_when=asyncio.FIRST_COMPLETED)
+                if run.done():
+                    run.result()  # re-raise why the run ended
+                raise LockLost(f"planner {self.settings.name!r} lost its lock's session; it stopped planning")
+            finally:
+                self.ready.clear()
+                self.role = "standby"
+                await stop_task(run)
+                await stop_task(watch)
+
     async def _run(self) -> None:
-        checkpoint = await self.store.checkpoint(self.settings.name)
+        checkpoint = await self.store.checkpoint(self.settings.name) or await adopted_checkpoint(
+            self.store, self.registry, self.settings.name
+        )
         await record_start(self.store, self.registry, self.settings.name, self.engine.version, checkpoint)
         known = await rejections(self.store, self.registry, self.settings.name)
         self.rejections = [known[p] for p in sorted(known)]
         self.state = await rebuild(
             self.store, self.registry, upto=checkpoint, batch=self.settings.read_batch, engine=self.engine,
-            rejected=frozenset(known), on_rejected=self._record_rejection,
+            rejected=frozenset(known), on_rejected=self._record_rejection, partition=self.settings.partition,
         )
         self._timers_changed.set()
         self.ready.set()
@@ -347,6 +434,8 @@ class Planner:
             item = to_input(self.registry, recorded)
             if item is None:
                 self.stats.skipped += 1
+            elif not self.settings.partition.takes(item.message, item.stream_id):
+                self.stats.elsewhere += 1
             else:
                 try:
                     _, outputs = self.engine.plan(self.state, item)
@@ -361,6 +450,8 @@ class Planner:
                     failed = InputRejected(recorded, item, error)
                     await self._record_rejection(failed, checkpoint=True)
                     raise failed from error
+                if not self.settings.partition.whole:
+                    outputs = self._own(outputs)
                 pending += output_events(self.registry, item, outputs, recorded.correlation_id)
                 if self.on_converged is not None:
                     converged += convergences(self.state, item, outputs)
@@ -378,7 +469,9 @@ class Planner:
         """Record a rejected input — with the checkpoint at it when met while following the
         log (exactly once with the rest of the record), without when met in a rebuild
         (the checkpoint is past it already)."""
-        message, event = rejection(self.registry, failed, version=self.engine.version)
+        message, event = rejection(
+            self.registry, failed, version=self.engine.version, checkpoint_name=self.settings.name
+        )
         if checkpoint:
             # Met while following: a refold without the input comes next. Not ready from
             # before the rejection shows until that refold is done, so nobody sees "ready,
@@ -395,8 +488,18 @@ class Planner:
     async def _commit(
         self, events: list[tuple[str, NewEvent]], position: int, converged: Sequence[tuple[str, str, str, float]] = ()
     ) -> None:
+        mark = Checkpoint(self.settings.name, position)
         try:
-            await self.store.commit(group(events), checkpoint=Checkpoint(self.settings.name, position))
+            try:
+                await self.store.commit(group(events), checkpoint=mark)
+            except DuplicateEventId:
+                # Some are recorded already, by a planner that decided these inputs before
+                # (another partition layout, a leader that just lost its lock): the same
+                # events, ids derived from inputs. One append per event, each recorded one
+                # is a retry the store recognises and the rest are added; different content
+                # under a known id still fails.
+                log.info("some outputs are recorded already; recording the rest", position=position)
+                await self.store.commit([AppendRequest(stream, (event,)) for stream, event in events], checkpoint=mark)
         except AlreadyProcessed:
             log.info("another planner already committed these inputs", position=position)
             return
@@ -405,6 +508,15 @@ class Planner:
         if self.on_converged is not None:
             for found in converged:  # told once committed: a refold after a failure does not repeat it
                 self.on_converged(*found)
+
+    def _own(self, outputs: list[Output]) -> list[Output]:
+        """The outputs about this partition's applications (a guard: the engine, fed only
+        this partition's applications, emits no other)."""
+        own = [out for out in outputs if self.settings.partition.owns_output(out.message)]
+        if len(own) != len(outputs):
+            log.error("planner dropped outputs about another partition's applications",
+                      planner=self.settings.name, dropped=len(outputs) - len(own))
+        return own
 
     # -- the timer shell ---------------------------------------------------------
 
@@ -419,6 +531,8 @@ class Planner:
             await self.clock.wait_until(due.fire_at if due else None, self._timers_changed)
             if due is None or self.clock.now() < due.fire_at or due.timer_id not in self.state.timers:
                 continue
+            if not self.ready.is_set():
+                continue  # stood down (lost the lock) or refolding: the leader fires it
             try:
                 await self._fire(due.timer_id, due.key, due.fire_at)
                 backoff.reset()
@@ -440,3 +554,37 @@ class Planner:
             pass  # fired before (with another firing time): once is enough
         self._fired.add(timer_id)
         self.stats.timers_fired += 1
+
+
+async def adopted_checkpoint(store: EventStore, registry: EventRegistry, name: str) -> int:
+    """Where a planner with no checkpoint yet starts: at the lowest checkpoint of the
+    planners of other partition layouts that ran before (every input up to it was decided
+    for every application), else 0. Inputs some of them decided after it are decided again:
+    the outputs already recorded are recognised (`Planner._commit`)."""
+    layout = set(_layout_of(name))
+    others = [n for n in await planner_names(store, registry) if n not in layout]
+    if not others:
+        return 0
+    adopted = min([await store.checkpoint(n) for n in others])
+    if adopted:
+        log.info("planner starts at the previous partition layout's checkpoint", planner=name, checkpoint=adopted,
+                 previous=sorted(others))
+    return adopted
+
+
+def _layout_of(name: str) -> list[str]:
+    """The checkpoint names of the layout `name` belongs to (`planner-0-of-2` -> both of 2)."""
+    parts = name.rsplit("-", 3)
+    if len(parts) == 4 and parts[2] == "of" and parts[1].isdigit() and parts[3].isdigit() and int(parts[3]) > 0:
+        return partition_names(int(parts[3]))
+    return [name]
+
+
+async def planner_names(store: EventStore, registry: EventRegistry) -> list[str]:
+    """The checkpoint names of every planner that ever started on this log (each records
+    PlannerVersionStarted on `planner/<name>`), in order of first start."""
+    names: dict[str, None] = {}
+    async for events in read_batches(store, categories=("planner",)):
+        for recorded in events:
+            names.setdefault(recorded.stream_id.split("/", 1)[1], None)
+    return list(names)

@@ -205,7 +205,7 @@ def _schedule(run: _Run, conv: Convergence, purpose: str, fire_at: datetime) -> 
         del run.state.timers[current.timer_id]
     run.state.timer_seq += 1
     timer_id = f"tmr-{run.state.timer_seq}-{purpose}"
-    run.state.timers[timer_id] = PendingTimer(timer_id, fire_at, conv.key, purpose)
+    run.state.add_timer(PendingTimer(timer_id, fire_at, conv.key, purpose))
     conv.timers[purpose] = timer_id
     event = events_pb2.TimerScheduled(
         timer_id=timer_id,

@@ -37,7 +37,8 @@ part, and with `--refold` the pure planner's capacity on the recorded inputs.
 runtimes x 1,000 services) are published first, then the ingest is started and timed
 until it has recorded them all (RESULT ingest_obs_per_s=… commits=…).
 
-Last line: RESULT instances=50000 fleet_converge_s=… planner_eps=… rss_mb=…
+Last line: RESULT instances=50000 fleet_converge_s=… planner_eps=… rss_mb=… cpu_ms_per_instance=…
+(CPU-seconds of all the processes in the timed part per instance, in ms).
 
     .venv/bin/python bench/planner.py [--services 1000] [--apps 10]
     .venv/bin/python bench/planner.py --services 100             # a quick check
@@ -46,6 +47,8 @@ Last line: RESULT instances=50000 fleet_converge_s=… planner_eps=… rss_mb=�
     .venv/bin/python bench/planner.py --py-spy out.txt --refold  # where the planner spends its time
     .venv/bin/python bench/planner.py --ingest-capacity 30000    # the ingest alone, draining a backlog
     .venv/bin/python bench/planner.py --profile-planner out.prof  # planner under cProfile (slower)
+    .venv/bin/python bench/planner.py --services 10000 --apps 100 --scale-check
+                                  # 1,000 then 10,000 services: cpu_ms_per_instance of both (SCALE line)
 """
 
 from __future__ import annotations

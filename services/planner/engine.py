@@ -215,7 +215,7 @@ def _schedule(run: _Run, conv: Convergence, purpose: str, fire_at: datetime) -> 
     seq = run.state.timer_seqs.get(conv.application, 0) + 1
     run.state.timer_seqs[conv.application] = seq
     timer_id = f"tmr/{conv.application}/{seq}/{purpose}"
-    run.state.timers[timer_id] = PendingTimer(timer_id, fire_at, conv.key, purpose)
+    run.state.add_timer(PendingTimer(timer_id, fire_at, conv.key, purpose))
     conv.timers[purpose] = timer_id
     event = events_pb2.TimerScheduled(
         timer_id=timer_id,

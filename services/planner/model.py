@@ -9,6 +9,8 @@ Everything here is plain data; the rules live in engine.py, gates.py and checks.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -165,6 +167,44 @@ class PlannerState:
     """The same convergences indexed by (application, service), channels in creation
     order: every observation steps its service's channels, and scanning all of a
     fleet's convergences for them cost more than the planning (bench/planner.py)."""
+    timer_queue: list[tuple[datetime, str]] = field(default_factory=list, compare=False, repr=False)
+    """(fire_at, timer_id) of every pending timer as a heap, plus entries of timers since
+    fired or cancelled (dropped when they reach the top): the timer shell asks for the
+    next due timer after every batch, and finding it by scanning `timers` cost O(timers)
+    per batch — tens of thousands in a fleet release (bench/planner.py). Derived from
+    `timers`, so not part of the state's equality; rebuilt when it is missing entries."""
+
+    def add_timer(self, timer: PendingTimer) -> None:
+        self.timers[timer.timer_id] = timer
+        queue = self.timer_queue
+        if len(queue) > 2 * len(self.timers) + 1024:  # mostly fired or cancelled: start afresh
+            queue[:] = [(t.fire_at, t.timer_id) for t in self.timers.values()]
+            heapq.heapify(queue)
+        else:
+            heapq.heappush(queue, (timer.fire_at, timer.timer_id))
+
+    def next_timer(self, skip: Container[str] = ()) -> PendingTimer | None:
+        """The pending timer due first (earliest `fire_at`, then timer id), leaving out
+        the ids in `skip` (fired, their TimerFired not folded yet); None if none is left."""
+        queue = self.timer_queue
+        if len(queue) < len(self.timers):  # a state made without the queue (a copy, a load)
+            queue[:] = [(t.fire_at, t.timer_id) for t in self.timers.values()]
+            heapq.heapify(queue)
+        skipped = []
+        found = None
+        while queue:
+            fire_at, timer_id = queue[0]
+            timer = self.timers.get(timer_id)
+            if timer is None or timer.fire_at != fire_at:
+                heapq.heappop(queue)  # fired or cancelled since
+            elif timer_id in skip:
+                skipped.append(heapq.heappop(queue))
+            else:
+                found = timer
+                break
+        for entry in skipped:
+            heapq.heappush(queue, entry)
+        return found
 
     def convergences_of(self, app: str, service: str) -> list[Convergence]:
         return list(self.by_service.get((app, service), {}).values())

@@ -525,9 +525,8 @@ class Planner:
         while True:
             await self.ready.wait()
             self._timers_changed.clear()
-            pending = [t for t in self.state.timers.values() if t.timer_id not in self._fired]
-            self._fired &= set(self.state.timers)
-            due = min(pending, key=lambda t: (t.fire_at, t.timer_id), default=None)
+            self._fired = {t for t in self._fired if t in self.state.timers}
+            due = self.state.next_timer(skip=self._fired)
             await self.clock.wait_until(due.fire_at if due else None, self._timers_changed)
             if due is None or self.clock.now() < due.fire_at or due.timer_id not in self.state.timers:
                 continue

@@ -75,12 +75,15 @@ def base_env(tmp_path: Path, database_url: str, schema_name: str, nats_url: str 
 
 
 @asynccontextmanager
-async def two_apis(env: dict[str, str], tmp_path: Path) -> AsyncIterator[tuple[ApiReplica, ApiReplica, str]]:
-    """API processes A and B (each its own state folder), and the bootstrap admin token
-    (written by whichever of them created it: they race, one token is created)."""
+async def two_apis(
+    env: dict[str, str], tmp_path: Path, *, count: int = 2
+) -> AsyncIterator[tuple[ApiReplica, ApiReplica, str]]:
+    """API processes A and B (each its own state folder; with `count=1` A is B), and the
+    bootstrap admin token (written by whichever of them created it: they race, one token
+    is created)."""
     async with AsyncExitStack() as stack:
         replicas = []
-        for name in ("a", "b"):
+        for name in ("a", "b")[:count]:
             state = tmp_path / f"api-{name}"
             running = await stack.enter_async_context(
                 convoy_process(env | {"CONVOY_STATE_DIR": str(state)}, "api", "--grpc-port", "0", "--http-port", "0",
@@ -91,7 +94,7 @@ async def two_apis(env: dict[str, str], tmp_path: Path) -> AsyncIterator[tuple[A
             replicas.append(ApiReplica(name, running, state, endpoint.grpc, endpoint.rest))
         tokens = [t for r in replicas if (t := localstate.read_admin_token(r.state_dir))]
         assert len(tokens) == 1, tokens
-        yield replicas[0], replicas[1], tokens[0]
+        yield replicas[0], replicas[-1], tokens[0]
 
 
 def stub(address: str) -> tuple[grpc.Channel, api_pb2_grpc.ReleaseServiceStub]:

@@ -3,11 +3,11 @@ and no intent applied twice when the active one is killed with SIGKILL mid-relea
 
 Real processes on real servers: `convoy api` and `convoy planner`, and two `convoy agent
 --runtime rt-ha` with their own state folders, on an exec runtime whose apply / fetch /
-delete commands are one small script (`COMMANDS`). Each apply or delete appends one line
-— the effect, and the process that ran it — to an effects file under a lock, and fetch
-reads that file back, reporting the generation and spec hash it finds: the file is both
-the record of every side effect and the runtime's live state, so the test counts effects
-exactly. The script kills its own agent (SIGKILL, its parent) right after the effect of
+delete commands are one small script (tests/scale/exec_runtime.py). Each apply or delete
+appends one line — the effect, and the process that ran it — to an effects file under a
+lock, and fetch reads that file back, reporting the generation and spec hash it finds:
+the file is both the record of every side effect and the runtime's live state, so the
+test counts effects exactly. The script kills its own agent (SIGKILL, its parent) right after the effect of
 the release's `KILL_AFTER`-th apply — the worst moment: the runtime changed, the agent
 neither recorded, reported nor acknowledged it. Progress, not a timer, picks it.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pytest
 from eventstore.embedded import NatsServer
 from tests.conftest import eventually
 from tests.e2e.processes import convoy, convoy_process, service_process
+from tests.scale import exec_runtime
 from tests.scale.test_api_replicas import base_env, drop_schema, two_apis
 
 pytestmark = [pytest.mark.scale, pytest.mark.fault]
@@ -34,53 +34,8 @@ NAMESPACES = [f"n{i}" for i in range(6)]
 KILL_AFTER = 3
 """The apply after whose effect the active agent dies (of the release's len(NAMESPACES))."""
 
-COMMANDS = r'''
-"""apply / fetch / delete of the replica test's exec runtime. argv: EFFECTS TRIGGER KILL_AFTER."""
-import fcntl, json, os, signal, sys
-
-effects, trigger, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
-action, namespace, service = os.environ["CONVOY_ACTION"], os.environ["CONVOY_NAMESPACE"], os.environ["CONVOY_SERVICE"]
-agent = os.getppid()
-with open(effects, "a+") as f:
-    fcntl.flock(f, fcntl.LOCK_SH if action == "fetch" else fcntl.LOCK_EX)
-    f.seek(0)
-    records = [json.loads(line) for line in f.read().splitlines()]
-    mine = [r for r in records if (r["namespace"], r["service"]) == (namespace, service)]
-    current = mine[-1] if mine and mine[-1]["action"] == "apply" else None
-    if action == "fetch":
-        if current is None:
-            print(json.dumps({"phase": "absent"}))
-        else:
-            print(json.dumps({"phase": "healthy", **{k: current[k] for k in ("generation", "spec_hash", "intent_id")}}))
-        sys.exit(0)
-    record = {
-        "action": action, "namespace": namespace, "service": service,
-        "generation": int(os.environ.get("CONVOY_GENERATION") or 0), "spec_hash": os.environ.get("CONVOY_SPEC_HASH", ""),
-        "intent_id": os.environ.get("CONVOY_INTENT_ID", ""), "agent": agent,
-    }
-    f.write(json.dumps(record) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-    applies = sum(1 for r in records if r["action"] == "apply") + (action == "apply")
-if action == "apply" and applies == kill_after:
-    try:
-        os.unlink(trigger)  # once
-    except FileNotFoundError:
-        pass
-    else:
-        os.kill(agent, signal.SIGKILL)
-print(f"{action} {namespace}/{service} generation {record['generation']}")
-'''
-
-
 def config(root: Path) -> Path:
-    script = root / "commands.py"
-    script.write_text(COMMANDS)
-    effects = root / "effects.jsonl"
-    effects.touch()
-    trigger = root / "kill-trigger"
-    trigger.touch()
-    command = json.dumps([sys.executable, str(script), str(effects), str(trigger), str(KILL_AFTER)])
+    command = json.dumps(exec_runtime.commands(root, kill_after=KILL_AFTER))
     targets = ", ".join(f"{{runtime: {RUNTIME}, namespace: {ns}}}" for ns in NAMESPACES)
     folder = root / "config"
     folder.mkdir()
@@ -91,10 +46,6 @@ def config(root: Path) -> Path:
         "service:\n  application: fleet\n  name: web\n  programs:\n    - image: registry.example/web:1\n"
     )
     return folder
-
-
-def records(root: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in (root / "effects.jsonl").read_text().splitlines()]
 
 
 async def test_two_agent_replicas_apply_each_intent_once_when_the_active_one_is_killed(
@@ -128,7 +79,7 @@ async def test_two_agent_replicas_apply_each_intent_once_when_the_active_one_is_
                 dead = next(p for p in by_pid.values() if p.proc.returncode is not None)
                 survivor = next(p for p in by_pid.values() if p is not dead)
                 assert dead.proc.returncode == -signal.SIGKILL, dead.output[-3000:]
-                assert sum(1 for r in records(tmp_path) if r["action"] == "apply") == KILL_AFTER
+                assert sum(1 for r in exec_runtime.records(tmp_path) if r["action"] == "apply") == KILL_AFTER
 
                 async def converged() -> bool:
                     code, out = await convoy(cli_env, "status", "fleet", "-o", "json")
@@ -144,7 +95,7 @@ async def test_two_agent_replicas_apply_each_intent_once_when_the_active_one_is_
                 survivor.proc.send_signal(signal.SIGTERM)
                 assert await survivor.proc.wait() == 0, survivor.output[-3000:]
 
-            effects = records(tmp_path)
+            effects = exec_runtime.records(tmp_path)
             applied = Counter((r["namespace"], r["service"], r["generation"]) for r in effects if r["action"] == "apply")
             assert sorted(applied) == sorted((ns, "web", 1) for ns in NAMESPACES), effects
             assert set(applied.values()) == {1}, f"an intent was applied twice: {effects}"

@@ -7,9 +7,10 @@ real subprocesses: what a load balancer in front of several API replicas needs.
   for the CLI) and the reading process waits until its read model folded it.
 - One idempotency key sent to A and then to B has one effect: B replays A's answer.
 - One relay publishes at a time (a PostgreSQL advisory lock): the process holding it is
-  killed with SIGKILL mid-release — once its relay has published the release, before the
-  release converged — and the other takes the lock over, publishes the rest, and the
-  release completes; every event of the log is in the events stream exactly once.
+  killed with SIGKILL mid-release — staging converged (its relay published staging's
+  intent), prod waiting for its approval — and the other takes the lock over; the
+  approval and prod's intent are written after the kill, so the release completes only
+  if the survivor publishes them; every event of the log is in the stream exactly once.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from eventstore.postgres import PostgresEventStore, PostgresSettings
 from schemas.convoy.v1 import api_pb2, api_pb2_grpc
 from tests.conftest import eventually
 from tests.e2e.processes import ROOT, ConvoyProcess, convoy, convoy_process, service_process
+from tests.scale import exec_runtime
 
 pytestmark = pytest.mark.scale
 
@@ -223,11 +225,42 @@ async def stream_last(nats_url: str, instance: str) -> int:
         await nc.close()
 
 
+def staged_config(root: Path) -> Path:
+    """An application whose release stops halfway by design: staging, then prod behind a
+    manual approval, on an exec runtime (tests/scale/exec_runtime.py)."""
+    command = json.dumps(exec_runtime.commands(root))
+    folder = root / "config"
+    folder.mkdir()
+    (folder / "all.yaml").write_text(
+        f"runtime:\n  name: {RUNTIME}\n  kind: exec\n  exec:\n    apply: {command}\n    fetch: {command}\n"
+        f"    delete: {command}\n---\n"
+        "application:\n  name: flow\n  releaseChannels:\n"
+        f"    - name: staging\n      runtimes: [{{runtime: {RUNTIME}, namespace: staging}}]\n"
+        f"    - name: prod\n      runtimes: [{{runtime: {RUNTIME}, namespace: prod}}]\n"
+        "      preconditions:\n        - channelStable: {channel: staging}\n"
+        "        - manualApproval: {name: signoff, minApprovers: 1}\n---\n"
+        "service:\n  application: flow\n  name: web\n  programs:\n    - image: registry.example/web:1\n"
+    )
+    return folder
+
+
+RUNTIME = "rt-relay"
+
+
+async def statuses(cli_env: dict[str, str]) -> dict[str, str]:
+    """Per channel of flow/web, its status (the channel's, as its state machine has it)."""
+    code, out = await convoy(cli_env, "status", "flow", "-o", "json")
+    if code != 0:
+        return {}
+    return {c["channel"]: c.get("status", "") for c in json.loads(out)["channels"]}
+
+
 @pytest.mark.fault
 async def test_killing_the_relay_leader_mid_release_hands_publishing_to_the_other_process(
     tmp_path: Path, database_url: str, schema_name: str, embedded_nats: NatsServer
 ) -> None:
     env = base_env(tmp_path, database_url, schema_name, embedded_nats.url)
+    folder = staged_config(tmp_path)
     try:
         async with (
             two_apis(env, tmp_path) as (a, b, token),
@@ -238,33 +271,39 @@ async def test_killing_the_relay_leader_mid_release_hands_publishing_to_the_othe
             leader, survivor = (a, b) if a.relay_leads() else (b, a)
             assert not survivor.relay_leads()
             cli_env = env | {"CONVOY_TOKEN": token, "CONVOY_ENDPOINT": survivor.grpc}
-            code, out = await convoy(cli_env, "apply", "-f", str(EXAMPLES))
+            code, out = await convoy(cli_env, "apply", "-f", str(folder))
             assert code == 0, out
-            agent_state = str(tmp_path / "agent")
-            async with service_process(env, "agent", "--runtime", "local", "--state-dir", agent_state,
+            async with service_process(env, "agent", "--runtime", RUNTIME, "--state-dir", str(tmp_path / "agent"),
                                        "--instance", schema_name, "--health", "", ready="agent ready"):
-                code, out = await convoy(cli_env, "deploy", "shop/web", "--version", "v1", "-o", "json")
+                code, out = await convoy(cli_env, "deploy", "flow/web", "--version", "v1")
                 assert code == 0, out
-                deployed = int(json.loads(out)["write"]["position"])
-                # Observed progress: the leader's relay has published the release.
-                await eventually(lambda: stream_last(embedded_nats.url, schema_name), timeout=60, interval=0.05,
-                                 message="a first event on the bus")
-                await eventually(
-                    lambda: _at_least(stream_last(embedded_nats.url, schema_name), deployed), timeout=60,
-                    interval=0.02, message="the release on the bus",
-                )
+                # Observed progress: halfway — staging runs v1 (the leader's relay published
+                # its intent), prod waits for a person.
+                converged, waiting = "INSTANCE_STATUS_CONVERGED", "INSTANCE_STATUS_WAITING_APPROVAL"
+
+                seen: list[dict[str, str]] = [{}]
+
+                async def halfway() -> bool:
+                    seen[0] = found = await statuses(cli_env)
+                    return found.get("staging") == converged and found.get("prod") == waiting
+
+                try:
+                    await eventually(halfway, timeout=60, interval=0.2, message="staging converged, prod waiting")
+                except AssertionError as error:
+                    raise AssertionError(f"{error}; last seen {seen[0]}") from None
                 leader.process.proc.kill()
                 await leader.process.proc.wait()
                 at_kill = await stream_last(embedded_nats.url, schema_name)
+                # The rest of the release is written after the kill: only the survivor's relay
+                # can bring prod's intent to the agent.
+                code, out = await convoy(cli_env, "approve", "flow/web", "--channel", "prod")
+                assert code == 0, out
                 await eventually(survivor.relay_leads, timeout=60, interval=0.2, message="the survivor's relay leads")
 
-                async def staging_converged() -> bool:
-                    code, out = await convoy(cli_env, "status", "shop", "-o", "json")
-                    found = {(c["service"], c["channel"]): c for c in json.loads(out)["channels"]} if code == 0 else {}
-                    web = found.get(("web", "staging"), {})
-                    return [t.get("status") for t in web.get("targets", [])] == ["INSTANCE_STATUS_CONVERGED"]
+                async def done() -> bool:
+                    return (await statuses(cli_env)).get("prod") == converged
 
-                await eventually(staging_converged, timeout=90, interval=0.5, message="staging converged on v1")
+                await eventually(done, timeout=60, interval=0.2, message="prod converged on v1")
 
             store = await PostgresEventStore.open(PostgresSettings(dsn=database_url, schema=schema_name))
             try:
@@ -276,8 +315,10 @@ async def test_killing_the_relay_leader_mid_release_hands_publishing_to_the_othe
                              interval=0.1, message="the survivor published the whole log")
             ids = await stream_ids(embedded_nats.url, schema_name)
             assert len(ids) == len(set(ids)), "an event is in the stream twice"
-            assert ids[: len(logged)] == logged, "the stream is not the log, once each, in order"
-            assert head > at_kill >= deployed, "the survivor published nothing"
+            assert ids == logged, "the stream is not the log, once each, in order"
+            assert head > at_kill, "the survivor published nothing"
+            applied = [(r["namespace"], r["generation"]) for r in exec_runtime.records(tmp_path) if r["action"] == "apply"]
+            assert applied == [("staging", 1), ("prod", 1)], applied
     finally:
         await drop_schema(database_url, schema_name)
 

@@ -234,6 +234,15 @@ class Lease:
                 self._valid_until = sent + self.ttl * HELD_FRACTION
                 continue
             except LeaseTaken:
+                # Our own last write may have been stored with its answer lost: then the
+                # lease is still ours, at a sequence we did not hear of.
+                try:
+                    current = await self.read()
+                except ConvoyError:
+                    current = None
+                if current is not None and current.holder == self.holder and not current.released:
+                    self._sequence = current.sequence
+                    continue
                 log.error("lease lost: another replica holds it", runtime=self.runtime, holder=self.holder)
             except (Unavailable, BusRejected) as error:
                 if self._clock() < self._valid_until:

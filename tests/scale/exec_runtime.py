@@ -14,7 +14,7 @@ from pathlib import Path
 
 COMMANDS = r'''
 """apply / fetch / delete of the scale tests' exec runtime. argv: EFFECTS TRIGGER KILL_AFTER."""
-import fcntl, json, os, signal, sys
+import fcntl, json, os, signal, sys, time
 
 effects, trigger, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
 action, namespace, service = os.environ["CONVOY_ACTION"], os.environ["CONVOY_NAMESPACE"], os.environ["CONVOY_SERVICE"]
@@ -34,7 +34,7 @@ with open(effects, "a+") as f:
     record = {
         "action": action, "namespace": namespace, "service": service,
         "generation": int(os.environ.get("CONVOY_GENERATION") or 0), "spec_hash": os.environ.get("CONVOY_SPEC_HASH", ""),
-        "intent_id": os.environ.get("CONVOY_INTENT_ID", ""), "agent": agent,
+        "intent_id": os.environ.get("CONVOY_INTENT_ID", ""), "agent": agent, "at": time.time(),
     }
     f.write(json.dumps(record) + "\n")
     f.flush()

@@ -103,5 +103,8 @@ async def test_two_agent_replicas_apply_each_intent_once_when_the_active_one_is_
             pids = [r["agent"] for r in effects]
             assert pids[:KILL_AFTER] == [dead.proc.pid] * KILL_AFTER, effects
             assert pids[KILL_AFTER:] == [survivor.proc.pid] * (len(NAMESPACES) - KILL_AFTER), effects
+            # From the dead agent's last effect to the standby's first (lease TTL 10 s + a poll).
+            takeover = float(effects[KILL_AFTER]["at"]) - float(effects[KILL_AFTER - 1]["at"])  # type: ignore[arg-type]
+            print(f"agent takeover after SIGKILL: {takeover:.1f} s")
     finally:
         await drop_schema(database_url, schema_name)

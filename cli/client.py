@@ -9,6 +9,13 @@ folder (`endpoint.json` and `admin-token`). A `grpcs://` endpoint is TLS, verifi
 exit code a script can branch on and one line that says what to fix. Every mutating call
 carries an `idempotency-key`, fresh per invocation, so a retry by the server's client
 library never applies a command twice.
+
+Several API processes behind one endpoint (a load balancer) answer from read models that
+may lag each other by a moment, so the client carries the highest log position it has
+seen — `CONVOY_MIN_POSITION` to start with (a script passes on the position a previous
+command printed), then every answer's `position` — in the `convoy-min-position` metadata
+of each call: whichever process answers waits until it has folded that position
+(read-your-writes, services.api.handlers.MIN_POSITION_HEADER).
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ class Target:
     source: str  # where the endpoint came from, for error messages
     trust: transport.Trust | None = None
     """TLS verified against these roots (a `grpcs://` endpoint); None: plain text."""
+    min_position: int = 0
+    """`CONVOY_MIN_POSITION`: a log position every call must see (0: none)."""
 
 
 def config_path(environ: Mapping[str, str]) -> Path:
@@ -136,7 +145,22 @@ def resolve(
     chosen_token = next((t for _, t, _ in candidates if t), None)
     address, tls = transport.split_scheme(normalise_endpoint(*chosen_endpoint))
     trust = _trust(ca_file, environ, config, path) if tls else None
-    return Target(grpc=address, token=chosen_token, source=chosen_endpoint[1], trust=trust)
+    return Target(
+        grpc=address, token=chosen_token, source=chosen_endpoint[1], trust=trust,
+        min_position=_min_position(environ.get("CONVOY_MIN_POSITION")),
+    )
+
+
+def _min_position(text: str | None) -> int:
+    if not text or not text.strip():
+        return 0
+    try:
+        position = int(text.strip())
+    except ValueError:
+        position = -1
+    if position < 0:
+        raise CliError(f"CONVOY_MIN_POSITION={text!r} is not a log position (a whole number >= 0)", INVALID)
+    return position
 
 
 def _str(value: Any, path: Path) -> str | None:
@@ -219,8 +243,11 @@ class Client:
     invocation: str = field(default_factory=lambda: uuid.uuid4().hex)
     _channel: grpc.Channel | None = None
     _writes: int = 0
+    seen: int = 0
+    """The highest log position seen (CONVOY_MIN_POSITION, then answers): sent with every call."""
 
     def __post_init__(self) -> None:
+        self.seen = max(self.seen, self.target.min_position)
         self._channel = transport.channel(self.target.grpc, self.target.trust)
         channel = self._channel
         self.applications = api_pb2_grpc.ApplicationServiceStub(channel)
@@ -254,17 +281,27 @@ class Client:
         if idempotent_write:
             self._writes += 1
             md.append(("idempotency-key", f"cli-{self.invocation}-{self._writes}"))
+        if self.seen > 0:
+            md.append(("convoy-min-position", str(self.seen)))
         return md
+
+    def observe(self, answer: Any) -> Any:
+        """Raise `seen` to the position an answer carries (its own, or its write's)."""
+        for holder in (answer, getattr(answer, "write", None)):
+            position = getattr(holder, "position", None) if holder is not None else None
+            if isinstance(position, int) and position > self.seen:
+                self.seen = position
+        return answer
 
     def call(self, method: Any, request: Message) -> Any:
         try:
-            return method(request, metadata=self.metadata(), timeout=self.timeout)
+            return self.observe(method(request, metadata=self.metadata(), timeout=self.timeout))
         except grpc.RpcError as e:
             raise describe(e, self.target) from None
 
     def write(self, method: Any, request: Message) -> Any:
         try:
-            return method(request, metadata=self.metadata(idempotent_write=True), timeout=self.timeout)
+            return self.observe(method(request, metadata=self.metadata(idempotent_write=True), timeout=self.timeout))
         except grpc.RpcError as e:
             raise describe(e, self.target) from None
 

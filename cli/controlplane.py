@@ -33,7 +33,7 @@ import typer
 from nats.aio.client import Client
 
 from cli import follow, localstate, ops
-from eventstore import bus, natsauth, natstls, probes
+from eventstore import bus, leases, natsauth, natstls, probes
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.embedded import EmbeddedServers, NatsServer
 from eventstore.metrics import Check, Counter, Registry
@@ -161,6 +161,7 @@ async def control_plane(
         nc = await connect(settings, servers.nats_url, name=f"convoy-up:{instance}")
         stack.push_async_callback(nc.close)
         await bus.ensure_streams(nc.jetstream(), instance, replicas=settings.nats_replicas)
+        await leases.ensure_bucket(nc.jetstream(), instance, replicas=settings.nats_replicas)
         ops.instrument_nats(metrics, nc)
         ops.instrument_consumers(metrics, nc, streams=[bus.events_stream(instance), bus.observations_stream(instance)])
         ops.instrument_embedded(metrics, servers)
@@ -318,6 +319,7 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
             nc = await connect(settings, settings.nats_url, name=f"convoy-api:{settings.instance}")
             stack.push_async_callback(nc.close)
             await bus.ensure_streams(nc.jetstream(), settings.instance, replicas=settings.nats_replicas)
+            await leases.ensure_bucket(nc.jetstream(), settings.instance, replicas=settings.nats_replicas)
             ops.instrument_nats(metrics, nc)
         checks = await server_probes(stack, store, nc, metrics)
         if nc is not None:

@@ -1,114 +1,265 @@
-"""Leadership by a PostgreSQL session-level advisory lock on a dedicated connection.
+"""Leases on the bus: at most one holder per key, kept in a JetStream key-value bucket.
 
-One process of a kind leads (the planner of a partition; the relay has its own copy of
-the same idea); the others stand by. A lock held by a session is released by PostgreSQL
-when the session ends — the process died, was killed with SIGKILL, or lost its
-connection — so a standby polling `pg_try_advisory_lock` takes over without anyone
-cleaning up, and no lease can be left behind by a dead holder.
+Why: an agent's runtime must be driven by one agent process at a time (two would apply
+the same intent twice, both supervise the same workloads, both repair the same drift),
+yet a runtime should not lose its agent for longer than a restart when a node dies. So
+agents of one runtime run as replicas, active and standby, and the active one holds the
+runtime's lease. Agents reach only NATS (never PostgreSQL), so the lease lives there.
 
-The holder must also notice when *it* lost the lock: `hold()` yields an event that is set
-when the lock's session ends (asyncpg's termination callback) or stops answering a
-`SELECT 1` within `check_timeout` (a half-open connection), and the caller stops leading
-then. Between the session's end and the old leader noticing, two processes may both
-believe they lead for up to `check_every + check_timeout` seconds: whatever they protect
-must tolerate that (the planner's outputs are idempotent: their ids derive from inputs).
+How: the bucket `CONVOY_AGENT_LEASES_<INSTANCE>` (stream `KV_<bucket>`, created by the
+control plane with the other streams) keeps one message per key (history 1) and
+forgets it `LEASE_TTL` seconds after it was written (the stream's max age: the
+server's clock alone decides expiry, so replicas' clocks need not agree). A holder
+writes its value again every `ttl / 4` with compare-and-set
+(`Nats-Expected-Last-Subject-Sequence` = the sequence it last wrote); a standby reads the
+key every `poll` seconds and creates it (expected sequence 0) once it is gone — its
+holder died or was cut off for a whole TTL — or marked released (a clean stop). The
+holder counts its lease as held only until `ttl * 0.8` after it *sent* its last
+successful write, which the server stored no earlier, so it gives up before anyone can
+take over (the agent then stops: `agent.py`, `lost`).
 
-The lock needs a session: point `dsn` at PostgreSQL itself or a session-pooling proxy,
-never at a transaction-pooling PgBouncer (it would hand the lock to another client).
+The key is the runtime's subject token, and only raw subjects are used — not nats-py's
+KV API, whose `get` asks `$JS.API.DIRECT.GET.<stream>` with the key in the body, which a
+permission cannot narrow to one key. A runtime's credential may publish exactly
+`$KV.<bucket>.<runtime>` and ask exactly `$JS.API.DIRECT.GET.<stream>.$KV.<bucket>.<runtime>`
+(eventstore.natsauth, tests/integration/test_agent_permissions.py): it can neither take
+nor read nor release another runtime's lease.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import functools
+import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
-import asyncpg
+import nats.js.errors
 import structlog
+from nats.aio.client import Client
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
 
-from eventstore.errors import Unavailable
-from eventstore.postgres import guarded
-from eventstore.tasks import stop_task
+from eventstore import bus
+from eventstore.errors import BusRejected, ConvoyError, Unavailable
 
 log = structlog.get_logger("convoy.leases")
 
+LEASE_TTL: Final = 10.0
+"""Seconds a lease outlives its holder's last write (the bucket's max age): a standby
+takes over within this (plus its poll) after the active agent died."""
+HELD_FRACTION: Final = 0.8
+"""The holder stops counting on its lease this far into the TTL after its last write."""
+WRONG_LAST_SEQUENCE: Final = 10071
+"""JetStream's error code for a failed compare-and-set."""
+H_EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
+
+
+def bucket(instance: str) -> str:
+    return f"CONVOY_AGENT_LEASES_{bus.validate_instance(instance).upper()}"
+
+
+def stream(instance: str) -> str:
+    return f"KV_{bucket(instance)}"
+
+
+def key_subject(instance: str, runtime: str) -> str:
+    """Where `runtime`'s lease is written (the one subject its agent may write it on)."""
+    return f"$KV.{bucket(instance)}.{bus.encode_token(runtime)}"
+
+
+def read_subject(instance: str, runtime: str) -> str:
+    """The direct-get request that answers `runtime`'s lease, and no other key."""
+    return f"$JS.API.DIRECT.GET.{stream(instance)}.{key_subject(instance, runtime)}"
+
+
+def bucket_config(instance: str, *, replicas: int = 1, ttl: float = LEASE_TTL) -> StreamConfig:
+    return StreamConfig(
+        name=stream(instance),
+        description=f"Convoy {instance}: which agent replica drives each runtime (eventstore.leases)",
+        subjects=[f"$KV.{bucket(instance)}.>"],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.NEW,
+        max_msgs_per_subject=1,
+        max_age=ttl,
+        duplicate_window=ttl,
+        num_replicas=replicas,
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        deny_delete=True,
+    )
+
+
+async def ensure_bucket(js: JetStreamContext, instance: str, *, replicas: int = 1, ttl: float = LEASE_TTL) -> str:
+    """Create the instance's lease bucket, or update it to this configuration. Idempotent."""
+    config = bucket_config(instance, replicas=replicas, ttl=ttl)
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as error:
+        if error.err_code != 10058:  # already in use with a different configuration
+            raise bus.translate(error, f"creating stream {config.name}") from error
+        await bus.guarded(f"updating stream {config.name}", functools.partial(js.update_stream, config))
+    except bus.NATS_ERRORS as error:
+        raise bus.translate(error, f"creating stream {config.name}") from error
+    assert config.name is not None
+    return config.name
+
 
 @dataclass(frozen=True, slots=True)
-class LockSettings:
-    poll: float = 0.5
-    """How often a standby tries to take the lock (the takeover delay after a holder's death)."""
-    check_every: float = 1.0
-    """How often the holder checks that its lock session still answers."""
-    check_timeout: float = 5.0
-    """A check slower than this counts as a lost session."""
+class Value:
+    """A lease as read: who holds it (or held it, when `released`) and its sequence."""
+
+    holder: str
+    released: bool
+    sequence: int
 
 
-class LockLost(Unavailable):
-    """This process no longer holds the leader lock (its session ended): stop leading;
-    retry by standing by for the lock again."""
+class LeaseTaken(ConvoyError):
+    """Someone else wrote the lease first (compare-and-set failed): not retryable as is;
+    read it again."""
 
 
-class SessionLock:
-    """`async with lock.hold(on_waiting=…) as lost:` — blocks until this process holds the
-    lock named by `key`; `lost` is set when the lock's session is gone."""
+class Lease:
+    """One key's lease for `holder`. `await acquire()` (waits while another holds it),
+    then `await keep()` (returns when the lease is lost), `held()` before each act,
+    `await release()` on a clean stop."""
 
-    def __init__(self, *, dsn: str, key: int, name: str, settings: LockSettings | None = None) -> None:
-        self._dsn = dsn
-        self._key = key
-        self.name = name
-        self.settings = settings or LockSettings()
-        self.session_pid: int | None = None
-        """The PostgreSQL backend holding (or waiting for) the lock: for operators and tests."""
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        instance: str,
+        runtime: str,
+        holder: str,
+        ttl: float = LEASE_TTL,
+        poll: float = 1.0,
+        timeout: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._nc = nc
+        self.runtime = runtime
+        self.holder = holder
+        self.ttl = ttl
+        self.poll = poll
+        self.timeout = timeout
+        self._clock = clock
+        self._write = key_subject(instance, runtime)
+        self._read = read_subject(instance, runtime)
+        self._sequence = 0
+        self._valid_until = 0.0
+        self.other: str = ""
+        """The holder last seen while waiting ("" when none)."""
+        self.lost = asyncio.Event()
 
-    @asynccontextmanager
-    async def hold(self, *, on_waiting: Callable[[], None] | None = None) -> AsyncIterator[asyncio.Event]:
-        conn: asyncpg.Connection = await guarded(
-            f"{self.name} lock connect", lambda: asyncpg.connect(self._dsn, timeout=10)
+    def held(self) -> bool:
+        """Whether this holder may act now (its last write is recent enough)."""
+        return self._sequence > 0 and self._clock() < self._valid_until and not self.lost.is_set()
+
+    async def read(self) -> Value | None:
+        """The lease as stored (None: nobody holds it)."""
+        msg = await bus.guarded("reading a lease", lambda: self._nc.request(self._read, b"", timeout=self.timeout))
+        headers = msg.headers or {}
+        status = headers.get("Status", "")
+        if status == "404":
+            return None
+        if status:
+            raise BusRejected(f"reading lease {self._write}: status {status} {headers.get('Description', '')}")
+        try:
+            document = json.loads(msg.data or b"{}")
+            return Value(str(document.get("holder", "")), bool(document.get("released")), int(headers["Nats-Sequence"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise BusRejected(f"lease {self._write} holds no lease document ({error})") from error
+
+    async def _put(self, *, expected: int, released: bool = False) -> int:
+        """Compare-and-set: write the lease if its last sequence is `expected`."""
+        body = json.dumps({"holder": self.holder, "released": released}).encode()
+        headers = {H_EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected)}
+        msg = await bus.guarded(
+            "writing a lease", lambda: self._nc.request(self._write, body, timeout=self.timeout, headers=headers)
         )
         try:
-            self.session_pid = conn.get_server_pid()
-            told = False
-            while not await guarded(
-                f"{self.name} lock", lambda: conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key)
-            ):
-                if not told:
-                    told = True
-                    log.info("another process holds the lock; standing by", lock=self.name, session=self.session_pid)
-                if on_waiting is not None:
-                    on_waiting()
-                await asyncio.sleep(self.settings.poll)
-            lost = asyncio.Event()
-            conn.add_termination_listener(lambda _conn: lost.set())
-            watch = asyncio.create_task(self._watch(conn, lost), name=f"lock-watch:{self.name}")
+            answer = json.loads(msg.data or b"{}")
+        except ValueError as error:
+            raise BusRejected(f"writing lease {self._write}: unreadable answer ({error})") from error
+        if "error" in answer:
+            code = int(answer["error"].get("err_code", 0))
+            if code == WRONG_LAST_SEQUENCE:
+                raise LeaseTaken(f"lease {self._write} was written by someone else")
+            raise BusRejected(f"writing lease {self._write}: {answer['error'].get('description', answer)}", code=code)
+        return int(answer["seq"])
+
+    async def try_acquire(self) -> bool:
+        """Take the lease if it is free, released, or ours already (a restart of the same
+        replica); answer whether it is held now."""
+        current = await self.read()
+        if current is not None and not current.released and current.holder != self.holder:
+            self.other = current.holder
+            return False
+        sent = self._clock()
+        try:
+            self._sequence = await self._put(expected=current.sequence if current is not None else 0)
+        except LeaseTaken:
+            return False
+        self._valid_until = sent + self.ttl * HELD_FRACTION
+        self.other = ""
+        return True
+
+    async def acquire(self, *, waiting: Callable[[str], None] | None = None) -> None:
+        """Wait until this holder has the lease. `waiting(holder)` is called when another
+        is seen to hold it (once per holder)."""
+        told = ""
+        while True:
             try:
-                yield lost
-            finally:
-                await stop_task(watch)
-        finally:
-            await _close(conn)
+                if await self.try_acquire():
+                    log.info("lease acquired", runtime=self.runtime, holder=self.holder, sequence=self._sequence)
+                    return
+            except ConvoyError as error:
+                log.warning("cannot reach the lease; trying again", runtime=self.runtime, error=str(error))
+            if self.other and self.other != told and waiting is not None:
+                waiting(self.other)
+                told = self.other
+            await asyncio.sleep(self.poll)
 
-    async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
-        while not lost.is_set():
-            await asyncio.sleep(self.settings.check_every)
+    async def keep(self) -> None:
+        """Renew every ttl/4 until the lease is lost (someone else wrote it, or no renewal
+        succeeded in time); then set `lost` and return."""
+        while True:
+            await asyncio.sleep(self.ttl / 4)
+            sent = self._clock()
             try:
-                async with asyncio.timeout(self.settings.check_timeout):
-                    await conn.fetchval("SELECT 1")
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - any failure means the session is not to be trusted
-                log.warning("the lock's session is gone", lock=self.name, error=f"{type(error).__name__}: {error}")
-                lost.set()
+                self._sequence = await self._put(expected=self._sequence)
+                self._valid_until = sent + self.ttl * HELD_FRACTION
+                continue
+            except LeaseTaken:
+                # Our own last write may have been stored with its answer lost: then the
+                # lease is still ours, at a sequence we did not hear of.
+                try:
+                    current = await self.read()
+                except ConvoyError:
+                    current = None
+                if current is not None and current.holder == self.holder and not current.released:
+                    self._sequence = current.sequence
+                    continue
+                log.error("lease lost: another replica holds it", runtime=self.runtime, holder=self.holder)
+            except (Unavailable, BusRejected) as error:
+                if self._clock() < self._valid_until:
+                    log.warning("lease not renewed yet; trying again", runtime=self.runtime, error=str(error))
+                    continue
+                log.error("lease lost: not renewed in time", runtime=self.runtime, error=str(error))
+            self.lost.set()
+            return
 
-
-async def _close(conn: asyncpg.Connection) -> None:
-    """Close the lock session politely, or at least drop it: either way the server ends
-    the session and releases the lock."""
-    try:
-        async with asyncio.timeout(2):
-            await conn.close()
-    except Exception:  # noqa: BLE001 - the session is going away either way
-        pass
-    finally:
-        if not conn.is_closed():
-            conn.terminate()
+    async def release(self) -> None:
+        """Mark the lease released (a standby takes it at its next poll). Best effort:
+        unreleased, it expires after the TTL."""
+        if not self.held():
+            return
+        try:
+            await self._put(expected=self._sequence, released=True)
+            log.info("lease released", runtime=self.runtime, holder=self.holder)
+        except ConvoyError as error:
+            log.warning("lease not released; it expires by itself", runtime=self.runtime, error=str(error))
+        self._sequence = 0

@@ -11,6 +11,9 @@ module names every subject an agent needs and nothing more:
   plane creates with the runtime's intent filter (an agent allowed to create consumers
   could pick any filter and read every runtime's intents);
 - dead-letter its own poison messages (`convoy.<i>.dlq.agent-<runtime>`);
+- write and read its runtime's lease (`$KV.<bucket>.<runtime>`, and the direct get of
+  exactly that key), so that replicas of one agent take turns (eventstore.leases) —
+  never another runtime's key;
 - receive only on its own inbox prefix (`_INBOX_<i>_<runtime>.>`), so it cannot listen to
   anybody else's replies — which is why the agent connects with that `inbox_prefix`.
 
@@ -55,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from eventstore import bus, securefile
+from eventstore import bus, leases, securefile
 from eventstore.errors import InvalidInput
 from eventstore.natslimits import AccountLimits
 
@@ -270,6 +273,8 @@ def agent_permissions(instance: str, runtime: str) -> Permissions:
             f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
             f"$JS.ACK.{stream}.{consumer}.>",
             bus.dlq_subject(instance, consumer),
+            leases.key_subject(instance, runtime),
+            leases.read_subject(instance, runtime),
         ),
         subscribe=(f"{agent_inbox_prefix(instance, runtime)}.>",),
     )

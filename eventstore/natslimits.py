@@ -7,7 +7,7 @@ every other instance. nats-server enforces per-account limits itself, from the s
 `parseJetStreamForAccount` and `parseAccountLimits`):
 
     "CONVOY_A": {
-      jetstream: {max_memory: 1048576, max_file: 104857600, max_streams: 3, max_consumers: 20}
+      jetstream: {max_memory: 1048576, max_file: 104857600, max_streams: 4, max_consumers: 20}
       limits: {max_connections: 50}
       ...
     }
@@ -30,8 +30,9 @@ from typing import Final
 
 from eventstore.errors import InvalidInput
 
-CONVOY_STREAMS: Final = 3
-"""The streams every instance creates (events, observations, dead letters: eventstore.bus)."""
+CONVOY_STREAMS: Final = 4
+"""The streams every instance creates (events, observations, dead letters: eventstore.bus;
+the agents' lease bucket: eventstore.leases)."""
 
 REGISTRY_KEYS: Final = ("max_connections", "max_storage", "max_memory", "max_streams", "max_consumers")
 """The keys of an instance's `limits` in the instance registry (eventstore.instances)."""

@@ -7,6 +7,13 @@ a CA file), verifying the server with the CA file or the system store (eventstor
 credential file holds the secret that `IssueAgentCredential` returned (the bare secret,
 or the JSON answer with a "secret" field); the agent logs in to NATS as
 `<instance>-agent-<runtime>` with it and receives only on its own inbox prefix.
+
+Several may run for one runtime (replicas, each with its own state folder): each first
+takes the runtime's lease on the bus (eventstore.leases); the others wait as standby and
+the first to find it free after the active one died takes over (services/agent/agent.py
+says why a lease). One that loses its lease stops and exits with code 3, so whatever
+supervises it starts it again, as a standby. `--no-lease` runs without one (then run
+exactly one per runtime).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from eventstore.errors import InvalidInput
 from eventstore.metrics import Registry
 from eventstore.settings import default_state_dir, environ
 from services.agent.agent import Agent, AgentSettings
+from services.agent.state import FolderInUse, Replica
 from services.agent.secretclient import SecretClient
 from services.agent.selection import build_runtime
 
@@ -58,6 +66,14 @@ def agent(
         typer.Option("--nats-ca", help="CA file that verifies NATS's TLS certificate (default: $CONVOY_NATS_CA, else the system store)."),
     ] = None,
     kind: Annotated[str, typer.Option("--kind", help="Override the runtime implementation (memory, local, exec, kubernetes).")] = "",
+    lease: Annotated[
+        bool,
+        typer.Option(
+            "--lease/--no-lease",
+            help="Hold the runtime's lease on the bus, so that further agents of the runtime (each with its own "
+            "--state-dir) wait as standby and take over when this one dies.",
+        ),
+    ] = True,
     log_format: convoy_logging.LogFormatOpt = None,
 ) -> None:
     """Run the agent of one runtime: apply its intents, report what it sees (Ctrl-C stops it)."""
@@ -72,16 +88,30 @@ def agent(
     folder = state_dir or (Path(env["CONVOY_STATE_DIR"]) if env.get("CONVOY_STATE_DIR") else default_state_dir(env)) / "agents"
     secret = read_secret(cred) if cred is not None else None
     ca = nats_ca or (Path(env["CONVOY_NATS_CA"]) if env.get("CONVOY_NATS_CA") else None)
-    settings = AgentSettings(instance=inst, runtime=runtime, state_dir=folder, health_address=health or None)
     try:
-        asyncio.run(_run(url, secret, settings, kind, natstls.NatsTls(ca)))
+        replica = Replica(folder, runtime)
+    except FolderInUse as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    settings = AgentSettings(
+        instance=inst, runtime=runtime, agent_id=replica.agent_id, state_dir=folder, health_address=health or None,
+        lease=lease,
+    )
+    try:
+        lost = asyncio.run(_run(url, secret, settings, kind, natstls.NatsTls(ca)))
     except (natstls.TlsRefused, InvalidInput) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+    finally:
+        replica.close()
+    if lost:
+        typer.echo(f"stopped: the lease of runtime {runtime!r} was lost; start again to wait as standby", err=True)
+        raise typer.Exit(3)
     typer.echo("stopped")
 
 
-async def _run(url: str, secret: str | None, settings: AgentSettings, kind: str, tls: natstls.NatsTls | None = None) -> None:
+async def _run(url: str, secret: str | None, settings: AgentSettings, kind: str, tls: natstls.NatsTls | None = None) -> bool:
+    """Run the agent until a signal (answer False) or until it lost its lease (True)."""
     options: dict[str, object] = {"inbox_prefix": natsauth.agent_inbox_prefix(settings.instance, settings.runtime)}
     if secret is not None:
         options.update(user=natsauth.agent_user(settings.instance, settings.runtime), password=secret)
@@ -106,8 +136,19 @@ async def _run(url: str, secret: str | None, settings: AgentSettings, kind: str,
             ops.instrument_nats(metrics, nc)
             stream = bus.events_stream(settings.instance)
             ops.instrument_consumers(metrics, nc, durables=[(stream, natsauth.agent_consumer(settings.runtime))])
-            typer.echo(f"agent of runtime {settings.runtime} started; /healthz on port {running.health_port}")
-            await stop.wait()
+            typer.echo(
+                f"agent of runtime {settings.runtime} started as replica {settings.agent_id}; "
+                f"/healthz on port {running.health_port}"
+            )
+            stopped = asyncio.create_task(stop.wait(), name="convoy-agent:signal")
+            lost = asyncio.create_task(running.lost.wait(), name="convoy-agent:lease-lost")
+            try:
+                await asyncio.wait({stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (stopped, lost):
+                    task.cancel()
+                await asyncio.gather(stopped, lost, return_exceptions=True)
+            return running.lost.is_set()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):

@@ -28,7 +28,7 @@ from eventstore.codec import convoy_registry
 from eventstore.metrics import Registry
 from eventstore.opsserver import OpsServer
 from eventstore.postgres import MigrationsPending, PostgresEventStore, PostgresSettings, StoreAccessDenied
-from eventstore.leases import LockSettings, SessionLock
+from eventstore.sessionlock import LockSettings, SessionLock
 from eventstore.settings import Settings, environ
 from services.planner.clock import SystemClock
 from services.planner.partitions import WHOLE, Partition, partition_names

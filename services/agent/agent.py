@@ -24,6 +24,23 @@ What runs, each as a named, supervised, stoppable task:
 
 One lock serialises decisions and runtime calls, so the consumer, the snapshot and
 reconcile never interleave on a workload.
+
+Replicas (`AgentSettings.lease`): several agent processes may serve one runtime; one is
+active, the others wait as standby, and none of them does anything above before it holds
+the runtime's lease on the bus (eventstore.leases). The choice, rather than replicas
+sharing the durable consumer with `max_ack_pending=1` and an apply made idempotent by
+intent id: an agent does more than apply what its consumer delivers — it converges from
+the desired-state snapshot at start, watches and reports every workload, repairs drift
+and runs protection checks — and two processes doing that at once would report twice,
+repair twice and supervise the same workloads twice; a shared consumer would also
+serialise every runtime's intents behind one unacknowledged message. With a lease the
+standby costs one small read a second. Takeover after the active one died takes at most
+the lease's TTL (10 s) plus a poll; the new active agent starts as any restarted agent
+does — snapshot, then the consumer's redeliveries — and the runtime's own record makes
+what the dead one applied a no-op (the exec runtime asks fetch before applying a
+generation it has no record of; Kubernetes' server-side apply is idempotent). An active
+agent that cannot renew its lease in time stops acting before anyone can take over
+(`lost`): its intents wait for the next holder, unacknowledged.
 """
 
 from __future__ import annotations
@@ -38,7 +55,7 @@ from pathlib import Path
 import structlog
 from nats.aio.client import Client
 
-from eventstore import bus, natsauth
+from eventstore import bus, leases, natsauth
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.errors import BusRejected, ConvoyError
 from eventstore.metrics import Check, Registry
@@ -87,6 +104,12 @@ class AgentSettings:
     unavailable_retry: float = 0.5
     unavailable_retry_cap: float = 30.0
     """Backoff of an intent parked while the runtime is unavailable (first wait, longest)."""
+    lease: bool = False
+    """Hold the runtime's lease (eventstore.leases) before acting, so that replicas of
+    this agent take turns: `convoy agent` does; an agent alone in its process (`convoy
+    up`'s) need not."""
+    lease_poll: float = 1.0
+    """How often a standby looks whether the lease is free."""
     subscription: SubscriptionSettings = field(
         default_factory=lambda: SubscriptionSettings(
             max_deliver=natsauth.AGENT_MAX_DELIVER, ack_wait=natsauth.AGENT_ACK_WAIT, batch=20
@@ -108,6 +131,13 @@ class AgentStats:
     malformed: int = 0
     parked: int = 0
     """Intents that found the runtime unavailable and waited for it."""
+
+
+class LeaseLost(ConvoyError):
+    """This replica's lease ran out: it must not touch the runtime any more. Retryable
+    by the next holder (the intent stays unacknowledged)."""
+
+    retryable = True
 
 
 class IntentSubscription(DurableSubscription):
@@ -190,6 +220,20 @@ class Agent:
         self._episodes: dict[WorkloadKey, int] = {}
         self.ready = asyncio.Event()
         self.stats = AgentStats()
+        self.lease = (
+            leases.Lease(
+                nc, instance=settings.instance, runtime=settings.runtime, holder=settings.agent_id,
+                poll=settings.lease_poll,
+            )
+            if settings.lease
+            else None
+        )
+        self.standby_for = ""
+        """While standby: the replica that holds the lease."""
+        self.leading = asyncio.Event()
+        """Set once this replica may act (at once without a lease)."""
+        self.lost = asyncio.Event()
+        """Set when the lease was lost: stop this agent (`convoy agent` exits)."""
 
     @property
     def health_port(self) -> int:
@@ -225,7 +269,6 @@ class Agent:
         if self._health is not None:
             await self._health.start()
         self._spawn(self._main(), "main")
-        self._spawn(self._heartbeats(), "heartbeat")
 
     async def stop(self) -> None:
         await self._subscription.stop()
@@ -240,6 +283,8 @@ class Agent:
         parked, self._parked = self._parked, {}
         for _, task in parked.values():
             await stop_task(task)
+        if self.lease is not None:
+            await self.lease.release()  # a standby takes over at its next poll
         if self._health is not None:
             await self._health.stop()
         if self._owns_runtime and self.runtime is not None:
@@ -256,8 +301,33 @@ class Agent:
     def _spawn(self, coro: Awaitable[None], what: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=f"convoy-agent:{self.name}:{what}"))  # type: ignore[arg-type]
 
+    async def _lead(self) -> None:
+        """Hold the lease before anything else (returns at once without one)."""
+        if self.lease is not None:
+            def waiting(holder: str) -> None:
+                self.standby_for = holder
+                log.info("agent standby: another replica holds the runtime's lease", runtime=self.name, holder=holder)
+
+            await self.lease.acquire(waiting=waiting)
+            self.standby_for = ""
+            self._spawn(self._keep_lease(), "lease")
+        self.leading.set()
+        self._spawn(self._heartbeats(), "heartbeat")
+
+    async def _keep_lease(self) -> None:
+        assert self.lease is not None
+        await self.lease.keep()
+        log.error("agent stops acting: its lease is lost (another replica may hold it now)", runtime=self.name)
+        self.lost.set()
+
+    def _check_lease(self) -> None:
+        """Before touching the runtime: only the lease's holder may."""
+        if self.lease is not None and not self.lease.held():
+            raise LeaseLost(f"the agent of runtime {self.name!r} no longer holds its lease; the next holder goes on")
+
     async def _main(self) -> None:
-        """Get a runtime, settle the state file against it, converge, then consume."""
+        """Hold the lease, get a runtime, settle the state file against it, converge, then consume."""
+        await self._lead()
         first: snapshot.Snapshot | None = None
         if self.runtime is None and self._config is None:
             first = await self._snapshot_until_answered()
@@ -422,6 +492,7 @@ class Agent:
         assert self.runtime is not None
         self.stats.intents += 1
         async with self._lock:
+            self._check_lease()
             action = intents.decide(self._applied.last(intent.key), intent)
             if action is Action.DUPLICATE:
                 self.stats.duplicates += 1
@@ -590,6 +661,7 @@ class Agent:
             )
         if not intent.repair_drift:
             return
+        self._check_lease()
         if intent.action == convergence_pb2.INTENT_ACTION_DELETE:
             await self.runtime.delete(key)
         else:
@@ -656,8 +728,17 @@ class Agent:
 
     def checks(self) -> list[Check]:
         """Readiness: consuming intents with a runtime, and connected to the bus."""
+        def agent() -> tuple[bool, str]:
+            if self.lost.is_set():
+                return False, "stopping: the runtime's lease is lost"
+            if self.ready.is_set():
+                return True, "consuming intents"
+            if self.standby_for:
+                return False, f"standby: replica {self.standby_for} holds the runtime's lease"
+            return False, "starting"
+
         return [
-            Check("agent", lambda: (self.ready.is_set(), "consuming intents" if self.ready.is_set() else "starting")),
+            Check("agent", agent),
             Check("nats", lambda: (self._nc.is_connected, "connected" if self._nc.is_connected else "not connected")),
         ]
 
@@ -665,6 +746,7 @@ class Agent:
         return {
             "runtime": self.name,
             "ready": self.ready.is_set(),
+            "standby_for": self.standby_for,
             "workloads": len(self._applied.applied()),
             "consuming": self._subscription.running,
             "runtime_available": self.availability.available,

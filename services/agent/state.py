@@ -6,12 +6,15 @@ intents redelivered after the restart, tell drift from "not applied yet", and st
 runtime while the control plane is unreachable. It is a cache, not the truth: losing it
 is fine, because a fresh agent asks the control plane for the desired state (see
 `snapshot`). Writes replace the file atomically and owner-only (eventstore.securefile).
+The folder also holds the replica's identity (`Replica`): one process per folder.
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +79,40 @@ class StateFile:
         }
         # Its runtime configuration may carry environment values: owner-only.
         securefile.write_private(self.path, json.dumps(document))
+
+
+REPLICA_FILE = "replica-id"
+LOCK_FILE = "agent.lock"
+
+
+class FolderInUse(InvalidInput):
+    """Another agent process uses this state folder: give each replica its own."""
+
+
+class Replica:
+    """Who this agent process is among its runtime's replicas, and its hold on the state
+    folder: the id is kept in `<state>/<runtime>/replica-id`, so a restart of the same
+    replica (same folder) takes its own lease back at once instead of waiting it out as a
+    standby; and the folder is locked (`agent.lock`, an flock the kernel drops when the
+    process dies, even by SIGKILL), so two processes never share one id — they would both
+    believe they hold the lease. `close()` lets the folder go."""
+
+    def __init__(self, state_dir: Path, runtime: str) -> None:
+        folder = state_dir / runtime
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock = (folder / LOCK_FILE).open("a+")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise FolderInUse(
+                f"another agent process uses the state folder {folder}; give each replica of runtime "
+                f"{runtime!r} its own --state-dir"
+            ) from None
+        path = folder / REPLICA_FILE
+        if not path.exists():
+            securefile.write_private(path, f"agent-{uuid.uuid4().hex[:12]}\n")
+        self.agent_id = path.read_text().strip()
+
+    def close(self) -> None:
+        self._lock.close()

@@ -4,7 +4,8 @@ No servicer classes: every method in api.proto gets a generic handler that hands
 raw request bytes to the shared `Api`. Parsing the bytes here, rather than in grpc's
 deserializer, is what lets a malformed message answer INVALID_ARGUMENT instead of the
 INTERNAL that grpc gives a failing deserializer. Metadata carries the bearer token
-(`authorization`), the `idempotency-key` and an optional `x-correlation-id`; errors go
+(`authorization`), the `idempotency-key`, an optional `x-correlation-id` and an optional
+`convoy-min-position` (read-your-writes across API processes, handlers.MIN_POSITION_HEADER); errors go
 out as a status code and message, with the correlation id and any field violations in
 trailing metadata (`x-correlation-id`, `convoy-violations-bin` as JSON).
 """
@@ -21,7 +22,7 @@ import grpc.aio
 from google.protobuf.message import DecodeError, Message
 
 from services.api.errors import Failure, invalid
-from services.api.handlers import Api, CallContext, correlation_from
+from services.api.handlers import MIN_POSITION_HEADER, Api, CallContext, correlation_from
 from services.api.methods import METHODS, SERVICES, Method
 
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
@@ -40,6 +41,7 @@ def _context(context: grpc.aio.ServicerContext) -> CallContext:
     return CallContext(
         authorization=metadata.get("authorization"),
         idempotency_key=metadata.get("idempotency-key"),
+        min_position=metadata.get(MIN_POSITION_HEADER),
         correlation_id=correlation_from(metadata.get("x-correlation-id")),
         transport="grpc",
     )

@@ -51,6 +51,14 @@ log = structlog.get_logger("convoy.api")
 OWN_HANDLERS: Final = frozenset({"ListEvents", "Watch", "GetConvergence", "Why", "PlanDeploy", "ListSecrets"})
 """Read methods with their own handler here (not a pure catalog query)."""
 
+MIN_POSITION_HEADER: Final = "convoy-min-position"
+"""Read-your-writes across API processes, for any call: the highest log position the
+caller has seen (every write's answer carries its position). Before the call is
+dispatched this process waits — up to `READ_WAIT`, then UNAVAILABLE (retryable) — until its
+read model folded that position, so a read on process B right after a write answered by
+process A sees the write. Reads that carry `min_position` in the request get the same
+wait; the header covers the calls that have no such field (lists, events, Watch)."""
+
 READ_WAIT: Final = 5.0
 """How long a read waits for its `min_position` (read-your-writes) before UNAVAILABLE."""
 
@@ -61,6 +69,10 @@ class CallContext:
 
     authorization: str | None = None
     idempotency_key: str | None = None
+    min_position: str | None = None
+    """The `convoy-min-position` metadata / `Convoy-Min-Position` header: a log position
+    the caller has seen (an answer of another API process); the call waits until this
+    process's read model folded it (`MIN_POSITION_HEADER`)."""
     correlation_id: uuid.UUID = field(default_factory=uuid.uuid4)
     transport: str = "grpc"
 
@@ -190,6 +202,7 @@ class Api:
         principal = self.authenticate(method, ctx)
         request = parse()
         self._check_scope(principal, method, request)
+        await self._see_header(ctx)
         with structlog.contextvars.bound_contextvars(correlation_id=str(ctx.correlation_id), method=method.name):
             response = await self._dispatch(method, request, principal, ctx)
             log.info(
@@ -207,6 +220,7 @@ class Api:
         request = parse()
         assert isinstance(request, api_pb2.WatchRequest)
         self._check_scope(principal, method, request)
+        await self._see_header(ctx)
         with self.limiter.acquire(principal.name, limits.WATCH):
             log.info("watch opened", token_id=principal.token_id, correlation_id=str(ctx.correlation_id))
             async for event in self._watch(method, ctx, principal, request):
@@ -286,6 +300,16 @@ class Api:
         if "as_of" in _fields(request) and request.HasField("as_of"):
             state = (await self._history.at(request.as_of)).state  # type: ignore[attr-defined]
         return self._queries[method.name](state, request)
+
+    async def _see_header(self, ctx: CallContext) -> None:
+        """Wait for the position the `convoy-min-position` header names (if any)."""
+        if ctx.min_position is None or not ctx.min_position.strip():
+            return
+        try:
+            position = int(ctx.min_position.strip())
+        except ValueError:
+            raise invalid(MIN_POSITION_HEADER, f"{ctx.min_position!r} is not a log position (an integer)") from None
+        await self._see(position, MIN_POSITION_HEADER)
 
     async def _see(self, position: int, field_name: str) -> None:
         """Read-your-writes: wait (bounded) until the projection folded `position`.

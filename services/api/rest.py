@@ -22,6 +22,9 @@ the OpenAPI document: `/healthz` (the process lives), `/readyz` (it can serve: e
 readiness check named with its outcome), `/metrics` (Prometheus text; numbers and
 method names only, never request contents). Every API request is counted by method
 and status and timed.
+
+A `Convoy-Min-Position: N` header makes any call wait until this process's read model
+folded position N (read-your-writes across API processes: handlers.MIN_POSITION_HEADER).
 """
 
 from __future__ import annotations
@@ -353,6 +356,7 @@ class RestApp:
         ctx = CallContext(
             authorization=request.headers.get("Authorization"),
             idempotency_key=request.headers.get("Idempotency-Key"),
+            min_position=request.headers.get("Convoy-Min-Position"),
             correlation_id=correlation_from(request.headers.get("X-Correlation-Id")),
             transport="http",
         )

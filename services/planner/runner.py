@@ -52,7 +52,7 @@ import structlog
 
 from eventstore.codec import EventRegistry
 from eventstore.errors import ConvoyError, DuplicateEventId, Unavailable, UnknownEventType
-from eventstore.leases import LockLost, SessionLock
+from eventstore.sessionlock import LockLost, SessionLock
 from eventstore.tasks import Backoff, describe, stop_task
 from eventstore.types import (
     AlreadyProcessed,

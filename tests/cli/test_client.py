@@ -47,3 +47,21 @@ def test_every_write_carries_its_own_idempotency_key_and_reads_none() -> None:
     assert "idempotency-key" not in read
     with Client(Target("127.0.0.1:1", None, "test")) as other:
         assert other.invocation != client.invocation
+
+
+def test_every_call_carries_the_highest_position_seen(tmp_path: Path) -> None:
+    """Read-your-writes behind several API processes: CONVOY_MIN_POSITION to start with,
+    then every answer's position (a write's own, or its `write`'s)."""
+    from schemas.convoy.v1 import api_pb2
+
+    env = {"CONVOY_ENDPOINT": "127.0.0.1:1", "CONVOY_CONFIG": str(tmp_path / "none"), "CONVOY_MIN_POSITION": "7"}
+    with Client(resolve(endpoint=None, token=None, environ=env)) as client:
+        assert ("convoy-min-position", "7") in client.metadata()
+        client.observe(api_pb2.DeployResponse(write=api_pb2.WriteResult(position=12)))
+        client.observe(api_pb2.WriteResult(position=9))  # an older answer does not lower it
+        assert ("convoy-min-position", "12") in client.metadata(idempotent_write=True)
+    with Client(Target("127.0.0.1:1", None, "test")) as client:
+        assert [k for k, _ in client.metadata()] == []
+    with pytest.raises(CliError) as caught:
+        resolve(endpoint=None, token=None, environ=env | {"CONVOY_MIN_POSITION": "-1"})
+    assert caught.value.exit_code == INVALID and "CONVOY_MIN_POSITION" in str(caught.value)

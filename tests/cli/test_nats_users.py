@@ -89,7 +89,7 @@ def hashed(password: str) -> str:
 
 async def test_every_instance_renders_into_one_block_a_real_server_accepts(tmp_path: Path) -> None:
     records = [
-        Record("shop", hashed("shop-pw"), {"max_connections": 4, "max_storage": 1 << 20, "max_streams": 3}),
+        Record("shop", hashed("shop-pw"), {"max_connections": 4, "max_storage": 1 << 20, "max_streams": 4}),
         Record("convoy", hashed("default-pw")),
     ]
     agents = {"shop": {"eu-1": hashed("shop-agent-secret")}, "convoy": {"eu-1": hashed("default-agent-secret")}}
@@ -100,7 +100,7 @@ async def test_every_instance_renders_into_one_block_a_real_server_accepts(tmp_p
     try:
         for instance, password, agent_password in (("shop", "shop-pw", "shop-agent-secret"), ("convoy", "default-pw", "default-agent-secret")):
             nc = await bus.connect(server.url, name=f"sys-{instance}", user=natsauth.system_user(instance), password=password)
-            assert (await nc.jetstream().account_info()).limits.max_streams == (3 if instance == "shop" else -1)
+            assert (await nc.jetstream().account_info()).limits.max_streams == (4 if instance == "shop" else -1)
             await nc.close()
             nc = await bus.connect(server.url, name=f"agent-{instance}", user=natsauth.agent_user(instance, "eu-1"),
                                    password=agent_password, inbox_prefix=natsauth.agent_inbox_prefix(instance, "eu-1"))

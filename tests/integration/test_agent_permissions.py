@@ -16,7 +16,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from eventstore import bus, natsauth
+from eventstore import bus, leases, natsauth
 from eventstore.embedded import NatsServer
 from eventstore.errors import ConvoyError
 from eventstore.postgres import PostgresEventStore
@@ -406,3 +406,56 @@ async def test_jetstream_cannot_be_made_to_write_where_an_agent_points_it(plane:
     assert heard_by_b == []
     with pytest.raises(nats.js.errors.NotFoundError):
         await plane.nc.jetstream().get_last_msg(bus.observations_stream(inst), bus.observation_filter(inst, "rt-b"))
+
+
+async def test_an_agent_holds_only_its_own_runtimes_lease(plane: Plane, auth_nats: NatsServer) -> None:
+    """Replicas of an agent take turns by a lease on the bus (eventstore.leases): runtime
+    A's credential takes, renews and releases A's lease, and has no way to write, read or
+    remove runtime B's — not by publishing on B's key, not by asking JetStream for it,
+    not by pointing a reply there, not by purging the bucket."""
+    secrets_by_runtime = {rt: secrets.token_urlsafe(32) for rt in ("rt-a", "rt-b")}
+    for rt, secret in secrets_by_runtime.items():
+        await plane.register(rt, bcrypt=nats_password_bcrypt(secret))
+    inst = plane.instance
+    lease_stream = leases.stream(inst)
+
+    async with agent_of(auth_nats.url, inst, "rt-b", secrets_by_runtime["rt-b"]) as (_, nc_b):
+        b = leases.Lease(nc_b, instance=inst, runtime="rt-b", holder="replica-b")
+        assert await b.try_acquire()
+    b_before = (await plane.nc.jetstream().get_last_msg(lease_stream, leases.key_subject(inst, "rt-b"))).seq
+
+    async with agent_of(auth_nats.url, inst, "rt-a", secrets_by_runtime["rt-a"]) as (conn, nc):
+        # Its own lease: taken, seen, released — through its account's imports.
+        a = leases.Lease(nc, instance=inst, runtime="rt-a", holder="replica-a")
+        assert await a.try_acquire() and a.held()
+        other = leases.Lease(nc, instance=inst, runtime="rt-a", holder="replica-a2")
+        assert not await other.try_acquire() and other.other == "replica-a"
+        await a.release()
+        assert await other.try_acquire()
+        assert not conn.errors
+
+        # B's lease: neither written, nor read, nor removed.
+        thief = leases.Lease(nc, instance=inst, runtime="rt-b", holder="replica-a", timeout=0.5)
+        with pytest.raises(ConvoyError):
+            await thief.try_acquire()  # the read is refused: a timeout
+        await eventually(lambda: conn.violated(f"DIRECT.GET.{lease_stream}.$KV"), message="reading B's lease refused")
+        b_key = leases.key_subject(inst, "rt-b")
+        await nc.publish(b_key, b'{"holder": "replica-a"}', headers={leases.H_EXPECTED_LAST_SUBJECT_SEQUENCE: "0"})
+        await eventually(lambda: conn.violated(f'Publish to "{b_key}"'), message="writing B's lease refused")
+        conn.errors.clear()
+        await nc.publish(f"$JS.API.DIRECT.GET.{lease_stream}", b'{"last_by_subj": "' + b_key.encode() + b'"}',
+                         reply=nc.new_inbox())
+        await eventually(lambda: conn.violated(f"DIRECT.GET.{lease_stream}"), message="the body form refused")
+        conn.errors.clear()
+        await nc.publish(f"$JS.API.STREAM.PURGE.{lease_stream}", b"", reply=nc.new_inbox())
+        await eventually(lambda: conn.violated("STREAM.PURGE"), message="purging the bucket refused")
+        # A reply pointed at B's key: JetStream's answer to A's own write lands in A's account.
+        mine = leases.key_subject(inst, "rt-a")
+        last = (await plane.nc.jetstream().get_last_msg(lease_stream, mine)).seq
+        await nc.publish(mine, b'{"holder": "replica-a2"}', reply=b_key,
+                         headers={leases.H_EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)})
+        await nc.flush()
+        assert await other.read() is not None  # handled in order: the publish above is done
+
+    b_after = await plane.nc.jetstream().get_last_msg(lease_stream, leases.key_subject(inst, "rt-b"))
+    assert b_after.seq == b_before and b"replica-b" in (b_after.data or b"")

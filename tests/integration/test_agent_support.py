@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 
-from eventstore import bus, natsauth
+from eventstore import bus, leases, natsauth
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.embedded import NatsServer
 from eventstore.natstls import NatsTls
@@ -117,6 +117,7 @@ async def control_plane(
     registry = convoy_registry()
     try:
         await bus.ensure_streams(nc.jetstream(), instance)
+        await leases.ensure_bucket(nc.jetstream(), instance)
         relay = Relay(store=store, nc=nc, settings=RelaySettings(instance=instance, idle_poll=0.2))
         ingest = ObservationIngest(nc=nc, store=store, instance=instance, settings=FAST)
         desired = DesiredState(nc=nc, store=store, instance=instance)

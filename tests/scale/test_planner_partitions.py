@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from eventstore import bus
 from eventstore.codec import convoy_registry
 from eventstore.embedded import NatsServer
-from eventstore.leases import LockSettings, SessionLock
+from eventstore.sessionlock import LockSettings, SessionLock
 from eventstore.postgres import PostgresEventStore
 from schemas.convoy.v1 import api_pb2
 from schemas.convoy.v1 import convergence_pb2 as C

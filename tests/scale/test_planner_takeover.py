@@ -28,7 +28,7 @@ import pytest
 from google.protobuf.message import Message
 
 from eventstore.codec import convoy_registry
-from eventstore.leases import LockSettings, SessionLock
+from eventstore.sessionlock import LockSettings, SessionLock
 from eventstore.postgres import PostgresEventStore
 from schemas.convoy.v1 import convergence_pb2 as C
 from schemas.convoy.v1 import events_pb2 as E

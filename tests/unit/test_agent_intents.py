@@ -113,6 +113,8 @@ def test_agent_permissions_name_only_its_own_subjects() -> None:
         f"$JS.API.CONSUMER.INFO.{stream}.agent-rt-a",
         f"$JS.ACK.{stream}.agent-rt-a.>",
         "convoy.inst.dlq.agent-rt-a",
+        "$KV.CONVOY_AGENT_LEASES_INST.rt-a",
+        "$JS.API.DIRECT.GET.KV_CONVOY_AGENT_LEASES_INST.$KV.CONVOY_AGENT_LEASES_INST.rt-a",
     }
     assert perms.subscribe == ("_INBOX_inst_rt-a.>",)
     text = natsauth.render("inst", [natsauth.system("inst", "pw"), natsauth.agent("inst", "rt-a", "$2b$08$abc")])

@@ -68,15 +68,15 @@ def test_render_many_refuses_colliding_names() -> None:
 def test_limits_render_in_nats_server_syntax() -> None:
     assert AccountLimits().jetstream() == "enabled"
     assert AccountLimits().control_limits() is None and AccountLimits().agent_limits() is None
-    full = AccountLimits(max_connections=3, max_storage=1024, max_memory=0, max_streams=3, max_consumers=9)
-    assert full.jetstream() == "{max_memory: 0, max_file: 1024, max_streams: 3, max_consumers: 9}"
+    full = AccountLimits(max_connections=3, max_storage=1024, max_memory=0, max_streams=4, max_consumers=9)
+    assert full.jetstream() == "{max_memory: 0, max_file: 1024, max_streams: 4, max_consumers: 9}"
     assert full.control_limits() == "{max_connections: 3}"
 
 
 @pytest.mark.parametrize(
     ("limits", "message"),
     [
-        ({"max_streams": 2}, "at least 3"),
+        ({"max_streams": 3}, "at least 4"),
         ({"max_connections": 0}, "at least 1"),
         ({"max_storage": -1}, "at least 0"),
         ({"max_memory": "1G"}, "whole number"),

@@ -37,6 +37,14 @@ was being applied, fetch is asked first (with that workload on stdin, as always)
 if it answers in sync at that generation the apply is recorded, not run again. Commands
 still running when the agent dies are killed with it (processes.run), so no orphaned
 apply races the restarted agent.
+
+The same question is asked when this runtime has no record of the workload at all — an
+agent replica that takes over from another (services/agent/agent.py), or one whose
+state folder was lost: fetch is run first, and when it reports *its own* `generation`
+and `spec_hash` equal to the intent's, in sync, the apply is recorded without running.
+Only a fetch that names them counts here (one that does not is trusted only with a
+write-ahead record of this very apply); so a fetch that does not report them, with
+replicas, re-runs an apply the dead replica had already made.
 """
 
 from __future__ import annotations
@@ -154,6 +162,8 @@ class ExecRuntime:
             self._state.path(key)  # rejects names that cannot be paths before running anything
             if not repair:
                 done = await self._applied_before(workload)
+                if done is None and live is None:
+                    done = await self._applied_elsewhere(workload)
                 if done is not None:
                     return done
             self._state.save_pending(workload)
@@ -197,6 +207,28 @@ class ExecRuntime:
         self._record(workload)
         log.info("found applied before a restart", runtime=self.name, workload=str(key), generation=workload.generation)
         return status
+
+    async def _applied_elsewhere(self, workload: Workload) -> WorkloadStatus | None:
+        """With no record of the workload here: if fetch reports this very generation and
+        spec hash of its own, live and in sync (applied by another replica, or before the
+        state folder was lost), record it instead of applying again."""
+        key = workload.key
+        outcome = await self._run("fetch", self.settings.config.fetch, workload)
+        if outcome.exit_code != execstatus.IN_SYNC:
+            return None
+        try:
+            reported = execstatus.parse_status(key, exit_code=outcome.exit_code, output=outcome.output, applied=None)
+        except execstatus.StatusFormatError:
+            return None
+        if (
+            reported.phase in (Phase.ABSENT, Phase.FAILED)
+            or reported.drifted
+            or (reported.generation, reported.spec_hash) != (workload.generation, workload.spec_hash)
+        ):
+            return None
+        self._record(workload)
+        log.info("found applied already (another replica)", runtime=self.name, workload=str(key), generation=workload.generation)
+        return execstatus.parse_status(key, exit_code=outcome.exit_code, output=outcome.output, applied=workload)
 
     def _record(self, workload: Workload) -> None:
         """`workload` is applied: record it (the write-ahead record is done with)."""

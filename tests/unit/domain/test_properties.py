@@ -204,10 +204,11 @@ def test_decide_raises_only_domain_errors_for_any_request(start: State, command:
     except DOMAIN_ERRORS:
         return
     # A secret can only leak if it is one (long enough) and neither the request nor a
-    # minted id that is recorded on purpose (hypothesis may make an id contain it) carried it.
+    # minted id or the actor, both recorded on purpose (hypothesis may make one contain it),
+    # carried it.
     minted = command.minted
     public = command.request.SerializeToString() + "\0".join(
-        (minted.release_id, minted.token_id, minted.credential_id)).encode()
+        (minted.release_id, minted.token_id, minted.credential_id, command.actor)).encode()
     secrets = [s for s in (minted.token_secret, minted.credential_secret) if len(s) >= 16]
     check_events(decision, command.actor, [s for s in secrets if s.encode() not in public])
     assert_consistent(fold(start, decision.events))

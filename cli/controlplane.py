@@ -160,7 +160,9 @@ async def control_plane(
         localstate.write_database_url(settings.state_dir, servers.database_url)
         nc = await connect(settings, servers.nats_url, name=f"convoy-up:{instance}")
         stack.push_async_callback(nc.close)
-        await bus.ensure_streams(nc.jetstream(), instance, replicas=settings.nats_replicas)
+        await bus.ensure_streams(
+            nc.jetstream(), instance, replicas=settings.nats_replicas, retention=settings.events_retention
+        )
         ops.instrument_nats(metrics, nc)
         ops.instrument_consumers(metrics, nc, streams=[bus.events_stream(instance), bus.observations_stream(instance)])
         ops.instrument_embedded(metrics, servers)
@@ -270,7 +272,7 @@ async def bus_services(
     responder, which needs the API's keyring and catalog, joins once the API runs
     (`secret_responder`), answering from the same desired state."""
     instance = settings.instance
-    relay_settings = RelaySettings(instance=instance, replicas=settings.nats_replicas)
+    relay_settings = RelaySettings(instance=instance, replicas=settings.nats_replicas, retention=settings.events_retention)
     relay = await stack.enter_async_context(Relay(store=store, nc=nc, settings=relay_settings))
     ops.instrument_relay(metrics, relay)
     ingest = await stack.enter_async_context(
@@ -317,7 +319,9 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         if settings.nats_url:
             nc = await connect(settings, settings.nats_url, name=f"convoy-api:{settings.instance}")
             stack.push_async_callback(nc.close)
-            await bus.ensure_streams(nc.jetstream(), settings.instance, replicas=settings.nats_replicas)
+            await bus.ensure_streams(
+                nc.jetstream(), settings.instance, replicas=settings.nats_replicas, retention=settings.events_retention
+            )
             ops.instrument_nats(metrics, nc)
         checks = await server_probes(stack, store, nc, metrics)
         if nc is not None:

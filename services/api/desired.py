@@ -54,8 +54,6 @@ from schemas.convoy.v1 import convergence_pb2, events_pb2, resources_pb2
 log = structlog.get_logger("convoy.api.desired")
 
 QUEUE = "convoy-desired"
-PROBE_CACHE = 1.0
-"""Seconds one reading of the events stream's bounds answers probes."""
 CATEGORIES = ("intent", "runtime")
 
 
@@ -89,7 +87,6 @@ class DesiredState:
         self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sub: Subscription | None = None
-        self._bounds: tuple[float, int, int] | None = None
         self.answered = 0
         self.probes = 0
         self.refused = 0
@@ -240,10 +237,10 @@ class DesiredState:
                 )
                 return
             if _is_probe(msg):
-                await self._answer_probe(msg.reply, *await self._stream_bounds(fresh=False))
+                await self._answer_probe(msg.reply, *await self._stream_bounds())
                 return
             try:
-                first, last = await self._stream_bounds(fresh=True)
+                first, last = await self._stream_bounds()
             except ConvoyError as error:  # the desired state does not need the stream; 0 claims nothing
                 log.warning("desired-state answer without the events stream's bounds", error=str(error))
                 first, last = 0, 0
@@ -260,17 +257,12 @@ class DesiredState:
             raise InvalidInput(f"{subject!r} is not a desired-state request subject of instance {self.instance}")
         return runtime
 
-    async def _stream_bounds(self, *, fresh: bool) -> tuple[int, int]:
-        """The events stream's first and last sequence. Probes share one reading for up to
-        `PROBE_CACHE` seconds (many agents probe); a full answer reads afresh, since it
-        promises to cover everything up to the last."""
-        now = time.monotonic()
-        if not fresh and self._bounds is not None and now - self._bounds[0] < PROBE_CACHE:
-            return self._bounds[1], self._bounds[2]
+    async def _stream_bounds(self) -> tuple[int, int]:
+        """The events stream's first and last sequence, read now: never a cached reading,
+        since the agent trusts it to be younger than its request (continuity.Continuity)."""
         js = self._nc.jetstream()
         stream = bus.events_stream(self.instance)
         info = await bus.guarded("reading the events stream's bounds", lambda: js.stream_info(stream))
-        self._bounds = (now, info.state.first_seq, info.state.last_seq)
         return info.state.first_seq, info.state.last_seq
 
     async def _answer_probe(self, reply: str, first: int, last: int) -> None:

@@ -1,0 +1,246 @@
+"""Retention that loses nothing: the events stream forgets, agents still converge.
+
+PostgreSQL is the record; the JetStream events stream has limits (bus.EventsRetention).
+Here the limit is tiny (a few dozen messages), releases run through the planner on real
+NATS and PostgreSQL until the intents that carry the current desired state are gone from
+the stream, and then:
+
+- a FRESH agent (no state, an empty runtime) converges from the desired-state snapshot,
+  with nothing left on the stream to replay;
+- a LAGGING agent, stopped while its runtime's intents were issued and dropped (its
+  consumer's ack floor is below the stream's first sequence), restarts and converges;
+- a RUNNING agent whose consumer was cut off while its intents were dropped notices the
+  gap once it consumes again (services/agent/continuity.py) and resyncs;
+- observation ingest and the consumers the control plane keeps in sync go on working on
+  a stream whose first sequence moved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nats.js.errors
+import pytest
+from nats.aio.client import Client
+
+from eventstore import bus, natsauth
+from eventstore.codec import convoy_registry
+from eventstore.embedded import NatsServer
+from eventstore.postgres import PostgresEventStore
+from eventstore.relay import Relay, RelaySettings
+from schemas.convoy.v1 import events_pb2 as E
+from schemas.convoy.v1 import resources_pb2 as R
+from services.agent.agent import Agent, AgentSettings
+from services.agent.runtimes.base import WorkloadKey
+from services.agent.runtimes.memory import MemoryRuntime
+from services.api.desired import DesiredState
+from services.api.ingest import ObservationIngest
+from services.api.natsauth_sync import NatsAuthSync
+from services.planner.clock import FakeClock
+from services.planner.model import status_name
+from services.planner.replay import replay_check
+from services.planner.runner import Planner
+from tests.conftest import eventually
+from tests.integration.test_agent_support import FAST, Plane
+
+pytestmark = [pytest.mark.scale, pytest.mark.fault]
+
+TINY = bus.EventsRetention(max_age=None, max_msgs=30)
+"""About two releases' worth of messages: every release drops older ones."""
+APP = "shop"
+SERVICES = ("web", "api")
+WAIT = 60.0
+
+
+@contextlib.asynccontextmanager
+async def tiny_plane(store: PostgresEventStore, nats_url: str, instance: str) -> AsyncIterator[Plane]:
+    """The control plane's bus side (relay, ingest, desired state, consumer sync) with the
+    tiny retention, given to the relay too (it applies the limits whenever it checks the
+    streams)."""
+    nc = await bus.connect(nats_url, name="test-retention-plane")
+    registry = convoy_registry()
+    try:
+        await bus.ensure_streams(nc.jetstream(), instance, retention=TINY)
+        relay = Relay(store=store, nc=nc, settings=RelaySettings(instance=instance, idle_poll=0.2, retention=TINY))
+        ingest = ObservationIngest(nc=nc, store=store, instance=instance, settings=FAST)
+        desired = DesiredState(nc=nc, store=store, instance=instance)
+        sync = NatsAuthSync(store=store, nc=nc, instance=instance, server=None, system_password=None)
+        async with relay, ingest, desired, sync:
+            yield Plane(store, nc, instance, registry, relay, ingest, desired, sync)
+    finally:
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def agent_of(
+    url: str, instance: str, runtime: str, cluster: MemoryRuntime, state_dir: Path | None
+) -> AsyncIterator[Agent]:
+    nc = await bus.connect(url, name=f"test-agent-{runtime}", inbox_prefix=natsauth.agent_inbox_prefix(instance, runtime))
+    settings = AgentSettings(
+        instance=instance, runtime=runtime, state_dir=state_dir, heartbeat_interval=0.2, reconcile_interval=0.5,
+        snapshot_timeout=2.0, continuity_interval=0.2, subscription=FAST,
+    )
+    try:
+        async with Agent(nc=nc, settings=settings, runtime=cluster) as agent:
+            await eventually(agent.ready.is_set, timeout=WAIT, message=f"agent of {runtime} ready")
+            yield agent
+    finally:
+        await nc.close()
+
+
+async def record(plane: Plane, stream: str, message: object) -> None:
+    await plane.store.append(stream, [plane.registry.encode(message, actor="alice")])  # type: ignore[arg-type]
+
+
+async def status(plane: Plane, service: str, channel: str) -> tuple[str, str]:
+    """(version, status) of a service in a channel, from the record."""
+    last = ("", "")
+    for recorded in await plane.store.read_all(categories=["convergence"], limit=100_000):
+        m = plane.registry.decode(recorded).message
+        if isinstance(m, E.InstanceStatusChanged) and not m.target.runtime and (m.service, m.channel) == (service, channel):
+            last = (m.version, status_name(m.new_status))
+    return last
+
+
+async def intents_of(plane: Plane, runtime: str, service: str) -> list[E.IntentIssued]:
+    found = []
+    for recorded in await plane.store.read_all(categories=["intent"], limit=100_000):
+        m = plane.registry.decode(recorded).message
+        if isinstance(m, E.IntentIssued) and (m.target.runtime, m.spec.service) == (runtime, service):
+            found.append(m)
+    return found
+
+
+async def on_stream(plane: Plane, runtime: str, namespace: str, service: str) -> bool:
+    """Whether the events stream still holds any event of the runtime's intent stream for
+    `service` (the planner's intents and checks requests)."""
+    subject = bus.event_subject(plane.instance, f"intent/{runtime}/{namespace}/{APP}/{service}")
+    try:
+        await plane.nc.jetstream().get_last_msg(bus.events_stream(plane.instance), subject)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
+
+
+async def stream_first(nc: Client, instance: str) -> int:
+    return (await nc.jetstream().stream_info(bus.events_stream(instance))).state.first_seq
+
+
+async def release(plane: Plane, service: str, version: str) -> None:
+    config = R.Service(application=APP, name=service, replicas=1, programs=[R.Program(name=service, image=f"example/{service}:1")])
+    await record(plane, f"release/{APP}/{service}", E.ReleaseCreated(
+        release=R.Release(id=f"rel-{service}-{version}", application=APP, service=service, version=version, config=config)))
+
+
+async def running(plane: Plane, cluster: MemoryRuntime, namespace: str, service: str) -> str:
+    """The version the runtime runs for `service` ("" for none), by the intent it applied."""
+    live = {s.key: s for s in await cluster.live()}
+    found = live.get(WorkloadKey(namespace, APP, service))
+    if found is None:
+        return ""
+    runtime = cluster.name
+    return next((i.spec.version for i in await intents_of(plane, runtime, service) if i.intent_id == found.intent_id), "?")
+
+
+async def test_fresh_lagging_and_cut_off_agents_converge_after_the_stream_dropped_their_intents(
+    pg_store: PostgresEventStore, own_nats: NatsServer, subject_prefix: str, tmp_path: Path
+) -> None:
+    async with tiny_plane(pg_store, own_nats.url, subject_prefix) as plane:
+        instance = plane.instance
+        for runtime in ("rt-a", "rt-b"):
+            await record(plane, f"runtime/{runtime}", E.RuntimeRegistered(runtime=R.Runtime(name=runtime, kind=R.RUNTIME_KIND_EXEC)))
+        # Two independent channels, one runtime each: a release deploys to both at once.
+        application = R.Application(name=APP, release_channels=[
+            R.ReleaseChannel(name="a", runtimes=[R.RuntimeBinding(runtime="rt-a")]),
+            R.ReleaseChannel(name="b", runtimes=[R.RuntimeBinding(runtime="rt-b")]),
+        ])
+        await record(plane, f"app/{APP}", E.ApplicationCreated(application=application))
+        for service in SERVICES:
+            config = R.Service(application=APP, name=service, replicas=1, programs=[R.Program(name=service, image="x:1")])
+            await record(plane, f"service/{APP}/{service}", E.ServiceConfigured(service=config, created=True))
+        await plane.sync.wait_synced()
+        info = await plane.nc.jetstream().stream_info(bus.events_stream(instance))
+        assert (info.config.max_msgs, info.config.max_age) == (TINY.max_msgs, 0)
+
+        cluster_a, cluster_b = MemoryRuntime(name="rt-a"), MemoryRuntime(name="rt-b")
+        async with Planner(store=plane.store, registry=plane.registry, clock=FakeClock(datetime.now(UTC))):
+            async with agent_of(own_nats.url, instance, "rt-a", cluster_a, tmp_path / "a"):
+                async with agent_of(own_nats.url, instance, "rt-b", cluster_b, tmp_path / "b"):
+                    for service in SERVICES:
+                        await release(plane, service, "v1")
+                    for service in SERVICES:
+                        for channel in ("a", "b"):
+                            await eventually(lambda: _is(plane, service, channel, "v1", "CONVERGED"), timeout=WAIT,
+                                             message=f"{service} v1 converged in {channel}")
+                [ns_a] = {i.target.namespace for i in await intents_of(plane, "rt-a", "web")}
+                [ns_b] = {i.target.namespace for i in await intents_of(plane, "rt-b", "web")}
+
+                # rt-b's agent is stopped. web v2 is issued to it, then api releases follow
+                # until web's intents are gone from the stream and its consumer is behind it.
+                await release(plane, "web", "v2")
+                await eventually(lambda: _is(plane, "web", "a", "v2", "CONVERGED"), timeout=WAIT, message="web v2 in a")
+                version = 1
+                while await on_stream(plane, "rt-b", ns_b, "web") or await on_stream(plane, "rt-a", ns_a, "web"):
+                    version += 1
+                    await release(plane, "api", f"v{version}")
+                    await eventually(lambda: _is(plane, "api", "a", f"v{version}", "CONVERGED"), timeout=WAIT,
+                                     message=f"api v{version} in a")
+                    assert version < 30, "the stream keeps web's intents however many releases follow"
+                consumer = await plane.nc.jetstream().consumer_info(bus.events_stream(instance), natsauth.agent_consumer("rt-b"))
+                assert await stream_first(plane.nc, instance) > consumer.ack_floor.stream_seq + 1
+                assert await running(plane, cluster_b, ns_b, "web") == "v1"
+                latest = f"v{version}"
+
+            # (a) A fresh agent of rt-a: no state, an empty runtime, nothing of web left to replay.
+            fresh = MemoryRuntime(name="rt-a")
+            async with agent_of(own_nats.url, instance, "rt-a", fresh, None) as agent:
+                await eventually(lambda: _runs(plane, fresh, ns_a, {"web": "v2", "api": latest}), timeout=WAIT,
+                                 message="the fresh agent runs web v2 and the latest api")
+                assert agent.stats.snapshots >= 1
+
+                # (b) rt-b's agent comes back, its cluster and state as it left them.
+                async with agent_of(own_nats.url, instance, "rt-b", cluster_b, tmp_path / "b"):
+                    await eventually(lambda: _runs(plane, cluster_b, ns_b, {"web": "v2", "api": latest}), timeout=WAIT,
+                                     message="the lagging agent runs web v2 and the latest api")
+                    for service, wanted in (("web", "v2"), ("api", latest)):
+                        await eventually(lambda: _is(plane, service, "b", wanted, "CONVERGED"), timeout=WAIT,
+                                         message=f"{service} {wanted} converged in b")
+
+                    # (c) rt-a's agent keeps running but its consumer is cut off while web v3 is
+                    # issued and dropped: its continuity check (on the request path, which
+                    # still works) finds the gap, with or without the consumer back.
+                    await agent._subscription.stop()  # noqa: SLF001 - stands for a consumer that cannot reach the bus
+                    gaps = agent.continuity.gaps
+                    await release(plane, "web", "v3")
+                    await eventually(lambda: _is(plane, "web", "b", "v3", "CONVERGED"), timeout=WAIT, message="web v3 in b")
+                    while await on_stream(plane, "rt-a", ns_a, "web"):
+                        version += 1
+                        await release(plane, "api", f"v{version}")
+                        await eventually(lambda: _is(plane, "api", "b", f"v{version}", "CONVERGED"), timeout=WAIT,
+                                         message=f"api v{version} in b")
+                        assert version < 60, "the stream keeps web's intents however many releases follow"
+                    await agent._subscription.start()  # noqa: SLF001 - the bus is reachable again
+                    latest = f"v{version}"
+                    await eventually(lambda: _runs(plane, fresh, ns_a, {"web": "v3", "api": latest}), timeout=WAIT,
+                                     message="the cut-off agent resynced to web v3 and the latest api")
+                    assert agent.continuity.gaps > gaps
+                    for service, wanted in (("web", "v3"), ("api", latest)):
+                        for channel in ("a", "b"):
+                            await eventually(lambda: _is(plane, service, channel, wanted, "CONVERGED"), timeout=WAIT,
+                                             message=f"{service} {wanted} converged in {channel}")
+
+        # Ingest recorded every agent's observations all along, on a stream that moved on.
+        assert await stream_first(plane.nc, instance) > 1
+        report = await replay_check(plane.store, plane.registry)
+        assert report.ok, report.differences[:5]
+
+
+async def _is(plane: Plane, service: str, channel: str, version: str, wanted: str) -> bool:
+    return await status(plane, service, channel) == (version, wanted)
+
+
+async def _runs(plane: Plane, cluster: MemoryRuntime, namespace: str, versions: dict[str, str]) -> bool:
+    return {s: await running(plane, cluster, namespace, s) for s in versions} == versions

@@ -48,6 +48,7 @@ from services.agent.runtimes.base import Runtime
 from services.agent.secretclient import SecretClient
 from services.agent.selection import build_runtime
 from services.api.desired import DesiredState
+from services.api.idempotency import ReceiptPurge
 from services.api.ingest import HeartbeatSeen, ObservationIngest
 from services.api import oidc_config
 from services.api.natsauth_sync import NatsAuthSync
@@ -157,6 +158,7 @@ async def control_plane(
     async with contextlib.AsyncExitStack() as stack:
         store = await PostgresEventStore.open(PostgresSettings(dsn=servers.database_url, schema=instance, pool_max=API_POOL))
         stack.push_async_callback(store.close)
+        await stack.enter_async_context(ReceiptPurge(store=store, ttl=settings.idempotency_ttl))
         localstate.write_database_url(settings.state_dir, servers.database_url)
         nc = await connect(settings, servers.nats_url, name=f"convoy-up:{instance}")
         stack.push_async_callback(nc.close)
@@ -312,6 +314,7 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
     async with contextlib.AsyncExitStack() as stack:
         store = await PostgresEventStore.open(PostgresSettings(dsn=database_url, schema=settings.instance, pool_max=API_POOL))
         stack.push_async_callback(store.close)
+        await stack.enter_async_context(ReceiptPurge(store=store, ttl=settings.idempotency_ttl))
         planner = None
         heartbeats: Callable[[str], HeartbeatSeen | None] | None = None
         desired: DesiredState | None = None

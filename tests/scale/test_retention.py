@@ -13,13 +13,17 @@ the stream, and then:
   gap once it consumes again (services/agent/continuity.py) and resyncs;
 - observation ingest and the consumers the control plane keeps in sync go on working on
   a stream whose first sequence moved.
+
+Also: the limits reach an existing stream (ensure_streams updates it) and come from
+validated settings; idempotency receipts expire after their TTL (an injected clock, no
+waiting) and a retry after it is a new command.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats.js.errors
@@ -29,14 +33,18 @@ from nats.aio.client import Client
 from eventstore import bus, natsauth
 from eventstore.codec import convoy_registry
 from eventstore.embedded import NatsServer
+from eventstore.errors import InvalidInput
 from eventstore.postgres import PostgresEventStore
 from eventstore.relay import Relay, RelaySettings
 from schemas.convoy.v1 import events_pb2 as E
 from schemas.convoy.v1 import resources_pb2 as R
+from schemas.convoy.v1 import api_pb2
 from services.agent.agent import Agent, AgentSettings
+from services.agent.continuity import Continuity
 from services.agent.runtimes.base import WorkloadKey
 from services.agent.runtimes.memory import MemoryRuntime
 from services.api.desired import DesiredState
+from services.api.idempotency import ReceiptPurge
 from services.api.ingest import ObservationIngest
 from services.api.natsauth_sync import NatsAuthSync
 from services.planner.clock import FakeClock
@@ -44,9 +52,12 @@ from services.planner.model import status_name
 from services.planner.replay import replay_check
 from services.planner.runner import Planner
 from tests.conftest import eventually
+from eventstore.settings import Settings
 from tests.integration.test_agent_support import FAST, Plane
+from tests.integration.test_api_grpc import CREATED, UNCHANGED, declaration_stub, declarations
+from tests.integration.test_api_support import application, bearer, running_api, runtime
 
-pytestmark = [pytest.mark.scale, pytest.mark.fault]
+pytestmark = pytest.mark.scale
 
 TINY = bus.EventsRetention(max_age=None, max_msgs=30)
 """About two releases' worth of messages: every release drops older ones."""
@@ -145,6 +156,7 @@ async def running(plane: Plane, cluster: MemoryRuntime, namespace: str, service:
     return next((i.spec.version for i in await intents_of(plane, runtime, service) if i.intent_id == found.intent_id), "?")
 
 
+@pytest.mark.fault
 async def test_fresh_lagging_and_cut_off_agents_converge_after_the_stream_dropped_their_intents(
     pg_store: PostgresEventStore, own_nats: NatsServer, subject_prefix: str, tmp_path: Path
 ) -> None:
@@ -244,3 +256,99 @@ async def _is(plane: Plane, service: str, channel: str, version: str, wanted: st
 
 async def _runs(plane: Plane, cluster: MemoryRuntime, namespace: str, versions: dict[str, str]) -> bool:
     return {s: await running(plane, cluster, namespace, s) for s in versions} == versions
+
+
+# -- the limits ---------------------------------------------------------------------------
+
+
+async def test_an_existing_events_stream_gets_the_limits(own_nats: NatsServer, subject_prefix: str) -> None:
+    nc = await bus.connect(own_nats.url, name="test-retention-limits")
+    try:
+        js = nc.jetstream()
+        unlimited = bus.EventsRetention(max_age=None, max_msgs=None)
+        await bus.ensure_streams(js, subject_prefix, retention=unlimited)
+        stream = bus.events_stream(subject_prefix)
+        for n in range(10):
+            await js.publish(bus.event_subject(subject_prefix, f"release/shop/web{n}"), b"x")
+        before = await js.stream_info(stream)
+        assert (before.config.max_msgs, before.config.max_bytes, before.config.max_age) == (-1, -1, 0)
+        limited = bus.EventsRetention(max_age=3600.0, max_bytes=1 << 20, max_msgs=4)
+        await bus.ensure_streams(js, subject_prefix, retention=limited)
+        after = await js.stream_info(stream)
+        assert (after.config.max_msgs, after.config.max_bytes, after.config.max_age) == (4, 1 << 20, 3600.0)
+        assert (after.state.messages, after.state.first_seq, after.state.last_seq) == (4, 7, 10)
+        default = next(c for c in bus.stream_configs(subject_prefix) if c.name == stream)
+        assert (default.max_age, default.max_msgs, default.max_bytes) == (bus.EVENTS_MAX_AGE, bus.EVENTS_MAX_MSGS, -1)
+    finally:
+        await nc.close()
+
+
+def test_retention_settings_are_validated_with_clear_errors() -> None:
+    settings = Settings.from_env({
+        "HOME": "/h", "CONVOY_EVENTS_MAX_AGE": "36h", "CONVOY_EVENTS_MAX_BYTES": "2GiB",
+        "CONVOY_EVENTS_MAX_MSGS": "unlimited", "CONVOY_IDEMPOTENCY_TTL": "2d",
+    })
+    assert settings.events_retention == bus.EventsRetention(max_age=36 * 3600.0, max_bytes=2 << 30, max_msgs=None)
+    assert settings.idempotency_ttl == 2 * 86400.0
+    defaults = Settings.from_env({"HOME": "/h"})
+    assert defaults.events_retention == bus.EventsRetention() and defaults.idempotency_ttl == 24 * 3600.0
+    for name, value, message in [
+        ("CONVOY_EVENTS_MAX_AGE", "a week", "must be a positive duration such as 7d"),
+        ("CONVOY_EVENTS_MAX_AGE", "0", "must be a positive duration"),
+        ("CONVOY_EVENTS_MAX_BYTES", "lots", "must be a positive size such as 20GiB"),
+        ("CONVOY_EVENTS_MAX_MSGS", "-5", "must be a positive number of messages"),
+        ("CONVOY_IDEMPOTENCY_TTL", "unlimited", "must be a positive duration"),
+        ("CONVOY_IDEMPOTENCY_TTL", "10s", "must be at least 60s"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            Settings.from_env({"HOME": "/h", name: value})
+
+
+def test_continuity_counts_only_what_reached_the_agent() -> None:
+    state = Continuity()
+    state.snapshot(10)  # a snapshot covering the stream up to 10
+    state.delivered(14)  # other runtimes' messages in between: a jump, not a gap by itself
+    assert not state.check(5, seen=14) and state.covered == 14
+    state.delivered(20)
+    assert state.check(16, seen=20)  # 15 is gone, and it may have been ours
+    state.snapshot(30)
+    assert (state.covered, state.gaps) == (30, 1)
+    # A delivery after the reading does not count: a drop the reading did not show may precede it.
+    state.delivered(40)
+    assert not state.check(31, seen=30) and state.covered == 30
+
+
+# -- idempotency receipts ------------------------------------------------------------------
+
+
+async def test_receipts_expire_after_the_ttl_and_a_later_retry_is_a_new_command(
+    pg_store: PostgresEventStore, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    clock = [now]
+    purge = ReceiptPurge(store=pg_store, ttl=24 * 3600.0, batch=2, clock=lambda: clock[0])
+    async with running_api(pg_store, tmp_path / "state") as api:
+        request = declarations(runtime(), application())
+        async with declaration_stub(api.grpc_target) as sets:
+            keys = [f"commit-{n}" for n in range(5)]
+            for key in keys:
+                await sets.ApplyDeclarations(request, metadata=(*bearer(api.admin), ("idempotency-key", key)))
+            keyed = (*bearer(api.admin), ("idempotency-key", keys[0]))
+            first = await sets.ApplyDeclarations(request, metadata=keyed)
+            assert [r.outcome for r in first.results] == [CREATED, CREATED]  # replayed: the first answer
+
+            clock[0] = now + timedelta(hours=23)
+            assert await purge.purge() == 0
+            assert await sets.ApplyDeclarations(request, metadata=keyed) == first  # within the TTL: replayed
+
+            clock[0] = now + timedelta(hours=24, minutes=1)
+            assert await purge.purge() == 6  # the five keys' and the bootstrap token's, in batches of 2
+            again = await sets.ApplyDeclarations(request, metadata=keyed)
+            assert [r.outcome for r in again.results] == [UNCHANGED, UNCHANGED]  # decided anew, not replayed
+    assert purge.stats == type(purge.stats)(purged=6, rounds=2, failures=0)
+
+
+async def test_the_purge_runs_as_a_supervised_task(pg_store: PostgresEventStore) -> None:
+    async with ReceiptPurge(store=pg_store, interval=3600.0) as purge:
+        await eventually(lambda: purge.stats.rounds == 1, message="the first purge round")
+    assert purge.stats.failures == 0

@@ -213,6 +213,13 @@ async def test_fresh_lagging_and_cut_off_agents_converge_after_the_stream_droppe
                                  message="the fresh agent runs web v2 and the latest api")
                 assert agent.stats.snapshots >= 1
 
+                # The observations stream moves on too (purged while ingest is idle): ingest
+                # must go on recording what the agents report next.
+                await eventually(lambda: _ingest_idle(plane), timeout=WAIT, message="ingest caught up")
+                observations = bus.observations_stream(instance)
+                await plane.nc.jetstream().purge_stream(observations)
+                assert (await plane.nc.jetstream().stream_info(observations)).state.first_seq > 1
+
                 # (b) rt-b's agent comes back, its cluster and state as it left them.
                 async with agent_of(own_nats.url, instance, "rt-b", cluster_b, tmp_path / "b"):
                     await eventually(lambda: _runs(plane, cluster_b, ns_b, {"web": "v2", "api": latest}), timeout=WAIT,
@@ -248,6 +255,13 @@ async def test_fresh_lagging_and_cut_off_agents_converge_after_the_stream_droppe
         assert await stream_first(plane.nc, instance) > 1
         report = await replay_check(plane.store, plane.registry)
         assert report.ok, report.differences[:5]
+
+
+async def _ingest_idle(plane: Plane) -> bool:
+    js = plane.nc.jetstream()
+    stream = bus.observations_stream(plane.instance)
+    consumers = await js.consumers_info(stream)
+    return bool(consumers) and all(c.num_pending == 0 and c.num_ack_pending == 0 for c in consumers)
 
 
 async def _is(plane: Plane, service: str, channel: str, version: str, wanted: str) -> bool:

@@ -65,8 +65,8 @@ EVENTS_MAX_AGE: Final = 7 * 24 * 3600.0
 """Seconds the events stream keeps a message by default: an agent or integration offline
 longer than a week resyncs (agents) or reads the log (integrations)."""
 EVENTS_MAX_MSGS: Final = 10_000_000
-"""Messages the events stream keeps by default (about 10 GB per replica at the ~1 KB an
-intent takes: docs/production.md, "How big each store grows")."""
+"""Messages the events stream keeps by default: about 7 GB per replica at the ~680 bytes a
+message takes (docs/production.md, "How big each store grows")."""
 DLQ_MAX_AGE: Final = 30 * 24 * 3600.0
 """Seconds dead letters are kept for someone to look at."""
 

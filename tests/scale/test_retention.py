@@ -253,6 +253,15 @@ async def test_fresh_lagging_and_cut_off_agents_converge_after_the_stream_droppe
 
         # Ingest recorded every agent's observations all along, on a stream that moved on.
         assert await stream_first(plane.nc, instance) > 1
+        # Consumer sync started afresh (as by another API process) on the moved stream keeps
+        # the agents' consumers and makes a new runtime's.
+        async with NatsAuthSync(store=plane.store, nc=plane.nc, instance=instance, server=None, system_password=None) as sync:
+            await record(plane, "runtime/rt-c", E.RuntimeRegistered(runtime=R.Runtime(name="rt-c", kind=R.RUNTIME_KIND_EXEC)))
+            await sync.wait_synced()
+            js = plane.nc.jetstream()
+            for name in ("rt-a", "rt-b", "rt-c"):
+                made = await js.consumer_info(bus.events_stream(instance), natsauth.agent_consumer(name))
+                assert made.config.filter_subjects == bus.intent_filter(instance, name)
         report = await replay_check(plane.store, plane.registry)
         assert report.ok, report.differences[:5]
 

@@ -55,12 +55,17 @@ class Continuity:
         self.covered = max(self.covered, stream_last)
         self.seen = max(self.seen, stream_last)
 
-    def check(self, first: int, *, seen: int) -> bool:
-        """Given the stream's first sequence, read after `seen` was the highest delivered:
-        True when messages the agent may not have seen were dropped (resync, then
-        `snapshot`); otherwise what was delivered up to `seen` counts as covered. (Not the
-        current `seen`: a message delivered after the reading may follow a drop the
-        reading did not show.)"""
+    def check(self, first: int, last: int, *, seen: int) -> bool:
+        """Given the stream's first and last sequence, read after `seen` was the highest
+        delivered: True when messages the agent may not have seen were dropped (resync,
+        then `snapshot`); otherwise what was delivered up to `seen` counts as covered. (Not
+        the current `seen`: a message delivered after the reading may follow a drop the
+        reading did not show.) A stream that ends before what was covered is a new one (a
+        restore deletes the streams): everything starts again from its snapshot."""
+        if last < min(self.covered, seen):  # `seen` existed when the reading was taken
+            self.covered = self.seen = 0
+            self.gaps += 1
+            return True
         if first > self.covered + 1:
             self.gaps += 1
             return True
@@ -80,7 +85,7 @@ async def watch(state: Continuity, *, bounds: Bounds, resync: Resync, interval: 
         try:
             seen = state.seen
             first, last = await bounds()
-            if state.check(first, seen=seen):
+            if state.check(first, last, seen=seen):
                 log.warning(
                     "the events stream dropped intents this agent may not have received; resyncing from the desired state",
                     runtime=runtime, covered=state.covered, stream_first=first, stream_last=last,

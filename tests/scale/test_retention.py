@@ -331,14 +331,18 @@ def test_continuity_counts_only_what_reached_the_agent() -> None:
     state = Continuity()
     state.snapshot(10)  # a snapshot covering the stream up to 10
     state.delivered(14)  # other runtimes' messages in between: a jump, not a gap by itself
-    assert not state.check(5, seen=14) and state.covered == 14
+    assert not state.check(5, 14, seen=14) and state.covered == 14
     state.delivered(20)
-    assert state.check(16, seen=20)  # 15 is gone, and it may have been ours
+    assert state.check(16, 25, seen=20)  # 15 is gone, and it may have been ours
     state.snapshot(30)
     assert (state.covered, state.gaps) == (30, 1)
     # A delivery after the reading does not count: a drop the reading did not show may precede it.
     state.delivered(40)
-    assert not state.check(31, seen=30) and state.covered == 30
+    assert not state.check(31, 40, seen=30) and state.covered == 30
+    # A stream deleted and made again (a restore) ends before what was covered: start over.
+    assert state.check(1, 12, seen=40) and (state.covered, state.seen, state.gaps) == (0, 0, 2)
+    state.snapshot(12)
+    assert not state.check(1, 15, seen=12) and state.covered == 12
 
 
 # -- idempotency receipts ------------------------------------------------------------------

@@ -15,7 +15,9 @@ everything up to the highest sequence delivered has reached the agent. If the fi
 sequence moved beyond, messages it never saw may be gone: it asks for the snapshot again
 and converges to it (idempotent: what it already applied is a duplicate). An agent idle
 for longer than the stream keeps resyncs once for nothing; that is the price of never
-guessing. `Continuity` is the pure bookkeeping; `watch` the supervised loop that asks the
+guessing. (A delivered message counts as received even when its handler failed: the
+consumer redelivers it within seconds, and only a stream rolling over faster than that
+could drop it first.) `Continuity` is the pure bookkeeping; `watch` the supervised loop that asks the
 control plane for the stream's bounds (`snapshot.bounds`) every `interval`.
 """
 

@@ -84,7 +84,7 @@ class Settings:
             nats_password=environ.get("CONVOY_NATS_PASSWORD") or None,
             oidc_config=Path(environ["CONVOY_OIDC_CONFIG"]) if environ.get("CONVOY_OIDC_CONFIG") else None,
             events_retention=events_retention(environ),
-            idempotency_ttl=_duration(environ, "CONVOY_IDEMPOTENCY_TTL", IDEMPOTENCY_TTL, unlimited=False) or 0.0,
+            idempotency_ttl=_ttl(environ),
         )
         present = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **present) if present else settings  # type: ignore[arg-type]
@@ -106,6 +106,12 @@ def events_retention(environ: Mapping[str, str]) -> EventsRetention:
         max_bytes=_size(environ, "CONVOY_EVENTS_MAX_BYTES"),
         max_msgs=_count(environ, "CONVOY_EVENTS_MAX_MSGS", EVENTS_MAX_MSGS),
     )
+
+
+def _ttl(environ: Mapping[str, str]) -> float:
+    ttl = _duration(environ, "CONVOY_IDEMPOTENCY_TTL", IDEMPOTENCY_TTL, unlimited=False)
+    assert ttl is not None  # `unlimited` is refused
+    return ttl
 
 
 def _duration(environ: Mapping[str, str], name: str, default: float, *, unlimited: bool) -> float | None:

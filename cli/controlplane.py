@@ -48,6 +48,7 @@ from services.agent.runtimes.base import Runtime
 from services.agent.secretclient import SecretClient
 from services.agent.selection import build_runtime
 from services.api.desired import DesiredState
+from services.api.idempotency import ReceiptPurge
 from services.api.ingest import HeartbeatSeen, ObservationIngest
 from services.api import oidc_config
 from services.api.natsauth_sync import NatsAuthSync
@@ -157,10 +158,13 @@ async def control_plane(
     async with contextlib.AsyncExitStack() as stack:
         store = await PostgresEventStore.open(PostgresSettings(dsn=servers.database_url, schema=instance, pool_max=API_POOL))
         stack.push_async_callback(store.close)
+        await stack.enter_async_context(ReceiptPurge(store=store, ttl=settings.idempotency_ttl))
         localstate.write_database_url(settings.state_dir, servers.database_url)
         nc = await connect(settings, servers.nats_url, name=f"convoy-up:{instance}")
         stack.push_async_callback(nc.close)
-        await bus.ensure_streams(nc.jetstream(), instance, replicas=settings.nats_replicas)
+        await bus.ensure_streams(
+            nc.jetstream(), instance, replicas=settings.nats_replicas, retention=settings.events_retention
+        )
         await leases.ensure_bucket(nc.jetstream(), instance, replicas=settings.nats_replicas)
         ops.instrument_nats(metrics, nc)
         ops.instrument_consumers(metrics, nc, streams=[bus.events_stream(instance), bus.observations_stream(instance)])
@@ -271,7 +275,7 @@ async def bus_services(
     responder, which needs the API's keyring and catalog, joins once the API runs
     (`secret_responder`), answering from the same desired state."""
     instance = settings.instance
-    relay_settings = RelaySettings(instance=instance, replicas=settings.nats_replicas)
+    relay_settings = RelaySettings(instance=instance, replicas=settings.nats_replicas, retention=settings.events_retention)
     relay = await stack.enter_async_context(Relay(store=store, nc=nc, settings=relay_settings))
     ops.instrument_relay(metrics, relay)
     ingest = await stack.enter_async_context(
@@ -311,6 +315,7 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
     async with contextlib.AsyncExitStack() as stack:
         store = await PostgresEventStore.open(PostgresSettings(dsn=database_url, schema=settings.instance, pool_max=API_POOL))
         stack.push_async_callback(store.close)
+        await stack.enter_async_context(ReceiptPurge(store=store, ttl=settings.idempotency_ttl))
         planner = None
         heartbeats: Callable[[str], HeartbeatSeen | None] | None = None
         desired: DesiredState | None = None
@@ -318,7 +323,9 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
         if settings.nats_url:
             nc = await connect(settings, settings.nats_url, name=f"convoy-api:{settings.instance}")
             stack.push_async_callback(nc.close)
-            await bus.ensure_streams(nc.jetstream(), settings.instance, replicas=settings.nats_replicas)
+            await bus.ensure_streams(
+                nc.jetstream(), settings.instance, replicas=settings.nats_replicas, retention=settings.events_retention
+            )
             await leases.ensure_bucket(nc.jetstream(), settings.instance, replicas=settings.nats_replicas)
             ops.instrument_nats(metrics, nc)
         checks = await server_probes(stack, store, nc, metrics)

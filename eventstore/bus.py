@@ -24,6 +24,7 @@ import random
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, unquote
@@ -60,6 +61,12 @@ restarts: it reconciles its checkpoint with the stream's last message first."""
 
 OBSERVATIONS_MAX_AGE: Final = 7 * 24 * 3600.0
 """Seconds the observations stream keeps a message (the log keeps it for good)."""
+EVENTS_MAX_AGE: Final = 7 * 24 * 3600.0
+"""Seconds the events stream keeps a message by default: an agent or integration offline
+longer than a week resyncs (agents) or reads the log (integrations)."""
+EVENTS_MAX_MSGS: Final = 10_000_000
+"""Messages the events stream keeps by default: about 7 GB per replica at the ~680 bytes a
+message takes (docs/production.md, "How big each store grows")."""
 DLQ_MAX_AGE: Final = 30 * 24 * 3600.0
 """Seconds dead letters are kept for someone to look at."""
 
@@ -406,9 +413,51 @@ async def connect(
 # -- the streams ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class EventsRetention:
+    """How much of the log the events stream keeps (JetStream limits, oldest dropped first).
+
+    PostgreSQL is the record; the events stream is only how events reach consumers, so it
+    may forget. What forgets nothing: the relay finds its place from the stream's last
+    message, which limits never drop; an agent that finds its consumer skipped messages
+    the stream dropped resyncs from the desired-state snapshot (services/agent/
+    continuity.py); integrations that fall further behind than this read the log
+    (`convoy events`). `None` is no limit of that kind. A `max_bytes` is reserved by
+    JetStream against the account's storage (times the replicas), so it is off by default:
+    set it within an instance's `max_storage` (eventstore.natslimits)."""
+
+    max_age: float | None = EVENTS_MAX_AGE
+    """Seconds a message is kept."""
+    max_bytes: int | None = None
+    """Bytes the stream keeps (per replica)."""
+    max_msgs: int | None = EVENTS_MAX_MSGS
+    """Messages the stream keeps."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_age", "max_bytes", "max_msgs"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise InvalidInput(f"events stream {name} must be positive (or unset: no limit), not {value!r}")
+
+    def limits(self) -> dict[str, Any]:
+        """The StreamConfig fields (JetStream's "no limit" is -1 for counts, 0 for age)."""
+        return {
+            "max_age": self.max_age or 0,
+            "max_bytes": self.max_bytes if self.max_bytes is not None else -1,
+            "max_msgs": self.max_msgs if self.max_msgs is not None else -1,
+        }
+
+
 def stream_configs(
-    instance: str, *, replicas: int = 1, duplicate_window: float = DEFAULT_DUPLICATE_WINDOW
+    instance: str,
+    *,
+    replicas: int = 1,
+    duplicate_window: float = DEFAULT_DUPLICATE_WINDOW,
+    retention: EventsRetention | None = None,
 ) -> list[StreamConfig]:
+    """The instance's three streams. The events stream is bounded by `retention`
+    (default `EventsRetention()`); observations and dead letters by age."""
+    events_limits = (retention or EventsRetention()).limits()
     common: dict[str, Any] = {
         "storage": StorageType.FILE,
         "retention": RetentionPolicy.LIMITS,
@@ -422,6 +471,7 @@ def stream_configs(
             name=events_stream(instance),
             description=f"Convoy {instance}: every stored event, in global position order",
             subjects=[events_subjects(instance)],
+            **events_limits,
             **common,
         ),
         StreamConfig(
@@ -449,11 +499,14 @@ async def ensure_streams(
     *,
     replicas: int = 1,
     duplicate_window: float = DEFAULT_DUPLICATE_WINDOW,
+    retention: EventsRetention | None = None,
 ) -> list[str]:
-    """Create the instance's streams, or update them to this configuration. Idempotent.
-    Returns the stream names."""
+    """Create the instance's streams, or update them to this configuration (an existing
+    events stream gets `retention`'s limits: lowering one drops the oldest messages at
+    once). Idempotent. Returns the stream names."""
     names = []
-    for config in stream_configs(instance, replicas=replicas, duplicate_window=duplicate_window):
+    configs = stream_configs(instance, replicas=replicas, duplicate_window=duplicate_window, retention=retention)
+    for config in configs:
         assert config.name is not None
         try:
             await js.add_stream(config)

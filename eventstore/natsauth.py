@@ -242,6 +242,14 @@ events in the relay's envelope (`bus.event_headers`), so the agent decodes them 
 like the intents its consumer delivers."""
 H_DESIRED_POSITION: Final = "Convoy-Desired-Position"
 """On the last reply: the store position the answer reflects."""
+H_DESIRED_STREAM_FIRST: Final = "Convoy-Desired-Stream-First"
+H_DESIRED_STREAM_LAST: Final = "Convoy-Desired-Stream-Last"
+"""On the last reply: the events stream's first and last sequence, read before the answer
+was folded, so the answer covers every message up to the last (services/agent/continuity.py:
+an agent whose consumer skipped messages the stream dropped resyncs)."""
+H_DESIRED_PROBE: Final = "Convoy-Desired-Probe"
+"""On a request: `stream` asks only for the events stream's bounds (an end message with a
+count of 0 and no configuration), not the desired state."""
 
 
 def heartbeat_subject(instance: str, runtime: str) -> str:

@@ -462,6 +462,13 @@ class PostgresEventStore:
                 found[(r[0], r[1])] = Receipt(r[0], r[1], r[2], bytes(r[3]), bytes(r[4]), r[5])
         return head, found
 
+    async def purge_receipts(self, *, before: datetime, limit: int) -> int:
+        """Delete at most `limit` idempotency receipts recorded before `before`; how many
+        went. Bounded, so a purge never holds many rows locked at once: call it again
+        while it returns `limit` (services.api.idempotency.ReceiptPurge does)."""
+        status = await guarded("receipt purge", lambda: self._pool.execute(_PURGE_RECEIPTS, before, limit))
+        return int(status.split()[-1])
+
     async def tail(
         self,
         *,
@@ -597,6 +604,13 @@ SELECT i.token_id, i.key, i.method, i.request_sha256, i.response, i.position
   FROM api_idempotency i JOIN unnest($1::text[], $2::text[]) AS k(scope, key) ON i.token_id = k.scope AND i.key = k.key
 """
 """The head (the row without a key) and the receipts asked for, in one statement (one snapshot)."""
+
+
+_PURGE_RECEIPTS = """
+DELETE FROM api_idempotency WHERE (token_id, key) IN (
+    SELECT token_id, key FROM api_idempotency WHERE created_at < $1 LIMIT $2
+)"""
+"""One batch of expired receipts (the BRIN index on created_at finds them)."""
 
 
 def _recorded(row: asyncpg.Record) -> RecordedEvent:

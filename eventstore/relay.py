@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -68,6 +68,9 @@ class RelaySettings:
     max_backoff: float = 2.0
     replicas: int = 1
     duplicate_window: float = bus.DEFAULT_DUPLICATE_WINDOW
+    retention: bus.EventsRetention = field(default_factory=bus.EventsRetention)
+    """The events stream's limits, applied each time the relay makes sure the streams exist
+    (so give every process the same: CONVOY_EVENTS_MAX_*)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +335,8 @@ class Relay:
             raise Unavailable("NATS is not connected")
         js = self._nc.jetstream()
         await bus.ensure_streams(
-            js, self.settings.instance, replicas=self.settings.replicas, duplicate_window=self.settings.duplicate_window
+            js, self.settings.instance, replicas=self.settings.replicas, duplicate_window=self.settings.duplicate_window,
+            retention=self.settings.retention,
         )
         info = await bus.guarded("reading the events stream", lambda: js.stream_info(self._stream))
         last = info.state.last_seq

@@ -13,7 +13,8 @@ What runs, each as a named, supervised, stoppable task:
   the runtime unavailable is parked and retried for its workload (`handle_intent`);
 - convergence from a snapshot: at start (and until it gets one) the agent asks the
   control plane for its runtime's desired state, so a fresh agent converges without
-  replaying history (`snapshot`);
+  replaying history (`snapshot`); and again whenever the events stream dropped intents
+  its consumer had not delivered yet (`continuity`, checked every `continuity_interval`);
 - heartbeats on core NATS `convoy.<i>.hb.<runtime>` every `heartbeat_interval` (not stored),
   carrying whether the runtime answers (`availability`: every runtime call counts), and
   sent at once when that changes;
@@ -63,7 +64,7 @@ from eventstore.opsserver import OpsServer
 from eventstore.subscriptions import Delivery, DurableSubscription, SubscriptionSettings
 from eventstore.tasks import Backoff, describe, stop_task
 from schemas.convoy.v1 import convergence_pb2, resources_pb2
-from services.agent import intents, observations, protections, reconcile, snapshot
+from services.agent import continuity, intents, observations, protections, reconcile, snapshot
 from services.agent.availability import Availability, ObservedRuntime
 from services.agent.health import BusLiveness, bus_check
 from services.agent.intents import Action
@@ -98,6 +99,8 @@ class AgentSettings:
     snapshot_timeout: float = 10.0
     snapshot_retry: float = 2.0
     """Longest wait between desired-state requests while the control plane does not answer."""
+    continuity_interval: float = 10.0
+    """Seconds between checks that the events stream did not drop intents not yet received."""
     health_address: str | None = None
     """"host:port" of /healthz (None: not served)."""
     bus_loss_threshold: float = 30.0
@@ -218,6 +221,7 @@ class Agent:
         self._parked: dict[WorkloadKey, tuple[intents.Intent, asyncio.Task[None]]] = {}
         """Per workload, the intent waiting for an unavailable runtime, and its retry task."""
         self._episodes: dict[WorkloadKey, int] = {}
+        self.continuity = continuity.Continuity()
         self.ready = asyncio.Event()
         self.stats = AgentStats()
         self.lease = (
@@ -362,6 +366,7 @@ class Agent:
                 log.warning("cannot bind to the intent consumer yet", runtime=self.name, error=str(error))
                 await asyncio.sleep(backoff.next())
         self._spawn(self._reconcile_loop(), "reconcile")
+        self._spawn(self._watch_continuity(), "continuity")
         self.ready.set()
         log.info("agent ready", runtime=self.name, workloads=len(self._applied.applied()))
 
@@ -390,6 +395,23 @@ class Agent:
                 log.warning("runtime not registered with the control plane yet", runtime=self.name)
             await asyncio.sleep(backoff.next())
 
+    async def _watch_continuity(self) -> None:
+        await continuity.watch(
+            self.continuity,
+            bounds=lambda: snapshot.bounds(self._nc, instance=self.settings.instance, runtime=self.name),
+            resync=self._resync,
+            interval=self.settings.continuity_interval,
+            runtime=self.name,
+        )
+
+    async def _resync(self) -> bool:
+        """Converge to a fresh snapshot (the stream dropped intents we may not have had)."""
+        answer = await self._try_snapshot()
+        if answer is None:
+            return False
+        await self.converge(answer)
+        return True
+
     async def _converge_when_answered(self) -> None:
         await self.converge(await self._snapshot_until_answered())
 
@@ -405,6 +427,7 @@ class Agent:
             await self.handle_intent(intent)
         for checks in desired.checks:
             await self.handle_checks(checks)
+        self.continuity.snapshot(desired.stream_last)
         log.info("converged to the desired state", runtime=self.name, intents=len(desired.intents), position=desired.position)
 
     def _remember_config(self, config: resources_pb2.Runtime | None) -> None:
@@ -415,6 +438,7 @@ class Agent:
     # -- intents -------------------------------------------------------------------------
 
     async def _on_delivery(self, delivery: Delivery) -> None:
+        self.continuity.delivered(delivery.stream_sequence)
         try:
             item = intents.decode(self._registry, delivery.headers, delivery.data, runtime=self.name)
         except ConvoyError as error:

@@ -25,6 +25,12 @@ subject maps to a runtime strictly (one canonical token, nothing after `.desired
 Requests share the queue group `convoy-desired`, so several API processes can answer.
 Each answer waits (briefly) until the fold has reached the store's head, so an intent
 committed before the request is in the answer.
+
+The events stream has limits (bus.EventsRetention), so an agent's consumer may skip
+messages the stream dropped before it got them. The end message says which stream
+sequences the answer covers (read before folding: everything up to the last one), and a
+request with `natsauth.H_DESIRED_PROBE: stream` gets only those bounds: how an agent finds
+out, cheaply, that it may have missed intents and must ask for the whole answer again.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ class DesiredState:
         self._task: asyncio.Task[None] | None = None
         self._sub: Subscription | None = None
         self.answered = 0
+        self.probes = 0
         self.refused = 0
         """Requests dropped because their reply subject was not the asking runtime's."""
 
@@ -229,8 +236,16 @@ class DesiredState:
                     subject=msg.subject, runtime=runtime, reply=msg.reply[:200],
                 )
                 return
+            if _is_probe(msg):
+                await self._answer_probe(msg.reply, *await self._stream_bounds())
+                return
+            try:
+                first, last = await self._stream_bounds()
+            except ConvoyError as error:  # the desired state does not need the stream; 0 claims nothing
+                log.warning("desired-state answer without the events stream's bounds", error=str(error))
+                first, last = 0, 0
             await self._head_seen()
-            await self._answer(msg.reply, runtime)
+            await self._answer(msg.reply, runtime, first, last)
         except ConvoyError as error:
             log.warning("desired-state request not answered", subject=msg.subject, error=str(error))
         except Exception as error:  # noqa: BLE001 - a callback must never kill the subscription
@@ -242,13 +257,40 @@ class DesiredState:
             raise InvalidInput(f"{subject!r} is not a desired-state request subject of instance {self.instance}")
         return runtime
 
-    async def _answer(self, reply: str, runtime: str) -> None:
+    async def _stream_bounds(self) -> tuple[int, int]:
+        """The events stream's first and last sequence, read now: never a cached reading,
+        since the agent trusts it to be younger than its request (continuity.Continuity)."""
+        js = self._nc.jetstream()
+        stream = bus.events_stream(self.instance)
+        info = await bus.guarded("reading the events stream's bounds", lambda: js.stream_info(stream))
+        return info.state.first_seq, info.state.last_seq
+
+    async def _answer_probe(self, reply: str, first: int, last: int) -> None:
+        end = {
+            natsauth.H_DESIRED_COUNT: "0",
+            natsauth.H_DESIRED_POSITION: str(self.position),
+            natsauth.H_DESIRED_STREAM_FIRST: str(first),
+            natsauth.H_DESIRED_STREAM_LAST: str(last),
+        }
+        await self._nc.publish(reply, b"", headers=end)
+        self.probes += 1
+
+    async def _answer(self, reply: str, runtime: str, first: int = 0, last: int = 0) -> None:
         held = self._runtimes.get(runtime, _Runtime())
         items = [*held.intents.values(), *held.checks.values()]
         items.sort(key=lambda r: r.position)
         for recorded in items:
             await self._nc.publish(reply, recorded.data, headers=bus.event_headers(recorded))
-        end = {natsauth.H_DESIRED_COUNT: str(len(items)), natsauth.H_DESIRED_POSITION: str(self.position)}
+        end = {
+            natsauth.H_DESIRED_COUNT: str(len(items)),
+            natsauth.H_DESIRED_POSITION: str(self.position),
+            natsauth.H_DESIRED_STREAM_FIRST: str(first),
+            natsauth.H_DESIRED_STREAM_LAST: str(last),
+        }
         config = held.config.SerializeToString(deterministic=True) if held.config is not None else b""
         await self._nc.publish(reply, config, headers=end)
         self.answered += 1
+
+
+def _is_probe(msg: Msg) -> bool:
+    return (msg.headers or {}).get(natsauth.H_DESIRED_PROBE) == "stream"

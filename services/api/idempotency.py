@@ -14,25 +14,43 @@ winner's answer. A receipt's response holds no position (the store knows it only
 committing); the receipt's `position` is put back into the answer on replay (`replay`).
 Secrets are never stored: a replayed CreateToken or IssueAgentCredential answer says
 the secret was shown once (the first answer) and names what was created, so the caller
-can revoke or rotate it. Receipts are kept indefinitely for now; pruning by
-`created_at` is a follow-up.
+can revoke or rotate it.
+
+Receipts expire: `ReceiptPurge` deletes those older than the TTL (CONVOY_IDEMPOTENCY_TTL,
+24 h by default) in bounded batches, every few minutes, in each API process. So a client
+must retry within the TTL; a retry after it may find no receipt and is then a new command
+(the command's own checks still apply: re-creating what exists is refused or unchanged).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from typing import Final
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final, Protocol
+
+import structlog
 
 from google.protobuf.message import Message
 
+from eventstore.errors import ConvoyError
+from eventstore.tasks import describe, stop_task
 from eventstore.types import Receipt
 from schemas.convoy.v1 import api_pb2
 from services.api.domain import FailedPrecondition
 from services.api import redaction
 from services.api.errors import IdempotencyMismatch, invalid
 
+log = structlog.get_logger("convoy.api.idempotency")
+
 MAX_KEY_LENGTH: Final = 200
 SECRET_FIELD: Final = "secret"
+DEFAULT_TTL: Final = 24 * 3600.0
+"""Seconds a receipt is kept (eventstore.settings.IDEMPOTENCY_TTL is the same default)."""
+PURGE_INTERVAL: Final = 300.0
+PURGE_BATCH: Final = 1000
 
 
 def check_key(key: str) -> str:
@@ -96,3 +114,87 @@ def replay(output: type[Message], name: str, receipt: Receipt, key: str) -> Mess
             "revoke or rotate what was created and send a new request with a new key"
         )
     return with_position(response, receipt.position)
+
+
+class ReceiptPurger(Protocol):
+    """The store side of the purge (eventstore.postgres.PostgresEventStore)."""
+
+    async def purge_receipts(self, *, before: datetime, limit: int) -> int: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class PurgeStats:
+    purged: int = 0
+    """Receipts deleted since start."""
+    rounds: int = 0
+    failures: int = 0
+
+
+class ReceiptPurge:
+    """Deletes receipts older than `ttl` seconds, `batch` at a time, every `interval`
+    seconds: a named, supervised task (a failed round is logged and retried next time).
+    `clock` tells the time (injected in tests). `async with ReceiptPurge(...)`."""
+
+    def __init__(
+        self,
+        *,
+        store: ReceiptPurger,
+        ttl: float = DEFAULT_TTL,
+        interval: float = PURGE_INTERVAL,
+        batch: int = PURGE_BATCH,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        if ttl <= 0 or interval <= 0 or batch <= 0:
+            raise ValueError("ttl, interval and batch must be positive")
+        self._store = store
+        self.ttl = ttl
+        self._interval = interval
+        self._batch = batch
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self.stats = PurgeStats()
+
+    async def purge(self) -> int:
+        """One round: delete every receipt older than the TTL, in batches; how many went."""
+        before = self._clock() - timedelta(seconds=self.ttl)
+        total = 0
+        while True:
+            deleted = await self._store.purge_receipts(before=before, limit=self._batch)
+            total += deleted
+            if deleted < self._batch:
+                break
+        self.stats.purged += total
+        self.stats.rounds += 1
+        if total:
+            log.info("expired idempotency receipts purged", count=total, older_than=before.isoformat())
+        return total
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.purge()
+            except ConvoyError as error:
+                self.stats.failures += 1
+                log.warning("idempotency receipt purge failed; trying again later", error=str(error))
+            except Exception as error:  # noqa: BLE001 - supervised: the next round tries again
+                self.stats.failures += 1
+                log.error("idempotency receipt purge failed", error=describe(error))
+            await asyncio.sleep(self._interval)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="convoy-api:receipt-purge")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        await stop_task(task)
+
+    async def __aenter__(self) -> ReceiptPurge:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -162,7 +162,10 @@ def _operation(builder: _Builder, method: Method) -> dict[str, Any]:
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": False,
-                "description": "Retries with the same key and request get the first answer.",
+                "description": (
+                    "Retries with the same key and request get the first answer, within the idempotency TTL "
+                    "(CONVOY_IDEMPOTENCY_TTL, 24 h by default); after it the same key is a new command."
+                ),
                 "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[ -~]+$"},
             }
         )

@@ -38,7 +38,15 @@ runtimes x 1,000 services) are published first, then the ingest is started and t
 until it has recorded them all (RESULT ingest_obs_per_s=… commits=…).
 
 Last line: RESULT instances=50000 fleet_converge_s=… planner_eps=… rss_mb=… cpu_ms_per_instance=…
-(CPU-seconds of all the processes in the timed part per instance, in ms).
+planner_processes=N (CPU-seconds of all the processes in the timed part per instance, in ms).
+
+`--planner-partitions N` runs the planner side as N processes, `--partition K/N` each
+(`PlannerSettings.partition`, each with its own checkpoint, no leader lock: one process per
+partition, nothing to contend); the run ends when every partition has all the convergences
+of its own applications CONVERGED and committed. CPU and peak RSS are printed per partition;
+rss_mb is the largest partition's, planner_eps sums the partitions (each reads every input).
+`--compare-partitions` runs the same release with 1 then 2 planner processes, fresh servers
+each, and ends with RESULT partitions=1,2 fleet_converge_s=A,B cpu_ms_per_instance=C,D.
 
     .venv/bin/python bench/planner.py [--services 1000] [--apps 10]
     .venv/bin/python bench/planner.py --services 100             # a quick check
@@ -49,6 +57,8 @@ Last line: RESULT instances=50000 fleet_converge_s=… planner_eps=… rss_mb=�
     .venv/bin/python bench/planner.py --profile-planner out.prof  # planner under cProfile (slower)
     .venv/bin/python bench/planner.py --services 10000 --apps 100 --scale-check
                                   # 1,000 then 10,000 services: cpu_ms_per_instance of both (SCALE line)
+    .venv/bin/python bench/planner.py --planner-partitions 2      # the planner as 2 partitions
+    .venv/bin/python bench/planner.py --compare-partitions        # 1 then 2 planner processes
 """
 
 from __future__ import annotations
@@ -160,9 +170,10 @@ def summarize_profile(path: str, top: int = 25) -> None:
 # -- the planner process ---------------------------------------------------------------
 
 
-async def planner_child(dsn: str, expected: int, profile: str) -> None:
-    """Run the planner; every 0.25 s print a JSON line with its stats; print
-    {"converged": …} once all `expected` convergences are CONVERGED and committed.
+async def planner_child(dsn: str, expected: int, profile: str, partition: str) -> None:
+    """Run the planner (partition `partition`, K/N); every 0.25 s print a JSON line with its
+    stats; print {"converged": …} once all `expected` convergences (of its applications) are
+    CONVERGED and committed.
 
     Convergences are counted as the planner reports them committed (`on_converged`), not
     by scanning its state: a scan of every convergence every 50 ms cost O(fleet) per tick
@@ -171,10 +182,11 @@ async def planner_child(dsn: str, expected: int, profile: str) -> None:
     from eventstore.codec import convoy_registry
     from eventstore.postgres import PostgresEventStore, PostgresSettings
     from services.planner.clock import SystemClock
+    from services.planner.partitions import Partition
     from services.planner.runner import Planner, PlannerSettings
 
     store = await PostgresEventStore.open(PostgresSettings(dsn=dsn, schema=SCHEMA, pool_max=4))
-    settings = PlannerSettings()
+    settings = PlannerSettings(partition=Partition.parse(partition))  # named planner-K-of-N unless 0/1
     converged: set[tuple[str, str, str]] = set()
     changed = asyncio.Event()
 
@@ -197,7 +209,7 @@ async def planner_child(dsn: str, expected: int, profile: str) -> None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.25):
                     await changed.wait()
-            if expected and len(converged) >= expected:
+            if len(converged) >= expected:  # a partition may own no application: done at once
                 line(converged=len(converged), position=planner.state.position, done=True)
                 break
             line(converged=len(converged), position=planner.state.position,
@@ -205,9 +217,9 @@ async def planner_child(dsn: str, expected: int, profile: str) -> None:
         await asyncio.Event().wait()  # until the parent reads VmHWM and terminates us
 
 
-def run_planner_child(dsn: str, expected: int, profile: str) -> None:
+def run_planner_child(dsn: str, expected: int, profile: str, partition: str) -> None:
     if not profile:
-        asyncio.run(planner_child(dsn, expected, profile))
+        asyncio.run(planner_child(dsn, expected, profile, partition))
         return
     import cProfile
     import signal
@@ -221,7 +233,7 @@ def run_planner_child(dsn: str, expected: int, profile: str) -> None:
 
     signal.signal(signal.SIGTERM, dump)
     profiler.enable()
-    asyncio.run(planner_child(dsn, expected, profile))
+    asyncio.run(planner_child(dsn, expected, profile, partition))
 
 
 # -- the simulated agents process --------------------------------------------------------
@@ -425,9 +437,10 @@ async def ingest_capacity(count: int) -> None:
     print(f"RESULT ingest_observations={count} ingest_obs_per_s={count / took:.0f} commits={ingest.commits}", flush=True)
 
 
-async def run_fleet(args: argparse.Namespace, services: int, apps: int) -> dict[str, Any]:
-    """One fleet release of `services` services over `apps` applications, on fresh
-    servers; prints its RESULT line and returns its figures."""
+async def run_fleet(args: argparse.Namespace, services: int, apps: int, partitions: int = 1) -> dict[str, Any]:
+    """One fleet release of `services` services over `apps` applications, planned by
+    `partitions` planner processes, on fresh servers; prints its RESULT line and returns
+    its figures."""
     from eventstore import bus
     from eventstore.codec import convoy_registry
     from eventstore.embedded import NatsServer, PostgresServer
@@ -437,9 +450,10 @@ async def run_fleet(args: argparse.Namespace, services: int, apps: int) -> dict[
     from schemas.convoy.v1 import events_pb2 as E
     from schemas.convoy.v1 import resources_pb2 as R
     from services.api.ingest import ObservationIngest
+    from services.planner.partitions import Partition
 
     registry = convoy_registry()
-    suffix = f".{services}" if args.scale_check else ""  # one profile per size
+    suffix = f".{services}" if args.scale_check else f".p{partitions}" if args.compare_partitions else ""
     py_spy = args.py_spy and args.py_spy + suffix
     profile_planner = args.profile_planner and args.profile_planner + suffix
     runtimes = runtime_names()
@@ -448,8 +462,11 @@ async def run_fleet(args: argparse.Namespace, services: int, apps: int) -> dict[
     app_names = sorted({app for app, _ in fleet})
     instances = len(fleet) * len(all_runtimes)
     expected = len(fleet) * len(CHANNELS)
+    layout = [Partition(k, partitions) for k in range(partitions)]
+    owned = [sum(len(CHANNELS) for app, _ in fleet if part.owns(app)) for part in layout]  # convergences each
     err(f"fleet: {len(fleet)} services in {len(app_names)} application(s), {len(all_runtimes)} runtimes, "
-        f"{instances} instances, {expected} convergences; load: {os.getloadavg()}")
+        f"{instances} instances, {expected} convergences; {partitions} planner process(es)"
+        + (f" owning {owned} convergences" if partitions > 1 else "") + f"; load: {os.getloadavg()}")
 
     with tempfile.TemporaryDirectory(prefix="convoy-bench-planner-") as tmp, NatsServer(
         data_dir=Path(tmp) / "nats"
@@ -494,18 +511,25 @@ async def run_fleet(args: argparse.Namespace, services: int, apps: int) -> dict[
                 agents = await spawn("agents", "--agents-child", nats_server.url, pg.dsn if direct else "", *all_runtimes)
                 children.append(agents)
                 await agents.wait_for("ready", 120)
-                planner = await spawn("planner", "--planner-child", pg.dsn, str(expected), profile_planner)
-                children.append(planner)
-                await planner.wait_for("ready", 120)
+                planners: list[Child] = []
+                for part, count in zip(layout, owned, strict=True):
+                    label = "planner" if part.whole else f"planner {part.index}/{part.count}"
+                    planners.append(await spawn(label, "--planner-child", pg.dsn, str(count),
+                                                profile_planner and profile_planner + ("" if part.whole else f".{part.index}"),
+                                                f"{part.index}/{part.count}"))
+                    children.append(planners[-1])
+                for planner in planners:
+                    await planner.wait_for("ready", 120)
                 head = await store.head()
-                while planner.last.get("checkpoint", 0) < declared or relay.checkpoint < head:
+                while any(p.last.get("checkpoint", 0) < declared for p in planners) or relay.checkpoint < head:
                     await asyncio.sleep(0.1)
-                before = dict(planner.last)
-                err(f"planner caught up with the declarations (position {declared}); relay at {relay.checkpoint}")
+                before = [dict(p.last) for p in planners]
+                err(f"planner(s) caught up with the declarations (position {declared}); relay at {relay.checkpoint}")
                 components = {
-                    "planner": [planner.proc.pid], "agents": [agents.proc.pid], "relay+ingest": [os.getpid()],
+                    **{p.name: [p.proc.pid] for p in planners}, "agents": [agents.proc.pid], "relay+ingest": [os.getpid()],
                     "nats-server": process_tree(nats_server.pid), "postgres": process_tree(pg.pid),
                 }
+                planner = planners[0]  # py-spy samples this one
                 cpu_before = {name: cpu_seconds(pids) for name, pids in components.items()}
                 spy = None
                 if py_spy:
@@ -529,31 +553,39 @@ async def run_fleet(args: argparse.Namespace, services: int, apps: int) -> dict[
                 await asyncio.gather(*(release(app, name) for app, name in fleet))
                 err(f"{len(fleet)} releases appended in {time.time() - started:.2f} s")
 
+                def summed(key: str, lines: list[dict[str, Any]]) -> int:
+                    return sum(line.get(key, 0) - b[key] for line, b in zip(lines, before, strict=True))
+
                 async def progress() -> None:
                     while True:
                         await asyncio.sleep(2.0)
-                        p = planner.last
-                        err(f"t={time.time() - started:6.1f}s converged {p.get('converged', 0)}/{expected} "
-                            f"planner in={p.get('inputs', 0) - before['inputs']} out={p.get('outputs', 0) - before['outputs']} "
-                            f"ckpt={p.get('checkpoint', 0)} | relay published={relay.published} lag={relay.lag} | "
+                        last = [p.last for p in planners]
+                        err(f"t={time.time() - started:6.1f}s converged {sum(p.get('converged', 0) for p in last)}/{expected} "
+                            f"planner in={summed('inputs', last)} out={summed('outputs', last)} "
+                            f"ckpt={min(p.get('checkpoint', 0) for p in last)} | relay published={relay.published} lag={relay.lag} | "
                             f"ingest recorded={ingest.recorded} | agents handled={agents.last.get('handled', 0)} | "
                             f"load={os.getloadavg()[0]:.2f}")
 
                 reporter = asyncio.create_task(progress())
                 try:
-                    done = await planner.wait_for("done", args.timeout)
+                    dones = [await p.wait_for("done", args.timeout) for p in planners]  # every partition
                 finally:
                     reporter.cancel()
-                rss = vm_hwm_mb(planner.proc.pid)
+                rss_each = [vm_hwm_mb(p.proc.pid) for p in planners]
                 cpu = {name: cpu_seconds(pids) - cpu_before[name] for name, pids in components.items()}
                 if spy is not None:
                     spy.send_signal(2)
                     await spy.wait()
-                elapsed = done["t"] - started
-                work = (done["inputs"] - before["inputs"]) + (done["outputs"] - before["outputs"])
-                err(f"converged: {done['converged']} convergences in {elapsed:.2f} s; planner folded "
-                    f"{done['inputs'] - before['inputs']} inputs and wrote {done['outputs'] - before['outputs']} outputs "
-                    f"in {done['commits'] - before['commits']} commits ({done['restarts']} restarts); "
+                elapsed = max(d["t"] for d in dones) - started  # the last partition's last convergence
+                work = summed("inputs", dones) + summed("outputs", dones)
+                if len(planners) > 1:
+                    for p, d, b, mb in zip(planners, dones, before, rss_each, strict=True):
+                        err(f"{p.name}: {d['converged']} convergences by {d['t'] - started:.2f} s, read "
+                            f"{d['inputs'] - b['inputs']} inputs, wrote {d['outputs'] - b['outputs']} outputs, "
+                            f"CPU {cpu[p.name]:.1f} s, peak RSS {mb:.0f} MB")
+                err(f"converged: {sum(d['converged'] for d in dones)} convergences in {elapsed:.2f} s; planner(s) folded "
+                    f"{summed('inputs', dones)} inputs and wrote {summed('outputs', dones)} outputs "
+                    f"in {summed('commits', dones)} commits ({sum(d['restarts'] for d in dones)} restarts); "
                     f"ingest recorded {ingest.recorded} ({ingest.duplicates} duplicates) in {ingest.commits} commits "
                     f"({ingest.recorded / elapsed:.0f}/s); "
                     f"relay published {relay.published}; "
@@ -573,22 +605,26 @@ async def run_fleet(args: argparse.Namespace, services: int, apps: int) -> dict[
         await store.close()
 
     cpu_ms = 1e3 * sum(cpu.values()) / instances
-    print(f"RESULT instances={instances} fleet_converge_s={elapsed:.1f} planner_eps={work / elapsed:.0f} rss_mb={rss:.0f} "
-          f"cpu_ms_per_instance={cpu_ms:.3f}", flush=True)
+    planner_cpu = sum(v for k, v in cpu.items() if k.startswith("planner"))
+    print(f"RESULT instances={instances} fleet_converge_s={elapsed:.1f} planner_eps={work / elapsed:.0f} "
+          f"rss_mb={max(rss_each):.0f} cpu_ms_per_instance={cpu_ms:.3f} planner_processes={partitions}", flush=True)
     return {"instances": instances, "fleet_converge_s": elapsed, "cpu_ms_per_instance": cpu_ms, "cpu": cpu,
-            "load": os.getloadavg()[0]}
+            "load": os.getloadavg()[0], "planner_cpu": planner_cpu, "rss_each": rss_each}
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.compare_partitions:
+        await compare_partitions(args)
+        return
     if not args.scale_check:
-        await run_fleet(args, args.services, args.apps)
+        await run_fleet(args, args.services, args.apps, args.planner_partitions)
         return
     # The same release at 1x and at `scale_factor` x, one after the other on fresh servers:
     # `--services`/`--apps` name the large size. Cost is linear when the CPU per instance
     # stays put (wall time moves with what else runs on the machine; CPU-seconds less).
     factor = args.scale_factor
-    small = await run_fleet(args, max(1, args.services // factor), max(1, args.apps // factor))
-    large = await run_fleet(args, args.services, args.apps)
+    small = await run_fleet(args, max(1, args.services // factor), max(1, args.apps // factor), args.planner_partitions)
+    large = await run_fleet(args, args.services, args.apps, args.planner_partitions)
     for name, figures in (("1x", small), (f"{factor}x", large)):
         err(f"scale {name}: {figures['instances']} instances, {figures['fleet_converge_s']:.1f} s, "
             f"{figures['cpu_ms_per_instance']:.3f} CPU-ms per instance ("
@@ -599,6 +635,20 @@ async def main(args: argparse.Namespace) -> None:
           f"cpu_ms_per_instance_{factor}x={large['cpu_ms_per_instance']:.3f} cpu_ratio={ratio:.3f} "
           f"converge_s_1x={small['fleet_converge_s']:.1f} converge_s_{factor}x={large['fleet_converge_s']:.1f} "
           f"time_ratio={time_ratio:.2f}", flush=True)
+
+
+async def compare_partitions(args: argparse.Namespace) -> None:
+    """The same release with 1 then 2 planner processes, one after the other on fresh servers."""
+    runs = [await run_fleet(args, args.services, args.apps, n) for n in (1, 2)]
+    for n, figures in zip((1, 2), runs, strict=True):
+        total = sum(figures["cpu"].values())
+        err(f"partitions {n}: {figures['instances']} instances, {figures['fleet_converge_s']:.1f} s, "
+            f"{figures['cpu_ms_per_instance']:.3f} CPU-ms per instance; planner CPU {figures['planner_cpu']:.1f} s "
+            f"of {total:.1f} s ({100 * figures['planner_cpu'] / total:.0f} %), peak RSS "
+            + ", ".join(f"{mb:.0f}" for mb in figures["rss_each"]) + " MB; "
+            + ", ".join(f"{k} {v:.1f}" for k, v in figures["cpu"].items()) + f"; load {figures['load']:.2f}")
+    print("RESULT partitions=1,2 fleet_converge_s=" + ",".join(f"{r['fleet_converge_s']:.1f}" for r in runs)
+          + " cpu_ms_per_instance=" + ",".join(f"{r['cpu_ms_per_instance']:.3f}" for r in runs), flush=True)
 
 
 if __name__ == "__main__":
@@ -615,17 +665,25 @@ if __name__ == "__main__":
                         help="run the release at --services/--apps and at 1/--scale-factor of it, and print "
                         "both sizes' cpu_ms_per_instance and their ratio (SCALE line)")
     parser.add_argument("--scale-factor", type=int, default=10, help="the large size over the small one (--scale-check)")
+    parser.add_argument("--planner-partitions", type=int, default=1, metavar="N",
+                        help="run the planner side as N processes, partition K/N each (`convoy planner --partition`)")
+    parser.add_argument("--compare-partitions", action="store_true",
+                        help="run the release with 1 then 2 planner processes and print both (RESULT partitions=1,2 …)")
     parser.add_argument("--profile-planner", default="", metavar="PATH", help="run the planner under cProfile, stats to PATH")
     parser.add_argument("--py-spy", default="", metavar="PATH",
                         help="sample the planner with py-spy during the timed part (raw stacks to PATH, summary to stderr)")
     parser.add_argument("--refold", action="store_true",
                         help="afterwards, fold the recorded inputs again with the pure planner (no I/O): its capacity")
-    parser.add_argument("--planner-child", nargs=3, metavar=("DSN", "EXPECTED", "PROFILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--planner-child", nargs=4, metavar=("DSN", "EXPECTED", "PROFILE", "PARTITION"), help=argparse.SUPPRESS)
     parser.add_argument("--agents-child", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.planner_partitions < 1:
+        parser.error("--planner-partitions: want N >= 1")
+    if args.compare_partitions and args.scale_check:
+        parser.error("--compare-partitions and --scale-check: one at a time")
     if args.planner_child:
-        dsn, expected, profile = args.planner_child
-        run_planner_child(dsn, int(expected), profile)
+        dsn, expected, profile, partition = args.planner_child
+        run_planner_child(dsn, int(expected), profile, partition)
     elif args.agents_child:
         import uvloop
 

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test setup bench stress lint clean
+.PHONY: up test setup bench stress scale lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: $(STAMP)
 N ?= 10
 stress: $(STAMP)
 	$(BIN)/python scripts/stress.py $(N)
+
+## Run only the scale-out and HA tests (marker `scale`: NATS cluster, PostgreSQL failover,
+## planner takeover and partitions, API and agent replicas, snapshots, retention); CI runs them too.
+scale: $(STAMP)
+	$(BIN)/python -m pytest -m scale
 
 ## Run every benchmark and rewrite the results table in docs/performance.md
 ## (installs the eventsourcing library for the event store's baseline only).

@@ -42,8 +42,13 @@ class Settings:
     plane connects as `natsauth.system_user(instance)`, without it as CONVOY_NATS_URL says."""
     oidc_config: Path | None = None
     """The SSO (OIDC) issuers the API trusts (CONVOY_OIDC_CONFIG; docs/security.md)."""
+    snapshot_every: int = 10_000
+    """CONVOY_SNAPSHOT_EVERY: the API and the planner snapshot their folded state after
+    this many log positions (0: never; eventstore.snapshots)."""
 
     def __post_init__(self) -> None:
+        if self.snapshot_every < 0:
+            raise InvalidInput(f"CONVOY_SNAPSHOT_EVERY must be 0 (off) or a number of events, not {self.snapshot_every}")
         if not 1 <= self.nats_replicas <= 5:
             raise InvalidInput(f"CONVOY_NATS_REPLICAS must be 1 to 5 (JetStream's limit), not {self.nats_replicas}")
         if not _INSTANCE.fullmatch(self.instance):
@@ -63,6 +68,7 @@ class Settings:
             nats_ca=Path(environ["CONVOY_NATS_CA"]) if environ.get("CONVOY_NATS_CA") else None,
             nats_password=environ.get("CONVOY_NATS_PASSWORD") or None,
             oidc_config=Path(environ["CONVOY_OIDC_CONFIG"]) if environ.get("CONVOY_OIDC_CONFIG") else None,
+            snapshot_every=_count("CONVOY_SNAPSHOT_EVERY", environ.get("CONVOY_SNAPSHOT_EVERY", "10000")),
         )
         present = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **present) if present else settings  # type: ignore[arg-type]
@@ -73,6 +79,13 @@ def _replicas(text: str) -> int:
         return int(text)
     except ValueError:
         raise InvalidInput(f"CONVOY_NATS_REPLICAS must be a number of replicas (1, 3 or 5), not {text!r}") from None
+
+
+def _count(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a whole number, not {text!r}") from None
 
 
 def environ() -> Mapping[str, str]:

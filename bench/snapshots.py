@@ -207,8 +207,20 @@ async def measure(dsn: str, what: str, snapshots: bool, every: int) -> dict[str,
             await planner.stop()
     finally:
         await store.close()
-    result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["rss_mb"] = peak_rss_mb()
     return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss
+    across exec, so a child would report its parent's (the generator's) peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(dsn: str, what: str, snapshots: bool, every: int) -> dict[str, object]:

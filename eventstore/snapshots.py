@@ -13,10 +13,12 @@ these messages can only build data, not run code.
 
 Taking one must not stall the fold it copies. The fold calls `Snapshotter.offer` at a
 point where its state is consistent (between events, between committed batches); when
-one is due, `offer` runs the caller's `capture` (a synchronous copy into a message —
-the only part on the fold's path) and hands it to the snapshotter's supervised task,
-which serializes, compresses, checksums and stores it off the fold. While one is being
-written no other is captured: a slow database delays snapshots, never the fold.
+one is due, `offer` runs the caller's `capture` — the only part on the fold's path — and
+hands the result to the snapshotter's supervised task, which builds the message when
+`capture` returned a builder (in a worker thread: for a model whose state is immutable,
+like the API's catalog, capture only takes references), serializes, compresses,
+checksums and stores it. While one is being written no other is captured: a slow
+database delays snapshots, never the fold.
 """
 
 from __future__ import annotations
@@ -163,6 +165,9 @@ def fold_version_of(base: str, type_versions: dict[str, int] | Sequence[tuple[st
 
 
 Decode = Callable[[bytes, int], object]
+Captured = Message | Callable[[], Message]
+"""What `capture` returns: the message, or a function that builds it from values that
+no longer change (run in a worker thread)."""
 
 
 async def load(
@@ -232,7 +237,7 @@ class Snapshotter:
         self.stats = SnapshotStats()
         self._base = 0
         self._since = monotonic()
-        self._pending: tuple[int, Message] | None = None
+        self._pending: tuple[int, Captured] | None = None
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -251,10 +256,11 @@ class Snapshotter:
         seconds = self.policy.every_seconds
         return seconds is not None and self._monotonic() - self._since >= seconds
 
-    def offer(self, position: int, capture: Callable[[], Message]) -> bool:
+    def offer(self, position: int, capture: Callable[[], Captured]) -> bool:
         """Called by the fold where its state is consistent, after `position`. When a
-        snapshot is due and none is being written, run `capture` now (it must copy the
-        state into a message, without awaiting) and write it in the background."""
+        snapshot is due and none is being written, run `capture` now (without awaiting:
+        it copies the state into a message, or takes what a builder needs that the fold
+        will not change) and write it in the background."""
         if not self.due(position):
             return False
         if self._pending is not None or not self._idle.is_set():
@@ -274,6 +280,13 @@ class Snapshotter:
         self._idle.clear()
         self._wake.set()
         return True
+
+    def _seal(self, position: int, captured: Captured) -> Snapshot:
+        message = captured if isinstance(captured, Message) else captured()
+        return seal(
+            name=self.name, kind=self.kind, fold_version=self.fold_version, position=position,
+            payload=message.SerializeToString(),
+        )
 
     async def flush(self, timeout: float = 60.0) -> None:
         """Wait until no snapshot is being written (tests, orderly shutdown)."""
@@ -296,17 +309,12 @@ class Snapshotter:
             self._wake.clear()
             if self._pending is None:
                 continue
-            position, message = self._pending
+            position, captured = self._pending
             started = time.perf_counter()
             try:
-                # Serializing holds the GIL; compressing and hashing (in the thread) do not.
-                payload = message.SerializeToString()
-                del message
-                snapshot = await asyncio.to_thread(
-                    seal, name=self.name, kind=self.kind, fold_version=self.fold_version, position=position,
-                    payload=payload,
-                )
-                del payload
+                # In a worker thread: the fold goes on meanwhile (zlib and hashlib release the GIL).
+                snapshot = await asyncio.to_thread(self._seal, position, captured)
+                del captured
                 await self.store.save(snapshot, keep=self.policy.keep)
             except asyncio.CancelledError:
                 raise

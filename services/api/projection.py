@@ -228,9 +228,12 @@ class Projection:
         self._position = self.loaded_from = position
         log.info("projection loaded a snapshot", position=position)
 
-    def _capture(self) -> Message:
+    def _capture(self) -> Callable[[], Message]:
+        """The catalog is immutable: keep it and copy the rest (the versions, the
+        convergence view's channels); the message is built off the fold."""
         assert self._convergence is not None
-        return api_snapshots.capture(self._state, self._versions, self._convergence)
+        state, versions, convergence = self._state, dict(self._versions), self._convergence.export()
+        return lambda: api_snapshots.build(state, versions, convergence)
 
     async def stop(self) -> None:
         self._closed = True

@@ -53,6 +53,15 @@ class Restored:
 
 def capture(state: State, versions: Mapping[str, int], convergence: ConvergenceView) -> snapshots_pb2.ApiSnapshot:
     """The read model as one message (its embedded messages are copied in by protobuf)."""
+    return build(state, dict(versions), convergence.export())
+
+
+Exported = tuple[list[api_pb2.ChannelConvergence], dict[str, tuple[str, str, str]]]
+
+
+def build(state: State, versions: Mapping[str, int], convergence: Exported) -> snapshots_pb2.ApiSnapshot:
+    """`capture` from values the fold no longer changes (the immutable State, a copy of
+    the versions, the convergence view's export): safe in a worker thread."""
     out = P.ApiSnapshot(secret_key_id=state.secret_key_id)
     out.applications.extend(state.applications.values())
     for (app, name), service in state.services.items():
@@ -93,7 +102,7 @@ def capture(state: State, versions: Mapping[str, int], convergence: ConvergenceV
         out.secrets.add(name=s.name, key_id=s.key_id, nonce=s.nonce, ciphertext=s.ciphertext, cause=s.cause)
     out.stream_ids.extend(versions.keys())
     out.stream_versions.extend(versions.values())
-    channels, releases = convergence.export()
+    channels, releases = convergence
     out.channels.extend(channels)
     for release_id, (app, name, version) in releases.items():
         out.release_versions.add(release_id=release_id, application=app, service=name, version=version)

@@ -35,11 +35,14 @@ from tests.scale.logs import PLANNER, Clock, LogBuilder
 pytestmark = pytest.mark.scale
 REGISTRY = convoy_registry()
 OFTEN = SnapshotPolicy(every_events=40, every_seconds=None)
+TAKE_NONE = SnapshotPolicy(enabled=False)
 
 
-async def projection(store: PostgresEventStore | MemoryEventStore, snapshots: SnapshotStore | None) -> Projection:
+async def projection(
+    store: PostgresEventStore | MemoryEventStore, snapshots: SnapshotStore | None, policy: SnapshotPolicy = OFTEN
+) -> Projection:
     started = Projection(store=store, registry=REGISTRY, convergence=ConvergenceView(), snapshot_store=snapshots,
-                         snapshot_policy=OFTEN)
+                         snapshot_policy=policy)
     await started.start()
     return started
 
@@ -140,7 +143,7 @@ async def test_a_snapshot_of_another_fold_version_or_corrupt_is_ignored() -> Non
     # Another fold version (a build that folds differently wrote it): ignored.
     foreign = dataclasses.replace(kept, fold_version="api-0+events.0000", position=kept.position + 1)
     snapshots.replace(foreign)
-    restarted = await projection(store, snapshots)
+    restarted = await projection(store, snapshots, TAKE_NONE)
     assert restarted.loaded_from == kept.position  # not the foreign one: the older good one
     assert picture(restarted) == expected
     await restarted.stop()
@@ -151,7 +154,7 @@ async def test_a_snapshot_of_another_fold_version_or_corrupt_is_ignored() -> Non
     snapshots.replace(dataclasses.replace(kept, body=bytes(body)))
     snapshots.replace(seal(name="api", kind=api_snapshots.KIND, fold_version=kept.fold_version,
                            position=kept.position - 1, payload=b"\x0a\xff\xff not a snapshot"))
-    restarted = await projection(store, snapshots)
+    restarted = await projection(store, snapshots, TAKE_NONE)
     assert restarted.loaded_from == 0 and restarted.folded == await store.head()
     assert picture(restarted) == expected
     await restarted.stop()

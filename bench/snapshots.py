@@ -195,7 +195,7 @@ async def measure(dsn: str, what: str, snapshots: bool, every: int) -> dict[str,
             await planner.ready.wait()
             result.update(ready_s=time.perf_counter() - started, loaded_from=planner.rebuilt.loaded_from,
                           folded=planner.rebuilt.folded, position=planner.state.position)
-            if planner.snapshotter is not None:
+            if planner.snapshotter is not None and planner.rebuilt.loaded_from == 0:  # the seeding start takes one
                 deadline = time.monotonic() + 600
                 while planner.snapshotter.stats.taken == 0 and planner.snapshotter.stats.failed == 0:
                     if time.monotonic() > deadline:

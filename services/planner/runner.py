@@ -235,6 +235,7 @@ async def rebuild(
     skip = set(rejected)
     report = report if report is not None else RebuildReport()
     start: tuple[int, bytes] | None = None
+    decoded: PlannerState | None = None
     if snapshot is not None:
         found = await snapshots.load(
             snapshot.store, name=snapshot.name, kind=planner_snapshots.KIND,
@@ -242,11 +243,15 @@ async def rebuild(
             decode=lambda payload, position: (planner_snapshots.restore(payload, position), payload),
         )
         if found is not None:
-            start = (found[0], found[1][1])  # type: ignore[index]
+            decoded, payload = found[1]  # type: ignore[misc]
+            start = (found[0], payload)
     while True:
-        # plan mutates the state: every attempt starts from a fresh decode of the snapshot.
+        # plan mutates the state: an attempt after a rejection decodes the snapshot afresh.
         after = start[0] if start is not None else 0
-        state = planner_snapshots.restore(start[1], after) if start is not None else PlannerState()
+        if decoded is not None:
+            state, decoded = decoded, None
+        else:
+            state = planner_snapshots.restore(start[1], after) if start is not None else PlannerState()
         report.loaded_from, report.folded = after, 0
         try:
             async for events in read_batches(store, after=after, upto=upto, categories=INPUT_CATEGORIES, batch=batch):

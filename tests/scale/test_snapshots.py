@@ -27,10 +27,12 @@ from services.api.projection import Projection
 from services.planner import snapshots as planner_snapshots
 from services.planner.clock import FakeClock
 from services.planner.engine import INPUT_CATEGORIES
-from services.planner.runner import Planner, PlannerSettings, RebuildReport, SnapshotSource, rebuild
+from services.planner.versions import CURRENT
+from services.planner.runner import InputRejected, Planner, PlannerSettings, RebuildReport, SnapshotSource, rebuild
 from tests.conftest import eventually
 from tests.isolation.store_env import Instance, provision
 from tests.scale.logs import PLANNER, Clock, LogBuilder
+from tests.unit.planner.world import faulty_engine
 
 pytestmark = pytest.mark.scale
 REGISTRY = convoy_registry()
@@ -170,7 +172,7 @@ async def test_a_planner_snapshot_beyond_the_checkpoint_or_of_another_version_is
     state = await rebuild(store, REGISTRY, upto=checkpoint)
     snapshots = MemorySnapshotStore()
     payload = planner_snapshots.capture(state).SerializeToString()
-    version = planner_snapshots.fold_version(1, REGISTRY)
+    version = planner_snapshots.fold_version(CURRENT.version, REGISTRY)
     await snapshots.save(seal(name=PLANNER, kind="planner", fold_version=version + "x", position=checkpoint, payload=payload))
     await snapshots.save(seal(name=PLANNER, kind="planner", fold_version=version, position=checkpoint + 10, payload=payload))
     report = RebuildReport()
@@ -198,3 +200,34 @@ async def test_the_service_role_keeps_the_newest_two_snapshots(instance: Instanc
         assert await snapshots.stored("planner", "planner") == []
     finally:
         await store.close()
+
+
+async def test_an_input_rejected_in_the_tail_is_skipped_and_the_fold_restarts_from_the_snapshot() -> None:
+    clock = Clock()
+    store = MemoryEventStore(clock=clock)
+    log = LogBuilder(store, clock)
+    await log.declare()
+    await log.round("v1")
+    snapshots = MemorySnapshotStore()
+    snapped = await store.checkpoint(PLANNER)
+    state = await rebuild(store, REGISTRY, upto=snapped)
+    await snapshots.save(seal(name=PLANNER, kind="planner", fold_version=planner_snapshots.fold_version(CURRENT.version, REGISTRY),
+                              position=snapped, payload=planner_snapshots.capture(state).SerializeToString()))
+    await log.release("shop", "s2", "boom")  # the faulty planner raises half way through this one
+    await log.round("v2")
+    checkpoint = await store.checkpoint(PLANNER)
+
+    faulty = faulty_engine()
+    told: list[int] = []
+
+    async def rejected(failed: InputRejected) -> None:
+        told.append(failed.recorded.position)
+
+    report = RebuildReport()
+    from_snapshot = await rebuild(store, REGISTRY, upto=checkpoint, engine=faulty, on_rejected=rejected,
+                                  snapshot=SnapshotSource(snapshots, PLANNER), report=report)
+    from_zero = await rebuild(store, REGISTRY, upto=checkpoint, engine=faulty, rejected=frozenset(told))
+    assert len(told) == 1 and told[0] > snapped and report.loaded_from == snapped
+    assert from_snapshot == from_zero
+    assert "rel-shop-s2-boom" not in from_snapshot.catalog.releases  # refolded without it, not half way
+    assert "rel-shop-s2-v2" in from_snapshot.catalog.releases

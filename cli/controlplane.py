@@ -38,7 +38,9 @@ from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.embedded import EmbeddedServers, NatsServer
 from eventstore.metrics import Check, Counter, Registry
 from eventstore.opsserver import OpsServer
+from eventstore.pgsnapshots import PostgresSnapshotStore
 from eventstore.postgres import PostgresEventStore, PostgresSettings
+from eventstore.snapshots import SnapshotPolicy, SnapshotStore, policy_every
 from eventstore.relay import Relay, RelaySettings
 from eventstore.settings import Settings
 from eventstore.types import EventStore
@@ -183,6 +185,8 @@ async def control_plane(
                 token_key=store.instance_key("tokens"),
                 oidc=oidc_of(settings),
                 checks=[*probe_checks, ops.relay_check(relay), ops.ingest_check(ingest)],
+                snapshots=PostgresSnapshotStore(pool=store.pool),
+                snapshot_policy=policy_every(settings.snapshot_every),
             )
         )
         await stack.enter_async_context(follow.follower(api))
@@ -193,6 +197,8 @@ async def control_plane(
                 registry=registry,
                 clock=SystemClock(),
                 on_converged=ops.convergence_histogram(metrics),
+                snapshot_store=PostgresSnapshotStore(pool=store.pool),
+                snapshot_policy=policy_every(settings.snapshot_every),
             )
         )
         ops.instrument_planner(metrics, planner)
@@ -341,6 +347,8 @@ async def api_process(settings: Settings, database_url: str, listen: Listen) -> 
             api_server(
                 counted, settings.state_dir, listen, planner=planner, metrics=metrics, heartbeats=heartbeats, checks=checks,
                 token_key=store.instance_key("tokens"), oidc=oidc_of(settings),
+                snapshots=PostgresSnapshotStore(pool=store.pool),
+                snapshot_policy=policy_every(settings.snapshot_every),
             )
         )
         await stack.enter_async_context(follow.follower(api))
@@ -371,6 +379,8 @@ async def api_server(
     checks: list[Check] | None = None,
     token_key: bytes | None = None,
     oidc: OidcConfig | None = None,
+    snapshots: SnapshotStore | None = None,
+    snapshot_policy: SnapshotPolicy | None = None,
 ) -> AsyncIterator[ApiServer]:
     """Start the API, print where it answers (and whether in plain text) and record that in `<state_dir>/endpoint.json`
     (how the CLI finds a local instance); the file is removed again on stop. `checks` join
@@ -387,6 +397,8 @@ async def api_server(
         token_key=token_key,
         oidc=oidc,
         tls=listen.tls,
+        snapshots=snapshots,
+        snapshot_policy=snapshot_policy,
     )
     ports = await server.start()
     grpc_scheme, http_scheme = ("grpcs://", "https") if listen.tls is not None else ("", "http")

@@ -44,6 +44,7 @@ TABLE_PRIVILEGES: Mapping[str, tuple[str, ...]] = {
     "tracking": ("SELECT", "INSERT", "UPDATE"),  # processors' checkpoints (upsert)
     "relay_checkpoints": ("SELECT", "INSERT", "UPDATE"),  # the relay's checkpoint (upsert)
     "api_idempotency": ("SELECT", "INSERT", "DELETE"),  # written once, never changed; purged after the TTL
+    "snapshots": ("SELECT", "INSERT", "UPDATE", "DELETE"),  # read-model snapshots: upsert, keep the newest two
     "schema_migrations": ("SELECT",),  # services check the schema is current
     "instance_secret": ("SELECT",),  # channel, lock and token keys derive from it
     "append_lock": ("UPDATE",),  # LOCK TABLE ... IN EXCLUSIVE MODE needs it; the table is empty

@@ -58,12 +58,18 @@ class Settings:
     """CONVOY_IDEMPOTENCY_TTL: how long an idempotency receipt is kept (a retry must come
     within it; after it the same key is a new command)."""
 
+    snapshot_every: int = 10_000
+    """CONVOY_SNAPSHOT_EVERY: the API and the planner snapshot their folded state after
+    this many log positions (0: never; eventstore.snapshots)."""
+
     def __post_init__(self) -> None:
         if not self.idempotency_ttl >= MIN_IDEMPOTENCY_TTL:
             raise InvalidInput(
                 f"CONVOY_IDEMPOTENCY_TTL must be at least {MIN_IDEMPOTENCY_TTL:.0f}s (clients retry within it), "
                 f"not {self.idempotency_ttl}s"
             )
+        if self.snapshot_every < 0:
+            raise InvalidInput(f"CONVOY_SNAPSHOT_EVERY must be 0 (off) or a number of events, not {self.snapshot_every}")
         if not 1 <= self.nats_replicas <= 5:
             raise InvalidInput(f"CONVOY_NATS_REPLICAS must be 1 to 5 (JetStream's limit), not {self.nats_replicas}")
         if not _INSTANCE.fullmatch(self.instance):
@@ -85,6 +91,7 @@ class Settings:
             oidc_config=Path(environ["CONVOY_OIDC_CONFIG"]) if environ.get("CONVOY_OIDC_CONFIG") else None,
             events_retention=events_retention(environ),
             idempotency_ttl=_ttl(environ),
+            snapshot_every=_whole("CONVOY_SNAPSHOT_EVERY", environ.get("CONVOY_SNAPSHOT_EVERY", "10000")),
         )
         present = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **present) if present else settings  # type: ignore[arg-type]
@@ -148,6 +155,13 @@ def _count(environ: Mapping[str, str], name: str, default: int) -> int | None:
     if not text.isdigit() or int(text) <= 0:
         raise InvalidInput(f"{name} must be a positive number of messages, or `unlimited`, not {text!r}")
     return int(text)
+
+
+def _whole(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a whole number, not {text!r}") from None
 
 
 def environ() -> Mapping[str, str]:

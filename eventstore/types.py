@@ -265,11 +265,16 @@ class EventStore(Protocol):
 
 
 async def read_batches(
-    store: EventStore, *, upto: int | None = None, categories: Sequence[str] | None = None, batch: int = 5000
+    store: EventStore,
+    *,
+    upto: int | None = None,
+    categories: Sequence[str] | None = None,
+    batch: int = 5000,
+    after: int = 0,
 ) -> AsyncIterator[list[RecordedEvent]]:
-    """The log from its start (up to position `upto`), in global order, `batch` events at
-    a time: for folds that must see everything without holding all of it at once."""
-    after = 0
+    """The log after `after` (its start by default; a snapshot's position) up to position
+    `upto`, in global order, `batch` events at a time: for folds that must see everything
+    without holding all of it at once."""
     while upto is None or after < upto:
         events = await store.read_all(after=after, limit=batch, categories=categories, to_position=upto)
         if not events:

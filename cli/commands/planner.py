@@ -27,6 +27,8 @@ from eventstore import bus, natsauth, natstls, probes
 from eventstore.codec import convoy_registry
 from eventstore.metrics import Registry
 from eventstore.opsserver import OpsServer
+from eventstore.pgsnapshots import PostgresSnapshotStore
+from eventstore.snapshots import policy_every
 from eventstore.postgres import MigrationsPending, PostgresEventStore, PostgresSettings, StoreAccessDenied
 from eventstore.sessionlock import LockSettings, SessionLock
 from eventstore.settings import Settings, environ
@@ -87,6 +89,7 @@ def planner(
         asyncio.run(_run_planner(
             database_url(settings), settings.instance, ops_port, settings.nats_url, settings.nats_ca,
             nats_password=settings.nats_password, partition=which, lock=LockSettings(poll=lock_poll),
+            snapshot_every=settings.snapshot_every,
         ))
     except STARTUP_REFUSALS as error:
         typer.echo(f"error: {error}", err=True)
@@ -97,6 +100,7 @@ def planner(
 async def _run_planner(
     url: str, instance: str, ops_port: int, nats_url: str | None, nats_ca: Path | None = None,
     *, nats_password: str | None = None, partition: Partition = WHOLE, lock: LockSettings | None = None,
+    snapshot_every: int = 10_000,
 ) -> None:
     """The planner alone; with CONVOY_NATS_URL it also answers the API's dry runs (as the
     instance's system user when CONVOY_NATS_PASSWORD is set)."""
@@ -122,6 +126,8 @@ async def _run_planner(
             settings=PlannerSettings(name=name, partition=partition),
             on_converged=ops.convergence_histogram(metrics),
             lock=leader_lock,
+            snapshot_store=PostgresSnapshotStore(pool=store.pool),
+            snapshot_policy=policy_every(snapshot_every),
         ) as running:
             ops.instrument_planner(metrics, running)
             async with contextlib.AsyncExitStack() as stack:

@@ -25,7 +25,7 @@ read was most of that page's server time (bench/ui.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.message import Message
 
@@ -121,6 +121,29 @@ class ConvergenceView:
             for rid in [r for r, (a, _, _) in self._releases.items() if a == message.name]:
                 del self._releases[rid]
 
+    # -- snapshots (services.api.snapshots) --------------------------------------------
+
+    def export(self) -> tuple[list[api_pb2.ChannelConvergence], dict[str, tuple[str, str, str]]]:
+        """Everything the view holds: each channel as its answer (which carries every
+        field the view keeps), in fold order, and the release index (a copy)."""
+        return [self._answer(key, channel) for key, channel in self._channels.items()], dict(self._releases)
+
+    def restore(self, channels: list[api_pb2.ChannelConvergence], releases: dict[str, tuple[str, str, str]]) -> None:
+        """Hold what `export` described (a snapshot), instead of anything folded before."""
+        self._channels, self._built, self._releases = {}, {}, dict(releases)
+        for answer in channels:
+            channel = _Channel(
+                answer.application, answer.service, answer.channel, answer.release_id, answer.version,
+                answer.status, answer.reason, answer.rollback_release_id, _time(answer, "updated_at"),
+                answer.position, _running(answer),
+            )
+            for t in answer.targets:
+                channel.targets[(t.runtime, t.namespace)] = _Target(
+                    t.runtime, t.namespace, t.status, t.release_id, t.version, t.reason, _time(t, "updated_at"),
+                    _running(t),
+                )
+            self._channels[(answer.application, answer.service, answer.channel)] = channel
+
     def channel(self, app: str, service: str, channel: str) -> api_pb2.ChannelConvergence | None:
         key = (app, service, channel)
         return self._answer(key, self._channels[key]) if key in self._channels else None
@@ -137,6 +160,16 @@ class ConvergenceView:
         out = api_pb2.ChannelConvergence()
         out.CopyFrom(built)
         return out
+
+
+def _time(message: Message, name: str) -> datetime | None:
+    return getattr(message, name).ToDatetime(tzinfo=UTC) if message.HasField(name) else None
+
+
+def _running(answer: api_pb2.ChannelConvergence | api_pb2.TargetConvergence) -> _Running | None:
+    if not answer.HasField("running_since"):
+        return None
+    return _Running(answer.running_release_id, answer.running_version, answer.running_since.ToDatetime(tzinfo=UTC))
 
 
 def _message(channel: _Channel) -> api_pb2.ChannelConvergence:

@@ -3,9 +3,12 @@
 Commands are decided against this state and queries read it, so it must be exactly the
 fold of the log up to a known position — `position` — with the version of every stream
 it has seen (the expected versions the next command appends with). It lives in memory
-and is rebuilt from the log on every start, which is why it keeps no tracking
-checkpoint in PostgreSQL: the catalog is declarations, small enough to fold in a
-moment, and a rebuilt fold cannot drift from the record the way a stored copy could.
+and keeps no tracking checkpoint in PostgreSQL. A start folds the whole log — or, given a
+snapshot store, loads the newest snapshot this build may use (services.api.snapshots:
+the catalog, the stream versions and the convergence view after position P) and folds
+only (P, head]. Snapshots are a cache checked against their fold version and checksum
+(eventstore.snapshots); one that does not match is logged and ignored, never trusted,
+and the fold starts from 0. New ones are taken every N events by a background task.
 
 One supervised task tails the store (woken by NOTIFY) and folds events in global order;
 `wait_for(position)` lets a caller wait — with a deadline — until a write is visible
@@ -31,10 +34,13 @@ from typing import Final
 import structlog
 from google.protobuf.message import Message
 
+from eventstore import snapshots
 from eventstore.codec import EventRegistry
 from eventstore.errors import Unavailable, UnknownEventType
 from eventstore.tasks import Backoff, describe, stop_task
 from eventstore.types import EventStore, RecordedEvent
+from services.api import snapshots as api_snapshots
+from services.api.convergence import ConvergenceView
 from services.api.domain import State, evolve
 
 log = structlog.get_logger("convoy.api.projection")
@@ -96,9 +102,34 @@ class Projection:
         registry: EventRegistry,
         start_timeout: float = 120.0,
         observers: Sequence[Observer] = (),
+        convergence: ConvergenceView | None = None,
+        snapshot_store: snapshots.SnapshotStore | None = None,
+        snapshot_policy: snapshots.SnapshotPolicy | None = None,
+        snapshot_name: str = "api",
     ) -> None:
+        """`convergence`: the convergence view folded beside the catalog (snapshotted
+        with it). `snapshot_store`: where snapshots are loaded from and taken to (None:
+        always fold from 0). Other `observers` would miss what a snapshot holds, so with
+        any, no snapshot is loaded (they are still taken)."""
         self._store = store
-        self._observers = tuple(observers)
+        self._convergence = convergence
+        self._observers = (*((convergence.fold,) if convergence is not None else ()), *observers)
+        self._foreign_observers = bool(observers)
+        self._snapshot_store = snapshot_store
+        self._snapshot_name = snapshot_name
+        self._fold_version = api_snapshots.fold_version(registry)
+        self.snapshotter = (
+            snapshots.Snapshotter(
+                store=snapshot_store, name=snapshot_name, kind=api_snapshots.KIND, fold_version=self._fold_version,
+                policy=snapshot_policy or snapshots.SnapshotPolicy(),
+            )
+            if snapshot_store is not None and convergence is not None
+            else None
+        )
+        self.loaded_from = 0
+        """The snapshot position this start folded from (0: the whole log)."""
+        self.folded = 0
+        """Events folded by this process (the tail after a snapshot, or the whole log)."""
         self._registry = registry
         self._start_timeout = start_timeout
         self._state = State()
@@ -167,12 +198,42 @@ class Projection:
     async def start(self) -> None:
         """Start tailing and return once the fold reached the head the log had now."""
         head = await self._store.head()
+        await self._load_snapshot()
+        if self.snapshotter is not None:
+            self.snapshotter.based_on(self._position)
+            await self.snapshotter.start()
         self._task = asyncio.create_task(self._run(), name="convoy.api.projection")
         try:
             await self.wait_for(head, timeout=self._start_timeout)
         except FoldFailed:
             return  # serve reads as of the event before it; writes and readiness say why
-        log.info("projection caught up", position=self._position)
+        log.info("projection caught up", position=self._position, from_snapshot=self.loaded_from, folded=self.folded)
+
+    async def _load_snapshot(self) -> None:
+        if self._snapshot_store is None or self._convergence is None:
+            return
+        if self._foreign_observers:
+            log.info("projection folds from 0: observers beside the convergence view would miss a snapshot's events")
+            return
+        found = await snapshots.load(
+            self._snapshot_store, name=self._snapshot_name, kind=api_snapshots.KIND, fold_version=self._fold_version,
+            upto=None, decode=api_snapshots.restore,
+        )
+        if found is None:
+            return
+        position, restored = found
+        assert isinstance(restored, api_snapshots.Restored)
+        self._state, self._versions = restored.state, restored.versions
+        self._convergence.restore(restored.channels, restored.releases)
+        self._position = self.loaded_from = position
+        log.info("projection loaded a snapshot", position=position)
+
+    def _capture(self) -> Callable[[], Message]:
+        """The catalog is immutable: keep it and copy the rest (the versions, the
+        convergence view's channels); the message is built off the fold."""
+        assert self._convergence is not None
+        state, versions, convergence = self._state, dict(self._versions), self._convergence.export()
+        return lambda: api_snapshots.build(state, versions, convergence)
 
     async def stop(self) -> None:
         self._closed = True
@@ -180,6 +241,8 @@ class Projection:
         self._signal()
         await stop_task(self._task)
         self._task = None
+        if self.snapshotter is not None:
+            await self.snapshotter.stop()
 
     async def _run(self) -> None:
         """Tail forever; restart the tail (from where the fold is) if it fails."""
@@ -213,6 +276,9 @@ class Projection:
         self._state = fold_recorded(self._registry, self._state, recorded, self._observers, self._skipped_types)
         self._versions[recorded.stream_id] = recorded.version
         self._position = recorded.position
+        self.folded += 1
+        if self.snapshotter is not None and self.broken is None:
+            self.snapshotter.offer(self._position, self._capture)
         self._signal()
 
     def wake(self) -> None:

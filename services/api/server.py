@@ -37,6 +37,7 @@ from aiohttp import web
 from eventstore import metrics as ops
 from eventstore.codec import EventRegistry, convoy_registry
 from eventstore.errors import InvalidInput
+from eventstore.snapshots import SnapshotPolicy, SnapshotStore
 from eventstore.types import EventStore
 from services.api import auth, openapi, queries
 from services.api.convergence import ConvergenceView
@@ -119,11 +120,14 @@ class ApiServer:
         limits: dict[str, Limit] | None = None,
         clock: Callable[[], datetime] | None = None,
         tls: ServerTls | None = None,
+        snapshots: SnapshotStore | None = None,
+        snapshot_policy: SnapshotPolicy | None = None,
     ) -> None:
         """`token_key`: this instance's key for token digests (HMAC-SHA256; None: SHA-256,
         which another instance would accept too). `oidc`: the SSO issuers to trust.
         `limits`: per-principal limits by kind (services.api.limits.DEFAULT_LIMITS).
-        `clock`: the API's clock (token and SSO expiry)."""
+        `clock`: the API's clock (token and SSO expiry). `snapshots`: where the read
+        model's snapshots are loaded from and taken to (None: fold the log from 0)."""
         self._token_key = token_key
         self._store = store
         self._state_dir = Path(state_dir)
@@ -148,7 +152,10 @@ class ApiServer:
         )
         self.metrics.collector("api_projection", self._measure_projection)
         self.convergence = ConvergenceView()
-        self.projection = Projection(store=store, registry=self._registry, observers=[self.convergence.fold])
+        self.projection = Projection(
+            store=store, registry=self._registry, convergence=self.convergence, snapshot_store=snapshots,
+            snapshot_policy=snapshot_policy,
+        )
         # Convoy-kept secrets: encrypted under keys outside the log (the state directory's
         # secrets.keys unless the composition gives another keyring).
         self.secrets = SecretSealer(keyring=keyring or FileKeyring(path=self._state_dir / "secrets.keys"))

@@ -25,7 +25,11 @@ checkpoints (`adopted_checkpoint`).
 
 On start, and after any failure, the state is rebuilt by folding the inputs up to the
 checkpoint (outputs discarded: they are already recorded) — `plan` mutates its state, so
-a batch that failed half way cannot be undone in memory, only refolded.
+a batch that failed half way cannot be undone in memory, only refolded. With a snapshot
+store the rebuild starts from the newest snapshot of this checkpoint name and planner
+version at a position P ≤ the checkpoint (services.planner.snapshots) and folds only
+(P, checkpoint]; new snapshots are captured between committed batches, where the state
+is consistent, and written by a background task (eventstore.snapshots).
 
 An input `plan` raises on is rejected, not retried: the planner records
 PlannerInputRejected (position, planner version, error) with its checkpoint at that input,
@@ -50,6 +54,7 @@ from typing import Final
 
 import structlog
 
+from eventstore import snapshots
 from eventstore.codec import EventRegistry
 from eventstore.errors import ConvoyError, DuplicateEventId, Unavailable, UnknownEventType
 from eventstore.sessionlock import LockLost, SessionLock
@@ -66,6 +71,7 @@ from eventstore.types import (
 from schemas.convoy.v1 import convergence_pb2, events_pb2
 from services.planner.clock import Clock
 from services.planner.engine import INPUT_CATEGORIES, PLANNER_ACTOR, Input, Output, timer_stream
+from services.planner import snapshots as planner_snapshots
 from services.planner.model import PlannerState
 from services.planner.partitions import WHOLE, Partition, application_of, partition_names
 from services.planner.versions import CURRENT, Engine, record_start, rejections, version_stream
@@ -243,6 +249,22 @@ def subject_of(message: object) -> tuple[str, str]:
 Rejecting = Callable[[InputRejected], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotSource:
+    """Where `rebuild` may start from: the snapshots of one checkpoint name."""
+
+    store: snapshots.SnapshotStore
+    name: str
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    loaded_from: int = 0
+    """The snapshot position the fold started after (0: the log's start)."""
+    folded: int = 0
+    """Inputs read and planned after it (the last attempt's)."""
+
+
 async def rebuild(
     store: EventStore,
     registry: EventRegistry,
@@ -253,16 +275,38 @@ async def rebuild(
     rejected: frozenset[int] = frozenset(),
     on_rejected: Rejecting | None = None,
     partition: Partition = WHOLE,
+    snapshot: SnapshotSource | None = None,
+    report: RebuildReport | None = None,
 ) -> PlannerState:
     """The state after folding every input up to position `upto` (outputs discarded),
     skipping the `rejected` positions. An input `plan` raises on is skipped too — the
-    fold starts again without it, and `on_rejected` is told (to record it)."""
+    fold starts again without it, and `on_rejected` is told (to record it). With a
+    `snapshot` source the fold starts from the newest usable snapshot at or before `upto`."""
     skip = set(rejected)
+    report = report if report is not None else RebuildReport()
+    start: tuple[int, bytes] | None = None
+    decoded: PlannerState | None = None
+    if snapshot is not None:
+        found = await snapshots.load(
+            snapshot.store, name=snapshot.name, kind=planner_snapshots.KIND,
+            fold_version=planner_snapshots.fold_version(engine.version, registry), upto=upto,
+            decode=lambda payload, position: (planner_snapshots.restore(payload, position), payload),
+        )
+        if found is not None:
+            decoded, payload = found[1]  # type: ignore[misc]
+            start = (found[0], payload)
     while True:
-        state = PlannerState()
+        # plan mutates the state: an attempt after a rejection decodes the snapshot afresh.
+        after = start[0] if start is not None else 0
+        if decoded is not None:
+            state, decoded = decoded, None
+        else:
+            state = planner_snapshots.restore(start[1], after) if start is not None else PlannerState()
+        report.loaded_from, report.folded = after, 0
         try:
-            async for events in read_batches(store, upto=upto, categories=INPUT_CATEGORIES, batch=batch):
+            async for events in read_batches(store, after=after, upto=upto, categories=INPUT_CATEGORIES, batch=batch):
                 for recorded in events:
+                    report.folded += 1
                     if recorded.position in skip:
                         continue
                     item = to_input(registry, recorded)
@@ -295,7 +339,23 @@ class Planner:
         on_converged: Converged | None = None,
         engine: Engine = CURRENT,
         lock: SessionLock | None = None,
+        snapshot_store: snapshots.SnapshotStore | None = None,
+        snapshot_policy: snapshots.SnapshotPolicy | None = None,
     ) -> None:
+        """`snapshot_store`: where the state's snapshots are loaded from and taken to, keyed
+        by the checkpoint name (None: every start folds from position 0)."""
+        self._snapshot_store = snapshot_store
+        self.snapshotter = (
+            snapshots.Snapshotter(
+                store=snapshot_store, name=(settings or PlannerSettings()).name, kind=planner_snapshots.KIND,
+                fold_version=planner_snapshots.fold_version(engine.version, registry),
+                policy=snapshot_policy or snapshots.SnapshotPolicy(),
+            )
+            if snapshot_store is not None
+            else None
+        )
+        self.rebuilt = RebuildReport()
+        """How the last rebuild went (from which snapshot, how many inputs it folded)."""
         self.store = store
         self.lock = lock
         """Held while planning (leader/standby); None: plan without one (tests, `convoy up`)."""
@@ -320,6 +380,8 @@ class Planner:
         self._timer_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.snapshotter is not None:
+            await self.snapshotter.start()
         self._task = asyncio.create_task(self._supervise(), name=f"planner:{self.settings.name}")
         self._timer_task = asyncio.create_task(self._fire_timers(), name=f"planner-timers:{self.settings.name}")
 
@@ -327,6 +389,8 @@ class Planner:
         await stop_task(self._timer_task)
         await stop_task(self._task)
         self._task = self._timer_task = None
+        if self.snapshotter is not None:
+            await self.snapshotter.stop()
 
     async def __aenter__(self) -> Planner:
         await self.start()
@@ -405,7 +469,10 @@ class Planner:
         self.state = await rebuild(
             self.store, self.registry, upto=checkpoint, batch=self.settings.read_batch, engine=self.engine,
             rejected=frozenset(known), on_rejected=self._record_rejection, partition=self.settings.partition,
+            snapshot=SnapshotSource(self._snapshot_store, self.settings.name) if self._snapshot_store else None,
+            report=self.rebuilt,
         )
+        self._offer_snapshot(based_on=self.rebuilt.loaded_from)
         self._timers_changed.set()
         self.ready.set()
         log.info("planner following the log", checkpoint=checkpoint, timers=len(self.state.timers))
@@ -419,8 +486,19 @@ class Planner:
                 while not queue.empty() and len(batch) < self.settings.max_inputs_per_commit:
                     batch.append(queue.get_nowait())
                 await self._handle(batch)
+                self._offer_snapshot()
         finally:
             await stop_task(feeder)
+
+    def _offer_snapshot(self, based_on: int | None = None) -> None:
+        """Between committed batches (or right after a rebuild) the state is the fold of
+        the inputs up to its position: the one moment a snapshot may copy it."""
+        if self.snapshotter is None:
+            return
+        if based_on is not None:
+            self.snapshotter.based_on(based_on)
+        state = self.state
+        self.snapshotter.offer(state.position, lambda: planner_snapshots.capture(state))
 
     async def _feed(self, queue: asyncio.Queue[RecordedEvent], after: int) -> None:
         async for recorded in self.store.tail(after=after, categories=INPUT_CATEGORIES, batch_size=self.settings.read_batch):

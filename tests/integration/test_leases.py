@@ -17,6 +17,7 @@ from nats.aio.client import Client
 
 from eventstore import bus, leases
 from eventstore.embedded import NatsServer
+from tests.conftest import eventually
 
 TTL = 2.0
 
@@ -81,11 +82,11 @@ async def test_release_hands_over_at_once_and_a_restarted_holder_takes_its_own(n
     first = taken.sequence
     keep = asyncio.create_task(again.keep())
     try:
-        async def renewed() -> None:
-            while (value := await again.read()) is None or value.sequence == first:
-                await asyncio.sleep(0.05)
+        async def renewed() -> bool:
+            value = await again.read()
+            return value is not None and value.sequence != first
 
-        await asyncio.wait_for(renewed(), 30)
+        await eventually(renewed, timeout=30, interval=0.05, message="the holder renewed its lease")
         assert again.held() and not again.lost.is_set()
     finally:
         keep.cancel()

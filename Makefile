@@ -41,9 +41,8 @@ scale: $(STAMP)
 	$(BIN)/python -m pytest -m scale
 
 ## Run every benchmark and rewrite the results table in docs/performance.md
-## (installs the eventsourcing library for the event store's baseline only).
+## (the baselines' libraries, eventsourcing and py-spy, come with the `bench` extra, part of `test`).
 bench: $(STAMP)
-	$(BIN)/pip install --quiet 'eventsourcing[postgres]==9.5.6'
 	$(BIN)/python bench/run
 
 clean:

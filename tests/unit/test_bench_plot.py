@@ -89,7 +89,11 @@ def test_log_axis_ticks() -> None:
                                 (5000, "5,000"), (10000, "10,000")]
     root = parse(plot.chart(title="t", x_label="x", y_label="y", series=[plot.Series("k", ((1, 1.0), (1000, 2.0)))]))
     assert [v for v, _ in ticks(root, "x")] == [1, 10, 100, 1000]
-    # every tick at its logarithm
+    # too narrow for three round ticks (a quick run's 2 → 4): the loads themselves
+    root = parse(plot.chart(title="t", x_label="x", y_label="y", series=[plot.Series("k", ((2, 1.0), (4, 2.0), (4, 3.0)))]))
+    assert ticks(root, "x") == [(2, "2"), (4, "4")]
+    root = parse(plot.chart(title="t", x_label="x", y_label="y", series=[plot.Series("k", ((30, 1.0),))]))
+    assert ticks(root, "x") == [(30, "30")]  # a lone load: 15 → 60, which holds only 20 and 50
     axis = plot.x_axis([1, 256])
     assert axis.log and axis.fraction(16) == pytest.approx(0.5)
 

@@ -40,10 +40,11 @@ stress: $(STAMP)
 scale: $(STAMP)
 	$(BIN)/python -m pytest -m scale
 
-## Run every benchmark and rewrite the results table in docs/performance.md
+## Run every benchmark with its cost curve and rewrite docs/performance.md: the results table and
+## the curves (tables, and SVG charts in docs/curves/)
 ## (the baselines' libraries, eventsourcing and py-spy, come with the `bench` extra, part of `test`).
 bench: $(STAMP)
-	$(BIN)/python bench/run
+	$(BIN)/python bench/run --curve
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -41,6 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.stats import result_line  # noqa: E402
+
 INSTANCE = "growth"
 APP = "shop"
 
@@ -181,15 +183,19 @@ async def main(args: argparse.Namespace) -> None:
     js_bytes = after["js"] - before["js"]
     print(f"{args.releases} releases in {time.monotonic() - started:.0f} s at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
           file=sys.stderr)
-    print(
-        f"RESULT releases={args.releases} runtimes={args.runtimes} events_per_release={events / args.releases:.1f} "
-        f"pg_bytes_per_event={pg_bytes / events:.0f} pg_index_bytes_per_event={(after['pg_idx'] - before['pg_idx']) / events:.0f} "
-        f"js_bytes_per_msg={js_bytes / msgs:.0f} receipt_bytes={(after['receipts'] - before['receipts']) / max(receipts, 1):.0f} "
-        f"pg_mb_per_1000={pg_bytes * per_1000 / 1e6:.1f} js_mb_per_1000={js_bytes * per_1000 / 1e6:.1f} "
-        f"receipts_mb_per_1000={(after['receipts'] - before['receipts']) * per_1000 / 1e6:.2f}",
-        flush=True,
-    )
-
+    result = {
+        "releases": args.releases,
+        "runtimes": args.runtimes,
+        "events_per_release": f"{events / args.releases:.1f}",
+        "pg_bytes_per_event": f"{pg_bytes / events:.0f}",
+        "pg_index_bytes_per_event": f"{(after['pg_idx'] - before['pg_idx']) / events:.0f}",
+        "js_bytes_per_msg": f"{js_bytes / msgs:.0f}",
+        "receipt_bytes": f"{(after['receipts'] - before['receipts']) / max(receipts, 1):.0f}",
+        "pg_mb_per_1000": f"{pg_bytes * per_1000 / 1e6:.1f}",
+        "js_mb_per_1000": f"{js_bytes * per_1000 / 1e6:.1f}",
+        "receipts_mb_per_1000": f"{(after['receipts'] - before['receipts']) * per_1000 / 1e6:.2f}",
+    }
+    print(result_line(result), flush=True)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -41,6 +41,7 @@ import asyncpg  # noqa: E402
 import uvloop  # noqa: E402
 from google.protobuf.message import Message  # noqa: E402
 
+from bench.stats import result_line  # noqa: E402
 from eventstore.codec import convoy_registry  # noqa: E402
 from eventstore.embedded import PostgresServer  # noqa: E402
 from eventstore.pgsnapshots import PostgresSnapshotStore  # noqa: E402
@@ -262,13 +263,19 @@ def main() -> None:
             with_ = {what: child(pg.dsn, what, True, args.every) for what in ("api", "planner")}
             print(f"with snapshots, after a tail of {args.tail:,}: {json.dumps(with_)}", flush=True)
             head = generator.position
-            print(f"WITHOUT log_events={head_without} api_ready_s={without['api']['ready_s']:.2f} "
-                  f"planner_ready_s={without['planner']['ready_s']:.2f} "
-                  f"rss_mb={max(float(without[w]['rss_mb']) for w in without):.0f}")  # type: ignore[arg-type]
-            print(f"RESULT log_events={head} api_ready_s={with_['api']['ready_s']:.2f} "
-                  f"planner_ready_s={with_['planner']['ready_s']:.2f} "
-                  f"rss_mb={max(float(with_[w]['rss_mb']) for w in with_):.0f}")  # type: ignore[arg-type]
+            # the same figures without snapshots, for the note (bench/run reads only the RESULT line)
+            print(result_line(figures(head_without, without)).replace("RESULT", "WITHOUT", 1))
+            print(result_line(figures(head, with_)))
 
+
+def figures(log_events: int, ready: dict[str, dict[str, object]]) -> dict[str, object]:
+    """The RESULT figures of one pair of restarts; rss is the larger of the two processes'."""
+    return {
+        "log_events": log_events,
+        "api_ready_s": f"{float(ready['api']['ready_s']):.2f}",  # type: ignore[arg-type]
+        "planner_ready_s": f"{float(ready['planner']['ready_s']):.2f}",  # type: ignore[arg-type]
+        "rss_mb": f"{max(float(ready[w]['rss_mb']) for w in ready):.0f}",  # type: ignore[arg-type]
+    }
 
 if __name__ == "__main__":
     main()

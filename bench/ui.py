@@ -34,6 +34,8 @@ Baselines in the same run, same data, same server:
   for every application, server times summed per round (`ratio` = fleet_view_ms / rest_ms);
 - `page100_ms`: the fleet view with size=100 (one page of the default paging).
 
+Medians and p90s are bench/stats.py's nearest-rank percentiles, as in every benchmark.
+
 Last line: RESULT services=1000 channels=3 fleet_view_ms=<median> p90_ms=… client_ms=… rest_ms=… ratio=… page100_ms=… one_app_ms=… cpu_ms=… live_ms=… live_page_ms=… load1=…
 
     .venv/bin/python bench/ui.py                       # both shapes, 20 timed requests each
@@ -49,7 +51,6 @@ import json
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,9 +65,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp  # noqa: E402
 import uvloop  # noqa: E402
 
-from api import cpu_seconds, pct  # noqa: E402  (bench/api.py)
+from api import cpu_seconds  # noqa: E402  (bench/api.py)
 from planner import CHANNELS, runtime_names  # noqa: E402  (bench/planner.py: the same fleet)
 
+from bench.stats import percentile, result_line  # noqa: E402
 from eventstore.embedded import PostgresServer  # noqa: E402
 
 TARGET_MS = 1000.0
@@ -377,8 +379,16 @@ def check_page(body: bytes, services: int, size: int) -> dict[str, int]:
     }
 
 
+def median(values: list[float]) -> float:
+    return percentile(values, 0.5)
+
+
+def p90(values: list[float]) -> float:
+    return percentile(values, 0.9)
+
+
 def summary(name: str, values: list[float]) -> str:
-    return f"{name} median={statistics.median(values):7.1f} p90={pct([v / 1000 for v in values], 0.9):7.1f} ms"
+    return f"{name} median={median(values):7.1f} p90={p90(values):7.1f} ms"
 
 
 async def measure(port: int, token: str, server_pid: int, shape: Shape, args: argparse.Namespace) -> dict[str, float]:
@@ -403,8 +413,8 @@ async def measure(port: int, token: str, server_pid: int, shape: Shape, args: ar
         fleet_server = [t.server_ms for t in timed]
         fleet_client = [t.client_ms for t in timed]
         if args.profile:
-            return {"fleet_ms": statistics.median(fleet_server), "p90_ms": pct([v / 1000 for v in fleet_server], 0.9),
-                    "client_ms": statistics.median(fleet_client), "rest_ms": 0.0, "page100_ms": 0.0, "cpu_ms": cpu_ms}
+            return {"fleet_ms": median(fleet_server), "p90_ms": p90(fleet_server),
+                    "client_ms": median(fleet_client), "rest_ms": 0.0, "page100_ms": 0.0, "cpu_ms": cpu_ms}
 
         page100_url = f"{base}/ui/fleet?size=100"
         check_page((await get(http, page100_url)).body, shape.services, 100)
@@ -440,14 +450,14 @@ async def measure(port: int, token: str, server_pid: int, shape: Shape, args: ar
     print(f"{shape.name}: {summary(f'REST convergence x{len(apps)} server', rest_server)}  "
           f"{summary('client', [r[1] for r in rest])}", flush=True)
     return {
-        "fleet_ms": statistics.median(fleet_server),
-        "p90_ms": pct([v / 1000 for v in fleet_server], 0.9),
-        "client_ms": statistics.median(fleet_client),
-        "rest_ms": statistics.median(rest_server),
-        "page100_ms": statistics.median(page100),
+        "fleet_ms": median(fleet_server),
+        "p90_ms": p90(fleet_server),
+        "client_ms": median(fleet_client),
+        "rest_ms": median(rest_server),
+        "page100_ms": median(page100),
         "cpu_ms": cpu_ms,
-        "live_ms": statistics.median(live),
-        "live_page_ms": statistics.median(live_page),
+        "live_ms": median(live),
+        "live_page_ms": median(live_page),
     }
 
 
@@ -535,16 +545,22 @@ def main() -> None:
     ratio = main_figures["fleet_ms"] / main_figures["rest_ms"] if main_figures["rest_ms"] else 0.0
     verdict = "met" if main_figures["fleet_ms"] <= TARGET_MS else "MISSED"
     print(f"target: fleet view of {shapes[0].services} services <= {TARGET_MS:.0f} ms server time: {verdict}", flush=True)
-    extra = f" one_app_ms={figures[1]['fleet_ms']:.0f}" if len(figures) > 1 else ""
-    print(
-        f"RESULT services={shapes[0].services} channels={len(CHANNELS)} fleet_view_ms={main_figures['fleet_ms']:.0f} "
-        f"p90_ms={main_figures['p90_ms']:.0f} client_ms={main_figures['client_ms']:.0f} rest_ms={main_figures['rest_ms']:.0f} "
-        f"ratio={ratio:.2f} page100_ms={main_figures['page100_ms']:.0f}{extra} cpu_ms={main_figures['cpu_ms']:.0f} "
-        f"live_ms={main_figures['live_ms']:.0f} live_page_ms={main_figures['live_page_ms']:.0f} "
-        f"load1={os.getloadavg()[0]:.1f}",
-        flush=True,
-    )
-
+    result_figures = {
+        "services": shapes[0].services,
+        "channels": len(CHANNELS),
+        "fleet_view_ms": f"{main_figures['fleet_ms']:.0f}",
+        "p90_ms": f"{main_figures['p90_ms']:.0f}",
+        "client_ms": f"{main_figures['client_ms']:.0f}",
+        "rest_ms": f"{main_figures['rest_ms']:.0f}",
+        "ratio": f"{ratio:.2f}",
+        "page100_ms": f"{main_figures['page100_ms']:.0f}",
+        **({"one_app_ms": f"{figures[1]['fleet_ms']:.0f}"} if len(figures) > 1 else {}),
+        "cpu_ms": f"{main_figures['cpu_ms']:.0f}",
+        "live_ms": f"{main_figures['live_ms']:.0f}",
+        "live_page_ms": f"{main_figures['live_page_ms']:.0f}",
+        "load1": f"{os.getloadavg()[0]:.1f}",
+    }
+    print(result_line(result_figures), flush=True)
 
 if __name__ == "__main__":
     main()

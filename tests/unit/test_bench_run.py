@@ -11,6 +11,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import ModuleType
 
@@ -40,7 +41,10 @@ def test_it_is_an_executable_script_covering_every_benchmark() -> None:
     assert os.access(SCRIPT, os.X_OK)
     assert SCRIPT.read_text().startswith("#!/usr/bin/env python3\n")
     scripts = {b.script for b in bench_run().BENCHMARKS}
-    missing = {p.name for p in (ROOT / "bench").glob("*.py")} - scripts
+    # every script in bench/ (a module with a `__main__` block; stats.py and plot.py are libraries)
+    runnable = {p.name for p in (ROOT / "bench").glob("*.py") if 'if __name__ == "__main__":' in p.read_text()}
+    assert runnable >= {"eventstore.py", "api.py", "agents.py", "planner.py"}
+    missing = runnable - scripts
     assert not missing, f"bench/run does not run {missing}"
 
 
@@ -107,3 +111,184 @@ def test_quick_figures_never_go_into_the_real_document() -> None:
     assert exit_.value.code == 2
     with pytest.raises(SystemExit):
         bench_run().main(["--doc", "/nonexistent", "nosuchbench"])
+
+
+# ---------------------------------------------------------------------------------------
+# --curve: CURVE lines become a table in the document and SVG charts beside it
+
+STAND_IN_CURVE = """\
+import sys
+import xml.etree.ElementTree as ET
+args = sys.argv[1:]
+points = args[args.index("--curve-points") + 1].split(",") if "--curve-points" in args else ["1", "4", "16"]
+if "--curve" in args:
+    for w in points:
+        w = int(w)
+        print(f"CURVE append writers={w} append_eps={1000 * w} p99_ms={w + 0.5} ratio_vs_group_commit=0.75", flush=True)
+print("RESULT append_eps=1000 args=" + "_".join(args))
+"""
+
+
+def stand_ins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scripts: dict[str, str], benchmarks: list[tuple[str, str, str | None]]) -> ModuleType:
+    """bench/run with BENCHMARKS = `benchmarks` (name, script, curve name or None) over the
+    stand-in `scripts`."""
+    m = bench_run()
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    for name, text in scripts.items():
+        (bench / name).write_text(text)
+    monkeypatch.setattr(m, "BENCH", bench)
+    monkeypatch.setattr(m, "_python", lambda: sys.executable)
+    monkeypatch.setattr(m, "BENCHMARKS", tuple(
+        m.Benchmark(name, script, ("--q",), curve=m.Curve(curve, "writers", ("2", "8")) if curve else None)
+        for name, script, curve in benchmarks
+    ))
+    return m
+
+
+def curve_block(m: ModuleType, text: str) -> str:
+    return text[text.index(m.CURVES_BEGIN) + len(m.CURVES_BEGIN) : text.index(m.CURVES_END)]
+
+
+def test_the_committed_curves_block_is_in_the_form_bench_run_writes() -> None:
+    m = bench_run()
+    text = DOC.read_text()
+    assert text.index(m.END) < text.index("\n## Cost curves") < text.index(m.CURVES_BEGIN), "the curves close the document"
+    assert m.update_curves(text, {}) == text
+    assert set(m.parse_curves(curve_block(m, text))) <= {b.curve.name for b in m.BENCHMARKS if b.curve}
+    assert {b.name: b.curve.name for b in m.BENCHMARKS if b.curve} == {
+        "eventstore": "append", "api": "api", "agents": "agents", "planner": "fleet"
+    }
+    for b in m.BENCHMARKS:
+        assert "--curve" not in b.quick
+        if b.curve:
+            assert b.arguments(quick=True, curve=True) == (*b.quick, "--curve", "--curve-points", ",".join(b.curve.quick_points))
+            assert b.arguments(quick=False, curve=True) == ("--curve",)
+        else:
+            assert b.arguments(quick=True, curve=True) == b.quick
+        assert b.arguments(quick=False, curve=False) == ()
+
+
+def test_curve_lines_become_a_table_and_charts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = stand_ins(tmp_path, monkeypatch, {"es.py": STAND_IN_CURVE, "plain.py": "print('RESULT x=1')\n"},
+                  [("eventstore", "es.py", "append"), ("ui", "plain.py", None)])
+    doc = tmp_path / "docs" / "performance.md"
+    doc.parent.mkdir()
+    doc.write_text(DOC.read_text())
+
+    assert m.main(["--quick", "--curve", "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    rows = m.parse_table(text)
+    assert rows["eventstore"].result == "append_eps=1000 args=--q_--curve_--curve-points_2,8"
+    assert rows["ui"].result == "x=1"
+    parts = m.parse_curves(curve_block(m, text))
+    assert list(parts) == ["append"]
+    lines = parts["append"].splitlines()
+    assert lines[0] == "### `append` (`eventstore`, by writers)"
+    assert lines[2].startswith("Measured ") and "(--quick)" in lines[2]
+    table = [line for line in lines if line.startswith("|")]
+    assert table == [
+        "| writers | append_eps | p99_ms | ratio_vs_group_commit |",
+        "|---:|---:|---:|---:|",
+        "| 2 | 2000 | 2.5 | 0.75 |",
+        "| 8 | 8000 | 8.5 | 0.75 |",
+    ]
+    images = [line for line in lines if line.startswith("![")]
+    assert images == [
+        "![append-throughput](curves/append-throughput.svg)",
+        "![append-latency](curves/append-latency.svg)",
+        "![append-ratio](curves/append-ratio.svg)",
+    ]
+    charts = sorted(p.name for p in (doc.parent / "curves").iterdir())
+    assert charts == ["append-latency.svg", "append-ratio.svg", "append-throughput.svg"]
+    throughput = ET.fromstring((doc.parent / "curves" / "append-throughput.svg").read_text())
+    circles = [(c.get("data-x"), c.get("data-y")) for c in throughput.iter("{http://www.w3.org/2000/svg}circle")]
+    assert circles == [("2", "2000"), ("8", "8000")]
+    assert outside_curves(m, text) == outside_curves(m, m.update_document(DOC.read_text(), {k: rows[k] for k in ("eventstore", "ui")}))
+
+    # a second run of the same data rewrites nothing but the date line
+    before = {p.name: p.read_bytes() for p in (doc.parent / "curves").iterdir()}
+    assert m.main(["--quick", "--curve", "--doc", str(doc)]) == 0
+    assert {p.name: p.read_bytes() for p in (doc.parent / "curves").iterdir()} == before
+
+
+def outside_curves(m: ModuleType, text: str) -> tuple[str, str]:
+    return text[: text.index(m.CURVES_BEGIN)], text[text.index(m.CURVES_END) :]
+
+
+def test_without_curve_no_curve_is_asked_for_or_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = stand_ins(tmp_path, monkeypatch, {"es.py": STAND_IN_CURVE}, [("eventstore", "es.py", "append")])
+    doc = tmp_path / "performance.md"
+    doc.write_text(DOC.read_text())
+    assert m.main(["--quick", "--doc", str(doc)]) == 0
+    assert m.parse_table(doc.read_text())["eventstore"].result == "append_eps=1000 args=--q"
+    assert curve_block(m, doc.read_text()) == curve_block(m, DOC.read_text())
+    assert not (tmp_path / "curves").exists()
+
+
+@pytest.mark.parametrize(
+    "script, problem",
+    [
+        ("print('RESULT a=1')\n", "no CURVE append line"),
+        ("print('CURVE append writers=1 a_eps=x')\nprint('RESULT a=1')\n", "not a number"),
+        ("print('CURVE append writers=1')\nprint('RESULT a=1')\n", "needs a name, a load and a figure"),
+        ("print('CURVE other writers=1 a_eps=1')\nprint('RESULT a=1')\n", "expected CURVE append writers="),
+        ("print('CURVE append clients=1 a_eps=1')\nprint('RESULT a=1')\n", "expected CURVE append writers="),
+        ("print('CURVE append writers=1 a_eps=1')\nprint('CURVE append writers=2 b_eps=1')\nprint('RESULT a=1')\n",
+         "different figures"),
+        ("print('CURVE append writers=1 a_eps=1')\nprint('CURVE append writers=1 a_eps=2')\nprint('RESULT a=1')\n",
+         "two points at writers=1"),
+        ("print('CURVE append writers=1 a_eps=1')\nraise SystemExit(2)\n", "exit 2"),
+    ],
+)
+def test_a_missing_or_malformed_curve_fails_that_benchmark_after_running_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], script: str, problem: str
+) -> None:
+    m = stand_ins(tmp_path, monkeypatch, {"bad.py": script, "es.py": STAND_IN_CURVE.replace("append", "fleet")},
+                  [("eventstore", "bad.py", "append"), ("planner", "es.py", "fleet")])
+    doc = tmp_path / "performance.md"
+    doc.write_text(DOC.read_text())
+    old = m.parse_table(doc.read_text())["eventstore"]
+
+    assert m.main(["--quick", "--curve", "--doc", str(doc)]) == 1
+    out = capsys.readouterr().out
+    assert "== eventstore: failed (" in out and problem in out, out
+    text = doc.read_text()
+    assert m.parse_table(text)["eventstore"] == old, "a failed benchmark keeps its row"
+    assert m.parse_table(text)["planner"].measured.endswith("(--quick)"), "the rest still ran"
+    assert list(m.parse_curves(curve_block(m, text))) == ["fleet"]
+    assert sorted(p.name for p in (tmp_path / "curves").iterdir()) == ["fleet-latency.svg", "fleet-ratio.svg", "fleet-throughput.svg"]
+
+
+def test_curves_not_measured_keep_their_old_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = stand_ins(tmp_path, monkeypatch, {"es.py": STAND_IN_CURVE, "fleet.py": STAND_IN_CURVE.replace("append", "fleet")},
+                  [("eventstore", "es.py", "append"), ("planner", "fleet.py", "fleet")])
+    doc = tmp_path / "performance.md"
+    doc.write_text(DOC.read_text())
+    assert m.main(["--quick", "--curve", "--doc", str(doc)]) == 0
+    parts = m.parse_curves(curve_block(m, doc.read_text()))
+    assert list(parts) == ["append", "fleet"]
+    # an old part of a curve nobody measures any more stays too, after the known ones
+    text = m.update_curves(doc.read_text(), {})
+    text = text.replace(m.CURVES_END, "\n### `retired` (`gone`, by x)\n\nMeasured long ago.\n" + m.CURVES_END)
+    doc.write_text(text)
+
+    (tmp_path / "bench" / "fleet.py").write_text(STAND_IN_CURVE.replace("append", "fleet").replace("1000 * w", "7 * w"))
+    assert m.main(["--quick", "--curve", "--doc", str(doc), "planner"]) == 0
+    after = m.parse_curves(curve_block(m, doc.read_text()))
+    assert list(after) == ["append", "fleet", "retired"]
+    assert after["append"] == parts["append"]
+    assert after["retired"] == "### `retired` (`gone`, by x)\n\nMeasured long ago."
+    assert "| 8 | 56 | 8.5 | 0.75 |" in after["fleet"]
+    assert m.update_curves(doc.read_text(), {}) == doc.read_text()  # stable
+
+
+def test_a_family_a_curve_no_longer_has_loses_its_chart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = stand_ins(tmp_path, monkeypatch, {"es.py": STAND_IN_CURVE}, [("eventstore", "es.py", "append")])
+    doc = tmp_path / "performance.md"
+    doc.write_text(DOC.read_text())
+    assert m.main(["--quick", "--curve", "--doc", str(doc)]) == 0
+    (tmp_path / "bench" / "es.py").write_text(STAND_IN_CURVE.replace(" p99_ms={w + 0.5}", ""))
+    (tmp_path / "curves" / "unrelated.svg").write_text("<svg/>")
+    assert m.main(["--quick", "--curve", "--doc", str(doc)]) == 0
+    assert sorted(p.name for p in (tmp_path / "curves").iterdir()) == ["append-ratio.svg", "append-throughput.svg", "unrelated.svg"]

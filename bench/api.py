@@ -78,9 +78,14 @@ async def _until_sigterm() -> None:
 
 async def serve_convoy(dsn: str, state: Path, ports_file: Path) -> None:
     """The API server on port 0 until SIGTERM (composed like `convoy up`: a pool of 32
-    connections, see cli/main.py)."""
+    connections, see cli/main.py; structlog configured as `convoy up` does, JSON lines to
+    a file — every call's log line is rendered, as in production)."""
+    from cli import logging as convoy_logging
     from eventstore.postgres import PostgresEventStore, PostgresSettings
     from services.api.server import ApiServer
+
+    log_file = (state.parent / "convoy-server.log").open("w")
+    convoy_logging.configure("json", stream=log_file)
 
     store = await PostgresEventStore.open(PostgresSettings(dsn=dsn, schema="bench_api", pool_max=32))
     server = ApiServer(store=store, state_dir=state, grpc_address="127.0.0.1:0", http_address="127.0.0.1:0")
@@ -279,12 +284,14 @@ class Bench:
 
     async def point(self, clients: int) -> dict[str, Phase]:
         s = self.s
-        echo = await self.grpc_phase(s.echo_grpc, s.echo_pid, clients, convoy=False)
-        convoy_grpc = await self.grpc_phase(s.convoy_grpc, s.convoy_pid, clients, convoy=True)
-        bare = await self.rest_phase(s.bare_http, s.bare_pid, clients, convoy=False)
-        convoy_rest = await self.rest_phase(s.convoy_http, s.convoy_pid, clients, convoy=True)
-        phases = {"echo": echo, "grpc": convoy_grpc, "bare": bare, "rest": convoy_rest}
-        for name, p in phases.items():
+        phases: dict[str, Phase] = {}
+        for name, measure in (
+            ("echo", lambda: self.grpc_phase(s.echo_grpc, s.echo_pid, clients, convoy=False)),
+            ("grpc", lambda: self.grpc_phase(s.convoy_grpc, s.convoy_pid, clients, convoy=True)),
+            ("bare", lambda: self.rest_phase(s.bare_http, s.bare_pid, clients, convoy=False)),
+            ("rest", lambda: self.rest_phase(s.convoy_http, s.convoy_pid, clients, convoy=True)),
+        ):
+            p = phases[name] = await measure()
             print(
                 f"clients={clients:<4} {name:5} calls/s={p.rate:8.0f} p50_ms={p.p50_ms:7.2f} p99_ms={p.p99_ms:7.2f} "
                 f"server_cpu_ms/call={p.cpu_ms:.3f} calls={p.calls}",

@@ -14,7 +14,8 @@ Against Convoy each client relabels its own runtime in a loop with a fresh idemp
 key, decide, append (group commit, fsync), answer. Every answer is checked: a failed call or
 an answer that did not record a change fails the benchmark (exit 1), it is never counted.
 Each phase runs for `--seconds` after a short unmeasured warm-up, in the order echo,
-Convoy gRPC, bare REST, Convoy REST.
+Convoy gRPC, bare REST, Convoy REST. The servers run on asyncio's own event loop, as
+`convoy up` and `convoy api` do (`--loop uvloop` to compare); the clients on uvloop.
 
 Throughput on a shared machine moves with whatever else runs, so the benchmark also
 reports each server process's CPU time per call (from /proc, Linux) and the load average.
@@ -351,11 +352,11 @@ async def bench(servers: Servers, args: argparse.Namespace) -> None:
 class Child:
     """One server child process and the ports it bound."""
 
-    def __init__(self, root: Path, name: str, argv: list[str]) -> None:
+    def __init__(self, root: Path, name: str, argv: list[str], *, loop: str) -> None:
         self.ports_file = root / f"{name}.ports.json"
         self.name = name
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--serve", name, str(self.ports_file), *argv],
+            [sys.executable, __file__, "--loop", loop, "--serve", name, str(self.ports_file), *argv],
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
@@ -398,17 +399,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=None, help="unmeasured seconds before each phase (default seconds/10, at most 0.5)")
     parser.add_argument("--curve", action="store_true", help="measure at each of --curve-points client counts")
     parser.add_argument("--curve-points", type=_points, default=DEFAULT_CURVE)
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio",
+        help="the servers' event loop (default asyncio, as `convoy up` and `convoy api` run)",
+    )
     parser.add_argument("--serve", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         kind, ports_file, *rest = args.serve
+        run = uvloop.run if args.loop == "uvloop" else asyncio.run
         if kind == "convoy":
             dsn, state = rest
-            uvloop.run(serve_convoy(dsn, Path(state), Path(ports_file)))
+            run(serve_convoy(dsn, Path(state), Path(ports_file)))
         elif kind == "echo":
-            uvloop.run(serve_echo(Path(ports_file)))
+            run(serve_echo(Path(ports_file)))
         elif kind == "bare":
-            uvloop.run(serve_bare(Path(ports_file)))
+            run(serve_bare(Path(ports_file)))
         else:
             raise SystemExit(f"unknown server {kind!r}")
         return
@@ -418,9 +424,9 @@ def main() -> None:
         root = Path(tmp)
         with PostgresServer(data_dir=root / "postgres") as pg:
             children = [
-                Child(root, "convoy", [pg.dsn, str(root / "state")]),
-                Child(root, "echo", []),
-                Child(root, "bare", []),
+                Child(root, "convoy", [pg.dsn, str(root / "state")], loop=args.loop),
+                Child(root, "echo", [], loop=args.loop),
+                Child(root, "bare", [], loop=args.loop),
             ]
             try:
                 deadline = time.monotonic() + 60

@@ -18,11 +18,13 @@ Convoy gRPC, bare REST, Convoy REST. The servers run on asyncio's own event loop
 `convoy up` and `convoy api` do (`--loop uvloop` to compare); the clients on uvloop.
 
 Throughput on a shared machine moves with whatever else runs, so the benchmark also
-reports each server process's CPU time per call (from /proc, Linux) and the load average.
+reports each server process's CPU time per call (from /proc, Linux; for Convoy also
+PostgreSQL's: the postmaster and its live backends) and the load average.
 Percentiles come from bench/stats.py.
 
 Last line: RESULT grpc_cps=… grpc_p99_ms=… rest_rps=… grpc_cpu_ms=… rest_cpu_ms=… load1=…
-echo_cps=… bare_rps=… grpc_vs_echo=… rest_vs_bare=… echo_cpu_ms=… bare_cpu_ms=…
+echo_cps=… bare_rps=… grpc_vs_echo=… rest_vs_bare=… echo_cpu_ms=… bare_cpu_ms=… grpc_pg_cpu_ms=…
+rest_pg_cpu_ms=…
 
 With `--curve` it measures every phase at each client count of `--curve-points`
 (default 1,4,16,32,64,128) and prints one `CURVE api clients=…` line per point; the RESULT
@@ -154,6 +156,8 @@ class Phase:
     cpu_ms: float
     """Server CPU milliseconds per call."""
     calls: int
+    pg_cpu_ms: float
+    """PostgreSQL's CPU milliseconds per call (its processes alive at the end)."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -165,8 +169,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu(pid: int | None) -> dict[int, float]:
+    """CPU seconds of a process and each of its live children (PostgreSQL: the postmaster
+    and its backends), by pid — a difference of two of these is per process, so a
+    backend that started in between counts from 0 and one that ended is left out."""
+    if pid is None:
+        return {}
+    found = {pid: cpu_seconds(pid)}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            found[int(entry.name)] = cpu_seconds(int(entry.name))
+    return found
+
+
+def _used(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 async def run_clients(
-    clients: int, seconds: float, op: Callable[[int, int], Awaitable[None]], *, server_pid: int, warmup: float
+    clients: int, seconds: float, op: Callable[[int, int], Awaitable[None]], *, server_pid: int, warmup: float,
+    pg_pid: int | None,
 ) -> Phase:
     """`clients` loops calling `op(client, k)` for `warmup` (not measured) then `seconds`.
     `op` raises on any failure; the first failure ends the phase and is raised."""
@@ -192,6 +220,7 @@ async def run_clients(
             await phase()
         measuring = True
         cpu = cpu_seconds(server_pid)
+        pg = tree_cpu(pg_pid)
         began = time.perf_counter()
         stop_at = began + seconds
         await phase()
@@ -199,10 +228,12 @@ async def run_clients(
     except* BenchFailure as group:
         raise group.exceptions[0] from None
     used = cpu_seconds(server_pid) - cpu
+    pg_used = _used(pg, tree_cpu(pg_pid))
     if not latencies:
         raise BenchFailure("no call completed in the phase")
     summary = summarize(latencies)
-    return Phase(len(latencies) / elapsed, summary.p50, summary.p99, used * 1000 / len(latencies), len(latencies))
+    n = len(latencies)
+    return Phase(n / elapsed, summary.p50, summary.p99, used * 1000 / n, n, pg_used * 1000 / n)
 
 
 @dataclass(frozen=True)
@@ -215,6 +246,7 @@ class Servers:
     echo_pid: int
     bare_pid: int
     token: str
+    pg_pid: int | None
 
 
 def _grpc_failure(error: grpc.aio.AioRpcError, what: str) -> BenchFailure:
@@ -257,7 +289,9 @@ class Bench:
                 if convoy and not (answer.changed and answer.position > 0):
                     raise BenchFailure(f"Convoy gRPC answered no recorded change: {answer}")
 
-            return await run_clients(clients, self.seconds, label, server_pid=pid, warmup=self.warmup)
+            return await run_clients(
+                clients, self.seconds, label, server_pid=pid, warmup=self.warmup, pg_pid=self.s.pg_pid if convoy else None
+            )
 
     async def rest_phase(self, port: int, pid: int, clients: int, *, convoy: bool) -> Phase:
         what = "Convoy REST" if convoy else "the bare aiohttp handler"
@@ -281,7 +315,9 @@ class Bench:
                 if not answer.get("changed") or (convoy and not int(answer.get("position", 0))):
                     raise BenchFailure(f"{what} answered no recorded change: {answer}")
 
-            return await run_clients(clients, self.seconds, label, server_pid=pid, warmup=self.warmup)
+            return await run_clients(
+                clients, self.seconds, label, server_pid=pid, warmup=self.warmup, pg_pid=self.s.pg_pid if convoy else None
+            )
 
     async def point(self, clients: int) -> dict[str, Phase]:
         s = self.s
@@ -295,7 +331,7 @@ class Bench:
             p = phases[name] = await measure()
             print(
                 f"clients={clients:<4} {name:5} calls/s={p.rate:8.0f} p50_ms={p.p50_ms:7.2f} p99_ms={p.p99_ms:7.2f} "
-                f"server_cpu_ms/call={p.cpu_ms:.3f} calls={p.calls}",
+                f"server_cpu_ms/call={p.cpu_ms:.3f} postgres_cpu_ms/call={p.pg_cpu_ms:.3f} calls={p.calls}",
                 flush=True,
             )
         return phases
@@ -331,6 +367,8 @@ def result_figures(p: dict[str, Phase]) -> dict[str, object]:
         "rest_vs_bare": _ratio(p["rest"].rate, p["bare"].rate),
         "echo_cpu_ms": round(p["echo"].cpu_ms, 3),
         "bare_cpu_ms": round(p["bare"].cpu_ms, 3),
+        "grpc_pg_cpu_ms": round(p["grpc"].pg_cpu_ms, 2),
+        "rest_pg_cpu_ms": round(p["rest"].pg_cpu_ms, 2),
     }
 
 
@@ -435,7 +473,7 @@ def main() -> None:
                 servers = Servers(
                     convoy_grpc=convoy["grpc"], convoy_http=convoy["http"], echo_grpc=echo["grpc"], bare_http=bare["http"],
                     convoy_pid=children[0].process.pid, echo_pid=children[1].process.pid,
-                    bare_pid=children[2].process.pid, token=token,
+                    bare_pid=children[2].process.pid, token=token, pg_pid=pg.pid,
                 )
                 try:
                     uvloop.run(bench(servers, args))

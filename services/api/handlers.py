@@ -48,6 +48,10 @@ from services.api.writes import Writer
 
 log = structlog.get_logger("convoy.api")
 
+REMOTE_TRANSPORTS: Final = frozenset({"grpc", "http"})
+"""Transports whose callers reach this process's state only through `Api.call` /
+`Api.stream` (so through `prepare`): their commands answer before the fold."""
+
 OWN_HANDLERS: Final = frozenset({"ListEvents", "Watch", "GetConvergence", "Why", "PlanDeploy", "ListSecrets"})
 """Read methods with their own handler here (not a pure catalog query)."""
 
@@ -148,6 +152,8 @@ class Api:
         method = BY_NAME[method_name]
         if not self._projection.running:
             raise Unavailable("the API is starting or stopping; retry shortly")
+        if not method.is_command:
+            await self._writer.visible()
         auth.authorize(principal, method.min_role, method.name)
         self._check_scope(principal, method, request)
         ctx = CallContext(idempotency_key=idempotency_key, transport="internal")
@@ -166,9 +172,13 @@ class Api:
         """The API's clock (injectable: token expiry is tested without sleeping)."""
         return self._clock()
 
-    async def prepare(self, ctx: CallContext) -> None:
+    async def prepare(self, ctx: CallContext, *, command: bool = False) -> None:
         """Load what verifying the call's credential needs (an SSO issuer's keys): the
-        only I/O of authentication, awaited before the synchronous `authenticate`."""
+        only I/O of authentication, awaited before the synchronous `authenticate`.
+        First it waits until the projection holds what this process answered already
+        (services.api.writes: `Writer.visible`) — everything for a read, the token
+        changes for a `command` (which decides on the writer's speculative state)."""
+        await self._writer.visible(everything=not command)
         if self._sso is None or not ctx.authorization:
             return
         try:
@@ -198,7 +208,7 @@ class Api:
         bad input); it runs after authentication, so anonymous callers learn nothing
         about the request format."""
         started = time.monotonic()
-        await self.prepare(ctx)
+        await self.prepare(ctx, command=method.is_command)
         principal = self.authenticate(method, ctx)
         request = parse()
         self._check_scope(principal, method, request)
@@ -257,6 +267,10 @@ class Api:
                 principal=principal,
                 correlation_id=ctx.correlation_id,
                 idempotency_key=ctx.idempotency_key,
+                # A remote caller's next request (a read or a token use) waits instead
+                # (`prepare`); in-process callers (the UI, the follower) may read the
+                # projection right after the answer, so theirs waits for the fold.
+                answer_before_fold=ctx.transport in REMOTE_TRANSPORTS,
             )
         if method.name == "ListEvents":
             assert isinstance(request, api_pb2.ListEventsRequest)

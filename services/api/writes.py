@@ -17,7 +17,12 @@ A concurrent write by another process makes a `WrongExpectedVersion`: the writer
 once more on the newer state, and a second conflict answers ABORTED/409 with nothing
 written. A key answered meanwhile by another process makes `ReceiptTaken`: nothing is
 written and the first answer is replayed. The answer waits (bounded) for the projection
-to fold the write, so the next command or read in this process sees it.
+to fold the write, so the next command or read in this process sees it — or, for a
+remote caller (`answer_before_fold`), is sent at once and the wait moves to whatever
+reads the projection next in this process (`visible`): a read, a Watch, a Deploy
+(whose images are resolved on the projected catalog) and authentication (when one of
+those writes changed a token). A command decides on the speculative state, which holds
+the write already, so a client's next command does not wait for the fold of its last one.
 
 Per command the cost must not grow with concurrency: head reads and key lookups of
 concurrent commands are coalesced into one round (`_Sync`), and the speculative state
@@ -39,7 +44,15 @@ from google.protobuf.message import Message
 
 from eventstore.codec import EventRegistry
 from eventstore.errors import ConvoyError, Unavailable, WrongExpectedVersion
-from eventstore.types import AppendRequest, AppendResult, EventStore, NewEvent, Receipt, ReceiptTaken
+from eventstore.types import (
+    AppendRequest,
+    AppendResult,
+    EventStore,
+    NewEvent,
+    Receipt,
+    ReceiptTaken,
+    stream_category,
+)
 from schemas.convoy.v1 import api_pb2, options_pb2, resources_pb2
 from services.api import auth, idempotency
 from services.api.images import ImageResolver
@@ -59,6 +72,9 @@ from services.api.projection import Projection
 from services.api.secrets import SEALING, SecretSealer
 
 log = structlog.get_logger("convoy.api.writes")
+
+TOKEN_CATEGORY: Final = "token"
+"""The stream category of API tokens (services.api.domain.streams): what authentication reads."""
 
 MINTING: Final = frozenset({"Deploy", "CreateToken", "IssueAgentCredential"})
 """The commands whose decision reads `Command.minted` (fresh ids and secrets cost random
@@ -93,6 +109,20 @@ class Writer:
         self._spec: tuple[State, dict[str, int]] | None = None
         self._spec_base = 0
         self._own: set[int] = set()
+        # The last positions of writes answered before the projection folded them: any
+        # (reads wait for it) and those that changed a token (authentication waits).
+        self._answered = 0
+        self._answered_tokens = 0
+
+    async def visible(self, *, everything: bool = True) -> None:
+        """Return once the projection holds every write this process answered (with
+        `everything=False`: every such write that changed a token, which is what
+        authentication reads). Bounded by the write timeout (`Unavailable`); a broken
+        projection answers as of where it stopped, so it does not wait for one."""
+        target = self._answered if everything else self._answered_tokens
+        if target <= self._projection.position or self._projection.broken is not None:
+            return
+        await self._folded.wait(target, timeout=self._timeout)
 
     async def run(
         self,
@@ -102,13 +132,17 @@ class Writer:
         principal: auth.Principal,
         correlation_id: uuid.UUID,
         idempotency_key: str | None = None,
+        answer_before_fold: bool = False,
     ) -> Message:
+        """Decide and record one command; its answer. With `answer_before_fold` the
+        answer does not wait for the projection to fold the write (see `visible`)."""
         if self._projection.broken is not None:
             raise self._projection.broken  # deciding on a state that lacks an event would be wrong
         key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
         if key is None:
             response, _ = await self._execute(
-                method, request, actor=principal.name, role=principal.role, correlation_id=correlation_id
+                method, request, actor=principal.name, role=principal.role, correlation_id=correlation_id,
+                answer_before_fold=answer_before_fold,
             )
             return response
         digest = idempotency.request_hash(method.path, request)
@@ -123,7 +157,7 @@ class Writer:
             try:
                 response, _ = await self._execute(
                     method, request, actor=principal.name, role=principal.role, correlation_id=correlation_id,
-                    receipt=receipt,
+                    receipt=receipt, answer_before_fold=answer_before_fold,
                 )
             except ReceiptTaken as taken:  # answered before (found up front, or by a racing process)
                 stored = idempotency.matching(taken.stored, method.path, digest, key)
@@ -189,6 +223,7 @@ class Writer:
         correlation_id: uuid.UUID,
         minted: Minted | None = None,
         receipt: Receipt | None = None,
+        answer_before_fold: bool = False,
     ) -> tuple[Message, int]:
         if minted is None:
             minted = (
@@ -198,6 +233,7 @@ class Writer:
             )
         digests: dict[str, str] = {}
         if self._images is not None and isinstance(request, api_pb2.DeployRequest):
+            await self.visible()  # the images are resolved on the projected catalog
             # The registry is asked before deciding (decide is pure); a service changed
             # in between makes the decision refuse (ImagesChanged), never pin a guess.
             digests = await self._images.resolve(self._projection.state, request)
@@ -250,14 +286,23 @@ class Writer:
                 position = self._committed(pending, results)
                 if sealing:
                     self._secrets.after_commit(method.name, command.minted)
-                if position:
+                if position and answer_before_fold:
+                    self._answered = max(self._answered, position)
+                    if any(stream_category(a.stream_id) == TOKEN_CATEGORY for a in appends):
+                        self._answered_tokens = max(self._answered_tokens, position)
+                elif position:
                     try:
                         await self._folded.wait(position, timeout=self._timeout)
                     except Unavailable:
                         log.warning("write committed but not yet visible to this process", position=position)
                 return idempotency.with_position(response, position), position
             finally:
-                self._pending.remove(pending)
+                if pending.positions and pending.positions[-1] > self._projection.position:
+                    # Committed, not folded yet: a rebuilt speculative state must still
+                    # hold it (`_speculative` drops it once the projection has it).
+                    pending.answered = True
+                else:
+                    self._pending.remove(pending)
         raise AssertionError("unreachable")
 
     # -- the speculative state -------------------------------------------------------
@@ -267,6 +312,8 @@ class Writer:
         the projection has not folded yet (committed or still queued). Kept folded:
         rebuilt only when the projection folded something this process did not write."""
         folded = self._projection.position
+        if self._pending and self._pending[0].answered:
+            self._pending = [p for p in self._pending if not (p.answered and p.positions[-1] <= folded)]
         if self._spec is not None and folded != self._spec_base:
             newly = range(self._spec_base + 1, folded + 1)
             if all(p in self._own for p in newly):  # only our own writes, already in it
@@ -338,6 +385,8 @@ class _Pending:
     appends: Sequence[AppendRequest]
     positions: list[int] = field(default_factory=list)
     """Where its events landed, once committed (ascending)."""
+    answered: bool = False
+    """Its command answered before the projection folded it (kept until it does)."""
 
 
 class _Sync:

@@ -597,3 +597,69 @@ async def test_secret_hashes_in_the_log_are_shown_to_admins_only(api: Running) -
                 assert issued["natsPasswordBcrypt"].startswith("$2") and all(len(p["secretSha256"]) == 64 for p in created)
             else:
                 assert set(hashes) == {"[redacted]"}, (role, hashes)
+
+
+class _HeldFold:
+    """Holds the API's projection back: events it tails are kept, not folded, until
+    `release()` (then folded in order, and every later one as it comes)."""
+
+    def __init__(self, server: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.projection = server.projection
+        self._fold = server.projection._apply
+        self._held: list[object] = []
+        self._open = True
+        monkeypatch.setattr(server.projection, "_apply", self._apply)
+
+    def _apply(self, recorded: object) -> None:
+        if self._open:
+            self._fold(recorded)  # type: ignore[arg-type]
+        else:
+            self._held.append(recorded)
+
+    def hold(self) -> None:
+        self._open = False
+
+    def release(self) -> None:
+        self._open = True
+        held, self._held = self._held, []
+        for recorded in held:
+            self._fold(recorded)  # type: ignore[arg-type]
+
+
+async def test_a_remote_command_answers_before_the_fold_and_what_reads_next_waits_for_it(
+    api: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gRPC/REST command is answered once committed, not once folded: the client's next
+    command decides on the writer's speculative state (no conflict, no wait), while a read
+    and an authentication in this process wait until the projection holds the write —
+    so read-your-writes and an immediate revocation still hold."""
+    held = _HeldFold(api.server, monkeypatch)
+    async with grpc_stubs(api.grpc_target) as stubs:
+        await seed(stubs, api.admin)
+        doomed = await create_token(stubs, api.admin, options_pb2.ROLE_VIEWER, "doomed")
+        admin = bearer(api.admin)
+        await stubs.runtimes.GetRuntime(api_pb2.GetRuntimeRequest(name="eu-1"), metadata=admin)  # all folded
+        held.hold()
+        first = await stubs.runtimes.LabelRuntime(
+            api_pb2.LabelRuntimeRequest(name="eu-1", labels={"round": "1"}), metadata=admin
+        )
+        second = await stubs.runtimes.LabelRuntime(
+            api_pb2.LabelRuntimeRequest(name="eu-1", labels={"round": "2"}), metadata=admin
+        )
+        assert first.changed and second.changed and second.position > first.position
+        assert held.projection.position < first.position  # both answered with nothing folded
+        waiting = api.server._writer._folded._waiting
+        read = asyncio.ensure_future(stubs.runtimes.GetRuntime(api_pb2.GetRuntimeRequest(name="eu-1"), metadata=admin))
+        await eventually(lambda: bool(waiting), message="the read waits for the fold")
+        held.release()
+        assert dict((await read).runtime.labels) == {"round": "2"}
+
+        await stubs.runtimes.GetRuntime(api_pb2.GetRuntimeRequest(name="eu-1"), metadata=admin)
+        held.hold()
+        await stubs.tokens.RevokeToken(api_pb2.RevokeTokenRequest(token_id=doomed.token_id), metadata=admin)
+        use = asyncio.ensure_future(
+            stubs.runtimes.GetRuntime(api_pb2.GetRuntimeRequest(name="eu-1"), metadata=bearer(doomed.secret))
+        )
+        await eventually(lambda: bool(waiting), message="authentication waits for the revocation's fold")
+        held.release()
+        assert await _code(use) == grpc.StatusCode.UNAUTHENTICATED

@@ -108,3 +108,19 @@ def test_console_tracebacks_are_scrubbed_too(json_logs: io.StringIO) -> None:  #
     except ConnectionError:
         structlog.get_logger("convoy.test").exception("connect failed")
     assert "C0ns0le-pw" not in out.getvalue() and "convoy:***@db" in out.getvalue(), out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        ("BEARER abc.def", "BEARER ***"),
+        ("sent bAsIc dXNlcjpwYXNz", "sent bAsIc ***"),
+        (f"é {SECRET}", "é cvy_tok-0123abcd_***"),
+        ("café Bearer abc", "café Bearer ***"),
+        ("nothing to hide here", "nothing to hide here"),
+    ],
+)
+def test_scrub_skips_a_pattern_only_when_its_word_is_absent(text: str, scrubbed: str) -> None:
+    # scrub() runs a pattern only on text holding its leading word (any case); these
+    # are the shapes that fast path must still catch.
+    assert convoy_logging.scrub(text) == scrubbed

@@ -43,16 +43,27 @@ def frozen(mapping: Mapping[K, V] | None = None) -> Mapping[K, V]:
     return MappingProxyType(dict(mapping or {}))
 
 
+def _copy(mapping: Mapping[K, V]) -> dict[K, V]:
+    """A plain dict copy. A State's mappings are read-only views of dicts, and
+    `dict(view)` goes through the generic mapping protocol (a lookup per key: ~15 us
+    for 128 entries) where the view's own `copy()` copies the dict beneath (~1 us)."""
+    if isinstance(mapping, MappingProxyType | dict):
+        copy = mapping.copy()
+        if type(copy) is dict:
+            return copy
+    return dict(mapping)
+
+
 def with_item(mapping: Mapping[K, V], key: K, value: V) -> Mapping[K, V]:
     """A read-only copy of `mapping` with `key` set."""
-    copy = dict(mapping)
+    copy = _copy(mapping)
     copy[key] = value
     return MappingProxyType(copy)
 
 
 def without(mapping: Mapping[K, V], key: K) -> Mapping[K, V]:
     """A read-only copy of `mapping` without `key` (absent is fine)."""
-    copy = dict(mapping)
+    copy = _copy(mapping)
     copy.pop(key, None)
     return MappingProxyType(copy)
 

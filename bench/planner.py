@@ -38,7 +38,16 @@ runtimes x 1,000 services) are published first, then the ingest is started and t
 until it has recorded them all (RESULT ingest_obs_per_s=… commits=…).
 
 Last line: RESULT instances=50000 fleet_converge_s=… planner_eps=… rss_mb=… cpu_ms_per_instance=…
-planner_processes=N (CPU-seconds of all the processes in the timed part per instance, in ms).
+planner_processes=N cpu_share_planner=… cpu_share_agents=… cpu_share_relay_ingest=…
+cpu_share_nats_server=… cpu_share_postgres=… (cpu_ms_per_instance: CPU-seconds of all the
+processes in the timed part per instance, in ms — the figure that carries to another
+machine; each share: that process's part of them).
+
+`--curve` runs the release at each of `--curve-points` service counts (default
+100,300,1000,3000,10000; applications scale with them, `--apps` per `--services`), fresh
+servers each, printing `CURVE fleet services=N instances=… fleet_converge_s=…
+cpu_ms_per_instance=… planner_eps=… rss_mb=…` per point, then the RESULT of `--services`
+(the curve's point when it is one).
 
 `--planner-partitions N` runs the planner side as N processes, `--partition K/N` each
 (`PlannerSettings.partition`, each with its own checkpoint, no leader lock: one process per
@@ -59,6 +68,8 @@ each, and ends with RESULT partitions=1,2 fleet_converge_s=A,B cpu_ms_per_instan
                                   # 1,000 then 10,000 services: cpu_ms_per_instance of both (SCALE line)
     .venv/bin/python bench/planner.py --planner-partitions 2      # the planner as 2 partitions
     .venv/bin/python bench/planner.py --compare-partitions        # 1 then 2 planner processes
+    .venv/bin/python bench/planner.py --curve                     # the cost curve, 100 -> 10,000 services
+    .venv/bin/python bench/planner.py --services 10 --apps 2 --curve --curve-points 10,20   # in seconds
 """
 
 from __future__ import annotations

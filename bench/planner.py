@@ -38,7 +38,16 @@ runtimes x 1,000 services) are published first, then the ingest is started and t
 until it has recorded them all (RESULT ingest_obs_per_s=… commits=…).
 
 Last line: RESULT instances=50000 fleet_converge_s=… planner_eps=… rss_mb=… cpu_ms_per_instance=…
-planner_processes=N (CPU-seconds of all the processes in the timed part per instance, in ms).
+planner_processes=N cpu_share_planner=… cpu_share_agents=… cpu_share_relay_ingest=…
+cpu_share_nats_server=… cpu_share_postgres=… (cpu_ms_per_instance: CPU-seconds of all the
+processes in the timed part per instance, in ms — the figure that carries to another
+machine; each share: that process's part of them).
+
+`--curve` runs the release at each of `--curve-points` service counts (default
+100,300,1000,3000,10000; applications scale with them, `--apps` per `--services`), fresh
+servers each, printing `CURVE fleet services=N instances=… fleet_converge_s=…
+cpu_ms_per_instance=… planner_eps=… rss_mb=…` per point, then the RESULT of `--services`
+(the curve's point when it is one).
 
 `--planner-partitions N` runs the planner side as N processes, `--partition K/N` each
 (`PlannerSettings.partition`, each with its own checkpoint, no leader lock: one process per
@@ -59,6 +68,8 @@ each, and ends with RESULT partitions=1,2 fleet_converge_s=A,B cpu_ms_per_instan
                                   # 1,000 then 10,000 services: cpu_ms_per_instance of both (SCALE line)
     .venv/bin/python bench/planner.py --planner-partitions 2      # the planner as 2 partitions
     .venv/bin/python bench/planner.py --compare-partitions        # 1 then 2 planner processes
+    .venv/bin/python bench/planner.py --curve                     # the cost curve, 100 -> 10,000 services
+    .venv/bin/python bench/planner.py --services 10 --apps 2 --curve --curve-points 10,20   # in seconds
 """
 
 from __future__ import annotations
@@ -76,6 +87,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.stats import curve_line, result_line  # noqa: E402
 
 INSTANCE = "bench"
 SCHEMA = "bench_planner"
@@ -145,8 +158,8 @@ def summarize_profile(path: str, top: int = 25) -> None:
     total = 0
     for text in Path(path).read_text().splitlines():
         stack, _, count = text.rpartition(" ")
-        if not stack:
-            continue
+        if not stack or not count.isdigit():
+            continue  # py-spy also writes notes (its own version, "… samples passed.")
         n = int(count)
         total += n
         names = []
@@ -437,10 +450,12 @@ async def ingest_capacity(count: int) -> None:
     print(f"RESULT ingest_observations={count} ingest_obs_per_s={count / took:.0f} commits={ingest.commits}", flush=True)
 
 
-async def run_fleet(args: argparse.Namespace, services: int, apps: int, partitions: int = 1) -> dict[str, Any]:
+async def run_fleet(
+    args: argparse.Namespace, services: int, apps: int, partitions: int = 1, *, quiet: bool = False
+) -> dict[str, Any]:
     """One fleet release of `services` services over `apps` applications, planned by
-    `partitions` planner processes, on fresh servers; prints its RESULT line and returns
-    its figures."""
+    `partitions` planner processes, on fresh servers; prints its RESULT line (unless
+    `quiet`: a point of a curve) and returns its figures."""
     from eventstore import bus
     from eventstore.codec import convoy_registry
     from eventstore.embedded import NatsServer, PostgresServer
@@ -453,7 +468,7 @@ async def run_fleet(args: argparse.Namespace, services: int, apps: int, partitio
     from services.planner.partitions import Partition
 
     registry = convoy_registry()
-    suffix = f".{services}" if args.scale_check else f".p{partitions}" if args.compare_partitions else ""
+    suffix = f".{services}" if args.scale_check or args.curve else f".p{partitions}" if args.compare_partitions else ""
     py_spy = args.py_spy and args.py_spy + suffix
     profile_planner = args.profile_planner and args.profile_planner + suffix
     runtimes = runtime_names()
@@ -606,13 +621,63 @@ async def run_fleet(args: argparse.Namespace, services: int, apps: int, partitio
 
     cpu_ms = 1e3 * sum(cpu.values()) / instances
     planner_cpu = sum(v for k, v in cpu.items() if k.startswith("planner"))
-    print(f"RESULT instances={instances} fleet_converge_s={elapsed:.1f} planner_eps={work / elapsed:.0f} "
-          f"rss_mb={max(rss_each):.0f} cpu_ms_per_instance={cpu_ms:.3f} planner_processes={partitions}", flush=True)
+    figures = {"instances": instances, "fleet_converge_s": f"{elapsed:.1f}", "planner_eps": f"{work / elapsed:.0f}",
+               "rss_mb": f"{max(rss_each):.0f}", "cpu_ms_per_instance": f"{cpu_ms:.3f}", "planner_processes": partitions,
+               **{f"cpu_share_{key}": f"{share:.3f}" for key, share in cpu_shares(cpu).items()}}
+    if not quiet:
+        print(result_line(figures), flush=True)
     return {"instances": instances, "fleet_converge_s": elapsed, "cpu_ms_per_instance": cpu_ms, "cpu": cpu,
-            "load": os.getloadavg()[0], "planner_cpu": planner_cpu, "rss_each": rss_each}
+            "load": os.getloadavg()[0], "planner_cpu": planner_cpu, "rss_each": rss_each, "planner_eps": work / elapsed,
+            "figures": figures}
+
+
+COMPONENTS = ("planner", "agents", "relay+ingest", "nats-server", "postgres")
+"""The processes whose CPU the timed part counts (`planner` sums the planner partitions)."""
+
+
+def cpu_shares(cpu: dict[str, float]) -> dict[str, float]:
+    """Each component's share of the CPU-seconds of the timed part, keyed for a RESULT line
+    (`relay+ingest` -> `relay_ingest`, `nats-server` -> `nats_server`). Total CPU per
+    instance is the figure that carries to another machine; the shares say where it goes."""
+    total = sum(cpu.values()) or 1.0
+    summed = {name: sum(v for k, v in cpu.items() if k == name or (name == "planner" and k.startswith("planner")))
+              for name in COMPONENTS}
+    return {name.replace("+", "_").replace("-", "_"): value / total for name, value in summed.items()}
+
+
+def curve_apps(services: int, default_services: int, default_apps: int) -> int:
+    """Applications for a curve point: the default's services per application (100 at
+    1,000 services over 10), so each channel's convergence costs the same at every point."""
+    return max(1, min(services, round(services * default_apps / max(1, default_services))))
+
+
+async def cost_curve(args: argparse.Namespace) -> None:
+    """The release at each `--curve-points` size (fresh servers each), a CURVE line per
+    point, then the RESULT of the default size (the curve's point when it is one)."""
+    points = [int(p) for p in args.curve_points.split(",") if p.strip()]
+    if not points or any(p < 1 for p in points):
+        raise SystemExit(f"--curve-points: want positive service counts, got {args.curve_points!r}")
+    runs: dict[int, dict[str, Any]] = {}
+    for services in points:
+        runs[services] = figures = await run_fleet(
+            args, services, curve_apps(services, args.services, args.apps), args.planner_partitions, quiet=True)
+        print(curve_line("fleet", ("services", services), {
+            "instances": figures["instances"],
+            "fleet_converge_s": f"{figures['fleet_converge_s']:.2f}",
+            "cpu_ms_per_instance": f"{figures['cpu_ms_per_instance']:.3f}",
+            "planner_eps": f"{figures['planner_eps']:.0f}",
+            "rss_mb": f"{max(figures['rss_each']):.0f}",
+        }), flush=True)
+    default = runs.get(args.services)
+    if default is None:
+        default = await run_fleet(args, args.services, args.apps, args.planner_partitions, quiet=True)
+    print(result_line(default["figures"]), flush=True)
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.curve:
+        await cost_curve(args)
+        return
     if args.compare_partitions:
         await compare_partitions(args)
         return
@@ -669,6 +734,11 @@ if __name__ == "__main__":
                         help="run the planner side as N processes, partition K/N each (`convoy planner --partition`)")
     parser.add_argument("--compare-partitions", action="store_true",
                         help="run the release with 1 then 2 planner processes and print both (RESULT partitions=1,2 …)")
+    parser.add_argument("--curve", action="store_true",
+                        help="run the release at each --curve-points size and print a CURVE fleet services=N … line "
+                        "per point, then the RESULT of --services")
+    parser.add_argument("--curve-points", default="100,300,1000,3000,10000", metavar="N,N,…",
+                        help="service counts of the curve (applications scale with them: --apps per --services)")
     parser.add_argument("--profile-planner", default="", metavar="PATH", help="run the planner under cProfile, stats to PATH")
     parser.add_argument("--py-spy", default="", metavar="PATH",
                         help="sample the planner with py-spy during the timed part (raw stacks to PATH, summary to stderr)")
@@ -679,8 +749,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.planner_partitions < 1:
         parser.error("--planner-partitions: want N >= 1")
-    if args.compare_partitions and args.scale_check:
-        parser.error("--compare-partitions and --scale-check: one at a time")
+    if sum((args.compare_partitions, args.scale_check, args.curve)) > 1:
+        parser.error("--compare-partitions, --scale-check and --curve: one at a time")
     if args.planner_child:
         dsn, expected, profile, partition = args.planner_child
         run_planner_child(dsn, int(expected), profile, partition)

@@ -148,6 +148,9 @@ class _Pending:
         return [self.index, *(i for i, _ in self.repeats)]
 
 
+_KNOWN_KINDS: Final = frozenset(convergence_pb2.ObservationKind.values()) - {convergence_pb2.OBSERVATION_KIND_UNSPECIFIED}
+
+
 def event_id(observation_id: str) -> uuid.UUID:
     return uuid.uuid5(EVENT_ID_NAMESPACE, observation_id)
 
@@ -287,17 +290,16 @@ class ObservationIngest:
             observation = convergence_pb2.Observation.FromString(delivery.data)
         except DecodeError as error:
             raise Rejected(f"payload is not an Observation: {error}") from error
-        self._check(runtime, observation)
+        stream = self._check(runtime, observation)
         try:
-            event = self._registry.encode(
+            event = self._registry.encode(  # validates the event
                 events_pb2.ObservationRecorded(observation=observation),
                 actor=f"agent:{runtime}",
                 event_id=event_id(observation.observation_id),
             )
-            event.validate()
         except InvalidInput as error:
             raise Rejected(f"the store refused the observation: {error}") from error
-        return _Pending(index, delivery, observation.observation_id, stream_of(observation), event)
+        return _Pending(index, delivery, observation.observation_id, stream, event)
 
     async def _record(self, pending: list[_Pending], outcomes: list[Exception | None]) -> None:
         try:
@@ -391,7 +393,8 @@ class ObservationIngest:
             raise Rejected(f"subject {subject!r} does not name a runtime: {error}") from error
         return runtime, tokens[1:]
 
-    def _check(self, runtime: str, o: convergence_pb2.Observation) -> None:
+    def _check(self, runtime: str, o: convergence_pb2.Observation) -> str:
+        """`Rejected` unless the observation may be recorded; its stream otherwise."""
         if o.runtime != runtime:
             raise Rejected(
                 f"observation {o.observation_id!r} claims runtime {o.runtime!r} but was published on the "
@@ -400,12 +403,12 @@ class ObservationIngest:
         missing = [name for name in ("observation_id", "namespace", "application", "service") if not getattr(o, name)]
         if missing:
             raise Rejected(f"observation lacks {', '.join(missing)}")
-        if o.kind == convergence_pb2.OBSERVATION_KIND_UNSPECIFIED or o.kind not in convergence_pb2.ObservationKind.values():
+        if o.kind not in _KNOWN_KINDS:
             raise Rejected(f"observation {o.observation_id!r} has no known kind ({o.kind})")
         if len(o.observation_id) > 200:
             raise Rejected("observation id longer than 200 characters")
         try:
-            stream_of(o)
+            return stream_of(o)
         except InvalidInput as error:
             raise Rejected(f"observation {o.observation_id!r} names an invalid workload: {error}") from error
 

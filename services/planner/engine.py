@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from uuid import UUID
 
 from google.protobuf.message import Message
@@ -84,9 +84,10 @@ their attributes), human decisions, agents' observations, fired timers and the g
 polls — not its own outputs, tokens or secrets."""
 
 
-@dataclass(frozen=True, slots=True)
-class Input:
-    """A recorded event as the planner sees it."""
+class Input(NamedTuple):
+    """A recorded event as the planner sees it. (Input and Output are named tuples, not
+    frozen dataclasses: one of each per event, and a frozen dataclass's `__init__` costs
+    a `object.__setattr__` per field.)"""
 
     message: Message
     position: int
@@ -97,8 +98,7 @@ class Input:
     """Where it was recorded (only a version-3 TimerFired needs it: see `_legacy_timer`)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
     stream_id: str
     message: Message
 

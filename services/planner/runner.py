@@ -47,6 +47,7 @@ shell restarts.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -172,20 +173,32 @@ def output_events(
     per_stream = version >= PER_STREAM_IDS_SINCE and application_of(cause.message, cause.stream_id) is None
     seen: dict[str, int] = {}
     events = []
+    cause_id = str(cause.event_id)  # once per input, not per output (uuid.UUID.__str__ is Python)
+    correlation_id = _uuid(correlation) if correlation else cause.event_id
     for i, out in enumerate(outputs):
         j = seen[out.stream_id] = seen.get(out.stream_id, -1) + 1
-        name = f"{cause.event_id}/{out.stream_id}/{j}" if per_stream else f"{cause.event_id}/{i}"
+        name = f"{cause_id}/{out.stream_id}/{j}" if per_stream else f"{cause_id}/{i}"
         events.append((
             out.stream_id,
             registry.encode(
                 out.message,
                 actor=PLANNER_ACTOR,
-                event_id=uuid.uuid5(OUTPUT_NAMESPACE, name),
+                event_id=_output_id(name),
                 causation_id=cause.event_id,
-                correlation_id=_uuid(correlation) if correlation else cause.event_id,
+                correlation_id=correlation_id,
             ),
         ))
     return events
+
+
+_OUTPUT_NAMESPACE_BYTES: Final = OUTPUT_NAMESPACE.bytes
+
+
+def _output_id(name: str) -> uuid.UUID:
+    """`uuid.uuid5(OUTPUT_NAMESPACE, name)`, without recomputing the namespace's bytes per
+    output (the planner derives one id per output: ~5 -> ~3.5 µs)."""
+    digest = hashlib.sha1(_OUTPUT_NAMESPACE_BYTES + name.encode()).digest()
+    return uuid.UUID(bytes=digest[:16], version=5)
 
 
 def group(events: Sequence[tuple[str, NewEvent]]) -> list[AppendRequest]:

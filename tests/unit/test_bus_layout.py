@@ -52,6 +52,21 @@ def test_bad_instance_names_are_refused(instance: str) -> None:
         bus.events_stream(instance)
 
 
+@pytest.mark.parametrize("stream_id", [
+    "release", "intent/p01/app00-prod/app00/svc0001", "service/shop/web", "intent/eu.west/web", "app/" + "a" * 128,
+    "app/" + "a" * 129, "timer/shop/web:1/prod@x", "convergence/a-b/c_d/e",
+])
+def test_the_fast_subject_is_the_escaped_one(stream_id: str) -> None:
+    """`event_subject` skips escaping when every part is a plain token: same answer."""
+    assert bus.event_subject("convoy", stream_id) == bus._escaped_event_subject("convoy", stream_id)
+
+
+@pytest.mark.parametrize("stream_id", ["Intent/x", "intent//x", "intent/x y", "intent/.x", ""])
+def test_an_invalid_stream_id_has_no_subject(stream_id: str) -> None:
+    with pytest.raises(InvalidInput):
+        bus.event_subject("convoy", stream_id)
+
+
 @pytest.mark.parametrize("actor", ["system", "user:ann@example.com", "user: ann %\nx", "ünï"])
 def test_the_envelope_survives_headers(actor: str) -> None:
     event = RecordedEvent(

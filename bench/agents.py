@@ -32,7 +32,7 @@ each on fresh servers at the same issue rate and with at least 1,000 intents, pr
 duplicated=…` line per point; the RESULT line is the point at `--agents`. `--plot FILE`
 draws the curve (matplotlib, if installed).
 
-    .venv/bin/python bench/agents.py [--agents 1000] [--processes 4] [--rounds 3] [--rate 250]
+    .venv/bin/python bench/agents.py [--agents 1000] [--processes 4] [--rounds 3] [--rate 100]
     .venv/bin/python bench/agents.py --curve [--curve-points 10,30,100,300,1000] [--plot docs/agents-curve.svg]
 """
 
@@ -50,7 +50,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +242,10 @@ class Point:
     """CPU seconds per component while intents were issued and carried out."""
     wall: float = 0.0
     startup_s: float = 0.0
+    idle_cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds per component in `idle_s` seconds with every agent up and no intent."""
+    idle_s: float = 0.0
+    stages: dict[str, list[float]] = field(default_factory=dict)
 
     def figures(self) -> dict[str, object]:
         """The curve's and RESULT's figures. With no sample at all (every intent lost)
@@ -274,7 +278,9 @@ def _drain(out: Any, want: str, count: int, stall: float) -> list[Any]:
     return got
 
 
-async def measure(agents: int, processes: int, rounds: int, rate: float, stall: float, starting: int) -> Point:
+async def measure(
+    agents: int, processes: int, rounds: int, rate: float, stall: float, starting: int, idle: float
+) -> Point:
     from eventstore import bus
     from eventstore.codec import convoy_registry
     from eventstore.embedded import NatsServer, PostgresServer
@@ -333,6 +339,18 @@ async def measure(agents: int, processes: int, rounds: int, rate: float, stall: 
                     "nats-server": process_tree(nats_server.pid),
                     "postgres": process_tree(pg.pid),
                 }
+                # Where the time goes: when each intent is on the bus (a core subscriber
+                # here sees the relay's publish; the agents' consumers get it from the stream).
+                on_bus: dict[str, float] = {}
+
+                async def seen(msg: Any) -> None:
+                    event = bus.event_from_message(msg.headers, msg.data)
+                    on_bus.setdefault(registry.decode(event).message.intent_id, time.time())  # type: ignore[attr-defined]
+
+                watch = await nc.subscribe(f"convoy.{instance}.evt.intent.>", cb=seen)
+                idle_before = {name: cpu_seconds(pids) for name, pids in components.items()}
+                await asyncio.sleep(idle)
+                idle_cpu = {name: cpu_seconds(pids) - idle_before[name] for name, pids in components.items()}
                 cpu_before = {name: cpu_seconds(pids) for name, pids in components.items()}
                 t0 = time.monotonic()
 
@@ -378,6 +396,7 @@ async def measure(agents: int, processes: int, rounds: int, rate: float, stall: 
                 committed: dict[str, float] = {}
                 applied: Counter[str] = Counter()
                 applied_at: dict[str, float] = {}
+                observed_at: dict[str, float] = {}
                 after = 0
                 last_progress = time.monotonic()
                 want = set(issued)
@@ -392,6 +411,7 @@ async def measure(agents: int, processes: int, rounds: int, rate: float, stall: 
                             intent_id = message.observation.intent_id  # type: ignore[attr-defined]
                             applied[intent_id] += 1
                             applied_at.setdefault(intent_id, event.recorded_at.timestamp())
+                            observed_at.setdefault(intent_id, message.observation.observed_at.ToDatetime(UTC).timestamp())  # type: ignore[attr-defined]
                             last_progress = time.monotonic()
                     if want <= applied_at.keys() and want <= committed.keys():
                         break
@@ -399,6 +419,7 @@ async def measure(agents: int, processes: int, rounds: int, rate: float, stall: 
                         await asyncio.sleep(0.1)
                 wall = time.monotonic() - t0
                 cpu = {name: cpu_seconds(pids) - cpu_before[name] for name, pids in components.items()}
+                await watch.unsubscribe()
             finally:
                 stop.set()
                 try:
@@ -422,6 +443,17 @@ async def measure(agents: int, processes: int, rounds: int, rate: float, stall: 
     accounting = account(issued, first, redelivered, rollouts, applied)
     intent_ms = [(got - at) * 1000 for at, got in first.values()]
     roundtrip_ms = [(applied_at[i] - committed[i]) * 1000 for i in issued if i in applied_at and i in committed]
+
+    def stage(start: Mapping[str, float], end: Mapping[str, float]) -> list[float]:
+        return [(end[i] - start[i]) * 1000 for i in issued if i in start and i in end]
+
+    received = {i: got for i, (_, got) in first.items()}
+    stages = {
+        "commit -> on the bus (relay)": stage(committed, on_bus),
+        "on the bus -> agent (consumer)": stage(on_bus, received),
+        "agent -> APPLIED published": stage(received, observed_at),
+        "APPLIED published -> in the store (ingest)": stage(observed_at, applied_at),
+    }
     return Point(
         agents=agents,
         intents=len(issued),
@@ -432,6 +464,9 @@ async def measure(agents: int, processes: int, rounds: int, rate: float, stall: 
         cpu=cpu,
         wall=wall,
         startup_s=startup,
+        idle_cpu=idle_cpu,
+        idle_s=idle,
+        stages=stages,
     )
 
 
@@ -442,6 +477,16 @@ def report(point: Point) -> None:
         print(f"intent latency:   {summarize(point.intent_ms).text()}")
     if point.roundtrip_ms:
         print(f"round trip:       {summarize(point.roundtrip_ms).text()}")
+    for name, samples in point.stages.items():
+        if samples:
+            print(f"  {name + ':':45s} {summarize(samples).text()}")
+    if point.idle_s > 0:
+        idle = sum(point.idle_cpu.values())
+        print(
+            f"idle ({point.idle_s:.0f} s, {point.agents} agents up, no intent): "
+            + ", ".join(f"{name} {value:.2f}" for name, value in point.idle_cpu.items())
+            + f" CPU-s; {1e3 * idle / point.idle_s / point.agents:.3f} CPU-ms per agent-second"
+        )
     total = sum(point.cpu.values())
     print(
         f"CPU seconds while issuing and carrying out ({point.wall:.1f} s wall x {os.cpu_count()} cores): "
@@ -478,9 +523,10 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--processes", type=int, default=4, help="worker processes the agents are spread over")
     parser.add_argument("--rounds", type=int, default=3, help="intents per agent")
-    parser.add_argument("--rate", type=float, default=250.0, help="intents issued per second (open loop)")
+    parser.add_argument("--rate", type=float, default=100.0, help="intents issued per second (open loop)")
     parser.add_argument("--stall", type=float, default=30.0, help="seconds without progress before giving up")
-    parser.add_argument("--starting", type=int, default=20, help="agents starting at once in each worker")
+    parser.add_argument("--starting", type=int, default=8, help="agents starting at once in each worker")
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured before the intents")
     parser.add_argument("--curve", action="store_true", help="measure at each of --curve-points agents")
     parser.add_argument("--curve-points", default=",".join(map(str, CURVE_POINTS)))
     parser.add_argument("--plot", type=Path, help="with --curve: draw the curve into this SVG/PNG (matplotlib)")
@@ -492,7 +538,7 @@ def main() -> int:
     for agents in loads:
         rounds = args.rounds if not args.curve else max(args.rounds, math.ceil(CURVE_MIN_INTENTS / agents))
         try:
-            point = uvloop.run(measure(agents, args.processes, rounds, args.rate, args.stall, args.starting))
+            point = uvloop.run(measure(agents, args.processes, rounds, args.rate, args.stall, args.starting, args.idle))
         except NotStarted as error:
             print(f"FAILED at {agents} agents: {error}", flush=True)
             return 1
@@ -504,7 +550,7 @@ def main() -> int:
     if args.curve and args.plot:
         plot([points[a] for a in loads], args.plot)
     if args.agents not in points:
-        point = uvloop.run(measure(args.agents, args.processes, args.rounds, args.rate, args.stall, args.starting))
+        point = uvloop.run(measure(args.agents, args.processes, args.rounds, args.rate, args.stall, args.starting, args.idle))
         report(point)
         points[args.agents] = point
         failed |= point.accounting.lost > 0 or point.accounting.duplicated > 0 or point.accounting.unknown > 0

@@ -27,13 +27,14 @@ Last line: RESULT agents=1000 intent_p50_ms=… intent_p99_ms=… roundtrip_p99_
 duplicated=0 redelivered=…
 
 `--curve` measures at 10, 30, 100, 300 and 1,000 agents (`--curve-points` to change them),
-each on fresh servers at the same issue rate and with at least 1,000 intents, printing one
+each on fresh servers with the same work as the default load (`--rounds` x `--agents`
+intents at `--rate`), only spread over more or fewer agents, printing one
 `CURVE agents agents=N intent_p50_ms=… intent_p99_ms=… roundtrip_p99_ms=… lost=…
-duplicated=…` line per point; the RESULT line is the point at `--agents`. `--plot FILE`
-draws the curve (matplotlib, if installed).
+duplicated=…` line per point (`bench/run --curve` draws them); the RESULT line is the
+point at `--agents`.
 
     .venv/bin/python bench/agents.py [--agents 1000] [--processes 4] [--rounds 3] [--rate 100]
-    .venv/bin/python bench/agents.py --curve [--curve-points 10,30,100,300,1000] [--plot docs/agents-curve.svg]
+    .venv/bin/python bench/agents.py --curve [--curve-points 10,30,100,300,1000]
 """
 
 from __future__ import annotations
@@ -62,8 +63,6 @@ from bench.stats import curve_line, percentile, result_line, summarize  # noqa: 
 
 RUNTIME = "bench-{:04d}"
 CURVE_POINTS = (10, 30, 100, 300, 1000)
-CURVE_MIN_INTENTS = 1000
-"""Each curve point issues at least this many intents, so its p99 is not its maximum."""
 
 
 def runtime_name(i: int) -> str:
@@ -496,28 +495,6 @@ def report(point: Point) -> None:
     )
 
 
-def plot(points: Sequence[Point], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs = [p.agents for p in points]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for key, label in (("intent_p50_ms", "intent p50"), ("intent_p99_ms", "intent p99"), ("roundtrip_p99_ms", "round trip p99")):
-        ys = [float(str(p.figures().get(key, math.nan))) for p in points]
-        ax.plot(xs, ys, marker="o", label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("agents (one NATS connection and durable consumer each)")
-    ax.set_ylabel("ms")
-    ax.set_title("bench/agents.py: latency against agents")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    print(f"plot written to {path}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=1000)
@@ -526,17 +503,18 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="intents issued per second (open loop)")
     parser.add_argument("--stall", type=float, default=30.0, help="seconds without progress before giving up")
     parser.add_argument("--starting", type=int, default=8, help="agents starting at once in each worker")
-    parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured before the intents")
+    parser.add_argument("--idle", type=float, default=2.0, help="seconds of idle CPU measured before the intents")
     parser.add_argument("--curve", action="store_true", help="measure at each of --curve-points agents")
     parser.add_argument("--curve-points", default=",".join(map(str, CURVE_POINTS)))
-    parser.add_argument("--plot", type=Path, help="with --curve: draw the curve into this SVG/PNG (matplotlib)")
     args = parser.parse_args()
 
     loads = [int(x) for x in args.curve_points.split(",")] if args.curve else [args.agents]
     points: dict[int, Point] = {}
     failed = False
     for agents in loads:
-        rounds = args.rounds if not args.curve else max(args.rounds, math.ceil(CURVE_MIN_INTENTS / agents))
+        # Every curve point does the same work as the default load (rounds x --agents
+        # intents at the same rate); only the number of agents sharing it changes.
+        rounds = max(1, math.ceil(args.rounds * args.agents / agents)) if args.curve else args.rounds
         try:
             point = uvloop.run(measure(agents, args.processes, rounds, args.rate, args.stall, args.starting, args.idle))
         except NotStarted as error:
@@ -547,8 +525,6 @@ def main() -> int:
         if args.curve:
             print(curve_line("agents", ("agents", agents), point.figures()), flush=True)
         failed |= point.accounting.lost > 0 or point.accounting.duplicated > 0 or point.accounting.unknown > 0
-    if args.curve and args.plot:
-        plot([points[a] for a in loads], args.plot)
     if args.agents not in points:
         point = uvloop.run(measure(args.agents, args.processes, args.rounds, args.rate, args.stall, args.starting, args.idle))
         report(point)

@@ -450,8 +450,8 @@ async def measure(
     stages = {
         "commit -> on the bus (relay)": stage(committed, on_bus),
         "on the bus -> agent (consumer)": stage(on_bus, received),
-        "agent -> APPLIED published": stage(received, observed_at),
-        "APPLIED published -> in the store (ingest)": stage(observed_at, applied_at),
+        "agent: RECEIVED published, applied": stage(received, observed_at),
+        "APPLIED published and ingested": stage(observed_at, applied_at),
     }
     return Point(
         agents=agents,

@@ -17,6 +17,7 @@ raise `RuntimeUnavailable`, as an unreachable cluster would.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -53,6 +54,9 @@ class MemoryRuntime:
         self.rollout_delay = rollout_delay
         self.applies = 0
         """Rollouts actually started (a no-op apply does not count): what tests assert on."""
+        self.rollouts: Counter[str] = Counter()
+        """Rollouts started per intent id (a drift repair counts for the intent it repairs):
+        how a benchmark tells an intent applied twice from one applied once."""
         self.deletes = 0
         self._live: dict[WorkloadKey, _Live] = {}
         self._failures: dict[WorkloadKey, str] = {}
@@ -187,6 +191,7 @@ class MemoryRuntime:
     def _roll_out(self, workload: Workload, *, intent_id: str, failure: str = "") -> WorkloadStatus:
         key = workload.key
         self.applies += 1
+        self.rollouts[intent_id] += 1
         self._incarnations += 1
         self._cancel_timer(key)
         replicas = max(workload.spec.replicas, 0)

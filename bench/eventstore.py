@@ -25,8 +25,8 @@ asyncpg fetch of the same rows (same columns, same pages, one connection, the re
 kept as asyncpg returns them). Each is measured cold and warm. Cold means: PostgreSQL
 restarted (empty shared buffers) and the log's table and index files evicted from the
 OS page cache (posix_fadvise DONTNEED while the server is down), so pages come from the
-disk (or the device's cache). Warm: the same run repeated at once; the two readers
-alternate so neither gets the other's cache.
+disk (or the device's cache). Warm: the same reads repeated, the two readers alternating,
+five rounds, the best of each.
 
 Ratios compare runs on the same machine in the same minute, because this machine is
 shared and noisy. Percentiles come from bench/stats.py. The last line is the
@@ -74,6 +74,7 @@ TOP = 64
 """The writer count the RESULT line reports."""
 PAYLOAD = b"x" * 200
 PAGE = 5000
+WARM_ROUNDS = 5
 COLUMNS = (
     "position, stream_id, version, event_id, type, schema_version, data, actor, "
     "causation_id, correlation_id, recorded_at"
@@ -416,10 +417,11 @@ async def bench_read_all(pg: PostgresServer) -> dict[str, float]:
         count, seconds = await reader(pg.dsn)
         figures[name] = count / seconds
         print(f"{name:<14} events/s={count / seconds:>9.0f} ({count} events, {evicted / 1e6:.1f} MB evicted)", flush=True)
-    # Warm: both read once to load the cache, then alternate; the best of two each.
+    # Warm: both read once to load the cache, then alternate; the best of WARM_ROUNDS each
+    # (on a shared machine the fastest run is the one least disturbed by others).
     warm: dict[str, list[float]] = {"readall": [], "fetch": []}
     await read_all_fetch(pg.dsn)
-    for _ in range(2):
+    for _ in range(WARM_ROUNDS):
         for name, reader in (("readall", read_all_convoy), ("fetch", read_all_fetch)):
             count, seconds = await reader(pg.dsn)
             warm[name].append(count / seconds)

@@ -51,10 +51,6 @@ TABLE_PRIVILEGES: Mapping[str, tuple[str, ...]] = {
 }
 """The service role's privileges, table by table: exactly the statements the services run."""
 
-FUNCTIONS: tuple[str, ...] = ("append_batch",)
-"""The migrations' functions the service role calls (SECURITY INVOKER: they run with the
-role's own table privileges). The trigger functions are not among them."""
-
 LIMITS = ("max_connections", "max_storage", "max_memory", "max_streams", "max_consumers")
 """NATS account limits an instance may carry (`limits` in the registry): integers;
 storage and memory in bytes."""
@@ -224,8 +220,6 @@ def render_grants(name: str) -> list[str]:
     ]
     for table, privileges in TABLE_PRIVILEGES.items():
         statements.append(f"GRANT {', '.join(privileges)} ON {name}.{table} TO {service}")
-    for function in FUNCTIONS:
-        statements.append(f"GRANT EXECUTE ON FUNCTION {name}.{function} TO {service}")
     return statements
 
 

@@ -13,12 +13,7 @@ Throughput. Serialising commits would cap appends at one fsync per command (~3,0
 our machines). Instead one committer task per process takes every write queued while the
 previous transaction ran and commits them together (group commit): one lock, one
 round of checks, one multi-row INSERT, one fsync. `eventstore.grouping` decides each
-write on its own, so concurrency checks and idempotency stay per command. The batch is
-decided before its turn against the state the store last saw, and one server-side call
-(`append_batch`, migration 0006) checks that state under the lock and writes: three
-round trips (lock, write, commit) with no client work while the lock is held. When the
-state was not as assumed (another writer moved it), nothing is written and the batch is
-decided again on the state read under the lock.
+write on its own, so concurrency checks and idempotency stay per command.
 
 Errors from asyncpg never leave this module: connectivity problems become `Unavailable`
 (retryable; the transaction either committed or did not, and a retry with the same event
@@ -29,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import hmac
 import inspect
@@ -172,11 +166,6 @@ class PostgresEventStore:
         )
         self._writer_conns: list[asyncpg.Connection] = []
         self._closed = False
-        self._versions: dict[str, int] = {}
-        self._tracking: dict[str, int] = {}
-        self.fast_path_misses = 0
-        """Batches whose assumed state was wrong (another writer moved it): each cost one
-        extra round trip and was then decided on the stored state."""
 
     @classmethod
     async def open(
@@ -316,60 +305,69 @@ class PostgresEventStore:
         await self._pool.expire_connections()
 
     async def _write_batch_on_connection(self, writes: Sequence[grouping.Write], turn: Turn) -> grouping.BatchPlan:
-        """One round trip when the assumed state holds (the fast path, below), else one
-        transaction in four: lock, read state, write, commit.
-
-        The fast path plans the batch against the state this store last saw (the versions
-        of the streams it wrote, the checkpoints it moved; no stored event under the
-        batch's ids, no receipt under its keys) with positions counted from 0, and sends
-        plan and assumptions to `append_batch` (migration 0006), which checks the
-        assumptions under the append lock and writes the batch at the real head, or
-        writes nothing. `plan_batch` decides from exactly that state, so a plan whose
-        assumptions hold is the plan the real state gives, shifted by the head."""
+        """One transaction in four round trips: lock, read state, write, commit."""
         streams, ids, names = grouping.referenced(writes)
         slots = grouping.receipt_slots(writes)
         conn = await self._writer_connection()
         reusable = False
         try:
-            # Planned before this batch's turn, so it overlaps the batch in flight; the
-            # assumptions include that batch's plan (remembered optimistically: if it fails,
-            # this one's check fails too and it is decided on the stored state).
-            assumed_versions = {s: self._versions.get(s, 0) for s in streams}
-            assumed_tracking = {n: self._tracking.get(n, 0) for n in names}
-            guess = grouping.plan_batch(
-                writes, head=0, versions=assumed_versions, known={}, checkpoints=assumed_tracking, receipts={}
-            )
-            self._remember(guess)
-            planned_ids = {r.event.event_id for r in guess.rows}
-            args = [
-                list(assumed_versions),
-                list(assumed_versions.values()),
-                [i for i in ids if i not in planned_ids],
-                list(assumed_tracking),
-                list(assumed_tracking.values()),
-                [s for s, _ in slots],
-                [k for _, k in slots],
-                *_write_args(guess),
-                self.channel,
-            ]
             await turn.wait_previous()
+            # Statement order matters: READ COMMITTED takes a new snapshot per statement,
+            # so the state read after the lock sees every commit made before it.
             await conn.execute("BEGIN; LOCK TABLE append_lock IN EXCLUSIVE MODE")
             turn.locked()
             if self._fault_hook is not None:
                 await self._fault_hook("locking")
-            head = await conn.fetchval(_APPEND_BATCH, *args)
-            if head is not None:
-                plan = _shifted(guess, head)
-            else:
-                self.fast_path_misses += 1
-                plan = await self._plan_from_stored_state(conn, writes, streams, ids, names, slots)
-                if plan.rows or plan.checkpoints or plan.receipts:
-                    await conn.execute(_WRITE, *_write_args(plan), self.channel, str(plan.head) if plan.rows else "")
+            rows = await conn.fetch(
+                _READ_STATE, list(streams), list(ids), list(names), [s for s, _ in slots], [k for _, k in slots]
+            )
+            head, versions, known, tracking, taken = 0, {}, {}, {}, {}
+            for r in rows:
+                kind = r[0]
+                if kind == "h":
+                    head = r[2]
+                elif kind == "v":
+                    versions[r[1]] = r[2]
+                elif kind == "t":
+                    tracking[r[1]] = r[2]
+                elif kind == "r":
+                    taken[(r[1], r[5])] = Receipt(r[1], r[5], r[8], bytes(r[11]), bytes(r[7]), r[2])
+                else:
+                    known[r[3]] = grouping.Known(r[2], r[1], r[4], r[5], r[6], bytes(r[7]), r[8], r[9], r[10])
+            plan = grouping.plan_batch(
+                writes, head=head, versions=versions, known=known, checkpoints=tracking, receipts=taken
+            )
+            if plan.rows or plan.checkpoints or plan.receipts:
+                new = plan.rows
+                events = [r.event for r in new]
+                causes = [e.causation_id for e in events]
+                correlations = [e.correlation_id for e in events]
+                await conn.execute(
+                    _WRITE,
+                    [r.position for r in new],
+                    [r.stream_id for r in new],
+                    [r.version for r in new],
+                    [e.event_id for e in events],
+                    [e.type for e in events],
+                    [e.schema_version for e in events],
+                    [e.data for e in events],
+                    [e.actor for e in events],
+                    causes if any(causes) else None,  # all-NULL columns are filled server-side
+                    correlations if any(correlations) else None,
+                    list(plan.checkpoints),
+                    list(plan.checkpoints.values()),
+                    self.channel,
+                    str(plan.head) if new else "",
+                    [r.scope for r in plan.receipts],
+                    [r.key for r in plan.receipts],
+                    [r.method for r in plan.receipts],
+                    [r.request_sha256 for r in plan.receipts],
+                    [r.response for r in plan.receipts],
+                    [r.position for r in plan.receipts],
+                )
             if self._fault_hook is not None:
                 await self._fault_hook("committing")
             await conn.execute("COMMIT")
-            if head is None:
-                self._remember(plan)
             reusable = True
         finally:
             if reusable and not conn.is_closed():
@@ -378,52 +376,6 @@ class PostgresEventStore:
                 # The server rolls back what this connection had not committed.
                 conn.terminate()
         return plan
-
-    async def _plan_from_stored_state(
-        self,
-        conn: asyncpg.Connection,
-        writes: Sequence[grouping.Write],
-        streams: set[str],
-        ids: set[Any],
-        names: set[str],
-        slots: list[tuple[str, str]],
-    ) -> grouping.BatchPlan:
-        """Read, under the lock, everything the decision needs, and decide."""
-        # Statement order matters: READ COMMITTED takes a new snapshot per statement,
-        # so the state read after the lock sees every commit made before it.
-        rows = await conn.fetch(
-            _READ_STATE, list(streams), list(ids), list(names), [s for s, _ in slots], [k for _, k in slots]
-        )
-        head, versions, known, tracking, taken = 0, {}, {}, {}, {}
-        for r in rows:
-            kind = r[0]
-            if kind == "h":
-                head = r[2]
-            elif kind == "v":
-                versions[r[1]] = r[2]
-            elif kind == "t":
-                tracking[r[1]] = r[2]
-            elif kind == "r":
-                taken[(r[1], r[5])] = Receipt(r[1], r[5], r[8], bytes(r[11]), bytes(r[7]), r[2])
-            else:
-                known[r[3]] = grouping.Known(r[2], r[1], r[4], r[5], r[6], bytes(r[7]), r[8], r[9], r[10])
-        self._learn(versions, tracking)
-        return grouping.plan_batch(
-            writes, head=head, versions=versions, known=known, checkpoints=tracking, receipts=taken
-        )
-
-    def _learn(self, versions: dict[str, int], tracking: dict[str, int]) -> None:
-        """Remember stored state for the fast path's next assumptions: only a hint (a
-        wrong one costs a round trip, never a wrong decision), so bounded by forgetting."""
-        if len(self._versions) + len(versions) > _STATE_CACHE_LIMIT:
-            self._versions.clear()
-        if len(self._tracking) + len(tracking) > _STATE_CACHE_LIMIT:
-            self._tracking.clear()
-        self._versions.update(versions)
-        self._tracking.update(tracking)
-
-    def _remember(self, plan: grouping.BatchPlan) -> None:
-        self._learn({row.stream_id: row.version for row in plan.rows}, plan.checkpoints)
 
     # -- reading ---------------------------------------------------------------
 
@@ -619,72 +571,12 @@ WITH inserted AS (
     ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = clock_timestamp()
 ), receipts AS (
     INSERT INTO api_idempotency (token_id, key, method, request_sha256, response, position)
-    SELECT * FROM unnest($13::text[], $14::text[], $15::text[], $16::bytea[], $17::bytea[], $18::bigint[])
+    SELECT * FROM unnest($15::text[], $16::text[], $17::text[], $18::bytea[], $19::bytea[], $20::bigint[])
 )
-SELECT pg_notify($19, $20) WHERE $20 <> ''
+SELECT pg_notify($13, $14) WHERE $14 <> ''
 """
 """The batch's events, checkpoints, receipts and wake-up notification, in one statement.
 Receipts need no ON CONFLICT: they are checked and written under the append lock."""
-
-
-_APPEND_BATCH = (
-    "SELECT append_batch($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::bigint[], $6::text[], $7::text[], "
-    "$8::bigint[], $9::text[], $10::bigint[], $11::uuid[], $12::text[], $13::int[], $14::bytea[], $15::text[], "
-    "$16::uuid[], $17::uuid[], $18::text[], $19::bigint[], $20::text[], $21::text[], $22::text[], $23::bytea[], "
-    "$24::bytea[], $25::bigint[], $26::text)"
-)
-"""The fast path: assumptions ($1-$7), then the plan's rows, checkpoints and receipts in
-`_write_args` order, then the NOTIFY channel. See migration 0006."""
-
-_STATE_CACHE_LIMIT = 100_000
-"""Stream versions (and checkpoints) remembered for the fast path's assumptions."""
-
-
-def _write_args(plan: grouping.BatchPlan) -> list[Any]:
-    """A plan's rows, checkpoints and receipts as the arrays `_WRITE` and `append_batch` take."""
-    new = plan.rows
-    events = [r.event for r in new]
-    causes = [e.causation_id for e in events]
-    correlations = [e.correlation_id for e in events]
-    return [
-        [r.position for r in new],
-        [r.stream_id for r in new],
-        [r.version for r in new],
-        [e.event_id for e in events],
-        [e.type for e in events],
-        [e.schema_version for e in events],
-        [e.data for e in events],
-        [e.actor for e in events],
-        causes if any(causes) else None,  # all-NULL columns are filled server-side
-        correlations if any(correlations) else None,
-        list(plan.checkpoints),
-        list(plan.checkpoints.values()),
-        [r.scope for r in plan.receipts],
-        [r.key for r in plan.receipts],
-        [r.method for r in plan.receipts],
-        [r.request_sha256 for r in plan.receipts],
-        [r.response for r in plan.receipts],
-        [r.position for r in plan.receipts],
-    ]
-
-
-def _shifted(plan: grouping.BatchPlan, head: int) -> grouping.BatchPlan:
-    """The outcomes of a plan made from head 0, moved to the real head: every position in
-    them counts from the head, none comes from stored state (the fast path assumes no
-    stored event under the batch's ids). Rows and receipts were written by the server
-    at head + offset and are not needed any more: the plan returned keeps only outcomes
-    and head."""
-    if head == 0:
-        return plan
-    outcomes = []
-    for o in plan.outcomes:
-        if o.results is not None:
-            o = grouping.Outcome(results=[
-                AppendResult(r.stream_id, tuple([p + head for p in r.positions]), r.first_version, r.last_version, r.duplicate)
-                for r in o.results
-            ])
-        outcomes.append(o)
-    return grouping.BatchPlan(outcomes=outcomes, head=plan.head + head)
 
 
 def _pool_size(initial: int) -> dict[str, int]:

@@ -26,7 +26,8 @@ kept as asyncpg returns them). Each is measured cold and warm. Cold means: Postg
 restarted (empty shared buffers) and the log's table and index files evicted from the
 OS page cache (posix_fadvise DONTNEED while the server is down), so pages come from the
 disk (or the device's cache); three rounds, the readers alternating, the best of each.
-Warm: the same reads repeated, the two readers alternating, five rounds, the best of each.
+Warm: the same reads repeated, the two readers alternating, fifteen rounds, the best of each
+(with five, the best of each still moved by ±20 % between runs on this machine).
 
 Ratios compare runs on the same machine in the same minute, because this machine is
 shared and noisy. Percentiles come from bench/stats.py. The last line is the
@@ -74,7 +75,7 @@ TOP = 64
 """The writer count the RESULT line reports."""
 PAYLOAD = b"x" * 200
 PAGE = 5000
-WARM_ROUNDS = 5
+WARM_ROUNDS = 15
 COLD_ROUNDS = 3
 COLUMNS = (
     "position, stream_id, version, event_id, type, schema_version, data, actor, "

@@ -411,30 +411,42 @@ async def cold(pg: PostgresServer, files: list[str]) -> int:
     return evicted
 
 
+async def alternate(
+    dsn: str, rounds: int, before: Callable[[], Awaitable[None]] | None = None
+) -> tuple[int, dict[str, list[float]]]:
+    """(events, rates): Convoy's read-all and the bare fetch, alternating for `rounds`
+    rounds, each read after `before()` when given; the events/s of every read, per reader."""
+    rates: dict[str, list[float]] = {"readall": [], "fetch": []}
+    count = 0
+    for _ in range(rounds):
+        for name, reader in (("readall", read_all_convoy), ("fetch", read_all_fetch)):
+            if before is not None:
+                await before()
+            count, seconds = await reader(dsn)
+            rates[name].append(count / seconds)
+    return count, rates
+
+
 async def bench_read_all(pg: PostgresServer) -> dict[str, float]:
+    """The best of each reader, cold then warm (on a shared machine the fastest run is the
+    one least disturbed by others)."""
     files = await relation_files(pg.dsn, "bench_relay")
     figures: dict[str, float] = {}
-    # Cold: each read after its own restart and eviction, the two readers alternating,
-    # COLD_ROUNDS rounds, the best of each (one cold read is at the mercy of the disk's
-    # neighbours: single runs here ranged over ±40 %).
-    colds: dict[str, list[float]] = {"readall_cold": [], "fetch_cold": []}
-    for _ in range(COLD_ROUNDS):
-        for name, reader in (("readall_cold", read_all_convoy), ("fetch_cold", read_all_fetch)):
-            evicted = await cold(pg, files)
-            count, seconds = await reader(pg.dsn)
-            colds[name].append(count / seconds)
+    # Cold: each read after its own restart and eviction (one cold read is at the mercy
+    # of the disk's neighbours: single runs here ranged over ±40 %).
+    evicted: list[int] = []
+
+    async def restart() -> None:
+        evicted.append(await cold(pg, files))
+
+    count, colds = await alternate(pg.dsn, COLD_ROUNDS, restart)
     for name, rates in colds.items():
-        figures[name] = max(rates)
+        figures[name + "_cold"] = max(rates)
         runs = ", ".join(f"{r:.0f}" for r in rates)
-        print(f"{name:<14} events/s={max(rates):>9.0f} ({count} events, {evicted / 1e6:.1f} MB evicted; runs: {runs})", flush=True)
-    # Warm: both read once to load the cache, then alternate; the best of WARM_ROUNDS each
-    # (on a shared machine the fastest run is the one least disturbed by others).
-    warm: dict[str, list[float]] = {"readall": [], "fetch": []}
+        print(f"{name + '_cold':<14} events/s={max(rates):>9.0f} ({count} events, {evicted[-1] / 1e6:.1f} MB evicted; runs: {runs})", flush=True)
+    # Warm: both read once to load the cache, then alternate.
     await read_all_fetch(pg.dsn)
-    for _ in range(WARM_ROUNDS):
-        for name, reader in (("readall", read_all_convoy), ("fetch", read_all_fetch)):
-            count, seconds = await reader(pg.dsn)
-            warm[name].append(count / seconds)
+    _, warm = await alternate(pg.dsn, WARM_ROUNDS)
     for name, rates in warm.items():
         figures[name] = max(rates)
         print(f"{name + '_warm':<14} events/s={max(rates):>9.0f} (runs: {', '.join(f'{r:.0f}' for r in rates)})", flush=True)
